@@ -1,0 +1,35 @@
+"""The ``oneencoder`` command: one sub-command per job."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs import embed as embed_job
+
+    parser = argparse.ArgumentParser(prog="oneencoder", description="OneEncoder on Ray: embed media corpora into one space.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    embed_job.build_parser(sub.add_parser("embed", help="embed a manifest into a Parquet feature store (Ray Data)"))
+    sample = sub.add_parser("sample-corpus", help="write a small generated paired corpus and its manifest")
+    sample.add_argument("dest", help="folder to write")
+    sample.add_argument("--n", type=int, default=24, help="number of samples (default 24)")
+    sub.add_parser("config-reference", help="print every config field with its default and meaning")
+    args = parser.parse_args(argv)
+    if args.command == "embed":
+        return embed_job.run(args)
+    if args.command == "sample-corpus":
+        from pipeline.corpus import write_sample_corpus
+
+        if args.n < 1:
+            parser.error(f"--n must be at least 1, got {args.n}")
+        print(write_sample_corpus(args.dest, n=args.n))
+        return 0
+    from pipeline.config import config_reference
+
+    print("\n".join(config_reference()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Typed, validated configuration for the embed job.
+
+Parsed once, from YAML and/or CLI flags, before any Ray work. Every field carries a description,
+which doubles as the configuration reference (``oneencoder config-reference``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.modality import Modality
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names field, value and expectation."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Strict):
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (e.g. http://127.0.0.1:9000). "
+        "Default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL from the environment, else AWS.")
+    region: str | None = Field(None, description="S3 region; default: the AWS config/env.")
+    anon: bool = Field(False, description="Read S3 without credentials (public buckets).")
+
+
+class LimitsConfig(_Strict):
+    max_file_bytes: int = Field(200 * 2**20, ge=1, description="Largest media file read, in bytes; larger is an error row.")
+    max_image_pixels: int = Field(60_000_000, ge=1, description="Largest image (width*height) decoded; guards against decompression bombs.")
+    max_audio_seconds: float = Field(60.0, gt=0, description="Longest audio accepted; longer is an error row, not silently cut.")
+    max_video_seconds: float = Field(300.0, gt=0, description="Longest video accepted; longer is an error row.")
+    max_text_chars: int = Field(100_000, ge=1, description="Longest inline text accepted, in characters.")
+    decode_timeout_s: float = Field(60.0, gt=0, description="Wall-clock limit for one ffmpeg decode; a hung decoder becomes an error row.")
+
+
+class DecodeConfig(_Strict):
+    batch_size: int = Field(8, ge=1, description="Items per decode task batch.")
+    num_cpus: float = Field(0.5, gt=0, description="Logical CPUs reserved per decode task.")
+
+
+class EncoderConfig(_Strict):
+    model: str | None = Field(None, description="Hugging Face model id or local path; null = the preset's encoder.")
+    revision: str | None = Field(None, description="Model revision (branch, tag or commit) for hub ids; null = main.")
+    tokens: int = Field(1, ge=1, le=4096, description="K: token vectors kept per item (adaptive average pooling; 1 = pooled vector).")
+    dtype: Literal["float16", "float32"] = Field("float16", description="Storage dtype of the embedding column.")
+    batch_size: int = Field(16, ge=1, description="Items per encoder forward pass.")
+    actors: int = Field(1, ge=1, description="Encoder actors (each loads the model once).")
+    num_cpus: float = Field(1.0, gt=0, description="Logical CPUs reserved per encoder actor.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor (0 = CPU).")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor; null = all cores of the node when on CPU.")
+    precision: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Compute precision on GPU (CPU always runs float32).")
+    num_frames: int | None = Field(None, ge=1, description="Video: frames sampled per clip; null = the model's num_frames.")
+    max_text_tokens: int | None = Field(None, ge=1, description="Text: tokenizer truncation length; null = the model's maximum.")
+
+
+class EmbedConfig(_Strict):
+    input: str | None = Field(None, description="Manifest URI (JSONL, CSV or Parquet; local path or s3://).")
+    output: str | None = Field(None, description="Output folder URI (local path or s3://).")
+    preset: Literal["tiny", "paper"] = Field("tiny", description="Encoder preset: tiny (offline, tests) or paper (the paper's encoders).")
+    random_init: bool = Field(False, description="Build the preset's architectures with random weights, offline (benchmarks).")
+    modalities: list[Modality] | None = Field(None, description="Modalities to embed; null = every modality column in the manifest.")
+    overwrite: bool = Field(False, description="Delete earlier output and start over instead of resuming.")
+    shard_size: int = Field(256, ge=1, le=1_000_000, description="Items per committed shard: the unit of resume.")
+    cache_dir: str | None = Field(None, description="Where built tiny/random-init models are saved; null = $ONEENCODER_CACHE or ~/.cache/oneencoder.")
+    ffmpeg: str | None = Field(None, description="ffmpeg binary; null = $ONEENCODER_FFMPEG, else ffmpeg on PATH, else imageio-ffmpeg's.")
+    no_progress_timeout_s: float = Field(1800.0, gt=0, description="Fail the job if Ray Data makes no progress for this long.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Size, duration and time limits on inputs.")
+    decode: DecodeConfig = Field(default_factory=DecodeConfig, description="Decode stage resources.")
+    encoders: dict[Modality, EncoderConfig] = Field(default_factory=dict, description="Per-modality encoder settings.")
+
+    @field_validator("modalities", mode="before")
+    @classmethod
+    def _split_modalities(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [m.value for m in Modality.parse_list(value)]
+        return value
+
+    def encoder(self, modality: Modality) -> EncoderConfig:
+        """The encoder settings for ``modality`` (defaults where the config names none)."""
+        return self.encoders.get(modality, EncoderConfig())
+
+    def resolved_cache_dir(self) -> str:
+        """The model cache folder (not created here)."""
+        return self.cache_dir or os.environ.get("ONEENCODER_CACHE") or str(Path.home() / ".cache" / "oneencoder")
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown field (value {value!r}); check the spelling against the configuration reference")
+        else:
+            lines.append(f"  {field} = {value!r}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_embed_config(path: str | None = None, **overrides: Any) -> EmbedConfig:
+    """Read a YAML config (optional), apply non-None ``overrides`` (CLI flags), validate once.
+
+    Raises ConfigError naming the field, the bad value and what was expected.
+    """
+    data: dict[str, Any] = {}
+    source = path or "command line"
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path}: expected a mapping of fields at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return EmbedConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def require_paths(cfg: EmbedConfig) -> None:
+    """Raise ConfigError unless the job has both an input manifest and an output folder."""
+    for name in ("input", "output"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"invalid config: {name} is missing: expected a {'manifest URI' if name == 'input' else 'folder URI'} "
+                              f"(set it in the config file or pass --{name})")
+
+
+def config_reference(model: type[BaseModel] = EmbedConfig, prefix: str = "") -> list[str]:
+    """One line per field: dotted name, default and description (for docs and --help)."""
+    lines = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines += config_reference(ann, f"{prefix}{name}.")
+            continue
+        default = field.get_default(call_default_factory=True)
+        if name == "encoders":
+            lines.append(f"{prefix}{name}.<modality>.*  (per modality, see below)")
+            lines += config_reference(EncoderConfig, f"{prefix}{name}.<modality>.")
+            continue
+        lines.append(f"{prefix}{name} (default {default!r}): {field.description}")
+    return lines

@@ -1,0 +1,145 @@
+"""The decode stage: read each item (size-limited) and decode it to the array its encoder takes.
+
+Runs as Ray Data tasks ahead of the encoder actors, so CPU decoding overlaps encoding. Every
+row comes out: decoded (``ok``) or with the failing ``stage`` (read/decode) and the error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import LimitsConfig
+from pipeline.encoders.frozen import InputSpec
+from pipeline.media.audio import decode_audio
+from pipeline.media.errors import DecodeError
+from pipeline.media.image import decode_image
+from pipeline.media.video import decode_video
+from pipeline.modality import Modality
+from pipeline.sources import ReadError, describe_storage_error, local_path, read_limited
+
+DECODED_SCHEMA = pa.schema([
+    ("id", pa.string()), ("uri", pa.string()), ("shard", pa.int64()), ("seq", pa.int64()),
+    ("ok", pa.bool_()), ("stage", pa.string()), ("error", pa.string()),
+    ("payload", pa.large_binary()), ("shape", pa.list_(pa.int32())),
+])
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+    """Everything a decode task needs; plain data, shipped to workers."""
+
+    modality: Modality
+    spec: InputSpec
+    limits: LimitsConfig
+    storage: dict[str, Any]
+    ffmpeg: str
+
+
+def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
+    """Decode a batch of items (columns id, value, pre_error, shard, seq) into DECODED_SCHEMA rows."""
+    cols = {name: [] for name in DECODED_SCHEMA.names}
+    rows = batch.to_pylist()
+    for row in rows:
+        stage, error, array = "", None, None
+        if row["pre_error"]:
+            stage, error = "read", row["pre_error"]
+        else:
+            try:
+                array = decode_item(row["value"], settings)
+            except ReadError as e:
+                stage, error = "read", str(e)
+            except DecodeError as e:
+                stage, error = "decode", str(e)
+            except Exception as e:  # a decoder bug must not lose the row or fail the job
+                stage, error = "decode", f"{type(e).__name__}: {e}"
+        ok = error is None
+        payload, shape = _pack(array) if ok else (b"", [])
+        cols["id"].append(row["id"])
+        cols["uri"].append(None if settings.modality.is_inline else row["value"])
+        cols["shard"].append(row["shard"])
+        cols["seq"].append(row["seq"])
+        cols["ok"].append(ok)
+        cols["stage"].append(stage)
+        cols["error"].append(None if ok else f"{settings.modality.value}: {error}")
+        cols["payload"].append(payload)
+        cols["shape"].append(shape)
+    return pa.table(cols, schema=DECODED_SCHEMA)
+
+
+def decode_item(value: str, s: DecodeSettings) -> Any:
+    """Decode one manifest value: text → str; image/audio/video URI → numpy array."""
+    limits = s.limits
+    if s.modality is Modality.TEXT:
+        text = value.strip()
+        if not text:
+            raise DecodeError("empty text: expected a non-empty string")
+        if len(text) > limits.max_text_chars:
+            raise DecodeError(f"text has {len(text)} characters, over limits.max_text_chars={limits.max_text_chars}")
+        return text
+    if s.modality is Modality.IMAGE:
+        return decode_image(read_limited(value, s.storage, limits.max_file_bytes), limits.max_image_pixels, s.spec.image_hw)
+    with _as_local_file(value, s) as path:
+        if s.modality is Modality.AUDIO:
+            return decode_audio(path, s.spec.sample_rate, limits.max_audio_seconds, limits.decode_timeout_s, s.ffmpeg)
+        return decode_video(path, s.spec.num_frames, s.spec.image_hw, limits.max_video_seconds,
+                            limits.decode_timeout_s, s.ffmpeg)
+
+
+class _as_local_file:
+    """A local path for ffmpeg: the file itself when local (after the same checks), else a temp copy."""
+
+    def __init__(self, uri: str, s: DecodeSettings):
+        self.uri, self.s, self.tmp = uri, s, None
+
+    def __enter__(self) -> str:
+        path = local_path(self.uri)
+        if path is not None:
+            _check_local(path, self.uri, self.s.limits.max_file_bytes)
+            return path
+        data = read_limited(self.uri, self.s.storage, self.s.limits.max_file_bytes)
+        suffix = os.path.splitext(self.uri)[1][:16]
+        fd, self.tmp = tempfile.mkstemp(prefix="oneencoder-", suffix=suffix)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return self.tmp
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.tmp:
+            os.unlink(self.tmp)
+
+
+def _check_local(path: str, uri: str, max_bytes: int) -> None:
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ReadError(describe_storage_error(uri, e)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ReadError(f"not a regular file: {uri}")
+    if st.st_size == 0:
+        raise ReadError(f"empty file (0 bytes): {uri}")
+    if st.st_size > max_bytes:
+        raise ReadError(f"file is {st.st_size} bytes, over limits.max_file_bytes={max_bytes}: {uri}")
+    if not os.access(path, os.R_OK):
+        raise ReadError(f"access denied reading {uri}")
+
+
+def _pack(array: Any) -> tuple[bytes, list[int]]:
+    if isinstance(array, str):
+        return array.encode("utf-8"), []
+    array = np.ascontiguousarray(array)
+    return array.tobytes(), list(array.shape)
+
+
+def unpack(modality: Modality, payload: bytes, shape: list[int]) -> Any:
+    """Inverse of the decode stage's packing: str for text, the decoded array otherwise."""
+    if modality is Modality.TEXT:
+        return payload.decode("utf-8")
+    dtype = np.float32 if modality is Modality.AUDIO else np.uint8
+    return np.frombuffer(payload, dtype=dtype).reshape(shape)

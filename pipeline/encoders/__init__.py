@@ -1,0 +1,1 @@
+"""Frozen pre-trained encoders: presets, offline builds, loading and pooling."""

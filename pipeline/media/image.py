@@ -1,0 +1,44 @@
+"""Image decoding with Pillow: RGB, EXIF orientation, pixel limit, bounded size."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.media.errors import DecodeError
+
+
+def decode_image(data: bytes, max_pixels: int, target_hw: tuple[int, int]) -> np.ndarray:
+    """Decode image bytes to an RGB uint8 array (H, W, 3), upright per EXIF.
+
+    Images much larger than the encoder's input (``target_hw``) are shrunk, keeping aspect, to at
+    most twice that size: the encoder's processor does the exact resize/crop, this only keeps the
+    array small on its way through the object store. Raises DecodeError.
+    """
+    if not data:
+        raise DecodeError("empty file (0 bytes): expected an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise DecodeError(f"image is {width}x{height} = {width * height} pixels, over "
+                                  f"limits.max_image_pixels={max_pixels}")
+            bound = (2 * target_hw[1], 2 * target_hw[0])
+            img.draft("RGB", bound)  # JPEG: decode at reduced scale when much larger than needed
+            img.load()
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            if img.width > bound[0] or img.height > bound[1]:
+                img.thumbnail(bound, Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError("not an image format Pillow can read (expected PNG, JPEG, WebP, GIF, BMP, TIFF, ...)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DecodeError(f"decompression bomb refused: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:  # Pillow reports truncation/corruption as these
+        raise DecodeError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None

@@ -1,0 +1,29 @@
+"""Process-level set-up shared by the job entrypoints: logging and connecting to Ray."""
+from __future__ import annotations
+
+import logging
+import os
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Console logging for a job: our messages at INFO, noisy libraries at WARNING."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("filelock", "urllib3", "botocore", "s3fs", "fsspec", "aiobotocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def init_ray() -> None:
+    """Connect to the cluster in RAY_ADDRESS (as under ``ray job submit``) or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # quiet the model hub in workers too: nothing is downloaded for offline presets anyway
+    env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(include_dashboard=False, runtime_env={"env_vars": env})

@@ -1,0 +1,1 @@
+"""Ray Serve application (built on the model artifact of the training stage)."""

@@ -1,0 +1,65 @@
+"""Builders of good and bad media files for the tests."""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+from pipeline.corpus import clip, draw_shape, encode_audio, encode_video, tone
+
+
+def png_bytes(size=(96, 64), colour=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def jpeg_with_orientation(path: str, size=(80, 40), orientation: int = 6) -> None:
+    """A landscape JPEG whose EXIF says 'rotate 90° clockwise' (so it displays as portrait)."""
+    img = Image.new("RGB", size, (10, 200, 10))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img.save(path, "JPEG", exif=exif.tobytes())
+
+
+def write_bad_media(folder: str, ffmpeg: str) -> dict[str, str]:
+    """Write one file per kind of bad input; returns kind -> path."""
+    os.makedirs(folder, exist_ok=True)
+    good_png = png_bytes()
+    paths = {}
+
+    def put(name: str, data: bytes) -> str:
+        path = os.path.join(folder, name)
+        with open(path, "wb") as fh:
+            fh.write(data)
+        return path
+
+    paths["truncated_image"] = put("truncated.png", good_png[: len(good_png) // 2])
+    paths["garbage_image"] = put("garbage.jpg", np.random.default_rng(1).bytes(5000))
+    paths["empty_image"] = put("empty.png", b"")
+    paths["text_as_image"] = put("notes.png", b"hello, I am not an image\n")
+    big = Image.new("RGB", (2000, 1500), (1, 2, 3))
+    buf = io.BytesIO()
+    big.save(buf, "PNG")
+    paths["bomb_image"] = put("bomb.png", buf.getvalue())  # 3 MP: over the tests' 1 MP limit
+    paths["oversized_image"] = put("huge.png", good_png + b"\0" * 300_000)  # over the tests' 200 kB file limit
+    paths["garbage_audio"] = put("garbage.wav", np.random.default_rng(2).bytes(4000))
+    paths["empty_audio"] = put("empty.mp3", b"")
+    long_tone = np.tile(tone("red", "circle"), 5)
+    paths["long_audio"] = os.path.join(folder, "long.flac")
+    encode_audio(paths["long_audio"], long_tone, ffmpeg)  # 5 s: over the tests' 3 s limit
+    paths["garbage_video"] = put("garbage.mp4", np.random.default_rng(3).bytes(6000))
+    paths["audio_only_video"] = os.path.join(folder, "no-video.mkv")
+    encode_audio(paths["audio_only_video"], tone("blue", "square"), ffmpeg)
+    good_video = os.path.join(folder, "good.mp4")
+    encode_video(good_video, clip("red", "circle"), 8, ffmpeg)
+    with open(good_video, "rb") as fh:
+        data = fh.read()
+    paths["truncated_video"] = put("truncated.mp4", data[: len(data) // 3])
+    return paths
+
+
+def draw(colour="red", shape="circle") -> Image.Image:
+    return draw_shape(colour, shape)

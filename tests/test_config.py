@@ -1,0 +1,77 @@
+"""Config: typed, validated once, errors name the field, the bad value and the expectation."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import ConfigError, EmbedConfig, config_reference, load_embed_config, require_paths
+from pipeline.modality import Modality
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = load_embed_config(write(tmp_path, "input: m.jsonl\nencoders:\n  image: {tokens: 4, dtype: float32}\n"),
+                            output="out", modalities="image,text")
+    assert cfg.input == "m.jsonl" and cfg.output == "out"
+    assert cfg.modalities == [Modality.IMAGE, Modality.TEXT]
+    assert cfg.encoder(Modality.IMAGE).tokens == 4 and cfg.encoder(Modality.TEXT).tokens == 1
+    assert cfg.encoder(Modality.IMAGE).dtype == "float32"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("encoders:\n  image: {tokens: 0}\n", r"encoders\.image\.tokens = 0: Input should be greater than or equal to 1"),
+    ("encoders:\n  image: {dtype: float64}\n", r"encoders\.image\.dtype = 'float64': Input should be 'float16' or 'float32'"),
+    ("encoders:\n  smell: {tokens: 1}\n", r"encoders\.smell\.\[key\] = 'smell'"),
+    ("shard_size: many\n", r"shard_size = 'many': Input should be a valid integer"),
+    ("limits: {max_file_bytez: 3}\n", r"limits\.max_file_bytez: unknown field"),
+    ("preset: huge\n", r"preset = 'huge': Input should be 'tiny' or 'paper'"),
+    ("modalities: image,smell\n", r"unknown modality 'smell': expected one of image, text, audio, video"),
+])
+def test_bad_values_are_named(tmp_path, text, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_embed_config(write(tmp_path, text))
+
+
+def test_not_a_mapping_and_not_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_embed_config(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_embed_config(write(tmp_path, "a: [unclosed\n"))
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_embed_config(str(tmp_path / "missing.yaml"))
+
+
+def test_missing_paths_are_named():
+    with pytest.raises(ConfigError, match="input is missing"):
+        require_paths(EmbedConfig(output="x"))
+
+
+def test_reference_lists_every_field_with_a_description():
+    lines = config_reference()
+    assert any(line.startswith("limits.max_image_pixels (default 60000000)") for line in lines)
+    assert any(line.startswith("encoders.<modality>.tokens (default 1)") for line in lines)
+    assert all(not line.endswith(": None") for line in lines)
+
+
+def test_shipped_configs_validate():
+    import glob
+
+    files = glob.glob("jobs/configs/*.yaml")
+    assert files
+    for path in files:
+        load_embed_config(path)
+
+
+def test_cli_bad_config_fails_before_starting_ray(tmp_path):
+    path = write(tmp_path, "input: m.jsonl\noutput: out\nencoders:\n  audio: {batch_size: -2}\n")
+    proc = subprocess.run([sys.executable, "-m", "jobs.embed", "--config", path], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "encoders.audio.batch_size = -2" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout

@@ -1,0 +1,102 @@
+"""Manifests (JSONL, CSV, Parquet) and URI resolution."""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.embed import build_items
+from pipeline.modality import Modality
+from pipeline.sources import ManifestError, read_manifest, resolve_uri, storage_options
+from pipeline.config import StorageConfig
+
+
+def jsonl(tmp_path, rows, name="m.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_jsonl_csv_parquet_read_the_same(tmp_path):
+    rows = [{"id": "a", "image": "x.png", "text": "a red circle"}, {"id": "b", "text": "hi"}]
+    m1 = read_manifest(jsonl(tmp_path, rows), {})
+    (tmp_path / "m.csv").write_text("id,image,text\na,x.png,a red circle\nb,,hi\n")
+    m2 = read_manifest(str(tmp_path / "m.csv"), {})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
+    m3 = read_manifest(str(tmp_path / "m.parquet"), {})
+    for m in (m1, m2, m3):
+        assert m.ids == ["a", "b"]
+        assert m.columns[Modality.IMAGE] == ["x.png", None]
+        assert m.columns[Modality.TEXT] == ["a red circle", "hi"]
+        assert m.base == str(tmp_path)
+
+
+def test_duplicate_ids_are_named(tmp_path):
+    path = jsonl(tmp_path, [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "a", "text": "z"}])
+    with pytest.raises(ManifestError, match="1 duplicate id.*'a'"):
+        read_manifest(path, {})
+
+
+def test_missing_ids_and_columns(tmp_path):
+    with pytest.raises(ManifestError, match="row 2: None"):
+        read_manifest(jsonl(tmp_path, [{"id": "a", "text": "x"}, {"text": "y"}]), {})
+    with pytest.raises(ManifestError, match="no 'id' column"):
+        read_manifest(jsonl(tmp_path, [{"text": "x"}]), {})
+    with pytest.raises(ManifestError, match="no modality column"):
+        read_manifest(jsonl(tmp_path, [{"id": "x", "label": 3}]), {})
+    with pytest.raises(ManifestError, match="has no rows"):
+        read_manifest(jsonl(tmp_path, []), {})
+
+
+def test_non_utf8_and_bad_json_lines_are_located(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "caf\xe9"}\n{"id": "c", oops}\n[1]\n')
+    with pytest.raises(ManifestError) as info:
+        read_manifest(str(path), {})
+    msg = str(info.value)
+    assert "3 bad line(s)" in msg
+    assert "line 2: not valid UTF-8 (byte 0xe9" in msg
+    assert "line 3: not valid JSON" in msg
+    assert "line 4: expected a JSON object, got list" in msg
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_bytes(b"id,text\na,ok\nb,caf\xe9\n")
+    with pytest.raises(ManifestError, match=r"not valid UTF-8 \(byte 0xe9 on line 3\)"):
+        read_manifest(str(csv_path), {})
+
+
+def test_unknown_format_and_missing_manifest(tmp_path):
+    (tmp_path / "m.txt").write_text("x")
+    with pytest.raises(ManifestError, match="unknown format"):
+        read_manifest(str(tmp_path / "m.txt"), {})
+    with pytest.raises(ManifestError, match="file not found"):
+        read_manifest(str(tmp_path / "nope.jsonl"), {})
+
+
+def test_resolve_uri():
+    assert resolve_uri("img/a.png", "/data/set") == "/data/set/img/a.png"
+    assert resolve_uri("../b.png", "/data/set") == "/data/b.png"
+    assert resolve_uri("/abs/c.png", "/data") == "/abs/c.png"
+    assert resolve_uri("img/a.png", "s3://bucket/set") == "s3://bucket/set/img/a.png"
+    assert resolve_uri("s3://other/x.wav", "/data") == "s3://other/x.wav"
+    with pytest.raises(ValueError, match="unsupported URI scheme 'https'"):
+        resolve_uri("https://example.com/x.png", "/data")
+
+
+def test_items_flag_wrong_types_and_keep_every_value(tmp_path):
+    path = jsonl(tmp_path, [{"id": 1, "image": 5}, {"id": "b", "image": "http://h/x.png"}, {"id": "c", "image": "ok.png"},
+                            {"id": "d", "text": "no image"}, {"id": "e", "image": ""}])
+    items = build_items(read_manifest(path, {}), Modality.IMAGE, shard_size=2)
+    assert [i["id"] for i in items] == ["1", "b", "c"]
+    assert items[0]["pre_error"] == "expected a URI string, got int '5'"
+    assert "unsupported URI scheme 'http'" in items[1]["pre_error"]
+    assert items[2]["pre_error"] is None and items[2]["value"] == str(tmp_path / "ok.png")
+    assert [i["shard"] for i in items] == [0, 0, 1]
+
+
+def test_storage_options_take_the_endpoint_from_the_environment(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert storage_options(StorageConfig())["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9"
+    explicit = storage_options(StorageConfig(endpoint_url="http://127.0.0.1:5", region="eu-west-1"))
+    assert explicit["client_kwargs"] == {"endpoint_url": "http://127.0.0.1:5", "region_name": "eu-west-1"}
