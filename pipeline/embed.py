@@ -95,6 +95,7 @@ def _embed_modality(cfg: EmbedConfig, modality: Modality, manifest: Manifest, st
     items = build_items(manifest, modality, cfg.shard_size)
     if cfg.overwrite:
         store.remove_modality(modality)
+    store.remove_stale_temp_files(modality)
     enc, ref = cfg.encoder(modality), resolve_encoder(cfg, modality)
     _guard_resume(store, modality, {"manifest": manifest.uri, "manifest_sha256": manifest.digest, "items": len(items),
                                     "shard_size": cfg.shard_size, "encoder": ref.name, "tokens": enc.tokens, "dtype": enc.dtype})

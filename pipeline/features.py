@@ -102,6 +102,18 @@ class FeatureStore:
                 self.fs.rm(self._p("errors", name))
         self.fs.invalidate_cache()
 
+    def remove_stale_temp_files(self, modality: Modality) -> int:
+        """Delete temp files a killed run left behind (local only: S3 writes leave none)."""
+        if not self.local:
+            return 0
+        removed = 0
+        for rel in (f"features/{modality.value}", "errors", f"_progress/{modality.value}"):
+            for name in self.list(rel):
+                if name.startswith(".tmp-"):
+                    self.fs.rm(self._p(rel, name))
+                    removed += 1
+        return removed
+
     # --- shards -------------------------------------------------------------------------------
     @staticmethod
     def shard_name(shard: int) -> str:

@@ -116,18 +116,39 @@ class FrozenEncoder:
             out = self.model(**batch.to(self.device)).last_hidden_state
             return out, batch["attention_mask"].sum(dim=1)
         if self.modality is Modality.AUDIO:
-            sr = int(self.processor.sampling_rate)
-            batch = self.processor(inputs, sampling_rate=sr, padding=True, return_tensors="pt")
-            out = self.model(input_values=batch["input_values"].to(self.device, self.dtype)).last_hidden_state
-            raw = torch.tensor([len(x) for x in inputs])
-            lengths = self.model._get_feat_extract_output_lengths(raw).clamp(min=1, max=out.shape[1])
-            return out, lengths
+            return self._forward_audio(inputs)
         if self.modality is Modality.VIDEO:
             batch = self.processor([list(clip) for clip in inputs], return_tensors="pt")
         else:
             batch = self.processor(images=inputs, return_tensors="pt")
         out = self.model(pixel_values=batch["pixel_values"].to(self.device, self.dtype)).last_hidden_state
         return out, torch.full((out.shape[0],), out.shape[1])
+
+    def _forward_audio(self, waves: list[np.ndarray]):
+        """Waveforms → (B, T, D) and valid frame counts.
+
+        Models with group-norm feature encoders (wav2vec2-base) cannot mask padding: zeros appended
+        to a short clip change its features. Those run one clip at a time; layer-norm models
+        (feat_extract_norm="layer") run batched with an attention mask.
+        """
+        torch = self.torch
+        sr = int(self.processor.sampling_rate)
+        if getattr(self.model.config, "feat_extract_norm", "group") != "layer":
+            outs = [self._forward_audio_batch([w], sr) for w in waves]
+            width = max(o.shape[1] for o in outs)
+            hidden = torch.cat([torch.nn.functional.pad(o, (0, 0, 0, width - o.shape[1])) for o in outs])
+        else:
+            hidden = self._forward_audio_batch(waves, sr)
+        raw = torch.tensor([len(w) for w in waves])
+        lengths = self.model._get_feat_extract_output_lengths(raw).clamp(min=1, max=hidden.shape[1])
+        return hidden, lengths
+
+    def _forward_audio_batch(self, waves: list[np.ndarray], sr: int):
+        batch = self.processor(waves, sampling_rate=sr, padding=True, return_attention_mask=True, return_tensors="pt")
+        kwargs = {"input_values": batch["input_values"].to(self.device, self.dtype)}
+        if len(waves) > 1:
+            kwargs["attention_mask"] = batch["attention_mask"].to(self.device)
+        return self.model(**kwargs).last_hidden_state
 
 
 def pool_tokens(hidden, lengths, k: int):

@@ -42,7 +42,8 @@ def _tiny_audio(dest: str) -> None:
 
     cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                          conv_dim=(32, 32, 32), conv_stride=(5, 4, 4), conv_kernel=(10, 4, 4),
-                         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+                         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                         feat_extract_norm="layer", do_stable_layer_norm=True)  # maskable: batched path
     Wav2Vec2Model(cfg).save_pretrained(dest)
     Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True).save_pretrained(dest)
 

@@ -1,0 +1,165 @@
+"""The embed job on a mixed corpus: every input lands in features or errors, exactly once."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import EmbedConfig
+from pipeline.embed import run_embed
+from pipeline.features import embeddings, read_errors, read_features
+from pipeline.media.ffmpeg import find_ffmpeg
+from tests.media_factory import jpeg_with_orientation, write_bad_media
+
+LIMITS = {"max_file_bytes": 200_000, "max_image_pixels": 1_000_000, "max_audio_seconds": 3,
+          "max_video_seconds": 10, "max_text_chars": 1000, "decode_timeout_s": 60}
+
+
+@pytest.fixture(scope="session")
+def mixed(session_dir, sample_corpus):
+    """Manifest = the 12 good samples + one row per kind of bad input; expected outcome per (id, modality)."""
+    folder = os.path.join(session_dir, "mixed")
+    bad = write_bad_media(os.path.join(folder, "bad"), find_ffmpeg())
+    jpeg_with_orientation(os.path.join(folder, "bad", "rotated.jpg"))
+    corpus_dir = os.path.dirname(sample_corpus)
+    rows, expected = [], {}
+    with open(sample_corpus) as fh:
+        for line in fh:
+            row = json.loads(line)
+            for m in ("image", "audio", "video"):
+                row[m] = os.path.join(corpus_dir, row[m])  # absolute paths
+            rows.append(row)
+            expected.update({(row["id"], m): None for m in ("image", "text", "audio", "video")})
+
+    def add(row_id, modality, value, stage, message):
+        rows.append({"id": row_id, modality: value})
+        expected[(row_id, modality)] = (stage, message)
+
+    add("img-truncated", "image", bad["truncated_image"], "decode", "corrupt or truncated image")
+    add("img-garbage", "image", bad["garbage_image"], "decode", "not an image format")
+    add("img-text", "image", bad["text_as_image"], "decode", "not an image format")
+    add("img-empty", "image", bad["empty_image"], "read", "empty file (0 bytes)")
+    add("img-bomb", "image", bad["bomb_image"], "decode", "over limits.max_image_pixels=1000000")
+    add("img-oversized", "image", bad["oversized_image"], "read", "over limits.max_file_bytes=200000")
+    add("img-missing", "image", "bad/does-not-exist.png", "read", "file not found")
+    add("img-wrong-type", "image", 5, "read", "expected a URI string, got int")
+    add("img-http", "image", "https://example.com/a.png", "read", "unsupported URI scheme 'https'")
+    add("img-dir", "image", "bad", "read", "not a regular file")
+    add("aud-garbage", "audio", bad["garbage_audio"], "decode", "ffmpeg could not decode audio")
+    add("aud-empty", "audio", bad["empty_audio"], "read", "empty file")
+    add("aud-long", "audio", bad["long_audio"], "decode", "longer than limits.max_audio_seconds=3")
+    add("aud-missing", "audio", "nowhere/x.wav", "read", "file not found")
+    add("vid-garbage", "video", bad["garbage_video"], "decode", "ffmpeg could not")
+    add("vid-audio-only", "video", bad["audio_only_video"], "decode", "video")
+    add("vid-truncated", "video", bad["truncated_video"], "decode", "")
+    add("txt-empty", "text", "   ", "decode", "empty text")
+    add("txt-long", "text", "word " * 300, "decode", "over limits.max_text_chars=1000")
+    add("txt-wrong-type", "text", ["a", "list"], "read", "expected a string, got list")
+    rows.append({"id": "img-rotated", "image": "bad/rotated.jpg", "text": "a green square"})
+    expected[("img-rotated", "image")] = None
+    expected[("img-rotated", "text")] = None
+    manifest = os.path.join(folder, "manifest.jsonl")
+    with open(manifest, "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return manifest, expected
+
+
+@pytest.fixture(scope="session")
+def mixed_run(ray_session, mixed, session_dir):
+    manifest, expected = mixed
+    out = os.path.join(session_dir, "mixed-out")
+    cfg = EmbedConfig(input=manifest, output=out, shard_size=5, limits=LIMITS,
+                      encoders={"image": {"tokens": 2, "dtype": "float32"}, "text": {"tokens": 1}})
+    return out, run_embed(cfg), expected, cfg
+
+
+def all_rows(out):
+    rows = []
+    for m in ("image", "text", "audio", "video"):
+        t = read_features(out, m)
+        rows += [(i, m, None) for i in t.column("id").to_pylist()] if t.num_rows else []
+    e = read_errors(out)
+    rows += list(zip(e.column("id").to_pylist(), e.column("modality").to_pylist(),
+                     zip(e.column("stage").to_pylist(), e.column("error").to_pylist())))
+    return rows
+
+
+def test_every_input_has_exactly_one_row(mixed_run):
+    out, _, expected, _ = mixed_run
+    keys = [(i, m) for i, m, _ in all_rows(out)]
+    assert len(keys) == len(set(keys)), "duplicate rows"
+    assert set(keys) == set(expected)
+
+
+def test_bad_inputs_land_in_errors_with_stage_and_message(mixed_run):
+    out, _, expected, _ = mixed_run
+    got = {(i, m): err for i, m, err in all_rows(out)}
+    for key, want in expected.items():
+        if want is None:
+            assert got[key] is None, f"{key} should have features, got error {got[key]}"
+        else:
+            stage, message = got[key]
+            assert stage == want[0] and message.startswith(f"{key[1]}: ") and want[1] in message, (key, got[key])
+
+
+def test_feature_contract(mixed_run):
+    out, _, _, _ = mixed_run
+    image = pq.read_table(os.path.join(out, "features", "image"))  # plain pyarrow, whole folder
+    assert image.schema.names == ["id", "modality", "uri", "encoder", "embedding"]
+    emb_type = image.schema.field("embedding").type
+    assert isinstance(emb_type, pa.FixedShapeTensorType) and emb_type.shape == [2, 32]
+    assert emb_type.value_type == pa.float32()
+    arr = embeddings(image)
+    assert arr.shape == (image.num_rows, 2, 32) and np.isfinite(arr).all()
+    assert set(image.column("modality").to_pylist()) == {"image"}
+    assert set(image.column("encoder").to_pylist()) == {"oneencoder/tiny-image@v1"}
+    assert all(u.endswith((".png", ".jpg")) and os.path.isabs(u) for u in image.column("uri").to_pylist())
+    text = read_features(out, "text")
+    assert text.schema.field("embedding").type.value_type == pa.float16()
+    assert embeddings(text).shape == (text.num_rows, 1, 32) and text.column("uri").null_count == text.num_rows
+    df = pd.read_parquet(os.path.join(out, "features", "audio"))
+    assert len(df) == 12 and len(df.embedding.iloc[0]) == 32
+
+
+def test_pipeline_vectors_match_the_encoder_called_directly(mixed_run):
+    from pipeline.decode import DecodeSettings, decode_item
+    from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
+    from pipeline.encoders.presets import resolve_encoder
+    from pipeline.modality import Modality
+    from pipeline.sources import storage_options
+
+    out, _, _, cfg = mixed_run
+    for modality in (Modality.IMAGE, Modality.TEXT, Modality.VIDEO):
+        table = read_features(out, modality)
+        ids = table.column("id").to_pylist()
+        row = ids.index("s00003")
+        ref, enc = resolve_encoder(cfg, modality), cfg.encoder(modality)
+        value = "a yellow circle" if modality is Modality.TEXT else table.column("uri")[row].as_py()
+        settings = DecodeSettings(modality, read_input_spec(ref, enc), cfg.limits, storage_options(cfg.storage), find_ffmpeg())
+        direct = FrozenEncoder(ref, enc).embed([decode_item(value, settings)])[0]
+        np.testing.assert_allclose(embeddings(table)[row].astype(np.float32), direct, atol=2e-3, rtol=2e-3)
+
+
+def test_summary_counts_match_the_files(mixed_run):
+    out, summary, expected, _ = mixed_run
+    with open(os.path.join(out, "summary.json")) as fh:
+        on_disk = json.load(fh)
+    assert on_disk["modalities"] == summary["modalities"]
+    image = summary["modalities"]["image"]
+    assert image["items"] == 23 and image["features"] == 13
+    assert image["errors"] == {"read": 6, "decode": 4, "encode": 0}
+    assert image["tokens"] == 2 and image["dim"] == 32 and image["dtype"] == "float32" and image["complete"]
+    assert summary["items_this_run"] == len(expected)
+
+
+def test_rerun_resumes_to_a_no_op(mixed_run, ray_session):
+    out, _, _, cfg = mixed_run
+    before = {p: os.stat(os.path.join(r, p)).st_mtime_ns for r, _, fs in os.walk(out) for p in fs if p.endswith(".parquet")}
+    summary = run_embed(cfg)
+    after = {p: os.stat(os.path.join(r, p)).st_mtime_ns for r, _, fs in os.walk(out) for p in fs if p.endswith(".parquet")}
+    assert summary["items_this_run"] == 0 and before == after

@@ -1,0 +1,115 @@
+"""Frozen encoders: offline builds, loading through from_pretrained, pooling that ignores padding."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import EmbedConfig, EncoderConfig
+from pipeline.corpus import clip, draw_shape, tone
+from pipeline.encoders.frozen import FrozenEncoder, InputSpec, pool_tokens, read_input_spec
+from pipeline.encoders.offline import ensure_built
+from pipeline.encoders.presets import resolve_encoder
+from pipeline.modality import Modality
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return EmbedConfig(preset="tiny")
+
+
+def digest(folder):
+    with open(os.path.join(folder, "model.safetensors"), "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def test_tiny_builds_are_deterministic(tmp_path):
+    a = ensure_built("tiny", Modality.IMAGE, str(tmp_path / "a"))
+    b = ensure_built("tiny", Modality.IMAGE, str(tmp_path / "b"))
+    assert digest(a) == digest(b)
+    assert sorted(os.listdir(a)) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert not [n for n in os.listdir(tmp_path / "a" / "tiny-v1") if n.startswith(".")]  # no temp folders left
+
+
+def test_tokenizer_round_trip_keeps_known_words(cfg):
+    from transformers import AutoTokenizer
+
+    ref = resolve_encoder(cfg, Modality.TEXT)
+    tok = AutoTokenizer.from_pretrained(ref.materialize())
+    ids = tok("a red circle")["input_ids"]
+    assert tok.unk_token_id not in ids and len(ids) == 5
+    assert tok.convert_ids_to_tokens(ids[1:-1]) == ["a", "red", "circle"]
+
+
+@pytest.mark.parametrize("modality,inputs", [
+    (Modality.IMAGE, [np.asarray(draw_shape("red", "circle")), np.zeros((20, 50, 3), np.uint8)]),
+    (Modality.TEXT, ["a red circle", "a much longer blue square moving left to right"]),
+    (Modality.AUDIO, [tone("red", "circle"), tone("blue", "cross", seconds=0.4)]),
+    (Modality.VIDEO, [clip("red", "circle", frames=4, size=32), clip("blue", "square", frames=4, size=32)]),
+])
+@pytest.mark.parametrize("k", [1, 3])
+def test_every_modality_embeds_to_k_by_d(cfg, modality, inputs, k):
+    enc = FrozenEncoder(resolve_encoder(cfg, modality), EncoderConfig(tokens=k, torch_threads=1))
+    out = enc.embed(inputs)
+    assert out.shape == (2, k, 32) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    assert not np.allclose(out[0], out[1])
+    assert not any(p.requires_grad for p in enc.model.parameters()) and not enc.model.training
+
+
+@pytest.mark.parametrize("modality,short,long", [
+    (Modality.TEXT, "a red circle", "a blue square moving slowly from the left to the right of the picture"),
+    (Modality.AUDIO, tone("red", "circle", seconds=0.5), tone("green", "cross", seconds=1.5)),
+])
+def test_padding_never_changes_an_item_s_vector(cfg, modality, short, long):
+    enc = FrozenEncoder(resolve_encoder(cfg, modality), EncoderConfig(tokens=2, torch_threads=1))
+    alone = enc.embed([short])[0]
+    padded = enc.embed([short, long])[0]
+    np.testing.assert_allclose(alone, padded, atol=2e-3 if modality is Modality.AUDIO else 1e-5)
+
+
+def test_pool_tokens_matches_manual_means():
+    hidden = torch.arange(2 * 6 * 2, dtype=torch.float32).reshape(2, 6, 2)
+    lengths = torch.tensor([4, 6])
+    one = pool_tokens(hidden, lengths, 1)
+    assert torch.allclose(one[0, 0], hidden[0, :4].mean(0)) and torch.allclose(one[1, 0], hidden[1].mean(0))
+    two = pool_tokens(hidden, lengths, 2)
+    assert torch.allclose(two[0, 0], hidden[0, :2].mean(0)) and torch.allclose(two[0, 1], hidden[0, 2:4].mean(0))
+
+
+def test_input_spec_is_read_from_the_processor_files(cfg):
+    assert read_input_spec(resolve_encoder(cfg, Modality.IMAGE), EncoderConfig()) == InputSpec(image_hw=(32, 32))
+    video = read_input_spec(resolve_encoder(cfg, Modality.VIDEO), EncoderConfig())
+    assert video.num_frames == 4 and video.image_hw == (32, 32)
+    assert read_input_spec(resolve_encoder(cfg, Modality.VIDEO), EncoderConfig(num_frames=6)).num_frames == 6
+    assert read_input_spec(resolve_encoder(cfg, Modality.AUDIO), EncoderConfig()).sample_rate == 16000
+
+
+def test_explicit_local_model_path_and_unreachable_hub_id(cfg, tmp_path):
+    folder = ensure_built("tiny", Modality.IMAGE, str(tmp_path))
+    local = resolve_encoder(EmbedConfig(encoders={"image": {"model": folder}}), Modality.IMAGE)
+    assert local.source == folder and local.name.startswith(folder + "@sha256:")
+    assert FrozenEncoder(local, EncoderConfig()).embed([np.zeros((32, 32, 3), np.uint8)]).shape == (1, 1, 32)
+    hub = resolve_encoder(EmbedConfig(preset="paper"), Modality.IMAGE)
+    assert hub.name == "google/vit-base-patch16-224@main"
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):
+        read_input_spec(hub, EncoderConfig())
+
+
+def test_group_norm_audio_models_run_clip_by_clip_so_padding_cannot_leak(tmp_path):
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from pipeline.encoders.presets import EncoderRef
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=16,
+                         num_conv_pos_embedding_groups=4, feat_extract_norm="group")
+    Wav2Vec2Model(cfg).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(tmp_path)
+    enc = FrozenEncoder(EncoderRef(Modality.AUDIO, str(tmp_path), None, "group-norm"), EncoderConfig(torch_threads=1))
+    short, long = tone("red", "circle", seconds=0.5), tone("blue", "cross", seconds=1.5)
+    np.testing.assert_allclose(enc.embed([short])[0], enc.embed([short, long])[0], atol=1e-5)

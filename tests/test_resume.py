@@ -1,0 +1,140 @@
+"""Resume: a killed driver, Ctrl-C or a killed worker never loses or duplicates a row."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pipeline.config import EmbedConfig
+from pipeline.corpus import AUDIO_FORMATS
+from pipeline.embed import ResumeMismatchError, run_embed
+from pipeline.features import read_errors, read_features
+from pipeline.media.ffmpeg import find_ffmpeg
+
+ITEMS = 20
+
+
+@pytest.fixture(scope="module")
+def slow_audio(session_dir, sample_corpus, tmp_path_factory):
+    """20 audio items and an ffmpeg that takes 0.4 s a call, so a run lasts long enough to interrupt."""
+    folder = tmp_path_factory.mktemp("slow")
+    corpus = os.path.dirname(sample_corpus)
+    manifest = folder / "manifest.jsonl"
+    with open(manifest, "w") as fh:
+        for i in range(ITEMS):
+            sample = i % 12  # the corpus cycles audio formats by sample index
+            path = os.path.join(corpus, "audio", f"{sample:05d}.{AUDIO_FORMATS[sample % len(AUDIO_FORMATS)]}")
+            fh.write(json.dumps({"id": f"a{i}", "audio": path}) + "\n")
+    wrapper = folder / "slow-ffmpeg"
+    wrapper.write_text(f"#!/bin/sh\nsleep 0.4\nexec {find_ffmpeg()} \"$@\"\n")
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    config = folder / "slow.yaml"
+    config.write_text(f"ffmpeg: {wrapper}\nshard_size: 2\ndecode: {{batch_size: 1}}\n"
+                      "encoders:\n  audio: {batch_size: 2, dtype: float32}\n")
+    return str(manifest), str(config)
+
+
+def embed_cmd(manifest, config, out):
+    return [sys.executable, "-m", "jobs.embed", "--input", manifest, "--output", out, "--config", config]
+
+
+def markers(out):
+    folder = os.path.join(out, "_progress", "audio")
+    return sorted(n for n in os.listdir(folder) if n.startswith("shard-")) if os.path.isdir(folder) else []
+
+
+def interrupt_after_first_commit(cmd, env, sig):
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = cmd[cmd.index("--output") + 1]
+    deadline = time.time() + 240
+    while not markers(out) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    log = proc.communicate(timeout=120)[0]
+    return proc.returncode, log
+
+
+def assert_complete_without_duplicates(out):
+    ids = read_features(out, "audio").column("id").to_pylist() + read_errors(out).column("id").to_pylist()
+    assert sorted(ids) == sorted(f"a{i}" for i in range(ITEMS))
+
+
+def shard_mtimes(out):
+    folder = os.path.join(out, "features", "audio")
+    return {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed-driver", "ctrl-c"])
+def test_interrupted_job_resumes_without_redoing_or_duplicating(ray_session, slow_audio, tmp_path, sig):
+    manifest, config = slow_audio
+    out = str(tmp_path / "out")
+    env = {**os.environ, "RAY_ADDRESS": ray_session}
+    code, log = interrupt_after_first_commit(embed_cmd(manifest, config, out), env, sig)
+    assert code != 0, log
+    done_before = markers(out)
+    assert 0 < len(done_before) < ITEMS // 2, log
+    before = shard_mtimes(out)
+    rerun = subprocess.run(embed_cmd(manifest, config, out), env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{len(done_before)} shards already committed" in rerun.stderr
+    assert_complete_without_duplicates(out)
+    after = shard_mtimes(out)
+    assert all(after[name] == mtime for name, mtime in before.items()), "committed shards were rewritten"
+    assert not [n for r, _, fs in os.walk(out) for n in fs if n.startswith(".tmp-")]
+
+
+def _encoder_actor_pids():
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        if "MapBatches(EncodeActor)" in cmd:
+            pids.append(int(pid))
+    return pids
+
+
+def test_killed_encoder_worker_is_survived(ray_session, slow_audio, tmp_path):
+    manifest, config_path = slow_audio
+    out = str(tmp_path / "out")
+    from pipeline.config import load_embed_config
+
+    cfg = load_embed_config(config_path, input=manifest, output=out)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(summary=run_embed(cfg)))
+    thread.start()
+    deadline = time.time() + 240
+    while not (markers(out) and _encoder_actor_pids()) and time.time() < deadline:
+        time.sleep(0.05)
+    victims = _encoder_actor_pids()
+    assert victims, "no encoder actor process found"
+    assert len(markers(out)) < ITEMS // 2, "the run ended before the worker could be killed"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert result["summary"]["modalities"]["audio"]["complete"]
+    assert not set(victims) & set(_encoder_actor_pids())  # the rows after the kill came from a new actor
+    assert_complete_without_duplicates(out)
+
+
+def test_changed_settings_refuse_to_mix_and_overwrite_starts_over(ray_session, sample_corpus, tmp_path):
+    out = str(tmp_path / "out")
+    base = dict(input=sample_corpus, output=out, modalities=["text"], shard_size=4)
+    run_embed(EmbedConfig(**base))
+    with pytest.raises(ResumeMismatchError, match="tokens: was 1, now 3.*--overwrite"):
+        run_embed(EmbedConfig(**base, encoders={"text": {"tokens": 3}}))
+    summary = run_embed(EmbedConfig(**base, encoders={"text": {"tokens": 3}}, overwrite=True))
+    assert summary["items_this_run"] == 12 and summary["modalities"]["text"]["tokens"] == 3
+    assert read_features(out, "text").schema.field("embedding").type.shape == [3, 32]
