@@ -148,7 +148,6 @@ def config_reference(model: type[BaseModel] = EmbedConfig, prefix: str = "") -> 
             continue
         default = field.get_default(call_default_factory=True)
         if name == "encoders":
-            lines.append(f"{prefix}{name}.<modality>.*  (per modality, see below)")
             lines += config_reference(EncoderConfig, f"{prefix}{name}.<modality>.")
             continue
         lines.append(f"{prefix}{name} (default {default!r}): {field.description}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 import uuid
 from typing import Any
 
@@ -137,7 +138,8 @@ class FeatureStore:
         if errors.num_rows:
             self.write_table(f"errors/{modality.value}-{name}.parquet", errors)
         stages = errors.column("stage").to_pylist() if errors.num_rows else []
-        marker = {"features": features.num_rows, "errors": {s: stages.count(s) for s in STAGES}, "dim": dim}
+        marker = {"features": features.num_rows, "errors": {s: stages.count(s) for s in STAGES}, "dim": dim,
+                  "committed_at": time.time()}
         self.write_json(f"_progress/{modality.value}/{name}.json", marker)
         return marker
 

@@ -1,0 +1,37 @@
+"""Benchmark the embed pipeline against its ceiling and a naive loop (paper architectures, random init).
+
+    python -m jobs.benchmark_embed [--images 96] [--batch-size 16] [--preset paper|tiny] [--workdir DIR] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+
+from pipeline.benchmarks import benchmark_embed, format_benchmark
+from pipeline.runtime import init_ray, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.benchmark_embed", description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=96, help="generated images (default 96)")
+    p.add_argument("--batch-size", type=int, default=16, help="encoder batch size (default 16)")
+    p.add_argument("--preset", choices=["paper", "tiny"], default="paper", help="paper = ViT-B/16 at random init (default)")
+    p.add_argument("--workdir", help="scratch folder (default: a new temp folder)")
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args(argv)
+    if args.images < 2 * args.batch_size:
+        p.error(f"--images must be at least twice --batch-size ({2 * args.batch_size}), got {args.images}")
+    setup_logging()
+    init_ray()
+    result = benchmark_embed(args.workdir or tempfile.mkdtemp(prefix="oneencoder-bench-"), args.images, args.batch_size, args.preset)
+    print(format_benchmark(result))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Benchmark of the embed job against its ceiling and a naive loop, measured in one run.
+
+(a) ceiling: the frozen encoder's throughput on pre-decoded images, in-process;
+(b) the Ray Data pipeline end to end (and in steady state, first to last shard commit);
+(c) a naive single-process loop: read → decode → encode, batch by batch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import EmbedConfig
+from pipeline.corpus import concept, draw_shape
+from pipeline.embed import run_embed
+from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
+from pipeline.encoders.presets import resolve_encoder
+from pipeline.features import FeatureStore
+from pipeline.media.image import decode_image
+from pipeline.modality import Modality
+
+log = logging.getLogger(__name__)
+
+
+def write_image_corpus(folder: str, n: int) -> str:
+    """``n`` 320x240 JPEG images with a manifest; returns the manifest path."""
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    rng = np.random.default_rng(0)
+    with open(os.path.join(folder, "manifest.jsonl"), "w") as fh:
+        for i in range(n):
+            img = draw_shape(*concept(i), size=240, rng=rng).resize((320, 240))
+            name = f"images/{i:05d}.jpg"
+            img.save(os.path.join(folder, name), quality=90)
+            fh.write(json.dumps({"id": f"b{i:05d}", "image": name}) + "\n")
+    return os.path.join(folder, "manifest.jsonl")
+
+
+def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str = "paper") -> dict[str, Any]:
+    """Measure (a), (b), (c) on ``n`` generated images; return rates (images/s) and ratios."""
+    manifest = write_image_corpus(os.path.join(workdir, "corpus"), n)
+    cfg = EmbedConfig(input=manifest, output=os.path.join(workdir, "out"), preset=preset, random_init=preset == "paper",
+                      modalities=[Modality.IMAGE], overwrite=True, shard_size=batch_size,
+                      encoders={"image": {"batch_size": batch_size}})
+    ref, enc = resolve_encoder(cfg, Modality.IMAGE), cfg.encoder(Modality.IMAGE)
+    spec = read_input_spec(ref, enc)
+    paths = [os.path.join(workdir, "corpus", "images", f"{i:05d}.jpg") for i in range(n)]
+
+    log.info("(c) naive single-process loop over %d images", n)
+    start = time.perf_counter()
+    encoder = FrozenEncoder(ref, enc)
+    for i in range(0, n, batch_size):
+        batch = []
+        for path in paths[i:i + batch_size]:
+            with open(path, "rb") as fh:
+                batch.append(decode_image(fh.read(), cfg.limits.max_image_pixels, spec.image_hw))
+        encoder.embed(batch)
+    naive = n / (time.perf_counter() - start)
+
+    log.info("(a) ceiling: in-process forward on pre-decoded images")
+    decoded = [decode_image(open(p, "rb").read(), cfg.limits.max_image_pixels, spec.image_hw) for p in paths]
+    start = time.perf_counter()
+    for i in range(0, n, batch_size):
+        encoder.embed(decoded[i:i + batch_size])
+    ceiling = n / (time.perf_counter() - start)
+    threads = encoder.torch.get_num_threads()
+    del encoder
+
+    log.info("(b) the Ray Data pipeline")
+    start = time.perf_counter()
+    run_embed(cfg)
+    pipeline = n / (time.perf_counter() - start)
+    commits = sorted(m["committed_at"] for m in FeatureStore(cfg.output, {}).committed_shards(Modality.IMAGE).values())
+    steady = (n - batch_size) / (commits[-1] - commits[0]) if len(commits) > 1 else None
+    return {"images": n, "batch_size": batch_size, "encoder": ref.name, "torch_threads": threads,
+            "cpus": os.cpu_count(), "ceiling_per_s": ceiling, "pipeline_per_s": pipeline,
+            "pipeline_steady_per_s": steady, "naive_per_s": naive,
+            "pipeline_vs_ceiling": pipeline / ceiling, "steady_vs_ceiling": steady / ceiling if steady else None,
+            "pipeline_vs_naive": pipeline / naive}
+
+
+def format_benchmark(r: dict[str, Any]) -> str:
+    """The benchmark's printed report."""
+    steady = (f"{r['pipeline_steady_per_s']:.2f} images/s = {r['steady_vs_ceiling']:.2f} x ceiling"
+              if r["pipeline_steady_per_s"] else "n/a (one shard)")
+    return "\n".join([
+        f"embed benchmark: {r['images']} images, batch {r['batch_size']}, {r['encoder']}, "
+        f"{r['cpus']} CPUs, {r['torch_threads']} torch threads",
+        f"(a) ceiling, in-process forward on pre-decoded images: {r['ceiling_per_s']:.2f} images/s",
+        f"(b) Ray Data pipeline end to end (job start to summary, incl. actor start and model load): "
+        f"{r['pipeline_per_s']:.2f} images/s",
+        f"    steady state (first to last shard commit): {steady}",
+        f"(c) naive single-process loop (read, decode, encode per batch): {r['naive_per_s']:.2f} images/s",
+        f"(b)/(a) = {r['pipeline_vs_ceiling']:.2f}   (b)/(c) = {r['pipeline_vs_naive']:.2f}",
+    ])

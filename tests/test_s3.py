@@ -1,0 +1,76 @@
+"""S3 round trip against a local S3-compatible HTTP server (moto in server mode): manifest, media
+and output on S3, endpoint from the standard AWS_ENDPOINT_URL variable."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import StorageConfig
+from pipeline.features import embeddings, read_errors, read_features
+from pipeline.sources import ManifestError, read_manifest, storage_options
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_corpus(s3_endpoint, sample_corpus):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("media")
+    fs.mkdir("features")
+    corpus = os.path.dirname(sample_corpus)
+    rows = []
+    with open(sample_corpus) as fh:
+        for line in fh:
+            row = json.loads(line)
+            for m in ("image", "audio"):
+                fs.put_file(os.path.join(corpus, row[m]), f"media/corpus/{row[m]}")
+            rows.append({"id": row["id"], "image": row["image"], "audio": row["audio"]})
+    rows.append({"id": "gone", "image": "images/missing.png", "audio": "s3://media/nothing/here.wav"})
+    fs.pipe_file("media/corpus/manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    return fs
+
+
+def test_s3_manifest_media_and_output(ray_session, s3_endpoint, s3_corpus):
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "AWS_ENDPOINT_URL": s3_endpoint}
+    cmd = [sys.executable, "-m", "jobs.embed", "--input", "s3://media/corpus/manifest.jsonl",
+           "--output", "s3://features/run1", "--modalities", "image,audio"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "s3://features/run1/summary.json" in proc.stdout
+    opts = storage_options(StorageConfig(endpoint_url=s3_endpoint))
+    for modality in ("image", "audio"):
+        table = read_features("s3://features/run1", modality, opts)
+        assert sorted(table.column("id").to_pylist()) == [f"s{i:05d}" for i in range(12)]
+        assert embeddings(table).shape == (12, 1, 32)
+        assert all(u.startswith("s3://media/corpus/") for u in table.column("uri").to_pylist())
+    errors = read_errors("s3://features/run1", opts).to_pylist()
+    assert sorted((e["id"], e["modality"], e["stage"]) for e in errors) == [("gone", "audio", "read"), ("gone", "image", "read")]
+    assert all("file not found: s3://media/" in e["error"] for e in errors)
+    summary = json.loads(s3_corpus.cat_file("features/run1/summary.json"))
+    assert summary["modalities"]["image"]["complete"] and summary["modalities"]["audio"]["features"] == 12
+    assert not s3_corpus.glob("features/run1/**/.tmp-*")
+
+
+def test_unreachable_endpoint_is_named():
+    opts = storage_options(StorageConfig(endpoint_url="http://127.0.0.1:9"))
+    opts["config_kwargs"] = {"connect_timeout": 1, "retries": {"max_attempts": 1}}
+    with pytest.raises(ManifestError, match="cannot reach the S3 endpoint"):
+        read_manifest("s3://bucket/manifest.jsonl", opts)
