@@ -130,7 +130,7 @@ def _commit_stream(ds, store: FeatureStore, modality: Modality, ref: EncoderRef,
     """Gather streamed rows per shard; commit each shard when all its items have arrived."""
     parts: dict[int, list[pa.Table]] = defaultdict(list)
     seen: dict[int, set[int]] = defaultdict(set)
-    committed, last_log, started = 0, 0.0, time.time()
+    committed, items_done, last_log, started = 0, 0, 0.0, time.time()
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         shard_col = batch.column("shard").to_numpy()
         for shard in np.unique(shard_col):
@@ -142,19 +142,15 @@ def _commit_stream(ds, store: FeatureStore, modality: Modality, ref: EncoderRef,
                 _commit(store, modality, ref, k, shard, pa.concat_tables(parts.pop(shard)))
                 seen.pop(shard)
                 committed += 1
+                items_done += expected[shard]
                 if time.time() - last_log > 5 or committed == len(expected):
                     last_log = time.time()
-                    log.info("%s: committed %d/%d shards this run (%d total), %.1f items/s",
-                             modality.value, committed, len(expected), shards,
-                             _rate(expected, committed, started))
+                    log.info("%s: committed %d/%d shards this run (%d in all), %d items, %.1f items/s",
+                             modality.value, committed, len(expected), shards, items_done,
+                             items_done / max(last_log - started, 1e-9))
     if parts:
         missing = sorted(parts)
         raise RuntimeError(f"{modality.value}: the pipeline ended before shards {missing[:10]} were complete")
-
-
-def _rate(expected: Counter, committed: int, started: float) -> float:
-    avg = sum(expected.values()) / max(len(expected), 1)
-    return committed * avg / max(time.time() - started, 1e-9)
 
 
 def _commit(store: FeatureStore, modality: Modality, ref: EncoderRef, k: int, shard: int, rows: pa.Table) -> None:

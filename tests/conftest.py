@@ -23,10 +23,13 @@ os.environ.update({
 os.environ.pop("RAY_ADDRESS", None)
 
 
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def session_dir():
-    yield _SESSION_DIR
-    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+    return _SESSION_DIR
 
 
 @pytest.fixture(scope="session")

@@ -75,3 +75,18 @@ def test_cli_bad_config_fails_before_starting_ray(tmp_path):
     assert proc.returncode == 2
     assert "encoders.audio.batch_size = -2" in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+
+
+def test_readme_config_reference_matches_the_code():
+    readme = open("README.md", encoding="utf-8").read()
+    block = readme.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
+    assert block.strip().strip("`").strip().splitlines() == config_reference()
+
+
+def test_ci_runs_the_readme_commands():
+    readme = open("README.md", encoding="utf-8").read()
+    ci = open(".ci/run", encoding="utf-8").read()
+    test_command = 'pip install -e ".[dev]" && python -m pytest -q'
+    assert test_command in readme
+    for part in test_command.split(" && "):
+        assert part in ci.splitlines()
