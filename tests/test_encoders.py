@@ -113,3 +113,15 @@ def test_group_norm_audio_models_run_clip_by_clip_so_padding_cannot_leak(tmp_pat
     enc = FrozenEncoder(EncoderRef(Modality.AUDIO, str(tmp_path), None, "group-norm"), EncoderConfig(torch_threads=1))
     short, long = tone("red", "circle", seconds=0.5), tone("blue", "cross", seconds=1.5)
     np.testing.assert_allclose(enc.embed([short])[0], enc.embed([short, long])[0], atol=1e-5)
+
+
+def test_random_init_builds_the_paper_architecture_offline(session_dir):
+    import json
+
+    cfg = EmbedConfig(preset="paper", random_init=True, cache_dir=os.path.join(session_dir, "paper-cache"))
+    ref = resolve_encoder(cfg, Modality.IMAGE)
+    assert ref.name == "google/vit-base-patch16-224@random-init-v1"
+    with open(os.path.join(ref.source, "config.json")) as fh:
+        config = json.load(fh)
+    assert (config["hidden_size"], config["num_hidden_layers"], config["patch_size"], config["image_size"]) == (768, 12, 16, 224)
+    assert read_input_spec(ref, EncoderConfig()).image_hw == (224, 224)
