@@ -97,11 +97,28 @@ def _format_errors(err: ValidationError, source: str) -> str:
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "<top level>"
         value = e.get("input")
-        if e["type"] == "extra_forbidden":
+        if not e["loc"]:
+            lines.append(f"  {e['msg']}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  {field}: unknown field (value {value!r}); check the spelling against the configuration reference")
         else:
             lines.append(f"  {field} = {value!r}: {e['msg']}")
     return "\n".join(lines)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping. Raises ConfigError for unreadable, invalid or non-mapping files."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config {path}: expected a mapping of fields at the top level, got {type(loaded).__name__}")
+    return loaded or {}
 
 
 def load_embed_config(path: str | None = None, **overrides: Any) -> EmbedConfig:
@@ -109,20 +126,8 @@ def load_embed_config(path: str | None = None, **overrides: Any) -> EmbedConfig:
 
     Raises ConfigError naming the field, the bad value and what was expected.
     """
-    data: dict[str, Any] = {}
+    data = _read_yaml(path) if path else {}
     source = path or "command line"
-    if path:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {path} is not valid YAML: {e}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config {path}: expected a mapping of fields at the top level, got {type(loaded).__name__}")
-        data = loaded or {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return EmbedConfig.model_validate(data)

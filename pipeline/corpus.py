@@ -20,6 +20,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), 
 SHAPES = ("circle", "square", "triangle", "cross")
 AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg", "m4a")
 VIDEO_FORMATS = ("mp4", "webm", "mkv")
+CAPTIONS = ("a {c} {s}", "a picture of a {c} {s}", "{c} {s}", "the {s} is {c}", "a small {c} {s}")
 SAMPLE_RATE = 16000
 
 
@@ -52,9 +53,9 @@ def draw_shape(colour: str, shape: str, size: int = 96, offset: float = 0.0, rng
     return img
 
 
-def tone(colour: str, shape: str, seconds: float = 1.0) -> np.ndarray:
+def tone(colour: str, shape: str, seconds: float = 1.0, detune: float = 1.0) -> np.ndarray:
     """A float32 waveform whose pitch encodes the colour and whose rhythm encodes the shape."""
-    pitch = 220.0 * 2 ** (list(COLOURS).index(colour) / 4)
+    pitch = 220.0 * 2 ** (list(COLOURS).index(colour) / 4) * detune
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     beats = 1 + SHAPES.index(shape)
     envelope = (np.sin(np.pi * beats * t / seconds) ** 2)
@@ -99,8 +100,11 @@ def clip(colour: str, shape: str, frames: int = 8, size: int = 64, rng: np.rando
 
 
 def write_sample_corpus(dest: str, n: int = 24, seed: int = 0, ffmpeg: str | None = None,
-                        modalities: tuple[str, ...] = ("image", "text", "audio", "video")) -> str:
+                        modalities: tuple[str, ...] = ("image", "text", "audio", "video"), vary: bool = False) -> str:
     """Write ``n`` paired samples and ``dest/manifest.jsonl`` (relative URIs); return the manifest path.
+
+    With ``vary``, captions use several templates and tones are detuned and noisy, so samples of
+    one concept differ (training corpora); without it every concept is rendered one way.
 
     Images alternate PNG/JPEG, audio cycles wav/flac/mp3/ogg/m4a, video cycles mp4/webm/mkv.
     """
@@ -117,10 +121,14 @@ def write_sample_corpus(dest: str, n: int = 24, seed: int = 0, ffmpeg: str | Non
             draw_shape(colour, shape, rng=rng).save(os.path.join(dest, name))
             row["image"] = name
         if "text" in modalities:
-            row["text"] = f"a {colour} {shape}"
+            template = CAPTIONS[int(rng.integers(len(CAPTIONS)))] if vary else CAPTIONS[0]
+            row["text"] = template.format(c=colour, s=shape)
         if "audio" in modalities:
             name = f"audio/{i:05d}.{AUDIO_FORMATS[i % len(AUDIO_FORMATS)]}"
-            encode_audio(os.path.join(dest, name), tone(colour, shape), ffmpeg)
+            wave = tone(colour, shape, detune=float(rng.normal(1.0, 0.02)) if vary else 1.0)
+            if vary:
+                wave = wave + rng.normal(0, 0.02, wave.shape).astype(np.float32)
+            encode_audio(os.path.join(dest, name), wave, ffmpeg)
             row["audio"] = name
         if "video" in modalities:
             name = f"video/{i:05d}.{VIDEO_FORMATS[i % len(VIDEO_FORMATS)]}"

@@ -7,6 +7,7 @@ shards, so an interrupted job resumes without redoing or duplicating work.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -17,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import ConfigError, EmbedConfig, require_paths
+from pipeline.config import ConfigError, EmbedConfig, EncoderConfig, require_paths
 from pipeline.decode import DecodeSettings, decode_batch
 from pipeline.encode import EncodeActor
-from pipeline.encoders.frozen import read_input_spec
+from pipeline.encoders.frozen import InputSpec, read_input_spec
 from pipeline.encoders.presets import EncoderRef, resolve_encoder
 from pipeline.features import ERROR_SCHEMA, STAGES, FeatureStore, feature_schema
 from pipeline.media.ffmpeg import find_ffmpeg
@@ -99,6 +100,8 @@ def _embed_modality(cfg: EmbedConfig, modality: Modality, manifest: Manifest, st
     enc, ref = cfg.encoder(modality), resolve_encoder(cfg, modality)
     _guard_resume(store, modality, {"manifest": manifest.uri, "manifest_sha256": manifest.digest, "items": len(items),
                                     "shard_size": cfg.shard_size, "encoder": ref.name, "tokens": enc.tokens, "dtype": enc.dtype})
+    spec = read_input_spec(ref, enc)
+    store.write_json(f"_progress/{modality.value}/encoder.json", encoder_record(ref, enc, spec))
     done = store.committed_shards(modality)
     todo = [it for it in items if it["shard"] not in done]
     shards = (len(items) + cfg.shard_size - 1) // cfg.shard_size
@@ -106,7 +109,7 @@ def _embed_modality(cfg: EmbedConfig, modality: Modality, manifest: Manifest, st
              modality.value, len(items), shards, len(done), len(todo), ref.name)
     if not todo:
         return 0
-    settings = DecodeSettings(modality, read_input_spec(ref, enc), cfg.limits, options, ffmpeg)
+    settings = DecodeSettings(modality, spec, cfg.limits, options, ffmpeg)
     table = pa.Table.from_pylist(todo, schema=ITEM_SCHEMA)
     block_rows = max(cfg.decode.batch_size, -(-len(todo) // MAX_BLOCKS))
     ctx = DataContext.get_current()
@@ -123,6 +126,12 @@ def _embed_modality(cfg: EmbedConfig, modality: Modality, manifest: Manifest, st
     finally:
         ctx.execution_no_progress_timeout_s = previous_timeout
     return len(todo)
+
+
+def encoder_record(ref: EncoderRef, enc: EncoderConfig, spec: InputSpec) -> dict[str, Any]:
+    """What a model artifact needs to rebuild this modality's frozen encoder and its inputs."""
+    return {"modality": ref.modality.value, "name": ref.name, "source": ref.source, "revision": ref.revision,
+            "build": ref.build, "encoder": enc.model_dump(mode="json"), "input": dataclasses.asdict(spec)}
 
 
 def _commit_stream(ds, store: FeatureStore, modality: Modality, ref: EncoderRef, k: int,

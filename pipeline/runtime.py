@@ -26,4 +26,5 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(include_dashboard=False, runtime_env={"env_vars": env})
+        # the dashboard serves the State API that Ray Train's clean-up polls (else it logs failures)
+        ray.init(runtime_env={"env_vars": env})

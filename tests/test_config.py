@@ -1,6 +1,7 @@
 """Config: typed, validated once, errors name the field, the bad value and the expectation."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -63,10 +64,16 @@ def test_reference_lists_every_field_with_a_description():
 def test_shipped_configs_validate():
     import glob
 
+    from pipeline.train_config import load_train_config
+
+    loaders = {"embed": load_embed_config, "train": load_train_config}
     files = glob.glob("jobs/configs/*.yaml")
     assert files
     for path in files:
-        load_embed_config(path)
+        kind = os.path.basename(path).split("_")[0]
+        assert kind in loaders, f"{path}: config names start with embed_ or train_"
+        loaders[kind](path)
+        assert open(path).readline().startswith("# "), f"{path} must open with a comment showing its command"
 
 
 def test_cli_bad_config_fails_before_starting_ray(tmp_path):

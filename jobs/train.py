@@ -1,0 +1,54 @@
+"""Train the projection progressively on a feature store (Ray Train) and write a model artifact.
+
+    python -m jobs.train --features out/sample --output models/sample [--stages image:text,audio:text,video:text] [--epochs N]
+    ray job submit --working-dir . -- python -m jobs.train --config jobs/configs/train_tiny.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.config import ConfigError
+from pipeline.runtime import init_ray, setup_logging
+from pipeline.train_config import load_train_config
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.splitlines()[0])
+    p.add_argument("--features", help="feature store folder written by the embed job")
+    p.add_argument("--output", help="model artifact folder")
+    p.add_argument("--stages", help="curriculum, e.g. image:text,audio:text,video:text (each new:anchor)")
+    p.add_argument("--epochs", type=int, help="epochs of every stage")
+    p.add_argument("--config", help="YAML config; flags override its fields")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.train import run_train
+
+    setup_logging(args.verbose)
+    try:
+        if args.epochs is not None and args.epochs < 1:
+            raise ConfigError(f"--epochs = {args.epochs}: expected at least 1")
+        cfg = load_train_config(args.config, epochs=args.epochs, features=args.features, output=args.output,
+                                stages=args.stages)
+        init_ray()
+        result = run_train(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for s in result["stages"]:
+        best = s["best"]
+        print(f"stage {s['stage']}: {s['epochs_run']} epochs, best epoch {s['best_epoch']}, "
+              f"val recall@1 {best['val/recall@1']:.3f}, temperature {best['temperature']:.3f}, {s['seconds']} s")
+    print(f"model artifact: {result['output']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Load a model artifact and embed raw inputs locally, without Ray."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Iterable
+
+import numpy as np
+
+from pipeline.checkpoint import read_json
+from pipeline.config import EncoderConfig, LimitsConfig
+from pipeline.decode import DecodeSettings, decode_item
+from pipeline.encoders.frozen import FrozenEncoder, InputSpec
+from pipeline.encoders.presets import EncoderRef
+from pipeline.media.ffmpeg import find_ffmpeg
+from pipeline.modality import Modality
+
+
+class LoadedModel:
+    """Frozen encoders + the trained projection: ``embed(items, modality)`` → (N, d) unit vectors."""
+
+    def __init__(self, path: str, limits: LimitsConfig | None = None, batch_size: int = 16):
+        import torch
+        from safetensors.torch import load_file
+
+        from pipeline.model import ModelConfig, OneEncoder
+
+        config = read_json(os.path.join(path, "config.json"))
+        if config.get("format") != "oneencoder-artifact/1":
+            raise ValueError(f"{path} is not a OneEncoder model artifact (config.json format {config.get('format')!r})")
+        self.path, self.limits, self.batch_size = path, limits or LimitsConfig(), batch_size
+        self.model = OneEncoder(ModelConfig(**config["model"])).eval()
+        self.model.load_state_dict(load_file(os.path.join(path, "model.safetensors")))
+        self.encoders_spec = read_json(os.path.join(path, "encoders.json"))
+        self._encoders: dict[str, tuple[FrozenEncoder, DecodeSettings]] = {}
+        self.torch = torch
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.model.modalities
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.d
+
+    def _encoder(self, modality: str) -> tuple[FrozenEncoder, DecodeSettings]:
+        if modality not in self._encoders:
+            if modality not in self.encoders_spec:
+                raise ValueError(f"modality {modality!r} is not in this model (it has {', '.join(self.modalities)})")
+            spec = self.encoders_spec[modality]
+            m = Modality.parse(spec["modality"])
+            ref = EncoderRef(m, spec["source"], spec["revision"], spec["name"], spec["build"])
+            enc = EncoderConfig(**spec["encoder"])
+            needs_ffmpeg = m in (Modality.AUDIO, Modality.VIDEO)
+            settings = DecodeSettings(m, InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["input"].items()}),
+                                      self.limits, {}, find_ffmpeg() if needs_ffmpeg else "")
+            self._encoders[modality] = (FrozenEncoder(ref, enc), settings)
+        return self._encoders[modality]
+
+    def embed(self, items: Iterable[Any], modality: str) -> np.ndarray:
+        """Embed text strings, or image/audio/video file paths or bytes → float32 (N, d), L2-normalised.
+
+        Raises ValueError naming the index of an item that cannot be decoded.
+        """
+        encoder, settings = self._encoder(modality)
+        items = list(items)
+        out = np.zeros((len(items), self.dim), np.float32)
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            decoded = [self._decode(item, settings, start + i) for i, item in enumerate(chunk)]
+            feats = self.torch.from_numpy(encoder.embed(decoded))
+            with self.torch.no_grad():
+                out[start:start + len(chunk)] = self.model(modality, feats).numpy()
+        return out
+
+    def project(self, features: np.ndarray, modality: str) -> np.ndarray:
+        """Cached encoder features (N, K, D) from a feature store → (N, d) unit vectors."""
+        with self.torch.no_grad():
+            out = [self.model(modality, self.torch.from_numpy(np.asarray(features[i:i + 1024], np.float32)))
+                   for i in range(0, len(features), 1024)]
+        return self.torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
+
+    def _decode(self, item: Any, settings: DecodeSettings, index: int) -> Any:
+        from pipeline.media.errors import DecodeError
+        from pipeline.sources import ReadError
+
+        try:
+            if settings.modality is Modality.TEXT or isinstance(item, str):
+                if settings.modality is not Modality.TEXT and not isinstance(item, str):
+                    raise DecodeError(f"expected a path or bytes, got {type(item).__name__}")
+                return decode_item(item, settings)
+            if not isinstance(item, (bytes, bytearray)):
+                raise DecodeError(f"expected a path or bytes, got {type(item).__name__}")
+            with tempfile.NamedTemporaryFile(suffix=".bin") as fh:
+                fh.write(item)
+                fh.flush()
+                return decode_item(fh.name, settings)
+        except (DecodeError, ReadError) as e:
+            raise ValueError(f"item {index}: {e}") from None
+
+
+def load_model(path: str, **kwargs: Any) -> LoadedModel:
+    """Load the model artifact at ``path`` for local embedding (see LoadedModel.embed)."""
+    return LoadedModel(path, **kwargs)

@@ -1,0 +1,85 @@
+"""Contrastive losses. The losses own the labels and the (learnable, bounded) temperature."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Weights of the loss terms of a stage (0 turns a term off)."""
+
+    infonce: float = 1.0               # symmetric InfoNCE between the stage's two modalities
+    align: float = 0.0                 # Wang–Isola alignment: E ||x - y||^2 over true pairs
+    uniform: float = 0.0               # Wang–Isola uniformity: log E exp(-2 ||x - x'||^2), per modality
+    symile: float = 0.0                # Symile (multilinear) loss, when a batch holds a third modality
+    temperature: float = 0.07          # initial temperature
+    min_temperature: float = 0.01      # bounds of the learnable temperature
+    max_temperature: float = 1.0
+
+
+class ContrastiveLoss(nn.Module):
+    """Weighted sum of the configured terms; ``temperature`` is learnable within its bounds.
+
+    The temperature is min + (max - min) * sigmoid(raw): always inside the bounds, yet with a
+    gradient everywhere (the reference code's hard clamp stopped it from learning).
+    """
+
+    def __init__(self, config: LossConfig):
+        super().__init__()
+        self.config = config
+        lo, hi = config.min_temperature, config.max_temperature
+        if not lo < config.temperature < hi:
+            raise ValueError(f"loss.temperature={config.temperature} must lie inside ({lo}, {hi})")
+        frac = (config.temperature - lo) / (hi - lo)
+        self.raw_temperature = nn.Parameter(torch.tensor(math.log(frac / (1 - frac))))
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        lo, hi = self.config.min_temperature, self.config.max_temperature
+        return lo + (hi - lo) * torch.sigmoid(self.raw_temperature)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """a, b (and c): (B, d) unit vectors of the same samples. Returns each term and ``loss``."""
+        cfg, terms = self.config, {}
+        if cfg.infonce:
+            terms["infonce"] = info_nce(a, b, self.temperature)
+        if cfg.align:
+            terms["align"] = (a - b).pow(2).sum(dim=1).mean()
+        if cfg.uniform:
+            terms["uniform"] = (uniformity(a) + uniformity(b)) / 2
+        if cfg.symile and c is not None:
+            terms["symile"] = symile(a, b, c, self.temperature)
+        weights = {"infonce": cfg.infonce, "align": cfg.align, "uniform": cfg.uniform, "symile": cfg.symile}
+        terms["loss"] = sum(weights[k] * v for k, v in terms.items())
+        return terms
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE: row i of ``a`` matches row i of ``b``. (B, d), (B, d) → scalar."""
+    logits = a @ b.T / temperature
+    labels = torch.arange(a.shape[0], device=a.device)
+    return (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels)) / 2
+
+
+def uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """Wang & Isola (2020): log of the mean Gaussian potential between distinct rows of x (B, d)."""
+    sq = torch.cdist(x, x).pow(2)
+    off = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    return torch.log(torch.exp(-t * sq[off]).mean())
+
+
+def symile(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Symile (Saporta et al. 2024): contrast the multilinear inner product of true triples.
+
+    For each modality in turn, its rows are swapped with the batch's others as negatives.
+    """
+    labels = torch.arange(a.shape[0], device=a.device)
+    total = 0.0
+    for x, y, z in ((a, b, c), (b, c, a), (c, a, b)):
+        logits = (x * y) @ z.T / temperature   # [i, j] = sum_d x_i y_i z_j
+        total = total + nn.functional.cross_entropy(logits, labels)
+    return total / 3

@@ -1,0 +1,101 @@
+"""The lightweight OneEncoder projection: per-modality adapters, modality tokens, Universal Projection.
+
+The model returns features; losses own labels and temperature. Inputs are cached encoder
+features (B, K, D_m) from the feature store, outputs L2-normalised vectors (B, d).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Shape of the projection model (saved as the artifact's config)."""
+
+    d: int = 256                       # shared space width
+    layers: int = 1                    # Universal Projection transformer layers
+    heads: int = 4                     # attention heads
+    ff: int = 2048                     # feed-forward width of each layer
+    dropout: float = 0.1               # dropout in adapters and the transformer
+    in_dims: dict[str, int] = dataclasses.field(default_factory=dict)   # modality -> D_m of its cached features
+    tokens: dict[str, int] = dataclasses.field(default_factory=dict)    # modality -> K of its cached features
+
+
+class Adapter(nn.Module):
+    """Projection head / alignment layer, applied to each token: Linear → GELU → Linear → Dropout → LayerNorm."""
+
+    def __init__(self, in_dim: int, d: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, d), nn.GELU(), nn.Linear(d, d), nn.Dropout(dropout), nn.LayerNorm(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K, D_m) → (B, K, d)."""
+        return self.net(x)
+
+
+class UniversalProjection(nn.Module):
+    """LayerNorm → TransformerEncoder → residual → masked mean over tokens → L2 normalise."""
+
+    def __init__(self, d: int, layers: int, heads: int, ff: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=ff, dropout=dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, K, d); mask: (B, K) True where the token is real. Returns (B, d), unit norm.
+
+        Padding is excluded from attention and from the mean (a defect of the reference code).
+        """
+        pad = None if mask is None else ~mask
+        h = x + self.encoder(self.norm(x), src_key_padding_mask=pad)
+        if mask is None:
+            pooled = h.mean(dim=1)
+        else:
+            weights = mask.to(h.dtype).unsqueeze(-1)
+            pooled = (h * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+class OneEncoder(nn.Module):
+    """Adapters and modality tokens per modality around one shared Universal Projection."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.adapters = nn.ModuleDict()
+        self.modality_tokens = nn.ParameterDict()
+        self.up = UniversalProjection(config.d, config.layers, config.heads, config.ff, config.dropout)
+        for name, dim in dict(config.in_dims).items():
+            self._build(name, dim)
+
+    def add_modality(self, name: str, in_dim: int, tokens: int) -> None:
+        """Add an adapter and a token for a new modality (a later curriculum stage)."""
+        if name in self.adapters:
+            raise ValueError(f"modality {name!r} is already in the model")
+        self.config.in_dims[name] = in_dim
+        self.config.tokens[name] = tokens
+        self._build(name, in_dim)
+
+    def _build(self, name: str, in_dim: int) -> None:
+        self.adapters[name] = Adapter(in_dim, self.config.d, self.config.dropout)
+        self.modality_tokens[name] = nn.Parameter(torch.randn(self.config.d) * 0.02)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.adapters.keys())
+
+    def forward(self, modality: str, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """features: (B, K, D_m) cached encoder tokens → (B, d) unit vectors in the shared space."""
+        if modality not in self.adapters:
+            raise KeyError(f"modality {modality!r} is not in the model (it has {', '.join(self.modalities)})")
+        x = self.adapters[modality](features) + self.modality_tokens[modality]
+        return self.up(x, mask)
+
+
+def count_trainable(module: nn.Module) -> int:
+    """Number of parameters that will receive gradients."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,121 @@
+"""Typed, validated configuration of the progressive training job."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.config import ConfigError, StorageConfig, _format_errors, _read_yaml
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LossSettings(_Strict):
+    infonce: float = Field(1.0, ge=0, description="Weight of symmetric InfoNCE.")
+    align: float = Field(0.0, ge=0, description="Weight of the Wang–Isola alignment term.")
+    uniform: float = Field(0.0, ge=0, description="Weight of the Wang–Isola uniformity term.")
+    symile: float = Field(0.0, ge=0, description="Weight of the Symile loss (needs stage.third).")
+    temperature: float = Field(0.07, gt=0, description="Initial temperature (learnable).")
+    min_temperature: float = Field(0.01, gt=0, description="Lower bound of the temperature.")
+    max_temperature: float = Field(1.0, gt=0, description="Upper bound of the temperature.")
+
+
+class StageConfig(_Strict):
+    new: str = Field(description="Modality aligned in this stage (the first stage trains new and anchor jointly).")
+    anchor: str = Field(description="Already-aligned modality it is aligned to (text by default).")
+    third: str | None = Field(None, description="Optional third modality in each batch, for the Symile loss.")
+    epochs: int = Field(10, ge=1, description="Epochs of this stage.")
+    batch_size: int = Field(64, ge=2, description="Pairs per batch per worker (InfoNCE negatives).")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    loss: LossSettings = Field(default_factory=LossSettings, description="Loss terms of the stage.")
+    patience: int | None = Field(None, ge=1, description="Early stopping: epochs without a better val recall@1; null = off.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "StageConfig":
+        names = [n for n in (self.new, self.anchor, self.third) if n]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a stage needs distinct modalities, got new={self.new!r} anchor={self.anchor!r} third={self.third!r}")
+        if self.loss.symile and not self.third:
+            raise ValueError("loss.symile > 0 needs stage.third (a third modality in each batch)")
+        return self
+
+
+class ModelSettings(_Strict):
+    d: int = Field(256, ge=8, description="Width of the shared space.")
+    layers: int = Field(1, ge=1, description="Universal Projection transformer layers.")
+    heads: int = Field(4, ge=1, description="Attention heads (must divide d).")
+    ff: int = Field(2048, ge=8, description="Feed-forward width of each transformer layer.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in adapters and transformer.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelSettings":
+        if self.d % self.heads:
+            raise ValueError(f"heads={self.heads} must divide d={self.d}")
+        return self
+
+
+class TrainConfig(_Strict):
+    features: str | None = Field(None, description="Feature store folder written by the embed job (local or s3://).")
+    output: str | None = Field(None, description="Model artifact folder to write (local).")
+    stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig(new="image", anchor="text")],
+                                      description="Curriculum: stage 1 trains jointly; later stages add one modality each.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="Projection model shape.")
+    seed: int = Field(0, description="Seed of initialisation and shuffling.")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of ids held out for validation (by id hash).")
+    workers: int = Field(1, ge=1, description="Ray Train workers (DDP).")
+    use_gpu: bool = Field(False, description="One GPU per worker.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs per worker.")
+    max_failures: int = Field(1, ge=0, description="Worker failures survived per stage (restart from the last checkpoint).")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access for the feature store.")
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _parse_stages(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_stage_list(value)
+        return value
+
+    @model_validator(mode="after")
+    def _curriculum(self) -> "TrainConfig":
+        if not self.stages:
+            raise ValueError("stages: expected at least one stage")
+        known = {self.stages[0].new, self.stages[0].anchor}
+        for i, stage in enumerate(self.stages[1:], start=2):
+            if stage.anchor not in known:
+                raise ValueError(f"stage {i} ({stage.new}:{stage.anchor}): anchor {stage.anchor!r} is not aligned yet "
+                                 f"(aligned so far: {', '.join(sorted(known))})")
+            if stage.new in known:
+                raise ValueError(f"stage {i}: {stage.new!r} is already aligned; a later stage adds a new modality")
+            known.add(stage.new)
+        return self
+
+
+def parse_stage_list(text: str, **common: Any) -> list[dict[str, Any]]:
+    """'image:text,audio:text' → stage dicts (each 'new:anchor')."""
+    stages = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part.count(":") != 1 or not all(part.split(":")):
+            raise ValueError(f"stage {part!r}: expected 'new:anchor', e.g. image:text")
+        new, anchor = part.split(":")
+        stages.append({"new": new.strip(), "anchor": anchor.strip(), **common})
+    return stages
+
+
+def load_train_config(path: str | None = None, epochs: int | None = None, **overrides: Any) -> TrainConfig:
+    """YAML (optional) + non-None overrides (CLI flags), validated once. Raises ConfigError."""
+    data = _read_yaml(path) if path else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        if isinstance(data.get("stages"), str):
+            data["stages"] = parse_stage_list(data["stages"])
+        if epochs is not None:
+            data["stages"] = [{**(s if isinstance(s, dict) else s.model_dump()), "epochs": epochs}
+                              for s in (data.get("stages") or [{"new": "image", "anchor": "text"}])]
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, path or "command line")) from None
+    except ValueError as e:
+        raise ConfigError(f"invalid config ({path or 'command line'}): {e}") from None

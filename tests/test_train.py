@@ -1,0 +1,175 @@
+"""Progressive training on a generated feature store: curriculum, freezing, artifact, resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.config import ConfigError, EmbedConfig
+from pipeline.embed import run_embed
+from pipeline.features import embeddings, read_features
+from pipeline.inference import load_model
+from pipeline.metrics import both_directions
+from pipeline.model import ModelConfig, OneEncoder, count_trainable
+from pipeline.train import run_train
+from pipeline.train_config import load_train_config
+
+STAGES = "image:text,audio:text,video:text"
+
+
+@pytest.fixture(scope="session")
+def feature_store(ray_session, session_dir):
+    from pipeline.corpus import write_sample_corpus
+
+    manifest = write_sample_corpus(os.path.join(session_dir, "train-corpus"), n=48, seed=1, vary=True)
+    out = os.path.join(session_dir, "train-features")
+    run_embed(EmbedConfig(input=manifest, output=out, shard_size=64))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(feature_store, session_dir):
+    output = os.path.join(session_dir, "model")
+    cfg = load_train_config(None, epochs=2, features=feature_store, output=output, stages=STAGES, val_fraction=0.25)
+    return output, run_train(cfg), cfg
+
+
+def test_stage_one_model_is_about_two_million_parameters():
+    model = OneEncoder(ModelConfig(in_dims={"image": 768, "text": 768}, tokens={"image": 1, "text": 1}))
+    assert 1_700_000 < count_trainable(model) < 2_100_000
+
+
+def test_padding_tokens_do_not_change_the_output():
+    torch.manual_seed(0)
+    model = OneEncoder(ModelConfig(d=32, heads=4, ff=64, in_dims={"image": 16}, tokens={"image": 3})).eval()
+    x = torch.randn(1, 3, 16)
+    padded = torch.cat([x, torch.randn(1, 2, 16) * 100], dim=1)
+    mask = torch.tensor([[True, True, True, False, False]])
+    with torch.no_grad():
+        torch.testing.assert_close(model("image", x), model("image", padded, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_artifact_holds_config_weights_encoders_metrics_provenance(trained):
+    output, result, _ = trained
+    for name in ("config.json", "model.safetensors", "encoders.json", "metrics.json", "provenance.json"):
+        assert os.path.exists(os.path.join(output, name)), name
+    assert not [f for _, _, fs in os.walk(output) for f in fs if f.endswith((".pt", ".pth", ".pkl", ".bin"))]
+    stages = result["stages"]
+    assert [s["stage"] for s in stages] == ["1-image-text", "2-audio-text", "3-video-text"]
+    for s in stages:
+        assert len(s["history"]) == 2
+        for epoch in s["history"]:
+            assert np.isfinite(epoch["loss"]) and 0.01 <= epoch["temperature"] <= 1.0
+            assert {f"val/{s['new']}->text/recall@{k}" for k in (1, 5, 10)} <= set(epoch)
+
+
+def test_later_stages_leave_earlier_parameters_bit_identical(trained):
+    output, _, _ = trained
+    stage1 = load_file(os.path.join(output, "stages", "1-image-text", "model.safetensors"))
+    stage2 = load_file(os.path.join(output, "stages", "2-audio-text", "model.safetensors"))
+    final = load_file(os.path.join(output, "model.safetensors"))
+    assert set(stage1) < set(stage2) < set(final)
+    for earlier in (stage1, stage2):
+        for key, value in earlier.items():
+            assert torch.equal(value, final[key]), key
+    assert any("adapters.video" in k for k in final) and any("adapters.audio" in k for k in final)
+
+
+def test_image_text_retrieval_is_unchanged_by_later_stages(trained, feature_store):
+    output, _, _ = trained
+    model = load_model(output)
+    ids = sorted(set(read_features(feature_store, "image").column("id").to_pylist()))
+    feats = {m: dict(zip(read_features(feature_store, m).column("id").to_pylist(), embeddings(read_features(feature_store, m))))
+             for m in ("image", "text")}
+    image = np.stack([feats["image"][i] for i in ids]).astype(np.float32)
+    text = np.stack([feats["text"][i] for i in ids]).astype(np.float32)
+    final = both_directions(model.project(image, "image"), model.project(text, "text"), "image", "text")
+    stage1 = OneEncoder(ModelConfig(**{**model.model.config.__dict__, "in_dims": {"image": 32, "text": 32},
+                                       "tokens": {"image": 1, "text": 1}})).eval()
+    stage1.load_state_dict(load_file(os.path.join(output, "stages", "1-image-text", "model.safetensors")))
+    with torch.no_grad():
+        a, b = stage1("image", torch.from_numpy(image)).numpy(), stage1("text", torch.from_numpy(text)).numpy()
+    assert both_directions(a, b, "image", "text") == final
+
+
+def test_load_model_embeds_raw_inputs_into_the_shared_space(trained, feature_store, session_dir):
+    output, _, _ = trained
+    model = load_model(output)
+    corpus = os.path.join(session_dir, "train-corpus")
+    text = model.embed(["a red circle", "a blue square"], "text")
+    assert text.shape == (2, 256) and text.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, rtol=1e-5)
+    image_path = os.path.join(corpus, "images", "00000.png")
+    with open(image_path, "rb") as fh:
+        by_bytes = model.embed([fh.read()], "image")
+    np.testing.assert_allclose(model.embed([image_path], "image"), by_bytes, atol=1e-6)
+    table = read_features(feature_store, "image")
+    row = table.column("id").to_pylist().index("s00000")
+    cached = model.project(embeddings(table)[row:row + 1].astype(np.float32), "image")
+    np.testing.assert_allclose(by_bytes, cached, atol=5e-3)  # features are stored in float16
+    for modality, path in (("audio", "audio/00002.mp3"), ("video", "video/00001.webm")):
+        assert model.embed([os.path.join(corpus, path)], modality).shape == (1, 256)
+    with pytest.raises(ValueError, match="item 1: .*not an image format"):
+        model.embed([image_path, os.path.join(corpus, "manifest.jsonl")], "image")
+
+
+def test_rerun_skips_finished_stages(trained, caplog):
+    output, result, cfg = trained
+    caplog.set_level("INFO", logger="pipeline.train")
+    again = run_train(cfg)
+    assert [s["history"] for s in again["stages"]] == [s["history"] for s in result["stages"]]
+    assert caplog.text.count("already trained") == 3
+
+
+def test_bad_curricula_are_refused(feature_store, tmp_path):
+    with pytest.raises(ConfigError, match="anchor 'video' is not aligned yet"):
+        load_train_config(None, features=feature_store, output=str(tmp_path), stages="image:text,audio:video")
+    with pytest.raises(ConfigError, match="has no features for 'smell'"):
+        run_train(load_train_config(None, features=feature_store, output=str(tmp_path), stages="image:text,smell:text"))
+
+
+def _train_worker_pids():
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"RayTrainWorker" in fh.read():
+                    pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(feature_store, tmp_path, caplog):
+    output = str(tmp_path / "model")
+    cfg = load_train_config(None, epochs=4, features=feature_store, output=output, stages="image:text",
+                            val_fraction=0.25, max_failures=1)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(run_train(cfg)))
+    thread.start()
+    run_dir = os.path.join(output, "_ray", "stage-1-image-text")
+    snapshot = os.path.join(run_dir, "checkpoint_manager_snapshot.json")
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.exists(snapshot):  # a checkpoint is registered
+        time.sleep(0.05)
+    victims = _train_worker_pids()
+    assert victims, "no training worker found"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=600)
+    history = result["stages"][0]["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    epochs = []
+    for name in os.listdir(run_dir):
+        if name.startswith("checkpoint_") and os.path.isdir(os.path.join(run_dir, name)):
+            with open(os.path.join(run_dir, name, "state.json")) as fh:
+                epochs.append(json.load(fh)["epoch"] + 1)
+    assert epochs.count(1) == 1, f"epoch 1 was trained again after the kill: {sorted(epochs)}"
+    assert sorted(set(epochs)) == [1, 2, 3, 4]
