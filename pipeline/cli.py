@@ -7,12 +7,14 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from jobs import embed as embed_job
+    from jobs import evaluate as evaluate_job
     from jobs import train as train_job
 
     parser = argparse.ArgumentParser(prog="oneencoder", description="OneEncoder on Ray: embed media corpora into one space.")
     sub = parser.add_subparsers(dest="command", required=True)
     embed_job.build_parser(sub.add_parser("embed", help="embed a manifest into a Parquet feature store (Ray Data)"))
     train_job.build_parser(sub.add_parser("train", help="train the projection progressively on a feature store (Ray Train)"))
+    evaluate_job.build_parser(sub.add_parser("evaluate", help="retrieval, zero-shot and modality-gap report of a model artifact"))
     sample = sub.add_parser("sample-corpus", help="write a small generated paired corpus and its manifest")
     sample.add_argument("dest", help="folder to write")
     sample.add_argument("--n", type=int, default=24, help="number of samples (default 24)")
@@ -20,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "embed":
         return embed_job.run(args)
+    if args.command == "evaluate":
+        return evaluate_job.run(args)
     if args.command == "train":
         return train_job.run(args)
     if args.command == "sample-corpus":

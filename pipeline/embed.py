@@ -23,7 +23,7 @@ from pipeline.decode import DecodeSettings, decode_batch
 from pipeline.encode import EncodeActor
 from pipeline.encoders.frozen import InputSpec, read_input_spec
 from pipeline.encoders.presets import EncoderRef, resolve_encoder
-from pipeline.features import ERROR_SCHEMA, STAGES, FeatureStore, feature_schema
+from pipeline.features import ERROR_SCHEMA, STAGES, FeatureStore, features_table
 from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.modality import Modality
 from pipeline.sources import Manifest, read_manifest, resolve_uri, storage_options
@@ -169,13 +169,9 @@ def _commit(store: FeatureStore, modality: Modality, ref: EncoderRef, k: int, sh
     rows = rows.filter(pa.array(first))
     ok = rows.filter(rows.column("ok"))
     bad = rows.filter(pc.invert(rows.column("ok")))
-    emb_type = rows.schema.field("embedding").type
-    dim = emb_type.list_size // k
-    schema = feature_schema(k, dim, "float16" if emb_type.value_type == pa.float16() else "float32")
-    tensor = pa.ExtensionArray.from_storage(schema.field("embedding").type, ok.column("embedding").combine_chunks())
-    n = ok.num_rows
-    features = pa.Table.from_arrays([ok.column("id"), pa.array([modality.value] * n), ok.column("uri"),
-                                     pa.array([ref.name] * n), tensor], schema=schema)
+    dim = rows.schema.field("embedding").type.list_size // k
+    features = features_table(ok.column("id").to_pylist(), modality.value, ok.column("uri").to_pylist(), ref.name,
+                              ok.column("embedding").combine_chunks(), k, dim)
     errors = pa.Table.from_arrays([bad.column("id"), pa.array([modality.value] * bad.num_rows, pa.string()),
                                    bad.column("uri"), bad.column("stage"), bad.column("error")], schema=ERROR_SCHEMA)
     store.commit_shard(modality, shard, features, errors, dim)

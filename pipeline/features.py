@@ -41,6 +41,17 @@ def feature_schema(k: int, dim: int, dtype: str) -> pa.Schema:
                       ("encoder", pa.string()), ("embedding", pa.fixed_shape_tensor(value, [k, dim]))])
 
 
+def features_table(ids: list[str], modality: str, uris: list[str | None], encoder: str, flat: pa.Array,
+                   k: int, dim: int) -> pa.Table:
+    """A features table: ``flat`` is a fixed-size list array of K*D values per row (float16 or float32)."""
+    dtype = "float16" if flat.type.value_type == pa.float16() else "float32"
+    schema = feature_schema(k, dim, dtype)
+    tensor = pa.ExtensionArray.from_storage(schema.field("embedding").type, flat)
+    n = len(ids)
+    return pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array([modality] * n, pa.string()),
+                                 pa.array(uris, pa.string()), pa.array([encoder] * n, pa.string()), tensor], schema=schema)
+
+
 def join(root: str, *parts: str) -> str:
     """Join path parts under a local or s3:// root."""
     return "/".join([root.rstrip("/"), *parts])

@@ -25,6 +25,9 @@ class LoadedModel:
 
         from pipeline.model import ModelConfig, OneEncoder
 
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"no model artifact at {path}: expected config.json and model.safetensors "
+                                    "written by `oneencoder train`")
         config = read_json(os.path.join(path, "config.json"))
         if config.get("format") != "oneencoder-artifact/1":
             raise ValueError(f"{path} is not a OneEncoder model artifact (config.json format {config.get('format')!r})")

@@ -69,6 +69,7 @@ class TrainConfig(_Strict):
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs per worker.")
     max_failures: int = Field(1, ge=0, description="Worker failures survived per stage (restart from the last checkpoint).")
+    keep_checkpoints: int | None = Field(3, ge=1, description="Epoch checkpoints kept per stage (the best by val recall@1); null = all.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access for the feature store.")
 
     @field_validator("stages", mode="before")

@@ -1,0 +1,55 @@
+"""Evaluate a model artifact on a feature store: recall@1/5/10, median rank, zero-shot, modality gap, plots.
+
+    python -m jobs.evaluate --model models/sample --features out/sample [--labels labels.yaml] [--output DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.runtime import setup_logging
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="model artifact folder (from the train job)")
+    p.add_argument("--features", required=True, help="feature store folder (local or s3://)")
+    p.add_argument("--labels", help="YAML/JSON with labels (id -> class) and templates, for zero-shot classification")
+    p.add_argument("--output", help="report folder (default MODEL/eval)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint of the feature store (default: AWS environment)")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.config import StorageConfig
+    from pipeline.evaluate import evaluate
+    from pipeline.sources import storage_options
+
+    setup_logging(args.verbose)
+    try:
+        report = evaluate(args.model, args.features, args.labels, args.output,
+                          storage_options(StorageConfig(endpoint_url=args.endpoint_url)))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{'pair':<14}{'n':>6}  direction            R@1    R@5    R@10   median rank")
+    for pair, m in report["pairs"].items():
+        a, b = pair.split("-")
+        for q, t in ((a, b), (b, a)):
+            k = f"{q}->{t}/"
+            print(f"{pair:<14}{m['n']:>6}  {q + ' -> ' + t:<20}{m[k + 'recall@1']:.3f}  {m[k + 'recall@5']:.3f}  "
+                  f"{m[k + 'recall@10']:.3f}  {m[k + 'median_rank']:.0f}")
+    for name, z in (report.get("zero_shot") or {}).items():
+        if isinstance(z, dict):
+            print(f"zero-shot {name}: accuracy {z['accuracy']:.3f} (top-5 {z['top5']:.3f}) over {z['n']} items")
+    print("report: " + report["plots"][0].rsplit("/", 1)[0] + "/report.json; plots: " + ", ".join(report["plots"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Evaluation of a model artifact on a feature store: retrieval, zero-shot, modality gap, plots."""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import yaml
+
+from pipeline.checkpoint import read_json, write_json
+from pipeline.inference import load_model
+from pipeline.metrics import both_directions, retrieval
+from pipeline.pairs import load_features
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, output: str | None = None,
+             storage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate every modality pair present in both the model and the store; write report.json and PNGs.
+
+    Returns the report. ``output`` defaults to MODEL_DIR/eval.
+    """
+    model = load_model(model_dir)
+    output = output or os.path.join(model_dir, "eval")
+    os.makedirs(output, exist_ok=True)
+    projected: dict[str, tuple[list[str], np.ndarray]] = {}
+    for name in model.modalities:
+        try:
+            feats = load_features(features_uri, name, storage or {})
+        except ValueError:
+            log.info("feature store has no %s features; %s is not evaluated", name, name)
+            continue
+        ids = sorted(feats)
+        projected[name] = (ids, model.project(np.stack([feats[i] for i in ids]), name))
+    if len(projected) < 2:
+        raise ValueError(f"need features of two modalities of the model ({', '.join(model.modalities)}) in {features_uri}")
+    report: dict[str, Any] = {"model": os.path.abspath(model_dir), "features": features_uri, "pairs": {}, "gap": {}}
+    for a, b in itertools.combinations(sorted(projected), 2):
+        za, zb, n = _paired(projected[a], projected[b])
+        if n < 2:
+            continue
+        report["pairs"][f"{a}-{b}"] = {"n": n, **both_directions(za, zb, a, b)}
+        report["gap"][f"{a}-{b}"] = modality_gap(za, zb)
+    if labels_path:
+        report["zero_shot"] = zero_shot(model, projected, labels_path)
+    write_json(os.path.join(output, "report.json"), report)
+    report["plots"] = plot(read_json(os.path.join(model_dir, "metrics.json")), report, output)
+    write_json(os.path.join(output, "report.json"), report)
+    return report
+
+
+def _paired(a: tuple[list[str], np.ndarray], b: tuple[list[str], np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    index_b = {i: k for k, i in enumerate(b[0])}
+    rows = [(k, index_b[i]) for k, i in enumerate(a[0]) if i in index_b]
+    if not rows:
+        return a[1][:0], b[1][:0], 0
+    ia, ib = map(list, zip(*rows))
+    return a[1][ia], b[1][ib], len(rows)
+
+
+def modality_gap(za: np.ndarray, zb: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Centroid distance, and mean cosine of true pairs vs random pairs (unit vectors (N, d))."""
+    shuffled = np.random.default_rng(seed).permutation(len(zb))
+    return {"centroid_distance": float(np.linalg.norm(za.mean(0) - zb.mean(0))),
+            "cosine_true_pairs": float((za * zb).sum(1).mean()),
+            "cosine_random_pairs": float((za * zb[shuffled]).sum(1).mean())}
+
+
+def zero_shot(model, projected: dict[str, tuple[list[str], np.ndarray]], labels_path: str) -> dict[str, Any]:
+    """Classify items of every modality against text prompts of each class.
+
+    The label file (YAML or JSON) holds ``labels`` (id → class name), ``templates`` (prompts
+    with ``{}``) and optionally ``classes`` (default: every label used).
+    """
+    with open(labels_path, encoding="utf-8") as fh:
+        spec = yaml.safe_load(fh)
+    if not isinstance(spec, dict) or not isinstance(spec.get("labels"), dict) or not spec["labels"]:
+        raise ValueError(f"label file {labels_path}: expected a mapping with 'labels' (id -> class name) and 'templates'")
+    templates = spec.get("templates") or ["{}"]
+    if not all(isinstance(t, str) and "{}" in t for t in templates):
+        raise ValueError(f"label file {labels_path}: every template must be a string with '{{}}', got {templates!r}")
+    labels = {str(k): str(v) for k, v in spec["labels"].items()}
+    classes = [str(c) for c in spec.get("classes") or sorted(set(labels.values()))]
+    prompts = model.embed([t.format(c) for c in classes for t in templates], "text")
+    protos = prompts.reshape(len(classes), len(templates), -1).mean(1)
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    out = {"classes": len(classes), "templates": templates}
+    for name, (ids, z) in projected.items():
+        keep = [k for k, i in enumerate(ids) if labels.get(i) in classes]
+        if not keep:
+            continue
+        truth = [labels[ids[k]] for k in keep]
+        r = retrieval(z[keep], protos, ks=(1, 5), labels_q=truth, labels_t=classes)
+        out[name] = {"n": len(keep), "accuracy": r["recall@1"], "top5": r["recall@5"]}
+    return out
+
+
+def plot(metrics: dict[str, Any], report: dict[str, Any], output: str) -> list[str]:
+    """training_curves.png (loss and val recall@1 per epoch, per stage) and recall.png (per pair)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_r1) = plt.subplots(1, 2, figsize=(11, 4))
+    for stage in metrics["stages"]:
+        epochs = [h["epoch"] for h in stage["history"]]
+        ax_loss.plot(epochs, [h["loss"] for h in stage["history"]], marker="o", label=stage["stage"])
+        ax_r1.plot(epochs, [h["val/recall@1"] for h in stage["history"]], marker="o", label=stage["stage"])
+    ax_loss.set(title="training loss per epoch", xlabel="epoch", ylabel="loss")
+    ax_r1.set(title="validation recall@1 (mean of both directions)", xlabel="epoch", ylabel="recall@1", ylim=(0, 1))
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_r1):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(title="stage")
+        ax.grid(alpha=0.3)
+    curves = os.path.join(output, "training_curves.png")
+    fig.tight_layout()
+    fig.savefig(curves, dpi=100)
+    plt.close(fig)
+
+    names = [k for pair in report["pairs"].values() for k in pair if k.endswith("/recall@1")]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 4))
+    values = [next(p[k] for p in report["pairs"].values() if k in p) for k in names]
+    ax.bar(range(len(names)), values, color="tab:blue")
+    ax.set_xticks(range(len(names)), [n.replace("/recall@1", "") for n in names], rotation=30, ha="right")
+    ax.set(title="retrieval recall@1 per direction", ylabel="recall@1", ylim=(0, 1))
+    for i, v in enumerate(values):
+        ax.text(i, v + 0.02, f"{v:.2f}", ha="center")
+    recall = os.path.join(output, "recall.png")
+    fig.tight_layout()
+    fig.savefig(recall, dpi=100)
+    plt.close(fig)
+    return [curves, recall]
