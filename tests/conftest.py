@@ -51,3 +51,32 @@ def sample_corpus(session_dir):
     from pipeline.corpus import write_sample_corpus
 
     return write_sample_corpus(os.path.join(session_dir, "corpus"), n=12)
+
+
+# --- a trained model on a generated concept corpus, shared by the training and evaluation tests ---
+from tests.settings import EPOCHS, STAGES, VAL_FRACTION  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def concept_store(session_dir):
+    """480 concept samples (24 concepts) encoded by the tiny encoders into a feature store."""
+    from pipeline.quality import write_concept_store
+
+    root = os.path.join(session_dir, "concept-features")
+    return root, write_concept_store(root, n=480, seed=0)
+
+
+@pytest.fixture(scope="session")
+def feature_store(concept_store):
+    return concept_store[0]
+
+
+@pytest.fixture(scope="session")
+def trained(ray_session, feature_store, session_dir):
+    from pipeline.train import run_train
+    from pipeline.train_config import load_train_config
+
+    output = os.path.join(session_dir, "model")
+    cfg = load_train_config(None, epochs=EPOCHS, features=feature_store, output=output, stages=STAGES,
+                            val_fraction=VAL_FRACTION)
+    return output, run_train(cfg), cfg

@@ -27,28 +27,6 @@ EPOCHS = 12
 VAL_FRACTION = 0.2
 
 
-@pytest.fixture(scope="session")
-def concept_store(session_dir):
-    """480 concept samples (24 concepts) encoded by the tiny encoders into a feature store."""
-    from pipeline.quality import write_concept_store
-
-    root = os.path.join(session_dir, "concept-features")
-    return root, write_concept_store(root, n=480, seed=0)
-
-
-@pytest.fixture(scope="session")
-def feature_store(concept_store):
-    return concept_store[0]
-
-
-@pytest.fixture(scope="session")
-def trained(ray_session, feature_store, session_dir):
-    output = os.path.join(session_dir, "model")
-    cfg = load_train_config(None, epochs=EPOCHS, features=feature_store, output=output, stages=STAGES,
-                            val_fraction=VAL_FRACTION)
-    return output, run_train(cfg), cfg
-
-
 def test_stage_one_model_is_about_two_million_parameters():
     model = OneEncoder(ModelConfig(in_dims={"image": 768, "text": 768}, tokens={"image": 1, "text": 1}))
     assert 1_700_000 < count_trainable(model) < 2_100_000

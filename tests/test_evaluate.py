@@ -1,0 +1,53 @@
+"""Evaluation report: retrieval per pair, zero-shot from a label file, modality gap, readable plots."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from jobs import evaluate as evaluate_job
+from pipeline.evaluate import evaluate
+
+
+@pytest.fixture(scope="module")
+def labels_file(concept_store, tmp_path_factory):
+    path = tmp_path_factory.mktemp("labels") / "labels.yaml"
+    path.write_text(yaml.safe_dump({"templates": ["a {}", "a picture of a {}"], "labels": concept_store[1]}))
+    return str(path)
+
+
+def test_report_pairs_gap_zero_shot_and_plots(trained, feature_store, labels_file, tmp_path):
+    output, _, _ = trained
+    report = evaluate(output, feature_store, labels_file, str(tmp_path))
+    assert set(report["pairs"]) == {"audio-image", "audio-text", "audio-video", "image-text", "image-video", "text-video"}
+    image_text = report["pairs"]["image-text"]
+    assert image_text["n"] == 480
+    for direction in ("image->text", "text->image"):
+        assert 0 <= image_text[f"{direction}/recall@1"] <= image_text[f"{direction}/recall@5"] <= image_text[f"{direction}/recall@10"] <= 1
+        assert image_text[f"{direction}/median_rank"] >= 1
+    gap = report["gap"]["image-text"]
+    assert gap["cosine_true_pairs"] > gap["cosine_random_pairs"]  # trained pairs sit closer than random ones
+    zero = report["zero_shot"]
+    assert zero["classes"] == 24 and zero["image"]["n"] == 480
+    assert zero["image"]["accuracy"] > 3 / 24  # well over chance
+    with open(tmp_path / "report.json") as fh:
+        assert json.load(fh)["pairs"] == report["pairs"]
+    for png in report["plots"]:
+        with open(png, "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert os.path.getsize(png) > 10_000
+
+
+def test_cli_prints_a_table_and_rejects_bad_input(trained, feature_store, labels_file, tmp_path, capsys):
+    output, _, _ = trained
+    assert evaluate_job.main(["--model", output, "--features", feature_store, "--output", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "image -> text" in printed and "report: " in printed
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("templates: [no placeholder]\nlabels: {c00000: red circle}\n")
+    assert evaluate_job.main(["--model", output, "--features", feature_store, "--labels", str(bad)]) == 2
+    assert "every template must be a string with '{}'" in capsys.readouterr().err
+    assert evaluate_job.main(["--model", str(tmp_path / "none"), "--features", feature_store]) == 2
+    assert "no model artifact at" in capsys.readouterr().err

@@ -1,0 +1,56 @@
+"""Losses: bounded learnable temperature, InfoNCE, Wang-Isola terms, Symile."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.losses import ContrastiveLoss, LossConfig, info_nce, symile, uniformity
+from pipeline.train_loop import _epochs_since_best
+
+
+def unit(x):
+    return nn.functional.normalize(x, dim=-1)
+
+
+def test_temperature_stays_in_bounds_and_learns():
+    loss = ContrastiveLoss(LossConfig(temperature=0.07, min_temperature=0.01, max_temperature=1.0))
+    assert abs(float(loss.temperature) - 0.07) < 1e-6
+    a, b = unit(torch.randn(16, 8)), unit(torch.randn(16, 8))
+    loss(a, b)["loss"].backward()
+    assert loss.raw_temperature.grad is not None and loss.raw_temperature.grad.abs() > 0
+    with torch.no_grad():
+        loss.raw_temperature.fill_(1e6)
+    assert float(loss.temperature) <= 1.0
+    with torch.no_grad():
+        loss.raw_temperature.fill_(-1e6)
+    assert float(loss.temperature) >= 0.01 - 1e-6  # float32 rounding of the bound
+    with pytest.raises(ValueError, match="must lie inside"):
+        ContrastiveLoss(LossConfig(temperature=2.0))
+
+
+def test_info_nce_prefers_aligned_pairs():
+    a = unit(torch.randn(32, 16))
+    aligned = info_nce(a, a, torch.tensor(0.1))
+    shuffled = info_nce(a, a[torch.randperm(32)], torch.tensor(0.1))
+    assert aligned < shuffled
+
+
+def test_uniformity_is_lower_for_spread_points():
+    spread = unit(torch.randn(64, 16))
+    clumped = unit(torch.ones(64, 16) + 0.01 * torch.randn(64, 16))
+    assert uniformity(spread) < uniformity(clumped)
+
+
+def test_symile_and_weighted_terms():
+    a, b, c = (unit(torch.randn(8, 16)) for _ in range(3))
+    assert torch.isfinite(symile(a, b, c, torch.tensor(0.1)))
+    terms = ContrastiveLoss(LossConfig(infonce=1.0, align=0.5, uniform=0.1, symile=0.2))(a, b, c)
+    expected = terms["infonce"] + 0.5 * terms["align"] + 0.1 * terms["uniform"] + 0.2 * terms["symile"]
+    torch.testing.assert_close(terms["loss"], expected)
+
+
+def test_early_stopping_counts_epochs_since_the_best():
+    hist = [{"val/recall@1": v} for v in (0.1, 0.3, 0.2, 0.3, 0.25)]
+    assert _epochs_since_best(hist) == 3
+    assert _epochs_since_best(hist[:2]) == 0
