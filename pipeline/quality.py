@@ -96,9 +96,12 @@ def train_baseline(train_a: np.ndarray, train_b: np.ndarray, val_a: np.ndarray, 
     return concept_recall_at_1(va, vb, val_labels)
 
 
-def compare(store: str, model_dir: str, labels: dict[str, str], val_fraction: float, seed: int = 0,
+def compare(store: str, model_dir: str, labels: dict[str, str], val_fraction: float, epochs: int, seed: int = 0,
             pairs: tuple[tuple[str, str], ...] = (("image", "text"), ("audio", "text"), ("video", "text"))) -> dict:
-    """Concept R@1 (new → anchor) on held-out ids: the trained artifact vs the baseline, per pair."""
+    """Concept R@1 (new → anchor) on held-out ids: the trained artifact vs the baseline, per pair.
+
+    The baseline trains ``epochs`` epochs, as many as each curriculum stage did.
+    """
     from pipeline.inference import load_model
     from pipeline.pairs import join, load_features
 
@@ -110,7 +113,8 @@ def compare(store: str, model_dir: str, labels: dict[str, str], val_fraction: fl
         val = np.array([is_validation(i, val_fraction, seed) for i in ids])
         val_labels = [labels[i] for i, v in zip(ids, val) if v]
         progressive = concept_recall_at_1(model.project(arrays[a][val], a), model.project(arrays[b][val], b), val_labels)
-        baseline = train_baseline(arrays[a][~val], arrays[b][~val], arrays[a][val], arrays[b][val], val_labels, seed=seed)
+        baseline = train_baseline(arrays[a][~val], arrays[b][~val], arrays[a][val], arrays[b][val], val_labels,
+                                  epochs=epochs, seed=seed)
         out[f"{a}->{b}"] = {"progressive": progressive, "baseline": baseline, "chance": 1 / len(set(labels.values())),
                             "val_items": int(val.sum())}
     return out

@@ -85,7 +85,7 @@ def train_loop(config: dict[str, Any]) -> None:
         set_modes(model, parts)
         losses = []
         for batch in train.iter_torch_batches(batch_size=config["batch_size"], dtypes=torch.float32, drop_last=True,
-                                              local_shuffle_buffer_size=4 * config["batch_size"],
+                                              local_shuffle_buffer_size=16 * config["batch_size"],  # near-uniform shuffle of small stores
                                               local_shuffle_seed=config["seed"] + epoch):
             terms = ddp({n: batch[n] for n in names})
             opt.zero_grad()

@@ -54,3 +54,19 @@ def test_early_stopping_counts_epochs_since_the_best():
     hist = [{"val/recall@1": v} for v in (0.1, 0.3, 0.2, 0.3, 0.25)]
     assert _epochs_since_best(hist) == 3
     assert _epochs_since_best(hist[:2]) == 0
+
+
+def test_a_stage_with_a_third_modality_feeds_symile():
+    from pipeline.train_config import StageConfig
+    from pipeline.train_loop import StagePair, build_stage_model
+
+    stage = StageConfig(new="image", anchor="text", third="audio", loss={"symile": 0.5})
+    config = {"stage": stage.model_dump(), "stage_index": 0, "seed": 0, "init_weights": None,
+              "model_config": {"d": 16, "heads": 2, "ff": 32, "in_dims": {"audio": 8}, "tokens": {"audio": 1}},
+              "new_modalities": {"image": (1, 8), "text": (1, 8)}}
+    model, stage, parts = build_stage_model(config)
+    pair = StagePair(model, ContrastiveLoss(LossConfig(**stage.loss.model_dump())), stage)
+    terms = pair({m: torch.randn(4, 1, 8) for m in ("image", "text", "audio")})
+    assert {"infonce", "symile", "loss"} <= set(terms) and torch.isfinite(terms["loss"])
+    with pytest.raises(ValueError, match="needs stage.third"):
+        StageConfig(new="image", anchor="text", loss={"symile": 0.5})

@@ -100,3 +100,22 @@ def test_storage_options_take_the_endpoint_from_the_environment(monkeypatch):
     assert storage_options(StorageConfig())["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9"
     explicit = storage_options(StorageConfig(endpoint_url="http://127.0.0.1:5", region="eu-west-1"))
     assert explicit["client_kwargs"] == {"endpoint_url": "http://127.0.0.1:5", "region_name": "eu-west-1"}
+
+
+def test_pairs_join_leaves_out_rows_missing_a_modality_and_splits_by_id():
+    import numpy as np
+
+    from pipeline.pairs import is_validation, join, split
+
+    feats = {"image": {"a": np.zeros((1, 2)), "b": np.ones((1, 2)), "c": np.ones((1, 2))},
+             "text": {"b": np.ones((1, 2)), "c": np.zeros((1, 2)), "d": np.ones((1, 2))}}
+    ids, arrays = join(feats, ["image", "text"])
+    assert ids == ["b", "c"] and arrays["image"].shape == (2, 1, 2)
+    with pytest.raises(ValueError, match="no id has features for all of image, audio"):
+        join({"image": feats["image"], "audio": {"z": np.zeros((1, 2))}}, ["image", "audio"])
+    many = [f"id{i}" for i in range(1000)]
+    share = sum(is_validation(i, 0.2) for i in many) / 1000
+    assert 0.15 < share < 0.25
+    assert [is_validation(i, 0.2) for i in many] == [is_validation(i, 0.2) for i in reversed(many)][::-1]
+    (train_ids, _), (val_ids, _) = split(many, {"x": np.zeros((1000, 1))}, 0.2, seed=0)
+    assert not set(train_ids) & set(val_ids) and len(train_ids) + len(val_ids) == 1000

@@ -20,11 +20,7 @@ from pipeline.model import ModelConfig, OneEncoder, count_trainable
 from pipeline.train import run_train
 from pipeline.train_config import load_train_config
 
-STAGES = "image:text,audio:text,video:text"
-
-
-EPOCHS = 12
-VAL_FRACTION = 0.2
+from tests.settings import EPOCHS, VAL_FRACTION
 
 
 def test_stage_one_model_is_about_two_million_parameters():
@@ -123,17 +119,20 @@ def test_progressive_model_beats_chance_beside_the_baseline(trained, concept_sto
     from pipeline.quality import compare
 
     output, _, _ = trained
-    report = compare(concept_store[0], output, concept_store[1], VAL_FRACTION)
+    report = compare(concept_store[0], output, concept_store[1], VAL_FRACTION, epochs=EPOCHS)
     with capsys.disabled():
         print("\nconcept R@1 on held-out pairs (progressive vs 2-layer MLP baseline):")
         for pair, r in report.items():
             print(f"  {pair}: progressive {r['progressive']:.3f}  baseline {r['baseline']:.3f}  chance {r['chance']:.3f}")
+    for pair, r in report.items():
+        assert r["baseline"] > 3 * r["chance"], pair
+        # A regression guard, not the bar ("no worse than the baseline"), which is not met
+        # yet: measured 0.905 vs 0.958 (image) and 0.937 vs 0.979 (video), i.e. 4-5 of 95 items.
+        assert r["progressive"] >= r["baseline"] - 0.07, pair
     # margins over chance (1/24) that 95 held-out items make unmistakable
-    assert report["image->text"]["progressive"] > 8 * report["image->text"]["chance"]
-    assert report["video->text"]["progressive"] > 8 * report["video->text"]["chance"]
-    assert report["audio->text"]["progressive"] > 3 * report["audio->text"]["chance"]
-    for r in report.values():
-        assert r["baseline"] > 3 * r["chance"]
+    assert report["image->text"]["progressive"] > 15 * report["image->text"]["chance"]
+    assert report["video->text"]["progressive"] > 15 * report["video->text"]["chance"]
+    assert report["audio->text"]["progressive"] > 4 * report["audio->text"]["chance"]
 
 
 def test_rerun_skips_finished_stages(trained, caplog):
@@ -196,3 +195,12 @@ def _worker_logs_mention(text: str) -> bool:
             if text in fh.read():
                 return True
     return False
+
+
+def test_two_workers_train_with_ddp(ray_session, feature_store, tmp_path):
+    cfg = load_train_config(None, epochs=2, features=feature_store, output=str(tmp_path / "ddp"), stages="image:text",
+                            val_fraction=VAL_FRACTION, workers=2, cpus_per_worker=0.5)
+    stage = run_train(cfg)["stages"][0]
+    assert [h["epoch"] for h in stage["history"]] == [1, 2]
+    assert stage["history"][1]["loss"] < stage["history"][0]["loss"]
+    assert _worker_logs_mention("Wrapping provided model in DistributedDataParallel")
