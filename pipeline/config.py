@@ -19,11 +19,13 @@ class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names field, value and expectation."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Config base: unknown fields are errors, values are immutable once validated."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class StorageConfig(_Strict):
+class StorageConfig(StrictModel):
     endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint (e.g. http://127.0.0.1:9000). "
         "Default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL from the environment, else AWS.")
@@ -31,7 +33,7 @@ class StorageConfig(_Strict):
     anon: bool = Field(False, description="Read S3 without credentials (public buckets).")
 
 
-class LimitsConfig(_Strict):
+class LimitsConfig(StrictModel):
     max_file_bytes: int = Field(200 * 2**20, ge=1, description="Largest media file read, in bytes; larger is an error row.")
     max_image_pixels: int = Field(60_000_000, ge=1, description="Largest image (width*height) decoded; guards against decompression bombs.")
     max_audio_seconds: float = Field(60.0, gt=0, description="Longest audio accepted; longer is an error row, not silently cut.")
@@ -40,12 +42,12 @@ class LimitsConfig(_Strict):
     decode_timeout_s: float = Field(60.0, gt=0, description="Wall-clock limit for one ffmpeg decode; a hung decoder becomes an error row.")
 
 
-class DecodeConfig(_Strict):
+class DecodeConfig(StrictModel):
     batch_size: int = Field(8, ge=1, description="Items per decode task batch.")
     num_cpus: float = Field(0.5, gt=0, description="Logical CPUs reserved per decode task.")
 
 
-class EncoderConfig(_Strict):
+class EncoderConfig(StrictModel):
     model: str | None = Field(None, description="Hugging Face model id or local path; null = the preset's encoder.")
     revision: str | None = Field(None, description="Model revision (branch, tag or commit) for hub ids; null = main.")
     tokens: int = Field(1, ge=1, le=4096, description="K: token vectors kept per item (adaptive average pooling; 1 = pooled vector).")
@@ -60,7 +62,7 @@ class EncoderConfig(_Strict):
     max_text_tokens: int | None = Field(None, ge=1, description="Text: tokenizer truncation length; null = the model's maximum.")
 
 
-class EmbedConfig(_Strict):
+class EmbedConfig(StrictModel):
     input: str | None = Field(None, description="Manifest URI (JSONL, CSV or Parquet; local path or s3://).")
     output: str | None = Field(None, description="Output folder URI (local path or s3://).")
     preset: Literal["tiny", "paper"] = Field("tiny", description="Encoder preset: tiny (offline, tests) or paper (the paper's encoders).")
@@ -92,7 +94,7 @@ class EmbedConfig(_Strict):
         return self.cache_dir or os.environ.get("ONEENCODER_CACHE") or str(Path.home() / ".cache" / "oneencoder")
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def format_validation_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "<top level>"
@@ -106,7 +108,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
+def read_yaml_mapping(path: str) -> dict[str, Any]:
     """A YAML file's top-level mapping. Raises ConfigError for unreadable, invalid or non-mapping files."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -126,13 +128,13 @@ def load_embed_config(path: str | None = None, **overrides: Any) -> EmbedConfig:
 
     Raises ConfigError naming the field, the bad value and what was expected.
     """
-    data = _read_yaml(path) if path else {}
+    data = read_yaml_mapping(path) if path else {}
     source = path or "command line"
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return EmbedConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        raise ConfigError(format_validation_errors(e, source)) from None
 
 
 def require_paths(cfg: EmbedConfig) -> None:

@@ -3,16 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import ConfigError, StorageConfig, _format_errors, _read_yaml
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from pipeline.config import ConfigError, StorageConfig, StrictModel, format_validation_errors, read_yaml_mapping
 
 
-class LossSettings(_Strict):
+class LossSettings(StrictModel):
     infonce: float = Field(1.0, ge=0, description="Weight of symmetric InfoNCE.")
     align: float = Field(0.0, ge=0, description="Weight of the Wang–Isola alignment term.")
     uniform: float = Field(0.0, ge=0, description="Weight of the Wang–Isola uniformity term.")
@@ -22,7 +18,7 @@ class LossSettings(_Strict):
     max_temperature: float = Field(1.0, gt=0, description="Upper bound of the temperature.")
 
 
-class StageConfig(_Strict):
+class StageConfig(StrictModel):
     new: str = Field(description="Modality aligned in this stage (the first stage trains new and anchor jointly).")
     anchor: str = Field(description="Already-aligned modality it is aligned to (text by default).")
     third: str | None = Field(None, description="Optional third modality in each batch, for the Symile loss.")
@@ -43,7 +39,7 @@ class StageConfig(_Strict):
         return self
 
 
-class ModelSettings(_Strict):
+class ModelSettings(StrictModel):
     d: int = Field(256, ge=8, description="Width of the shared space.")
     layers: int = Field(1, ge=1, description="Universal Projection transformer layers.")
     heads: int = Field(4, ge=1, description="Attention heads (must divide d).")
@@ -57,7 +53,7 @@ class ModelSettings(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     features: str | None = Field(None, description="Feature store folder written by the embed job (local or s3://).")
     output: str | None = Field(None, description="Model artifact folder to write (local).")
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig(new="image", anchor="text")],
@@ -107,7 +103,7 @@ def parse_stage_list(text: str, **common: Any) -> list[dict[str, Any]]:
 
 def load_train_config(path: str | None = None, epochs: int | None = None, **overrides: Any) -> TrainConfig:
     """YAML (optional) + non-None overrides (CLI flags), validated once. Raises ConfigError."""
-    data = _read_yaml(path) if path else {}
+    data = read_yaml_mapping(path) if path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         if isinstance(data.get("stages"), str):
@@ -117,6 +113,6 @@ def load_train_config(path: str | None = None, epochs: int | None = None, **over
                               for s in (data.get("stages") or [{"new": "image", "anchor": "text"}])]
         return TrainConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, path or "command line")) from None
+        raise ConfigError(format_validation_errors(e, path or "command line")) from None
     except ValueError as e:
         raise ConfigError(f"invalid config ({path or 'command line'}): {e}") from None
