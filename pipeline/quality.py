@@ -7,8 +7,6 @@ modality pair trained with InfoNCE on the same training ids.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -63,12 +61,6 @@ def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str |
 def concept_recall_at_1(queries: np.ndarray, targets: np.ndarray, labels: list[str]) -> float:
     """Share of queries whose nearest target has the query's concept."""
     return retrieval(queries, targets, ks=(1,), labels_q=labels, labels_t=labels)["recall@1"]
-
-
-@dataclasses.dataclass
-class BaselineResult:
-    pair: str
-    recall_at_1: float
 
 
 def train_baseline(train_a: np.ndarray, train_b: np.ndarray, val_a: np.ndarray, val_b: np.ndarray,

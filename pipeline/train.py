@@ -60,7 +60,7 @@ def _run_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, weights:
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file, save, save_file
 
     stage = cfg.stages[index]
     label = f"{index + 1}-{stage.new}-{stage.anchor}"
@@ -109,8 +109,6 @@ def _run_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, weights:
         state = read_json(os.path.join(ckpt, "state.json"))
     model_state = {k[len("model."):]: v for k, v in pair.items() if k.startswith("model.")}
     os.makedirs(folder, exist_ok=True)
-    from safetensors.torch import save_file
-
     save_file(model_state, os.path.join(folder, "model.safetensors"))
     history = _full_history(result, state)
     record = {"stage": label, "new": stage.new, "anchor": stage.anchor, "epochs_run": len(history),
@@ -123,13 +121,11 @@ def _run_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, weights:
 
 def _full_history(result, best_state: dict) -> list[dict[str, float]]:
     """Per-epoch metrics of the stage (from the latest checkpoint, which holds the whole history)."""
-    from pipeline.checkpoint import read_json as _read
-
     latest = result.checkpoint
     if latest is None:
         return best_state["history"]
     with latest.as_directory() as ckpt:
-        return _read(os.path.join(ckpt, "state.json"))["history"]
+        return read_json(os.path.join(ckpt, "state.json"))["history"]
 
 
 def _grow(model_config: ModelConfig, new_modalities: dict[str, tuple[int, int]]) -> None:

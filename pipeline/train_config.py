@@ -1,7 +1,7 @@
 """Typed, validated configuration of the progressive training job."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 from jobs import embed as embed_job
 from pipeline import cli

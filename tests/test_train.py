@@ -1,7 +1,6 @@
 """Progressive training on a generated feature store: curriculum, freezing, artifact, resume."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
