@@ -80,7 +80,12 @@ class TrainConfig(StrictModel):
         if not self.stages:
             raise ValueError("stages: expected at least one stage")
         known = {self.stages[0].new, self.stages[0].anchor}
+        if self.stages[0].third:
+            raise ValueError(f"stage 1: third={self.stages[0].third!r} must be a modality aligned by an earlier stage")
         for i, stage in enumerate(self.stages[1:], start=2):
+            if stage.third and stage.third not in known:
+                raise ValueError(f"stage {i}: third={stage.third!r} is not aligned yet "
+                                 f"(aligned so far: {', '.join(sorted(known))})")
             if stage.anchor not in known:
                 raise ValueError(f"stage {i} ({stage.new}:{stage.anchor}): anchor {stage.anchor!r} is not aligned yet "
                                  f"(aligned so far: {', '.join(sorted(known))})")

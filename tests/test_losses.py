@@ -70,3 +70,16 @@ def test_a_stage_with_a_third_modality_feeds_symile():
     assert {"infonce", "symile", "loss"} <= set(terms) and torch.isfinite(terms["loss"])
     with pytest.raises(ValueError, match="needs stage.third"):
         StageConfig(new="image", anchor="text", loss={"symile": 0.5})
+
+
+def test_a_third_modality_must_already_be_aligned():
+    from pipeline.config import ConfigError
+    from pipeline.train_config import load_train_config
+
+    ok = load_train_config(None, stages=[{"new": "image", "anchor": "text"},
+                                         {"new": "audio", "anchor": "text", "third": "image", "loss": {"symile": 0.3}}])
+    assert ok.stages[1].third == "image"
+    with pytest.raises(ConfigError, match="stage 1: third='audio' must be a modality aligned by an earlier stage"):
+        load_train_config(None, stages=[{"new": "image", "anchor": "text", "third": "audio"}])
+    with pytest.raises(ConfigError, match="stage 2: third='video' is not aligned yet"):
+        load_train_config(None, stages=[{"new": "image", "anchor": "text"}, {"new": "audio", "anchor": "text", "third": "video"}])
