@@ -20,7 +20,7 @@ from pipeline.media.errors import DecodeError
 from pipeline.media.image import decode_image
 from pipeline.media.video import decode_video
 from pipeline.modality import Modality
-from pipeline.sources import ReadError, describe_storage_error, local_path, read_limited
+from pipeline.sources import ReadError, check_file, local_path, read_limited
 
 DECODED_SCHEMA = pa.schema([
     ("id", pa.string()), ("uri", pa.string()), ("shard", pa.int64()), ("seq", pa.int64()),
@@ -99,7 +99,7 @@ class _as_local_file:
     def __enter__(self) -> str:
         path = local_path(self.uri)
         if path is not None:
-            _check_local(path, self.uri, self.s.limits.max_file_bytes)
+            check_file(self.uri, self.s.storage, self.s.limits.max_file_bytes)
             return path
         data = read_limited(self.uri, self.s.storage, self.s.limits.max_file_bytes)
         suffix = os.path.splitext(self.uri)[1][:16]
@@ -111,23 +111,6 @@ class _as_local_file:
     def __exit__(self, *exc: Any) -> None:
         if self.tmp:
             os.unlink(self.tmp)
-
-
-def _check_local(path: str, uri: str, max_bytes: int) -> None:
-    import stat
-
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise ReadError(describe_storage_error(uri, e)) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ReadError(f"not a regular file: {uri}")
-    if st.st_size == 0:
-        raise ReadError(f"empty file (0 bytes): {uri}")
-    if st.st_size > max_bytes:
-        raise ReadError(f"file is {st.st_size} bytes, over limits.max_file_bytes={max_bytes}: {uri}")
-    if not os.access(path, os.R_OK):
-        raise ReadError(f"access denied reading {uri}")
 
 
 def _pack(array: Any) -> tuple[bytes, list[int]]:

@@ -69,23 +69,33 @@ def describe_storage_error(uri: str, err: BaseException) -> str:
     return f"cannot read {uri}: {name}: {text[:300]}"
 
 
-def read_limited(uri: str, options: dict[str, Any], max_bytes: int) -> bytes:
-    """Read the whole file at ``uri``, refusing empty files and files over ``max_bytes``. Raises ReadError."""
+def check_file(uri: str, options: dict[str, Any], max_bytes: int) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of ``uri`` after checking it is a readable, non-empty regular file
+    of at most ``max_bytes``. Raises ReadError naming the URI and the cause."""
     try:
         fs, path = filesystem(uri, options)
         info = fs.info(path)
-        if info.get("type") not in (None, "file"):
-            raise ReadError(f"not a regular file: {uri} is a {info.get('type')}")
-        size = info.get("size")
-        if size is not None and size > max_bytes:
-            raise ReadError(f"file is {size} bytes, over limits.max_file_bytes={max_bytes}: {uri}")
-        if size == 0:
-            raise ReadError(f"empty file (0 bytes): {uri}")
+    except Exception as e:  # fsspec/botocore raise many types; each becomes a named read error
+        raise ReadError(describe_storage_error(uri, e)) from None
+    if info.get("type") not in (None, "file"):
+        raise ReadError(f"not a regular file: {uri} is a {info.get('type')}")
+    size = info.get("size")
+    if size is not None and size > max_bytes:
+        raise ReadError(f"file is {size} bytes, over limits.max_file_bytes={max_bytes}: {uri}")
+    if size == 0:
+        raise ReadError(f"empty file (0 bytes): {uri}")
+    if local_path(uri) is not None and not os.access(path, os.R_OK):
+        raise ReadError(f"access denied reading {uri}")
+    return fs, path
+
+
+def read_limited(uri: str, options: dict[str, Any], max_bytes: int) -> bytes:
+    """Read the whole file at ``uri`` after ``check_file``; a file that grows past the limit while read is refused."""
+    fs, path = check_file(uri, options, max_bytes)
+    try:
         with fs.open(path, "rb") as fh:
             data = fh.read(max_bytes + 1)
-    except ReadError:
-        raise
-    except Exception as e:  # fsspec/botocore raise many types; each becomes a named read error
+    except Exception as e:
         raise ReadError(describe_storage_error(uri, e)) from None
     if len(data) > max_bytes:
         raise ReadError(f"file grew past limits.max_file_bytes={max_bytes} while reading: {uri}")
