@@ -23,7 +23,7 @@ from pipeline.model import ModelConfig
 from pipeline.pairs import join, load_features, split
 from pipeline.sources import storage_options
 from pipeline.train_config import TrainConfig
-from pipeline.train_loop import SELECTION_METRIC, train_loop
+from pipeline.train_loop import SELECTION_METRIC, SELECTION_ORDER, train_loop
 
 log = logging.getLogger(__name__)
 ARTIFACT_FORMAT = "oneencoder-artifact/1"
@@ -96,14 +96,14 @@ def _run_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, weights:
         run_config=RunConfig(name=f"stage-{label}", storage_path=os.path.join(output, "_ray"),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
                                                                 checkpoint_score_attribute=SELECTION_METRIC,
-                                                                checkpoint_score_order="max"),
+                                                                checkpoint_score_order=SELECTION_ORDER),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)),
         datasets={"train": to_ds(train), "val": to_ds(val)},
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     started = time.time()
     result = trainer.fit()
-    best = result.get_best_checkpoint(SELECTION_METRIC, "max") or result.checkpoint
+    best = result.get_best_checkpoint(SELECTION_METRIC, SELECTION_ORDER) or result.checkpoint
     with best.as_directory() as ckpt:
         pair = load_file(os.path.join(ckpt, "pair.safetensors"))
         state = read_json(os.path.join(ckpt, "state.json"))

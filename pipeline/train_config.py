@@ -24,10 +24,10 @@ class StageConfig(StrictModel):
     third: str | None = Field(None, description="Optional third modality in each batch, for the Symile loss.")
     epochs: int = Field(10, ge=1, description="Epochs of this stage.")
     batch_size: int = Field(64, ge=2, description="Pairs per batch per worker (InfoNCE negatives).")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     loss: LossSettings = Field(default_factory=LossSettings, description="Loss terms of the stage.")
-    patience: int | None = Field(None, ge=1, description="Early stopping: epochs without a better val recall@1; null = off.")
+    patience: int | None = Field(None, ge=1, description="Early stopping: epochs without a lower validation loss; null = off.")
 
     @model_validator(mode="after")
     def _distinct(self) -> "StageConfig":
@@ -65,7 +65,7 @@ class TrainConfig(StrictModel):
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs per worker.")
     max_failures: int = Field(1, ge=0, description="Worker failures survived per stage (restart from the last checkpoint).")
-    keep_checkpoints: int | None = Field(3, ge=1, description="Epoch checkpoints kept per stage (the best by val recall@1); null = all.")
+    keep_checkpoints: int | None = Field(3, ge=1, description="Epoch checkpoints kept per stage (the best by validation loss); null = all.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access for the feature store.")
 
     @field_validator("stages", mode="before")
