@@ -19,6 +19,7 @@ os.environ.update({
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",  # as init_ray sets it for jobs (see pipeline/runtime.py)
 })
 os.environ.pop("RAY_ADDRESS", None)
 
