@@ -74,3 +74,19 @@ def test_unreachable_endpoint_is_named():
     opts["config_kwargs"] = {"connect_timeout": 1, "retries": {"max_attempts": 1}}
     with pytest.raises(ManifestError, match="cannot reach the S3 endpoint"):
         read_manifest("s3://bucket/manifest.jsonl", opts)
+
+
+def test_training_reads_the_feature_store_from_s3(ray_session, s3_endpoint, tmp_path):
+    """Uses the store that test_s3_manifest_media_and_output wrote to s3://features/run1."""
+    from pipeline.train import run_train
+    from pipeline.train_config import load_train_config
+
+    config = tmp_path / "train.yaml"
+    config.write_text(f"val_fraction: 0.25\nstorage: {{endpoint_url: '{s3_endpoint}'}}\n")
+    cfg = load_train_config(str(config), features="s3://features/run1", output=str(tmp_path / "model"),
+                            stages="image:audio", epochs=2)
+    stage = run_train(cfg)["stages"][0]
+    assert [h["epoch"] for h in stage["history"]] == [1, 2]
+    assert stage["train_pairs"] + stage["val_pairs"] == 12
+    provenance = json.loads((tmp_path / "model" / "provenance.json").read_text())
+    assert provenance["features"] == "s3://features/run1"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -180,7 +182,49 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, feature_s
     thread.join(timeout=600)
     history = result["stages"][0]["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[0]["resumed_after_epoch"] == 0 and history[-1]["resumed_after_epoch"] >= 1, history
     assert _worker_logs_mention("stage image:text resumes after epoch"), "the restarted worker did not load a checkpoint"
+
+
+def test_a_rerun_after_a_killed_driver_resumes_mid_stage(ray_session, feature_store, tmp_path):
+    output = tmp_path / "model"
+    config = tmp_path / "train.yaml"
+    config.write_text(f"val_fraction: {VAL_FRACTION}\nkeep_checkpoints: null\n")
+    argv = ["--features", feature_store, "--output", str(output), "--stages", "image:text", "--epochs", "6",
+            "--config", str(config)]
+    env = {**os.environ, "RAY_ADDRESS": ray_session}
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.train", *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    snapshot = output / "_ray" / "stage-1-image-text" / "checkpoint_manager_snapshot.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not snapshot.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job ended before it could be killed"
+    proc.kill()  # SIGKILL: no clean-up in the driver; Ray then stops the job's controller and workers
+    proc.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and _train_worker_pids():
+        time.sleep(0.2)
+    assert not (output / "stages" / "1-image-text" / "stage.json").exists()
+    result = run_train(load_train_config(str(config), features=feature_store, output=str(output), stages="image:text",
+                                         epochs=6))
+    history = result["stages"][0]["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert history[-1]["resumed_after_epoch"] >= 1, "the rerun started over instead of resuming"
+
+
+def test_early_stopping_ends_a_stage_and_keeps_the_best_epoch(ray_session, feature_store, tmp_path):
+    output = tmp_path / "model"
+    config = tmp_path / "train.yaml"
+    # a learning rate far too high makes the validation loss stop improving within a few epochs
+    config.write_text(f"val_fraction: {VAL_FRACTION}\nkeep_checkpoints: null\n"
+                      "stages: [{new: image, anchor: text, epochs: 25, lr: 0.05, patience: 2}]\n")
+    stage = run_train(load_train_config(str(config), features=feature_store, output=str(output)))["stages"][0]
+    losses = [h["val/loss"] for h in stage["history"]]
+    assert stage["epochs_run"] < 25, losses
+    best = min(range(len(losses)), key=lambda i: (losses[i], i))
+    assert stage["best_epoch"] == best + 1 and stage["epochs_run"] == best + 1 + 2, losses
+    assert stage["best"]["val/loss"] == losses[best]
 
 
 def _worker_logs_mention(text: str) -> bool:
