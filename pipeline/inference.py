@@ -63,18 +63,41 @@ class LoadedModel:
     def embed(self, items: Iterable[Any], modality: str) -> np.ndarray:
         """Embed text strings, or image/audio/video file paths or bytes → float32 (N, d), L2-normalised.
 
-        Raises ValueError naming the index of an item that cannot be decoded.
+        Raises ValueError naming the index of an item that cannot be decoded (before encoding any).
         """
-        encoder, settings = self._encoder(modality)
         items = list(items)
-        out = np.zeros((len(items), self.dim), np.float32)
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start:start + self.batch_size]
-            decoded = [self._decode(item, settings, start + i) for i, item in enumerate(chunk)]
-            feats = self.torch.from_numpy(encoder.embed(decoded))
-            with self.torch.no_grad():
-                out[start:start + len(chunk)] = self.model(modality, feats).numpy()
+        decoded = self.decode_all(items, modality)
+        bad = [d for d in decoded if isinstance(d, ItemError)]
+        if bad:
+            raise ValueError(str(bad[0]))
+        return self.encode(decoded, modality)[0]
+
+    def decode_all(self, items: list[Any], modality: str) -> list[Any]:
+        """Decode each item; one that cannot be decoded becomes an ``ItemError`` in its place."""
+        settings = self._encoder(modality)[1]
+        out = []
+        for index, item in enumerate(items):
+            try:
+                out.append(self._decode(item, settings))
+            except ItemError as e:
+                out.append(ItemError(index, e.reason))
         return out
+
+    def encode(self, decoded: list[Any], modality: str) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded inputs → ((N, d) unit vectors, (N,) encoder tokens per item), in batches."""
+        encoder = self._encoder(modality)[0]
+        out, tokens = np.zeros((len(decoded), self.dim), np.float32), np.zeros(len(decoded), np.int64)
+        for start in range(0, len(decoded), self.batch_size):
+            chunk = decoded[start:start + self.batch_size]
+            feats, counts = encoder.embed_counted(chunk)
+            with self.torch.no_grad():
+                out[start:start + len(chunk)] = self.model(modality, self.torch.from_numpy(feats)).numpy()
+            tokens[start:start + len(chunk)] = counts
+        return out, tokens
+
+    def warm(self, modality: str) -> None:
+        """Load the frozen encoder of ``modality`` now rather than on first use."""
+        self._encoder(modality)
 
     def project(self, features: np.ndarray, modality: str) -> np.ndarray:
         """Cached encoder features (N, K, D) from a feature store → (N, d) unit vectors."""
@@ -83,7 +106,7 @@ class LoadedModel:
                    for i in range(0, len(features), 1024)]
         return self.torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
 
-    def _decode(self, item: Any, settings: DecodeSettings, index: int) -> Any:
+    def _decode(self, item: Any, settings: DecodeSettings) -> Any:
         from pipeline.media.errors import DecodeError
         from pipeline.sources import ReadError
 
@@ -91,15 +114,27 @@ class LoadedModel:
             if settings.modality is Modality.TEXT or isinstance(item, str):
                 if settings.modality is not Modality.TEXT and not isinstance(item, str):
                     raise DecodeError(f"expected a path or bytes, got {type(item).__name__}")
+                if not isinstance(item, str):
+                    raise DecodeError(f"expected a string, got {type(item).__name__}")
                 return decode_item(item, settings)
             if not isinstance(item, (bytes, bytearray)):
                 raise DecodeError(f"expected a path or bytes, got {type(item).__name__}")
+            if len(item) > self.limits.max_file_bytes:
+                raise DecodeError(f"{len(item)} bytes, over limits.max_file_bytes={self.limits.max_file_bytes}")
             with tempfile.NamedTemporaryFile(suffix=".bin") as fh:
                 fh.write(item)
                 fh.flush()
                 return decode_item(fh.name, settings)
         except (DecodeError, ReadError) as e:
-            raise ValueError(f"item {index}: {e}") from None
+            raise ItemError(-1, str(e)) from None
+
+
+class ItemError(ValueError):
+    """An input that cannot be decoded: its index in the request and why."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(f"item {index}: {reason}")
+        self.index, self.reason = index, reason
 
 
 def load_model(path: str, **kwargs: Any) -> LoadedModel:

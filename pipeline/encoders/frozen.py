@@ -103,10 +103,14 @@ class FrozenEncoder:
 
         ``inputs``: RGB uint8 (H, W, 3) images, strings, float32 waveforms, or uint8 (T, H, W, 3) clips.
         """
+        return self.embed_counted(inputs)[0]
+
+    def embed_counted(self, inputs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """``embed`` plus each item's number of valid encoder tokens (text tokens, patches, frames): int64 (B,)."""
         torch = self.torch
         with torch.inference_mode():
             hidden, lengths = self._forward(inputs)
-            return pool_tokens(hidden.float(), lengths, self.enc.tokens).cpu().numpy()
+            return pool_tokens(hidden.float(), lengths, self.enc.tokens).cpu().numpy(), lengths.cpu().numpy().astype(np.int64)
 
     def _forward(self, inputs: list[Any]):
         torch = self.torch
