@@ -8,12 +8,14 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from jobs import embed as embed_job
     from jobs import evaluate as evaluate_job
+    from jobs import serve as serve_job
     from jobs import train as train_job
 
     parser = argparse.ArgumentParser(prog="oneencoder", description="OneEncoder on Ray: embed media corpora into one space.")
     sub = parser.add_subparsers(dest="command", required=True)
     embed_job.build_parser(sub.add_parser("embed", help="embed a manifest into a Parquet feature store (Ray Data)"))
     train_job.build_parser(sub.add_parser("train", help="train the projection progressively on a feature store (Ray Train)"))
+    serve_job.build_parser(sub.add_parser("serve", help="serve a model artifact over HTTP on Ray Serve (OpenAI-compatible)"))
     evaluate_job.build_parser(sub.add_parser("evaluate", help="retrieval, zero-shot and modality-gap report of a model artifact"))
     sample = sub.add_parser("sample-corpus", help="write a small generated paired corpus and its manifest")
     sample.add_argument("dest", help="folder to write")
@@ -26,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_job.run(args)
     if args.command == "train":
         return train_job.run(args)
+    if args.command == "serve":
+        return serve_job.run(args)
     if args.command == "sample-corpus":
         from pipeline.corpus import write_sample_corpus
 

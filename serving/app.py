@@ -1,0 +1,287 @@
+"""The HTTP application: a FastAPI ingress composing the encoder and search deployments.
+
+(No ``from __future__ import annotations`` here: FastAPI must see real ``Request`` annotations.)
+
+``build_app(args)`` is the Serve entry point (``import_path: serving.app:build_app``).
+"""
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from pipeline.config import ConfigError
+from serving.config import GATEWAY, SEARCH, ServeArgs, encoder_deployment, parse_args
+from serving.deployments import ModalityEncoder, SearchIndex
+from serving.inputs import APIError, Item, fetch, input_list, resolve
+
+log = logging.getLogger("serving")
+api = FastAPI(title="OneEncoder", description="Multimodal embeddings in one shared space (OpenAI-compatible).")
+
+
+@api.exception_handler(APIError)
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug, never bad input
+    log.exception("unhandled error on %s", request.url.path)
+    return JSONResponse(APIError(500, f"internal error ({type(exc).__name__})", "internal_error", kind="server_error").body(),
+                        status_code=500)
+
+
+async def _resolve(response: Any) -> Any:
+    return await response
+
+
+def _overloaded(what: str) -> APIError:
+    return APIError(503, f"the {what} is overloaded (its queue is full); retry shortly", "server_overloaded",
+                    kind="server_error", headers={"Retry-After": "1"})
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128, max_queued_requests=256,
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32})
+@serve.ingress(api)
+class Gateway:
+    def __init__(self, args: dict[str, Any], info: dict[str, Any], encoders: dict[str, DeploymentHandle],
+                 search: DeploymentHandle | None):
+        self.args = ServeArgs(**args)
+        self.info, self.encoders, self.search_handle = info, encoders, search
+        self.modalities = list(encoders)
+        token = os.environ.get(self.args.api_key_env, "") if self.args.api_key_env else ""
+        if self.args.api_key_env and not token:
+            raise RuntimeError(f"api_key_env={self.args.api_key_env!r} is not set in the replica's environment")
+        self.token = token.encode()
+
+    # --- plumbing -------------------------------------------------------------------------
+    def _authorize(self, request: Request) -> None:
+        if not self.token:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
+            raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <token>'", "invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    async def _json(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        limit = self.args.limits.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise APIError(413, f"request body of {declared} bytes is over the limit of {limit} bytes", "request_too_large")
+        body, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, f"request body is over the limit of {limit} bytes", "request_too_large")
+            body.append(chunk)
+        try:
+            parsed = json.loads(b"".join(body))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise APIError(400, f"request body is not valid JSON ({e})", "invalid_json") from None
+        if not isinstance(parsed, dict):
+            raise APIError(400, f"request body must be a JSON object, got {type(parsed).__name__}", "invalid_json")
+        return parsed
+
+    def _check_model(self, body: dict[str, Any], required: bool) -> None:
+        model = body.get("model")
+        if model is None and not required:
+            return
+        if model != self.args.model_name:
+            raise APIError(404, f"model {model!r} does not exist: this server serves {self.args.model_name!r}",
+                           "model_not_found", "model")
+
+    def _modality_field(self, body: dict[str, Any], field: str) -> str | None:
+        value = body.get(field)
+        if value is not None and value not in self.modalities:
+            raise APIError(400, f"{field} {value!r} is not served: expected one of {', '.join(self.modalities)}",
+                           "unsupported_modality", field)
+        return value
+
+    async def _items(self, raw: list[str], forced: str | None) -> list[Item]:
+        limits = self.args.limits
+        items = [resolve(i, r, forced, self.modalities, limits) for i, r in enumerate(raw)]
+        remote = [it for it in items if it.remote_url]
+        if remote:
+            fetched = await asyncio.gather(*(asyncio.to_thread(fetch, it, self.args.remote, limits) for it in remote))
+            by_index = {it.index: it for it in fetched}
+            items = [by_index.get(it.index, it) for it in items]
+        return items
+
+    async def _embed(self, items: list[Item]) -> list[dict[str, Any]]:
+        """Each item through its modality's batched deployment, concurrently; 4xx naming the first bad item."""
+        from ray.serve.exceptions import BackPressureError
+
+        calls = [self.encoders[it.modality].embed.remote(it.value) for it in items]
+        try:
+            results = await asyncio.gather(*calls)
+        except BackPressureError:
+            for call in calls:
+                call.cancel()
+            raise _overloaded("encoder") from None
+        for it, result in zip(items, results):
+            if "error" in result:
+                raise APIError(400, f"input[{it.index}]: {it.modality}: {result['error']}", "invalid_input",
+                               f"input[{it.index}]")
+        return results
+
+    # --- endpoints ------------------------------------------------------------------------
+    @api.post("/v1/embeddings")
+    async def embeddings(self, request: Request) -> JSONResponse:
+        body = await self._json(request)
+        self._check_model(body, required=True)
+        fmt = body.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            raise APIError(400, f"encoding_format {fmt!r} is not supported: expected 'float' or 'base64'",
+                           "invalid_encoding_format", "encoding_format")
+        dims = body.get("dimensions")
+        if dims is not None and dims != self.info["dimensions"]:
+            raise APIError(400, f"dimensions={dims!r}: this model only produces {self.info['dimensions']}-dimensional "
+                                "embeddings", "unsupported_dimensions", "dimensions")
+        forced = self._modality_field(body, "modality")
+        items = await self._items(input_list(body, self.args.limits), forced)
+        results = await self._embed(items)
+        data = []
+        for it, result in zip(items, results):
+            vector = np.asarray(result["embedding"], dtype="<f4")
+            embedding = base64.b64encode(vector.tobytes()).decode() if fmt == "base64" else vector.tolist()
+            data.append({"object": "embedding", "index": it.index, "embedding": embedding, "modality": it.modality})
+        tokens = sum(r["tokens"] for r in results)
+        return JSONResponse({"object": "list", "data": data, "model": self.args.model_name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    @api.post("/v1/search")
+    async def search(self, request: Request) -> JSONResponse:
+        from ray.serve.exceptions import BackPressureError
+
+        body = await self._json(request)
+        self._check_model(body, required=False)
+        if self.search_handle is None:
+            raise APIError(404, "search is not enabled: start the server with `features` (a feature store to index)",
+                           "search_disabled")
+        raw = input_list(body, self.args.limits, field="query")
+        if len(raw) != 1:
+            raise APIError(400, f"'query' takes one input, got {len(raw)}", "invalid_input", "query")
+        k = body.get("k", 10)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.args.limits.max_k:
+            raise APIError(400, f"k={k!r}: expected an integer from 1 to {self.args.limits.max_k}", "invalid_k", "k")
+        targets = body.get("target_modality")
+        targets = [targets] if isinstance(targets, str) else targets
+        indexed = self.info["index"]
+        if targets is not None and (not isinstance(targets, list) or not targets
+                                    or any(t not in indexed for t in targets)):
+            raise APIError(400, f"target_modality {body.get('target_modality')!r}: expected one or more of "
+                                f"{', '.join(indexed)} (the indexed modalities)", "unsupported_modality", "target_modality")
+        items = await self._items(raw, self._modality_field(body, "modality"))
+        query = (await self._embed(items))[0]
+        try:
+            hits = await self.search_handle.search.remote(np.asarray(query["embedding"]), targets, k)
+        except BackPressureError:
+            raise _overloaded("search index") from None
+        return JSONResponse({"object": "list", "data": hits, "model": self.args.model_name,
+                             "query_modality": items[0].modality})
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        return JSONResponse({"object": "list", "data": [{
+            "id": self.args.model_name, "object": "model", "created": self.info["created"], "owned_by": "oneencoder",
+            "modalities": self.modalities, "dimensions": self.info["dimensions"], "search_index": self.info["index"]}]})
+
+    @api.get("/health")
+    async def health(self) -> JSONResponse:
+        """200 once every encoder (and the search index) answers; 503 otherwise."""
+        handles = {encoder_deployment(m): h for m, h in self.encoders.items()}
+        if self.search_handle is not None:
+            handles[SEARCH] = self.search_handle
+        pending = {name: h.ready.remote() if name != SEARCH else h.info.remote() for name, h in handles.items()}
+        status = {}
+        for name, call in pending.items():
+            try:
+                await asyncio.wait_for(_resolve(call), timeout=5)
+                status[name] = "ready"
+            except Exception as e:  # not started, restarting or overloaded
+                status[name] = f"not ready ({type(e).__name__})"
+        ready = all(v == "ready" for v in status.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "deployments": status},
+                            status_code=200 if ready else 503)
+
+
+def _model_info(args: ServeArgs) -> dict[str, Any]:
+    from pipeline.checkpoint import read_json
+
+    config = read_json(os.path.join(args.model, "config.json"))
+    modalities = list(config["model"]["in_dims"])
+    if args.modalities is not None:
+        missing = [m for m in args.modalities if m not in modalities]
+        if missing or not args.modalities:
+            raise ConfigError(f"modalities={args.modalities!r}: expected a non-empty subset of the model's "
+                              f"modalities ({', '.join(modalities)})")
+        modalities = list(dict.fromkeys(args.modalities))
+    return {"modalities": modalities, "dimensions": int(config["model"]["d"]),
+            "created": int(os.path.getmtime(os.path.join(args.model, "config.json"))), "index": []}
+
+
+def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str, Any]] | None = None):
+    """The Serve application of a model artifact; ``overrides`` are per-deployment Serve options (local runs)."""
+    parsed = parse_args(args)
+    plain = parsed.model_dump(mode="json")
+    info = _model_info(parsed)
+    overrides = dict(overrides or {})
+    known = [GATEWAY] + [encoder_deployment(m) for m in info["modalities"]] + ([SEARCH] if parsed.features else [])
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ValueError(f"Deployment {unknown[0]!r} does not exist. Available: {known}")
+
+    def opts(name: str) -> dict[str, Any]:
+        return {"name": name, **overrides.get(name, {})}
+
+    encoders = {m: ModalityEncoder.options(**opts(encoder_deployment(m))).bind(plain, m) for m in info["modalities"]}
+    search = None
+    if parsed.features:
+        search = SearchIndex.options(**opts(SEARCH)).bind(plain)
+        info["index"] = _indexed_modalities(parsed, info["modalities"])
+    return Gateway.options(**opts(GATEWAY)).bind(plain, info, encoders, search)
+
+
+def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
+    from pipeline.features import FeatureStore
+
+    store = FeatureStore(args.features, args.storage.model_dump())
+    found = [m for m in modalities if store.list(f"features/{m}")]
+    if not found:
+        raise ValueError(f"features={args.features!r} has no features for any modality of the model ({', '.join(modalities)})")
+    return found
+
+
+def build_app(args: dict[str, Any]):
+    """Serve entry point: ``serve run serving.app:build_app model=DIR`` or ``import_path`` in a Serve config."""
+    return build_application(args)
+
+
+def wait_until_ready(url: str, timeout_s: float = 300) -> None:
+    """Poll ``url``/health until it answers 200."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.time() > deadline:
+            raise TimeoutError(f"{url}/health did not report ready within {timeout_s:.0f} s")
+        time.sleep(0.5)

@@ -1,0 +1,114 @@
+"""Typed settings of the serving application and the Serve config YAML that carries them.
+
+The YAML is a regular Ray Serve config (what ``serve deploy`` reads): ``applications[0].args``
+holds the settings below (validated here), ``applications[0].deployments`` holds Serve's own
+per-deployment options (replicas, autoscaling, resources, queue limits, batch ``user_config``).
+``oneencoder serve --config`` reads the same file and applies those options itself.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+
+from pipeline.config import ConfigError, StorageConfig, StrictModel, format_validation_errors, read_yaml_mapping
+
+APP_NAME = "oneencoder"
+GATEWAY, SEARCH = "Gateway", "SearchIndex"
+
+
+def encoder_deployment(modality: str) -> str:
+    """Name of the deployment serving ``modality`` (as listed in the Serve config)."""
+    return f"encoder-{modality}"
+
+
+class ServeLimits(StrictModel):
+    max_items: int = Field(64, ge=1, description="Inputs per request (the `input` list).")
+    max_item_bytes: int = Field(10 * 2**20, ge=1, description="Largest decoded media item (data URI payload or fetched URL), in bytes.")
+    max_request_bytes: int = Field(32 * 2**20, ge=1, description="Largest request body, in bytes (413 above it).")
+    max_text_chars: int = Field(20_000, ge=1, description="Longest text input, in characters.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width*height) decoded.")
+    max_audio_seconds: float = Field(30.0, gt=0, description="Longest audio input.")
+    max_video_seconds: float = Field(60.0, gt=0, description="Longest video input.")
+    decode_timeout_s: float = Field(20.0, gt=0, description="Wall-clock limit for one ffmpeg decode.")
+    max_k: int = Field(100, ge=1, description="Largest `k` a search may ask for.")
+
+
+class RemoteSettings(StrictModel):
+    enabled: bool = Field(False, description="Fetch http(s) URLs given as media inputs; off by default.")
+    allow_hosts: list[str] = Field(default_factory=list, description="Host names that may be fetched (exact match); required when enabled.")
+    timeout_s: float = Field(10.0, gt=0, description="Time limit of one fetch.")
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        bad = [h for h in value if not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]", h)]
+        if bad:
+            raise ValueError(f"allow_hosts takes bare host names (e.g. images.example.com), got {bad}")
+        return [h.lower() for h in value]
+
+
+class ServeArgs(StrictModel):
+    model: str | None = Field(None, description="Model artifact folder written by `oneencoder train` (required).")
+    model_name: str = Field("oneencoder", min_length=1, description="Model id clients pass as `model` and /v1/models lists.")
+    modalities: list[str] | None = Field(None, description="Modalities to serve (each gets an encoder deployment); null = all of the model's.")
+    features: str | None = Field(None, description="Feature store (local or s3://) indexed for /v1/search at start-up; null = no search.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access for the feature store.")
+    limits: ServeLimits = Field(default_factory=ServeLimits, description="Request and media limits.")
+    remote: RemoteSettings = Field(default_factory=RemoteSettings, description="Fetching remote media URLs.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the bearer token clients must send; null = no auth.")
+    torch_threads: int = Field(1, ge=1, description="Torch threads per encoder replica.")
+
+
+class BatchSettings(StrictModel):
+    """An encoder deployment's ``user_config``: retunable at runtime without restarting replicas."""
+
+    max_batch_size: int = Field(16, ge=1, description="Most inputs encoded together.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="Longest wait for a batch to fill.")
+
+
+def parse_args(args: dict[str, Any] | None, source: str = "serve args") -> ServeArgs:
+    """Validate the application args; the error names each bad field and what was expected."""
+    try:
+        parsed = ServeArgs(**(args or {}))
+    except ValidationError as e:
+        raise ConfigError(format_validation_errors(e, source)) from None
+    if not parsed.model:
+        raise ConfigError(f"{source}: `model` is required: the model artifact folder written by `oneencoder train`")
+    if not os.path.exists(os.path.join(parsed.model, "config.json")):
+        raise ConfigError(f"{source}: model={parsed.model!r} is not a model artifact (no config.json); "
+                          "expected the folder written by `oneencoder train`")
+    if parsed.remote.enabled and not parsed.remote.allow_hosts:
+        raise ConfigError(f"{source}: remote.enabled is true but remote.allow_hosts is empty; list the hosts that may be fetched")
+    if parsed.api_key_env and not os.environ.get(parsed.api_key_env):
+        raise ConfigError(f"{source}: api_key_env={parsed.api_key_env!r} but that environment variable is not set "
+                          "(set it to the bearer token, or set api_key_env to null to serve without auth)")
+    return parsed
+
+
+def load_serve_config(path: str) -> dict[str, Any]:
+    """Read a Serve config YAML, check it with Ray's own schema, and return its single application."""
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = read_yaml_mapping(path)
+    try:
+        schema = ServeDeploySchema(**raw)
+    except Exception as e:  # pydantic v1/v2 errors from Ray's schema
+        raise ConfigError(f"{path}: not a valid Ray Serve config: {e}") from None
+    apps = [a for a in raw.get("applications", []) if a.get("import_path") == "serving.app:build_app"]
+    if len(apps) != 1:
+        raise ConfigError(f"{path}: expected exactly one application with import_path serving.app:build_app, "
+                          f"found {len(apps)}")
+    app = dict(apps[0])
+    app.setdefault("args", {})
+    app["http_options"] = schema.http_options.model_dump() if hasattr(schema.http_options, "model_dump") else dict(raw.get("http_options") or {})
+    return app
+
+
+def batch_settings(user_config: dict[str, Any] | None, deployment: str) -> BatchSettings:
+    try:
+        return BatchSettings(**(user_config or {}))
+    except ValidationError as e:
+        raise ConfigError(format_validation_errors(e, f"{deployment} user_config")) from None

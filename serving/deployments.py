@@ -1,0 +1,141 @@
+"""Ray Serve deployments: one batched encoder per modality, and the search index."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from serving.config import BatchSettings, ServeArgs, batch_settings
+
+log = logging.getLogger("serving")
+
+
+def _media_limits(args: ServeArgs):
+    from pipeline.config import LimitsConfig
+
+    lim = args.limits
+    return LimitsConfig(max_file_bytes=lim.max_item_bytes, max_image_pixels=lim.max_image_pixels,
+                        max_audio_seconds=lim.max_audio_seconds, max_video_seconds=lim.max_video_seconds,
+                        max_text_chars=lim.max_text_chars, decode_timeout_s=lim.decode_timeout_s)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=256,
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+                  health_check_period_s=10, user_config=BatchSettings().model_dump())
+class ModalityEncoder:
+    """Frozen encoder + adapter + Universal Projection of one modality; requests are batched."""
+
+    def __init__(self, args: dict[str, Any], modality: str):
+        import torch
+
+        from pipeline.inference import load_model
+
+        self.args = ServeArgs(**args)
+        torch.set_num_threads(self.args.torch_threads)
+        self.modality = modality
+        self.model = load_model(self.args.model, limits=_media_limits(self.args), batch_size=BatchSettings().max_batch_size)
+        self.model.warm(modality)  # the replica reports healthy only once its encoder is loaded
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)
+        self.batching = BatchSettings()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        settings = batch_settings(user_config, f"encoder-{self.modality}")
+        self.batching = settings
+        self.embed.set_max_batch_size(settings.max_batch_size)
+        self.embed.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.model.batch_size = settings.max_batch_size
+        log.info("encoder-%s: max_batch_size %d, batch_wait_timeout_s %.3f", self.modality,
+                 settings.max_batch_size, settings.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def embed(self, items: list[Any]) -> list[dict[str, Any]]:
+        """One result per item, in order: {"embedding", "tokens"} or {"error"} (bad items never fail the batch)."""
+        self.batch_sizes.append(len(items))
+        return await asyncio.to_thread(self._embed, items)
+
+    def _embed(self, items: list[Any]) -> list[dict[str, Any]]:
+        from pipeline.inference import ItemError
+
+        decoded = self.model.decode_all(items, self.modality)
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, ItemError)]
+        out: list[dict[str, Any]] = [{"error": d.reason} if isinstance(d, ItemError) else {} for d in decoded]
+        if good:
+            try:
+                vectors, tokens = self.model.encode([decoded[i] for i in good], self.modality)
+            except Exception as e:  # one odd input must not fail its batch-mates: retry one by one
+                log.warning("encoder-%s: batch of %d failed (%s); encoding items one by one", self.modality, len(good), e)
+                return [self._embed_one(item) for item in items]
+            for j, i in enumerate(good):
+                out[i] = {"embedding": vectors[j], "tokens": int(tokens[j])}
+        return out
+
+    def _embed_one(self, item: Any) -> dict[str, Any]:
+        from pipeline.inference import ItemError
+
+        decoded = self.model.decode_all([item], self.modality)[0]
+        if isinstance(decoded, ItemError):
+            return {"error": decoded.reason}
+        try:
+            vectors, tokens = self.model.encode([decoded], self.modality)
+        except Exception as e:
+            return {"error": f"the {self.modality} encoder could not process this input ({type(e).__name__}: {e})"}
+        return {"embedding": vectors[0], "tokens": int(tokens[0])}
+
+    def stats(self) -> dict[str, Any]:
+        """Observed batch sizes since start (for tests and tuning)."""
+        return {"modality": self.modality, "batch_sizes": list(self.batch_sizes), **self.batching.model_dump()}
+
+    def ready(self) -> bool:
+        return True
+
+    def check_health(self) -> None:
+        if self.model is None:
+            raise RuntimeError(f"encoder-{self.modality}: model not loaded")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256)
+class SearchIndex:
+    """Exact inner-product search over a feature store projected through the model at start-up."""
+
+    def __init__(self, args: dict[str, Any]):
+        from pipeline.features import FeatureStore, embeddings, read_features
+        from pipeline.inference import load_model
+
+        self.args = ServeArgs(**args)
+        model = load_model(self.args.model)
+        storage = self.args.storage.model_dump()
+        self.vectors: dict[str, np.ndarray] = {}
+        self.ids: dict[str, list[str]] = {}
+        self.uris: dict[str, list[str | None]] = {}
+        store = FeatureStore(self.args.features, storage)
+        for modality in self.args.modalities or model.modalities:
+            if not store.list(f"features/{modality}"):  # a modality the embed job did not write
+                continue
+            table = read_features(self.args.features, modality, storage)
+            if table.num_rows == 0:
+                continue
+            self.vectors[modality] = model.project(embeddings(table).astype(np.float32), modality)
+            self.ids[modality] = table.column("id").to_pylist()
+            self.uris[modality] = table.column("uri").to_pylist()
+        if not self.vectors:
+            raise ValueError(f"feature store {self.args.features} has no features for any modality of the model "
+                             f"({', '.join(model.modalities)})")
+        log.info("search index: %s", ", ".join(f"{m} {len(v)}" for m, v in self.vectors.items()))
+
+    def info(self) -> dict[str, int]:
+        return {m: len(v) for m, v in self.vectors.items()}
+
+    def search(self, query: np.ndarray, targets: list[str] | None, k: int) -> list[dict[str, Any]]:
+        """Top ``k`` items by cosine similarity over the ``targets`` modalities (all when None)."""
+        targets = targets or list(self.vectors)
+        hits: list[tuple[float, str, int]] = []
+        for m in targets:
+            scores = self.vectors[m] @ query.astype(np.float32)
+            top = np.argpartition(-scores, min(k, len(scores)) - 1)[:k] if len(scores) > k else np.arange(len(scores))
+            hits.extend((float(scores[i]), m, int(i)) for i in top)
+        hits.sort(key=lambda h: (-h[0], h[1], self.ids[h[1]][h[2]]))
+        return [{"id": self.ids[m][i], "modality": m, "uri": self.uris[m][i], "score": s} for s, m, i in hits[:k]]

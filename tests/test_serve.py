@@ -1,0 +1,390 @@
+"""The Ray Serve application over real HTTP: OpenAI compatibility, every modality, batching, limits,
+errors, auth, remote URLs, search and overload. One application per module (plus a tight one)."""
+from __future__ import annotations
+
+import base64
+import concurrent.futures as futures
+import http.server
+import io
+import os
+import socket
+import threading
+
+import numpy as np
+import pytest
+import requests
+import yaml
+
+from pipeline.config import ConfigError
+from pipeline.corpus import SAMPLE_RATE, clip, encode_video, write_wav
+from pipeline.media.ffmpeg import find_ffmpeg
+from serving.config import APP_NAME
+from tests.media_factory import png_bytes
+
+SHIPPED_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "serving", "serve_config.yaml")
+TOKEN = "test-token-123"
+LIMITS = {"max_items": 8, "max_item_bytes": 400_000, "max_request_bytes": 1_000_000, "max_text_chars": 500,
+          "max_image_pixels": 250_000, "max_audio_seconds": 3.0, "max_video_seconds": 3.0, "decode_timeout_s": 20,
+          "max_k": 50}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(tmp: str, name: str, args: dict, deployments: dict[str, dict] | None = None) -> str:
+    """The shipped Serve config with ``args`` merged and some deployment options replaced."""
+    with open(SHIPPED_CONFIG) as fh:
+        cfg = yaml.safe_load(fh)
+    app = cfg["applications"][0]
+    app["args"].update(args)
+    if deployments is not None:
+        keep = [d for d in app["deployments"] if d["name"] in deployments]
+        app["deployments"] = [{**d, **deployments[d["name"]]} for d in keep]
+    path = os.path.join(tmp, name)
+    with open(path, "w") as fh:
+        yaml.safe_dump(cfg, fh)
+    return path
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):  # noqa: N802
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "/red.png")
+            self.end_headers()
+            return
+        super().do_GET()
+
+
+@pytest.fixture(scope="module")
+def media_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("www")
+    (folder / "red.png").write_bytes(png_bytes((64, 48), (220, 20, 20)))
+    handler = lambda *a, **kw: _Files(*a, directory=str(folder), **kw)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, trained, feature_store, tmp_path_factory):
+    from ray import serve
+
+    from serving.local import deploy, prepare
+
+    tmp = str(tmp_path_factory.mktemp("serve"))
+    os.environ["ONEENCODER_TEST_KEY"] = TOKEN
+    gateway = {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"ONEENCODER_TEST_KEY": TOKEN}}}}
+    path = _config(tmp, "serve.yaml", {"model": trained[0], "features": feature_store, "api_key_env": "ONEENCODER_TEST_KEY",
+                                       "limits": LIMITS, "remote": {"enabled": True, "allow_hosts": ["127.0.0.1"]}},
+                   {"Gateway": gateway, "encoder-text": {}, "encoder-image": {}, "encoder-audio": {}, "encoder-video": {}})
+    app, http_options = prepare(path)
+    url = deploy(app, http_options, port=_free_port())
+    yield url, trained[0]
+    serve.shutdown()
+
+
+def _post(url: str, body, path: str = "/v1/embeddings", token: str | None = TOKEN, **kw) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if isinstance(body, (bytes, str)):
+        return requests.post(url + path, data=body, headers={**headers, "Content-Type": "application/json"}, timeout=120, **kw)
+    return requests.post(url + path, json=body, headers=headers, timeout=120, **kw)
+
+
+def _data_uri(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _wav(seconds: float) -> bytes:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    buf = io.BytesIO()
+    write_wav(buf, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32))
+    return buf.getvalue()
+
+
+def _mp4(tmp_path, frames: int = 4) -> bytes:
+    path = str(tmp_path / "clip.mp4")
+    encode_video(path, clip("red", "circle", frames=frames, size=32), 4, find_ffmpeg())
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+@pytest.fixture(scope="module")
+def local_model(served):
+    from pipeline.inference import load_model
+
+    return load_model(served[1])
+
+
+def test_health_and_models(served):
+    url, _ = served
+    health = requests.get(url + "/health", timeout=30)
+    assert health.status_code == 200 and health.json()["status"] == "ready"
+    assert set(health.json()["deployments"]) == {"encoder-image", "encoder-text", "encoder-audio", "encoder-video", "SearchIndex"}
+    models = requests.get(url + "/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
+    (model,) = models["data"]
+    assert model["id"] == "oneencoder" and model["object"] == "model" and model["dimensions"] == 256
+    assert sorted(model["modalities"]) == ["audio", "image", "text", "video"]
+
+
+def test_openai_client_round_trip(served, local_model):
+    import openai
+
+    url, _ = served
+    client = openai.OpenAI(base_url=url + "/v1", api_key=TOKEN, max_retries=0)
+    texts = ["a red circle", "a blue square"]
+    response = client.embeddings.create(model="oneencoder", input=texts)  # the client asks for base64 by default
+    got = np.array([d.embedding for d in response.data], np.float32)
+    assert [d.index for d in response.data] == [0, 1] and response.model == "oneencoder"
+    assert response.usage.prompt_tokens > 0 and response.usage.total_tokens == response.usage.prompt_tokens
+    np.testing.assert_allclose(got, local_model.embed(texts, "text"), atol=1e-5)
+    floats = client.embeddings.create(model="oneencoder", input="a red circle", encoding_format="float")
+    np.testing.assert_allclose(floats.data[0].embedding, got[0], atol=1e-6)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.embeddings.create(model="gpt-4", input="x")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).embeddings.create(model="oneencoder", input="x")
+
+
+def test_every_modality_through_data_uris(served, local_model, tmp_path):
+    url, _ = served
+    png, wav, mp4 = png_bytes((64, 48)), _wav(1.0), _mp4(tmp_path)
+    inputs = ["a green triangle", _data_uri("image/png", png), _data_uri("audio/wav", wav), _data_uri("video/mp4", mp4),
+              _data_uri("text/plain", "a green triangle".encode())]
+    r = _post(url, {"model": "oneencoder", "input": inputs})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [d["modality"] for d in data] == ["text", "image", "audio", "video", "text"]
+    got = np.array([d["embedding"] for d in data], np.float32)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    for row, (modality, raw) in enumerate([("text", "a green triangle"), ("image", png), ("audio", wav), ("video", mp4)]):
+        np.testing.assert_allclose(got[row], local_model.embed([raw], modality)[0], atol=1e-4, err_msg=modality)
+    np.testing.assert_allclose(got[4], got[0], atol=1e-6)
+    forced = _post(url, {"model": "oneencoder", "input": [_data_uri("image/png", png)], "modality": "image"})
+    assert forced.status_code == 200
+    raw = _post(url, {"model": "oneencoder", "input": [_data_uri("image/png", png)], "encoding_format": "base64"})
+    decoded = np.frombuffer(base64.b64decode(raw.json()["data"][0]["embedding"]), "<f4")
+    np.testing.assert_allclose(decoded, got[1], atol=1e-6)
+
+
+def test_batching_really_batches_under_concurrency(served):
+    from ray import serve
+
+    url, _ = served
+    with futures.ThreadPoolExecutor(32) as pool:
+        codes = list(pool.map(lambda i: _post(url, {"model": "oneencoder", "input": f"caption number {i}"}).status_code,
+                              range(64)))
+    assert codes == [200] * 64
+    stats = serve.get_deployment_handle("encoder-text", APP_NAME).stats.remote().result(timeout_s=30)
+    assert max(stats["batch_sizes"]) > 1, stats
+
+
+BAD_REQUESTS = [
+    # (name, body, status, code, param)
+    ("malformed JSON", b'{"model": "oneencoder", "input": [', 400, "invalid_json", None),
+    ("not an object", b'["a"]', 400, "invalid_json", None),
+    ("missing input", {"model": "oneencoder"}, 400, "missing_field", "input"),
+    ("empty list", {"model": "oneencoder", "input": []}, 400, "invalid_input", "input"),
+    ("token arrays", {"model": "oneencoder", "input": ["ok", [1, 2, 3]]}, 400, "invalid_input", "input[1]"),
+    ("empty text", {"model": "oneencoder", "input": ["ok", "   "]}, 400, "invalid_input", "input[1]"),
+    ("too long text", {"model": "oneencoder", "input": ["x" * 501]}, 400, "item_too_large", "input[0]"),
+    ("too many items", {"model": "oneencoder", "input": ["a"] * 9}, 400, "too_many_items", "input"),
+    ("bad base64", {"model": "oneencoder", "input": ["ok", "data:image/png;base64,@@@not-base64"]}, 400, "invalid_base64", "input[1]"),
+    ("not base64 encoded", {"model": "oneencoder", "input": ["data:image/png,rawbytes"]}, 400, "invalid_data_uri", "input[0]"),
+    ("unknown MIME", {"model": "oneencoder", "input": ["ok", "ok", _data_uri("application/pdf", b"%PDF-1.4")]}, 400,
+     "unsupported_mime", "input[2]"),
+    ("undecodable image", {"model": "oneencoder", "input": ["ok", _data_uri("image/png", b"this is not a png")]}, 400,
+     "invalid_input", "input[1]"),
+    ("undecodable audio", {"model": "oneencoder", "input": [_data_uri("audio/wav", b"RIFF\x00\x00garbage")]}, 400,
+     "invalid_input", "input[0]"),
+    ("item too large", {"model": "oneencoder", "input": [_data_uri("image/png", b"\x00" * 500_000)]}, 400,
+     "item_too_large", "input[0]"),
+    ("image over the pixel limit", {"model": "oneencoder", "input": [_data_uri("image/png", png_bytes((600, 500)))]}, 400,
+     "invalid_input", "input[0]"),
+    ("audio over the duration limit", {"model": "oneencoder", "input": ["ok", _data_uri("audio/wav", _wav(4.0))]}, 400,
+     "invalid_input", "input[1]"),
+    ("modality mismatch", {"model": "oneencoder", "input": [_data_uri("image/png", png_bytes())], "modality": "audio"}, 400,
+     "modality_mismatch", "input[0]"),
+    ("media modality with a plain string", {"model": "oneencoder", "input": ["a cat"], "modality": "image"}, 400,
+     "invalid_input", "input[0]"),
+    ("unknown modality", {"model": "oneencoder", "input": ["a"], "modality": "smell"}, 400, "unsupported_modality", "modality"),
+    ("bad encoding_format", {"model": "oneencoder", "input": ["a"], "encoding_format": "int8"}, 400,
+     "invalid_encoding_format", "encoding_format"),
+    ("other dimensions", {"model": "oneencoder", "input": ["a"], "dimensions": 64}, 400, "unsupported_dimensions", "dimensions"),
+    ("unknown model", {"model": "nope", "input": ["a"]}, 404, "model_not_found", "model"),
+]
+
+
+@pytest.mark.parametrize("name,body,status,code,param", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_input_gets_an_openai_style_4xx(served, name, body, status, code, param):
+    url, _ = served
+    r = _post(url, body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and error["param"] == param and error["type"] == "invalid_request_error"
+    if param and param.startswith("input["):
+        assert error["message"].startswith(param), error["message"]
+
+
+def test_oversized_body_is_413_and_the_server_stays_healthy(served):
+    from ray import serve
+
+    url, _ = served
+    big = {"model": "oneencoder", "input": [_data_uri("image/png", b"\x00" * 300_000)] * 4}  # ~1.6 MB > 1 MB
+    r = _post(url, big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert requests.get(url + "/health", timeout=30).status_code == 200
+    assert _post(url, {"model": "oneencoder", "input": "still fine"}).status_code == 200
+    status = serve.status().applications[APP_NAME]
+    assert status.status == "RUNNING"
+    assert all(d.status == "HEALTHY" for d in status.deployments.values()), status.deployments
+
+
+def test_bearer_auth(served):
+    url, _ = served
+    body = {"model": "oneencoder", "input": "a"}
+    for token in (None, "wrong"):
+        r = _post(url, body, token=token)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert requests.get(url + "/v1/models", timeout=30).status_code == 401
+    assert requests.get(url + "/health", timeout=30).status_code == 200  # probes need no token
+    assert _post(url, body).status_code == 200
+
+
+def test_remote_urls_only_from_allowed_hosts(served, media_server, local_model):
+    url, _ = served
+    port = media_server.rsplit(":", 1)[1]
+    ok = _post(url, {"model": "oneencoder", "input": [media_server + "/red.png"], "modality": "image"})
+    assert ok.status_code == 200, ok.text
+    np.testing.assert_allclose(ok.json()["data"][0]["embedding"],
+                               local_model.embed([png_bytes((64, 48), (220, 20, 20))], "image")[0], atol=1e-4)
+    cases = [(f"http://localhost:{port}/red.png", "host_not_allowed"), (media_server + "/redirect", "fetch_failed"),
+             (media_server + "/missing.png", "fetch_failed"), ("ftp://127.0.0.1/red.png", "invalid_input")]
+    for remote, code in cases:
+        r = _post(url, {"model": "oneencoder", "input": [_data_uri("image/png", png_bytes()), remote], "modality": "image"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == code, (remote, r.text)
+        assert r.json()["error"]["param"] == "input[1]"
+    as_text = _post(url, {"model": "oneencoder", "input": [media_server + "/red.png"]})  # no modality: a plain string is text
+    assert as_text.status_code == 200 and as_text.json()["data"][0]["modality"] == "text"
+
+
+def test_remote_fetching_is_off_unless_enabled():
+    from serving.config import RemoteSettings, ServeLimits
+    from serving.inputs import APIError, Item, fetch
+
+    with pytest.raises(APIError, match="remote URLs are not fetched") as err:
+        fetch(Item(3, "image", None, remote_url="http://127.0.0.1:1/x.png"), RemoteSettings(), ServeLimits())
+    assert err.value.param == "input[3]"
+
+
+def test_search_returns_the_true_pair(served, feature_store, local_model):
+    from pipeline.features import embeddings, read_features
+    from pipeline.quality import concept_inputs
+    from PIL import Image
+
+    url, _ = served
+    sample = concept_inputs(0, np.random.default_rng(0))  # the store's sample c00000 (a training item)
+    buf = io.BytesIO()
+    Image.fromarray(sample["image"]).save(buf, "PNG")
+    r = _post(url, {"query": _data_uri("image/png", buf.getvalue()), "target_modality": "image", "k": 3}, path="/v1/search")
+    assert r.status_code == 200, r.text
+    hits = r.json()["data"]
+    assert hits[0]["id"] == "c00000" and hits[0]["modality"] == "image" and hits[0]["score"] > 0.99
+    # cross-modal: the served ranking equals an exact local search over the projected store
+    k = 20
+    r = _post(url, {"query": _data_uri("image/png", buf.getvalue()), "target_modality": ["text"], "k": k}, path="/v1/search")
+    served_ids = [h["id"] for h in r.json()["data"]]
+    table = read_features(feature_store, "text")
+    texts = local_model.project(embeddings(table).astype(np.float32), "text")
+    scores = texts @ local_model.embed([buf.getvalue()], "image")[0]
+    ids = table.column("id").to_pylist()
+    expected = [ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
+    assert served_ids[:5] == expected[:5] and "c00000" in served_ids, (served_ids, expected)
+    everywhere = _post(url, {"query": "a red circle", "k": 5}, path="/v1/search").json()["data"]
+    assert len(everywhere) == 5 and all(h["score"] <= everywhere[0]["score"] for h in everywhere)
+    bad = _post(url, {"query": "a red circle", "k": 0}, path="/v1/search")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "k"
+    bad = _post(url, {"query": "a", "target_modality": "smell"}, path="/v1/search")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "target_modality"
+
+
+def test_overload_answers_503_and_batch_size_retunes_at_runtime(served, tmp_path):
+    """A text-only app with one-deep queues: a burst gets 503s quickly, never a hang; user_config retunes batching."""
+    from ray import serve
+
+    from serving.local import prepare
+
+    url, model_dir = served
+    tight = {"Gateway": {"ray_actor_options": {"num_cpus": 0.05}, "max_ongoing_requests": 4, "max_queued_requests": 2,
+                         "autoscaling_config": None, "num_replicas": 1},
+             "encoder-text": {"ray_actor_options": {"num_cpus": 0.05}, "max_ongoing_requests": 4, "max_queued_requests": 1,
+                              "autoscaling_config": None, "num_replicas": 1,
+                              "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}}
+    path = _config(str(tmp_path), "tight.yaml", {"model": model_dir, "modalities": ["text"], "features": None}, tight)
+    app, _ = prepare(path)
+    serve.run(app, name="tight", route_prefix="/tight", blocking=False)
+    try:
+        assert _post(url, {"model": "oneencoder", "input": "warm"}, path="/tight/v1/embeddings", token=None).status_code == 200
+        with futures.ThreadPoolExecutor(48) as pool:
+            codes = list(pool.map(lambda i: _post(url, {"model": "oneencoder", "input": f"text {i}"},
+                                                  path="/tight/v1/embeddings", token=None).status_code, range(96)))
+        assert set(codes) <= {200, 503} and 503 in codes and 200 in codes, codes
+        handle = serve.get_deployment_handle("encoder-text", "tight")
+        before = handle.stats.remote().result(timeout_s=30)["batch_sizes"]
+        assert max(before) == 1
+        tight["encoder-text"]["user_config"] = {"max_batch_size": 3, "batch_wait_timeout_s": 0.05}  # only user_config
+        tight["Gateway"].update(max_ongoing_requests=32, max_queued_requests=64)
+        app, _ = prepare(_config(str(tmp_path), "retuned.yaml", {"model": model_dir, "modalities": ["text"], "features": None}, tight))
+        serve.run(app, name="tight", route_prefix="/tight", blocking=False)
+        with futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: _post(url, {"model": "oneencoder", "input": f"t {i}"}, path="/tight/v1/embeddings",
+                                          token=None), range(32)))
+        stats = handle.stats.remote().result(timeout_s=30)
+        assert stats["max_batch_size"] == 3 and stats["batch_wait_timeout_s"] == 0.05
+        new = stats["batch_sizes"][len(before):] if stats["batch_sizes"][:len(before)] == before else stats["batch_sizes"]
+        assert max(new) <= 3 and max(new) > 1, new
+    finally:
+        serve.delete("tight")
+
+
+def test_serve_config_and_args_are_validated(trained, tmp_path):
+    from serving.config import load_serve_config
+    from serving.local import prepare
+
+    app = load_serve_config(SHIPPED_CONFIG)
+    assert app["import_path"] == "serving.app:build_app" and app["http_options"]["port"] == 8000
+    with pytest.raises(ConfigError, match="model='/nowhere' is not a model artifact"):
+        prepare(SHIPPED_CONFIG, model="/nowhere")
+    with pytest.raises(ConfigError, match="remote.allow_hosts is empty"):
+        prepare(_config(str(tmp_path), "a.yaml", {"model": trained[0], "remote": {"enabled": True}}))
+    with pytest.raises(ConfigError, match="ONEENCODER_UNSET_KEY.*not set"):
+        prepare(_config(str(tmp_path), "b.yaml", {"model": trained[0], "api_key_env": "ONEENCODER_UNSET_KEY"}))
+    with pytest.raises(ConfigError, match="limits.max_items.*greater than or equal to 1"):
+        prepare(_config(str(tmp_path), "c.yaml", {"model": trained[0], "limits": {"max_items": 0}}))
+    with pytest.raises(ConfigError, match=r"allow_hosts takes bare host names"):
+        prepare(_config(str(tmp_path), "d.yaml", {"model": trained[0], "remote": {"enabled": True, "allow_hosts": ["http://x.com/"]}}))
+    with pytest.raises(ConfigError, match="modalities=.*subset"):
+        prepare(_config(str(tmp_path), "e.yaml", {"model": trained[0], "modalities": ["smell"]}))
+    with pytest.raises(ValueError, match="Deployment 'encoder-audio' does not exist"):
+        prepare(_config(str(tmp_path), "f.yaml", {"model": trained[0], "modalities": ["text", "image"]}))
+    with pytest.raises(ConfigError, match="not a valid Ray Serve config"):
+        with open(tmp_path / "g.yaml", "w") as fh:
+            yaml.safe_dump({"applications": [{"name": "x", "import_path": "serving.app:build_app",
+                                              "deployments": [{"name": "Gateway", "num_replicas": -3}]}]}, fh)
+        prepare(str(tmp_path / "g.yaml"))
+
+
+def test_serve_cli_refuses_bad_arguments_before_starting_ray(capsys):
+    from pipeline.cli import main
+
+    assert main(["serve", "--model", "/nowhere"]) == 2
+    assert "is not a model artifact" in capsys.readouterr().err
+    assert main(["serve", "--model", "/nowhere", "--port", "70000"]) == 2
+    assert "--port = 70000" in capsys.readouterr().err
