@@ -19,7 +19,7 @@ from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
 from pipeline.encoders.presets import resolve_encoder
 from pipeline.features import ERROR_SCHEMA, FeatureStore, features_table
 from pipeline.losses import info_nce
-from pipeline.metrics import retrieval
+from pipeline.metrics import ranks
 from pipeline.modality import Modality
 from pipeline.pairs import is_validation
 
@@ -58,14 +58,29 @@ def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str |
     return {i: "{} {}".format(*concept(k)) for k, i in enumerate(ids)}
 
 
+def concept_hits(queries: np.ndarray, targets: np.ndarray, labels: list[str]) -> np.ndarray:
+    """Per query: whether its nearest target has the query's concept (bool array)."""
+    return ranks(queries, targets, labels_q=labels, labels_t=labels) == 0
+
+
 def concept_recall_at_1(queries: np.ndarray, targets: np.ndarray, labels: list[str]) -> float:
     """Share of queries whose nearest target has the query's concept."""
-    return retrieval(queries, targets, ks=(1,), labels_q=labels, labels_t=labels)["recall@1"]
+    return float(concept_hits(queries, targets, labels).mean())
+
+
+def worse_p_value(hits: np.ndarray, reference: np.ndarray) -> float:
+    """One-sided exact sign test (McNemar) on paired per-item hits: the chance of seeing at least this
+    many items that only ``reference`` gets right, if both models were equally good. Small = worse."""
+    from math import comb
+
+    only_ref, only_ours = int((reference & ~hits).sum()), int((hits & ~reference).sum())
+    n = only_ref + only_ours
+    return sum(comb(n, k) for k in range(only_ref, n + 1)) / 2 ** n if n else 1.0
 
 
 def train_baseline(train_a: np.ndarray, train_b: np.ndarray, val_a: np.ndarray, val_b: np.ndarray,
-                   val_labels: list[str], epochs: int = 60, seed: int = 0) -> float:
-    """A plain 2-layer MLP per side trained with InfoNCE (fixed temperature 0.07); concept R@1 a→b on val."""
+                   val_labels: list[str], epochs: int = 60, seed: int = 0) -> np.ndarray:
+    """A plain 2-layer MLP per side trained with InfoNCE (fixed temperature 0.07); per-item concept hits a→b on val."""
     torch.manual_seed(seed)
     mlp = lambda d: nn.Sequential(nn.Linear(d, 256), nn.ReLU(), nn.Linear(256, 256))  # noqa: E731
     fa, fb = mlp(train_a.shape[-1]), mlp(train_b.shape[-1])
@@ -85,14 +100,15 @@ def train_baseline(train_a: np.ndarray, train_b: np.ndarray, val_a: np.ndarray, 
     with torch.no_grad():
         va = nn.functional.normalize(fa(torch.from_numpy(val_a.reshape(len(val_a), -1))), dim=-1).numpy()
         vb = nn.functional.normalize(fb(torch.from_numpy(val_b.reshape(len(val_b), -1))), dim=-1).numpy()
-    return concept_recall_at_1(va, vb, val_labels)
+    return concept_hits(va, vb, val_labels)
 
 
 def compare(store: str, model_dir: str, labels: dict[str, str], val_fraction: float, epochs: int, seed: int = 0,
             pairs: tuple[tuple[str, str], ...] = (("image", "text"), ("audio", "text"), ("video", "text"))) -> dict:
     """Concept R@1 (new → anchor) on held-out ids: the trained artifact vs the baseline, per pair.
 
-    The baseline trains ``epochs`` epochs, as many as each curriculum stage did.
+    The baseline trains ``epochs`` epochs, as many as each curriculum stage did. ``p_worse`` is the
+    one-sided sign-test p-value on the items only one of the two gets right (small = progressive worse).
     """
     from pipeline.inference import load_model
     from pipeline.pairs import join, load_features
@@ -104,9 +120,12 @@ def compare(store: str, model_dir: str, labels: dict[str, str], val_fraction: fl
         ids, arrays = join(feats, [a, b])
         val = np.array([is_validation(i, val_fraction, seed) for i in ids])
         val_labels = [labels[i] for i, v in zip(ids, val) if v]
-        progressive = concept_recall_at_1(model.project(arrays[a][val], a), model.project(arrays[b][val], b), val_labels)
+        progressive = concept_hits(model.project(arrays[a][val], a), model.project(arrays[b][val], b), val_labels)
         baseline = train_baseline(arrays[a][~val], arrays[b][~val], arrays[a][val], arrays[b][val], val_labels,
                                   epochs=epochs, seed=seed)
-        out[f"{a}->{b}"] = {"progressive": progressive, "baseline": baseline, "chance": 1 / len(set(labels.values())),
-                            "val_items": int(val.sum())}
+        out[f"{a}->{b}"] = {"progressive": float(progressive.mean()), "baseline": float(baseline.mean()),
+                            "chance": 1 / len(set(labels.values())), "val_items": int(val.sum()),
+                            "only_progressive": int((progressive & ~baseline).sum()),
+                            "only_baseline": int((baseline & ~progressive).sum()),
+                            "p_worse": worse_p_value(progressive, baseline)}
     return out

@@ -18,16 +18,24 @@ class LossSettings(StrictModel):
     max_temperature: float = Field(1.0, gt=0, description="Upper bound of the temperature.")
 
 
+FIRST_STAGE_LR, LATER_STAGE_LR = 3e-4, 1e-3
+
+
 class StageConfig(StrictModel):
     new: str = Field(description="Modality aligned in this stage (the first stage trains new and anchor jointly).")
     anchor: str = Field(description="Already-aligned modality it is aligned to (text by default).")
     third: str | None = Field(None, description="Optional third modality in each batch, for the Symile loss.")
     epochs: int = Field(10, ge=1, description="Epochs of this stage.")
     batch_size: int = Field(64, ge=2, description="Pairs per batch per worker (InfoNCE negatives).")
-    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    lr: float | None = Field(None, gt=0, description="AdamW learning rate; null = 3e-4 for the joint first stage, "
+                             "1e-3 for a later stage (only the new adapter and token train).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     loss: LossSettings = Field(default_factory=LossSettings, description="Loss terms of the stage.")
     patience: int | None = Field(None, ge=1, description="Early stopping: epochs without a lower validation loss; null = off.")
+
+    def learning_rate(self, index: int) -> float:
+        """The stage's lr, or the default for its position in the curriculum."""
+        return self.lr if self.lr is not None else (FIRST_STAGE_LR if index == 0 else LATER_STAGE_LR)
 
     @model_validator(mode="after")
     def _distinct(self) -> "StageConfig":

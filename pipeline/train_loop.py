@@ -67,7 +67,7 @@ def train_loop(config: dict[str, Any]) -> None:
     model, stage, parts = build_stage_model(config)
     pair = StagePair(model, ContrastiveLoss(LossConfig(**stage.loss.model_dump())), stage)
     params = [p for p in pair.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+    opt = torch.optim.AdamW(params, lr=stage.learning_rate(config["stage_index"]), weight_decay=stage.weight_decay)
     start, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -78,7 +78,8 @@ def train_loop(config: dict[str, Any]) -> None:
         start, history = state["epoch"] + 1, state["history"]
         log.info("stage %s:%s resumes after epoch %d", stage.new, stage.anchor, state["epoch"] + 1)
     elif rank == 0:
-        log.info("stage %s:%s: %d trainable parameters (model) + 1 (temperature)", stage.new, stage.anchor, count_trainable(model))
+        log.info("stage %s:%s: %d trainable parameters (model) + 1 (temperature), lr %g", stage.new, stage.anchor,
+                 count_trainable(model), stage.learning_rate(config["stage_index"]))
     ddp = prepare_model(pair, parallel_strategy="ddp") if ray.train.get_context().get_world_size() > 1 else pair
     names = [n for n in (stage.new, stage.anchor, stage.third) if n]
     val = _materialize(ray.train.get_dataset_shard("val"), names)

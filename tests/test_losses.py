@@ -83,3 +83,17 @@ def test_a_third_modality_must_already_be_aligned():
         load_train_config(None, stages=[{"new": "image", "anchor": "text", "third": "audio"}])
     with pytest.raises(ConfigError, match="stage 2: third='video' is not aligned yet"):
         load_train_config(None, stages=[{"new": "image", "anchor": "text"}, {"new": "audio", "anchor": "text", "third": "video"}])
+
+
+def test_sign_test_flags_only_a_clearly_worse_model():
+    import numpy as np
+
+    from pipeline.quality import worse_p_value
+
+    ref = np.ones(40, bool)
+    assert worse_p_value(ref, ref) == 1.0                       # identical: nothing to see
+    one_worse = ref.copy(); one_worse[0] = False                # noqa: E702
+    assert worse_p_value(one_worse, ref) == 0.5                 # one item: could be chance
+    ten_worse = ref.copy(); ten_worse[:10] = False              # noqa: E702
+    assert worse_p_value(ten_worse, ref) < 0.001                # ten items, none the other way: worse
+    assert worse_p_value(ref, ten_worse) == 1.0                 # better is never "worse"

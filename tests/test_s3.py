@@ -76,17 +76,24 @@ def test_unreachable_endpoint_is_named():
         read_manifest("s3://bucket/manifest.jsonl", opts)
 
 
-def test_training_reads_the_feature_store_from_s3(ray_session, s3_endpoint, tmp_path):
-    """Uses the store that test_s3_manifest_media_and_output wrote to s3://features/run1."""
+def test_training_reads_the_feature_store_from_s3_and_stops_early(ray_session, s3_endpoint, tmp_path):
+    """Uses the store that test_s3_manifest_media_and_output wrote to s3://features/run1. A learning
+    rate far too high makes the validation loss stop improving, so early stopping (patience 2) ends
+    the stage and the lowest-validation-loss epoch is kept."""
     from pipeline.train import run_train
     from pipeline.train_config import load_train_config
 
     config = tmp_path / "train.yaml"
-    config.write_text(f"val_fraction: 0.25\nstorage: {{endpoint_url: '{s3_endpoint}'}}\n")
-    cfg = load_train_config(str(config), features="s3://features/run1", output=str(tmp_path / "model"),
-                            stages="image:audio", epochs=2)
+    config.write_text(f"val_fraction: 0.25\nkeep_checkpoints: null\nstorage: {{endpoint_url: '{s3_endpoint}'}}\n"
+                      "stages: [{new: image, anchor: audio, epochs: 25, lr: 0.05, patience: 2}]\n")
+    cfg = load_train_config(str(config), features="s3://features/run1", output=str(tmp_path / "model"))
     stage = run_train(cfg)["stages"][0]
-    assert [h["epoch"] for h in stage["history"]] == [1, 2]
     assert stage["train_pairs"] + stage["val_pairs"] == 12
+    losses = [h["val/loss"] for h in stage["history"]]
+    assert [h["epoch"] for h in stage["history"]] == list(range(1, len(losses) + 1))
+    assert stage["epochs_run"] < 25, losses
+    best = min(range(len(losses)), key=lambda i: (losses[i], i))
+    assert stage["best_epoch"] == best + 1 and stage["epochs_run"] == best + 1 + 2, losses
+    assert stage["best"]["val/loss"] == losses[best]
     provenance = json.loads((tmp_path / "model" / "provenance.json").read_text())
     assert provenance["features"] == "s3://features/run1"
