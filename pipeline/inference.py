@@ -19,7 +19,8 @@ from pipeline.modality import Modality
 class LoadedModel:
     """Frozen encoders + the trained projection: ``embed(items, modality)`` → (N, d) unit vectors."""
 
-    def __init__(self, path: str, limits: LimitsConfig | None = None, batch_size: int = 16):
+    def __init__(self, path: str, limits: LimitsConfig | None = None, batch_size: int = 16,
+                 encoder_overrides: dict[str, Any] | None = None):
         import torch
         from safetensors.torch import load_file
 
@@ -32,6 +33,9 @@ class LoadedModel:
         if config.get("format") != "oneencoder-artifact/1":
             raise ValueError(f"{path} is not a OneEncoder model artifact (config.json format {config.get('format')!r})")
         self.path, self.limits, self.batch_size = path, limits or LimitsConfig(), batch_size
+        # e.g. {"num_gpus": 1} to run the frozen encoders on a GPU, {"torch_threads": 2}: runtime
+        # settings of this process, unlike the recorded model, revision and preprocessing
+        self.encoder_overrides = dict(encoder_overrides or {})
         self.model = OneEncoder(ModelConfig(**config["model"])).eval()
         self.model.load_state_dict(load_file(os.path.join(path, "model.safetensors")))
         self.encoders_spec = read_json(os.path.join(path, "encoders.json"))
@@ -53,7 +57,7 @@ class LoadedModel:
             spec = self.encoders_spec[modality]
             m = Modality.parse(spec["modality"])
             ref = EncoderRef(m, spec["source"], spec["revision"], spec["name"], spec["build"])
-            enc = EncoderConfig(**spec["encoder"])
+            enc = EncoderConfig(**{**spec["encoder"], **self.encoder_overrides})
             needs_ffmpeg = m in (Modality.AUDIO, Modality.VIDEO)
             settings = DecodeSettings(m, InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["input"].items()}),
                                       self.limits, {}, find_ffmpeg() if needs_ffmpeg else "")

@@ -37,7 +37,11 @@ class ModalityEncoder:
         self.args = ServeArgs(**args)
         torch.set_num_threads(self.args.torch_threads)
         self.modality = modality
-        self.model = load_model(self.args.model, limits=_media_limits(self.args), batch_size=BatchSettings().max_batch_size)
+        import ray
+
+        gpus = len(ray.get_gpu_ids())  # from the deployment's ray_actor_options (num_gpus)
+        self.model = load_model(self.args.model, limits=_media_limits(self.args), batch_size=BatchSettings().max_batch_size,
+                                encoder_overrides={"torch_threads": self.args.torch_threads, "num_gpus": float(gpus > 0)})
         self.model.warm(modality)  # the replica reports healthy only once its encoder is loaded
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)
         self.batching = BatchSettings()

@@ -1,0 +1,163 @@
+"""Serving benchmark, measured in one run on loopback: throughput and latency at several concurrency
+levels, batching on vs off, and Serve's overhead over the same model called in-process.
+
+The model artifact is built here from the chosen preset with an untrained projection (throughput and
+latency do not depend on the weights). Bounded: each level sends at most ``requests`` requests and
+stops after ``level_cap_s`` seconds.
+"""
+import base64
+import concurrent.futures as futures
+import dataclasses
+import io
+import logging
+import os
+import socket
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def write_untrained_artifact(folder: str, preset: str, modalities: tuple[str, ...] = ("text", "image")) -> str:
+    """A model artifact (config, random projection weights, encoder specs) for ``modalities`` of ``preset``."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pipeline.checkpoint import write_json
+    from pipeline.config import EmbedConfig
+    from pipeline.embed import encoder_record
+    from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
+    from pipeline.encoders.presets import resolve_encoder
+    from pipeline.modality import Modality
+    from pipeline.model import ModelConfig, OneEncoder
+    from pipeline.train import ARTIFACT_FORMAT
+
+    cfg = EmbedConfig(preset=preset, random_init=preset == "paper")
+    os.makedirs(folder, exist_ok=True)
+    records, dims = {}, {}
+    for name in modalities:
+        m = Modality.parse(name)
+        ref, enc = resolve_encoder(cfg, m), cfg.encoder(m)
+        dims[name] = FrozenEncoder(ref, enc).dim
+        records[name] = encoder_record(ref, enc, read_input_spec(ref, enc))
+    torch.manual_seed(0)
+    config = ModelConfig(in_dims=dims, tokens={n: 1 for n in dims})
+    save_file(OneEncoder(config).state_dict(), os.path.join(folder, "model.safetensors"))
+    write_json(os.path.join(folder, "config.json"), {"format": ARTIFACT_FORMAT, "model": dataclasses.asdict(config)})
+    write_json(os.path.join(folder, "encoders.json"), records)
+    return folder
+
+
+def _png_data_uri(size: int = 224) -> str:
+    from pipeline.corpus import draw_shape
+
+    buf = io.BytesIO()
+    draw_shape("red", "circle", size=size, rng=np.random.default_rng(0)).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _load(url: str, inputs: list[str], concurrency: int, requests_n: int, cap_s: float) -> dict[str, float]:
+    """Send ``requests_n`` one-item requests from ``concurrency`` threads; rps and latency percentiles."""
+    import requests
+
+    sessions = [requests.Session() for _ in range(concurrency)]
+    latencies: list[float] = []
+    deadline = time.perf_counter() + cap_s
+
+    def worker(slot: int) -> None:
+        s = sessions[slot]
+        i = slot
+        while i < requests_n and time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            r = s.post(url + "/v1/embeddings", json={"model": "oneencoder", "input": inputs[i % len(inputs)]}, timeout=300)
+            if r.status_code != 200:
+                raise RuntimeError(f"benchmark request failed: {r.status_code} {r.text[:200]}")
+            latencies.append(time.perf_counter() - t0)
+            i += concurrency
+
+    start = time.perf_counter()
+    with futures.ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(worker, range(concurrency)))
+    elapsed = time.perf_counter() - start
+    lat = sorted(latencies)
+    return {"requests": len(lat), "rps": len(lat) / elapsed, "p50_ms": 1000 * statistics.median(lat),
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def benchmark_serve(workdir: str, preset: str = "paper", levels: tuple[int, ...] = (1, 8, 32), requests_n: int = 96,
+                    level_cap_s: float = 30.0, max_batch_size: int = 16) -> dict[str, Any]:
+    from ray import serve
+
+    from pipeline.inference import load_model
+    from serving.app import build_application
+    from serving.local import deploy
+
+    model_dir = write_untrained_artifact(os.path.join(workdir, "model"), preset)
+    texts = [f"a photo of item number {i} in the benchmark" for i in range(requests_n)]
+    inputs = {"text": texts, "image": [_png_data_uri()]}
+    one_replica = {"num_replicas": 1, "autoscaling_config": None}
+
+    def app(batch: int):
+        encoder = {**one_replica, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 64,
+                   "user_config": {"max_batch_size": batch, "batch_wait_timeout_s": 0.005 if batch > 1 else 0.0}}
+        overrides = {"Gateway": {**one_replica, "ray_actor_options": {"num_cpus": 0.25}},
+                     "encoder-text": encoder, "encoder-image": encoder}
+        return build_application({"model": model_dir, "torch_threads": 1}, overrides)
+
+    url = deploy(app(max_batch_size), {}, host="127.0.0.1", port=_free_port())
+    results: dict[str, Any] = {"preset": preset, "levels": list(levels), "max_batch_size": max_batch_size, "modalities": {}}
+    try:
+        for modality in ("text", "image"):
+            r = results["modalities"][modality] = {"batched": {}}
+            _load(url, inputs[modality][:4], 4, 8, level_cap_s)  # warm-up
+            for c in levels:
+                log.info("%s, batching on, concurrency %d", modality, c)
+                r["batched"][c] = _load(url, inputs[modality], c, requests_n, level_cap_s)
+        serve.run(app(1), name="oneencoder", route_prefix="/", blocking=False)  # batching off: only user_config changes
+        for modality in ("text", "image"):
+            r = results["modalities"][modality]
+            top = max(levels)
+            log.info("%s, batching off, concurrency %d", modality, top)
+            r["unbatched"] = _load(url, inputs[modality], top, requests_n, level_cap_s)
+            r["batching_ratio"] = r["batched"][top]["rps"] / r["unbatched"]["rps"]
+    finally:
+        serve.shutdown()
+
+    local = load_model(model_dir, encoder_overrides={"torch_threads": 1})  # as each encoder replica runs
+    raw = {"text": texts, "image": [base64.b64decode(inputs["image"][0].split(",", 1)[1])]}
+    for modality in ("text", "image"):
+        local.embed(raw[modality][:1], modality)  # warm-up
+        times = []
+        for i in range(min(requests_n, 32)):
+            t0 = time.perf_counter()
+            local.embed([raw[modality][i % len(raw[modality])]], modality)
+            times.append(time.perf_counter() - t0)
+        r = results["modalities"][modality]
+        r["in_process_p50_ms"] = 1000 * statistics.median(times)
+        r["serve_overhead_p50_ms"] = r["batched"][min(levels)]["p50_ms"] - r["in_process_p50_ms"]
+    return results
+
+
+def format_serve_benchmark(r: dict[str, Any]) -> str:
+    lines = [f"serve benchmark: preset {r['preset']}, one replica per deployment, max_batch_size {r['max_batch_size']}, loopback"]
+    for modality, m in r["modalities"].items():
+        lines.append(f"{modality}:")
+        for c, s in m["batched"].items():
+            lines.append(f"  concurrency {int(c):>2}: {s['rps']:7.1f} req/s  p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms"
+                         f"  ({s['requests']} requests)")
+        top = max(int(c) for c in m["batched"])
+        u = m["unbatched"]
+        lines.append(f"  batching off, concurrency {top}: {u['rps']:7.1f} req/s  p50 {u['p50_ms']:7.1f} ms")
+        lines.append(f"  batching on/off at concurrency {top}: {m['batching_ratio']:.2f}x (target >= 3x)")
+        lines.append(f"  in-process p50 {m['in_process_p50_ms']:.1f} ms; Serve p50 at concurrency 1 is "
+                     f"{m['serve_overhead_p50_ms']:+.1f} ms over it (target <= 15 ms)")
+    return "\n".join(lines)
