@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.config import StorageConfig
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate import evaluate, format_report
     from pipeline.sources import storage_options
 
     setup_logging(args.verbose)
@@ -37,17 +37,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{'pair':<14}{'n':>6}  direction            R@1    R@5    R@10   median rank")
-    for pair, m in report["pairs"].items():
-        a, b = pair.split("-")
-        for q, t in ((a, b), (b, a)):
-            k = f"{q}->{t}/"
-            print(f"{pair:<14}{m['n']:>6}  {q + ' -> ' + t:<20}{m[k + 'recall@1']:.3f}  {m[k + 'recall@5']:.3f}  "
-                  f"{m[k + 'recall@10']:.3f}  {m[k + 'median_rank']:.0f}")
-    for name, z in (report.get("zero_shot") or {}).items():
-        if isinstance(z, dict):
-            print(f"zero-shot {name}: accuracy {z['accuracy']:.3f} (top-5 {z['top5']:.3f}) over {z['n']} items")
-    print("report: " + report["plots"][0].rsplit("/", 1)[0] + "/report.json; plots: " + ", ".join(report["plots"]))
+    print(format_report(report))
     return 0
 
 

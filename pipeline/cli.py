@@ -17,9 +17,19 @@ def main(argv: list[str] | None = None) -> int:
     train_job.build_parser(sub.add_parser("train", help="train the projection progressively on a feature store (Ray Train)"))
     serve_job.build_parser(sub.add_parser("serve", help="serve a model artifact over HTTP on Ray Serve (OpenAI-compatible)"))
     evaluate_job.build_parser(sub.add_parser("evaluate", help="retrieval, zero-shot and modality-gap report of a model artifact"))
+    submit = sub.add_parser("submit", help="submit a job to a Ray cluster (job API), follow its logs, exit with its status")
+    submit.add_argument("job", help="embed, train, evaluate, serve, benchmark-embed, benchmark-train or benchmark-serve")
+    submit.add_argument("--address", default=None, help="the cluster's job API, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+    submit.add_argument("--config", help="the job's YAML config, inside this project (uploaded as the working dir)")
+    submit.add_argument("--no-follow", action="store_true", help="return after submitting instead of following the logs")
+    submit.add_argument("args", nargs="*", help="after --: more arguments for the job")
     sample = sub.add_parser("sample-corpus", help="write a small generated paired corpus and its manifest")
     sample.add_argument("dest", help="folder to write")
     sample.add_argument("--n", type=int, default=24, help="number of samples (default 24)")
+    demo = sub.add_parser("demo", help="generate a corpus, embed, train 3 stages, evaluate (offline, local Ray, a few minutes)")
+    demo.add_argument("--workdir", default="oneencoder-demo", help="folder for corpus, features, model (default ./oneencoder-demo)")
+    demo.add_argument("--samples", type=int, default=96, help="paired samples to generate (default 96)")
+    demo.add_argument("--epochs", type=int, default=15, help="epochs of each stage (default 15)")
     sub.add_parser("config-reference", help="print every config field with its default and meaning")
     args = parser.parse_args(argv)
     if args.command == "embed":
@@ -30,6 +40,31 @@ def main(argv: list[str] | None = None) -> int:
         return train_job.run(args)
     if args.command == "serve":
         return serve_job.run(args)
+    if args.command == "submit":
+        import os
+
+        from pipeline.config import ConfigError
+        from pipeline.submit import submit as submit_job
+
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        if not address:
+            parser.error("submit needs --address http://HEAD:8265 (or RAY_ADDRESS)")
+        extra = args.args
+        try:
+            return submit_job(args.job, address, args.config, extra, follow=not args.no_follow)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if args.command == "demo":
+        from pipeline.demo import run_demo
+        from pipeline.runtime import init_ray, setup_logging
+
+        if args.samples < 24 or args.epochs < 1:
+            parser.error(f"demo needs --samples >= 24 (one per concept) and --epochs >= 1, got {args.samples} and {args.epochs}")
+        setup_logging()
+        init_ray()
+        run_demo(args.workdir, args.samples, args.epochs)
+        return 0
     if args.command == "sample-corpus":
         from pipeline.corpus import write_sample_corpus
 

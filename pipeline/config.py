@@ -56,6 +56,8 @@ class EncoderConfig(StrictModel):
     actors: int = Field(1, ge=1, description="Encoder actors (each loads the model once).")
     num_cpus: float = Field(1.0, gt=0, description="Logical CPUs reserved per encoder actor.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor (0 = CPU).")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per encoder actor "
+                                        "(e.g. {encoder_node: 1} to place encoders on a worker group that has it).")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor; null = all cores of the node when on CPU.")
     precision: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Compute precision on GPU (CPU always runs float32).")
     num_frames: int | None = Field(None, ge=1, description="Video: frames sampled per clip; null = the model's num_frames.")

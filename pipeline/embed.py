@@ -121,7 +121,7 @@ def _embed_modality(cfg: EmbedConfig, modality: Modality, manifest: Manifest, st
                             batch_format="pyarrow", num_cpus=cfg.decode.num_cpus)
         ds = ds.map_batches(EncodeActor, fn_constructor_kwargs={"ref": ref, "enc": enc}, batch_size=enc.batch_size,
                             batch_format="pyarrow", compute=ActorPoolStrategy(size=enc.actors),
-                            num_cpus=enc.num_cpus, num_gpus=enc.num_gpus)
+                            num_cpus=enc.num_cpus, num_gpus=enc.num_gpus, resources=enc.resources or None)
         _commit_stream(ds, store, modality, ref, enc.tokens, Counter(it["shard"] for it in todo), shards)
     finally:
         ctx.execution_no_progress_timeout_s = previous_timeout

@@ -52,6 +52,22 @@ def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, 
     return report
 
 
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a console table: recall per direction, zero-shot accuracy, where the files are."""
+    lines = [f"{'pair':<14}{'n':>6}  direction            R@1    R@5    R@10   median rank"]
+    for pair, m in report["pairs"].items():
+        a, b = pair.split("-")
+        for q, t in ((a, b), (b, a)):
+            k = f"{q}->{t}/"
+            lines.append(f"{pair:<14}{m['n']:>6}  {q + ' -> ' + t:<20}{m[k + 'recall@1']:.3f}  {m[k + 'recall@5']:.3f}  "
+                         f"{m[k + 'recall@10']:.3f}  {m[k + 'median_rank']:.0f}")
+    for name, z in (report.get("zero_shot") or {}).items():
+        if isinstance(z, dict):
+            lines.append(f"zero-shot {name}: accuracy {z['accuracy']:.3f} (top-5 {z['top5']:.3f}) over {z['n']} items")
+    lines.append("report: " + report["plots"][0].rsplit("/", 1)[0] + "/report.json; plots: " + ", ".join(report["plots"]))
+    return "\n".join(lines)
+
+
 def _paired(a: tuple[list[str], np.ndarray], b: tuple[list[str], np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
     index_b = {i: k for k, i in enumerate(b[0])}
     rows = [(k, index_b[i]) for k, i in enumerate(a[0]) if i in index_b]

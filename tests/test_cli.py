@@ -2,26 +2,20 @@
 from __future__ import annotations
 
 import json
+import os
 
 from jobs import embed as embed_job
 from pipeline import cli
 
 
-def test_sample_corpus_then_embed_through_the_cli(ray_session, tmp_path, capsys):
+def test_sample_corpus_writes_a_manifest(tmp_path, capsys):
     corpus = tmp_path / "sample"
-    assert cli.main(["sample-corpus", str(corpus), "--n", "6"]) == 0
+    assert cli.main(["sample-corpus", str(corpus), "--n", "3"]) == 0
     manifest = capsys.readouterr().out.strip()
     assert manifest == str(corpus / "manifest.jsonl")
-    assert len(open(manifest).readlines()) == 6
-    out = tmp_path / "out"
-    assert cli.main(["embed", "--input", manifest, "--output", str(out), "--modalities", "text"]) == 0
-    printed = capsys.readouterr().out
-    assert "text" in printed and "summary: " + str(out) + "/summary.json" in printed
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["modalities"]["text"]["features"] == 6
-    # the same job as `python -m jobs.embed`: a rerun resumes to nothing
-    assert embed_job.main(["--input", manifest, "--output", str(out), "--modalities", "text"]) == 0
-    assert "all shards were already committed" in capsys.readouterr().out
+    rows = [json.loads(line) for line in open(manifest)]
+    assert [r["id"] for r in rows] == ["s00000", "s00001", "s00002"]
+    assert all(os.path.exists(corpus / r[m]) for r in rows for m in ("image", "audio", "video"))
 
 
 def test_user_errors_exit_2_with_a_message(ray_session, tmp_path, capsys):

@@ -61,19 +61,40 @@ def test_reference_lists_every_field_with_a_description():
     assert all(not line.endswith(": None") for line in lines)
 
 
-def test_shipped_configs_validate():
+def test_every_yaml_in_the_repo_validates():
+    """Job configs with their loaders, the Serve config with Ray's schema + ServeArgs, cluster.yaml with
+    Ray's cluster-launcher schema; each opens with a comment showing the command that uses it."""
     import glob
 
-    from pipeline.train_config import load_train_config
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
 
-    loaders = {"embed": load_embed_config, "train": load_train_config}
-    files = glob.glob("jobs/configs/*.yaml")
-    assert files
+    from pipeline.train_config import load_train_config
+    from serving.config import ServeArgs, load_serve_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = sorted(f for f in glob.glob(os.path.join(root, "**", "*.y*ml"), recursive=True)
+                   if "/.git/" not in f and "/.pytest_cache/" not in f)
+    checked = set()
     for path in files:
-        kind = os.path.basename(path).split("_")[0]
-        assert kind in loaders, f"{path}: config names start with embed_ or train_"
-        loaders[kind](path)
-        assert open(path).readline().startswith("# "), f"{path} must open with a comment showing its command"
+        rel = os.path.relpath(path, root)
+        with open(path) as fh:
+            assert fh.readline().startswith("# "), f"{rel} must open with a comment showing its command"
+        if rel.startswith("jobs/configs/"):
+            kind = os.path.basename(path).split("_")[0]
+            loaders = {"embed": load_embed_config, "train": load_train_config}
+            assert kind in loaders, f"{rel}: job config names start with embed_ or train_"
+            loaders[kind](path)
+        elif rel == "serving/serve_config.yaml":
+            ServeArgs(**load_serve_config(path)["args"])
+        elif rel == "cluster.yaml":
+            with open(path) as fh:
+                validate_config(prepare_config(yaml.safe_load(fh)))
+        else:
+            raise AssertionError(f"{rel}: no validator for this YAML; add one here")
+        checked.add(rel)
+    assert {"cluster.yaml", "serving/serve_config.yaml", "jobs/configs/embed_tiny.yaml",
+            "jobs/configs/train_tiny.yaml"} <= checked
 
 
 def test_cli_bad_config_fails_before_starting_ray(tmp_path):

@@ -1,0 +1,37 @@
+"""`oneencoder demo`: the README's main command, end to end on the session's local Ray (small sizes)."""
+from __future__ import annotations
+
+import json
+import os
+
+from jobs import embed as embed_job
+from pipeline.cli import main
+
+
+def test_demo_runs_every_step_and_says_how_to_serve(ray_session, tmp_path, capsys):
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir), "--samples", "24", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    for step in ("[1/4] generating 24 paired samples", "[2/4] embedding", "[3/4] training", "[4/4] evaluating"):
+        assert step in out, step
+    assert "zero-shot image: accuracy" in out
+    assert f"oneencoder serve --model {workdir / 'model'} --features {workdir / 'features'}" in out
+    report = json.loads((workdir / "model" / "eval" / "report.json").read_text())
+    assert {"image-text", "audio-text", "text-video"} <= set(report["pairs"])
+    for pair in report["pairs"]:
+        assert pair in out  # the recall table printed every pair
+    assert all(os.path.exists(p) for p in report["plots"])
+    metrics = json.loads((workdir / "model" / "metrics.json").read_text())
+    assert [s["stage"] for s in metrics["stages"]] == ["1-image-text", "2-audio-text", "3-video-text"]
+    # the embed step as `python -m jobs.embed`: a rerun on the same output resumes to nothing
+    manifest = str(workdir / "corpus" / "manifest.jsonl")
+    assert embed_job.main(["--input", manifest, "--output", str(workdir / "features"), "--modalities", "text"]) == 0
+    assert "all shards were already committed" in capsys.readouterr().out
+
+
+def test_demo_refuses_too_few_samples(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--samples", "3"])
+    assert "--samples >= 24" in capsys.readouterr().err

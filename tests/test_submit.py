@@ -1,0 +1,116 @@
+"""`oneencoder submit` against a real two-node Ray cluster started on this machine with `ray start`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.submit import entrypoint, runtime_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _node_args(temp_dir: str) -> list[str]:
+    """Every port a node opens, chosen free, so this cluster never collides with the tests' own Ray."""
+    agent, grpc, metrics, runtime_env_port, manager, objects = _ports(6)
+    return [f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
+            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env_port}",
+            f"--node-manager-port={manager}", f"--object-manager-port={objects}"]
+
+
+def _kill_cluster(temp_dir: str) -> None:
+    """Stop every process of this cluster only (`ray stop` would stop the tests' Ray too)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if temp_dir.encode() in fh.read():
+                        pids.append(int(pid))
+            except OSError:
+                pass
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(2 if pids else 0)
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    temp_dir = tempfile.mkdtemp(prefix="oe2n-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    gcs, dashboard, client = _ports(3)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        subprocess.run(["ray", "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
+                        "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}", "--num-cpus=1",
+                        "--disable-usage-stats", *_node_args(temp_dir)], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run(["ray", "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", '--resources={"second_node": 4}',
+                        *_node_args(temp_dir)], env=env, check=True, capture_output=True, timeout=120)
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:
+        _kill_cluster(temp_dir)
+
+
+def test_embed_job_submitted_to_a_two_node_cluster(two_node_cluster, sample_corpus, tmp_path):
+    from ray.util.state import list_actors, list_nodes
+
+    from pipeline.features import read_features
+
+    config = os.path.join(ROOT, "jobs", "configs", "embed_two_node_test.yaml")
+    output = tmp_path / "features"
+    with open(config, "w") as fh:  # inside the project: it travels with the working dir
+        fh.write(f"input: {sample_corpus}\noutput: {output}\npreset: tiny\nmodalities: [image]\n"
+                 "decode: {num_cpus: 0.25}\n"
+                 "encoders:\n"
+                 "  image: {num_cpus: 0.25, resources: {second_node: 1}}\n")
+    try:
+        cmd = [sys.executable, "-m", "pipeline.cli", "submit", "embed", "--address", two_node_cluster,
+               "--config", config]
+        proc = subprocess.run(cmd, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+                              timeout=420, cwd=ROOT)
+    finally:
+        os.remove(config)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "SUCCEEDED" in proc.stdout and f"-> {output}" in proc.stdout  # the job's own summary came through the log tail
+    assert sorted(read_features(str(output), "image").column("id").to_pylist()) == [f"s{i:05d}" for i in range(12)]
+    nodes = list_nodes(address=two_node_cluster)
+    second = [n.node_id for n in nodes if "second_node" in (n.resources_total or {})]
+    assert len(nodes) == 2 and len(second) == 1
+    actors = list_actors(address=two_node_cluster, filters=[("node_id", "=", second[0])], limit=1000)
+    assert any("MapWorker" in (a.class_name or "") for a in actors), [a.class_name for a in actors]
+
+
+def test_submit_refuses_what_cannot_run(tmp_path):
+    with pytest.raises(ConfigError, match="unknown job 'nope'"):
+        entrypoint("nope", None, [])
+    with pytest.raises(ConfigError, match="outside the project folder"):
+        entrypoint("embed", "/etc/hostname", [])
+    assert entrypoint("train", os.path.join(ROOT, "jobs", "configs", "train_tiny.yaml"), ["--epochs", "2"]) == \
+        "python -m jobs.train --config jobs/configs/train_tiny.yaml --epochs 2"
+    env = runtime_env(env={"HF_HUB_OFFLINE": "1", "UNRELATED": "x"})
+    assert env["working_dir"] == ROOT and ".git" in env["excludes"]
+    assert env["env_vars"]["HF_HUB_OFFLINE"] == "1" and "UNRELATED" not in env["env_vars"]
+    from pipeline.cli import main
+
+    assert main(["submit", "embed", "--address", "http://127.0.0.1:9", "--config", "/etc/hostname"]) == 2
