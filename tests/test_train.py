@@ -212,3 +212,25 @@ def test_a_rerun_after_a_killed_driver_resumes_mid_stage(ray_session, feature_st
     history = result["stages"][0]["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[-1]["resumed_after_epoch"] >= 1, "the rerun started over instead of resuming"
+
+
+def _worker_logs_mention(text: str) -> bool:
+    import glob
+
+    import ray
+
+    logs = os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")
+    for path in glob.glob(os.path.join(logs, "worker-*.err")) + glob.glob(os.path.join(logs, "worker-*.out")):
+        with open(path, errors="replace") as fh:
+            if text in fh.read():
+                return True
+    return False
+
+
+def test_two_workers_train_with_ddp(ray_session, feature_store, tmp_path):
+    cfg = load_train_config(None, epochs=2, features=feature_store, output=str(tmp_path / "ddp"), stages="image:text",
+                            val_fraction=VAL_FRACTION, workers=2, cpus_per_worker=0.5)
+    stage = run_train(cfg)["stages"][0]
+    assert [h["epoch"] for h in stage["history"]] == [1, 2]
+    assert stage["history"][1]["loss"] < stage["history"][0]["loss"]
+    assert _worker_logs_mention("Wrapping provided model in DistributedDataParallel")
