@@ -63,7 +63,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
     setup_logging()
     # one line per epoch is ours: not Ray's per-report and per-checkpoint lines (model wrapping etc. stay)
-    logging.getLogger("ray.train.v2._internal.execution").setLevel(logging.WARNING)
+    for name in ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(config["threads"])
     model, stage, parts = build_stage_model(config)
