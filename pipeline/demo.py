@@ -20,7 +20,7 @@ def run_demo(workdir: str, samples: int = 96, epochs: int = 15, say: Callable[[s
     from pipeline.embed import format_summary, run_embed
     from pipeline.evaluate import evaluate, format_report
     from pipeline.train import run_train
-    from pipeline.train_config import load_train_config
+    from pipeline.train_config import load_train_config, parse_stage_list
 
     started = time.time()
     corpus, features, model = (os.path.join(workdir, d) for d in ("corpus", "features", "model"))
@@ -38,7 +38,9 @@ def run_demo(workdir: str, samples: int = 96, epochs: int = 15, say: Callable[[s
     say(format_summary(summary))
 
     say(f"[3/4] training {STAGES.replace(',', ', then ')} ({epochs} epochs each, Ray Train) into {model}")
-    train_cfg = load_train_config(None, features=features, output=model, stages=STAGES, epochs=epochs, val_fraction=0.2)
+    # batches of 16: a small corpus still gets several optimizer steps per epoch
+    train_cfg = load_train_config(None, features=features, output=model, stages=parse_stage_list(STAGES, batch_size=16),
+                                  epochs=epochs, val_fraction=0.2)
     trained = run_train(train_cfg)
     for s in trained["stages"]:
         say(f"  stage {s['stage']}: best epoch {s['best_epoch']}/{s['epochs_run']}, "
