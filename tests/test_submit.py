@@ -1,7 +1,6 @@
 """`oneencoder submit` against a real two-node Ray cluster started on this machine with `ray start`."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
