@@ -36,23 +36,39 @@ def _node_args(temp_dir: str) -> list[str]:
             f"--node-manager-port={manager}", f"--object-manager-port={objects}"]
 
 
-def _kill_cluster(temp_dir: str) -> None:
+def _cluster_pids(temp_dir: str, gcs_port: int) -> set[int]:
+    """This cluster's processes: those naming its temp dir or GCS address, and all their descendants
+    (agents rename their command line, e.g. ray::DashboardAgent, so they are found through their parent)."""
+    marks = (temp_dir.encode(), f":{gcs_port}".encode())
+    parents, found = {}, set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read()
+            with open(f"/proc/{pid}/stat") as fh:
+                parents[int(pid)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if any(m in cmd for m in marks):
+            found.add(int(pid))
+    grew = True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in found} - found
+        found |= more
+        grew = bool(more)
+    return found - {os.getpid()}
+
+
+def _kill_cluster(temp_dir: str, gcs_port: int) -> None:
     """Stop every process of this cluster only (`ray stop` would stop the tests' Ray too)."""
+    pids = _cluster_pids(temp_dir, gcs_port)  # collected before anything dies and orphans its children
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if temp_dir.encode() in fh.read():
-                        pids.append(int(pid))
-            except OSError:
-                pass
-        for pid in pids:
+        for pid in pids | _cluster_pids(temp_dir, gcs_port):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        time.sleep(2 if pids else 0)
+        time.sleep(2)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +85,7 @@ def two_node_cluster():
                         *_node_args(temp_dir)], env=env, check=True, capture_output=True, timeout=120)
         yield f"http://127.0.0.1:{dashboard}"
     finally:
-        _kill_cluster(temp_dir)
+        _kill_cluster(temp_dir, gcs)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
