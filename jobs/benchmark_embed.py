@@ -5,11 +5,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 
-from pipeline.benchmarks import benchmark_embed, format_benchmark
+from pipeline.benchmarks import benchmark_embed, format_benchmark, print_report
 from pipeline.runtime import init_ray, setup_logging
 
 
@@ -26,10 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     init_ray()
     result = benchmark_embed(args.workdir or tempfile.mkdtemp(prefix="oneencoder-bench-"), args.images, args.batch_size, args.preset)
-    print(format_benchmark(result))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+    print_report(format_benchmark(result), result, args.json)
     return 0
 
 

@@ -6,10 +6,10 @@ and Serve's overhead over the same model in-process (loopback only, bounded in c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 
+from pipeline.benchmarks import print_report
 from pipeline.runtime import init_ray, setup_logging
 
 
@@ -33,10 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     init_ray()
     with tempfile.TemporaryDirectory(prefix="oneencoder-serve-bench-") as workdir:
         result = benchmark_serve(workdir, args.preset, levels, args.requests, args.level_cap_s)
-    print(format_serve_benchmark(result))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+    print_report(format_serve_benchmark(result), result, args.json)
     return 0
 
 

@@ -5,10 +5,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from pipeline.benchmarks import benchmark_train, format_train_benchmark
+from pipeline.benchmarks import benchmark_train, format_train_benchmark, print_report
 from pipeline.runtime import setup_logging
 
 
@@ -24,10 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("need --samples >= --batch-size >= 2 and --epochs >= 1")
     setup_logging()
     result = benchmark_train(args.samples, args.batch_size, args.epochs, args.preset)
-    print(format_train_benchmark(result))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+    print_report(format_train_benchmark(result), result, args.json)
     return 0
 
 

@@ -81,6 +81,14 @@ def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str
             "pipeline_vs_ceiling": n / elapsed / ceiling, "pipeline_vs_naive": n / elapsed / naive}
 
 
+def print_report(text: str, result: dict[str, Any], json_path: str | None) -> None:
+    """What every benchmark entrypoint ends with: the figures on the console, and as JSON if asked."""
+    print(text)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(result, fh, indent=2)
+
+
 def steady_rate(commits: list[float], shard_size: int) -> float | None:
     """Items/s between the second and the second-to-last shard commit (start-up and drain excluded)."""
     if len(commits) < 4 or commits[-2] <= commits[1]:
