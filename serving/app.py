@@ -204,7 +204,7 @@ class Gateway:
         handles = {encoder_deployment(m): h for m, h in self.encoders.items()}
         if self.search_handle is not None:
             handles[SEARCH] = self.search_handle
-        pending = {name: h.ready.remote() if name != SEARCH else h.info.remote() for name, h in handles.items()}
+        pending = {name: h.ready.remote() for name, h in handles.items()}
         status = {}
         for name, call in pending.items():
             try:

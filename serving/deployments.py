@@ -62,32 +62,30 @@ class ModalityEncoder:
         return await asyncio.to_thread(self._embed, items)
 
     def _embed(self, items: list[Any]) -> list[dict[str, Any]]:
+        try:
+            return self._encode_all(items)
+        except Exception as e:  # one odd input must not fail its batch-mates: retry one by one
+            log.warning("encoder-%s: batch of %d failed (%s); encoding items one by one", self.modality, len(items), e)
+            return [self._embed_one(item) for item in items]
+
+    def _embed_one(self, item: Any) -> dict[str, Any]:
+        try:
+            return self._encode_all([item])[0]
+        except Exception as e:
+            return {"error": f"the {self.modality} encoder could not process this input ({type(e).__name__}: {e})"}
+
+    def _encode_all(self, items: list[Any]) -> list[dict[str, Any]]:
+        """Undecodable items become {"error"} results; an encoder failure raises."""
         from pipeline.inference import ItemError
 
         decoded = self.model.decode_all(items, self.modality)
-        good = [i for i, d in enumerate(decoded) if not isinstance(d, ItemError)]
         out: list[dict[str, Any]] = [{"error": d.reason} if isinstance(d, ItemError) else {} for d in decoded]
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, ItemError)]
         if good:
-            try:
-                vectors, tokens = self.model.encode([decoded[i] for i in good], self.modality)
-            except Exception as e:  # one odd input must not fail its batch-mates: retry one by one
-                log.warning("encoder-%s: batch of %d failed (%s); encoding items one by one", self.modality, len(good), e)
-                return [self._embed_one(item) for item in items]
+            vectors, tokens = self.model.encode([decoded[i] for i in good], self.modality)
             for j, i in enumerate(good):
                 out[i] = {"embedding": vectors[j], "tokens": int(tokens[j])}
         return out
-
-    def _embed_one(self, item: Any) -> dict[str, Any]:
-        from pipeline.inference import ItemError
-
-        decoded = self.model.decode_all([item], self.modality)[0]
-        if isinstance(decoded, ItemError):
-            return {"error": decoded.reason}
-        try:
-            vectors, tokens = self.model.encode([decoded], self.modality)
-        except Exception as e:
-            return {"error": f"the {self.modality} encoder could not process this input ({type(e).__name__}: {e})"}
-        return {"embedding": vectors[0], "tokens": int(tokens[0])}
 
     def stats(self) -> dict[str, Any]:
         """Observed batch sizes since start (for tests and tuning)."""
@@ -130,8 +128,8 @@ class SearchIndex:
                              f"({', '.join(model.modalities)})")
         log.info("search index: %s", ", ".join(f"{m} {len(v)}" for m, v in self.vectors.items()))
 
-    def info(self) -> dict[str, int]:
-        return {m: len(v) for m, v in self.vectors.items()}
+    def ready(self) -> bool:
+        return True
 
     def search(self, query: np.ndarray, targets: list[str] | None, k: int) -> list[dict[str, Any]]:
         """Top ``k`` items by cosine similarity over the ``targets`` modalities (all when None)."""
