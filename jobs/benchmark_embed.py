@@ -1,6 +1,7 @@
 """Benchmark the embed pipeline against its ceiling and a naive loop (paper architectures, random init).
 
-    python -m jobs.benchmark_embed [--images 192] [--batch-size 16] [--preset paper|tiny] [--workdir DIR] [--json FILE]
+    python -m jobs.benchmark_embed [--images 192] [--batch-size 16] [--preset paper|tiny] [--workdir DIR] [--report FILE]
+    python -m jobs.benchmark_embed --config jobs/configs/benchmark_embed_paper.yaml
 """
 from __future__ import annotations
 
@@ -9,23 +10,35 @@ import sys
 import tempfile
 
 from pipeline.benchmarks import benchmark_embed, format_benchmark, print_report
+from pipeline.config import ConfigError, load_config
+from pipeline.job_configs import BenchmarkEmbedConfig
 from pipeline.runtime import init_ray, setup_logging
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.benchmark_embed", description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=192, help="generated images (default 192)")
-    p.add_argument("--batch-size", type=int, default=16, help="encoder batch size (default 16)")
-    p.add_argument("--preset", choices=["paper", "tiny"], default="paper", help="paper = ViT-B/16 at random init (default)")
+    p.add_argument("--images", type=int, help="generated images (default 192)")
+    p.add_argument("--batch-size", type=int, help="encoder batch size (default 16)")
+    p.add_argument("--preset", choices=["paper", "tiny"], help="paper = ViT-B/16 at random init (default)")
     p.add_argument("--workdir", help="scratch folder (default: a new temp folder)")
-    p.add_argument("--json", help="also write the figures to this file")
-    args = p.parse_args(argv)
-    if args.images < 4 * args.batch_size:
-        p.error(f"--images must be at least 4 x --batch-size ({4 * args.batch_size}), got {args.images}")
+    p.add_argument("--report", help="also write the figures as JSON to this file")
+    p.add_argument("--config", help="YAML config; flags override its fields")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(BenchmarkEmbedConfig, args.config, images=args.images, batch_size=args.batch_size,
+                          preset=args.preset, workdir=args.workdir, report=args.report)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     setup_logging()
     init_ray()
-    result = benchmark_embed(args.workdir or tempfile.mkdtemp(prefix="oneencoder-bench-"), args.images, args.batch_size, args.preset)
-    print_report(format_benchmark(result), result, args.json)
+    workdir = cfg.workdir or tempfile.mkdtemp(prefix="oneencoder-bench-")
+    result = benchmark_embed(workdir, cfg.images, cfg.batch_size, cfg.preset)
+    print_report(format_benchmark(result), result, cfg.report)
     return 0
 
 

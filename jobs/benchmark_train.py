@@ -1,6 +1,7 @@
 """Benchmark training on cached features against running the frozen encoders in every step.
 
-    python -m jobs.benchmark_train [--samples 64] [--batch-size 16] [--epochs 1] [--preset paper|tiny] [--json FILE]
+    python -m jobs.benchmark_train [--samples 64] [--batch-size 16] [--epochs 1] [--preset paper|tiny] [--report FILE]
+    python -m jobs.benchmark_train --config jobs/configs/benchmark_train_paper.yaml
 """
 from __future__ import annotations
 
@@ -8,22 +9,33 @@ import argparse
 import sys
 
 from pipeline.benchmarks import benchmark_train, format_train_benchmark, print_report
+from pipeline.config import ConfigError, load_config
+from pipeline.job_configs import BenchmarkTrainConfig
 from pipeline.runtime import setup_logging
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.benchmark_train", description=__doc__.splitlines()[0])
-    p.add_argument("--samples", type=int, default=64, help="image-text pairs (default 64)")
-    p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
-    p.add_argument("--epochs", type=int, default=1, help="epochs timed for each approach (default 1)")
-    p.add_argument("--preset", choices=["paper", "tiny"], default="paper", help="paper = ViT-B/16 + BERT-base at random init (default)")
-    p.add_argument("--json", help="also write the figures to this file")
-    args = p.parse_args(argv)
-    if args.samples < args.batch_size or args.batch_size < 2 or args.epochs < 1:
-        p.error("need --samples >= --batch-size >= 2 and --epochs >= 1")
+    p.add_argument("--samples", type=int, help="image-text pairs (default 64)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 16)")
+    p.add_argument("--epochs", type=int, help="epochs timed for each approach (default 1)")
+    p.add_argument("--preset", choices=["paper", "tiny"], help="paper = ViT-B/16 + BERT-base at random init (default)")
+    p.add_argument("--report", help="also write the figures as JSON to this file")
+    p.add_argument("--config", help="YAML config; flags override its fields")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(BenchmarkTrainConfig, args.config, samples=args.samples, batch_size=args.batch_size,
+                          epochs=args.epochs, preset=args.preset, report=args.report)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     setup_logging()
-    result = benchmark_train(args.samples, args.batch_size, args.epochs, args.preset)
-    print_report(format_train_benchmark(result), result, args.json)
+    result = benchmark_train(cfg.samples, cfg.batch_size, cfg.epochs, cfg.preset)
+    print_report(format_train_benchmark(result), result, cfg.report)
     return 0
 
 

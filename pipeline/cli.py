@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--workdir", default="oneencoder-demo", help="folder for corpus, features, model (default ./oneencoder-demo)")
     demo.add_argument("--samples", type=int, default=96, help="paired samples to generate (default 96)")
     demo.add_argument("--epochs", type=int, default=15, help="epochs of each stage (default 15)")
-    sub.add_parser("config-reference", help="print every config field with its default and meaning")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --workdir (default: resume it)")
+    reference = sub.add_parser("config-reference", help="print every config field with its default and meaning")
+    reference.add_argument("job", nargs="?", choices=sorted(CONFIGS), help="one job's config (default: all)")
     args = parser.parse_args(argv)
     if args.command == "embed":
         return embed_job.run(args)
@@ -61,9 +63,17 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.samples < 24 or args.epochs < 1:
             parser.error(f"demo needs --samples >= 24 (one per concept) and --epochs >= 1, got {args.samples} and {args.epochs}")
+        from pipeline.config import ConfigError
+        from pipeline.demo import prepare_workdir
+
         setup_logging()
+        try:
+            prepare_workdir(args.workdir, args.samples, args.epochs, args.overwrite)  # before Ray starts
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         init_ray()
-        run_demo(args.workdir, args.samples, args.epochs)
+        run_demo(args.workdir, args.samples, args.epochs)  # its own workdir check now passes
         return 0
     if args.command == "sample-corpus":
         from pipeline.corpus import write_sample_corpus
@@ -72,10 +82,34 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--n must be at least 1, got {args.n}")
         print(write_sample_corpus(args.dest, n=args.n))
         return 0
+    print("\n".join(job_config_reference(args.job)))
+    return 0
+
+
+CONFIGS = {  # job -> (module, config class, where its fields go)
+    "embed": ("pipeline.config", "EmbedConfig", "python -m jobs.embed --config FILE"),
+    "train": ("pipeline.train_config", "TrainConfig", "python -m jobs.train --config FILE"),
+    "evaluate": ("pipeline.job_configs", "EvaluateConfig", "python -m jobs.evaluate --config FILE"),
+    "serve": ("serving.config", "ServeArgs", "applications[].args of a Serve config (serving/serve_config.yaml)"),
+    "benchmark-embed": ("pipeline.job_configs", "BenchmarkEmbedConfig", "python -m jobs.benchmark_embed --config FILE"),
+    "benchmark-train": ("pipeline.job_configs", "BenchmarkTrainConfig", "python -m jobs.benchmark_train --config FILE"),
+    "benchmark-serve": ("pipeline.job_configs", "BenchmarkServeConfig", "python -m jobs.benchmark_serve --config FILE"),
+}
+
+
+def job_config_reference(job: str | None = None) -> list[str]:
+    """Every field of ``job``'s config (default: of every job), one section per job."""
+    import importlib
+
     from pipeline.config import config_reference
 
-    print("\n".join(config_reference()))
-    return 0
+    lines: list[str] = []
+    for name in [job] if job else list(CONFIGS):
+        module, cls, where = CONFIGS[name]
+        if lines:
+            lines.append("")
+        lines += [f"[{name}] {where}", *config_reference(getattr(importlib.import_module(module), cls))]
+    return lines
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ which doubles as the configuration reference (``oneencoder config-reference``).
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,39 +126,65 @@ def read_yaml_mapping(path: str) -> dict[str, Any]:
     return loaded or {}
 
 
-def load_embed_config(path: str | None = None, **overrides: Any) -> EmbedConfig:
-    """Read a YAML config (optional), apply non-None ``overrides`` (CLI flags), validate once.
+def load_config(model: type[BaseModel], path: str | None = None, **overrides: Any) -> Any:
+    """Read a YAML config (optional), apply non-None ``overrides`` (CLI flags), validate once as ``model``.
 
     Raises ConfigError naming the field, the bad value and what was expected.
     """
     data = read_yaml_mapping(path) if path else {}
-    source = path or "command line"
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return EmbedConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_errors(e, source)) from None
+        raise ConfigError(format_validation_errors(e, path or "command line")) from None
+
+
+def load_embed_config(path: str | None = None, **overrides: Any) -> EmbedConfig:
+    """The embed job's config from YAML (optional) + CLI flags; see ``load_config``."""
+    return load_config(EmbedConfig, path, **overrides)
+
+
+def require_fields(cfg: BaseModel, **expected: str) -> None:
+    """Raise ConfigError for the first field of ``expected`` (name -> what it should be) that is unset."""
+    for name, what in expected.items():
+        if not getattr(cfg, name):
+            raise ConfigError(f"invalid config: {name} is missing: expected {what} "
+                              f"(set it in the config file or pass --{name.replace('_', '-')})")
 
 
 def require_paths(cfg: EmbedConfig) -> None:
-    """Raise ConfigError unless the job has both an input manifest and an output folder."""
-    for name in ("input", "output"):
-        if not getattr(cfg, name):
-            raise ConfigError(f"invalid config: {name} is missing: expected a {'manifest URI' if name == 'input' else 'folder URI'} "
-                              f"(set it in the config file or pass --{name})")
+    """Raise ConfigError unless the embed job has both an input manifest and an output folder."""
+    require_fields(cfg, input="a manifest URI", output="a folder URI")
 
 
 def config_reference(model: type[BaseModel] = EmbedConfig, prefix: str = "") -> list[str]:
-    """One line per field: dotted name, default and description (for docs and --help)."""
+    """One line per field: dotted name, default and description (for docs and --help).
+
+    Nested configs are flattened: ``storage.region``, ``stages[].epochs``, ``encoders.<modality>.tokens``.
+    """
     lines = []
     for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            lines += config_reference(ann, f"{prefix}{name}.")
+        nested = _nested_config(field.annotation)
+        if nested is not None:
+            suffix, inner = nested
+            lines += config_reference(inner, f"{prefix}{name}{suffix}.")
             continue
-        default = field.get_default(call_default_factory=True)
-        if name == "encoders":
-            lines += config_reference(EncoderConfig, f"{prefix}{name}.<modality>.")
+        if field.is_required():
+            lines.append(f"{prefix}{name} (required): {field.description}")
             continue
-        lines.append(f"{prefix}{name} (default {default!r}): {field.description}")
+        lines.append(f"{prefix}{name} (default {field.get_default(call_default_factory=True)!r}): {field.description}")
     return lines
+
+
+def _nested_config(annotation: Any) -> tuple[str, type[BaseModel]] | None:
+    """('', M) for a field of config type M, ('[]', M) for list[M], ('.<key>', M) for dict[key, M]; else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "", annotation
+    args = typing.get_args(annotation)
+    inner = args[-1] if args else None
+    if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+        return None
+    if typing.get_origin(annotation) is list:
+        return "[]", inner
+    key = args[0].__name__.lower() if isinstance(args[0], type) else "key"
+    return f".<{key}>", inner

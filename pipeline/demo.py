@@ -5,16 +5,46 @@ Everything runs offline on local Ray with the tiny encoders.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Any, Callable
 
 import yaml
 
+from pipeline.checkpoint import read_json, write_json
+from pipeline.config import ConfigError
+
 STAGES = "image:text,audio:text,video:text"
+PARTS = ("corpus", "features", "model")  # what the demo writes under its workdir
 
 
-def run_demo(workdir: str, samples: int = 96, epochs: int = 15, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Corpus → feature store → three-stage model → evaluation report, under ``workdir``. Needs ``ray.init()``."""
+def prepare_workdir(workdir: str, samples: int, epochs: int, overwrite: bool = False) -> None:
+    """Check ``workdir`` holds nothing or a demo run with the same settings (which then resumes).
+
+    With ``overwrite``, an earlier run's folders are deleted first. Raises ConfigError otherwise.
+    """
+    record, wanted = os.path.join(workdir, "demo.json"), {"samples": samples, "epochs": epochs}
+    found = [p for p in PARTS if os.path.exists(os.path.join(workdir, p))]
+    if found and not overwrite:
+        previous = read_json(record) if os.path.exists(record) else None
+        if previous != wanted:
+            held = (f"a demo run with {previous['samples']} samples and {previous['epochs']} epochs" if previous
+                    else f"other output ({', '.join(found)})")
+            raise ConfigError(f"--workdir {workdir} holds {held}; expected {samples} samples and {epochs} epochs. "
+                              "Pass --overwrite to replace it, or choose another --workdir")
+    if overwrite:
+        for part in found:
+            shutil.rmtree(os.path.join(workdir, part))
+    os.makedirs(workdir, exist_ok=True)
+    write_json(record, wanted)
+
+
+def run_demo(workdir: str, samples: int = 96, epochs: int = 15, say: Callable[[str], None] = print,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Corpus → feature store → three-stage model → evaluation report, under ``workdir``. Needs ``ray.init()``.
+
+    A rerun with the same settings resumes (embedding and finished stages are skipped); see ``prepare_workdir``.
+    """
     from pipeline.config import load_embed_config
     from pipeline.corpus import concept, write_sample_corpus
     from pipeline.embed import format_summary, run_embed
@@ -23,7 +53,8 @@ def run_demo(workdir: str, samples: int = 96, epochs: int = 15, say: Callable[[s
     from pipeline.train_config import load_train_config, parse_stage_list
 
     started = time.time()
-    corpus, features, model = (os.path.join(workdir, d) for d in ("corpus", "features", "model"))
+    prepare_workdir(workdir, samples, epochs, overwrite)
+    corpus, features, model = (os.path.join(workdir, d) for d in PARTS)
 
     say(f"[1/4] generating {samples} paired samples (image, caption, tone, clip per colour x shape concept) in {corpus}")
     manifest = write_sample_corpus(corpus, n=samples, vary=True)

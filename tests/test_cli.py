@@ -32,4 +32,12 @@ def test_user_errors_exit_2_with_a_message(ray_session, tmp_path, capsys):
 
 def test_config_reference(capsys):
     assert cli.main(["config-reference"]) == 0
-    assert "encoders.<modality>.batch_size (default 16)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    for line in ("[embed] python -m jobs.embed --config FILE", "encoders.<modality>.batch_size (default 16)",
+                 "[train] python -m jobs.train --config FILE", "stages[].epochs (default 10)", "stages[].new (required)",
+                 "[serve] applications[].args", "[benchmark-serve] python -m jobs.benchmark_serve --config FILE",
+                 "levels (default [1, 8, 32])"):
+        assert line in printed
+    assert cli.main(["config-reference", "evaluate"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("[evaluate]") and "model (default None)" in printed and "[embed]" not in printed

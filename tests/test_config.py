@@ -69,9 +69,16 @@ def test_every_yaml_in_the_repo_validates():
     import yaml
     from ray.autoscaler._private.util import prepare_config, validate_config
 
+    from pipeline import job_configs
+    from pipeline.config import load_config
     from pipeline.train_config import load_train_config
     from serving.config import ServeArgs, load_serve_config
 
+    loaders = {"embed": load_embed_config, "train": load_train_config,
+               "evaluate": lambda f: load_config(job_configs.EvaluateConfig, f),
+               "benchmark_embed": lambda f: load_config(job_configs.BenchmarkEmbedConfig, f),
+               "benchmark_train": lambda f: load_config(job_configs.BenchmarkTrainConfig, f),
+               "benchmark_serve": lambda f: load_config(job_configs.BenchmarkServeConfig, f)}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     files = sorted(f for f in glob.glob(os.path.join(root, "**", "*.y*ml"), recursive=True)
                    if "/.git/" not in f and "/.pytest_cache/" not in f)
@@ -79,11 +86,13 @@ def test_every_yaml_in_the_repo_validates():
     for path in files:
         rel = os.path.relpath(path, root)
         with open(path) as fh:
-            assert fh.readline().startswith("# "), f"{rel} must open with a comment showing its command"
+            header = fh.read().split("\n\n")[0]
+        assert header.startswith("# "), f"{rel} must open with a comment showing its command"
         if rel.startswith("jobs/configs/"):
-            kind = os.path.basename(path).split("_")[0]
-            loaders = {"embed": load_embed_config, "train": load_train_config}
-            assert kind in loaders, f"{rel}: job config names start with embed_ or train_"
+            name = os.path.basename(path)
+            kind = max((k for k in loaders if name.startswith(k + "_")), key=len, default=None)
+            assert kind, f"{rel}: job config names start with one of {sorted(loaders)} and _"
+            assert f"--config {rel}" in header, f"{rel}: its opening comment must show the command that runs it"
             loaders[kind](path)
         elif rel == "serving/serve_config.yaml":
             ServeArgs(**load_serve_config(path)["args"])
@@ -93,8 +102,8 @@ def test_every_yaml_in_the_repo_validates():
         else:
             raise AssertionError(f"{rel}: no validator for this YAML; add one here")
         checked.add(rel)
-    assert {"cluster.yaml", "serving/serve_config.yaml", "jobs/configs/embed_tiny.yaml",
-            "jobs/configs/train_tiny.yaml"} <= checked
+    assert {"cluster.yaml", "serving/serve_config.yaml", "jobs/configs/embed_tiny.yaml", "jobs/configs/train_tiny.yaml",
+            "jobs/configs/evaluate_tiny.yaml", "jobs/configs/benchmark_serve_paper.yaml"} <= checked
 
 
 def test_cli_bad_config_fails_before_starting_ray(tmp_path):
@@ -106,9 +115,11 @@ def test_cli_bad_config_fails_before_starting_ray(tmp_path):
 
 
 def test_readme_config_reference_matches_the_code():
+    from pipeline.cli import job_config_reference
+
     readme = open("README.md", encoding="utf-8").read()
     block = readme.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
-    assert block.strip().strip("`").strip().splitlines() == config_reference()
+    assert block.strip().strip("`").strip().splitlines() == job_config_reference()
 
 
 def test_ci_runs_the_readme_commands():

@@ -27,6 +27,29 @@ def test_demo_runs_every_step_and_says_how_to_serve(ray_session, tmp_path, capsy
     manifest = str(workdir / "corpus" / "manifest.jsonl")
     assert embed_job.main(["--input", manifest, "--output", str(workdir / "features"), "--modalities", "text"]) == 0
     assert "all shards were already committed" in capsys.readouterr().out
+    # another size in the same workdir: refused before any work, naming both and the way out
+    assert main(["demo", "--workdir", str(workdir), "--samples", "48", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a demo run with 24 samples and 1 epochs; expected 48 samples and 1 epochs" in err and "--overwrite" in err
+
+
+def test_demo_workdir_is_resumed_replaced_or_refused(tmp_path):
+    import pytest
+
+    from pipeline.config import ConfigError
+    from pipeline.demo import prepare_workdir
+
+    workdir = str(tmp_path / "w")
+    os.makedirs(os.path.join(workdir, "features"))
+    with pytest.raises(ConfigError, match=r"holds other output \(features\)"):
+        prepare_workdir(workdir, 24, 1)
+    (tmp_path / "w" / "features" / "kept.txt").write_text("x")
+    prepare_workdir(workdir, 24, 1, overwrite=True)
+    assert not os.path.exists(os.path.join(workdir, "features"))
+    assert json.loads((tmp_path / "w" / "demo.json").read_text()) == {"samples": 24, "epochs": 1}
+    os.makedirs(os.path.join(workdir, "corpus"))
+    prepare_workdir(workdir, 24, 1)  # same settings: resumes, nothing deleted
+    assert os.path.isdir(os.path.join(workdir, "corpus"))
 
 
 def test_demo_refuses_too_few_samples(capsys):

@@ -42,9 +42,16 @@ def test_report_pairs_gap_zero_shot_and_plots(trained, feature_store, labels_fil
 
 def test_cli_prints_a_table_and_rejects_bad_input(trained, feature_store, labels_file, tmp_path, capsys):
     output, _, _ = trained
-    assert evaluate_job.main(["--model", output, "--features", feature_store, "--output", str(tmp_path)]) == 0
+    config = tmp_path / "evaluate.yaml"  # the config file's fields, with a flag overriding one of them
+    config.write_text(f"model: {output}\nfeatures: /nowhere\noutput: {tmp_path}\n")
+    assert evaluate_job.main(["--config", str(config), "--features", feature_store]) == 0
     printed = capsys.readouterr().out
-    assert "image -> text" in printed and "report: " in printed
+    assert "image -> text" in printed and f"report: {tmp_path}" in printed
+    config.write_text(f"features: {feature_store}\nlabel: x.yaml\n")
+    assert evaluate_job.main(["--config", str(config)]) == 2
+    assert "label: unknown field" in capsys.readouterr().err
+    assert evaluate_job.main(["--features", feature_store]) == 2
+    assert "model is missing: expected the model artifact folder" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("templates: [no placeholder]\nlabels: {c00000: red circle}\n")
     assert evaluate_job.main(["--model", output, "--features", feature_store, "--labels", str(bad)]) == 2

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from jobs import benchmark_embed, benchmark_train
+from jobs import benchmark_embed, benchmark_serve, benchmark_train
 from jobs import train as train_job
 from tests.settings import EPOCHS, STAGES, VAL_FRACTION
 
@@ -22,9 +22,25 @@ def test_train_main_resumes_the_finished_run(trained, feature_store, tmp_path, c
 
 def test_benchmark_mains_print_their_ratios(ray_session, tmp_path, capsys):
     out = tmp_path / "train.json"
-    assert benchmark_train.main(["--preset", "tiny", "--samples", "16", "--batch-size", "8", "--json", str(out)]) == 0
+    config = tmp_path / "benchmark_train.yaml"
+    config.write_text(f"preset: tiny\nsamples: 16\nbatch_size: 4\nreport: {out}\n")
+    assert benchmark_train.main(["--config", str(config), "--batch-size", "8"]) == 0
     assert "speed-up per epoch" in capsys.readouterr().out
-    assert json.loads(out.read_text())["speedup"] > 0
+    figures = json.loads(out.read_text())
+    assert figures["speedup"] > 0 and figures["batch_size"] == 8
     assert benchmark_embed.main(["--preset", "tiny", "--images", "32", "--batch-size", "8", "--workdir", str(tmp_path / "b")]) == 0
     printed = capsys.readouterr().out
     assert "(b)/(a) = " in printed and "(b)/(c) = " in printed
+
+
+def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("preset: tiny\nsamples: 4\nbatch_size: 8\n")
+    assert benchmark_train.main(["--config", str(config)]) == 2
+    assert "samples = 4: expected at least batch_size (8)" in capsys.readouterr().err
+    assert benchmark_embed.main(["--images", "16"]) == 2
+    assert "images = 16: expected at least 4 x batch_size (64)" in capsys.readouterr().err
+    assert benchmark_serve.main(["--levels", "1,x"]) == 2
+    assert "expected comma-separated integers, e.g. 1,8,32, got '1,x'" in capsys.readouterr().err
+    assert benchmark_serve.main(["--levels", "1,64", "--requests", "32"]) == 2
+    assert "requests = 32: expected at least the largest level (64)" in capsys.readouterr().err
