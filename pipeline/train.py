@@ -1,13 +1,15 @@
 """The progressive training job (Ray Train) and the model artifact it writes.
 
-Stage 1 aligns the first pair jointly; each later stage loads the previous stage's weights,
-freezes them and trains only the new modality's adapter and token. Every stage is a
-``TorchTrainer`` run with a checkpoint per epoch: rerunning resumes a stage from its latest
-checkpoint and skips stages already finished.
+Stage 1 aligns the first pair jointly; each later stage starts from the previous stage's best
+weights, freezes them and trains only the new modality's adapter and token. The stages run in one
+``TorchTrainer`` run with a checkpoint per epoch: a restarted worker group or a rerun resumes from the
+latest checkpoint, mid-stage, and a rerun skips stages already saved with the same settings.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import time
@@ -22,15 +24,20 @@ from pipeline.features import FeatureStore
 from pipeline.model import ModelConfig
 from pipeline.pairs import join, load_features, split
 from pipeline.sources import storage_options
-from pipeline.train_config import TrainConfig
-from pipeline.train_loop import SELECTION_METRIC, SELECTION_ORDER, train_loop
+from pipeline.train_config import StageConfig, TrainConfig
+from pipeline.train_loop import train_loop
 
 log = logging.getLogger(__name__)
 ARTIFACT_FORMAT = "oneencoder-artifact/1"
+RUN_FORMAT = "oneencoder-run/2"  # checkpoint layout of a training run (pipeline/train_loop.RunState)
 
 
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train every stage of ``cfg`` on the feature store and write the artifact; return its metrics."""
+    """Train every stage of ``cfg`` on the feature store and write the artifact; return its metrics.
+
+    Stages already trained with the same settings (a leading run of them) are loaded, not retrained;
+    the rest run as one TorchTrainer run, stage after stage (one start-up for the whole curriculum).
+    """
     if not cfg.features or not cfg.output:
         raise ConfigError("invalid config: features and output are required (--features OUT --output MODEL_DIR)")
     if "://" in cfg.output:
@@ -47,85 +54,128 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     m = cfg.model
     model_config = ModelConfig(d=m.d, layers=m.layers, heads=m.heads, ff=m.ff, dropout=m.dropout)
     weights: bytes | None = None
-    stage_metrics = []
-    for index, stage in enumerate(cfg.stages):
-        weights, record = _run_stage(cfg, index, model_config, weights, features, output)
-        stage_metrics.append(record)
-    _write_artifact(cfg, output, features_uri, options, model_config, weights, stage_metrics)
-    return {"output": output, "stages": stage_metrics}
+    records: list[dict[str, Any]] = []
+    todo: list[StagePlan] = []
+    for index in range(len(cfg.stages)):
+        plan = _plan_stage(cfg, index, model_config, features, output)
+        if not todo and plan.finished():
+            log.info("stage %s already trained: %s", plan.label, plan.folder)
+            weights, record = plan.load()
+            records.append(record)
+        else:
+            todo.append(plan)
+        _grow(model_config, plan.new_modalities)
+    if todo:
+        weights, trained = _fit(cfg, todo, weights, output)
+        records += trained
+    _write_artifact(cfg, output, features_uri, options, model_config, weights, records)
+    return {"output": output, "stages": records}
 
 
-def _run_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, weights: bytes | None,
-               features: dict, output: str) -> tuple[bytes, dict[str, Any]]:
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from safetensors.torch import load_file, save, save_file
+@dataclasses.dataclass
+class StagePlan:
+    """One stage, ready to train: its pairs split by id, the model it starts from, where it is saved."""
 
+    index: int
+    label: str                        # e.g. 2-audio-text
+    stage: StageConfig
+    names: list[str]                  # modalities in each batch
+    train: dict[str, np.ndarray]      # modality -> (N, K, D) features of the training ids
+    val: dict[str, np.ndarray]
+    new_modalities: dict[str, tuple[int, int]]   # modality -> (K, D) added to the model by this stage
+    entry_model: dict[str, Any]       # ModelConfig (as a dict) of the model the stage starts from
+    batch_size: int
+    fingerprint: dict[str, Any]       # what the stage's result depends on: a saved stage is reused only if it matches
+    folder: str
+
+    def finished(self) -> bool:
+        done = os.path.join(self.folder, "stage.json")
+        return os.path.exists(done) and read_json(done)["fingerprint"] == self.fingerprint
+
+    def load(self) -> tuple[bytes, dict[str, Any]]:
+        with open(os.path.join(self.folder, "model.safetensors"), "rb") as fh:
+            return fh.read(), read_json(os.path.join(self.folder, "stage.json"))["record"]
+
+    def worker_config(self, seed: int) -> dict[str, Any]:
+        """What the training loop needs of this stage (``init_weights`` is added there)."""
+        return {"stage": self.stage.model_dump(mode="json"), "stage_index": self.index, "seed": seed,
+                "model_config": self.entry_model, "new_modalities": self.new_modalities,
+                "batch_size": self.batch_size, "key": str(self.index + 1)}
+
+    def pairs(self, part: str) -> int:
+        return len(getattr(self, part)[self.names[0]])
+
+
+def _plan_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, features: dict, output: str) -> StagePlan:
     stage = cfg.stages[index]
     label = f"{index + 1}-{stage.new}-{stage.anchor}"
-    folder = os.path.join(output, "stages", label)
     names = [n for n in (stage.new, stage.anchor, stage.third) if n]
     ids, arrays = join(features, names)
     (train_ids, train), (val_ids, val) = split(ids, arrays, cfg.val_fraction, cfg.seed)
     shapes = {n: tuple(arrays[n].shape[1:]) for n in names}
     new_modalities = {n: shapes[n] for n in ([stage.new] if index else [stage.new, stage.anchor])}
-    fingerprint = {"stage": stage.model_dump(mode="json"), "seed": cfg.seed, "pairs": len(ids),
-                   "model": dataclasses.asdict(model_config), "val_ids": len(val_ids)}
-    done = os.path.join(folder, "stage.json")
-    if os.path.exists(done) and read_json(done)["fingerprint"] == fingerprint:
-        log.info("stage %s already trained: %s", label, folder)
-        _grow(model_config, new_modalities)
-        record = read_json(done)["record"]
-        return save(load_file(os.path.join(folder, "model.safetensors"))), record
-    workers = cfg.workers
-    batch = min(stage.batch_size, len(train_ids) // workers)
+    entry_model = dataclasses.asdict(model_config)
+    batch = min(stage.batch_size, len(train_ids) // cfg.workers)
     if batch < 2:
-        raise ConfigError(f"stage {label}: {len(train_ids)} training pairs for {workers} worker(s): expected at least 2 per worker")
-    log.info("stage %s: %d pairs (%d train, %d val), batch %d x %d worker(s), %d epochs",
-             label, len(ids), len(train_ids), len(val_ids), batch, workers, stage.epochs)
-    to_ds = lambda part: _quiet(ray.data.from_arrow(pa.table({n: _tensor(part[n]) for n in names})))  # noqa: E731
+        raise ConfigError(f"stage {label}: {len(train_ids)} training pairs for {cfg.workers} worker(s): expected at least 2 per worker")
+    fingerprint = {"stage": stage.model_dump(mode="json"), "seed": cfg.seed, "pairs": len(ids),
+                   "model": entry_model, "val_ids": len(val_ids)}
+    return StagePlan(index, label, stage, names, train, val, new_modalities, entry_model, batch, fingerprint,
+                     os.path.join(output, "stages", label))
+
+
+def _fit(cfg: TrainConfig, todo: list[StagePlan], weights: bytes | None, output: str) -> tuple[bytes, list[dict[str, Any]]]:
+    """Train ``todo`` as one TorchTrainer run; save each stage's best weights and record; return the last weights."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    datasets = {}
+    for plan in todo:
+        log.info("stage %s: %d pairs (%d train, %d val), batch %d x %d worker(s), %d epochs", plan.label,
+                 plan.pairs("train") + plan.pairs("val"), plan.pairs("train"), plan.pairs("val"), plan.batch_size,
+                 cfg.workers, plan.stage.epochs)
+        for part in ("train", "val"):
+            table = pa.table({n: _tensor(getattr(plan, part)[n]) for n in plan.names})
+            datasets[f"{part}-{plan.index + 1}"] = _quiet(ray.data.from_arrow(table))
+    # a rerun with the same stages and settings finds this run's checkpoints and resumes; other settings start afresh
+    digest = hashlib.sha1(json.dumps([RUN_FORMAT] + [p.fingerprint for p in todo], sort_keys=True).encode()).hexdigest()[:10]
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"stage": stage.model_dump(mode="json"), "stage_index": index, "seed": cfg.seed,
-                           "model_config": dataclasses.asdict(model_config), "init_weights": weights,
-                           "new_modalities": new_modalities, "batch_size": batch,
+        train_loop_config={"stages": [p.worker_config(cfg.seed) for p in todo], "init_weights": weights,
                            "threads": max(1, int(cfg.cpus_per_worker))},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.use_gpu,
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        run_config=RunConfig(name=f"stage-{label}", storage_path=os.path.join(output, "_ray"),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
-                                                                checkpoint_score_attribute=SELECTION_METRIC,
-                                                                checkpoint_score_order=SELECTION_ORDER),
+        run_config=RunConfig(name=f"stages-{todo[0].index + 1}-{todo[-1].index + 1}-{digest}",
+                             storage_path=os.path.join(output, "_ray"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)),
-        datasets={"train": to_ds(train), "val": to_ds(val)},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=[k for k in datasets if k.startswith("train-")]),
     )
-    started = time.time()
     result = trainer.fit()
-    best = result.get_best_checkpoint(SELECTION_METRIC, SELECTION_ORDER) or result.checkpoint
-    with best.as_directory() as ckpt:
-        pair = load_file(os.path.join(ckpt, "pair.safetensors"))
-        state = read_json(os.path.join(ckpt, "state.json"))
-    model_state = {k[len("model."):]: v for k, v in pair.items() if k.startswith("model.")}
-    os.makedirs(folder, exist_ok=True)
-    save_file(model_state, os.path.join(folder, "model.safetensors"))
-    history = _full_history(result, state)
-    record = {"stage": label, "new": stage.new, "anchor": stage.anchor, "epochs_run": len(history),
-              "best_epoch": state["epoch"] + 1, "best": state["history"][-1], "history": history,
-              "train_pairs": len(train_ids), "val_pairs": len(val_ids), "seconds": round(time.time() - started, 1)}
-    write_json(done, {"fingerprint": fingerprint, "record": record})
-    _grow(model_config, new_modalities)
-    return save(model_state), record
+    with result.checkpoint.as_directory() as ckpt:
+        finished = read_json(os.path.join(ckpt, "state.json"))["finished"]
+        blobs = []
+        for i in range(len(finished)):
+            with open(os.path.join(ckpt, f"finished-{i}.safetensors"), "rb") as fh:
+                blobs.append(fh.read())
+    if len(finished) != len(todo):
+        raise RuntimeError(f"training ended after {len(finished)} of {len(todo)} stages (latest checkpoint: {result.checkpoint})")
+    return blobs[-1], [_save_stage(plan, done, blob) for plan, done, blob in zip(todo, finished, blobs)]
 
 
-def _full_history(result, best_state: dict) -> list[dict[str, float]]:
-    """Per-epoch metrics of the stage (from the latest checkpoint, which holds the whole history)."""
-    latest = result.checkpoint
-    if latest is None:
-        return best_state["history"]
-    with latest.as_directory() as ckpt:
-        return read_json(os.path.join(ckpt, "state.json"))["history"]
+def _save_stage(plan: StagePlan, done: dict[str, Any], weights: bytes) -> dict[str, Any]:
+    """Write the stage's best weights and its record (with the fingerprint that lets a rerun reuse it)."""
+    history, best = done["history"], done["best_epoch"]
+    record = {"stage": plan.label, "new": plan.stage.new, "anchor": plan.stage.anchor, "epochs_run": len(history),
+              "best_epoch": best + 1, "best": history[best], "history": history, "train_pairs": plan.pairs("train"),
+              "val_pairs": plan.pairs("val"), "seconds": done["seconds"]}
+    os.makedirs(plan.folder, exist_ok=True)
+    with open(os.path.join(plan.folder, "model.safetensors"), "wb") as fh:
+        fh.write(weights)
+    write_json(os.path.join(plan.folder, "stage.json"), {"fingerprint": plan.fingerprint, "record": record})
+    return record
 
 
 def _grow(model_config: ModelConfig, new_modalities: dict[str, tuple[int, int]]) -> None:

@@ -72,8 +72,8 @@ class TrainConfig(StrictModel):
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP).")
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs per worker.")
-    max_failures: int = Field(1, ge=0, description="Worker failures survived per stage (restart from the last checkpoint).")
-    keep_checkpoints: int | None = Field(3, ge=1, description="Epoch checkpoints kept per stage (the best by validation loss); null = all.")
+    max_failures: int = Field(1, ge=0, description="Worker failures survived per run (each restarts from the last checkpoint).")
+    keep_checkpoints: int | None = Field(3, ge=1, description="Latest epoch checkpoints kept (each holds the best weights so far of every stage); null = all.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access for the feature store.")
 
     @field_validator("stages", mode="before")

@@ -1,9 +1,11 @@
-"""The per-worker training loop of one curriculum stage (runs inside Ray Train workers)."""
+"""The per-worker training loop of a curriculum run (inside Ray Train workers): its stages one after another."""
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+import time
 from typing import Any
 
 import torch
@@ -54,10 +56,14 @@ def build_stage_model(config: dict[str, Any]) -> tuple[OneEncoder, StageConfig, 
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Train one stage; report per-epoch metrics and a checkpoint; resume from the latest checkpoint."""
+    """Train the run's stages in order, each from the previous stage's best weights.
+
+    ``config["stages"]`` holds one plan per stage (``build_stage_model``'s keys plus ``batch_size`` and
+    ``key``, the suffix of its ``train-``/``val-`` datasets). Every epoch reports its metrics and a
+    checkpoint (see ``RunState``); a restarted worker group resumes from the latest one, mid-stage.
+    """
     import ray.train
-    from ray.train import Checkpoint
-    from ray.train.torch import prepare_model
+    from safetensors.torch import save
 
     from pipeline.runtime import setup_logging
 
@@ -65,55 +71,153 @@ def train_loop(config: dict[str, Any]) -> None:
     # one line per epoch is ours: not Ray's per-report and per-checkpoint lines (model wrapping etc. stay)
     for name in ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(config["threads"])
-    model, stage, parts = build_stage_model(config)
+    run = RunState.restore(ray.train.get_checkpoint())
+    entry = config["init_weights"]
+    for position, plan in enumerate(config["stages"]):  # the run's stages (finished ones before it are skipped)
+        if position < len(run.finished):
+            entry = run.finished_weights[position]
+            continue
+        started = time.time()
+        best = _train_stage({**plan, "init_weights": entry}, run)
+        entry = save(best)
+        run.finish_stage(entry, round(time.time() - started, 1))
+    # a last checkpoint that holds every stage's result (the epoch checkpoints lack the last stage's)
+    run.report({"stages_finished": len(run.finished)}, ray.train.get_context().get_world_rank())
+
+
+def _train_stage(plan: dict[str, Any], run: "RunState") -> dict[str, torch.Tensor]:
+    """Run (or resume) one stage's epochs; return the model state of its best epoch."""
+    import ray.train
+    from ray.train.torch import prepare_model
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    model, stage, parts = build_stage_model(plan)
     pair = StagePair(model, ContrastiveLoss(LossConfig(**stage.loss.model_dump())), stage)
-    params = [p for p in pair.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=stage.learning_rate(config["stage_index"]), weight_decay=stage.weight_decay)
-    start, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            load_weights(pair, os.path.join(folder, "pair.safetensors"))
-            load_optimizer(opt, folder)
-            state = read_json(os.path.join(folder, "state.json"))
-        start, history = state["epoch"] + 1, state["history"]
-        log.info("stage %s:%s resumes after epoch %d", stage.new, stage.anchor, state["epoch"] + 1)
+    lr = stage.learning_rate(plan["stage_index"])
+    opt = torch.optim.AdamW([p for p in pair.parameters() if p.requires_grad], lr=lr, weight_decay=stage.weight_decay)
+    if run.resume_into(pair, opt):
+        log.info("stage %s:%s resumes after epoch %d", stage.new, stage.anchor, run.epoch + 1)
     elif rank == 0:
         log.info("stage %s:%s: %d trainable parameters (model) + 1 (temperature), lr %g", stage.new, stage.anchor,
-                 count_trainable(model), stage.learning_rate(config["stage_index"]))
-    ddp = prepare_model(pair, parallel_strategy="ddp") if ray.train.get_context().get_world_size() > 1 else pair
+                 count_trainable(model), lr)
+    ddp = prepare_model(pair, parallel_strategy="ddp") if context.get_world_size() > 1 else pair
     names = [n for n in (stage.new, stage.anchor, stage.third) if n]
-    val = _materialize(ray.train.get_dataset_shard("val"), names)
-    train = ray.train.get_dataset_shard("train")
+    val = _materialize(ray.train.get_dataset_shard(f"val-{plan['key']}"), names)
+    train = ray.train.get_dataset_shard(f"train-{plan['key']}")
+    start = run.epoch + 1
     for epoch in range(start, stage.epochs):
+        if stage.patience and run.history and _epochs_since_best(run.history) >= stage.patience:
+            break  # resumed after the epoch that stopped the stage early
         pair.train()
         set_modes(model, parts)
         losses = []
-        for batch in train.iter_torch_batches(batch_size=config["batch_size"], dtypes=torch.float32, drop_last=True,
-                                              local_shuffle_buffer_size=16 * config["batch_size"],  # near-uniform shuffle of small stores
-                                              local_shuffle_seed=config["seed"] + epoch):
+        for batch in train.iter_torch_batches(batch_size=plan["batch_size"], dtypes=torch.float32, drop_last=True,
+                                              local_shuffle_buffer_size=16 * plan["batch_size"],  # near-uniform shuffle of small stores
+                                              local_shuffle_seed=plan["seed"] + epoch):
             terms = ddp({n: batch[n] for n in names})
             opt.zero_grad()
             terms["loss"].backward()
             opt.step()
             losses.append(float(terms["loss"].detach()))
         metrics = _validate(pair, stage, val)
-        metrics.update({"epoch": epoch + 1, "loss": sum(losses) / max(len(losses), 1),
+        metrics.update({"stage": plan["stage_index"] + 1, "epoch": epoch + 1, "loss": sum(losses) / max(len(losses), 1),
                         "temperature": float(pair.loss.temperature.detach()),
-                        "resumed_after_epoch": start})  # 0 for a fresh run; > 0 after a restart from a checkpoint
-        history.append(metrics)
+                        "resumed_after_epoch": start})  # 0 for a fresh stage; > 0 after a restart from a checkpoint
         if rank == 0:
             log.info("stage %s:%s epoch %d/%d loss %.4f val loss %.4f temperature %.4f val recall@1 %.3f",
                      stage.new, stage.anchor, epoch + 1, stage.epochs, metrics["loss"], metrics["val/loss"],
                      metrics["temperature"], metrics["val/recall@1"])
-        _report(pair, opt, epoch, history, metrics, rank, Checkpoint)
-        if stage.patience and _epochs_since_best(history) >= stage.patience:
+        run.end_epoch(epoch, metrics, model)
+        run.report(metrics, rank, pair, opt)
+        if stage.patience and _epochs_since_best(run.history) >= stage.patience:
             if rank == 0:
                 log.info("stage %s:%s: early stop, no better %s for %d epochs", stage.new, stage.anchor,
                          SELECTION_METRIC, stage.patience)
             break
+    return run.best_state
+
+
+class RunState:
+    """Where a multi-stage run is, as saved in every checkpoint and restored after a restart.
+
+    Checkpoint folder: ``state.json`` (stage position, epoch, this stage's history and best epoch, the
+    records of finished stages), ``pair.safetensors`` + ``optimizer.*`` (this stage's current weights and
+    optimizer), ``best.safetensors`` (this stage's best model weights so far) and
+    ``finished-<i>.safetensors`` (each finished stage's best model weights).
+    """
+
+    def __init__(self) -> None:
+        self.epoch, self.history, self.best_epoch = -1, [], -1
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.finished: list[dict[str, Any]] = []      # per finished stage: best_epoch, history, seconds
+        self.finished_weights: list[bytes] = []      # per finished stage: its best model weights (safetensors)
+        self._folder: str | None = None               # the restored checkpoint, read by resume_into
+
+    @classmethod
+    def restore(cls, checkpoint) -> "RunState":
+        from safetensors.torch import load_file
+
+        run = cls()
+        if checkpoint is None:
+            return run
+        run._folder = checkpoint.to_directory()
+        state = read_json(os.path.join(run._folder, "state.json"))
+        run.epoch, run.history, run.best_epoch, run.finished = state["epoch"], state["history"], state["best_epoch"], state["finished"]
+        for i in range(len(run.finished)):
+            with open(os.path.join(run._folder, f"finished-{i}.safetensors"), "rb") as fh:
+                run.finished_weights.append(fh.read())
+        if run.epoch >= 0:
+            run.best_state = load_file(os.path.join(run._folder, "best.safetensors"))
+        return run
+
+    def resume_into(self, pair: StagePair, opt: torch.optim.Optimizer) -> bool:
+        """Load the checkpoint's weights and optimizer into the current stage, if it stopped mid-stage."""
+        if self._folder is None or self.epoch < 0:
+            return False
+        load_weights(pair, os.path.join(self._folder, "pair.safetensors"))
+        load_optimizer(opt, self._folder)
+        shutil.rmtree(self._folder, ignore_errors=True)  # a local copy made by restore()
+        self._folder = None
+        return True
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float], model: OneEncoder) -> None:
+        self.epoch = epoch
+        self.history.append(metrics)
+        if _epochs_since_best(self.history) == 0:
+            self.best_epoch = epoch
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def finish_stage(self, weights: bytes, seconds: float) -> None:
+        self.finished.append({"best_epoch": self.best_epoch, "history": self.history, "seconds": seconds})
+        self.finished_weights.append(weights)
+        self.epoch, self.history, self.best_epoch, self.best_state, self._folder = -1, [], -1, {}, None
+
+    def report(self, metrics: dict[str, float], rank: int, pair: StagePair | None = None,
+               opt: torch.optim.Optimizer | None = None) -> None:
+        """Report metrics from every rank; rank 0 attaches the checkpoint (DDP ranks hold the same weights).
+
+        Without ``pair`` (between or after stages) the checkpoint holds only the finished stages.
+        """
+        import ray.train
+        from ray.train import Checkpoint
+        from safetensors.torch import save_file
+
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            if pair is not None:
+                save_weights(pair, os.path.join(folder, "pair.safetensors"))
+                save_optimizer(opt, folder)
+                save_file(self.best_state, os.path.join(folder, "best.safetensors"))
+            for i, weights in enumerate(self.finished_weights):
+                with open(os.path.join(folder, f"finished-{i}.safetensors"), "wb") as fh:
+                    fh.write(weights)
+            write_json(os.path.join(folder, "state.json"), {"epoch": self.epoch, "history": self.history,
+                                                            "best_epoch": self.best_epoch, "finished": self.finished})
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
 
 def _materialize(shard, names: list[str]) -> dict[str, torch.Tensor]:
@@ -136,19 +240,6 @@ def _validate(pair: StagePair, stage: StageConfig, val: dict[str, torch.Tensor])
                                + metrics[f"val/{stage.anchor}->{stage.new}/recall@1"]) / 2
     metrics["val/loss"] = loss
     return metrics
-
-
-def _report(pair, opt, epoch, history, metrics, rank, checkpoint_cls) -> None:
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as folder:
-        if rank == 0:
-            save_weights(pair, os.path.join(folder, "pair.safetensors"))
-            save_optimizer(opt, folder)
-            write_json(os.path.join(folder, "state.json"), {"epoch": epoch, "history": history})
-            ray.train.report(metrics, checkpoint=checkpoint_cls.from_directory(folder))
-        else:
-            ray.train.report(metrics)
 
 
 def _epochs_since_best(history: list[dict[str, float]]) -> int:

@@ -164,6 +164,26 @@ def _train_worker_pids():
     return pids
 
 
+def _wait_for_checkpoint(output: str, stages_finished: int, timeout_s: float = 300, alive=lambda: True) -> None:
+    """Until a registered epoch checkpoint of the run under ``output`` has ``stages_finished`` stages behind it."""
+    import glob
+    import json
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and alive():
+        if glob.glob(os.path.join(output, "_ray", "*", "checkpoint_manager_snapshot.json")):
+            for path in glob.glob(os.path.join(output, "_ray", "*", "checkpoint_*", "state.json")):
+                try:
+                    with open(path) as fh:
+                        state = json.load(fh)
+                except (OSError, ValueError):  # still being written
+                    continue
+                if len(state["finished"]) == stages_finished and state["epoch"] >= 0:
+                    return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint with {stages_finished} finished stage(s) under {output}")
+
+
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, feature_store, tmp_path):
     output = str(tmp_path / "model")
     cfg = load_train_config(None, epochs=4, features=feature_store, output=output, stages="image:text",
@@ -171,11 +191,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, feature_s
     result = {}
     thread = threading.Thread(target=lambda: result.update(run_train(cfg)))
     thread.start()
-    run_dir = os.path.join(output, "_ray", "stage-1-image-text")
-    snapshot = os.path.join(run_dir, "checkpoint_manager_snapshot.json")
-    deadline = time.time() + 300
-    while time.time() < deadline and not os.path.exists(snapshot):  # a checkpoint is registered
-        time.sleep(0.05)
+    _wait_for_checkpoint(output, 0)
     victims = _train_worker_pids()
     assert victims, "no training worker found"
     for pid in victims:
@@ -187,19 +203,18 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, feature_s
     assert _worker_logs_mention("stage image:text resumes after epoch"), "the restarted worker did not load a checkpoint"
 
 
-def test_a_rerun_after_a_killed_driver_resumes_mid_stage(ray_session, feature_store, tmp_path):
+def test_a_rerun_after_a_killed_driver_resumes_mid_curriculum(ray_session, feature_store, tmp_path, caplog):
+    """The driver dies in stage 2: the rerun keeps stage 1 as trained and resumes stage 2 after its checkpoint."""
     output = tmp_path / "model"
     config = tmp_path / "train.yaml"
-    config.write_text(f"val_fraction: {VAL_FRACTION}\nkeep_checkpoints: null\n")
-    argv = ["--features", feature_store, "--output", str(output), "--stages", "image:text", "--epochs", "4",
-            "--config", str(config)]
+    config.write_text(f"val_fraction: {VAL_FRACTION}\nkeep_checkpoints: null\nstages:\n"
+                      "  - {new: image, anchor: text, epochs: 2}\n"
+                      "  - {new: audio, anchor: text, epochs: 8}\n")  # a wide window to kill the driver in stage 2
+    argv = ["--features", feature_store, "--output", str(output), "--config", str(config)]
     env = {**os.environ, "RAY_ADDRESS": ray_session}
     proc = subprocess.Popen([sys.executable, "-m", "jobs.train", *argv], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    snapshot = output / "_ray" / "stage-1-image-text" / "checkpoint_manager_snapshot.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not snapshot.exists() and proc.poll() is None:
-        time.sleep(0.05)
+    _wait_for_checkpoint(str(output), 1, alive=lambda: proc.poll() is None)
     assert proc.poll() is None, "the job ended before it could be killed"
     proc.kill()  # SIGKILL: no clean-up in the driver; Ray then stops the job's controller and workers
     proc.wait()
@@ -207,11 +222,18 @@ def test_a_rerun_after_a_killed_driver_resumes_mid_stage(ray_session, feature_st
     while time.time() < deadline and _train_worker_pids():
         time.sleep(0.2)
     assert not (output / "stages" / "1-image-text" / "stage.json").exists()
-    result = run_train(load_train_config(str(config), features=feature_store, output=str(output), stages="image:text",
-                                         epochs=4))
-    history = result["stages"][0]["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-    assert history[-1]["resumed_after_epoch"] >= 1, "the rerun started over instead of resuming"
+    result = run_train(load_train_config(str(config), features=feature_store, output=str(output)))
+    first, second = (s["history"] for s in result["stages"])
+    assert [h["epoch"] for h in first] == [1, 2] and {h["resumed_after_epoch"] for h in first} == {0}
+    assert [h["epoch"] for h in second] == list(range(1, 9))
+    assert second[-1]["resumed_after_epoch"] >= 1, "the rerun started stage 2 over instead of resuming it"
+    # stage 1 changed: stage 2 was aligned to the old stage 1, so it is trained again too
+    caplog.set_level("INFO", logger="pipeline.train")
+    changed = run_train(load_train_config(str(config), features=feature_store, output=str(output), stages=[
+        {"new": "image", "anchor": "text", "epochs": 1}, {"new": "audio", "anchor": "text", "epochs": 8}]))
+    assert "already trained" not in caplog.text
+    assert [s["epochs_run"] for s in changed["stages"]] == [1, 8]
+    assert changed["stages"][1]["history"] != result["stages"][1]["history"]
 
 
 def _worker_logs_mention(text: str) -> bool:
