@@ -126,7 +126,7 @@ def read_yaml_mapping(path: str) -> dict[str, Any]:
     return loaded or {}
 
 
-def load_config(model: type[BaseModel], path: str | None = None, **overrides: Any) -> Any:
+def load_config(model: type[BaseModel], path: str | None = None, /, **overrides: Any) -> Any:
     """Read a YAML config (optional), apply non-None ``overrides`` (CLI flags), validate once as ``model``.
 
     Raises ConfigError naming the field, the bad value and what was expected.
