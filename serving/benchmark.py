@@ -101,6 +101,10 @@ def benchmark_serve(workdir: str, preset: str = "paper", levels: tuple[int, ...]
     from serving.app import build_application
     from serving.local import deploy
 
+    running = sorted(serve.status().applications)
+    if running:  # it would replace or lose them: the benchmark owns Serve's HTTP port and shuts Serve down at the end
+        raise RuntimeError(f"Serve is already running application(s) {', '.join(running)} on this cluster; the "
+                           "benchmark needs Serve to itself (stop them with `serve shutdown`, or use another cluster)")
     model_dir = write_untrained_artifact(os.path.join(workdir, "model"), preset)
     texts = [f"a photo of item number {i} in the benchmark" for i in range(requests_n)]
     inputs = {"text": texts, "image": [_png_data_uri()]}

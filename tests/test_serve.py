@@ -6,9 +6,14 @@ import base64
 import concurrent.futures as futures
 import http.server
 import io
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -75,20 +80,41 @@ def media_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(ray_session, trained, feature_store, tmp_path_factory):
+    """The README's command, `oneencoder serve --config F --port P`, as its own driver on the session's Ray."""
     from ray import serve
 
-    from serving.local import deploy, prepare
-
     tmp = str(tmp_path_factory.mktemp("serve"))
-    os.environ["ONEENCODER_TEST_KEY"] = TOKEN
     gateway = {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"ONEENCODER_TEST_KEY": TOKEN}}}}
     path = _config(tmp, "serve.yaml", {"model": trained[0], "features": feature_store, "api_key_env": "ONEENCODER_TEST_KEY",
                                        "limits": LIMITS, "remote": {"enabled": True, "allow_hosts": ["127.0.0.1"]}},
                    {"Gateway": gateway, "encoder-text": {}, "encoder-image": {}, "encoder-audio": {}, "encoder-video": {}})
-    app, http_options = prepare(path)
-    url = deploy(app, http_options, port=_free_port())
-    yield url, trained[0]
-    serve.shutdown()
+    port = _free_port()
+    command = [os.path.join(os.path.dirname(sys.executable), "oneencoder"), "serve", "--config", path, "--port", str(port)]
+    proc = subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_session, "ONEENCODER_TEST_KEY": TOKEN}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def drain() -> None:  # keep the pipe flowing; note when the command says it is serving
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving http://"):
+                ready.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 600
+        while not ready.wait(1):
+            assert proc.poll() is None and time.monotonic() < deadline, "oneencoder serve did not start:\n" + "".join(lines[-40:])
+        assert f"serving http://127.0.0.1:{port}" in "".join(lines)
+        yield f"http://127.0.0.1:{port}", trained[0]
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, as the README says: the command shuts Serve down and exits
+        assert proc.wait(120) == 0, "".join(lines[-40:])
+        assert "shutting down" in "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        serve.shutdown()
 
 
 def _post(url: str, body, path: str = "/v1/embeddings", token: str | None = TOKEN, **kw) -> requests.Response:
@@ -132,6 +158,35 @@ def test_health_and_models(served):
     (model,) = models["data"]
     assert model["id"] == "oneencoder" and model["object"] == "model" and model["dimensions"] == 256
     assert sorted(model["modalities"]) == ["audio", "image", "text", "video"]
+
+
+def _readme_commands(prefix: str) -> list[str]:
+    """The README's shell commands starting with ``prefix``, continuation lines joined."""
+    readme = open(os.path.join(os.path.dirname(SHIPPED_CONFIG), "..", "README.md"), encoding="utf-8").read()
+    commands = []
+    for block in readme.split("```bash\n")[1:]:
+        joined = block.split("```")[0].replace("\\\n", " ")
+        commands += [line.strip() for line in joined.splitlines() if line.strip().startswith(prefix)]
+    return commands
+
+
+def test_readme_curl_commands(served, local_model, tmp_path):
+    """The README's curl lines, run by bash as written (this app wants a token: one header is added)."""
+    url, _ = served
+    (tmp_path / "red.png").write_bytes(png_bytes((64, 48), (220, 20, 20)))
+    embed_cmd, search_cmd = _readme_commands("curl -s localhost:8000/v1/")
+    outputs = []
+    for command in (embed_cmd, search_cmd):
+        command = command.replace("curl -s localhost:8000", f"curl -s -H 'Authorization: Bearer {TOKEN}' {url}", 1)
+        proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(json.loads(proc.stdout))
+    embedded, found = outputs
+    assert [d["modality"] for d in embedded["data"]] == ["text", "image"]
+    np.testing.assert_allclose(embedded["data"][0]["embedding"], local_model.embed(["a red circle"], "text")[0], atol=1e-4)
+    np.testing.assert_allclose(embedded["data"][1]["embedding"],
+                               local_model.embed([(tmp_path / "red.png").read_bytes()], "image")[0], atol=1e-4)
+    assert len(found["data"]) == 5 and {hit["modality"] for hit in found["data"]} == {"image"}
 
 
 def test_openai_client_round_trip(served, local_model):
