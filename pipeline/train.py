@@ -51,25 +51,39 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     os.makedirs(os.path.join(output, "stages"), exist_ok=True)
-    m = cfg.model
-    model_config = ModelConfig(d=m.d, layers=m.layers, heads=m.heads, ff=m.ff, dropout=m.dropout)
+    plans, model_config = plan_curriculum(cfg, features, output)
+    reuse = reusable_stages(plans)
     weights: bytes | None = None
     records: list[dict[str, Any]] = []
-    todo: list[StagePlan] = []
-    for index in range(len(cfg.stages)):
-        plan = _plan_stage(cfg, index, model_config, features, output)
-        if not todo and plan.finished():
-            log.info("stage %s already trained: %s", plan.label, plan.folder)
-            weights, record = plan.load()
-            records.append(record)
-        else:
-            todo.append(plan)
-        _grow(model_config, plan.new_modalities)
-    if todo:
-        weights, trained = _fit(cfg, todo, weights, output)
+    for plan in plans[:reuse]:
+        log.info("stage %s already trained: %s", plan.label, plan.folder)
+        weights, record = plan.load()
+        records.append(record)
+    if reuse < len(plans):
+        weights, trained = _fit(cfg, plans[reuse:], weights, output)
         records += trained
     _write_artifact(cfg, output, features_uri, options, model_config, weights, records)
     return {"output": output, "stages": records}
+
+
+def plan_curriculum(cfg: TrainConfig, features: dict, output: str) -> tuple[list["StagePlan"], ModelConfig]:
+    """One plan per stage, and the config of the model after the last stage."""
+    m = cfg.model
+    model_config = ModelConfig(d=m.d, layers=m.layers, heads=m.heads, ff=m.ff, dropout=m.dropout)
+    plans = []
+    for index in range(len(cfg.stages)):
+        plans.append(_plan_stage(cfg, index, model_config, features, output))
+        _grow(model_config, plans[-1].new_modalities)
+    return plans, model_config
+
+
+def reusable_stages(plans: list["StagePlan"]) -> int:
+    """How many leading stages are loaded instead of trained: each saved with the same settings, and every
+    stage before it too (a later stage was aligned to the earlier ones as they were then)."""
+    count = 0
+    while count < len(plans) and plans[count].finished():
+        count += 1
+    return count
 
 
 @dataclasses.dataclass

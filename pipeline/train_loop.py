@@ -162,7 +162,7 @@ class RunState:
         run = cls()
         if checkpoint is None:
             return run
-        run._folder = checkpoint.to_directory()
+        run._folder = checkpoint.to_directory(tempfile.mkdtemp(prefix="oneencoder-resume-"))  # own copy per worker
         state = read_json(os.path.join(run._folder, "state.json"))
         run.epoch, run.history, run.best_epoch, run.finished = state["epoch"], state["history"], state["best_epoch"], state["finished"]
         for i in range(len(run.finished)):
@@ -170,6 +170,9 @@ class RunState:
                 run.finished_weights.append(fh.read())
         if run.epoch >= 0:
             run.best_state = load_file(os.path.join(run._folder, "best.safetensors"))
+        else:  # saved between stages: nothing left for resume_into
+            shutil.rmtree(run._folder, ignore_errors=True)
+            run._folder = None
         return run
 
     def resume_into(self, pair: StagePair, opt: torch.optim.Optimizer) -> bool:

@@ -50,17 +50,6 @@ def markers(out):
     return sorted(n for n in os.listdir(folder) if n.startswith("shard-")) if os.path.isdir(folder) else []
 
 
-def interrupt_after_first_commit(cmd, env, sig):
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = cmd[cmd.index("--output") + 1]
-    deadline = time.time() + 240
-    while not markers(out) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    log = proc.communicate(timeout=120)[0]
-    return proc.returncode, log
-
-
 def assert_complete_without_duplicates(out):
     ids = read_features(out, "audio").column("id").to_pylist() + read_errors(out).column("id").to_pylist()
     assert sorted(ids) == sorted(f"a{i}" for i in range(ITEMS))
@@ -71,19 +60,36 @@ def shard_mtimes(out):
     return {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed-driver", "ctrl-c"])
-def test_interrupted_job_resumes_without_redoing_or_duplicating(ray_session, slow_audio, tmp_path, sig):
+def interrupt_after_more_commits(cmd, env, sig, done_before: int) -> tuple[int, str]:
+    """Start the job, send ``sig`` once it has committed a shard beyond ``done_before``; its exit code and log."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = cmd[cmd.index("--output") + 1]
+    deadline = time.time() + 240
+    while len(markers(out)) <= done_before and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    log = proc.communicate(timeout=120)[0]
+    return proc.returncode, log
+
+
+def test_interrupted_job_resumes_without_redoing_or_duplicating(ray_session, slow_audio, tmp_path):
+    """Ctrl-C, then SIGKILL on the rerun, then a rerun to the end: each run keeps what the last committed."""
     manifest, config = slow_audio
     out = str(tmp_path / "out")
     env = {**os.environ, "RAY_ADDRESS": ray_session}
-    code, log = interrupt_after_first_commit(embed_cmd(manifest, config, out), env, sig)
-    assert code != 0, log
-    done_before = markers(out)
-    assert 0 < len(done_before) < ITEMS // 2, log
+    done_before = 0
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        code, log = interrupt_after_more_commits(embed_cmd(manifest, config, out), env, sig, done_before)
+        assert code != 0, log
+        done = markers(out)
+        assert done_before < len(done) < ITEMS // 2, (signal.Signals(sig).name, log)
+        if done_before:
+            assert f"{done_before} shards already committed" in log  # the rerun resumed, then was killed
+        done_before = len(done)
     before = shard_mtimes(out)
     rerun = subprocess.run(embed_cmd(manifest, config, out), env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert f"{len(done_before)} shards already committed" in rerun.stderr
+    assert f"{done_before} shards already committed" in rerun.stderr
     assert_complete_without_duplicates(out)
     after = shard_mtimes(out)
     assert all(after[name] == mtime for name, mtime in before.items()), "committed shards were rewritten"
