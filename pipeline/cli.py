@@ -5,7 +5,8 @@ import argparse
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `oneencoder` command line: one sub-command per job (each job's own flags)."""
     from jobs import embed as embed_job
     from jobs import evaluate as evaluate_job
     from jobs import serve as serve_job
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("--address", default=None, help="the cluster's job API, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
     submit.add_argument("--config", help="the job's YAML config, inside this project (uploaded as the working dir)")
     submit.add_argument("--no-follow", action="store_true", help="return after submitting instead of following the logs")
-    submit.add_argument("args", nargs="*", help="after --: more arguments for the job")
+    submit.epilog = "Arguments after -- go to the job, e.g. `oneencoder submit embed --address URL -- --input s3://...`."
     sample = sub.add_parser("sample-corpus", help="write a small generated paired corpus and its manifest")
     sample.add_argument("dest", help="folder to write")
     sample.add_argument("--n", type=int, default=24, help="number of samples (default 24)")
@@ -33,7 +34,33 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --workdir (default: resume it)")
     reference = sub.add_parser("config-reference", help="print every config field with its default and meaning")
     reference.add_argument("job", nargs="?", choices=sorted(CONFIGS), help="one job's config (default: all)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_command_line(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse ``argv``; for `submit`, everything after the first `--` is kept, unparsed, in ``args.args``.
+
+    (argparse cannot take a trailing free-form list after a sub-command's options itself.)
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if argv[:1] == ["submit"] and "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    args = (parser or build_parser()).parse_args(argv)
+    if args.command == "submit":
+        args.args = extra
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs import embed as embed_job
+    from jobs import evaluate as evaluate_job
+    from jobs import serve as serve_job
+    from jobs import train as train_job
+
+    parser = build_parser()
+    args = parse_command_line(argv, parser)
     if args.command == "embed":
         return embed_job.run(args)
     if args.command == "evaluate":

@@ -139,3 +139,7 @@ def test_submit_refuses_what_cannot_run(tmp_path):
     from pipeline.cli import main
 
     assert main(["submit", "embed", "--address", "http://127.0.0.1:9", "--config", "/etc/hostname"]) == 2
+    from pipeline.cli import parse_command_line
+
+    args = parse_command_line(["submit", "embed", "--address", "http://HEAD:8265", "--", "--input", "s3://b/m.jsonl"])
+    assert (args.job, args.address, args.args) == ("embed", "http://HEAD:8265", ["--input", "s3://b/m.jsonl"])
