@@ -199,8 +199,9 @@ def _grow(model_config: ModelConfig, new_modalities: dict[str, tuple[int, int]])
 
 
 def _quiet(ds):
-    """No per-dataset progress bars from inside the training workers (epoch lines say enough)."""
+    """No per-epoch progress bars or execution-plan lines from the training data (epoch lines say enough)."""
     ds.context.enable_progress_bars = False
+    ds.context.print_on_execution_start = False
     return ds
 
 

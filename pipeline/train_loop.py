@@ -68,9 +68,7 @@ def train_loop(config: dict[str, Any]) -> None:
     from pipeline.runtime import setup_logging
 
     setup_logging()
-    # one line per epoch is ours: not Ray's per-report and per-checkpoint lines (model wrapping etc. stay)
-    for name in ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_ray_train_reports()
     torch.set_num_threads(config["threads"])
     run = RunState.restore(ray.train.get_checkpoint())
     entry = config["init_weights"]
@@ -84,6 +82,15 @@ def train_loop(config: dict[str, Any]) -> None:
         run.finish_stage(entry, round(time.time() - started, 1))
     # a last checkpoint that holds every stage's result (the epoch checkpoints lack the last stage's)
     run.report({"stages_finished": len(run.finished)}, ray.train.get_context().get_world_rank())
+
+
+def _quiet_ray_train_reports() -> None:
+    """One line per epoch is ours: not Ray's per-report and per-checkpoint lines (model wrapping etc. stay)."""
+    from ray.train.v2._internal.execution import context, storage
+
+    # context.py names its logger by file path, storage.py by module name
+    for name in (context.__file__, storage.__name__):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _train_stage(plan: dict[str, Any], run: "RunState") -> dict[str, torch.Tensor]:
