@@ -73,20 +73,25 @@ def _kill_cluster(temp_dir: str, gcs_port: int) -> None:
 
 @pytest.fixture(scope="module")
 def two_node_cluster():
-    temp_dir = tempfile.mkdtemp(prefix="oe2n-", dir="/tmp")  # short: Ray's socket paths must stay < 108 bytes
+    # Each node gets its own temp dir, as nodes on separate machines have: with one shared dir both nodes'
+    # runtime-env agents unpack the job's working dir into the same folder, and a worker on the second node
+    # lost its current directory under it (its first torch call then died with "Intel oneMKL FATAL ERROR:
+    # Cannot load libtorch_cpu.so"). Short paths: Ray's socket paths must stay < 108 bytes.
+    head_dir, second_dir = (tempfile.mkdtemp(prefix="oe2n-", dir="/tmp") for _ in range(2))
     gcs, dashboard, client = _ports(3)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     try:
         subprocess.run(["ray", "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
                         "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}", "--num-cpus=1",
-                        "--disable-usage-stats", *_node_args(temp_dir)], env=env, check=True, capture_output=True, timeout=120)
+                        "--disable-usage-stats", *_node_args(head_dir)], env=env, check=True, capture_output=True, timeout=120)
         subprocess.run(["ray", "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", '--resources={"second_node": 4}',
-                        *_node_args(temp_dir)], env=env, check=True, capture_output=True, timeout=120)
+                        *_node_args(second_dir)], env=env, check=True, capture_output=True, timeout=120)
         yield f"http://127.0.0.1:{dashboard}"
     finally:
-        _kill_cluster(temp_dir, gcs)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        for folder in (second_dir, head_dir):
+            _kill_cluster(folder, gcs)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_embed_job_submitted_to_a_two_node_cluster(two_node_cluster, sample_corpus, tmp_path):
@@ -94,14 +99,7 @@ def test_embed_job_submitted_to_a_two_node_cluster(two_node_cluster, sample_corp
 
     from pipeline.features import read_features
 
-    from pipeline.config import EmbedConfig
-    from pipeline.encoders.presets import resolve_encoder
-    from pipeline.modality import Modality
-
-    # Build the tiny image encoder into the shared cache first, as a cluster's image would ship its
-    # models. (A job driver that builds it itself died here with "Intel oneMKL FATAL ERROR: Cannot
-    # load libtorch_cpu.so" when this test ran alone; not reproduced by hand; open in issue 5.)
-    resolve_encoder(EmbedConfig(preset="tiny"), Modality.IMAGE).materialize()
+    # no model is built beforehand: with an empty cache (this test run alone) the second node builds it
     config = os.path.join(ROOT, "jobs", "configs", "embed_two_node_test.yaml")
     output = tmp_path / "features"
     with open(config, "w") as fh:  # inside the project: it travels with the working dir
