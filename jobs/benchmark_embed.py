@@ -10,7 +10,7 @@ import sys
 import tempfile
 
 from pipeline.benchmarks import benchmark_embed, format_benchmark, print_report
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, config_from_args
 from pipeline.job_configs import BenchmarkEmbedConfig
 from pipeline.runtime import init_ray, setup_logging
 
@@ -29,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(BenchmarkEmbedConfig, args.config, images=args.images, batch_size=args.batch_size,
-                          preset=args.preset, workdir=args.workdir, report=args.report)
+        cfg = config_from_args(BenchmarkEmbedConfig, args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import sys
 import tempfile
 
 from pipeline.benchmarks import print_report
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, config_from_args
 from pipeline.job_configs import BenchmarkServeConfig
 from pipeline.runtime import init_ray, setup_logging
 
@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(BenchmarkServeConfig, args.config, preset=args.preset, requests=args.requests,
-                          levels=args.levels, level_cap_s=args.level_cap_s, report=args.report)
+        cfg = config_from_args(BenchmarkServeConfig, args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from pipeline.benchmarks import benchmark_train, format_train_benchmark, print_report
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, config_from_args
 from pipeline.job_configs import BenchmarkTrainConfig
 from pipeline.runtime import setup_logging
 
@@ -28,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(BenchmarkTrainConfig, args.config, samples=args.samples, batch_size=args.batch_size,
-                          epochs=args.epochs, preset=args.preset, report=args.report)
+        cfg = config_from_args(BenchmarkTrainConfig, args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.config import load_config, require_fields
+from pipeline.config import config_from_args, require_fields
 from pipeline.job_configs import EvaluateConfig
 from pipeline.runtime import setup_logging
 
@@ -35,8 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose)
     try:
-        cfg = load_config(EvaluateConfig, args.config, model=args.model, features=args.features, labels=args.labels,
-                          output=args.output)
+        cfg = config_from_args(EvaluateConfig, args)
         if args.endpoint_url:
             cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"endpoint_url": args.endpoint_url})})
         require_fields(cfg, model="the model artifact folder", features="the feature store folder")

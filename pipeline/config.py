@@ -139,6 +139,12 @@ def load_config(model: type[BaseModel], path: str | None = None, /, **overrides:
         raise ConfigError(format_validation_errors(e, path or "command line")) from None
 
 
+def config_from_args(model: type[BaseModel], args: Any) -> Any:
+    """``load_config`` with ``args.config`` and, as overrides, every parsed flag named like a field of ``model``."""
+    flags = {name: getattr(args, name) for name in model.model_fields if hasattr(args, name)}
+    return load_config(model, getattr(args, "config", None), **flags)
+
+
 def load_embed_config(path: str | None = None, **overrides: Any) -> EmbedConfig:
     """The embed job's config from YAML (optional) + CLI flags; see ``load_config``."""
     return load_config(EmbedConfig, path, **overrides)
