@@ -9,10 +9,8 @@ import argparse
 import sys
 import tempfile
 
-from pipeline.benchmarks import benchmark_embed, format_benchmark, print_report
-from pipeline.config import ConfigError, config_from_args
+from pipeline.benchmarks import benchmark_embed, benchmark_main, format_benchmark
 from pipeline.job_configs import BenchmarkEmbedConfig
-from pipeline.runtime import init_ray, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,18 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = config_from_args(BenchmarkEmbedConfig, args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    setup_logging()
-    init_ray()
-    workdir = cfg.workdir or tempfile.mkdtemp(prefix="oneencoder-bench-")
-    result = benchmark_embed(workdir, cfg.images, cfg.batch_size, cfg.preset)
-    print_report(format_benchmark(result), result, cfg.report)
-    return 0
+    return benchmark_main(build_parser(), BenchmarkEmbedConfig, argv, _measure)
+
+
+def _measure(cfg: BenchmarkEmbedConfig) -> tuple[str, dict]:
+    result = benchmark_embed(cfg.workdir or tempfile.mkdtemp(prefix="oneencoder-bench-"), cfg.images, cfg.batch_size, cfg.preset)
+    return format_benchmark(result), result
 
 
 if __name__ == "__main__":

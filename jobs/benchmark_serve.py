@@ -10,10 +10,8 @@ import argparse
 import sys
 import tempfile
 
-from pipeline.benchmarks import print_report
-from pipeline.config import ConfigError, config_from_args
+from pipeline.benchmarks import benchmark_main
 from pipeline.job_configs import BenchmarkServeConfig
-from pipeline.runtime import init_ray, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,20 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return benchmark_main(build_parser(), BenchmarkServeConfig, argv, _measure)
+
+
+def _measure(cfg: BenchmarkServeConfig) -> tuple[str, dict]:
     from serving.benchmark import benchmark_serve, format_serve_benchmark
 
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = config_from_args(BenchmarkServeConfig, args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    setup_logging()
-    init_ray()
     with tempfile.TemporaryDirectory(prefix="oneencoder-serve-bench-") as workdir:
         result = benchmark_serve(workdir, cfg.preset, tuple(cfg.levels), cfg.requests, cfg.level_cap_s)
-    print_report(format_serve_benchmark(result), result, cfg.report)
-    return 0
+    return format_serve_benchmark(result), result
 
 
 if __name__ == "__main__":

@@ -8,10 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.benchmarks import benchmark_train, format_train_benchmark, print_report
-from pipeline.config import ConfigError, config_from_args
+from pipeline.benchmarks import benchmark_main, benchmark_train, format_train_benchmark
 from pipeline.job_configs import BenchmarkTrainConfig
-from pipeline.runtime import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,16 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = config_from_args(BenchmarkTrainConfig, args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    setup_logging()
+    return benchmark_main(build_parser(), BenchmarkTrainConfig, argv, _measure, needs_ray=False)
+
+
+def _measure(cfg: BenchmarkTrainConfig) -> tuple[str, dict]:
     result = benchmark_train(cfg.samples, cfg.batch_size, cfg.epochs, cfg.preset)
-    print_report(format_train_benchmark(result), result, cfg.report)
-    return 0
+    return format_train_benchmark(result), result
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
+import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -81,12 +83,28 @@ def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str
             "pipeline_vs_ceiling": n / elapsed / ceiling, "pipeline_vs_naive": n / elapsed / naive}
 
 
-def print_report(text: str, result: dict[str, Any], json_path: str | None) -> None:
-    """What every benchmark entrypoint ends with: the figures on the console, and as JSON if asked."""
+def benchmark_main(parser: argparse.ArgumentParser, model: type, argv: list[str] | None,
+                   measure: Callable[[Any], tuple[str, dict[str, Any]]], needs_ray: bool = True) -> int:
+    """What every benchmark entrypoint does: flags + ``--config`` validated as ``model`` (exit 2 on a bad
+    value, before any work), one measurement, then the figures on the console and, with ``report``, as JSON."""
+    from pipeline.config import ConfigError, config_from_args
+    from pipeline.runtime import init_ray, setup_logging
+
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(model, args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    setup_logging()
+    if needs_ray:
+        init_ray()
+    text, result = measure(cfg)
     print(text)
-    if json_path:
-        with open(json_path, "w") as fh:
+    if cfg.report:
+        with open(cfg.report, "w") as fh:
             json.dump(result, fh, indent=2)
+    return 0
 
 
 def steady_rate(commits: list[float], shard_size: int) -> float | None:
