@@ -78,29 +78,24 @@ def main(argv: list[str] | None = None) -> int:
         address = args.address or os.environ.get("RAY_ADDRESS")
         if not address:
             parser.error("submit needs --address http://HEAD:8265 (or RAY_ADDRESS)")
-        extra = args.args
         try:
-            return submit_job(args.job, address, args.config, extra, follow=not args.no_follow)
+            return submit_job(args.job, address, args.config, args.args, follow=not args.no_follow)
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     if args.command == "demo":
+        from pipeline.config import ConfigError
         from pipeline.demo import run_demo
-        from pipeline.runtime import init_ray, setup_logging
+        from pipeline.runtime import setup_logging
 
         if args.samples < 24 or args.epochs < 1:
             parser.error(f"demo needs --samples >= 24 (one per concept) and --epochs >= 1, got {args.samples} and {args.epochs}")
-        from pipeline.config import ConfigError
-        from pipeline.demo import prepare_workdir
-
         setup_logging()
         try:
-            prepare_workdir(args.workdir, args.samples, args.epochs, args.overwrite)  # before Ray starts
-        except ConfigError as e:
+            run_demo(args.workdir, args.samples, args.epochs, overwrite=args.overwrite)
+        except ConfigError as e:  # e.g. a --workdir holding another run: said before Ray starts
             print(f"error: {e}", file=sys.stderr)
             return 2
-        init_ray()
-        run_demo(args.workdir, args.samples, args.epochs)  # its own workdir check now passes
         return 0
     if args.command == "sample-corpus":
         from pipeline.corpus import write_sample_corpus

@@ -41,19 +41,22 @@ def prepare_workdir(workdir: str, samples: int, epochs: int, overwrite: bool = F
 
 def run_demo(workdir: str, samples: int = 96, epochs: int = 15, say: Callable[[str], None] = print,
              overwrite: bool = False) -> dict[str, Any]:
-    """Corpus → feature store → three-stage model → evaluation report, under ``workdir``. Needs ``ray.init()``.
+    """Corpus → feature store → three-stage model → evaluation report, under ``workdir``.
 
-    A rerun with the same settings resumes (embedding and finished stages are skipped); see ``prepare_workdir``.
+    Checks the workdir first (``prepare_workdir``; a rerun with the same settings resumes, embedding and
+    finished stages are skipped), then connects to Ray or starts a local instance (``init_ray``).
     """
     from pipeline.config import load_embed_config
     from pipeline.corpus import concept, write_sample_corpus
     from pipeline.embed import format_summary, run_embed
     from pipeline.evaluate import evaluate, format_report
+    from pipeline.runtime import init_ray
     from pipeline.train import run_train
     from pipeline.train_config import load_train_config, parse_stage_list
 
-    started = time.time()
     prepare_workdir(workdir, samples, epochs, overwrite)
+    init_ray()
+    started = time.time()  # "done in" counts the work, not Ray start-up
     corpus, features, model = (os.path.join(workdir, d) for d in PARTS)
 
     say(f"[1/4] generating {samples} paired samples (image, caption, tone, clip per colour x shape concept) in {corpus}")
