@@ -26,7 +26,12 @@ def prepare_workdir(workdir: str, samples: int, epochs: int, overwrite: bool = F
     record, wanted = os.path.join(workdir, "demo.json"), {"samples": samples, "epochs": epochs}
     found = [p for p in PARTS if os.path.exists(os.path.join(workdir, p))]
     if found and not overwrite:
-        previous = read_json(record) if os.path.exists(record) else None
+        try:
+            previous = read_json(record)
+        except (OSError, ValueError):  # none, or not ours: treat the folders as other output
+            previous = None
+        if not (isinstance(previous, dict) and {"samples", "epochs"} <= set(previous)):
+            previous = None
         if previous != wanted:
             held = (f"a demo run with {previous['samples']} samples and {previous['epochs']} epochs" if previous
                     else f"other output ({', '.join(found)})")

@@ -43,6 +43,9 @@ def test_demo_workdir_is_resumed_replaced_or_refused(tmp_path):
     os.makedirs(os.path.join(workdir, "features"))
     with pytest.raises(ConfigError, match=r"holds other output \(features\)"):
         prepare_workdir(workdir, 24, 1)
+    (tmp_path / "w" / "demo.json").write_text("{not json")  # a damaged record: still refused, by name
+    with pytest.raises(ConfigError, match=r"holds other output \(features\).*--overwrite"):
+        prepare_workdir(workdir, 24, 1)
     (tmp_path / "w" / "features" / "kept.txt").write_text("x")
     prepare_workdir(workdir, 24, 1, overwrite=True)
     assert not os.path.exists(os.path.join(workdir, "features"))
