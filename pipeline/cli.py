@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("dest", help="folder to write")
     sample.add_argument("--n", type=int, default=24, help="number of samples (default 24)")
     demo = sub.add_parser("demo", help="generate a corpus, embed, train 3 stages, evaluate (offline, local Ray, a few minutes)")
-    demo.add_argument("--workdir", default="oneencoder-demo", help="folder for corpus, features, model (default ./oneencoder-demo)")
+    demo.add_argument("--workdir", help="folder for corpus, features, model (default $ONEENCODER_CACHE/demo, "
+                      "else ~/.cache/oneencoder/demo: nothing is written into the current folder)")
     demo.add_argument("--samples", type=int, default=96, help="paired samples to generate (default 96)")
     demo.add_argument("--epochs", type=int, default=15, help="epochs of each stage (default 15)")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --workdir (default: resume it)")
@@ -85,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "demo":
         from pipeline.config import ConfigError
-        from pipeline.demo import run_demo
+        from pipeline.demo import default_workdir, run_demo
         from pipeline.runtime import setup_logging
 
         if args.samples < 24 or args.epochs < 1:
             parser.error(f"demo needs --samples >= 24 (one per concept) and --epochs >= 1, got {args.samples} and {args.epochs}")
         setup_logging()
         try:
-            run_demo(args.workdir, args.samples, args.epochs, overwrite=args.overwrite)
+            run_demo(args.workdir or default_workdir(), args.samples, args.epochs, overwrite=args.overwrite)
         except ConfigError as e:  # e.g. a --workdir holding another run: said before Ray starts
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -94,7 +94,12 @@ class EmbedConfig(StrictModel):
 
     def resolved_cache_dir(self) -> str:
         """The model cache folder (not created here)."""
-        return self.cache_dir or os.environ.get("ONEENCODER_CACHE") or str(Path.home() / ".cache" / "oneencoder")
+        return self.cache_dir or cache_root()
+
+
+def cache_root() -> str:
+    """$ONEENCODER_CACHE, else ~/.cache/oneencoder: built models and the demo's work folder live here."""
+    return os.environ.get("ONEENCODER_CACHE") or str(Path.home() / ".cache" / "oneencoder")
 
 
 def format_validation_errors(err: ValidationError, source: str) -> str:

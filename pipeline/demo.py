@@ -12,10 +12,16 @@ from typing import Any, Callable
 import yaml
 
 from pipeline.checkpoint import read_json, write_json
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, cache_root
 
 STAGES = "image:text,audio:text,video:text"
 PARTS = ("corpus", "features", "model")  # what the demo writes under its workdir
+
+
+def default_workdir() -> str:
+    """Where the demo writes when no --workdir is given: under the cache root, never into the current folder
+    (which is often the project's checkout)."""
+    return os.path.join(cache_root(), "demo")
 
 
 def prepare_workdir(workdir: str, samples: int, epochs: int, overwrite: bool = False) -> None:

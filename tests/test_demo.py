@@ -61,3 +61,15 @@ def test_demo_refuses_too_few_samples(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--samples", "3"])
     assert "--samples >= 24" in capsys.readouterr().err
+
+
+def test_demo_writes_under_the_cache_not_the_current_folder(tmp_path, monkeypatch, capsys):
+    """With no --workdir the demo works in $ONEENCODER_CACHE/demo: run from a checkout, it leaves the checkout alone."""
+    cache, cwd = tmp_path / "cache", tmp_path / "checkout"
+    cwd.mkdir()
+    monkeypatch.setenv("ONEENCODER_CACHE", str(cache))
+    monkeypatch.chdir(cwd)
+    os.makedirs(cache / "demo" / "features")  # another tool's output there: refused by name, before any work
+    assert main(["demo", "--samples", "24", "--epochs", "1"]) == 2
+    assert f"--workdir {cache / 'demo'} holds other output (features)" in capsys.readouterr().err
+    assert os.listdir(cwd) == []
