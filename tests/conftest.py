@@ -21,7 +21,12 @@ os.environ.update({
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",  # as init_ray sets it for jobs (see pipeline/runtime.py)
 })
-os.environ.pop("RAY_ADDRESS", None)
+# the suite's verdict must not depend on the machine's own settings: no cluster to join, no AWS profile,
+# endpoint or credentials files of the user's (the S3 tests name their endpoint), no ffmpeg override
+for _name in ("RAY_ADDRESS", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+              "ONEENCODER_FFMPEG"):
+    os.environ.pop(_name, None)
+os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.path.join(_SESSION_DIR, "no-aws-files")
 
 
 def pytest_sessionfinish(session, exitstatus):

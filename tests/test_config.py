@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.config import ConfigError, EmbedConfig, config_reference, load_embed_config, require_paths
 from pipeline.modality import Modality
+from tests.settings import ROOT
 
 
 def write(tmp_path, text):
@@ -61,11 +62,28 @@ def test_reference_lists_every_field_with_a_description():
     assert all(not line.endswith(": None") for line in lines)
 
 
+def project_yaml_files() -> list[str]:
+    """The YAML files the project ships, relative to the checkout: those git tracks. Output written into the
+    checkout (a demo or job run from there, a user's own configs) is not the project's to validate."""
+    listed = subprocess.run(["git", "-C", ROOT, "ls-files", "-z", "--", "*.yaml", "*.yml"], capture_output=True, text=True)
+    assert listed.returncode == 0, f"this test lists the project's YAML files with git: {listed.stderr.strip()}"
+    return sorted(f for f in listed.stdout.split("\0") if f)
+
+
+def test_yaml_files_written_into_the_checkout_are_not_the_projects(tmp_path):
+    stray = os.path.join(ROOT, "oneencoder-demo-stray-test.yaml")  # what a run inside the checkout could leave
+    with open(stray, "w", encoding="utf-8") as fh:
+        fh.write("labels: {}\n")
+    try:
+        files = project_yaml_files()
+    finally:
+        os.remove(stray)
+    assert "oneencoder-demo-stray-test.yaml" not in files and "cluster.yaml" in files
+
+
 def test_every_yaml_in_the_repo_validates():
     """Job configs with their loaders, the Serve config with Ray's schema + ServeArgs, cluster.yaml with
     Ray's cluster-launcher schema; each opens with a comment showing the command that uses it."""
-    import glob
-
     import yaml
     from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -79,12 +97,9 @@ def test_every_yaml_in_the_repo_validates():
                "benchmark_embed": lambda f: load_config(job_configs.BenchmarkEmbedConfig, f),
                "benchmark_train": lambda f: load_config(job_configs.BenchmarkTrainConfig, f),
                "benchmark_serve": lambda f: load_config(job_configs.BenchmarkServeConfig, f)}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    files = sorted(f for f in glob.glob(os.path.join(root, "**", "*.y*ml"), recursive=True)
-                   if "/.git/" not in f and "/.pytest_cache/" not in f)
     checked = set()
-    for path in files:
-        rel = os.path.relpath(path, root)
+    for rel in project_yaml_files():
+        path = os.path.join(ROOT, rel)
         with open(path) as fh:
             header = fh.read().split("\n\n")[0]
         assert header.startswith("# "), f"{rel} must open with a comment showing its command"
@@ -117,15 +132,15 @@ def test_cli_bad_config_fails_before_starting_ray(tmp_path):
 def test_readme_config_reference_matches_the_code():
     from pipeline.cli import job_config_reference
 
-    readme = open("README.md", encoding="utf-8").read()
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     block = readme.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
     assert block.strip().strip("`").strip().splitlines() == job_config_reference()
 
 
-def test_ci_runs_the_readme_commands():
-    readme = open("README.md", encoding="utf-8").read()
-    ci = open(".ci/run", encoding="utf-8").read()
-    test_command = 'pip install -e ".[dev]" && python -m pytest -q'
-    assert test_command in readme
-    for part in test_command.split(" && "):
-        assert part in ci.splitlines()
+def test_ci_runs_the_readme_commands_in_order():
+    """.ci/run runs the README's two commands as lines of its own, demo first, as a new user would."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read().splitlines()
+    commands = ["pip install -e . && oneencoder demo", 'pip install -e ".[dev]" && python -m pytest -q']
+    assert all(c in readme for c in commands) and readme.index(commands[0]) < readme.index(commands[1])
+    assert all(c in ci for c in commands) and ci.index(commands[0]) < ci.index(commands[1])
