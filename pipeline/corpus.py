@@ -10,6 +10,7 @@ import os
 import subprocess
 import wave
 
+import ffmpeg as ffmpeg_python
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -76,22 +77,23 @@ def encode_audio(path: str, samples: np.ndarray, ffmpeg: str) -> None:
     if path.endswith(".wav"):
         write_wav(path, samples)
         return
-    _pipe(ffmpeg, ["-f", "f32le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", "pipe:0", path], samples.tobytes())
+    source = ffmpeg_python.input("pipe:0", f="f32le", ar=SAMPLE_RATE, ac=1)
+    _pipe(ffmpeg, source.output(path), path, samples.tobytes())
 
 
 def encode_video(path: str, frames: np.ndarray, fps: int, ffmpeg: str) -> None:
     """Write uint8 frames (T, H, W, 3) as ``path`` (mp4/mkv: H.264, webm: VP8)."""
     t, h, w, _ = frames.shape
-    codec = ["-c:v", "libvpx", "-b:v", "200k"] if path.endswith(".webm") else ["-c:v", "libx264", "-preset", "ultrafast"]
-    _pipe(ffmpeg, ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
-                   *codec, "-pix_fmt", "yuv420p", path], frames.tobytes())
+    codec = {"c:v": "libvpx", "b:v": "200k"} if path.endswith(".webm") else {"c:v": "libx264", "preset": "ultrafast"}
+    source = ffmpeg_python.input("pipe:0", f="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", r=fps)
+    _pipe(ffmpeg, source.output(path, pix_fmt="yuv420p", **codec), path, frames.tobytes())
 
 
-def _pipe(ffmpeg: str, args: list[str], data: bytes) -> None:
-    proc = subprocess.run([ffmpeg, "-y", "-hide_banner", "-v", "error", *args],
-                          input=data, capture_output=True, timeout=120, check=False)
+def _pipe(ffmpeg: str, stream, path: str, data: bytes) -> None:
+    cmd = stream.overwrite_output().global_args("-hide_banner", "-v", "error").compile(cmd=ffmpeg)
+    proc = subprocess.run(cmd, input=data, capture_output=True, timeout=120, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg failed writing {args[-1]}: {proc.stderr.decode(errors='replace')[-300:]}")
+        raise RuntimeError(f"ffmpeg failed writing {path}: {proc.stderr.decode(errors='replace')[-300:]}")
 
 
 def clip(colour: str, shape: str, frames: int = 8, size: int = 64, rng: np.random.Generator | None = None) -> np.ndarray:

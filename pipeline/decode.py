@@ -102,8 +102,8 @@ class _as_local_file:
             check_file(self.uri, self.s.storage, self.s.limits.max_file_bytes)
             return path
         data = read_limited(self.uri, self.s.storage, self.s.limits.max_file_bytes)
-        suffix = os.path.splitext(self.uri)[1][:16]
-        fd, self.tmp = tempfile.mkstemp(prefix="oneencoder-", suffix=suffix)
+        # no suffix from the URI: ffmpeg opens the copy only through the modality's allow-listed demuxers anyway
+        fd, self.tmp = tempfile.mkstemp(prefix="oneencoder-", suffix=".media")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         return self.tmp

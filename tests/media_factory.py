@@ -63,3 +63,53 @@ def write_bad_media(folder: str, ffmpeg: str) -> dict[str, str]:
 
 def draw(colour="red", shape="circle") -> Image.Image:
     return draw_shape(colour, shape)
+
+
+def write_hostile_media(folder: str, ffmpeg: str) -> dict[str, str]:
+    """Files that claim to be media but make a careless decoder do something else; returns kind -> path.
+
+    Each playlist or script names a real clip/tone beside it ("secret"), which must never be read.
+    """
+    import subprocess
+
+    os.makedirs(folder, exist_ok=True)
+    secret_video, secret_audio = os.path.join(folder, "secret.mp4"), os.path.join(folder, "secret.wav")
+    encode_video(secret_video, clip("green", "square"), 8, ffmpeg)
+    encode_audio(secret_audio, tone("green", "square"), ffmpeg)
+    paths = {}
+
+    def put(name: str, text: str) -> str:
+        path = os.path.join(folder, name)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return path
+
+    for kind, secret in (("video", secret_video), ("audio", secret_audio)):
+        hls = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:2.0,\n{secret}\n#EXT-X-ENDLIST\n"
+        paths[f"hls_{kind}"] = put(f"playlist-{kind}.m3u8", hls)
+        paths[f"hls_url_{kind}"] = put(f"url-{kind}.m3u8", hls.replace(secret, "file://" + secret))
+        # a live playlist that never ends: a decoder that follows it waits for new segments
+        paths[f"live_hls_{kind}"] = put(f"live-{kind}.m3u8", hls.replace("#EXT-X-ENDLIST\n", ""))
+        paths[f"concat_{kind}"] = put(f"script-{kind}.ffconcat",
+                                      f"ffconcat version 1.0\nfile {os.path.basename(secret)}\n")
+    # a 5 s clip whose title holds a fake banner line: "Duration: 00:00:01.00" is printed before the real one
+    paths["spoofed_duration"] = os.path.join(folder, "spoofed.mp4")
+    long_clip = os.path.join(folder, "long.mp4")
+    encode_video(long_clip, clip("red", "circle", frames=40, size=32), 8, ffmpeg)
+    subprocess.run([ffmpeg, "-y", "-v", "error", "-i", long_clip, "-c", "copy", "-metadata",
+                    "title=x\n  Duration: 00:00:01.00, start: 0.000000, bitrate: 1 kb/s", paths["spoofed_duration"]],
+                   check=True, capture_output=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(buf, "PNG")
+    paths["png_as_video"] = os.path.join(folder, "still.mp4")
+    with open(paths["png_as_video"], "wb") as fh:
+        fh.write(buf.getvalue())  # the image2/png_pipe demuxer would make it a one-frame "video"
+    paths["eps_image"] = put("figure.eps", "%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"
+                                           "newpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
+    for fmt, ext in (("PCX", "pcx"), ("TGA", "tga"), ("ICO", "ico")):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, fmt)
+        paths[f"{ext}_image"] = os.path.join(folder, f"odd.{ext}")
+        with open(paths[f"{ext}_image"], "wb") as fh:
+            fh.write(buf.getvalue())
+    return paths

@@ -1,18 +1,28 @@
-"""Locate and run ffmpeg.
+"""Locate and run ffmpeg on untrusted media.
 
-We never call ffprobe (imageio-ffmpeg ships only ffmpeg): stream facts are read from ffmpeg's own
-banner, and raw frames / PCM are requested at a fixed size and rate, so counting bytes is enough.
+Every command is built with ffmpeg-python and opens its input through ``media_input``: only the
+demuxers a modality allows (no HLS/DASH playlists, concat scripts, image sequences, devices or
+lavfi graphs, whatever the name or MIME type says), over the ``file`` protocol alone (so nothing a
+container names — another file, a URL — can be opened). Each run is its own process: a decoder
+that crashes takes nothing of ours with it, one that hangs is killed after the time limit, and its
+output is read only up to a byte cap, so memory stays bounded whatever a header claims. We never
+call ffprobe (imageio-ffmpeg ships only ffmpeg) and never parse ffmpeg's banner: lengths come from
+the decoded output or from the demuxer's packet timestamps (``stream_seconds``).
 """
 from __future__ import annotations
 
 import os
 import re
+import selectors
 import shutil
 import subprocess
+import time
+
+import ffmpeg as ffmpeg_python
 
 from pipeline.media.errors import DecodeError
 
-_DURATION = re.compile(r"Duration:\s*(\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
+_STDERR_TAIL = 16_384  # bytes of ffmpeg's messages kept for the error text
 
 
 def find_ffmpeg(explicit: str | None = None) -> str:
@@ -39,39 +49,94 @@ def find_ffmpeg(explicit: str | None = None) -> str:
             "install ffmpeg or reinstall the project (pip install -e .)") from None
 
 
-def run_ffmpeg(ffmpeg: str, args: list[str], timeout_s: float, what: str) -> bytes:
-    """Run ``ffmpeg -nostdin -v error ARGS`` and return stdout.
+def media_input(path: str, demuxers: tuple[str, ...], **options):
+    """An ffmpeg-python input of the local file ``path`` that only ``demuxers`` may open, reading that file alone.
 
-    Raises DecodeError on a non-zero exit (with ffmpeg's last message) or after ``timeout_s``
-    (the process is killed: a hung decoder never hangs the job).
+    ``demuxers`` are ffmpeg demuxer names (``ffmpeg -demuxers``), e.g. ``"matroska,webm"``.
     """
-    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-v", "error", *args]
+    return ffmpeg_python.input("file:" + os.path.abspath(path), format_whitelist=",".join(demuxers),
+                               protocol_whitelist="file", **options)
+
+
+def run_ffmpeg(ffmpeg: str, stream, timeout_s: float, what: str, max_output_bytes: int,
+               path: str = "", accepted: tuple[str, ...] = (), over: str = "the limits") -> bytes:
+    """Run the ffmpeg-python output ``stream`` with ``ffmpeg`` and return what it writes to stdout.
+
+    Raises DecodeError when ffmpeg fails (its last message, with ``path`` left out; a container not
+    among the ``accepted`` demuxers is named as such), after
+    ``timeout_s`` or once stdout passes ``max_output_bytes`` (the process is killed either way; the
+    error then says the item is ``over`` a limit).
+    """
+    cmd = stream.global_args("-nostdin", "-hide_banner", "-nostats", "-v", "error").compile(cmd=ffmpeg)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        raise DecodeError(f"ffmpeg timed out after {timeout_s:g} s decoding {what} (limits.decode_timeout_s)") from None
+        out, err, stopped = _collect(proc, time.monotonic() + timeout_s, max_output_bytes)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    if stopped == "timeout":
+        raise DecodeError(f"ffmpeg timed out after {timeout_s:g} s decoding {what} (limits.decode_timeout_s)")
+    if stopped == "size":
+        raise DecodeError(f"{what} decodes to more than {max_output_bytes} bytes: over {over}")
     if proc.returncode != 0:
-        raise DecodeError(f"ffmpeg could not decode {what}: {_last_line(proc.stderr)}")
-    return proc.stdout
+        raise DecodeError(_failure(what, err, path, accepted))
+    return out
 
 
-def read_duration(ffmpeg: str, source: str, timeout_s: float) -> float | None:
-    """Container duration in seconds from ffmpeg's banner, or None when the container does not say."""
-    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-i", source]
-    try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        raise DecodeError(f"ffmpeg timed out after {timeout_s:g} s reading the header (limits.decode_timeout_s)") from None
-    text = proc.stderr.decode("utf-8", "replace")
-    if "Invalid data found" in text or "No such file" in text or "moov atom not found" in text:
-        raise DecodeError(f"ffmpeg could not read the container: {_last_line(proc.stderr)}")
-    match = _DURATION.search(text)
-    if not match:
-        return None
-    h, m, s = match.groups()
-    return int(h) * 3600 + int(m) * 60 + float(s)
+def stream_seconds(ffmpeg: str, path: str, demuxers: tuple[str, ...], stream: str, max_seconds: float,
+                   timeout_s: float, what: str) -> float:
+    """Seconds of the first ``stream`` ("v" or "a") of ``path`` up to its last packet, read up to ``max_seconds``
+    + 1 s. The demuxer's packet timestamps are copied, not decoded, so this costs a read of the file;
+    header fields, which any muxer (or attacker) can fill in, are never used."""
+    node = media_input(path, demuxers, t=f"{max_seconds + 1:.3f}").output(
+        "-", map=f"0:{stream}:0", c="copy", f="null").global_args("-progress", "pipe:1")
+    report = run_ffmpeg(ffmpeg, node, timeout_s, what, 1 << 20, path, demuxers).decode("ascii", "replace")
+    times = re.findall(r"^out_time_us=(\d+)$", report, re.MULTILINE)
+    if not times:
+        raise DecodeError(f"no {what} packets found: expected a file with a {what} stream")
+    return int(times[-1]) / 1e6
 
 
-def _last_line(stderr: bytes) -> str:
-    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+def _collect(proc: subprocess.Popen, deadline: float, max_output_bytes: int) -> tuple[bytes, bytes, str]:
+    """Read stdout (up to the cap) and the tail of stderr until both close; '' or why reading stopped."""
+    out, err = bytearray(), bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)
+        sel.register(proc.stderr, selectors.EVENT_READ, err)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return bytes(out), bytes(err), "timeout"
+            for key, _ in sel.select(timeout=left):
+                chunk = os.read(key.fd, 1 << 20)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                key.data.extend(chunk)
+                if key.data is err:
+                    del err[:-_STDERR_TAIL]
+                elif len(out) > max_output_bytes:
+                    return bytes(out), bytes(err), "size"
+    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    return bytes(out), bytes(err), ""
+
+
+def _failure(what: str, stderr: bytes, path: str, accepted: tuple[str, ...]) -> str:
+    text = stderr.decode("utf-8", "replace")
+    if "Format not on whitelist" in text:
+        kinds = ", ".join(sorted({name for d in accepted for name in d.split(",")}))
+        return (f"not an accepted {what} container (accepted: {kinds}); playlists, concat scripts, "
+                "image sequences and other formats are refused whatever the name or MIME type says")
+    if re.search(r"Protocol '[^']*' not on whitelist|Unsafe file name", text):
+        return f"the {what} container refers to other files or URLs, which are never opened"
+    return f"ffmpeg could not decode {what}: {_last_line(text, path)}"
+
+
+def _last_line(text: str, path: str) -> str:
+    if path:  # never echo where the server or job keeps the item
+        text = text.replace("file:" + os.path.abspath(path), "<input>").replace(os.path.abspath(path), "<input>")
+    lines = [re.sub(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*", "", ln.strip()) for ln in text.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "no message (exit status non-zero)"

@@ -9,6 +9,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.media.errors import DecodeError
 
+# the Pillow formats an image may be read as: never EPS/PS (Pillow hands those to Ghostscript) nor
+# the long tail of legacy formats nobody sends us (JPEG includes the MPO files of many cameras)
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
 
 def decode_image(data: bytes, max_pixels: int, target_hw: tuple[int, int]) -> np.ndarray:
     """Decode image bytes to an RGB uint8 array (H, W, 3), upright per EXIF.
@@ -22,7 +26,7 @@ def decode_image(data: bytes, max_pixels: int, target_hw: tuple[int, int]) -> np
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = img.size
             if width * height > max_pixels:
                 raise DecodeError(f"image is {width}x{height} = {width * height} pixels, over "
@@ -37,7 +41,8 @@ def decode_image(data: bytes, max_pixels: int, target_hw: tuple[int, int]) -> np
     except DecodeError:
         raise
     except UnidentifiedImageError:
-        raise DecodeError("not an image format Pillow can read (expected PNG, JPEG, WebP, GIF, BMP, TIFF, ...)") from None
+        raise DecodeError("not an image format we accept: expected JPEG, PNG, WebP, GIF, BMP or TIFF "
+                          "(EPS/PostScript and other formats are refused)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError(f"decompression bomb refused: {e}") from None
     except (OSError, ValueError, SyntaxError) as e:  # Pillow reports truncation/corruption as these

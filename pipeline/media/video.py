@@ -1,38 +1,45 @@
 """Video decoding through ffmpeg: N uniformly sampled RGB frames at the encoder's size."""
 from __future__ import annotations
 
+import math
+import time
+
 import numpy as np
 
 from pipeline.media.errors import DecodeError
-from pipeline.media.ffmpeg import read_duration, run_ffmpeg
+from pipeline.media.ffmpeg import media_input, run_ffmpeg, stream_seconds
 
-_FALLBACK_FPS = 4.0  # sampling rate when the container does not state its duration
+# the ffmpeg demuxers video may be read by (names as `ffmpeg -demuxers` prints them)
+DEMUXERS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "avi", "mpegts", "ogg")
 
 
 def decode_video(path: str, num_frames: int, size_hw: tuple[int, int], max_seconds: float,
                  timeout_s: float, ffmpeg: str) -> np.ndarray:
     """Decode ``num_frames`` frames spread uniformly over the clip at ``path``: uint8 (N, H, W, 3).
 
-    Frames are scaled to cover ``size_hw`` and centre-cropped to it. Clips with fewer frames than
-    asked repeat frames uniformly. Raises DecodeError (also for clips over ``max_seconds``).
+    The clip's length comes from its packet timestamps (``stream_seconds``); clips over
+    ``max_seconds`` are an error. Frames are scaled to cover ``size_hw`` and centre-cropped to it;
+    at most about 2N are decoded, whatever the container claims. Clips with fewer frames than asked
+    repeat frames uniformly. ``timeout_s`` bounds both ffmpeg runs together. Raises DecodeError.
     """
     height, width = size_hw
-    duration = read_duration(ffmpeg, path, timeout_s)
-    if duration is not None and duration > max_seconds:
-        raise DecodeError(f"video is {duration:.1f} s long, over limits.max_video_seconds={max_seconds:g}")
+    deadline = time.monotonic() + timeout_s
+    duration = stream_seconds(ffmpeg, path, DEMUXERS, "v", max_seconds, timeout_s, "video")
+    if duration > max_seconds:
+        raise DecodeError(f"video runs past {duration:.1f} s, over limits.max_video_seconds={max_seconds:g}")
     # oversample 2x so that uniform picks land near the ideal instants
-    fps = min(60.0, 2.0 * num_frames / duration) if duration else _FALLBACK_FPS
+    fps = min(60.0, 2.0 * num_frames / max(duration, 1 / 60))
+    most = math.ceil(fps * (duration + 0.5)) + 2  # what that sampling can yield: the cap on frames decoded
     vf = (f"fps={fps:.6f},scale={width}:{height}:force_original_aspect_ratio=increase,"
           f"crop={width}:{height}")
-    args = ["-i", path, "-t", f"{max_seconds + 0.5:.3f}", "-an", "-vf", vf,
-            "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-    raw = run_ffmpeg(ffmpeg, args, timeout_s, "video")
+    node = media_input(path, DEMUXERS, t=f"{duration + 0.5:.3f}").output(
+        "pipe:1", an=None, vf=vf, f="rawvideo", pix_fmt="rgb24", **{"frames:v": most})
     frame_bytes = height * width * 3
+    raw = run_ffmpeg(ffmpeg, node, max(0.1, deadline - time.monotonic()), "video", most * frame_bytes, path, DEMUXERS,
+                     f"limits.max_video_seconds={max_seconds:g}")
     count = len(raw) // frame_bytes
     if count == 0:
         raise DecodeError("no video frames decoded: expected a file with a video stream")
-    if duration is None and count > fps * max_seconds:
-        raise DecodeError(f"video is longer than limits.max_video_seconds={max_seconds:g}")
     frames = np.frombuffer(raw[: count * frame_bytes], dtype=np.uint8).reshape(count, height, width, 3)
     picks = np.linspace(0, count - 1, num_frames).round().astype(int)
     return frames[picks].copy()
