@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Iterable
 
 import numpy as np
 
 from pipeline.checkpoint import read_json
 from pipeline.config import EncoderConfig, LimitsConfig
-from pipeline.decode import DecodeSettings, decode_item
+from pipeline.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.encoders.frozen import FrozenEncoder, InputSpec
 from pipeline.encoders.presets import EncoderRef
 from pipeline.media.ffmpeg import find_ffmpeg
@@ -67,14 +66,27 @@ class LoadedModel:
     def embed(self, items: Iterable[Any], modality: str) -> np.ndarray:
         """Embed text strings, or image/audio/video file paths or bytes → float32 (N, d), L2-normalised.
 
-        Raises ValueError naming the index of an item that cannot be decoded (before encoding any).
+        Raises ValueError naming the index of the first item that cannot be decoded or whose vector is
+        not finite.
         """
-        items = list(items)
-        decoded = self.decode_all(items, modality)
-        bad = [d for d in decoded if isinstance(d, ItemError)]
+        results = self.embed_items(list(items), modality)
+        bad = [r for r in results if isinstance(r, ItemError)]
         if bad:
             raise ValueError(str(bad[0]))
-        return self.encode(decoded, modality)[0]
+        return np.stack([r[0] for r in results]) if results else np.zeros((0, self.dim), np.float32)
+
+    def embed_items(self, items: list[Any], modality: str) -> list[tuple[np.ndarray, int] | ItemError]:
+        """Per item, in order: (unit vector (d,), the frozen encoder's input tokens), or an ``ItemError`` in its
+        place: undecodable, or non-finite values (e.g. an fp16 overflow on GPU). One bad item fails alone."""
+        out: list[Any] = self.decode_all(items, modality)
+        good = [i for i, d in enumerate(out) if not isinstance(d, ItemError)]
+        if good:
+            vectors, tokens = self.encode([out[i] for i in good], modality)
+            finite = np.isfinite(vectors).all(axis=1)
+            for j, i in enumerate(good):
+                out[i] = ((vectors[j], int(tokens[j])) if finite[j] else
+                          ItemError(i, f"{modality}: the encoder gave non-finite values for this input"))
+        return out
 
     def decode_all(self, items: list[Any], modality: str) -> list[Any]:
         """Decode each item; one that cannot be decoded becomes an ``ItemError`` in its place."""
@@ -115,20 +127,12 @@ class LoadedModel:
         from pipeline.sources import ReadError
 
         try:
-            if settings.modality is Modality.TEXT or isinstance(item, str):
-                if settings.modality is not Modality.TEXT and not isinstance(item, str):
-                    raise DecodeError(f"expected a path or bytes, got {type(item).__name__}")
-                if not isinstance(item, str):
-                    raise DecodeError(f"expected a string, got {type(item).__name__}")
-                return decode_item(item, settings)
-            if not isinstance(item, (bytes, bytearray)):
-                raise DecodeError(f"expected a path or bytes, got {type(item).__name__}")
-            if len(item) > self.limits.max_file_bytes:
-                raise DecodeError(f"{len(item)} bytes, over limits.max_file_bytes={self.limits.max_file_bytes}")
-            with tempfile.NamedTemporaryFile(suffix=".bin") as fh:
-                fh.write(item)
-                fh.flush()
-                return decode_item(fh.name, settings)
+            if isinstance(item, str):
+                return decode_item(item, settings)  # text, or a path / URI of media
+            if settings.modality is Modality.TEXT or not isinstance(item, (bytes, bytearray)):
+                raise DecodeError(f"expected {'a string' if settings.modality is Modality.TEXT else 'a path or bytes'}, "
+                                  f"got {type(item).__name__}")
+            return decode_bytes(bytes(item), settings)
         except (DecodeError, ReadError) as e:
             raise ItemError(-1, str(e)) from None
 

@@ -7,7 +7,6 @@
 import asyncio
 import base64
 import hmac
-import json
 import logging
 import os
 import time
@@ -22,10 +21,12 @@ from ray.serve.handle import DeploymentHandle
 from pipeline.config import ConfigError
 from serving.config import GATEWAY, SEARCH, ServeArgs, encoder_deployment, parse_args
 from serving.deployments import ModalityEncoder, SearchIndex
-from serving.inputs import APIError, Item, fetch, input_list, resolve
+from serving.inputs import APIError, Item, fetch, input_list, parse_json_body, resolve
 
 log = logging.getLogger("serving")
-api = FastAPI(title="OneEncoder", description="Multimodal embeddings in one shared space (OpenAI-compatible).")
+# FastAPI's own /docs and /openapi.json would answer without auth: the Gateway serves them behind it
+api = FastAPI(title="OneEncoder", description="Multimodal embeddings in one shared space (OpenAI-compatible).",
+              docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @api.exception_handler(APIError)
@@ -85,13 +86,8 @@ class Gateway:
             if size > limit:
                 raise APIError(413, f"request body is over the limit of {limit} bytes", "request_too_large")
             body.append(chunk)
-        try:
-            parsed = json.loads(b"".join(body))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise APIError(400, f"request body is not valid JSON ({e})", "invalid_json") from None
-        if not isinstance(parsed, dict):
-            raise APIError(400, f"request body must be a JSON object, got {type(parsed).__name__}", "invalid_json")
-        return parsed
+        # parsing a body of up to max_request_bytes is CPU work: off the event loop, which serves every request
+        return await asyncio.to_thread(parse_json_body, b"".join(body), 2 * self.args.limits.max_items + 64)
 
     def _check_model(self, body: dict[str, Any], required: bool) -> None:
         model = body.get("model")
@@ -177,6 +173,8 @@ class Gateway:
             raise APIError(400, f"k={k!r}: expected an integer from 1 to {self.args.limits.max_k}", "invalid_k", "k")
         targets = body.get("target_modality")
         targets = [targets] if isinstance(targets, str) else targets
+        if isinstance(targets, list) and all(isinstance(t, str) for t in targets):
+            targets = list(dict.fromkeys(targets))  # a modality named twice is searched once
         indexed = self.info["index"]
         if targets is not None and (not isinstance(targets, list) or not targets
                                     or any(t not in indexed for t in targets)):
@@ -197,6 +195,18 @@ class Gateway:
         return JSONResponse({"object": "list", "data": [{
             "id": self.args.model_name, "object": "model", "created": self.info["created"], "owned_by": "oneencoder",
             "modalities": self.modalities, "dimensions": self.info["dimensions"], "search_index": self.info["index"]}]})
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        return JSONResponse(api.openapi())
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request):
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        self._authorize(request)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="OneEncoder API")
 
     @api.get("/health")
     async def health(self) -> JSONResponse:
@@ -255,12 +265,27 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
 
 
 def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
+    """The model's modalities that have features in the store; refuses a store embedded with other
+    encoders (or another K x D) than the model was trained on, naming both."""
+    from pipeline.checkpoint import read_json
     from pipeline.features import FeatureStore
 
     store = FeatureStore(args.features, args.storage.model_dump())
     found = [m for m in modalities if store.list(f"features/{m}")]
     if not found:
         raise ValueError(f"features={args.features!r} has no features for any modality of the model ({', '.join(modalities)})")
+    trained = read_json(os.path.join(args.model, "encoders.json"))
+    shapes = read_json(os.path.join(args.model, "config.json"))["model"]
+    for m in found:
+        record = store.read_json(f"_progress/{m}/encoder.json") or {}
+        run = store.read_json(f"_progress/{m}/run.json") or {}
+        if record.get("name") != trained[m]["name"]:
+            raise ConfigError(f"features={args.features!r}: its {m} features come from encoder {record.get('name')!r}, "
+                              f"but the model was trained on {trained[m]['name']!r}; index a store embedded with the "
+                              "model's encoders")
+        if run.get("tokens", shapes["tokens"][m]) != shapes["tokens"][m]:
+            raise ConfigError(f"features={args.features!r}: its {m} features keep K={run.get('tokens')} tokens, "
+                              f"but the model was trained on K={shapes['tokens'][m]}")
     return found
 
 

@@ -38,16 +38,24 @@ class ServeLimits(StrictModel):
 
 class RemoteSettings(StrictModel):
     enabled: bool = Field(False, description="Fetch http(s) URLs given as media inputs; off by default.")
-    allow_hosts: list[str] = Field(default_factory=list, description="Host names that may be fetched (exact match); required when enabled.")
-    timeout_s: float = Field(10.0, gt=0, description="Time limit of one fetch.")
+    allow_hosts: list[str] = Field(default_factory=list, description="Hosts that may be fetched: `host` (the scheme's default port) or `host:port`, exact match; required when enabled.")
+    allow_private_addresses: bool = Field(False, description="Also fetch hosts that resolve to loopback, private or link-local addresses (off: only public ones).")
+    timeout_s: float = Field(10.0, gt=0, description="Time limit of one fetch (connect, headers and body together).")
 
     @field_validator("allow_hosts")
     @classmethod
     def _hosts(cls, value: list[str]) -> list[str]:
-        bad = [h for h in value if not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]", h)]
+        bad = [h for h in value if not re.fullmatch(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?", h)]
         if bad:
-            raise ValueError(f"allow_hosts takes bare host names (e.g. images.example.com), got {bad}")
+            raise ValueError(f"allow_hosts takes host names with an optional port (e.g. images.example.com or "
+                             f"media.internal:8080), got {bad}")
         return [h.lower() for h in value]
+
+    def allows(self, host: str, port: int, default_port: int) -> bool:
+        """Whether ``host`` (lower case, IPv6 without brackets) on ``port`` is on the allow-list; an entry
+        without a port allows the URL scheme's ``default_port`` only."""
+        name = f"[{host}]" if ":" in host else host
+        return f"{name}:{port}" in self.allow_hosts or (port == default_port and name in self.allow_hosts)
 
 
 class ServeArgs(StrictModel):

@@ -75,17 +75,11 @@ class ModalityEncoder:
             return {"error": f"the {self.modality} encoder could not process this input ({type(e).__name__}: {e})"}
 
     def _encode_all(self, items: list[Any]) -> list[dict[str, Any]]:
-        """Undecodable items become {"error"} results; an encoder failure raises."""
+        """Undecodable items and non-finite vectors become {"error"} results; an encoder failure raises."""
         from pipeline.inference import ItemError
 
-        decoded = self.model.decode_all(items, self.modality)
-        out: list[dict[str, Any]] = [{"error": d.reason} if isinstance(d, ItemError) else {} for d in decoded]
-        good = [i for i, d in enumerate(decoded) if not isinstance(d, ItemError)]
-        if good:
-            vectors, tokens = self.model.encode([decoded[i] for i in good], self.modality)
-            for j, i in enumerate(good):
-                out[i] = {"embedding": vectors[j], "tokens": int(tokens[j])}
-        return out
+        return [{"error": r.reason} if isinstance(r, ItemError) else {"embedding": r[0], "tokens": r[1]}
+                for r in self.model.embed_items(items, self.modality)]
 
     def stats(self) -> dict[str, Any]:
         """Observed batch sizes since start (for tests and tuning)."""
@@ -118,12 +112,12 @@ class SearchIndex:
             if not store.list(f"features/{modality}"):  # a modality the embed job did not write
                 continue
             table = read_features(self.args.features, modality, storage)
-            if table.num_rows == 0:
-                continue
-            self.vectors[modality] = model.project(embeddings(table).astype(np.float32), modality)
+            # a modality with no rows stays indexed, empty: searching it finds nothing (the Gateway lists it)
+            self.vectors[modality] = (model.project(embeddings(table).astype(np.float32), modality) if table.num_rows
+                                      else np.zeros((0, model.dim), np.float32))
             self.ids[modality] = table.column("id").to_pylist()
             self.uris[modality] = table.column("uri").to_pylist()
-        if not self.vectors:
+        if not any(len(v) for v in self.vectors.values()):
             raise ValueError(f"feature store {self.args.features} has no features for any modality of the model "
                              f"({', '.join(model.modalities)})")
         log.info("search index: %s", ", ".join(f"{m} {len(v)}" for m, v in self.vectors.items()))
@@ -135,8 +129,10 @@ class SearchIndex:
         """Top ``k`` items by cosine similarity over the ``targets`` modalities (all when None)."""
         targets = targets or list(self.vectors)
         hits: list[tuple[float, str, int]] = []
-        for m in targets:
+        for m in dict.fromkeys(targets):
             scores = self.vectors[m] @ query.astype(np.float32)
+            if not len(scores):
+                continue
             top = np.argpartition(-scores, min(k, len(scores)) - 1)[:k] if len(scores) > k else np.arange(len(scores))
             hits.extend((float(scores[i]), m, int(i)) for i in top)
         hits.sort(key=lambda h: (-h[0], h[1], self.ids[h[1]][h[2]]))

@@ -9,9 +9,15 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import urllib.error
+import http.client
+import ipaddress
+import json
+import re
+import socket
+import ssl
+import threading
+import time
 import urllib.parse
-import urllib.request
 from typing import Any
 
 from serving.config import RemoteSettings, ServeLimits
@@ -30,6 +36,41 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+# a JSON value as the scan in parse_json_body sees it: a whole string, a bracket, a number or a literal
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]|-?[0-9][0-9.eE+-]*|true|false|null')
+
+
+def parse_json_body(body: bytes, max_values: int, max_depth: int = 8) -> dict[str, Any]:
+    """A request body → its JSON object, refusing (400) bodies of more than ``max_values`` values or
+    nested deeper than ``max_depth`` before json builds anything.
+
+    Our requests hold a few fields and at most ``max_items`` strings, so a body of a million tiny
+    objects (which would expand about 25x in memory) or one nested a thousand deep (a RecursionError
+    in json) is refused by a scan that stops at the first excess. CPU-bound: call it off the event loop.
+    """
+    depth = values = 0
+    for match in _JSON_TOKEN.finditer(body):
+        first = match.group()[:1]
+        if first in b"]}":
+            depth -= 1
+            continue
+        values += 1
+        if values > max_values:
+            raise APIError(400, f"request JSON holds more than {max_values} values: expected a few fields and at "
+                                "most limits.max_items inputs", "request_too_complex")
+        if first in b"[{":
+            depth += 1
+            if depth > max_depth:
+                raise APIError(400, f"request JSON is nested more than {max_depth} levels deep", "invalid_json")
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise APIError(400, f"request body is not valid JSON ({type(e).__name__}: {str(e)[:200]})", "invalid_json") from None
+    if not isinstance(parsed, dict):
+        raise APIError(400, f"request body must be a JSON object, got {type(parsed).__name__}", "invalid_json")
+    return parsed
 
 
 def item_error(index: int, reason: str, code: str = "invalid_input") -> APIError:
@@ -65,8 +106,11 @@ def input_list(body: dict[str, Any], limits: ServeLimits, field: str = "input") 
 
 
 def resolve(index: int, raw: str, forced: str | None, modalities: list[str], limits: ServeLimits) -> Item:
-    """One input string → an Item; a remote URL is returned unfetched (``remote_url`` set)."""
-    if raw.startswith("data:"):
+    """One input string → an Item; a remote URL is returned unfetched (``remote_url`` set).
+
+    With ``forced`` = "text" every string is text as written, even one that starts with ``data:``.
+    """
+    if raw.startswith("data:") and forced != "text":
         modality, payload = _data_uri(index, raw, limits)
         if forced and forced != modality:
             raise item_error(index, f"data URI holds {modality} but the request's modality is {forced!r}", "modality_mismatch")
@@ -127,30 +171,106 @@ def _data_uri(index: int, raw: str, limits: ServeLimits) -> tuple[str, bytes]:
     return modality, data
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - redirects are refused
-        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
-
-
 def fetch(item: Item, remote: RemoteSettings, limits: ServeLimits) -> Item:
-    """Download an allow-listed URL (no redirects, size-limited); blocking — run it in a thread."""
+    """Download an allow-listed URL: no redirects, size-limited, one deadline for the whole fetch.
+
+    The host and port must be on ``remote.allow_hosts``; the host must resolve to a public address
+    (unless ``remote.allow_private_addresses``), and the connection goes to the address that was
+    checked, so a DNS answer cannot change between the check and the fetch. Every failure is a 400
+    naming the item. Blocking: run it in a thread.
+    """
     url, i = item.remote_url, item.index
     if not remote.enabled:
         raise item_error(i, "remote URLs are not fetched by this server (remote.enabled is false); "
                             "send the media inline as a data: URI", "remote_disabled")
-    parts = urllib.parse.urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https") or host not in remote.allow_hosts:
-        raise item_error(i, f"host {host or url!r} is not on the allow-list ({', '.join(remote.allow_hosts)})",
-                         "host_not_allowed")
-    opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with opener.open(url, timeout=remote.timeout_s) as response:
-            data = response.read(limits.max_item_bytes + 1)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise item_error(i, f"could not fetch {url}: {getattr(e, 'reason', e)}", "fetch_failed") from None
+        parts = urllib.parse.urlsplit(url)
+        default_port = 443 if parts.scheme == "https" else 80
+        port = parts.port or default_port
+    except ValueError as e:
+        raise item_error(i, f"malformed URL ({e})", "invalid_url") from None
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host:
+        raise item_error(i, "expected an http(s) URL with a host name", "invalid_url")
+    if not remote.allows(host, port, default_port):
+        raise item_error(i, f"{host}:{port} is not on the allow-list ({', '.join(remote.allow_hosts)})",
+                         "host_not_allowed")
+    address = _checked_address(i, host, port, remote.allow_private_addresses)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    conn = (_PinnedHTTPSConnection(host, address, port, remote.timeout_s) if parts.scheme == "https"
+            else http.client.HTTPConnection(address, port, timeout=remote.timeout_s))
+    # one deadline for connect, headers and body: a server that dribbles bytes is cut off at it
+    deadline, timer = time.monotonic() + remote.timeout_s, None
+    try:
+        conn.connect()
+        sock = conn.sock  # the response may outlive conn.sock; the deadline closes this one
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, (sock,))
+        timer.start()
+        conn.request("GET", path, headers={"Host": parts.netloc.rpartition("@")[2], "User-Agent": "oneencoder",
+                                           "Accept-Encoding": "identity"})
+        response = conn.getresponse()
+        if response.status != 200:
+            raise item_error(i, f"fetching {url} answered HTTP {response.status} (redirects are not followed)",
+                             "fetch_failed")
+        data = bytearray()
+        while len(data) <= limits.max_item_bytes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline")
+            sock.settimeout(left)
+            chunk = response.read1(1 << 16)
+            if not chunk:
+                if response.length:  # the body ended before its Content-Length
+                    raise http.client.IncompleteRead(bytes(data), response.length)
+                break
+            data += chunk
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        late = time.monotonic() >= deadline - 0.05
+        raise item_error(i, f"fetching {url} took longer than remote.timeout_s={remote.timeout_s:g} s" if late
+                         else f"could not fetch {url}: {type(e).__name__}: {e}", "fetch_failed") from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+        conn.close()
     if len(data) > limits.max_item_bytes:
         raise item_error(i, f"{url} is over the limit of {limits.max_item_bytes} bytes per item", "item_too_large")
     if not data:
         raise item_error(i, f"{url} returned an empty body", "fetch_failed")
-    return Item(i, item.modality, data)
+    return Item(i, item.modality, bytes(data))
+
+
+def _checked_address(index: int, host: str, port: int, allow_private: bool) -> str:
+    """The first address ``host`` resolves to that may be fetched: public, unless private ones are allowed."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise item_error(index, f"cannot resolve {host} ({e})", "fetch_failed") from None
+    refused = []
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        mapped = getattr(ip, "ipv4_mapped", None) or ip
+        if allow_private or (mapped.is_global and not mapped.is_multicast):
+            return str(ip)
+        refused.append(str(ip))
+    raise item_error(index, f"{host} resolves to {', '.join(refused)}, not a public address; such hosts are fetched "
+                            "only with remote.allow_private_addresses", "host_not_allowed")
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a checked address, with the certificate verified for the host name."""
+
+    def __init__(self, host: str, address: str, port: int, timeout: float):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def _abort(sock: socket.socket) -> None:
+    """Cut a fetch off at its deadline: blocked reads return at once."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

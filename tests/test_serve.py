@@ -79,14 +79,15 @@ def media_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(ray_session, trained, feature_store, tmp_path_factory):
+def served(ray_session, trained, feature_store, media_server, tmp_path_factory):
     """The README's command, `oneencoder serve --config F --port P`, as its own driver on the session's Ray."""
     from ray import serve
 
     tmp = str(tmp_path_factory.mktemp("serve"))
     gateway = {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"ONEENCODER_TEST_KEY": TOKEN}}}}
     path = _config(tmp, "serve.yaml", {"model": trained[0], "features": feature_store, "api_key_env": "ONEENCODER_TEST_KEY",
-                                       "limits": LIMITS, "remote": {"enabled": True, "allow_hosts": ["127.0.0.1"]}},
+                                       "limits": LIMITS, "remote": {"enabled": True, "allow_private_addresses": True,  # loopback
+                                                                  "allow_hosts": [media_server.split("//")[1]]}},
                    {"Gateway": gateway, "encoder-text": {}, "encoder-image": {}, "encoder-audio": {}, "encoder-video": {}})
     port = _free_port()
     command = [os.path.join(os.path.dirname(sys.executable), "oneencoder"), "serve", "--config", path, "--port", str(port)]
@@ -274,6 +275,13 @@ BAD_REQUESTS = [
      "invalid_encoding_format", "encoding_format"),
     ("other dimensions", {"model": "oneencoder", "input": ["a"], "dimensions": 64}, 400, "unsupported_dimensions", "dimensions"),
     ("unknown model", {"model": "nope", "input": ["a"]}, 404, "model_not_found", "model"),
+    ("deeply nested JSON", b'{"model": "oneencoder", "input": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400,
+     "invalid_json", None),
+    ("a body of many small objects", b'{"model": "oneencoder", "input": [' + b"{}," * 100_000 + b"{}]}", 400,
+     "request_too_complex", None),
+    ("an HLS playlist posted as a video", {"model": "oneencoder", "input": [_data_uri("video/mp4", (
+        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:2.0,\n" + SHIPPED_CONFIG + "\n#EXT-X-ENDLIST\n").encode())]}, 400,
+     "invalid_input", "input[0]"),
 ]
 
 
@@ -309,6 +317,12 @@ def test_bearer_auth(served):
         r = _post(url, body, token=token)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert requests.get(url + "/v1/models", timeout=30).status_code == 401
+    for page in ("/docs", "/openapi.json", "/redoc"):  # the API's description is behind the same token
+        assert requests.get(url + page, timeout=30).status_code in (401, 404), page
+    spec = requests.get(url + "/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert spec.status_code == 200 and "/v1/embeddings" in spec.json()["paths"]
+    docs = requests.get(url + "/docs", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert docs.status_code == 200 and "openapi.json" in docs.text
     assert requests.get(url + "/health", timeout=30).status_code == 200  # probes need no token
     assert _post(url, body).status_code == 200
 
@@ -328,6 +342,10 @@ def test_remote_urls_only_from_allowed_hosts(served, media_server, local_model):
         assert r.json()["error"]["param"] == "input[1]"
     as_text = _post(url, {"model": "oneencoder", "input": [media_server + "/red.png"]})  # no modality: a plain string is text
     assert as_text.status_code == 200 and as_text.json()["data"][0]["modality"] == "text"
+    caption = "data: the first word of this caption"  # with modality text, a string is text whatever it starts with
+    as_text = _post(url, {"model": "oneencoder", "input": [caption], "modality": "text"})
+    assert as_text.status_code == 200, as_text.text
+    np.testing.assert_allclose(as_text.json()["data"][0]["embedding"], local_model.embed([caption], "text")[0], atol=1e-4)
 
 
 def test_remote_fetching_is_off_unless_enabled():
@@ -362,6 +380,8 @@ def test_search_returns_the_true_pair(served, feature_store, local_model):
     ids = table.column("id").to_pylist()
     expected = [ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
     assert served_ids[:5] == expected[:5] and "c00000" in served_ids, (served_ids, expected)
+    twice = _post(url, {"query": "a red circle", "target_modality": ["image", "image"], "k": 10}, path="/v1/search")
+    assert len({h["id"] for h in twice.json()["data"]}) == 10  # a target named twice is searched once
     everywhere = _post(url, {"query": "a red circle", "k": 5}, path="/v1/search").json()["data"]
     assert len(everywhere) == 5 and all(h["score"] <= everywhere[0]["score"] for h in everywhere)
     bad = _post(url, {"query": "a red circle", "k": 0}, path="/v1/search")
@@ -423,7 +443,7 @@ def test_serve_config_and_args_are_validated(trained, tmp_path):
         prepare(_config(str(tmp_path), "b.yaml", {"model": trained[0], "api_key_env": "ONEENCODER_UNSET_KEY"}))
     with pytest.raises(ConfigError, match="limits.max_items.*greater than or equal to 1"):
         prepare(_config(str(tmp_path), "c.yaml", {"model": trained[0], "limits": {"max_items": 0}}))
-    with pytest.raises(ConfigError, match=r"allow_hosts takes bare host names"):
+    with pytest.raises(ConfigError, match=r"allow_hosts takes host names with an optional port"):
         prepare(_config(str(tmp_path), "d.yaml", {"model": trained[0], "remote": {"enabled": True, "allow_hosts": ["http://x.com/"]}}))
     with pytest.raises(ConfigError, match="modalities=.*subset"):
         prepare(_config(str(tmp_path), "e.yaml", {"model": trained[0], "modalities": ["smell"]}))
