@@ -7,6 +7,8 @@ modality pair trained with InfoNCE on the same training ids.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +26,10 @@ from pipeline.modality import Modality
 from pipeline.pairs import is_validation
 
 MODALITIES = (Modality.IMAGE, Modality.TEXT, Modality.AUDIO, Modality.VIDEO)
+# the quality bar's setting (tests/test_train.py and jobs/quality_sweep.py)
+STAGES = "image:text,audio:text,video:text"  # the curriculum trained
+EPOCHS = 30                                   # epochs of each of its stages (and of the baseline)
+VAL_FRACTION = 0.2                            # share of ids held out for validation
 
 
 def concept_inputs(i: int, rng: np.random.Generator) -> dict[Modality, object]:
@@ -36,8 +42,25 @@ def concept_inputs(i: int, rng: np.random.Generator) -> dict[Modality, object]:
             Modality.VIDEO: clip(colour, shape, frames=4, size=32, rng=rng)}
 
 
-def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str | None = None) -> dict[str, str]:
-    """Encode ``n`` concept samples with the tiny encoders into a feature store at ``root``; return id → concept."""
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, then restore the previous count.
+
+    The quality bar pins every thread count it uses: float reductions split over another number of
+    threads round differently, and 30 epochs of training turn that into other held-out hits.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str | None = None,
+                        threads: int = 2) -> dict[str, str]:
+    """Encode ``n`` concept samples with the tiny encoders (``threads`` torch threads) into a feature store at
+    ``root``; return id → concept."""
     from pipeline.embed import encoder_record
 
     rng = np.random.default_rng(seed)
@@ -46,7 +69,7 @@ def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str |
     cfg = EmbedConfig(preset="tiny", cache_dir=cache_dir)
     store = FeatureStore(root, {})
     for modality in MODALITIES:
-        ref, enc = resolve_encoder(cfg, modality), EncoderConfig(torch_threads=2)
+        ref, enc = resolve_encoder(cfg, modality), EncoderConfig(torch_threads=threads)
         encoder = FrozenEncoder(ref, enc)
         arr = np.concatenate([encoder.embed([s[modality] for s in samples[i:i + 64]]) for i in range(0, n, 64)])
         k, dim = arr.shape[1:]
@@ -79,8 +102,14 @@ def worse_p_value(hits: np.ndarray, reference: np.ndarray) -> float:
 
 
 def train_baseline(train_a: np.ndarray, train_b: np.ndarray, val_a: np.ndarray, val_b: np.ndarray,
-                   val_labels: list[str], epochs: int = 60, seed: int = 0) -> np.ndarray:
-    """A plain 2-layer MLP per side trained with InfoNCE (fixed temperature 0.07); per-item concept hits a→b on val."""
+                   val_labels: list[str], epochs: int = 60, seed: int = 0, threads: int = 1) -> np.ndarray:
+    """A plain 2-layer MLP per side trained with InfoNCE (fixed temperature 0.07) on ``threads`` torch threads;
+    per-item concept hits a→b on val."""
+    with torch_threads(threads):
+        return _train_baseline(train_a, train_b, val_a, val_b, val_labels, epochs, seed)
+
+
+def _train_baseline(train_a, train_b, val_a, val_b, val_labels, epochs, seed) -> np.ndarray:
     torch.manual_seed(seed)
     mlp = lambda d: nn.Sequential(nn.Linear(d, 256), nn.ReLU(), nn.Linear(256, 256))  # noqa: E731
     fa, fb = mlp(train_a.shape[-1]), mlp(train_b.shape[-1])
@@ -104,28 +133,37 @@ def train_baseline(train_a: np.ndarray, train_b: np.ndarray, val_a: np.ndarray, 
 
 
 def compare(store: str, model_dir: str, labels: dict[str, str], val_fraction: float, epochs: int, seed: int = 0,
-            pairs: tuple[tuple[str, str], ...] = (("image", "text"), ("audio", "text"), ("video", "text"))) -> dict:
+            threads: int = 1, pairs: tuple[tuple[str, str], ...] = (("image", "text"), ("audio", "text"), ("video", "text"))) -> dict:
     """Concept R@1 (new → anchor) on held-out ids: the trained artifact vs the baseline, per pair.
 
-    The baseline trains ``epochs`` epochs, as many as each curriculum stage did. ``p_worse`` is the
+    The baseline trains ``epochs`` epochs, as many as each curriculum stage did, on ``threads`` torch
+    threads (the training job's workers use ``cpus_per_worker``, 1 by default). ``p_worse`` is the
     one-sided sign-test p-value on the items only one of the two gets right (small = progressive worse).
     """
     from pipeline.inference import load_model
-    from pipeline.pairs import join, load_features
+    from pipeline.pairs import load_features
 
     model = load_model(model_dir)
     feats = {m: load_features(store, m, {}) for m in {x for p in pairs for x in p}}
     out = {}
-    for a, b in pairs:
-        ids, arrays = join(feats, [a, b])
-        val = np.array([is_validation(i, val_fraction, seed) for i in ids])
-        val_labels = [labels[i] for i, v in zip(ids, val) if v]
-        progressive = concept_hits(model.project(arrays[a][val], a), model.project(arrays[b][val], b), val_labels)
-        baseline = train_baseline(arrays[a][~val], arrays[b][~val], arrays[a][val], arrays[b][val], val_labels,
-                                  epochs=epochs, seed=seed)
-        out[f"{a}->{b}"] = {"progressive": float(progressive.mean()), "baseline": float(baseline.mean()),
-                            "chance": 1 / len(set(labels.values())), "val_items": int(val.sum()),
-                            "only_progressive": int((progressive & ~baseline).sum()),
-                            "only_baseline": int((baseline & ~progressive).sum()),
-                            "p_worse": worse_p_value(progressive, baseline)}
+    with torch_threads(threads):
+        for a, b in pairs:
+            out[f"{a}->{b}"] = _compare_pair(model, feats, labels, a, b, val_fraction, epochs, seed)
     return out
+
+
+def _compare_pair(model, feats: dict, labels: dict[str, str], a: str, b: str, val_fraction: float, epochs: int,
+                  seed: int) -> dict:
+    from pipeline.pairs import join
+
+    ids, arrays = join(feats, [a, b])
+    val = np.array([is_validation(i, val_fraction, seed) for i in ids])
+    val_labels = [labels[i] for i, v in zip(ids, val) if v]
+    progressive = concept_hits(model.project(arrays[a][val], a), model.project(arrays[b][val], b), val_labels)
+    baseline = train_baseline(arrays[a][~val], arrays[b][~val], arrays[a][val], arrays[b][val], val_labels,
+                              epochs=epochs, seed=seed, threads=torch.get_num_threads())
+    return {"progressive": float(progressive.mean()), "baseline": float(baseline.mean()),
+            "chance": 1 / len(set(labels.values())), "val_items": int(val.sum()),
+            "only_progressive": int((progressive & ~baseline).sum()),
+            "only_baseline": int((baseline & ~progressive).sum()),
+            "p_worse": worse_p_value(progressive, baseline)}

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 
-from jobs import benchmark_embed, benchmark_serve, benchmark_train
+import pytest
+
+from jobs import benchmark_embed, benchmark_serve, benchmark_train, quality_sweep
 from jobs import train as train_job
 from tests.settings import EPOCHS, STAGES, VAL_FRACTION
 
@@ -44,3 +46,16 @@ def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
     assert "expected comma-separated integers, e.g. 1,8,32, got '1,x'" in capsys.readouterr().err
     assert benchmark_serve.main(["--levels", "1,64", "--requests", "32"]) == 2
     assert "requests = 32: expected at least the largest level (64)" in capsys.readouterr().err
+
+
+def test_quality_sweep_main_prints_each_run_and_the_ranges(ray_session, tmp_path, capsys):
+    report = tmp_path / "sweep.json"
+    argv = ["--seeds", "5", "--threads", "1", "--epochs", "1", "--samples", "48", "--report", str(report)]
+    assert quality_sweep.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "seed 5 threads 1 audio->text: progressive" in printed and "over 1 runs (min .. max):" in printed
+    (run,) = json.loads(report.read_text())
+    assert (run["seed"], run["threads"]) == (5, 1) and set(run["pairs"]) == {"image->text", "audio->text", "video->text"}
+    with pytest.raises(SystemExit):
+        quality_sweep.main(["--seeds", "0,x"])
+    assert "--seeds takes comma-separated integers >= 0, got '0,x'" in capsys.readouterr().err

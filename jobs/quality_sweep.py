@@ -1,0 +1,102 @@
+"""Run the suite's quality bar under other seeds and torch thread counts: how far its figures move.
+
+    python -m jobs.quality_sweep [--seeds 0,1,2] [--threads 1,2] [--epochs 30] [--samples 480] [--report FILE]
+
+Each (seed, threads) run generates the concept corpus with that seed, encodes it, trains the
+curriculum (Ray Train, ``cpus_per_worker`` = threads) and trains the 2-layer MLP baseline, all on
+that many torch threads, then prints concept R@1 per pair and, at the end, the range of every
+figure over the runs. The assertions of ``tests/test_train.py`` must hold over that whole range.
+To imitate a machine with other vector units, run it under ``ATEN_CPU_CAPABILITY=default``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+from pipeline.quality import EPOCHS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.quality_sweep", description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", default="0,1,2", help="corpus and training seeds, comma-separated (default 0,1,2)")
+    p.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated (default 1,2)")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="epochs of each stage and of the baseline (default 30)")
+    p.add_argument("--samples", type=int, default=480, help="concept samples generated per run (default 480)")
+    p.add_argument("--report", help="also write every run's figures as JSON to this file")
+    return p
+
+
+def _ints(text: str, flag: str, parser: argparse.ArgumentParser) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        parser.error(f"{flag} takes comma-separated integers >= 0, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    seeds, threads = _ints(args.seeds, "--seeds", parser), _ints(args.threads, "--threads", parser)
+    if min(threads) < 1 or args.samples < 48 or args.epochs < 1:
+        parser.error("--threads >= 1, --samples >= 48 and --epochs >= 1 expected")
+    from pipeline.runtime import init_ray, setup_logging
+
+    setup_logging()
+    init_ray()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="quality-sweep-") as work:
+        for seed in seeds:
+            for t in threads:
+                runs.append(sweep_run(os.path.join(work, f"s{seed}-t{t}"), seed, t, args.epochs, args.samples))
+                print(format_sweep(runs[-1:]), flush=True)
+    print(format_sweep(runs, ranges=True))
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as fh:
+            json.dump(runs, fh, indent=2)
+    return 0
+
+
+def sweep_run(root: str, seed: int, threads: int, epochs: int, samples: int) -> dict:
+    """One quality-bar run: concept store, curriculum and baseline with this seed on ``threads`` threads."""
+    from pipeline.quality import STAGES, VAL_FRACTION, compare, write_concept_store
+    from pipeline.train import run_train
+    from pipeline.train_config import load_train_config
+
+    store, model = os.path.join(root, "features"), os.path.join(root, "model")
+    labels = write_concept_store(store, n=samples, seed=seed, threads=threads)
+    cfg = load_train_config(None, epochs=epochs, features=store, output=model, stages=STAGES,
+                            val_fraction=VAL_FRACTION, seed=seed, cpus_per_worker=threads)
+    run_train(cfg)
+    return {"seed": seed, "threads": threads, "pairs": compare(store, model, labels, VAL_FRACTION, epochs, seed=seed,
+                                                                threads=threads)}
+
+
+def format_sweep(runs: list[dict], ranges: bool = False) -> str:
+    """One line per run and pair, or (``ranges``) the min..max of every figure per pair over the runs."""
+    lines = []
+    if not ranges:
+        for run in runs:
+            for pair, r in run["pairs"].items():
+                lines.append(f"seed {run['seed']} threads {run['threads']} {pair}: progressive {r['progressive']:.3f} "
+                             f"baseline {r['baseline']:.3f} only-prog/only-base {r['only_progressive']}/"
+                             f"{r['only_baseline']} p(worse) {r['p_worse']:.3f}")
+        return "\n".join(lines)
+    lines.append(f"over {len(runs)} runs (min .. max):")
+    for pair in runs[0]["pairs"]:
+        rows = [run["pairs"][pair] for run in runs]
+        span = lambda key: f"{min(r[key] for r in rows):.3f} .. {max(r[key] for r in rows):.3f}"  # noqa: E731
+        gap = [r["baseline"] - r["progressive"] for r in rows]
+        lines.append(f"  {pair}: progressive {span('progressive')}  baseline {span('baseline')}  "
+                     f"baseline - progressive {min(gap):.3f} .. {max(gap):.3f}  p(worse) {span('p_worse')}  "
+                     f"chance {rows[0]['chance']:.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
