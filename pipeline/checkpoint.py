@@ -44,11 +44,18 @@ def load_optimizer(opt: torch.optim.Optimizer, folder: str) -> None:
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Make the local file ``path`` appear whole or not at all (temp file, fsync, rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def read_json(path: str) -> Any:

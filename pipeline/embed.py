@@ -8,6 +8,7 @@ shards, so an interrupted job resumes without redoing or duplicating work.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -98,10 +99,9 @@ def _embed_modality(cfg: EmbedConfig, modality: Modality, manifest: Manifest, st
         store.remove_modality(modality)
     store.remove_stale_temp_files(modality)
     enc, ref = cfg.encoder(modality), resolve_encoder(cfg, modality)
-    _guard_resume(store, modality, {"manifest": manifest.uri, "manifest_sha256": manifest.digest, "items": len(items),
-                                    "shard_size": cfg.shard_size, "encoder": ref.name, "tokens": enc.tokens, "dtype": enc.dtype})
     spec = read_input_spec(ref, enc)
-    store.write_json(f"_progress/{modality.value}/encoder.json", encoder_record(ref, enc, spec))
+    _guard_resume(store, modality, run_fingerprint(cfg, modality, manifest, len(items), ref, spec),
+                  encoder_record(ref, enc, spec))
     done = store.committed_shards(modality)
     todo = [it for it in items if it["shard"] not in done]
     shards = (len(items) + cfg.shard_size - 1) // cfg.shard_size
@@ -177,23 +177,55 @@ def _commit(store: FeatureStore, modality: Modality, ref: EncoderRef, k: int, sh
     store.commit_shard(modality, shard, features, errors, dim)
 
 
-def _guard_resume(store: FeatureStore, modality: Modality, fingerprint: dict[str, Any]) -> None:
-    rel = f"_progress/{modality.value}/run.json"
-    existing = store.read_json(rel)
+RUN_FORMAT = 2  # version of run.json: a store made by another version is not resumed blindly
+
+
+def run_fingerprint(cfg: EmbedConfig, modality: Modality, manifest: Manifest, items: int, ref: EncoderRef,
+                    spec: InputSpec) -> dict[str, Any]:
+    """Everything a modality's rows depend on; a rerun resumes only when all of it is unchanged.
+
+    Runtime settings that do not change the rows (actors, batch sizes, CPUs/GPUs, threads) are left out.
+    """
+    enc = cfg.encoder(modality)
+    return _as_json({"format": RUN_FORMAT, "manifest": manifest.uri, "manifest_sha256": manifest.digest, "items": items,
+            "shard_size": cfg.shard_size, "encoder": ref.name, "tokens": enc.tokens, "dtype": enc.dtype,
+            "precision": enc.precision, "num_frames": enc.num_frames, "max_text_tokens": enc.max_text_tokens,
+            "input": dataclasses.asdict(spec), "limits": cfg.limits.model_dump(mode="json")})
+
+
+def _as_json(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` as it reads back from JSON (tuples become lists), so a stored record compares equal."""
+    return json.loads(json.dumps(obj))
+
+
+def _guard_resume(store: FeatureStore, modality: Modality, fingerprint: dict[str, Any], encoder: dict[str, Any]) -> None:
+    """Refuse to mix rows made differently; record a new run (its encoder once, with the fingerprint)."""
+    existing = store.run_record(modality)
     if existing is not None and existing != fingerprint:
-        changed = sorted(k for k in set(existing) | set(fingerprint) if existing.get(k) != fingerprint.get(k))
-        detail = "; ".join(f"{k}: was {existing.get(k)!r}, now {fingerprint.get(k)!r}" for k in changed)
+        detail = "; ".join(f"{k}: was {was!r}, now {now!r}" for k, was, now in _differences(existing, fingerprint))
         raise ResumeMismatchError(
             f"{store.root} already holds {modality.value} features made differently ({detail}). "
             "Pass --overwrite to start over, or choose another --output.")
     if existing is None:
-        store.write_json(rel, fingerprint)
+        store.start_run(modality, fingerprint, encoder)
+
+
+def _differences(was: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every leaf that differs, e.g. ("limits.max_audio_seconds", 60.0, 30.0)."""
+    out = []
+    for key in sorted(set(was) | set(now)):
+        a, b = was.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((prefix + key, a, b))
+    return out
 
 
 def _write_summary(store: FeatureStore, input_uri: str, output_uri: str, elapsed: float, processed: int) -> dict[str, Any]:
     per_modality = {}
     for modality in Modality:
-        run = store.read_json(f"_progress/{modality.value}/run.json")
+        run = store.run_record(modality)
         if run is None:
             continue
         markers = store.committed_shards(modality)

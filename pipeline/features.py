@@ -52,6 +52,10 @@ def features_table(ids: list[str], modality: str, uris: list[str | None], encode
                                  pa.array(uris, pa.string()), pa.array([encoder] * n, pa.string()), tensor], schema=schema)
 
 
+def _name(modality: Modality | str) -> str:
+    return modality.value if isinstance(modality, Modality) else str(modality)
+
+
 def join(root: str, *parts: str) -> str:
     """Join path parts under a local or s3:// root."""
     return "/".join([root.rstrip("/"), *parts])
@@ -74,7 +78,8 @@ class FeatureStore:
         target = self._p(rel)
         self.fs.makedirs(os.path.dirname(target), exist_ok=True)
         if self.local:
-            tmp = f"{os.path.dirname(target)}/.tmp-{uuid.uuid4().hex}"
+            # the temp file names its target: a run cleans up only its own modality's leftovers
+            tmp = f"{os.path.dirname(target)}/.tmp-{os.path.basename(target)}-{uuid.uuid4().hex}"
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -104,25 +109,31 @@ class FeatureStore:
         except FileNotFoundError:
             return []
 
-    def remove_modality(self, modality: Modality) -> None:
+    def remove_modality(self, modality: Modality | str) -> None:
         """Delete every output of ``modality`` (for --overwrite); other modalities stay."""
-        for rel in (f"features/{modality.value}", f"_progress/{modality.value}"):
+        name = _name(modality)
+        for rel in (f"features/{name}", f"_progress/{name}"):
             if self.fs.exists(self._p(rel)):
                 self.fs.rm(self._p(rel), recursive=True)
-        for name in self.list("errors"):
-            if name.startswith(f"{modality.value}-shard-"):
-                self.fs.rm(self._p("errors", name))
+        for entry in self.list("errors"):
+            if entry.startswith(f"{name}-shard-"):
+                self.fs.rm(self._p("errors", entry))
         self.fs.invalidate_cache()
 
-    def remove_stale_temp_files(self, modality: Modality) -> int:
-        """Delete temp files a killed run left behind (local only: S3 writes leave none)."""
+    def remove_stale_temp_files(self, modality: Modality | str) -> int:
+        """Delete temp files a killed run of ``modality`` left behind (local only: S3 writes leave none).
+
+        ``errors/`` is shared by every modality: there only this modality's temp files go, so a run on
+        another modality of the same output keeps its files in flight.
+        """
         if not self.local:
             return 0
         removed = 0
-        for rel in (f"features/{modality.value}", "errors", f"_progress/{modality.value}"):
-            for name in self.list(rel):
-                if name.startswith(".tmp-"):
-                    self.fs.rm(self._p(rel, name))
+        name = _name(modality)
+        for rel, prefix in ((f"features/{name}", ".tmp-"), ("errors", f".tmp-{name}-shard-"), (f"_progress/{name}", ".tmp-")):
+            for entry in self.list(rel):
+                if entry.startswith(prefix):
+                    self.fs.rm(self._p(rel, entry))
                     removed += 1
         return removed
 
@@ -131,43 +142,92 @@ class FeatureStore:
     def shard_name(shard: int) -> str:
         return f"shard-{shard:05d}"
 
-    def committed_shards(self, modality: Modality) -> dict[int, dict]:
+    @staticmethod
+    def shard_index(name: str) -> int | None:
+        """The shard number in a file name like ``shard-00012.json`` or ``image-shard-123456.parquet``."""
+        stem = name.rsplit("shard-", 1)[-1].split(".", 1)[0]
+        return int(stem) if "shard-" in name and stem.isdigit() else None
+
+    def committed_shards(self, modality: Modality | str) -> dict[int, dict]:
         """Shard index → its commit marker, for shards already committed."""
         out = {}
-        for name in self.list(f"_progress/{modality.value}"):
-            if name.startswith("shard-") and name.endswith(".json"):
-                marker = self.read_json(f"_progress/{modality.value}/{name}")
+        for name in self.list(f"_progress/{_name(modality)}"):
+            index = self.shard_index(name)
+            if index is not None and name.endswith(".json") and not name.startswith("."):
+                marker = self.read_json(f"_progress/{_name(modality)}/{name}")
                 if marker is not None:
-                    out[int(name[6:11])] = marker
-        return out
+                    out[index] = marker
+        return dict(sorted(out.items()))
+
+    def feature_file(self, modality: Modality | str, shard: int) -> str:
+        return f"features/{_name(modality)}/{self.shard_name(shard)}.parquet"
+
+    def error_file(self, modality: Modality | str, shard: int) -> str:
+        return f"errors/{_name(modality)}-{self.shard_name(shard)}.parquet"
 
     def commit_shard(self, modality: Modality, shard: int, features: pa.Table, errors: pa.Table, dim: int) -> dict:
-        """Write a shard's feature and error files, then its marker (the commit point)."""
-        name = self.shard_name(shard)
-        if features.num_rows:
-            self.write_table(f"features/{modality.value}/{name}.parquet", features)
-        if errors.num_rows:
-            self.write_table(f"errors/{modality.value}-{name}.parquet", errors)
+        """Write a shard's feature and error files, then its marker (the commit point).
+
+        Both files are replaced, or removed when the shard has no such rows: a redo after a crash
+        before the marker may split the items differently, and a stale file of the crashed attempt
+        must not survive beside the new one. Readers read only shards that have a marker.
+        """
+        for rel, table in ((self.feature_file(modality, shard), features), (self.error_file(modality, shard), errors)):
+            if table.num_rows:
+                self.write_table(rel, table)
+            elif self.fs.exists(self._p(rel)):
+                self.fs.rm(self._p(rel))
         stages = errors.column("stage").to_pylist() if errors.num_rows else []
         marker = {"features": features.num_rows, "errors": {s: stages.count(s) for s in STAGES}, "dim": dim,
                   "committed_at": time.time()}
-        self.write_json(f"_progress/{modality.value}/{name}.json", marker)
+        self.write_json(f"_progress/{_name(modality)}/{self.shard_name(shard)}.json", marker)
         return marker
+
+    # --- per-modality records ------------------------------------------------------------------
+    def run_record(self, modality: Modality | str) -> dict | None:
+        """What ``modality``'s shards were made with (the resume guard), or None before its first run."""
+        return self.read_json(f"_progress/{_name(modality)}/run.json")
+
+    def encoder_record(self, modality: Modality | str) -> dict | None:
+        """The frozen encoder ``modality``'s features come from (what a model artifact rebuilds), or None."""
+        return self.read_json(f"_progress/{_name(modality)}/encoder.json")
+
+    def start_run(self, modality: Modality | str, fingerprint: dict, encoder: dict) -> None:
+        """Record a new run of ``modality``: its encoder, then its fingerprint (which marks the run started)."""
+        self.write_json(f"_progress/{_name(modality)}/encoder.json", encoder)
+        self.write_json(f"_progress/{_name(modality)}/run.json", fingerprint)
+
+    def has_features(self, modality: Modality | str) -> bool:
+        """Whether any committed shard of ``modality`` holds feature rows."""
+        return bool(self.committed_files(modality, "features"))
+
+    def modalities(self) -> list[str]:
+        """Names of the modalities with a run in this store."""
+        return [name for name in self.list("_progress") if self.run_record(name) is not None]
+
+    def committed_files(self, modality: Modality | str, kind: str) -> list[str]:
+        """The ``kind`` ("features" or "errors") files of committed shards of ``modality``, in shard order;
+        files of shards without a marker (a crashed commit) are never read."""
+        files = []
+        for shard, marker in self.committed_shards(modality).items():
+            rows = marker["features"] if kind == "features" else sum(marker["errors"].values())
+            if rows:
+                files.append(self.feature_file(modality, shard) if kind == "features" else self.error_file(modality, shard))
+        return files
 
 
 def read_features(root: str, modality: Modality | str, storage: dict[str, Any] | None = None) -> pa.Table:
-    """All feature rows of ``modality`` under ``root`` as one table (plain pyarrow)."""
+    """All feature rows of ``modality``'s committed shards under ``root`` as one table (plain pyarrow)."""
     store = FeatureStore(root, storage or {})
-    modality = Modality.parse(str(modality))
-    files = [f"features/{modality.value}/{n}" for n in store.list(f"features/{modality.value}") if n.endswith(".parquet")]
+    files = store.committed_files(modality, "features")
     tables = [pq.read_table(store._p(f), filesystem=store.fs) for f in files]
     return pa.concat_tables(tables) if tables else pa.table({})
 
 
 def read_errors(root: str, storage: dict[str, Any] | None = None) -> pa.Table:
-    """All error rows under ``root`` (every modality)."""
+    """All error rows of committed shards under ``root`` (every modality)."""
     store = FeatureStore(root, storage or {})
-    files = [f"errors/{n}" for n in store.list("errors") if n.endswith(".parquet")]
+    files = [f for m in store.modalities() for f in store.committed_files(m, "errors")]
     tables = [pq.read_table(store._p(f), filesystem=store.fs) for f in files]
     return pa.concat_tables(tables) if tables else ERROR_SCHEMA.empty_table()
 

@@ -17,8 +17,8 @@ def load_features(root: str, modality: str, storage: dict[str, Any]) -> dict[str
     from pipeline.features import FeatureStore
 
     store = FeatureStore(root, storage)
-    if not store.list(f"features/{modality}"):
-        found = ", ".join(store.list("features")) or "none"
+    if not store.has_features(modality):
+        found = ", ".join(m for m in store.modalities() if store.has_features(m)) or "none"
         raise ValueError(f"feature store {root} has no features for {modality!r} (it has: {found})")
     table = read_features(root, modality, storage)
     arr = embeddings(table).astype(np.float32)

@@ -75,8 +75,8 @@ def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str |
         k, dim = arr.shape[1:]
         flat = pa.FixedSizeListArray.from_arrays(pa.array(arr.astype(np.float16).ravel()), k * dim)
         table = features_table(ids, modality.value, [None] * n, ref.name, flat, k, dim)
-        store.write_json(f"_progress/{modality.value}/run.json", {"items": n, "encoder": ref.name, "tokens": k, "dtype": "float16"})
-        store.write_json(f"_progress/{modality.value}/encoder.json", encoder_record(ref, enc, read_input_spec(ref, enc)))
+        store.start_run(modality, {"items": n, "encoder": ref.name, "tokens": k, "dtype": "float16"},
+                        encoder_record(ref, enc, read_input_spec(ref, enc)))
         store.commit_shard(modality, 0, table, ERROR_SCHEMA.empty_table(), dim)
     return {i: "{} {}".format(*concept(k)) for k, i in enumerate(ids)}
 

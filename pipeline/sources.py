@@ -128,7 +128,12 @@ def resolve_uri(value: str, base: str) -> str:
     if os.path.isabs(value):
         return value
     if base.startswith("s3://"):
-        return base.rstrip("/") + "/" + posixpath.normpath(value)
+        # resolve ".." as a local path would (S3 keys are literal); never above the bucket
+        bucket, _, prefix = base[len("s3://"):].partition("/")
+        key = posixpath.normpath(posixpath.join(prefix, value))
+        if key == ".." or key.startswith("../"):
+            raise ValueError(f"{value!r} resolves above the bucket of the manifest's folder {base}")
+        return f"s3://{bucket}/{key}"
     return os.path.normpath(os.path.join(local_path(base) or base, value))
 
 

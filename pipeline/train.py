@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.checkpoint import read_json, write_json
+from pipeline.checkpoint import read_json, write_bytes_atomic, write_json
 from pipeline.config import ConfigError
 from pipeline.features import FeatureStore
 from pipeline.model import ModelConfig
@@ -43,7 +43,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     if "://" in cfg.output:
         raise ConfigError(f"output = {cfg.output!r}: expected a local folder for the model artifact")
     output = os.path.abspath(cfg.output)
-    features_uri = cfg.features if "://" in cfg.features else os.path.abspath(cfg.features)
+    features_uri = _features_uri(cfg)
     options = storage_options(cfg.storage)
     names = sorted({n for s in cfg.stages for n in (s.new, s.anchor, s.third) if n})
     try:
@@ -66,13 +66,18 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     return {"output": output, "stages": records}
 
 
+def _features_uri(cfg: TrainConfig) -> str:
+    return cfg.features if "://" in cfg.features else os.path.abspath(cfg.features)
+
+
 def plan_curriculum(cfg: TrainConfig, features: dict, output: str) -> tuple[list["StagePlan"], ModelConfig]:
     """One plan per stage, and the config of the model after the last stage."""
     m = cfg.model
     model_config = ModelConfig(d=m.d, layers=m.layers, heads=m.heads, ff=m.ff, dropout=m.dropout)
+    store = FeatureStore(_features_uri(cfg), storage_options(cfg.storage))
     plans = []
     for index in range(len(cfg.stages)):
-        plans.append(_plan_stage(cfg, index, model_config, features, output))
+        plans.append(_plan_stage(cfg, index, model_config, features, output, store))
         _grow(model_config, plans[-1].new_modalities)
     return plans, model_config
 
@@ -120,7 +125,8 @@ class StagePlan:
         return len(getattr(self, part)[self.names[0]])
 
 
-def _plan_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, features: dict, output: str) -> StagePlan:
+def _plan_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, features: dict, output: str,
+                store: FeatureStore) -> StagePlan:
     stage = cfg.stages[index]
     label = f"{index + 1}-{stage.new}-{stage.anchor}"
     names = [n for n in (stage.new, stage.anchor, stage.third) if n]
@@ -132,8 +138,10 @@ def _plan_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, feature
     batch = min(stage.batch_size, len(train_ids) // cfg.workers)
     if batch < 2:
         raise ConfigError(f"stage {label}: {len(train_ids)} training pairs for {cfg.workers} worker(s): expected at least 2 per worker")
+    # the store's identity too: the same stage on another store (other encoders, K x D, manifest) is retrained
     fingerprint = {"stage": stage.model_dump(mode="json"), "seed": cfg.seed, "pairs": len(ids),
-                   "model": entry_model, "val_ids": len(val_ids)}
+                   "model": entry_model, "val_ids": len(val_ids), "features": store.root,
+                   "store": {n: store.run_record(n) for n in names}, "shapes": {n: list(shapes[n]) for n in names}}
     return StagePlan(index, label, stage, names, train, val, new_modalities, entry_model, batch, fingerprint,
                      os.path.join(output, "stages", label))
 
@@ -186,9 +194,11 @@ def _save_stage(plan: StagePlan, done: dict[str, Any], weights: bytes) -> dict[s
               "best_epoch": best + 1, "best": history[best], "history": history, "train_pairs": plan.pairs("train"),
               "val_pairs": plan.pairs("val"), "seconds": done["seconds"]}
     os.makedirs(plan.folder, exist_ok=True)
-    with open(os.path.join(plan.folder, "model.safetensors"), "wb") as fh:
-        fh.write(weights)
-    write_json(os.path.join(plan.folder, "stage.json"), {"fingerprint": plan.fingerprint, "record": record})
+    marker = os.path.join(plan.folder, "stage.json")
+    if os.path.exists(marker):  # an older marker must never vouch for the weights written next
+        os.remove(marker)
+    write_bytes_atomic(os.path.join(plan.folder, "model.safetensors"), weights)
+    write_json(marker, {"fingerprint": plan.fingerprint, "record": record})  # the commit point
     return record
 
 
@@ -215,21 +225,23 @@ def _write_artifact(cfg: TrainConfig, output: str, features_uri: str, options: d
                     weights: bytes, stages: list[dict[str, Any]]) -> None:
     import ray
     import torch
-    from safetensors.torch import load, save_file
 
-    save_file(load(weights), os.path.join(output, "model.safetensors"))
+    # config.json marks a whole artifact (load_model needs it): removed first, written last
+    if os.path.exists(os.path.join(output, "config.json")):
+        os.remove(os.path.join(output, "config.json"))
+    write_bytes_atomic(os.path.join(output, "model.safetensors"), weights)
     store = FeatureStore(features_uri, options)
     encoders = {}
     for name in model_config.in_dims:
-        record = store.read_json(f"_progress/{name}/encoder.json")
+        record = store.encoder_record(name)
         if record is None:
             raise ConfigError(f"feature store {features_uri} has no encoder record for {name!r} (re-run the embed job)")
         encoders[name] = record
-    write_json(os.path.join(output, "config.json"), {"format": ARTIFACT_FORMAT, "model": dataclasses.asdict(model_config)})
     write_json(os.path.join(output, "encoders.json"), encoders)
     write_json(os.path.join(output, "metrics.json"), {"stages": stages})
     write_json(os.path.join(output, "provenance.json"), {
         "features": features_uri, "config": cfg.model_dump(mode="json"), "seed": cfg.seed,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": {"ray": ray.__version__, "torch": torch.__version__}})
+    write_json(os.path.join(output, "config.json"), {"format": ARTIFACT_FORMAT, "model": dataclasses.asdict(model_config)})
     log.info("model artifact written to %s", output)

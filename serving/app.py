@@ -271,14 +271,14 @@ def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
     from pipeline.features import FeatureStore
 
     store = FeatureStore(args.features, args.storage.model_dump())
-    found = [m for m in modalities if store.list(f"features/{m}")]
+    found = [m for m in modalities if store.run_record(m) is not None]
     if not found:
         raise ValueError(f"features={args.features!r} has no features for any modality of the model ({', '.join(modalities)})")
     trained = read_json(os.path.join(args.model, "encoders.json"))
     shapes = read_json(os.path.join(args.model, "config.json"))["model"]
     for m in found:
-        record = store.read_json(f"_progress/{m}/encoder.json") or {}
-        run = store.read_json(f"_progress/{m}/run.json") or {}
+        record = store.encoder_record(m) or {}
+        run = store.run_record(m) or {}
         if record.get("name") != trained[m]["name"]:
             raise ConfigError(f"features={args.features!r}: its {m} features come from encoder {record.get('name')!r}, "
                               f"but the model was trained on {trained[m]['name']!r}; index a store embedded with the "

@@ -109,14 +109,14 @@ class SearchIndex:
         self.uris: dict[str, list[str | None]] = {}
         store = FeatureStore(self.args.features, storage)
         for modality in self.args.modalities or model.modalities:
-            if not store.list(f"features/{modality}"):  # a modality the embed job did not write
+            if store.run_record(modality) is None:  # a modality the embed job did not write
                 continue
             table = read_features(self.args.features, modality, storage)
             # a modality with no rows stays indexed, empty: searching it finds nothing (the Gateway lists it)
             self.vectors[modality] = (model.project(embeddings(table).astype(np.float32), modality) if table.num_rows
                                       else np.zeros((0, model.dim), np.float32))
-            self.ids[modality] = table.column("id").to_pylist()
-            self.uris[modality] = table.column("uri").to_pylist()
+            self.ids[modality] = table.column("id").to_pylist() if table.num_rows else []
+            self.uris[modality] = table.column("uri").to_pylist() if table.num_rows else []
         if not any(len(v) for v in self.vectors.values()):
             raise ValueError(f"feature store {self.args.features} has no features for any modality of the model "
                              f"({', '.join(model.modalities)})")

@@ -1,0 +1,258 @@
+"""Exactly once at every crash point.
+
+The driver stops at each step of a shard commit (after the feature file, after the error file,
+before the marker), during the summary, and at each step of a stage save and of the artifact;
+then a rerun. Whatever the point: readers see only committed shards, every (id, modality) ends in
+exactly one row, in features or in errors, and every saved stage matches its store.
+
+A stop is a ``Crash`` raised from inside the write: a BaseException, which nothing in the jobs
+catches, so on disk the state is what a kill at that instant leaves (every write is synchronous).
+tests/test_resume.py kills real driver processes with SIGINT and SIGKILL.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import EmbedConfig
+from pipeline.embed import run_embed
+from pipeline.features import FeatureStore, read_errors, read_features
+
+IMAGES = 12
+
+
+class Crash(BaseException):
+    """The driver stops here."""
+
+
+def crash_on_write(monkeypatch, owner, name: str, when: str, matches) -> dict:
+    """Make ``owner.name`` (a write function taking the target path first) raise Crash ``when`` ("before" or
+    "after") its first call whose target satisfies ``matches``; the returned dict records what was hit."""
+    real, hit = getattr(owner, name), {}
+
+    def write(*args, **kwargs):
+        target = args[1] if isinstance(args[0], FeatureStore) else args[0]
+        if not hit and matches(str(target)):
+            hit["target"] = str(target)
+            if when == "before":
+                raise Crash(target)
+            real(*args, **kwargs)
+            raise Crash(target)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, write)
+    return hit
+
+
+@pytest.fixture
+def images(sample_corpus, tmp_path):
+    """12 images, one (x03) missing for now: its first attempt is an error row, a later one a feature row."""
+    corpus = os.path.dirname(sample_corpus)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rows = []
+    for i in range(IMAGES):
+        name = f"{i:05d}.{'png' if i % 2 == 0 else 'jpg'}"
+        shutil.copy(os.path.join(corpus, "images", name), folder / name)
+        rows.append({"id": f"x{i:02d}", "image": f"images/{name}"})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    hidden = folder / "00003.jpg"
+    kept = hidden.read_bytes()
+    hidden.unlink()
+    return str(manifest), lambda: hidden.write_bytes(kept)
+
+
+def rows_by_id(out: str) -> dict[str, list[str]]:
+    """id → where its rows are ("features"/"errors"), as readers see the store."""
+    where: dict[str, list[str]] = {}
+    for kind, table in (("features", read_features(out, "image")), ("errors", read_errors(out))):
+        for i in (table.column("id").to_pylist() if table.num_rows else []):
+            where.setdefault(i, []).append(kind)
+    return where
+
+
+def committed_ids(out: str) -> set[str]:
+    """Ids in the files of shards that have a marker, read directly."""
+    store = FeatureStore(out, {})
+    return {i for kind in ("features", "errors") for f in store.committed_files("image", kind)
+            for i in pq.read_table(os.path.join(out, f)).column("id").to_pylist()}
+
+
+def _tables(ids_ok: list[str], ids_bad: list[str]):
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.features import ERROR_SCHEMA, features_table
+
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4 * len(ids_ok), np.float32)), 4)
+    features = features_table(ids_ok, "image", [None] * len(ids_ok), "enc", flat, 1, 4)
+    errors = pa.table({"id": ids_bad, "modality": ["image"] * len(ids_bad), "uri": [None] * len(ids_bad),
+                       "stage": ["read"] * len(ids_bad), "error": ["missing"] * len(ids_bad)}, schema=ERROR_SCHEMA)
+    return features, errors
+
+
+@pytest.mark.parametrize("when,matches", [
+    ("after", lambda t: t.startswith("features/")),                # the feature file, not the error file
+    ("after", lambda t: t.startswith("errors/")),                  # both files, not the marker
+    ("before", lambda t: t.startswith("_progress/image/shard-")),  # the marker itself
+], ids=["after-feature-file", "after-error-file", "before-marker"])
+def test_each_commit_step_then_a_redo_split_differently(tmp_path, monkeypatch, when, matches):
+    """The crashed attempt had a1 as an error row; the redo decodes it. Never in both, never read unmarked."""
+    store = FeatureStore(str(tmp_path), {})
+    store.commit_shard("image", 0, *_tables(["a0"], []), 4)  # an earlier, committed shard
+    with monkeypatch.context() as patch:
+        hit = crash_on_write(patch, FeatureStore, "write_bytes_atomic", when, matches)
+        with pytest.raises(Crash):
+            store.commit_shard("image", 1, *_tables(["a2"], ["a1"]), 4)
+    assert hit
+    assert rows_by_id(str(tmp_path)) == {"a0": ["features"]}  # the unmarked shard is invisible
+    store.commit_shard("image", 1, *_tables(["a1", "a2"], []), 4)  # the redo: no errors this time
+    assert rows_by_id(str(tmp_path)) == {i: ["features"] for i in ("a0", "a1", "a2")}
+    assert not os.path.exists(tmp_path / "errors" / "image-shard-00001.parquet")
+
+
+def test_a_job_stopped_mid_commit_and_mid_summary_then_rerun_keeps_each_item_exactly_once(ray_session, images, tmp_path,
+                                                                                           monkeypatch):
+    manifest, restore = images
+    out = str(tmp_path / "out")
+    cfg = EmbedConfig(input=manifest, output=out, shard_size=4, decode={"batch_size": 4},
+                      encoders={"image": {"batch_size": 4}})
+    steps = [("after", lambda t: t.startswith("errors/")),  # x03's shard: both files written, no marker
+             ("before", lambda t: t == "summary.json")]     # every shard committed, no summary
+    for number, (when, matches) in enumerate(steps):
+        with monkeypatch.context() as patch:
+            hit = crash_on_write(patch, FeatureStore, "write_bytes_atomic", when, matches)
+            with pytest.raises(Crash):
+                run_embed(cfg)
+        assert hit, f"step {number}: the run ended before the crash point"
+        seen = rows_by_id(out)
+        assert all(len(kinds) == 1 for kinds in seen.values()), (number, seen)
+        assert set(seen) == committed_ids(out), number  # readers read committed shards only
+        if number == 0:
+            assert "x03" not in seen, "the crashed shard's files were read without its marker"
+            restore()  # the rerun of x03's shard now decodes it: a feature row, no stale error row
+    summary = run_embed(cfg)
+    assert summary["modalities"]["image"]["complete"] and summary["modalities"]["image"]["features"] == IMAGES
+    assert rows_by_id(out) == {f"x{i:02d}": ["features"] for i in range(IMAGES)}
+    assert not [n for _, _, fs in os.walk(out) for n in fs if n.startswith(".tmp-")]
+
+
+def test_shard_numbers_past_99999_and_temp_files_of_other_modalities(tmp_path):
+    store = FeatureStore(str(tmp_path), {})
+    assert FeatureStore.shard_index(store.shard_name(123_456) + ".json") == 123_456
+    assert FeatureStore.shard_index("image-" + store.shard_name(100_000) + ".parquet") == 100_000
+    from pipeline.features import ERROR_SCHEMA
+
+    store.commit_shard("text", 100_001, ERROR_SCHEMA.empty_table(), ERROR_SCHEMA.empty_table(), 32)
+    assert list(store.committed_shards("text")) == [100_001]
+    errors = tmp_path / "errors"
+    errors.mkdir()
+    (errors / ".tmp-audio-shard-00001.parquet-abc").write_bytes(b"in flight")  # another run's write
+    (errors / ".tmp-image-shard-00001.parquet-def").write_bytes(b"left by a killed image run")
+    assert store.remove_stale_temp_files("image") == 1
+    assert os.listdir(errors) == [".tmp-audio-shard-00001.parquet-abc"]
+
+
+def test_resume_refuses_settings_that_change_the_rows_and_keeps_the_first_encoder_record(ray_session, sample_corpus,
+                                                                                         tmp_path):
+    from pipeline.embed import ResumeMismatchError
+
+    out = str(tmp_path / "out")
+    base = dict(input=sample_corpus, output=out, modalities=["text"], shard_size=4)
+    run_embed(EmbedConfig(**base))
+    record = FeatureStore(out, {}).encoder_record("text")
+    for change, expected in (({"encoders": {"text": {"max_text_tokens": 8}}}, "max_text_tokens: was None, now 8"),
+                             ({"limits": {"max_text_chars": 10}}, "limits.max_text_chars: was 100000, now 10"),
+                             ({"encoders": {"text": {"precision": "float16"}}}, "precision: was 'float32', now 'float16'")):
+        with pytest.raises(ResumeMismatchError, match=expected):
+            run_embed(EmbedConfig(**base, **change))
+    # settings that do not change the rows resume, and the run's encoder record stays as it was
+    summary = run_embed(EmbedConfig(**base, encoders={"text": {"batch_size": 3, "actors": 1}}))
+    assert summary["items_this_run"] == 0
+    assert FeatureStore(out, {}).encoder_record("text") == record
+
+
+def test_relative_s3_uris_resolve_like_local_paths():
+    from pipeline.sources import resolve_uri
+
+    assert resolve_uri("../img/x.png", "s3://bucket/data/set") == "s3://bucket/data/img/x.png"
+    assert resolve_uri("../img/x.png", "/data/set") == "/data/img/x.png"
+    with pytest.raises(ValueError, match="resolves above the bucket"):
+        resolve_uri("../../x.png", "s3://bucket/data")
+
+
+# --- training: stage saves and the artifact ------------------------------------------------------
+
+def _train(features: str, output: str, epochs: int = 1):
+    from pipeline.train import run_train
+    from pipeline.train_config import load_train_config
+
+    return run_train(load_train_config(None, features=features, output=output, stages="image:text", epochs=epochs,
+                                       val_fraction=0.2))
+
+
+def _stage_consistent(output: str, features: str) -> None:
+    """The saved stage vouches for its weights and its store; the artifact loads and holds those weights."""
+    from safetensors.torch import load_file
+
+    from pipeline.checkpoint import read_json
+    from pipeline.inference import load_model
+
+    stage = os.path.join(output, "stages", "1-image-text")
+    marker = read_json(os.path.join(stage, "stage.json"))
+    assert marker["fingerprint"]["features"] == features
+    assert marker["fingerprint"]["store"]["image"] == FeatureStore(features, {}).run_record("image")
+    weights, final = load_file(os.path.join(stage, "model.safetensors")), load_file(os.path.join(output, "model.safetensors"))
+    assert weights.keys() == final.keys() and all((weights[k] == final[k]).all() for k in weights)
+    assert load_model(output).modalities == ["image", "text"]
+
+
+def test_every_stage_save_step_then_a_rerun_leaves_consistent_stages(ray_session, feature_store, tmp_path, monkeypatch):
+    import pipeline.train as train
+
+    output = str(tmp_path / "model")
+    with monkeypatch.context() as patch:  # weights written, marker not: the stage is not reused
+        crash_on_write(patch, train, "write_json", "before", lambda t: t.endswith("stage.json"))
+        with pytest.raises(Crash):
+            _train(feature_store, output)
+    assert os.path.exists(os.path.join(output, "stages", "1-image-text", "model.safetensors"))
+    assert not os.path.exists(os.path.join(output, "stages", "1-image-text", "stage.json"))
+    assert not os.path.exists(os.path.join(output, "config.json"))
+    _train(feature_store, output)
+    _stage_consistent(output, feature_store)
+    with monkeypatch.context() as patch:  # a retrain (2 epochs) stops while writing the artifact
+        crash_on_write(patch, train, "write_json", "before", lambda t: t.endswith("provenance.json"))
+        with pytest.raises(Crash):
+            _train(feature_store, output, epochs=2)
+    assert not os.path.exists(os.path.join(output, "config.json")), "a half-written artifact must not load"
+    result = _train(feature_store, output, epochs=2)
+    assert result["stages"][0]["epochs_run"] == 2
+    _stage_consistent(output, feature_store)
+
+
+def test_a_stage_saved_on_another_store_is_retrained(feature_store, tmp_path):
+    from pipeline.checkpoint import write_json
+    from pipeline.pairs import load_features
+    from pipeline.train import plan_curriculum, reusable_stages
+    from pipeline.train_config import load_train_config
+
+    output = str(tmp_path / "model")
+    features = {n: load_features(feature_store, n, {}) for n in ("image", "text")}
+    cfg = load_train_config(None, features=feature_store, output=output, stages="image:text", epochs=1)
+    (plan,), _ = plan_curriculum(cfg, features, output)
+    os.makedirs(plan.folder)
+    write_json(os.path.join(plan.folder, "stage.json"), {"fingerprint": plan.fingerprint, "record": {}})
+    assert reusable_stages([plan]) == 1
+    other = str(tmp_path / "other-store")  # the same rows, embedded with another image encoder
+    shutil.copytree(feature_store, other)
+    store = FeatureStore(other, {})
+    store.start_run("image", {**store.run_record("image"), "encoder": "google/vit-base-patch16-224@main"},
+                    store.encoder_record("image"))
+    moved = load_train_config(None, features=other, output=output, stages="image:text", epochs=1)
+    (again,), _ = plan_curriculum(moved, features, output)
+    assert reusable_stages([again]) == 0
