@@ -3,7 +3,8 @@
 Valid files of every accepted format are truncated, bit-flipped, overwritten, spliced onto other
 formats' headers and passed off as another modality. Whatever the bytes, decoding must return the
 array the encoder takes or raise DecodeError/ReadError (the job's error row, the server's 400):
-never another exception, never past the time limit.
+never another exception, never past the time limit. Even cases go through the job's path
+(``decode_item`` on a file), odd ones through the server's (``decode_bytes`` on the payload).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from pipeline.config import LimitsConfig
 from pipeline.corpus import AUDIO_FORMATS, VIDEO_FORMATS, clip, draw_shape, encode_audio, encode_video, tone
-from pipeline.decode import DecodeSettings, decode_item
+from pipeline.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.encoders.frozen import InputSpec
 from pipeline.media.errors import DecodeError
 from pipeline.media.ffmpeg import find_ffmpeg
@@ -88,7 +89,7 @@ def test_mutated_media_decodes_or_fails_with_a_named_error_in_time(seeds, modali
         path.write_bytes(data)
         started = time.monotonic()
         try:
-            array = decode_item(str(path), settings)
+            array = decode_item(str(path), settings) if case % 2 == 0 else decode_bytes(data, settings)
         except (DecodeError, ReadError) as e:
             assert str(e), (case, what)
             outcomes["refused"] += 1

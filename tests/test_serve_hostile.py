@@ -139,6 +139,54 @@ def test_one_deadline_bounds_the_whole_fetch(loopback):
     assert time.monotonic() - started < 3
 
 
+def _self_signed(folder, name: str) -> tuple[str, str]:
+    """A certificate for ``name`` signed by its own key; (cert path, key path)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    with open(cert_path, "wb") as fh:
+        fh.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as fh:
+        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_https_goes_to_the_checked_address_and_verifies_the_host_name(tmp_path, monkeypatch):
+    import ssl
+
+    cert, key = _self_signed(str(tmp_path), "localhost")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        _refused(f"https://localhost:{port}/red.png", [f"localhost:{port}"], "fetch_failed", "CERTIFICATE_VERIFY_FAILED")
+        monkeypatch.setenv("SSL_CERT_FILE", cert)  # trust it: the certificate now verifies for "localhost"
+        assert _fetch(f"https://localhost:{port}/red.png", [f"localhost:{port}"]).value == png_bytes()
+        # the same server by address: the certificate names localhost, not 127.0.0.1
+        _refused(f"https://127.0.0.1:{port}/red.png", [f"127.0.0.1:{port}"], "fetch_failed", "CERTIFICATE_VERIFY_FAILED")
+    finally:
+        server.shutdown()
+
+
 def test_a_closed_port_is_a_400(loopback):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
