@@ -1,6 +1,6 @@
 """Evaluate a model artifact on a feature store: recall@1/5/10, median rank, zero-shot, modality gap, plots.
 
-    python -m jobs.evaluate --model models/sample --features out/sample [--labels labels.yaml] [--output DIR]
+    python -m jobs.evaluate --model models/sample --features out/sample [--labels labels.yaml] [--output DIR] [--baseline]
     python -m jobs.evaluate --config jobs/configs/evaluate_tiny.yaml
 """
 from __future__ import annotations
@@ -19,6 +19,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--features", help="feature store folder (local or s3://)")
     p.add_argument("--labels", help="YAML/JSON with labels (id -> class) and templates, for zero-shot classification")
     p.add_argument("--output", help="report folder (default MODEL/eval)")
+    p.add_argument("--baseline", action="store_true", default=None,
+                   help="also train a jointly trained pairwise baseline on the same store and compare (sign test)")
+    p.add_argument("--baseline-epochs", type=int, help="epochs of each baseline pair (default 100)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint of the feature store (default: AWS environment)")
     p.add_argument("--config", help="YAML config; flags override its fields")
     p.add_argument("--verbose", action="store_true", help="debug logging")
@@ -39,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         if args.endpoint_url:
             cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"endpoint_url": args.endpoint_url})})
         require_fields(cfg, model="the model artifact folder", features="the feature store folder")
-        report = evaluate(cfg.model, cfg.features, cfg.labels, cfg.output, storage_options(cfg.storage))
+        report = evaluate(cfg.model, cfg.features, cfg.labels, cfg.output, storage_options(cfg.storage),
+                          baseline_epochs=cfg.baseline_epochs if cfg.baseline else None)
     except (ValueError, FileNotFoundError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     for s in result["stages"]:
         best = s["best"]
         print(f"stage {s['stage']}: {s['epochs_run']} epochs, best epoch {s['best_epoch']}, "
-              f"val loss {best['val/loss']:.4f}, val recall@1 {best['val/recall@1']:.3f}, temperature {best['temperature']:.3f}, {s['seconds']} s")
+              f"val loss {best['val/loss']:.4f}, val recall@1 {best['val/recall@1']:.3f}, temperature {best['temperature']:.3f}, {s['seconds']} s"
+              + (" (validation loss still falling: more epochs would likely help)" if s.get("still_improving") else ""))
     print(f"model artifact: {result['output']}")
     return 0
 

@@ -89,7 +89,8 @@ def run_demo(workdir: str, samples: int = 96, epochs: int = 15, say: Callable[[s
     trained = run_train(train_cfg)
     for s in trained["stages"]:
         say(f"  stage {s['stage']}: best epoch {s['best_epoch']}/{s['epochs_run']}, "
-            f"val recall@1 {s['best']['val/recall@1']:.3f}, {s['seconds']} s")
+            f"val recall@1 {s['best']['val/recall@1']:.3f}, {s['seconds']} s"
+            + (" (validation loss still falling)" if s.get("still_improving") else ""))
 
     say("[4/4] evaluating (retrieval over the whole corpus, zero-shot on the concept names, modality gap)")
     report = evaluate(model, features, labels)

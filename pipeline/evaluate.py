@@ -18,10 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, output: str | None = None,
-             storage: dict[str, Any] | None = None) -> dict[str, Any]:
+             storage: dict[str, Any] | None = None, baseline_epochs: int | None = None) -> dict[str, Any]:
     """Evaluate every modality pair present in both the model and the store; write report.json and PNGs.
 
-    Returns the report. ``output`` defaults to MODEL_DIR/eval.
+    With ``baseline_epochs``, also ``baseline_comparison``. Returns the report. ``output`` defaults to
+    MODEL_DIR/eval.
     """
     model = load_model(model_dir)
     output = output or os.path.join(model_dir, "eval")
@@ -46,6 +47,8 @@ def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, 
         report["gap"][f"{a}-{b}"] = modality_gap(za, zb)
     if labels_path:
         report["zero_shot"] = zero_shot(model, projected, labels_path)
+    if baseline_epochs:
+        report["baseline"] = baseline_comparison(model_dir, features_uri, storage or {}, baseline_epochs)
     write_json(os.path.join(output, "report.json"), report)
     report["plots"] = plot(read_json(os.path.join(model_dir, "metrics.json")), report, output)
     write_json(os.path.join(output, "report.json"), report)
@@ -61,11 +64,31 @@ def format_report(report: dict[str, Any]) -> str:
             k = f"{q}->{t}/"
             lines.append(f"{pair:<14}{m['n']:>6}  {q + ' -> ' + t:<20}{m[k + 'recall@1']:.3f}  {m[k + 'recall@5']:.3f}  "
                          f"{m[k + 'recall@10']:.3f}  {m[k + 'median_rank']:.0f}")
+    if report.get("baseline"):
+        base = report["baseline"]
+        lines += ["", f"against a jointly trained baseline (two 2-layer MLPs per pair, InfoNCE, {base['epochs']} epochs, "
+                      "same training ids), instance R@1 on the model's held-out ids:",
+                  f"{'pair':<16}{'n':>6}  progressive  baseline  only prog./base.  p(progressive worse)"]
+        for pair, r in base["pairs"].items():
+            lines.append(f"{pair:<16}{r['val_items']:>6}  {r['progressive']:>11.3f}  {r['baseline']:>8.3f}  "
+                         f"{r['only_progressive']:>7} / {r['only_baseline']:<7}  {r['p_worse']:.3f}")
     for name, z in (report.get("zero_shot") or {}).items():
         if isinstance(z, dict):
             lines.append(f"zero-shot {name}: accuracy {z['accuracy']:.3f} (top-5 {z['top5']:.3f}) over {z['n']} items")
     lines.append("report: " + report["plots"][0].rsplit("/", 1)[0] + "/report.json; plots: " + ", ".join(report["plots"]))
     return "\n".join(lines)
+
+
+def baseline_comparison(model_dir: str, features_uri: str, storage: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """Each stage's pair (new → anchor) of the model against a jointly trained pairwise baseline on the same store,
+    split and seed as the model's training: instance R@1 on held-out ids and the paired sign test."""
+    from pipeline.quality import compare
+
+    config = read_json(os.path.join(model_dir, "provenance.json"))["config"]
+    pairs = tuple((s["new"], s["anchor"]) for s in read_json(os.path.join(model_dir, "metrics.json"))["stages"])
+    result = compare(features_uri, model_dir, None, config["val_fraction"], epochs, seed=config["seed"], pairs=pairs,
+                     storage=storage)
+    return {"epochs": epochs, "pairs": result}
 
 
 def _paired(a: tuple[list[str], np.ndarray], b: tuple[list[str], np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:

@@ -21,6 +21,8 @@ class EvaluateConfig(StrictModel):
     features: str | None = Field(None, description="Feature store folder (local or s3://).")
     labels: str | None = Field(None, description="YAML/JSON with labels (id -> class) and templates, for zero-shot classification.")
     output: str | None = Field(None, description="Report folder; null = MODEL/eval.")
+    baseline: bool = Field(False, description="Also train a jointly trained baseline per stage pair (two 2-layer MLPs, InfoNCE) on the model's training ids and compare on its held-out ids: what freezing costs.")
+    baseline_epochs: int = Field(100, ge=1, description="Epochs of each baseline pair.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access to the feature store.")
 
 

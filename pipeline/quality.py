@@ -132,9 +132,12 @@ def _train_baseline(train_a, train_b, val_a, val_b, val_labels, epochs, seed) ->
     return concept_hits(va, vb, val_labels)
 
 
-def compare(store: str, model_dir: str, labels: dict[str, str], val_fraction: float, epochs: int, seed: int = 0,
-            threads: int = 1, pairs: tuple[tuple[str, str], ...] = (("image", "text"), ("audio", "text"), ("video", "text"))) -> dict:
+def compare(store: str, model_dir: str, labels: dict[str, str] | None, val_fraction: float, epochs: int, seed: int = 0,
+            threads: int = 1, pairs: tuple[tuple[str, str], ...] = (("image", "text"), ("audio", "text"), ("video", "text")),
+            storage: dict | None = None) -> dict:
     """Concept R@1 (new → anchor) on held-out ids: the trained artifact vs the baseline, per pair.
+
+    With ``labels`` None every id is its own label (instance R@1: the query's own partner must come first).
 
     The baseline trains ``epochs`` epochs, as many as each curriculum stage did, on ``threads`` torch
     threads (the training job's workers use ``cpus_per_worker``, 1 by default). ``p_worse`` is the
@@ -144,7 +147,7 @@ def compare(store: str, model_dir: str, labels: dict[str, str], val_fraction: fl
     from pipeline.pairs import load_features
 
     model = load_model(model_dir)
-    feats = {m: load_features(store, m, {}) for m in {x for p in pairs for x in p}}
+    feats = {m: load_features(store, m, storage or {}) for m in {x for p in pairs for x in p}}
     out = {}
     with torch_threads(threads):
         for a, b in pairs:
@@ -158,12 +161,14 @@ def _compare_pair(model, feats: dict, labels: dict[str, str], a: str, b: str, va
 
     ids, arrays = join(feats, [a, b])
     val = np.array([is_validation(i, val_fraction, seed) for i in ids])
-    val_labels = [labels[i] for i, v in zip(ids, val) if v]
+    if not val.any() or val.all():
+        raise ValueError(f"{a}-{b}: {int(val.sum())} of {len(ids)} pairs are held out: expected some of each")
+    val_labels = [labels[i] if labels else i for i, v in zip(ids, val) if v]
     progressive = concept_hits(model.project(arrays[a][val], a), model.project(arrays[b][val], b), val_labels)
     baseline = train_baseline(arrays[a][~val], arrays[b][~val], arrays[a][val], arrays[b][val], val_labels,
                               epochs=epochs, seed=seed, threads=torch.get_num_threads())
     return {"progressive": float(progressive.mean()), "baseline": float(baseline.mean()),
-            "chance": 1 / len(set(labels.values())), "val_items": int(val.sum()),
+            "chance": 1 / len(set(labels.values()) if labels else val_labels), "val_items": int(val.sum()),
             "only_progressive": int((progressive & ~baseline).sum()),
             "only_baseline": int((baseline & ~progressive).sum()),
             "p_worse": worse_p_value(progressive, baseline)}

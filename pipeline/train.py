@@ -187,12 +187,22 @@ def _fit(cfg: TrainConfig, todo: list[StagePlan], weights: bytes | None, output:
     return blobs[-1], [_save_stage(plan, done, blob) for plan, done, blob in zip(todo, finished, blobs)]
 
 
+def still_improving(epochs_run: int, best_index: int, epochs: int) -> bool:
+    """Whether a stage ended while its validation loss was still falling: it ran every epoch (no early stop)
+    and its best epoch is among the last tenth of them (the last one for up to 19 epochs)."""
+    return epochs_run == epochs and best_index >= epochs_run - max(1, epochs_run // 10)
+
+
 def _save_stage(plan: StagePlan, done: dict[str, Any], weights: bytes) -> dict[str, Any]:
     """Write the stage's best weights and its record (with the fingerprint that lets a rerun reuse it)."""
     history, best = done["history"], done["best_epoch"]
+    improving = still_improving(len(history), best, plan.stage.epochs)
     record = {"stage": plan.label, "new": plan.stage.new, "anchor": plan.stage.anchor, "epochs_run": len(history),
               "best_epoch": best + 1, "best": history[best], "history": history, "train_pairs": plan.pairs("train"),
-              "val_pairs": plan.pairs("val"), "seconds": done["seconds"]}
+              "val_pairs": plan.pairs("val"), "seconds": done["seconds"], "still_improving": improving}
+    if improving:
+        log.warning("stage %s ended while validation loss was still falling (best epoch %d of %d): more epochs "
+                    "would likely give a better model (stages[].epochs or --epochs)", plan.label, best + 1, len(history))
     os.makedirs(plan.folder, exist_ok=True)
     marker = os.path.join(plan.folder, "stage.json")
     if os.path.exists(marker):  # an older marker must never vouch for the weights written next

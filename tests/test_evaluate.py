@@ -58,3 +58,21 @@ def test_cli_prints_a_table_and_rejects_bad_input(trained, feature_store, labels
     assert "every template must be a string with '{}'" in capsys.readouterr().err
     assert evaluate_job.main(["--model", str(tmp_path / "none"), "--features", feature_store]) == 2
     assert "no model artifact at" in capsys.readouterr().err
+
+
+def test_baseline_shows_what_freezing_costs(trained, feature_store, tmp_path, capsys):
+    """`--baseline`: each stage's pair against a jointly trained MLP pair on the same split, with the sign test."""
+    output, result, _ = trained
+    argv = ["--model", output, "--features", feature_store, "--output", str(tmp_path), "--baseline", "--baseline-epochs", "5"]
+    assert evaluate_job.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "against a jointly trained baseline (two 2-layer MLPs per pair, InfoNCE, 5 epochs" in printed
+    with open(tmp_path / "report.json") as fh:
+        baseline = json.load(fh)["baseline"]
+    assert baseline["epochs"] == 5 and set(baseline["pairs"]) == {"image->text", "audio->text", "video->text"}
+    for pair, r in baseline["pairs"].items():
+        assert r["val_items"] == result["stages"][0]["val_pairs"] and 0 <= r["p_worse"] <= 1, (pair, r)
+        assert 0 <= r["baseline"] <= 1 and 0 <= r["progressive"] <= 1
+        assert f"{pair:<16}{r['val_items']:>6}" in printed
+    # instance R@1 of the progressive model is what the artifact gives on its own held-out pairs
+    assert baseline["pairs"]["image->text"]["progressive"] > 5 * baseline["pairs"]["image->text"]["chance"]

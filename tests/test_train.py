@@ -53,6 +53,20 @@ def test_artifact_holds_config_weights_encoders_metrics_provenance(trained):
             assert {f"val/{s['new']}->text/recall@{k}" for k in (1, 5, 10)} <= set(epoch)
 
 
+def test_a_stage_that_ends_still_improving_says_so(trained):
+    from pipeline.checkpoint import read_json
+    from pipeline.train import still_improving
+
+    assert still_improving(10, 9, 10) and not still_improving(10, 8, 10)      # up to 19 epochs: the last one
+    assert still_improving(30, 27, 30) and not still_improving(30, 26, 30)    # the last tenth
+    assert not still_improving(12, 11, 30)                                    # stopped early: it had converged
+    output, result, _ = trained
+    recorded = read_json(os.path.join(output, "metrics.json"))["stages"]
+    for stage, saved in zip(result["stages"], recorded):
+        expected = still_improving(stage["epochs_run"], stage["best_epoch"] - 1, EPOCHS)
+        assert stage["still_improving"] is expected and saved["still_improving"] is expected
+
+
 def test_later_stages_leave_earlier_parameters_bit_identical(trained):
     output, _, _ = trained
     stage1 = load_file(os.path.join(output, "stages", "1-image-text", "model.safetensors"))
