@@ -64,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def sweep_run(root: str, seed: int, threads: int, epochs: int, samples: int) -> dict:
     """One quality-bar run: concept store, curriculum and baseline with this seed on ``threads`` threads."""
-    from pipeline.quality import STAGES, VAL_FRACTION, compare, write_concept_store
+    from pipeline.quality import PINNED, STAGES, VAL_FRACTION, compare, write_concept_store
+    from pipeline.train_config import parse_stage_list
     from pipeline.train import run_train
     from pipeline.train_config import load_train_config
 
     store, model = os.path.join(root, "features"), os.path.join(root, "model")
     labels = write_concept_store(store, n=samples, seed=seed, threads=threads)
-    cfg = load_train_config(None, epochs=epochs, features=store, output=model, stages=STAGES,
+    cfg = load_train_config(None, features=store, output=model, stages=parse_stage_list(STAGES, epochs=epochs, **PINNED),
                             val_fraction=VAL_FRACTION, seed=seed, cpus_per_worker=threads)
     run_train(cfg)
     return {"seed": seed, "threads": threads, "pairs": compare(store, model, labels, VAL_FRACTION, epochs, seed=seed,

@@ -18,7 +18,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--features", help="feature store folder written by the embed job")
     p.add_argument("--output", help="model artifact folder")
     p.add_argument("--stages", help="curriculum, e.g. image:text,audio:text,video:text (each new:anchor)")
-    p.add_argument("--epochs", type=int, help="epochs of every stage")
+    p.add_argument("--epochs", type=int, help="epochs of every stage (default: automatic, each stage's `steps` budget)")
     p.add_argument("--config", help="YAML config; flags override its fields")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p

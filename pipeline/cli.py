@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="folder for corpus, features, model (default $ONEENCODER_CACHE/demo, "
                       "else ~/.cache/oneencoder/demo: nothing is written into the current folder)")
     demo.add_argument("--samples", type=int, default=96, help="paired samples to generate (default 96)")
-    demo.add_argument("--epochs", type=int, default=15, help="epochs of each stage (default 15)")
+    demo.add_argument("--epochs", type=int, help="epochs of each stage (default: the training job's automatic budget)")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --workdir (default: resume it)")
     reference = sub.add_parser("config-reference", help="print every config field with its default and meaning")
     reference.add_argument("job", nargs="?", choices=sorted(CONFIGS), help="one job's config (default: all)")
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.demo import default_workdir, run_demo
         from pipeline.runtime import setup_logging
 
-        if args.samples < 24 or args.epochs < 1:
+        if args.samples < 24 or (args.epochs is not None and args.epochs < 1):
             parser.error(f"demo needs --samples >= 24 (one per concept) and --epochs >= 1, got {args.samples} and {args.epochs}")
         setup_logging()
         try:

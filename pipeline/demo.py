@@ -24,7 +24,7 @@ def default_workdir() -> str:
     return os.path.join(cache_root(), "demo")
 
 
-def prepare_workdir(workdir: str, samples: int, epochs: int, overwrite: bool = False) -> None:
+def prepare_workdir(workdir: str, samples: int, epochs: int | None, overwrite: bool = False) -> None:
     """Check ``workdir`` holds nothing or a demo run with the same settings (which then resumes).
 
     With ``overwrite``, an earlier run's folders are deleted first. Raises ConfigError otherwise.
@@ -39,9 +39,9 @@ def prepare_workdir(workdir: str, samples: int, epochs: int, overwrite: bool = F
         if not (isinstance(previous, dict) and {"samples", "epochs"} <= set(previous)):
             previous = None
         if previous != wanted:
-            held = (f"a demo run with {previous['samples']} samples and {previous['epochs']} epochs" if previous
+            held = (f"a demo run with {previous['samples']} samples and {_epochs(previous['epochs'])} epochs" if previous
                     else f"other output ({', '.join(found)})")
-            raise ConfigError(f"--workdir {workdir} holds {held}; expected {samples} samples and {epochs} epochs. "
+            raise ConfigError(f"--workdir {workdir} holds {held}; expected {samples} samples and {_epochs(epochs)} epochs. "
                               "Pass --overwrite to replace it, or choose another --workdir")
     if overwrite:
         for part in found:
@@ -50,7 +50,11 @@ def prepare_workdir(workdir: str, samples: int, epochs: int, overwrite: bool = F
     write_json(record, wanted)
 
 
-def run_demo(workdir: str, samples: int = 96, epochs: int = 15, say: Callable[[str], None] = print,
+def _epochs(epochs: int | None) -> str:
+    return "automatic" if epochs is None else str(epochs)
+
+
+def run_demo(workdir: str, samples: int = 96, epochs: int | None = None, say: Callable[[str], None] = print,
              overwrite: bool = False) -> dict[str, Any]:
     """Corpus → feature store → three-stage model → evaluation report, under ``workdir``.
 
@@ -82,7 +86,9 @@ def run_demo(workdir: str, samples: int = 96, epochs: int = 15, say: Callable[[s
     summary = run_embed(embed_cfg)
     say(format_summary(summary))
 
-    say(f"[3/4] training {STAGES.replace(',', ', then ')} ({epochs} epochs each, Ray Train) into {model}")
+    budget = (f"{epochs} epochs each" if epochs else
+              "the training defaults: about 1500 steps each, stopped when validation loss stops falling")
+    say(f"[3/4] training {STAGES.replace(',', ', then ')} ({budget}, Ray Train) into {model}")
     # batches of 16: a small corpus still gets several optimizer steps per epoch
     train_cfg = load_train_config(None, features=features, output=model, stages=parse_stage_list(STAGES, batch_size=16),
                                   epochs=epochs, val_fraction=0.2)

@@ -104,6 +104,7 @@ class StagePlan:
     new_modalities: dict[str, tuple[int, int]]   # modality -> (K, D) added to the model by this stage
     entry_model: dict[str, Any]       # ModelConfig (as a dict) of the model the stage starts from
     batch_size: int
+    steps_per_epoch: int              # optimizer steps of one epoch on each worker
     fingerprint: dict[str, Any]       # what the stage's result depends on: a saved stage is reused only if it matches
     folder: str
 
@@ -119,7 +120,7 @@ class StagePlan:
         """What the training loop needs of this stage (``init_weights`` is added there)."""
         return {"stage": self.stage.model_dump(mode="json"), "stage_index": self.index, "seed": seed,
                 "model_config": self.entry_model, "new_modalities": self.new_modalities,
-                "batch_size": self.batch_size, "key": str(self.index + 1)}
+                "batch_size": self.batch_size, "steps_per_epoch": self.steps_per_epoch, "key": str(self.index + 1)}
 
     def pairs(self, part: str) -> int:
         return len(getattr(self, part)[self.names[0]])
@@ -138,12 +139,14 @@ def _plan_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, feature
     batch = min(stage.batch_size, len(train_ids) // cfg.workers)
     if batch < 2:
         raise ConfigError(f"stage {label}: {len(train_ids)} training pairs for {cfg.workers} worker(s): expected at least 2 per worker")
+    steps_per_epoch = (len(train_ids) // cfg.workers) // batch  # each worker drops its last partial batch
+    stage = stage.resolved(steps_per_epoch)  # automatic epochs and patience made concrete for this store
     # the store's identity too: the same stage on another store (other encoders, K x D, manifest) is retrained
     fingerprint = {"stage": stage.model_dump(mode="json"), "seed": cfg.seed, "pairs": len(ids),
                    "model": entry_model, "val_ids": len(val_ids), "features": store.root,
                    "store": {n: store.run_record(n) for n in names}, "shapes": {n: list(shapes[n]) for n in names}}
-    return StagePlan(index, label, stage, names, train, val, new_modalities, entry_model, batch, fingerprint,
-                     os.path.join(output, "stages", label))
+    return StagePlan(index, label, stage, names, train, val, new_modalities, entry_model, batch, steps_per_epoch,
+                     fingerprint, os.path.join(output, "stages", label))
 
 
 def _fit(cfg: TrainConfig, todo: list[StagePlan], weights: bytes | None, output: str) -> tuple[bytes, list[dict[str, Any]]]:
@@ -154,9 +157,10 @@ def _fit(cfg: TrainConfig, todo: list[StagePlan], weights: bytes | None, output:
 
     datasets = {}
     for plan in todo:
-        log.info("stage %s: %d pairs (%d train, %d val), batch %d x %d worker(s), %d epochs", plan.label,
+        log.info("stage %s: %d pairs (%d train, %d val), batch %d x %d worker(s), %d epochs of %d steps, "
+                 "early stop after %s epochs without a lower val loss", plan.label,
                  plan.pairs("train") + plan.pairs("val"), plan.pairs("train"), plan.pairs("val"), plan.batch_size,
-                 cfg.workers, plan.stage.epochs)
+                 cfg.workers, plan.stage.epochs, plan.steps_per_epoch, plan.stage.patience or "no")
         for part in ("train", "val"):
             table = pa.table({n: _tensor(getattr(plan, part)[n]) for n in plan.names})
             datasets[f"{part}-{plan.index + 1}"] = _quiet(ray.data.from_arrow(table))
@@ -165,7 +169,8 @@ def _fit(cfg: TrainConfig, todo: list[StagePlan], weights: bytes | None, output:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"stages": [p.worker_config(cfg.seed) for p in todo], "init_weights": weights,
-                           "threads": max(1, int(cfg.cpus_per_worker))},
+                           "threads": max(1, int(cfg.cpus_per_worker)),
+                           "checkpoint_every_steps": cfg.checkpoint_every_steps},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name=f"stages-{todo[0].index + 1}-{todo[-1].index + 1}-{digest}",

@@ -1,7 +1,8 @@
 """Typed, validated configuration of the progressive training job."""
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -25,17 +26,39 @@ class StageConfig(StrictModel):
     new: str = Field(description="Modality aligned in this stage (the first stage trains new and anchor jointly).")
     anchor: str = Field(description="Already-aligned modality it is aligned to (text by default).")
     third: str | None = Field(None, description="Optional third modality in each batch, for the Symile loss.")
-    epochs: int = Field(10, ge=1, description="Epochs of this stage.")
+    epochs: int | None = Field(None, ge=1, description="Epochs of this stage; null = enough epochs for `steps` optimizer steps, "
+                               "at most `max_epochs` (many on a small store, one on a large one).")
+    steps: int = Field(1500, ge=1, description="Optimizer steps a stage with automatic epochs aims at.")
+    max_epochs: int = Field(200, ge=1, description="Most epochs a stage with automatic epochs runs.")
     batch_size: int = Field(64, ge=2, description="Pairs per batch per worker (InfoNCE negatives).")
-    lr: float | None = Field(None, gt=0, description="AdamW learning rate; null = 3e-4 for the joint first stage, "
+    lr: float | None = Field(None, gt=0, description="AdamW peak learning rate; null = 3e-4 for the joint first stage, "
                              "1e-3 for a later stage (only the new adapter and token train).")
+    warmup: float = Field(0.05, ge=0, lt=1, description="Share of the stage's steps over which lr rises linearly to its peak.")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="lr after warm-up: cosine decay to a tenth of the peak by the last step, or constant.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     loss: LossSettings = Field(default_factory=LossSettings, description="Loss terms of the stage.")
-    patience: int | None = Field(None, ge=1, description="Early stopping: epochs without a lower validation loss; null = off.")
+    patience: int | None = Field(None, ge=0, description="Early stopping: epochs without a lower validation loss; "
+                                 "null = a fifth of the stage's epochs (at least 5); 0 = off.")
 
     def learning_rate(self, index: int) -> float:
         """The stage's lr, or the default for its position in the curriculum."""
         return self.lr if self.lr is not None else (FIRST_STAGE_LR if index == 0 else LATER_STAGE_LR)
+
+    def resolved(self, steps_per_epoch: int) -> "StageConfig":
+        """This stage with its budget made concrete for ``steps_per_epoch``: epochs and patience set."""
+        epochs = self.epochs or min(self.max_epochs, -(-self.steps // max(1, steps_per_epoch)))
+        patience = self.patience if self.patience is not None else max(5, epochs // 5)
+        return self.model_copy(update={"epochs": epochs, "patience": patience})
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier of the peak lr at optimizer ``step`` (0-based) of ``total``: linear warm-up, then the schedule."""
+        warm = int(self.warmup * total)
+        if step < warm:
+            return (step + 1) / warm
+        if self.schedule == "constant" or total <= warm + 1:
+            return 1.0
+        progress = (step - warm) / (total - warm - 1)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     @model_validator(mode="after")
     def _distinct(self) -> "StageConfig":
@@ -73,6 +96,7 @@ class TrainConfig(StrictModel):
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs per worker.")
     max_failures: int = Field(1, ge=0, description="Worker failures survived per run (each restarts from the last checkpoint).")
+    checkpoint_every_steps: int = Field(50, ge=1, description="Optimizer steps between checkpoints (a whole number of epochs, at least one): a small store's short epochs are checkpointed together.")
     keep_checkpoints: int | None = Field(3, ge=1, description="Latest epoch checkpoints kept (each holds the best weights so far of every stage); null = all.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access for the feature store.")
 

@@ -77,7 +77,7 @@ def train_loop(config: dict[str, Any]) -> None:
             entry = run.finished_weights[position]
             continue
         started = time.time()
-        best = _train_stage({**plan, "init_weights": entry}, run)
+        best = _train_stage({**plan, "init_weights": entry, "checkpoint_every_steps": config["checkpoint_every_steps"]}, run)
         entry = save(best)
         run.finish_stage(entry, round(time.time() - started, 1))
     # a last checkpoint that holds every stage's result (the epoch checkpoints lack the last stage's)
@@ -114,15 +114,21 @@ def _train_stage(plan: dict[str, Any], run: "RunState") -> dict[str, torch.Tenso
     val = _materialize(ray.train.get_dataset_shard(f"val-{plan['key']}"), names)
     train = ray.train.get_dataset_shard(f"train-{plan['key']}")
     start = run.epoch + 1
+    per_epoch = max(1, plan["steps_per_epoch"])
+    total_steps = per_epoch * stage.epochs
+    # checkpoint every `every` epochs (the same on every rank: DDP ranks report together), and at the end
+    every = max(1, -(-plan["checkpoint_every_steps"] // per_epoch))
     for epoch in range(start, stage.epochs):
         if stage.patience and run.history and _epochs_since_best(run.history) >= stage.patience:
             break  # resumed after the epoch that stopped the stage early
         pair.train()
         set_modes(model, parts)
         losses = []
-        for batch in train.iter_torch_batches(batch_size=plan["batch_size"], dtypes=torch.float32, drop_last=True,
-                                              local_shuffle_buffer_size=16 * plan["batch_size"],  # near-uniform shuffle of small stores
-                                              local_shuffle_seed=plan["seed"] + epoch):
+        for i, batch in enumerate(train.iter_torch_batches(batch_size=plan["batch_size"], dtypes=torch.float32, drop_last=True,
+                                                           local_shuffle_buffer_size=16 * plan["batch_size"],  # near-uniform shuffle of small stores
+                                                           local_shuffle_seed=plan["seed"] + epoch)):
+            for group in opt.param_groups:  # from the step number alone: a resumed stage continues the schedule
+                group["lr"] = lr * stage.lr_factor(epoch * per_epoch + min(i, per_epoch - 1), total_steps)
             terms = ddp({n: batch[n] for n in names})
             opt.zero_grad()
             terms["loss"].backward()
@@ -130,15 +136,18 @@ def _train_stage(plan: dict[str, Any], run: "RunState") -> dict[str, torch.Tenso
             losses.append(float(terms["loss"].detach()))
         metrics = _validate(pair, stage, val)
         metrics.update({"stage": plan["stage_index"] + 1, "epoch": epoch + 1, "loss": sum(losses) / max(len(losses), 1),
-                        "temperature": float(pair.loss.temperature.detach()),
+                        "temperature": float(pair.loss.temperature.detach()), "lr": opt.param_groups[0]["lr"],
                         "resumed_after_epoch": start})  # 0 for a fresh stage; > 0 after a restart from a checkpoint
-        if rank == 0:
-            log.info("stage %s:%s epoch %d/%d loss %.4f val loss %.4f temperature %.4f val recall@1 %.3f",
-                     stage.new, stage.anchor, epoch + 1, stage.epochs, metrics["loss"], metrics["val/loss"],
-                     metrics["temperature"], metrics["val/recall@1"])
         run.end_epoch(epoch, metrics, model)
-        run.report(metrics, rank, pair, opt)
-        if stage.patience and _epochs_since_best(run.history) >= stage.patience:
+        stop = bool(stage.patience) and _epochs_since_best(run.history) >= stage.patience
+        if stop or (epoch + 1) % every == 0 or epoch + 1 == stage.epochs:  # a log line and a checkpoint
+            if rank == 0:
+                log.info("stage %s:%s epoch %d/%d loss %.4f val loss %.4f (best %.4f, epoch %d) lr %.2g "
+                         "temperature %.4f val recall@1 %.3f", stage.new, stage.anchor, epoch + 1, stage.epochs,
+                         metrics["loss"], metrics["val/loss"], run.history[run.best_epoch]["val/loss"],
+                         run.best_epoch + 1, opt.param_groups[0]["lr"], metrics["temperature"], metrics["val/recall@1"])
+            run.report(metrics, rank, pair, opt)
+        if stop:
             if rank == 0:
                 log.info("stage %s:%s: early stop, no better %s for %d epochs", stage.new, stage.anchor,
                          SELECTION_METRIC, stage.patience)

@@ -83,6 +83,8 @@ def trained(ray_session, feature_store, session_dir):
     from pipeline.train_config import load_train_config
 
     output = os.path.join(session_dir, "model")
-    cfg = load_train_config(None, epochs=EPOCHS, features=feature_store, output=output, stages=STAGES,
+    from pipeline.quality import quality_stages
+
+    cfg = load_train_config(None, features=feature_store, output=output, stages=quality_stages(),
                             val_fraction=VAL_FRACTION)
     return output, run_train(cfg), cfg

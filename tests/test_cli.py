@@ -34,7 +34,7 @@ def test_config_reference(capsys):
     assert cli.main(["config-reference"]) == 0
     printed = capsys.readouterr().out
     for line in ("[embed] python -m jobs.embed --config FILE", "encoders.<modality>.batch_size (default 16)",
-                 "[train] python -m jobs.train --config FILE", "stages[].epochs (default 10)", "stages[].new (required)",
+                 "[train] python -m jobs.train --config FILE", "stages[].epochs (default None)", "stages[].new (required)",
                  "[serve] applications[].args", "[benchmark-serve] python -m jobs.benchmark_serve --config FILE",
                  "levels (default [1, 8, 32])"):
         assert line in printed

@@ -12,9 +12,15 @@ from tests.settings import EPOCHS, STAGES, VAL_FRACTION
 
 def test_train_main_resumes_the_finished_run(trained, feature_store, tmp_path, capsys):
     output, result, _ = trained
-    config = tmp_path / "train.yaml"
-    config.write_text(f"val_fraction: {VAL_FRACTION}\n")
-    argv = ["--features", feature_store, "--output", output, "--stages", STAGES, "--epochs", str(EPOCHS), "--config", str(config)]
+    import yaml
+
+    from pipeline.quality import PINNED
+
+    config = tmp_path / "train.yaml"  # the fixture's curriculum: its stages as the config file, epochs as the flag
+    config.write_text(yaml.safe_dump({"val_fraction": VAL_FRACTION,
+                                      "stages": [{"new": s.split(":")[0], "anchor": s.split(":")[1], **PINNED}
+                                                 for s in STAGES.split(",")]}))
+    argv = ["--features", feature_store, "--output", output, "--epochs", str(EPOCHS), "--config", str(config)]
     assert train_job.main(argv) == 0
     printed = capsys.readouterr().out
     assert f"stage 3-video-text: {EPOCHS} epochs" in printed and f"model artifact: {output}" in printed

@@ -85,7 +85,8 @@ def test_training_reads_the_feature_store_from_s3_and_stops_early(ray_session, s
 
     config = tmp_path / "train.yaml"
     config.write_text(f"val_fraction: 0.25\nkeep_checkpoints: null\nstorage: {{endpoint_url: '{s3_endpoint}'}}\n"
-                      "stages: [{new: image, anchor: audio, epochs: 25, lr: 0.05, patience: 2}]\n")
+                      "stages: [{new: image, anchor: audio, epochs: 25, lr: 0.05, patience: 2, schedule: constant, "
+                      "warmup: 0}]\n")
     cfg = load_train_config(str(config), features="s3://features/run1", output=str(tmp_path / "model"))
     stage = run_train(cfg)["stages"][0]
     assert stage["train_pairs"] + stage["val_pairs"] == 12

@@ -232,9 +232,9 @@ def test_a_rerun_after_a_killed_driver_resumes_mid_curriculum(ray_session, featu
     """The driver dies in stage 2: the rerun keeps stage 1 as trained and resumes stage 2 after its checkpoint."""
     output = tmp_path / "model"
     config = tmp_path / "train.yaml"
-    config.write_text(f"val_fraction: {VAL_FRACTION}\nkeep_checkpoints: null\nstages:\n"
-                      "  - {new: image, anchor: text, epochs: 2}\n"
-                      "  - {new: audio, anchor: text, epochs: 8}\n")  # a wide window to kill the driver in stage 2
+    config.write_text(f"val_fraction: {VAL_FRACTION}\nkeep_checkpoints: null\ncheckpoint_every_steps: 1\nstages:\n"
+                      "  - {new: image, anchor: text, epochs: 2, patience: 0}\n"
+                      "  - {new: audio, anchor: text, epochs: 8, patience: 0}\n")  # a wide window to kill the driver in stage 2
     argv = ["--features", feature_store, "--output", str(output), "--config", str(config)]
     env = {**os.environ, "RAY_ADDRESS": ray_session}
     proc = subprocess.Popen([sys.executable, "-m", "jobs.train", *argv], env=env, stdout=subprocess.DEVNULL,
@@ -272,7 +272,7 @@ def test_two_ddp_workers_survive_a_killed_worker(ray_session, feature_store, tmp
     output = str(tmp_path / "ddp")
     cfg = load_train_config(None, epochs=4, features=feature_store, output=output, stages="image:text",
                             val_fraction=VAL_FRACTION, workers=2, cpus_per_worker=0.5, max_failures=1,
-                            keep_checkpoints=None)
+                            keep_checkpoints=None, checkpoint_every_steps=1)
     result = {}
     thread = threading.Thread(target=lambda: result.update(run_train(cfg)))
     thread.start()
@@ -287,3 +287,31 @@ def test_two_ddp_workers_survive_a_killed_worker(ray_session, feature_store, tmp
     assert history[-1]["loss"] < history[0]["loss"]  # it kept learning across the restart
     assert _worker_logs_mention("stage image:text resumes after epoch"), "the restarted workers did not load a checkpoint"
     assert _worker_logs_mention("Wrapping provided model in DistributedDataParallel")
+
+
+def test_the_default_budget_adapts_to_the_store():
+    from pipeline.train_config import StageConfig
+
+    stage = StageConfig(new="image", anchor="text")
+    small, large = stage.resolved(6), stage.resolved(78_000)  # 500 pairs vs 5 M pairs, batches of 64
+    assert (small.epochs, small.patience) == (200, 40) and (large.epochs, large.patience) == (1, 5)
+    assert stage.resolved(100).epochs == 15 and StageConfig(new="a", anchor="b", epochs=3).resolved(6).epochs == 3
+    assert StageConfig(new="a", anchor="b", patience=0).resolved(6).patience == 0  # 0 = no early stopping
+    lrs = [stage.lr_factor(step, 1000) for step in range(1000)]
+    assert lrs[0] == 1 / 50 and lrs[49] == 1.0 and abs(lrs[-1] - 0.1) < 1e-9  # warm-up over 5 %, cosine to 10 %
+    assert all(b >= a for a, b in zip(lrs[:50], lrs[1:50])) and all(b <= a for a, b in zip(lrs[50:], lrs[51:]))
+    constant = StageConfig(new="a", anchor="b", schedule="constant", warmup=0)
+    assert {constant.lr_factor(step, 100) for step in range(100)} == {1.0}
+
+
+def test_the_no_flag_stage_trains_until_validation_loss_stops_falling(ray_session, feature_store, tmp_path):
+    """The command with no budget flags: automatic epochs, warm-up and decay, early stopping by itself."""
+    result = run_train(load_train_config(None, features=feature_store, output=str(tmp_path / "m"), stages="image:text",
+                                         val_fraction=VAL_FRACTION))
+    (stage,) = result["stages"]
+    history = stage["history"]
+    assert stage["epochs_run"] < 200 and not stage["still_improving"], (stage["epochs_run"], stage["best_epoch"])
+    assert stage["epochs_run"] - stage["best_epoch"] == max(5, 200 // 5)  # stopped `patience` epochs after its best
+    lrs = [h["lr"] for h in history]
+    assert lrs.index(max(lrs)) < 20 and lrs[-1] < max(lrs)  # warmed up early, decaying since
+    assert stage["best"]["val/loss"] < 0.6 * history[0]["val/loss"], [h["val/loss"] for h in history]
