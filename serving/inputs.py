@@ -183,37 +183,59 @@ def fetch(item: Item, remote: RemoteSettings, limits: ServeLimits) -> Item:
     if not remote.enabled:
         raise item_error(i, "remote URLs are not fetched by this server (remote.enabled is false); "
                             "send the media inline as a data: URI", "remote_disabled")
+    parts, host, port = _allowed_target(i, url, remote)
+    address = _checked_address(i, host, port, remote.allow_private_addresses)
+    conn = (_PinnedHTTPSConnection(host, address, port, remote.timeout_s) if parts.scheme == "https"
+            else http.client.HTTPConnection(address, port, timeout=remote.timeout_s))
+    deadline = time.monotonic() + remote.timeout_s
+    try:
+        data = _download(conn, parts, deadline, limits.max_item_bytes)
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        late = time.monotonic() >= deadline - 0.05
+        raise item_error(i, f"fetching {url} took longer than remote.timeout_s={remote.timeout_s:g} s" if late
+                         else f"could not fetch {url}: {type(e).__name__}: {e}", "fetch_failed") from None
+    if len(data) > limits.max_item_bytes:
+        raise item_error(i, f"{url} is over the limit of {limits.max_item_bytes} bytes per item", "item_too_large")
+    if not data:
+        raise item_error(i, f"{url} returned an empty body", "fetch_failed")
+    return Item(i, item.modality, data)
+
+
+def _allowed_target(index: int, url: str, remote: RemoteSettings) -> tuple[urllib.parse.SplitResult, str, int]:
+    """(parsed URL, host, port) of an http(s) URL whose host and port are on the allow-list; else a 400."""
     try:
         parts = urllib.parse.urlsplit(url)
         default_port = 443 if parts.scheme == "https" else 80
         port = parts.port or default_port
     except ValueError as e:
-        raise item_error(i, f"malformed URL ({e})", "invalid_url") from None
+        raise item_error(index, f"malformed URL ({e})", "invalid_url") from None
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https") or not host:
-        raise item_error(i, "expected an http(s) URL with a host name", "invalid_url")
+        raise item_error(index, "expected an http(s) URL with a host name", "invalid_url")
     if not remote.allows(host, port, default_port):
-        raise item_error(i, f"{host}:{port} is not on the allow-list ({', '.join(remote.allow_hosts)})",
+        raise item_error(index, f"{host}:{port} is not on the allow-list ({', '.join(remote.allow_hosts)})",
                          "host_not_allowed")
-    address = _checked_address(i, host, port, remote.allow_private_addresses)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    conn = (_PinnedHTTPSConnection(host, address, port, remote.timeout_s) if parts.scheme == "https"
-            else http.client.HTTPConnection(address, port, timeout=remote.timeout_s))
-    # one deadline for connect, headers and body: a server that dribbles bytes is cut off at it
-    deadline, timer = time.monotonic() + remote.timeout_s, None
+    return parts, host, port
+
+
+def _download(conn: http.client.HTTPConnection, parts: urllib.parse.SplitResult, deadline: float,
+              max_bytes: int) -> bytes:
+    """GET the URL over ``conn``: at most ``max_bytes`` + 1 bytes, all before ``deadline`` (a server that
+    dribbles bytes is cut off there); raises OSError / HTTPException (a status other than 200 too)."""
+    timer = None
     try:
         conn.connect()
         sock = conn.sock  # the response may outlive conn.sock; the deadline closes this one
         timer = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, (sock,))
         timer.start()
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.request("GET", path, headers={"Host": parts.netloc.rpartition("@")[2], "User-Agent": "oneencoder",
                                            "Accept-Encoding": "identity"})
         response = conn.getresponse()
         if response.status != 200:
-            raise item_error(i, f"fetching {url} answered HTTP {response.status} (redirects are not followed)",
-                             "fetch_failed")
+            raise http.client.HTTPException(f"answered HTTP {response.status} (redirects are not followed)")
         data = bytearray()
-        while len(data) <= limits.max_item_bytes:
+        while len(data) <= max_bytes:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("deadline")
@@ -224,19 +246,11 @@ def fetch(item: Item, remote: RemoteSettings, limits: ServeLimits) -> Item:
                     raise http.client.IncompleteRead(bytes(data), response.length)
                 break
             data += chunk
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        late = time.monotonic() >= deadline - 0.05
-        raise item_error(i, f"fetching {url} took longer than remote.timeout_s={remote.timeout_s:g} s" if late
-                         else f"could not fetch {url}: {type(e).__name__}: {e}", "fetch_failed") from None
+        return bytes(data)
     finally:
         if timer is not None:
             timer.cancel()
         conn.close()
-    if len(data) > limits.max_item_bytes:
-        raise item_error(i, f"{url} is over the limit of {limits.max_item_bytes} bytes per item", "item_too_large")
-    if not data:
-        raise item_error(i, f"{url} returned an empty body", "fetch_failed")
-    return Item(i, item.modality, bytes(data))
 
 
 def _checked_address(index: int, host: str, port: int, allow_private: bool) -> str:
