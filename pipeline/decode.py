@@ -5,10 +5,10 @@ row comes out: decoded (``ok``) or with the failing ``stage`` (read/decode) and 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
 import tempfile
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -83,7 +83,7 @@ def decode_item(value: str, s: DecodeSettings) -> Any:
         return text
     if s.modality is Modality.IMAGE:
         return decode_image(read_limited(value, s.storage, limits.max_file_bytes), limits.max_image_pixels, s.spec.image_hw)
-    with _as_local_file(value, s) as path:
+    with _local_file(value, s) as path:
         return _decode_with_ffmpeg(path, s)
 
 
@@ -98,10 +98,8 @@ def decode_bytes(data: bytes, s: DecodeSettings) -> Any:
         raise DecodeError(f"{len(data)} bytes, over limits.max_file_bytes={s.limits.max_file_bytes}")
     if s.modality is Modality.IMAGE:
         return decode_image(data, s.limits.max_image_pixels, s.spec.image_hw)
-    with tempfile.NamedTemporaryFile(prefix="oneencoder-", suffix=".media") as fh:
-        fh.write(data)
-        fh.flush()
-        return _decode_with_ffmpeg(fh.name, s)
+    with _temp_copy(data) as path:
+        return _decode_with_ffmpeg(path, s)
 
 
 def _decode_with_ffmpeg(path: str, s: DecodeSettings) -> np.ndarray:
@@ -112,27 +110,26 @@ def _decode_with_ffmpeg(path: str, s: DecodeSettings) -> np.ndarray:
                         limits.decode_timeout_s, s.ffmpeg)
 
 
-class _as_local_file:
+@contextlib.contextmanager
+def _local_file(uri: str, s: DecodeSettings) -> Iterator[str]:
     """A local path for ffmpeg: the file itself when local (after the same checks), else a temp copy."""
+    path = local_path(uri)
+    if path is not None:
+        check_file(uri, s.storage, s.limits.max_file_bytes)
+        yield path
+        return
+    with _temp_copy(read_limited(uri, s.storage, s.limits.max_file_bytes)) as copy:
+        yield copy
 
-    def __init__(self, uri: str, s: DecodeSettings):
-        self.uri, self.s, self.tmp = uri, s, None
 
-    def __enter__(self) -> str:
-        path = local_path(self.uri)
-        if path is not None:
-            check_file(self.uri, self.s.storage, self.s.limits.max_file_bytes)
-            return path
-        data = read_limited(self.uri, self.s.storage, self.s.limits.max_file_bytes)
-        # no suffix from the URI: ffmpeg opens the copy only through the modality's allow-listed demuxers anyway
-        fd, self.tmp = tempfile.mkstemp(prefix="oneencoder-", suffix=".media")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return self.tmp
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.tmp:
-            os.unlink(self.tmp)
+@contextlib.contextmanager
+def _temp_copy(data: bytes) -> Iterator[str]:
+    """``data`` in a private temp file, removed afterwards. No suffix from a URI or MIME type: ffmpeg opens
+    it only through the modality's allow-listed demuxers anyway, and no message names its path."""
+    with tempfile.NamedTemporaryFile(prefix="oneencoder-", suffix=".media") as fh:
+        fh.write(data)
+        fh.flush()
+        yield fh.name
 
 
 def _pack(array: Any) -> tuple[bytes, list[int]]:

@@ -16,11 +16,11 @@ def load_features(root: str, modality: str, storage: dict[str, Any]) -> dict[str
     """id → (K, D) float32 features of ``modality`` under ``root``. Raises ValueError when it has none."""
     from pipeline.features import FeatureStore
 
-    store = FeatureStore(root, storage)
-    if not store.has_features(modality):
+    table = read_features(root, modality, storage)  # one pass over the commit markers
+    if table.num_rows == 0:
+        store = FeatureStore(root, storage)
         found = ", ".join(m for m in store.modalities() if store.has_features(m)) or "none"
         raise ValueError(f"feature store {root} has no features for {modality!r} (it has: {found})")
-    table = read_features(root, modality, storage)
     arr = embeddings(table).astype(np.float32)
     return dict(zip(table.column("id").to_pylist(), arr))
 

@@ -174,8 +174,8 @@ def _compare_pair(model, feats: dict, labels: dict[str, str], a: str, b: str, va
         raise ValueError(f"{a}-{b}: {int(val.sum())} of {len(ids)} pairs are held out: expected some of each")
     val_labels = [labels[i] if labels else i for i, v in zip(ids, val) if v]
     progressive = concept_hits(model.project(arrays[a][val], a), model.project(arrays[b][val], b), val_labels)
-    baseline = train_baseline(arrays[a][~val], arrays[b][~val], arrays[a][val], arrays[b][val], val_labels,
-                              epochs=epochs, seed=seed, threads=torch.get_num_threads())
+    baseline = _train_baseline(arrays[a][~val], arrays[b][~val], arrays[a][val], arrays[b][val], val_labels,
+                               epochs, seed)  # on compare()'s pinned threads
     return {"progressive": float(progressive.mean()), "baseline": float(baseline.mean()),
             "chance": 1 / len(set(labels.values()) if labels else val_labels), "val_items": int(val.sum()),
             "only_progressive": int((progressive & ~baseline).sum()),

@@ -266,7 +266,7 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
 
 def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
     """The model's modalities that have features in the store; refuses a store embedded with other
-    encoders (or another K x D) than the model was trained on, naming both."""
+    encoders (or another K) than the model was trained on, naming both."""
     from pipeline.checkpoint import read_json
     from pipeline.features import FeatureStore
 
