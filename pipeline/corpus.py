@@ -31,15 +31,19 @@ def concept(i: int) -> tuple[str, str]:
     return colours[i % len(colours)], SHAPES[(i // len(colours)) % len(SHAPES)]
 
 
-def draw_shape(colour: str, shape: str, size: int = 96, offset: float = 0.0, rng: np.random.Generator | None = None) -> Image.Image:
-    """An RGB image of ``shape`` in ``colour`` on a light background (shifted by ``offset`` in [0, 1))."""
+def draw_shape(colour: str, shape: str, size: int = 96, offset: float = 0.0, rng: np.random.Generator | None = None,
+               scale: float = 0.3, vertical: bool = False) -> Image.Image:
+    """An RGB image of ``shape`` in ``colour`` on a light background, of radius ``scale`` x size, shifted by
+    ``offset`` in [0, 1) left to right (or top to bottom with ``vertical``)."""
     rng = rng or np.random.default_rng(0)
     bg = tuple(int(v) for v in rng.integers(200, 256, 3))
     img = Image.new("RGB", (size, size), bg)
     d = ImageDraw.Draw(img)
-    r = size * 0.3
+    r = size * scale
     cx = size * (0.3 + 0.4 * offset)
     cy = size * 0.5
+    if vertical:
+        cx, cy = cy, cx
     fill = COLOURS[colour]
     if shape == "circle":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -54,13 +58,16 @@ def draw_shape(colour: str, shape: str, size: int = 96, offset: float = 0.0, rng
     return img
 
 
-def tone(colour: str, shape: str, seconds: float = 1.0, detune: float = 1.0) -> np.ndarray:
-    """A float32 waveform whose pitch encodes the colour and whose rhythm encodes the shape."""
-    pitch = 220.0 * 2 ** (list(COLOURS).index(colour) / 4) * detune
+def tone(colour: str, shape: str, seconds: float = 1.0, detune: float = 1.0, base: float = 220.0,
+         harmonics: tuple[float, ...] = (1.0,)) -> np.ndarray:
+    """A float32 waveform whose pitch encodes the colour and whose rhythm encodes the shape; ``base`` (Hz) and
+    ``harmonics`` (amplitude of each multiple of the pitch) make the voice."""
+    pitch = base * 2 ** (list(COLOURS).index(colour) / 4) * detune
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     beats = 1 + SHAPES.index(shape)
     envelope = (np.sin(np.pi * beats * t / seconds) ** 2)
-    return (0.5 * envelope * np.sin(2 * np.pi * pitch * t)).astype(np.float32)
+    voice = sum(a * np.sin(2 * np.pi * pitch * (h + 1) * t) for h, a in enumerate(harmonics)) / sum(harmonics)
+    return (0.5 * envelope * voice).astype(np.float32)
 
 
 def write_wav(path: str, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
@@ -96,9 +103,10 @@ def _pipe(ffmpeg: str, stream, path: str, data: bytes) -> None:
         raise RuntimeError(f"ffmpeg failed writing {path}: {proc.stderr.decode(errors='replace')[-300:]}")
 
 
-def clip(colour: str, shape: str, frames: int = 8, size: int = 64, rng: np.random.Generator | None = None) -> np.ndarray:
-    """A short clip of the shape sliding left to right: uint8 (frames, size, size, 3)."""
-    return np.stack([np.asarray(draw_shape(colour, shape, size, f / max(frames - 1, 1), rng)) for f in range(frames)])
+def clip(colour: str, shape: str, frames: int = 8, size: int = 64, rng: np.random.Generator | None = None,
+         **draw) -> np.ndarray:
+    """A short clip of the shape sliding left to right (``draw``: draw_shape's scale, vertical): uint8 (frames, size, size, 3)."""
+    return np.stack([np.asarray(draw_shape(colour, shape, size, f / max(frames - 1, 1), rng, **draw)) for f in range(frames)])
 
 
 def write_sample_corpus(dest: str, n: int = 24, seed: int = 0, ffmpeg: str | None = None,

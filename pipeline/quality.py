@@ -41,14 +41,31 @@ def quality_stages() -> list[dict]:
     return parse_stage_list(STAGES, epochs=EPOCHS, **PINNED)
 
 
-def concept_inputs(i: int, rng: np.random.Generator) -> dict[Modality, object]:
-    """Raw inputs of sample ``i`` (what the decoders would produce), varied per sample."""
+# A second corpus style, unseen by anything tuned on the suite's: other caption templates, another voice
+# (pitch range and timbre), shapes of other sizes moving top to bottom, more noise.
+OTHER_CAPTIONS = ("one {c} {s}", "this shows a {c} {s}", "{s}, {c}", "a {c}-coloured {s} on a pale ground",
+                  "look: a {s} in {c}", "there is a {c} {s} here")
+STYLES = ("suite", "other")
+
+
+def concept_inputs(i: int, rng: np.random.Generator, style: str = "suite") -> dict[Modality, object]:
+    """Raw inputs of sample ``i`` (what the decoders would produce), varied per sample, in one of ``STYLES``."""
     colour, shape = concept(i)
-    wave = tone(colour, shape, detune=float(rng.normal(1.0, 0.02)))
-    return {Modality.IMAGE: np.asarray(draw_shape(colour, shape, size=64, offset=float(rng.uniform()), rng=rng)),
-            Modality.TEXT: CAPTIONS[int(rng.integers(len(CAPTIONS)))].format(c=colour, s=shape),
-            Modality.AUDIO: (wave + rng.normal(0, 0.02, wave.shape)).astype(np.float32),
-            Modality.VIDEO: clip(colour, shape, frames=4, size=32, rng=rng)}
+    if style == "suite":
+        wave = tone(colour, shape, detune=float(rng.normal(1.0, 0.02)))
+        return {Modality.IMAGE: np.asarray(draw_shape(colour, shape, size=64, offset=float(rng.uniform()), rng=rng)),
+                Modality.TEXT: CAPTIONS[int(rng.integers(len(CAPTIONS)))].format(c=colour, s=shape),
+                Modality.AUDIO: (wave + rng.normal(0, 0.02, wave.shape)).astype(np.float32),
+                Modality.VIDEO: clip(colour, shape, frames=4, size=32, rng=rng)}
+    if style != "other":
+        raise ValueError(f"style {style!r}: expected one of {', '.join(STYLES)}")
+    wave = tone(colour, shape, detune=float(rng.normal(1.0, 0.03)), base=330.0, harmonics=(1.0, 0.5, 0.25))
+    scale = float(rng.uniform(0.2, 0.35))
+    return {Modality.IMAGE: np.asarray(draw_shape(colour, shape, size=64, offset=float(rng.uniform()), rng=rng,
+                                                  scale=scale, vertical=True)),
+            Modality.TEXT: OTHER_CAPTIONS[int(rng.integers(len(OTHER_CAPTIONS)))].format(c=colour, s=shape),
+            Modality.AUDIO: (wave + rng.normal(0, 0.03, wave.shape)).astype(np.float32),
+            Modality.VIDEO: clip(colour, shape, frames=4, size=32, rng=rng, scale=scale, vertical=True)}
 
 
 @contextlib.contextmanager
@@ -67,13 +84,13 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str | None = None,
-                        threads: int = 2) -> dict[str, str]:
-    """Encode ``n`` concept samples with the tiny encoders (``threads`` torch threads) into a feature store at
-    ``root``; return id → concept."""
+                        threads: int = 2, style: str = "suite") -> dict[str, str]:
+    """Encode ``n`` concept samples of ``style`` with the tiny encoders (``threads`` torch threads) into a feature
+    store at ``root``; return id → concept."""
     from pipeline.embed import encoder_record
 
     rng = np.random.default_rng(seed)
-    samples = [concept_inputs(i, rng) for i in range(n)]
+    samples = [concept_inputs(i, rng, style) for i in range(n)]
     ids = [f"c{i:05d}" for i in range(n)]
     cfg = EmbedConfig(preset="tiny", cache_dir=cache_dir)
     store = FeatureStore(root, {})
@@ -118,10 +135,13 @@ def train_baseline(train_a: np.ndarray, train_b: np.ndarray, val_a: np.ndarray, 
         return _train_baseline(train_a, train_b, val_a, val_b, val_labels, epochs, seed)
 
 
-def _train_baseline(train_a, train_b, val_a, val_b, val_labels, epochs, seed) -> np.ndarray:
+def fit_baseline(train_a: np.ndarray, train_b: np.ndarray, epochs: int, seed: int = 0):
+    """The jointly trained pairwise baseline: a 2-layer MLP per side, InfoNCE at a fixed temperature of 0.07,
+    Adam 1e-3, batches of 64, ``epochs`` epochs (on the caller's torch threads). Returns a function
+    (features, side 0 or 1) → unit vectors (N, 256)."""
     torch.manual_seed(seed)
     mlp = lambda d: nn.Sequential(nn.Linear(d, 256), nn.ReLU(), nn.Linear(256, 256))  # noqa: E731
-    fa, fb = mlp(train_a.shape[-1]), mlp(train_b.shape[-1])
+    fa, fb = mlp(train_a[0].size), mlp(train_b[0].size)
     opt = torch.optim.Adam([*fa.parameters(), *fb.parameters()], lr=1e-3)
     xa, xb = torch.from_numpy(train_a.reshape(len(train_a), -1)), torch.from_numpy(train_b.reshape(len(train_b), -1))
     gen = torch.Generator().manual_seed(seed)
@@ -135,10 +155,18 @@ def _train_baseline(train_a, train_b, val_a, val_b, val_labels, epochs, seed) ->
             opt.zero_grad()
             loss.backward()
             opt.step()
-    with torch.no_grad():
-        va = nn.functional.normalize(fa(torch.from_numpy(val_a.reshape(len(val_a), -1))), dim=-1).numpy()
-        vb = nn.functional.normalize(fb(torch.from_numpy(val_b.reshape(len(val_b), -1))), dim=-1).numpy()
-    return concept_hits(va, vb, val_labels)
+
+    def project(features: np.ndarray, side: int) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.from_numpy(np.asarray(features, np.float32).reshape(len(features), -1))
+            return nn.functional.normalize((fa, fb)[side](x), dim=-1).numpy()
+
+    return project
+
+
+def _train_baseline(train_a, train_b, val_a, val_b, val_labels, epochs, seed) -> np.ndarray:
+    project = fit_baseline(train_a, train_b, epochs, seed)
+    return concept_hits(project(val_a, 0), project(val_b, 1), val_labels)
 
 
 def compare(store: str, model_dir: str, labels: dict[str, str] | None, val_fraction: float, epochs: int, seed: int = 0,
