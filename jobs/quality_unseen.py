@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=150, help="test samples, generated apart (default 150)")
     p.add_argument("--seeds", default="0", help="corpus and training seeds, comma-separated (default 0)")
     p.add_argument("--style", default="other", choices=STYLES, help="corpus style (default other: unseen by the suite)")
-    p.add_argument("--stages", default=STAGES, help=f"curriculum (default {STAGES})")
+    p.add_argument("--stages", help=f"curriculum (default: the config's, else {STAGES})")
+    p.add_argument("--tokens", type=int, default=1, help="K token vectors per item from each frozen encoder (default 1)")
     p.add_argument("--baseline-epochs", type=int, default=100, help="epochs of the baseline (default 100)")
     p.add_argument("--config", help="train config YAML instead of the defaults (features/output/stages set here)")
     p.add_argument("--report", help="also write every run's figures as JSON to this file")
@@ -79,13 +80,13 @@ def unseen_run(root: str, seed: int, args: argparse.Namespace) -> dict:
     from pipeline.train import run_train
     from pipeline.train_config import load_train_config
 
-    store = os.path.join(root, f"features-{args.style}-{args.train}")
-    model_dir = os.path.join(root, "model")
+    store = os.path.join(root, f"features-{args.style}-{args.train}-k{args.tokens}")
+    model_dir = os.path.join(root, f"model-k{args.tokens}")
     if not os.path.exists(os.path.join(store, "done")):
-        write_concept_store(store, n=args.train, seed=seed, style=args.style)
+        write_concept_store(store, n=args.train, seed=seed, style=args.style, tokens=args.tokens)
         open(os.path.join(store, "done"), "w").close()
     started = time.time()
-    result = run_train(load_train_config(args.config, features=store, output=model_dir, stages=args.stages, seed=seed))
+    result = run_train(load_train_config(args.config, features=store, output=model_dir, stages=args.stages or (None if args.config else STAGES), seed=seed))
     seconds = time.time() - started
     model = load_model(model_dir)
     rng = np.random.default_rng(10_000 + seed)  # a corpus apart from the training one
@@ -97,7 +98,7 @@ def unseen_run(root: str, seed: int, args: argparse.Namespace) -> dict:
     test_features = {n: np.concatenate([raw[n].embed([t[_modality(n)] for t in test[i:i + 64]])
                                         for i in range(0, len(test), 64)]) for n in names}
     train_features = {n: load_features(store, n, {}) for n in names}
-    out = {"seed": seed, "style": args.style, "train": args.train, "test": args.test, "train_seconds": round(seconds, 1),
+    out = {"seed": seed, "style": args.style, "train": args.train, "test": args.test, "tokens": args.tokens, "train_seconds": round(seconds, 1),
            "stages": [{k: s[k] for k in ("stage", "epochs_run", "best_epoch", "still_improving")} for s in result["stages"]],
            "directions": {}}
     with torch_threads(1):
@@ -132,7 +133,7 @@ def _modality(name: str):
 
 def format_table(run: dict) -> str:
     stages = ", ".join(f"{s['stage']} {s['epochs_run']} epochs (best {s['best_epoch']})" for s in run["stages"])
-    lines = [f"seed {run['seed']}, style {run['style']}: {run['train']} training / {run['test']} test samples, "
+    lines = [f"seed {run['seed']}, style {run['style']}, K {run['tokens']}: {run['train']} training / {run['test']} test samples, "
              f"trained in {run['train_seconds']:.0f} s ({stages})",
              "| direction | progressive | jointly trained baseline | baseline - progressive | p(worse) |",
              "|---|---|---|---|---|"]

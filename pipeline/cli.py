@@ -16,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     embed_job.build_parser(sub.add_parser("embed", help="embed a manifest into a Parquet feature store (Ray Data)"))
     train_job.build_parser(sub.add_parser("train", help="train the projection progressively on a feature store (Ray Train)"))
+    train_job.build_parser(sub.add_parser("tune", help="search each stage's training settings (Ray Tune, ASHA) on the cached "
+                                                       "features, then train with the best (like train)"), tune=True)
     serve_job.build_parser(sub.add_parser("serve", help="serve a model artifact over HTTP on Ray Serve (OpenAI-compatible)"))
     evaluate_job.build_parser(sub.add_parser("evaluate", help="retrieval, zero-shot and modality-gap report of a model artifact"))
     submit = sub.add_parser("submit", help="submit a job to a Ray cluster (job API), follow its logs, exit with its status")
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return embed_job.run(args)
     if args.command == "evaluate":
         return evaluate_job.run(args)
-    if args.command == "train":
+    if args.command in ("train", "tune"):
         return train_job.run(args)
     if args.command == "serve":
         return serve_job.run(args)

@@ -42,11 +42,14 @@ class ContrastiveLoss(nn.Module):
         lo, hi = self.config.min_temperature, self.config.max_temperature
         return lo + (hi - lo) * torch.sigmoid(self.raw_temperature)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """a, b (and c): (B, d) unit vectors of the same samples. Returns each term and ``loss``."""
+    def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None,
+                bank: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """a, b (and c): (B, d) unit vectors of the same samples; ``bank``: frozen b-side vectors (M, d) as
+        further negatives of a → b (see ``info_nce_bank``). Returns each term and ``loss``."""
         cfg, terms = self.config, {}
         if cfg.infonce:
-            terms["infonce"] = info_nce(a, b, self.temperature)
+            terms["infonce"] = (info_nce(a, b, self.temperature) if bank is None
+                                else info_nce_bank(a, b, bank, self.temperature))
         if cfg.align:
             terms["align"] = (a - b).pow(2).sum(dim=1).mean()
         if cfg.uniform:
@@ -63,6 +66,19 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor) -> tor
     logits = a @ b.T / temperature
     labels = torch.arange(a.shape[0], device=a.device)
     return (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels)) / 2
+
+
+def info_nce_bank(a: torch.Tensor, b: torch.Tensor, bank: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE whose a → b half contrasts each row of ``a`` with its partner in ``b`` against every
+    row of ``bank`` (frozen vectors of the b side, (M, d)) as well as the batch; bank rows equal to the
+    partner are not negatives. The b → a half is the batch's, as in ``info_nce``."""
+    logits = a @ b.T / temperature
+    labels = torch.arange(a.shape[0], device=a.device)
+    to_bank = a @ bank.T / temperature
+    same = (b @ bank.T) > 1 - 1e-5  # the partner itself, or a vector identical to it (e.g. the same caption)
+    to_bank = to_bank.masked_fill(same, float("-inf"))
+    forward = nn.functional.cross_entropy(torch.cat([logits, to_bank], dim=1), labels)
+    return (forward + nn.functional.cross_entropy(logits.T, labels)) / 2
 
 
 def uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:

@@ -84,9 +84,9 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str | None = None,
-                        threads: int = 2, style: str = "suite") -> dict[str, str]:
-    """Encode ``n`` concept samples of ``style`` with the tiny encoders (``threads`` torch threads) into a feature
-    store at ``root``; return id → concept."""
+                        threads: int = 2, style: str = "suite", tokens: int = 1) -> dict[str, str]:
+    """Encode ``n`` concept samples of ``style`` with the tiny encoders (``threads`` torch threads, ``tokens`` K
+    vectors per item) into a feature store at ``root``; return id → concept."""
     from pipeline.embed import encoder_record
 
     rng = np.random.default_rng(seed)
@@ -95,7 +95,7 @@ def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str |
     cfg = EmbedConfig(preset="tiny", cache_dir=cache_dir)
     store = FeatureStore(root, {})
     for modality in MODALITIES:
-        ref, enc = resolve_encoder(cfg, modality), EncoderConfig(torch_threads=threads)
+        ref, enc = resolve_encoder(cfg, modality), EncoderConfig(torch_threads=threads, tokens=tokens)
         encoder = FrozenEncoder(ref, enc)
         arr = np.concatenate([encoder.embed([s[modality] for s in samples[i:i + 64]]) for i in range(0, n, 64)])
         k, dim = arr.shape[1:]

@@ -45,12 +45,25 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     output = os.path.abspath(cfg.output)
     features_uri = _features_uri(cfg)
     options = storage_options(cfg.storage)
-    names = sorted({n for s in cfg.stages for n in (s.new, s.anchor, s.third) if n})
+    names = sorted({n for s in cfg.stages for n in s.modalities})
     try:
         features = {n: load_features(features_uri, n, options) for n in names}
     except ValueError as e:
         raise ConfigError(str(e)) from None
     os.makedirs(os.path.join(output, "stages"), exist_ok=True)
+    search = None
+    if cfg.tune:
+        from pipeline.tune import tune_curriculum
+
+        cfg, search = tune_curriculum(cfg, features, output)
+    weights, records, model_config = train_curriculum(cfg, features, output)
+    _write_artifact(cfg, output, features_uri, options, model_config, weights, records, search)
+    return {"output": output, "stages": records, **({"tune": search} if search else {})}
+
+
+def train_curriculum(cfg: TrainConfig, features: dict, output: str) -> tuple[bytes, list[dict[str, Any]], ModelConfig]:
+    """Train ``cfg``'s stages (loading a leading run of stages already trained with the same settings); return
+    the last stage's weights, every stage's record and the final model config."""
     plans, model_config = plan_curriculum(cfg, features, output)
     reuse = reusable_stages(plans)
     weights: bytes | None = None
@@ -62,8 +75,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     if reuse < len(plans):
         weights, trained = _fit(cfg, plans[reuse:], weights, output)
         records += trained
-    _write_artifact(cfg, output, features_uri, options, model_config, weights, records)
-    return {"output": output, "stages": records}
+    return weights, records, model_config
 
 
 def _features_uri(cfg: TrainConfig) -> str:
@@ -116,10 +128,12 @@ class StagePlan:
         with open(os.path.join(self.folder, "model.safetensors"), "rb") as fh:
             return fh.read(), read_json(os.path.join(self.folder, "stage.json"))["record"]
 
+    in_memory: bool = True            # each worker holds its training shard in memory (see TrainConfig.in_memory_mb)
+
     def worker_config(self, seed: int) -> dict[str, Any]:
         """What the training loop needs of this stage (``init_weights`` is added there)."""
         return {"stage": self.stage.model_dump(mode="json"), "stage_index": self.index, "seed": seed,
-                "model_config": self.entry_model, "new_modalities": self.new_modalities,
+                "model_config": self.entry_model, "new_modalities": self.new_modalities, "in_memory": self.in_memory,
                 "batch_size": self.batch_size, "steps_per_epoch": self.steps_per_epoch, "key": str(self.index + 1)}
 
     def pairs(self, part: str) -> int:
@@ -130,7 +144,7 @@ def _plan_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, feature
                 store: FeatureStore) -> StagePlan:
     stage = cfg.stages[index]
     label = f"{index + 1}-{stage.new}-{stage.anchor}"
-    names = [n for n in (stage.new, stage.anchor, stage.third) if n]
+    names = stage.modalities
     ids, arrays = join(features, names)
     (train_ids, train), (val_ids, val) = split(ids, arrays, cfg.val_fraction, cfg.seed)
     shapes = {n: tuple(arrays[n].shape[1:]) for n in names}
@@ -145,8 +159,9 @@ def _plan_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, feature
     fingerprint = {"stage": stage.model_dump(mode="json"), "seed": cfg.seed, "pairs": len(ids),
                    "model": entry_model, "val_ids": len(val_ids), "features": store.root,
                    "store": {n: store.run_record(n) for n in names}, "shapes": {n: list(shapes[n]) for n in names}}
+    shard_mb = sum(a[0].size for a in train.values()) * 4 * (len(train_ids) // cfg.workers) / 2**20  # as float32
     return StagePlan(index, label, stage, names, train, val, new_modalities, entry_model, batch, steps_per_epoch,
-                     fingerprint, os.path.join(output, "stages", label))
+                     fingerprint, os.path.join(output, "stages", label), shard_mb <= cfg.in_memory_mb)
 
 
 def _fit(cfg: TrainConfig, todo: list[StagePlan], weights: bytes | None, output: str) -> tuple[bytes, list[dict[str, Any]]]:
@@ -237,7 +252,7 @@ def _tensor(array: np.ndarray):
 
 
 def _write_artifact(cfg: TrainConfig, output: str, features_uri: str, options: dict, model_config: ModelConfig,
-                    weights: bytes, stages: list[dict[str, Any]]) -> None:
+                    weights: bytes, stages: list[dict[str, Any]], search: dict[str, Any] | None = None) -> None:
     import ray
     import torch
 
@@ -257,6 +272,7 @@ def _write_artifact(cfg: TrainConfig, output: str, features_uri: str, options: d
     write_json(os.path.join(output, "provenance.json"), {
         "features": features_uri, "config": cfg.model_dump(mode="json"), "seed": cfg.seed,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"tune": search} if search else {}),
         "versions": {"ray": ray.__version__, "torch": torch.__version__}})
     write_json(os.path.join(output, "config.json"), {"format": ARTIFACT_FORMAT, "model": dataclasses.asdict(model_config)})
     log.info("model artifact written to %s", output)

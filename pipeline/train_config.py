@@ -26,6 +26,12 @@ class StageConfig(StrictModel):
     new: str = Field(description="Modality aligned in this stage (the first stage trains new and anchor jointly).")
     anchor: str = Field(description="Already-aligned modality it is aligned to (text by default).")
     third: str | None = Field(None, description="Optional third modality in each batch, for the Symile loss.")
+    extra_anchors: list[str] = Field(default_factory=list, description="Further aligned modalities the new one is aligned "
+                                     "to as well, an InfoNCE term each (e.g. video to text and image: 'video:text+image').")
+    negatives: Literal["batch", "bank"] = Field("batch", description="Negatives of a later stage's new -> anchor term: the "
+                                                "batch's anchors, or a bank of up to `bank_size` training anchors (the frozen "
+                                                "anchor side's vectors, computed once per stage).")
+    bank_size: int = Field(4096, ge=2, description="Training anchors in the bank (negatives: bank), per worker.")
     epochs: int | None = Field(None, ge=1, description="Epochs of this stage; null = enough epochs for `steps` optimizer steps, "
                                "at most `max_epochs` (many on a small store, one on a large one).")
     steps: int = Field(1500, ge=1, description="Optimizer steps a stage with automatic epochs aims at.")
@@ -39,6 +45,11 @@ class StageConfig(StrictModel):
     loss: LossSettings = Field(default_factory=LossSettings, description="Loss terms of the stage.")
     patience: int | None = Field(None, ge=0, description="Early stopping: epochs without a lower validation loss; "
                                  "null = a fifth of the stage's epochs (at least 5); 0 = off.")
+
+    @property
+    def modalities(self) -> list[str]:
+        """Every modality in the stage's batches: new, anchor, third (if any), extra anchors."""
+        return [n for n in (self.new, self.anchor, self.third, *self.extra_anchors) if n]
 
     def learning_rate(self, index: int) -> float:
         """The stage's lr, or the default for its position in the curriculum."""
@@ -62,9 +73,10 @@ class StageConfig(StrictModel):
 
     @model_validator(mode="after")
     def _distinct(self) -> "StageConfig":
-        names = [n for n in (self.new, self.anchor, self.third) if n]
+        names = self.modalities
         if len(set(names)) != len(names):
-            raise ValueError(f"a stage needs distinct modalities, got new={self.new!r} anchor={self.anchor!r} third={self.third!r}")
+            raise ValueError(f"a stage needs distinct modalities, got new={self.new!r} anchor={self.anchor!r} "
+                             f"third={self.third!r} extra_anchors={self.extra_anchors!r}")
         if self.loss.symile and not self.third:
             raise ValueError("loss.symile > 0 needs stage.third (a third modality in each batch)")
         return self
@@ -84,6 +96,29 @@ class ModelSettings(StrictModel):
         return self
 
 
+class TuneSettings(StrictModel):
+    """Hyper-parameter search per stage (``oneencoder tune`` or a ``tune:`` block): Ray Tune, ASHA, trials on cached features."""
+
+    trials: int = Field(8, ge=1, description="Trials (settings sampled) per stage.")
+    lr: tuple[float, float] = Field((1e-4, 3e-3), description="Peak learning rate range (log-uniform).")
+    steps: list[int] = Field(default_factory=lambda: [500, 1500, 3000], min_length=1, description="Step budgets tried.")
+    weight_decay: tuple[float, float] = Field((1e-4, 0.1), description="AdamW weight decay range (log-uniform).")
+    temperature: tuple[float, float] = Field((0.03, 0.2), description="Initial temperature range (uniform).")
+    grace_epochs: int = Field(10, ge=1, description="ASHA: epochs every trial runs before it can be stopped.")
+    reduction_factor: int = Field(3, ge=2, description="ASHA: a rung keeps 1 in this many trials.")
+    cpus_per_trial: float = Field(1.0, gt=0, description="Logical CPUs per trial (its torch threads).")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "TuneSettings":
+        for name in ("lr", "weight_decay", "temperature"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"tune.{name} = [{low}, {high}]: expected 0 < low <= high")
+        if min(self.steps) < 1:
+            raise ValueError(f"tune.steps = {self.steps}: expected positive step budgets")
+        return self
+
+
 class TrainConfig(StrictModel):
     features: str | None = Field(None, description="Feature store folder written by the embed job (local or s3://).")
     output: str | None = Field(None, description="Model artifact folder to write (local).")
@@ -97,8 +132,13 @@ class TrainConfig(StrictModel):
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs per worker.")
     max_failures: int = Field(1, ge=0, description="Worker failures survived per run (each restarts from the last checkpoint).")
     checkpoint_every_steps: int = Field(50, ge=1, description="Optimizer steps between checkpoints (a whole number of epochs, at least one): a small store's short epochs are checkpointed together.")
+    in_memory_mb: float = Field(2048, ge=0, description="A worker whose share of a stage's training features (float32) is at most "
+                                "this many MiB reads it once and shuffles it in memory each epoch; a larger share streams "
+                                "through Ray Data every epoch (0 = always stream).")
     keep_checkpoints: int | None = Field(3, ge=1, description="Latest epoch checkpoints kept (each holds the best weights so far of every stage); null = all.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access for the feature store.")
+    tune: TuneSettings | None = Field(None, description="Search each stage's lr, step budget, weight decay and temperature "
+                                      "with Ray Tune before training it (`oneencoder tune`); null = train with the stages' settings.")
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -112,12 +152,19 @@ class TrainConfig(StrictModel):
         if not self.stages:
             raise ValueError("stages: expected at least one stage")
         known = {self.stages[0].new, self.stages[0].anchor}
-        if self.stages[0].third:
-            raise ValueError(f"stage 1: third={self.stages[0].third!r} must be a modality aligned by an earlier stage")
+        if self.stages[0].third or self.stages[0].extra_anchors:
+            raise ValueError("stage 1: third and extra_anchors must be modalities aligned by an earlier stage "
+                             f"(got third={self.stages[0].third!r}, extra_anchors={self.stages[0].extra_anchors!r})")
+        if self.stages[0].negatives == "bank":
+            raise ValueError("stage 1: negatives 'bank' needs a frozen anchor (a later stage); stage 1 trains both sides")
         for i, stage in enumerate(self.stages[1:], start=2):
             if stage.third and stage.third not in known:
                 raise ValueError(f"stage {i}: third={stage.third!r} is not aligned yet "
                                  f"(aligned so far: {', '.join(sorted(known))})")
+            for extra in stage.extra_anchors:
+                if extra not in known:
+                    raise ValueError(f"stage {i}: extra anchor {extra!r} is not aligned yet "
+                                     f"(aligned so far: {', '.join(sorted(known))})")
             if stage.anchor not in known:
                 raise ValueError(f"stage {i} ({stage.new}:{stage.anchor}): anchor {stage.anchor!r} is not aligned yet "
                                  f"(aligned so far: {', '.join(sorted(known))})")
@@ -128,20 +175,28 @@ class TrainConfig(StrictModel):
 
 
 def parse_stage_list(text: str, **common: Any) -> list[dict[str, Any]]:
-    """'image:text,audio:text' → stage dicts (each 'new:anchor')."""
+    """'image:text,audio:text,video:text+image' → stage dicts (each 'new:anchor', extra anchors after '+')."""
     stages = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        if part.count(":") != 1 or not all(part.split(":")):
-            raise ValueError(f"stage {part!r}: expected 'new:anchor', e.g. image:text")
-        new, anchor = part.split(":")
-        stages.append({"new": new.strip(), "anchor": anchor.strip(), **common})
+        new, _, anchors = part.partition(":")
+        names = [a.strip() for a in anchors.split("+")]
+        if part.count(":") != 1 or not new.strip() or not all(names):
+            raise ValueError(f"stage {part!r}: expected 'new:anchor' or 'new:anchor+other', e.g. image:text or video:text+image")
+        stage = {"new": new.strip(), "anchor": names[0], **common}
+        if names[1:]:
+            stage["extra_anchors"] = names[1:]
+        stages.append(stage)
     return stages
 
 
-def load_train_config(path: str | None = None, epochs: int | None = None, **overrides: Any) -> TrainConfig:
-    """YAML (optional) + non-None overrides (CLI flags), validated once. Raises ConfigError."""
+def load_train_config(path: str | None = None, epochs: int | None = None, search: bool = False, trials: int | None = None,
+                      **overrides: Any) -> TrainConfig:
+    """YAML (optional) + non-None overrides (CLI flags), validated once; ``search`` turns the tune search on (the
+    YAML's ``tune:`` block, else its defaults), ``trials`` sets its trials. Raises ConfigError."""
     data = read_yaml_mapping(path) if path else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if search or trials is not None:
+        data["tune"] = {**(data.get("tune") or {}), **({"trials": trials} if trials is not None else {})}
     try:
         if isinstance(data.get("stages"), str):
             data["stages"] = parse_stage_list(data["stages"])

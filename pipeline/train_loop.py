@@ -31,12 +31,17 @@ class StagePair(nn.Module):
     def __init__(self, model: OneEncoder, loss: ContrastiveLoss, stage: StageConfig):
         super().__init__()
         self.model, self.loss, self.stage = model, loss, stage
+        self.bank: torch.Tensor | None = None  # frozen anchor vectors as extra negatives (negatives: bank)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         s = self.stage
         a, b = self.model(s.new, batch[s.new]), self.model(s.anchor, batch[s.anchor])
         c = self.model(s.third, batch[s.third]) if s.third else None
-        return self.loss(a, b, c)
+        terms = self.loss(a, b, c, bank=self.bank)
+        for name in s.extra_anchors:  # the new modality aligned to each further (frozen) aligned modality too
+            terms[f"infonce/{name}"] = info_nce(a, self.model(name, batch[name]), self.loss.temperature)
+            terms["loss"] = terms["loss"] + self.loss.config.infonce * terms[f"infonce/{name}"]
+        return terms
 
 
 def build_stage_model(config: dict[str, Any]) -> tuple[OneEncoder, StageConfig, list]:
@@ -93,6 +98,99 @@ def _quiet_ray_train_reports() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+class StageTraining:
+    """One stage's model, loss, optimizer and schedule, and its epoch and validation steps: shared by the Ray
+    Train loop (``_train_stage``) and the in-process trials of ``oneencoder tune`` (``fit_stage``)."""
+
+    def __init__(self, plan: dict[str, Any]):
+        self.plan = plan
+        self.model, self.stage, self.parts = build_stage_model(plan)
+        self.pair = StagePair(self.model, ContrastiveLoss(LossConfig(**self.stage.loss.model_dump())), self.stage)
+        self.lr = self.stage.learning_rate(plan["stage_index"])
+        self.opt = torch.optim.AdamW([p for p in self.pair.parameters() if p.requires_grad], lr=self.lr,
+                                     weight_decay=self.stage.weight_decay)
+        self.names = self.stage.modalities
+        self.per_epoch = max(1, plan["steps_per_epoch"])
+        self.total_steps = self.per_epoch * self.stage.epochs
+        self.uses_bank = self.stage.negatives == "bank" and plan["stage_index"] > 0
+
+    @torch.no_grad()
+    def set_bank(self, anchors: torch.Tensor) -> None:
+        """The frozen anchor side's vectors of ``anchors`` (raw features (M, K, D)) as extra negatives."""
+        self.model.eval()  # the anchor side is frozen: no dropout, the same vectors every step
+        self.pair.bank = torch.cat([self.model(self.stage.anchor, anchors[i:i + 1024]) for i in range(0, len(anchors), 1024)])
+
+    def train_epoch(self, epoch: int, batches, step_module: nn.Module | None = None) -> float:
+        """One epoch over ``batches`` (dicts of (B, K, D) tensors); returns the mean training loss."""
+        step_module = step_module or self.pair
+        self.pair.train()
+        set_modes(self.model, self.parts)
+        losses = []
+        for i, batch in enumerate(batches):
+            for group in self.opt.param_groups:  # from the step number alone: a resumed stage continues the schedule
+                group["lr"] = self.lr * self.stage.lr_factor(epoch * self.per_epoch + min(i, self.per_epoch - 1),
+                                                             self.total_steps)
+            terms = step_module({n: batch[n] for n in self.names})
+            self.opt.zero_grad()
+            terms["loss"].backward()
+            self.opt.step()
+            losses.append(float(terms["loss"].detach()))
+        return sum(losses) / max(len(losses), 1)
+
+    def epoch_metrics(self, epoch: int, loss: float, val: dict[str, torch.Tensor], start: int) -> dict[str, float]:
+        metrics = _validate(self.pair, self.stage, val)
+        metrics.update({"stage": self.plan["stage_index"] + 1, "epoch": epoch + 1, "loss": loss,
+                        "temperature": float(self.pair.loss.temperature.detach()), "lr": self.opt.param_groups[0]["lr"],
+                        "resumed_after_epoch": start})  # 0 for a fresh stage; > 0 after a restart from a checkpoint
+        return metrics
+
+
+def _bank_rows(batches, anchor: str, size: int) -> torch.Tensor:
+    """Up to ``size`` rows of the anchor column of ``batches``."""
+    rows, count = [], 0
+    for batch in batches:
+        rows.append(batch[anchor][:size - count])
+        count += len(rows[-1])
+        if count >= size:
+            break
+    return torch.cat(rows)
+
+
+def shuffled_batches(rows: dict[str, torch.Tensor], batch: int, seed: int):
+    """In-memory rows in a seeded random order, as full batches (the last partial batch dropped)."""
+    n = len(next(iter(rows.values())))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return ({k: v[order[i:i + batch]] for k, v in rows.items()} for i in range(0, n - batch + 1, batch))
+
+
+def bank_sample(rows: dict[str, torch.Tensor], anchor: str, size: int, seed: int) -> torch.Tensor:
+    """Up to ``size`` anchor rows, drawn in a seeded random order."""
+    n = len(rows[anchor])
+    return rows[anchor][torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]]
+
+
+def fit_stage(plan: dict[str, Any], train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
+              on_epoch=None) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
+    """Train one stage in this process on in-memory features (a Tune trial): the same model, loss, schedule,
+    batches, validation and early stopping as the Ray Train loop with ``in_memory``. ``on_epoch(metrics)`` is
+    called after each epoch. Returns the best epoch's model state and the history."""
+    st = StageTraining(plan)
+    if st.uses_bank:
+        st.set_bank(bank_sample(train, st.stage.anchor, st.stage.bank_size, plan["seed"]))
+    history, best_state = [], {}
+    for epoch in range(st.stage.epochs):
+        batches = shuffled_batches(train, plan["batch_size"], plan["seed"] + epoch)
+        metrics = st.epoch_metrics(epoch, st.train_epoch(epoch, batches), val, 0)
+        history.append(metrics)
+        if _epochs_since_best(history) == 0:
+            best_state = {k: v.detach().clone() for k, v in st.model.state_dict().items()}
+        if on_epoch:
+            on_epoch(metrics)
+        if st.stage.patience and _epochs_since_best(history) >= st.stage.patience:
+            break
+    return best_state, history
+
+
 def _train_stage(plan: dict[str, Any], run: "RunState") -> dict[str, torch.Tensor]:
     """Run (or resume) one stage's epochs; return the model state of its best epoch."""
     import ray.train
@@ -100,44 +198,37 @@ def _train_stage(plan: dict[str, Any], run: "RunState") -> dict[str, torch.Tenso
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    model, stage, parts = build_stage_model(plan)
-    pair = StagePair(model, ContrastiveLoss(LossConfig(**stage.loss.model_dump())), stage)
-    lr = stage.learning_rate(plan["stage_index"])
-    opt = torch.optim.AdamW([p for p in pair.parameters() if p.requires_grad], lr=lr, weight_decay=stage.weight_decay)
-    if run.resume_into(pair, opt):
+    st = StageTraining(plan)
+    stage, model = st.stage, st.model
+    if run.resume_into(st.pair, st.opt):
         log.info("stage %s:%s resumes after epoch %d", stage.new, stage.anchor, run.epoch + 1)
     elif rank == 0:
         log.info("stage %s:%s: %d trainable parameters (model) + 1 (temperature), lr %g", stage.new, stage.anchor,
-                 count_trainable(model), lr)
-    ddp = prepare_model(pair, parallel_strategy="ddp") if context.get_world_size() > 1 else pair
-    names = [n for n in (stage.new, stage.anchor, stage.third) if n]
-    val = _materialize(ray.train.get_dataset_shard(f"val-{plan['key']}"), names)
+                 count_trainable(model), st.lr)
+    ddp = prepare_model(st.pair, parallel_strategy="ddp") if context.get_world_size() > 1 else st.pair
+    val = _materialize(ray.train.get_dataset_shard(f"val-{plan['key']}"), st.names)
     train = ray.train.get_dataset_shard(f"train-{plan['key']}")
+    # a small shard is read once and shuffled in memory each epoch: a pass through Ray Data costs more than
+    # an epoch of a few steps; a large one streams through Ray Data every epoch
+    rows = _materialize(train, st.names) if plan["in_memory"] else None
+
+    def batches(seed: int, drop_last: bool = True):
+        if rows is not None:
+            return shuffled_batches(rows, plan["batch_size"], seed)
+        return train.iter_torch_batches(batch_size=plan["batch_size"], dtypes=torch.float32, drop_last=drop_last,
+                                        local_shuffle_buffer_size=16 * plan["batch_size"],  # near-uniform shuffle of small stores
+                                        local_shuffle_seed=seed)
+
+    if st.uses_bank:  # bank_size of this worker's training anchors, in a seeded shuffle
+        st.set_bank(bank_sample(rows, stage.anchor, stage.bank_size, plan["seed"]) if rows is not None else
+                    _bank_rows(batches(plan["seed"], drop_last=False), stage.anchor, stage.bank_size))
     start = run.epoch + 1
-    per_epoch = max(1, plan["steps_per_epoch"])
-    total_steps = per_epoch * stage.epochs
     # checkpoint every `every` epochs (the same on every rank: DDP ranks report together), and at the end
-    every = max(1, -(-plan["checkpoint_every_steps"] // per_epoch))
+    every = max(1, -(-plan["checkpoint_every_steps"] // st.per_epoch))
     for epoch in range(start, stage.epochs):
         if stage.patience and run.history and _epochs_since_best(run.history) >= stage.patience:
             break  # resumed after the epoch that stopped the stage early
-        pair.train()
-        set_modes(model, parts)
-        losses = []
-        for i, batch in enumerate(train.iter_torch_batches(batch_size=plan["batch_size"], dtypes=torch.float32, drop_last=True,
-                                                           local_shuffle_buffer_size=16 * plan["batch_size"],  # near-uniform shuffle of small stores
-                                                           local_shuffle_seed=plan["seed"] + epoch)):
-            for group in opt.param_groups:  # from the step number alone: a resumed stage continues the schedule
-                group["lr"] = lr * stage.lr_factor(epoch * per_epoch + min(i, per_epoch - 1), total_steps)
-            terms = ddp({n: batch[n] for n in names})
-            opt.zero_grad()
-            terms["loss"].backward()
-            opt.step()
-            losses.append(float(terms["loss"].detach()))
-        metrics = _validate(pair, stage, val)
-        metrics.update({"stage": plan["stage_index"] + 1, "epoch": epoch + 1, "loss": sum(losses) / max(len(losses), 1),
-                        "temperature": float(pair.loss.temperature.detach()), "lr": opt.param_groups[0]["lr"],
-                        "resumed_after_epoch": start})  # 0 for a fresh stage; > 0 after a restart from a checkpoint
+        metrics = st.epoch_metrics(epoch, st.train_epoch(epoch, batches(plan["seed"] + epoch), ddp), val, start)
         run.end_epoch(epoch, metrics, model)
         stop = bool(stage.patience) and _epochs_since_best(run.history) >= stage.patience
         if stop or (epoch + 1) % every == 0 or epoch + 1 == stage.epochs:  # a log line and a checkpoint
@@ -145,8 +236,8 @@ def _train_stage(plan: dict[str, Any], run: "RunState") -> dict[str, torch.Tenso
                 log.info("stage %s:%s epoch %d/%d loss %.4f val loss %.4f (best %.4f, epoch %d) lr %.2g "
                          "temperature %.4f val recall@1 %.3f", stage.new, stage.anchor, epoch + 1, stage.epochs,
                          metrics["loss"], metrics["val/loss"], run.history[run.best_epoch]["val/loss"],
-                         run.best_epoch + 1, opt.param_groups[0]["lr"], metrics["temperature"], metrics["val/recall@1"])
-            run.report(metrics, rank, pair, opt)
+                         run.best_epoch + 1, st.opt.param_groups[0]["lr"], metrics["temperature"], metrics["val/recall@1"])
+            run.report(metrics, rank, st.pair, st.opt)
         if stop:
             if rank == 0:
                 log.info("stage %s:%s: early stop, no better %s for %d epochs", stage.new, stage.anchor,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.losses import ContrastiveLoss, LossConfig, info_nce, symile, uniformity
+from pipeline.losses import ContrastiveLoss, LossConfig, info_nce, info_nce_bank, symile, uniformity
 from pipeline.train_loop import _epochs_since_best
 
 
@@ -79,10 +79,51 @@ def test_a_third_modality_must_already_be_aligned():
     ok = load_train_config(None, stages=[{"new": "image", "anchor": "text"},
                                          {"new": "audio", "anchor": "text", "third": "image", "loss": {"symile": 0.3}}])
     assert ok.stages[1].third == "image"
-    with pytest.raises(ConfigError, match="stage 1: third='audio' must be a modality aligned by an earlier stage"):
+    with pytest.raises(ConfigError, match=r"stage 1: third and extra_anchors must be modalities aligned by an earlier stage \(got third='audio'"):
         load_train_config(None, stages=[{"new": "image", "anchor": "text", "third": "audio"}])
     with pytest.raises(ConfigError, match="stage 2: third='video' is not aligned yet"):
         load_train_config(None, stages=[{"new": "image", "anchor": "text"}, {"new": "audio", "anchor": "text", "third": "video"}])
+
+
+def test_the_bank_adds_frozen_negatives_but_never_the_partner():
+    torch.manual_seed(0)
+    a, b = (nn.functional.normalize(torch.randn(4, 8), dim=-1) for _ in range(2))
+    t = torch.tensor(0.1)
+    logits = a @ b.T / t
+    to_bank = (a @ b.T / t).masked_fill(torch.eye(4, dtype=torch.bool), float("-inf"))  # bank = b: partner masked
+    labels = torch.arange(4)
+    expected = (nn.functional.cross_entropy(torch.cat([logits, to_bank], 1), labels)
+                + nn.functional.cross_entropy(logits.T, labels)) / 2
+    torch.testing.assert_close(info_nce_bank(a, b, b, t), expected)
+    # a bank of copies of the partners changes nothing; a bank of near misses makes the task harder
+    torch.testing.assert_close(info_nce_bank(a[:1], b[:1], b[:1].repeat(5, 1), t), info_nce(a[:1], b[:1], t))
+    near = nn.functional.normalize(a + 0.1 * torch.randn(4, 8), dim=-1)
+    assert info_nce_bank(a, b, near, t) > info_nce(a, b, t)
+
+
+def test_extra_anchors_add_an_infonce_term_each_and_must_be_aligned():
+    from pipeline.config import ConfigError
+    from pipeline.train_config import StageConfig, load_train_config, parse_stage_list
+    from pipeline.train_loop import StagePair, build_stage_model
+
+    assert parse_stage_list("image:text,video:text+image") == [
+        {"new": "image", "anchor": "text"}, {"new": "video", "anchor": "text", "extra_anchors": ["image"]}]
+    stage = StageConfig(new="video", anchor="text", extra_anchors=["image"])
+    config = {"stage": stage.model_dump(), "stage_index": 1, "seed": 0, "init_weights": None,
+              "model_config": {"d": 16, "heads": 2, "ff": 32, "in_dims": {"image": 8, "text": 8}, "tokens": {"image": 1, "text": 1}},
+              "new_modalities": {"video": (1, 8)}}
+    model, stage, _ = build_stage_model(config)
+    pair = StagePair(model, ContrastiveLoss(LossConfig(**stage.loss.model_dump())), stage)
+    terms = pair({m: torch.randn(4, 1, 8) for m in ("video", "text", "image")})
+    torch.testing.assert_close(terms["loss"], terms["infonce"] + terms["infonce/image"])
+    for stages, message in (("image:text,video:text+audio", "stage 2: extra anchor 'audio' is not aligned yet"),
+                            ("image:text+video", "stage 1: third and extra_anchors must be modalities aligned"),
+                            ("image:text,video:text+text", "a stage needs distinct modalities"),
+                            ("image:text,video:text+", "expected 'new:anchor' or 'new:anchor\\+other'")):
+        with pytest.raises(ConfigError, match=message):
+            load_train_config(None, stages=stages)
+    with pytest.raises(ConfigError, match="stage 1: negatives 'bank' needs a frozen anchor"):
+        load_train_config(None, stages=[{"new": "image", "anchor": "text", "negatives": "bank"}])
 
 
 def test_sign_test_flags_only_a_clearly_worse_model():

@@ -315,3 +315,36 @@ def test_the_no_flag_stage_trains_until_validation_loss_stops_falling(ray_sessio
     lrs = [h["lr"] for h in history]
     assert lrs.index(max(lrs)) < 20 and lrs[-1] < max(lrs)  # warmed up early, decaying since
     assert stage["best"]["val/loss"] < 0.6 * history[0]["val/loss"], [h["val/loss"] for h in history]
+
+
+def test_tune_searches_each_stage_then_trains_it_with_the_best_settings(ray_session, feature_store, tmp_path, capsys):
+    """`oneencoder tune`: ASHA trials per stage on the cached features, the best settings trained and recorded."""
+    from pipeline.checkpoint import read_json
+    from pipeline.cli import main
+
+    config = tmp_path / "tune.yaml"
+    config.write_text(f"val_fraction: {VAL_FRACTION}\n"
+                      "tune: {trials: 3, steps: [12, 30], grace_epochs: 2, lr: [0.0002, 0.002], temperature: [0.05, 0.1]}\n")
+    output = tmp_path / "m"
+    assert main(["tune", "--features", feature_store, "--output", str(output), "--stages", "image:text,audio:text",
+                 "--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    provenance, metrics = read_json(str(output / "provenance.json")), read_json(str(output / "metrics.json"))
+    search = provenance["tune"]
+    assert search["settings"]["trials"] == 3 and [s["stage"] for s in search["stages"]] == ["1-image-text", "2-audio-text"]
+    for record, stage, trained in zip(search["stages"], provenance["config"]["stages"], metrics["stages"]):
+        trials = record["trials"]
+        assert len(trials) == 3 and len({t["lr"] for t in trials}) == 3  # three sampled settings
+        for t in trials:
+            assert 0.0002 <= t["lr"] <= 0.002 and t["steps"] in (12, 30) and 0.05 <= t["temperature"] <= 0.1
+            assert 1 <= t["epochs_run"] <= record["max_epochs"] and np.isfinite(t["best_val_loss"])
+        best = min(trials, key=lambda t: t["best_val_loss"])
+        assert record["best"] == {k: best[k] for k in ("lr", "steps", "weight_decay", "temperature")}
+        # the stage the artifact holds was trained with the best trial's settings
+        assert (stage["lr"], stage["steps"], stage["weight_decay"], stage["loss"]["temperature"]) == \
+            (best["lr"], best["steps"], best["weight_decay"], best["temperature"])
+        assert trained["history"][-1]["lr"] == pytest.approx(0.1 * best["lr"])  # its cosine schedule's last step
+        assert trained["history"][0]["temperature"] == pytest.approx(best["temperature"], abs=0.01)
+        assert f"stage {record['stage']}: best of 3 trials: lr {best['lr']:.3g}" in printed
+    with pytest.raises(ConfigError, match=r"tune.lr = \[0.01, 0.001\]: expected 0 < low <= high"):
+        load_train_config(None, tune={"lr": [0.01, 0.001]})
