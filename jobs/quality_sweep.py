@@ -1,11 +1,12 @@
 """Run the suite's quality bar under other seeds and torch thread counts: how far its figures move.
 
-    python -m jobs.quality_sweep [--seeds 0,1,2] [--threads 1,2] [--epochs 30] [--samples 480] [--report FILE]
+    python -m jobs.quality_sweep [--seeds 0,1,2] [--threads 1,2] [--styles suite,other] [--samples 480]
+                                 [--epochs N] [--baseline-epochs 100] [--report FILE]
 
-Each (seed, threads) run generates the concept corpus with that seed, encodes it, trains the
-curriculum (Ray Train, ``cpus_per_worker`` = threads) and trains the 2-layer MLP baseline, all on
-that many torch threads, then prints concept R@1 per pair and, at the end, the range of every
-figure over the runs. The assertions of ``tests/test_train.py`` must hold over that whole range.
+Each (style, seed, threads) run generates the concept corpus of that style with that seed, encodes it,
+trains the curriculum with the training defaults (Ray Train, ``cpus_per_worker`` = threads; ``--epochs``
+pins every stage instead) and trains the 2-layer MLP baseline, all on that many torch threads, then
+prints concept R@1 per pair and, at the end, the range of every figure over the runs of each style. The assertions of ``tests/test_train.py`` must hold over that whole range.
 To imitate a machine with other vector units, run it under ``ATEN_CPU_CAPABILITY=default``.
 """
 from __future__ import annotations
@@ -16,14 +17,16 @@ import os
 import sys
 import tempfile
 
-from pipeline.quality import EPOCHS
+from pipeline.quality import BASELINE_EPOCHS, STYLES
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.quality_sweep", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2", help="corpus and training seeds, comma-separated (default 0,1,2)")
     p.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated (default 1,2)")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help="epochs of each stage and of the baseline (default 30)")
+    p.add_argument("--styles", default="suite,other", help=f"corpus styles, comma-separated (of {', '.join(STYLES)})")
+    p.add_argument("--epochs", type=int, help="epochs of every stage (default: automatic, the training defaults)")
+    p.add_argument("--baseline-epochs", type=int, default=BASELINE_EPOCHS, help=f"epochs of the baseline (default {BASELINE_EPOCHS})")
     p.add_argument("--samples", type=int, default=480, help="concept samples generated per run (default 480)")
     p.add_argument("--report", help="also write every run's figures as JSON to this file")
     return p
@@ -43,39 +46,45 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     seeds, threads = _ints(args.seeds, "--seeds", parser), _ints(args.threads, "--threads", parser)
-    if min(threads) < 1 or args.samples < 48 or args.epochs < 1:
-        parser.error("--threads >= 1, --samples >= 48 and --epochs >= 1 expected")
+    styles = [v.strip() for v in args.styles.split(",") if v.strip()]
+    if not styles or set(styles) - set(STYLES):
+        parser.error(f"--styles takes comma-separated styles of {', '.join(STYLES)}, got {args.styles!r}")
+    if min(threads) < 1 or args.samples < 48 or (args.epochs is not None and args.epochs < 1) or args.baseline_epochs < 1:
+        parser.error("--threads >= 1, --samples >= 48, --epochs >= 1 and --baseline-epochs >= 1 expected")
     from pipeline.runtime import init_ray, setup_logging
 
     setup_logging()
     init_ray()
     runs = []
     with tempfile.TemporaryDirectory(prefix="quality-sweep-") as work:
-        for seed in seeds:
-            for t in threads:
-                runs.append(sweep_run(os.path.join(work, f"s{seed}-t{t}"), seed, t, args.epochs, args.samples))
-                print(format_sweep(runs[-1:]), flush=True)
-    print(format_sweep(runs, ranges=True))
+        for style in styles:
+            for seed in seeds:
+                for t in threads:
+                    runs.append(sweep_run(os.path.join(work, f"{style}-s{seed}-t{t}"), seed, t, args.epochs,
+                                          args.samples, style, args.baseline_epochs))
+                    print(format_sweep(runs[-1:]), flush=True)
+    for style in styles:
+        print(format_sweep([r for r in runs if r["style"] == style], ranges=True))
     if args.report:
         with open(args.report, "w", encoding="utf-8") as fh:
             json.dump(runs, fh, indent=2)
     return 0
 
 
-def sweep_run(root: str, seed: int, threads: int, epochs: int, samples: int) -> dict:
-    """One quality-bar run: concept store, curriculum and baseline with this seed on ``threads`` threads."""
-    from pipeline.quality import PINNED, STAGES, VAL_FRACTION, compare, write_concept_store
-    from pipeline.train_config import parse_stage_list
+def sweep_run(root: str, seed: int, threads: int, epochs: int | None, samples: int, style: str = "suite",
+              baseline_epochs: int = BASELINE_EPOCHS) -> dict:
+    """One quality-bar run: concept store of ``style``, curriculum and baseline with this seed on ``threads`` threads."""
+    from pipeline.quality import STAGES, VAL_FRACTION, compare, write_concept_store
     from pipeline.train import run_train
     from pipeline.train_config import load_train_config
 
     store, model = os.path.join(root, "features"), os.path.join(root, "model")
-    labels = write_concept_store(store, n=samples, seed=seed, threads=threads)
-    cfg = load_train_config(None, features=store, output=model, stages=parse_stage_list(STAGES, epochs=epochs, **PINNED),
-                            val_fraction=VAL_FRACTION, seed=seed, cpus_per_worker=threads)
+    labels = write_concept_store(store, n=samples, seed=seed, threads=threads, style=style)
+    cfg = load_train_config(None, epochs=epochs, features=store, output=model, stages=STAGES, val_fraction=VAL_FRACTION,
+                            seed=seed, cpus_per_worker=threads)
     run_train(cfg)
-    return {"seed": seed, "threads": threads, "pairs": compare(store, model, labels, VAL_FRACTION, epochs, seed=seed,
-                                                                threads=threads)}
+    return {"style": style, "seed": seed, "threads": threads,
+            "pairs": compare(store, model, labels, VAL_FRACTION, baseline_epochs, seed=seed, threads=threads)}
 
 
 def format_sweep(runs: list[dict], ranges: bool = False) -> str:
@@ -84,11 +93,11 @@ def format_sweep(runs: list[dict], ranges: bool = False) -> str:
     if not ranges:
         for run in runs:
             for pair, r in run["pairs"].items():
-                lines.append(f"seed {run['seed']} threads {run['threads']} {pair}: progressive {r['progressive']:.3f} "
+                lines.append(f"{run['style']} seed {run['seed']} threads {run['threads']} {pair}: progressive {r['progressive']:.3f} "
                              f"baseline {r['baseline']:.3f} only-prog/only-base {r['only_progressive']}/"
                              f"{r['only_baseline']} p(worse) {r['p_worse']:.3f}")
         return "\n".join(lines)
-    lines.append(f"over {len(runs)} runs (min .. max):")
+    lines.append(f"{runs[0]['style']} corpus, over {len(runs)} runs (min .. max):")
     for pair in runs[0]["pairs"]:
         rows = [run["pairs"][pair] for run in runs]
         span = lambda key: f"{min(r[key] for r in rows):.3f} .. {max(r[key] for r in rows):.3f}"  # noqa: E731

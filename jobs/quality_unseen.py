@@ -148,7 +148,10 @@ def format_ranges(runs: list[dict]) -> str:
     for name in runs[0]["directions"]:
         rows = [r["directions"][name] for r in runs]
         gaps = [r["baseline"] - r["progressive"] for r in rows]
-        lines.append(f"  {name}: progressive {min(r['progressive'] for r in rows):.3f} .. "
+        mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+        lines.append(f"  {name}: mean progressive {mean('progressive'):.3f}, baseline {mean('baseline'):.3f}, "
+                     f"baseline - progressive {mean('baseline') - mean('progressive'):+.3f}; "
+                     f"progressive {min(r['progressive'] for r in rows):.3f} .. "
                      f"{max(r['progressive'] for r in rows):.3f}  baseline {min(r['baseline'] for r in rows):.3f} .. "
                      f"{max(r['baseline'] for r in rows):.3f}  baseline - progressive {min(gaps):+.3f} .. {max(gaps):+.3f}")
     return "\n".join(lines)

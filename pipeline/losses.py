@@ -48,7 +48,7 @@ class ContrastiveLoss(nn.Module):
         further negatives of a → b (see ``info_nce_bank``). Returns each term and ``loss``."""
         cfg, terms = self.config, {}
         if cfg.infonce:
-            terms["infonce"] = (info_nce(a, b, self.temperature) if bank is None
+            terms["infonce"] = (info_nce_across_workers(a, b, self.temperature) if bank is None
                                 else info_nce_bank(a, b, bank, self.temperature))
         if cfg.align:
             terms["align"] = (a - b).pow(2).sum(dim=1).mean()
@@ -66,6 +66,23 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor) -> tor
     logits = a @ b.T / temperature
     labels = torch.arange(a.shape[0], device=a.device)
     return (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels)) / 2
+
+
+def info_nce_across_workers(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """``info_nce`` with every data-parallel worker's batch as negatives: this worker's rows are contrasted
+    with the rows of all workers (gathered with gradients), so N workers see N x batch - 1 negatives per
+    row. Averaged over workers (as DDP averages gradients) it equals ``info_nce`` on the union of the
+    batches. Without a process group (one worker) it is ``info_nce``."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return info_nce(a, b, temperature)
+    from torch.distributed.nn.functional import all_gather
+
+    a_all, b_all = torch.cat(all_gather(a)), torch.cat(all_gather(b))
+    labels = torch.arange(a.shape[0], device=a.device) + dist.get_rank() * a.shape[0]  # equal batches: drop_last
+    return (nn.functional.cross_entropy(a @ b_all.T / temperature, labels)
+            + nn.functional.cross_entropy(b @ a_all.T / temperature, labels)) / 2
 
 
 def info_nce_bank(a: torch.Tensor, b: torch.Tensor, bank: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:

@@ -217,7 +217,8 @@ def _save_stage(plan: StagePlan, done: dict[str, Any], weights: bytes) -> dict[s
     """Write the stage's best weights and its record (with the fingerprint that lets a rerun reuse it)."""
     history, best = done["history"], done["best_epoch"]
     improving = still_improving(len(history), best, plan.stage.epochs)
-    record = {"stage": plan.label, "new": plan.stage.new, "anchor": plan.stage.anchor, "epochs_run": len(history),
+    record = {"stage": plan.label, "new": plan.stage.new, "anchor": plan.stage.anchor, "epochs": plan.stage.epochs,
+              "epochs_run": len(history),
               "best_epoch": best + 1, "best": history[best], "history": history, "train_pairs": plan.pairs("train"),
               "val_pairs": plan.pairs("val"), "seconds": done["seconds"], "still_improving": improving}
     if improving:

@@ -28,9 +28,10 @@ class StageConfig(StrictModel):
     third: str | None = Field(None, description="Optional third modality in each batch, for the Symile loss.")
     extra_anchors: list[str] = Field(default_factory=list, description="Further aligned modalities the new one is aligned "
                                      "to as well, an InfoNCE term each (e.g. video to text and image: 'video:text+image').")
-    negatives: Literal["batch", "bank"] = Field("batch", description="Negatives of a later stage's new -> anchor term: the "
-                                                "batch's anchors, or a bank of up to `bank_size` training anchors (the frozen "
-                                                "anchor side's vectors, computed once per stage).")
+    negatives: Literal["auto", "batch", "bank"] = Field("auto", description="Negatives of the new -> anchor term: the batch's "
+                                                        "anchors, or besides them a bank of up to `bank_size` training anchors "
+                                                        "(a later stage's frozen anchor vectors, computed once per stage); "
+                                                        "auto = batch in stage 1 (it trains both sides), bank in later stages.")
     bank_size: int = Field(4096, ge=2, description="Training anchors in the bank (negatives: bank), per worker.")
     epochs: int | None = Field(None, ge=1, description="Epochs of this stage; null = enough epochs for `steps` optimizer steps, "
                                "at most `max_epochs` (many on a small store, one on a large one).")
@@ -42,6 +43,8 @@ class StageConfig(StrictModel):
     warmup: float = Field(0.05, ge=0, lt=1, description="Share of the stage's steps over which lr rises linearly to its peak.")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="lr after warm-up: cosine decay to a tenth of the peak by the last step, or constant.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    feature_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the cached encoder features fed to the trained "
+                                   "adapters, in training only (regularises a small store).")
     loss: LossSettings = Field(default_factory=LossSettings, description="Loss terms of the stage.")
     patience: int | None = Field(None, ge=0, description="Early stopping: epochs without a lower validation loss; "
                                  "null = a fifth of the stage's epochs (at least 5); 0 = off.")

@@ -35,6 +35,9 @@ class StagePair(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         s = self.stage
+        if s.feature_dropout and self.training:  # only inputs of trained adapters (a frozen side stays as served)
+            trained = {s.new, s.anchor} if self.model.adapters[s.anchor].training else {s.new}
+            batch = {n: nn.functional.dropout(x, s.feature_dropout) if n in trained else x for n, x in batch.items()}
         a, b = self.model(s.new, batch[s.new]), self.model(s.anchor, batch[s.anchor])
         c = self.model(s.third, batch[s.third]) if s.third else None
         terms = self.loss(a, b, c, bank=self.bank)
@@ -112,7 +115,7 @@ class StageTraining:
         self.names = self.stage.modalities
         self.per_epoch = max(1, plan["steps_per_epoch"])
         self.total_steps = self.per_epoch * self.stage.epochs
-        self.uses_bank = self.stage.negatives == "bank" and plan["stage_index"] > 0
+        self.uses_bank = self.stage.negatives in ("auto", "bank") and plan["stage_index"] > 0
 
     @torch.no_grad()
     def set_bank(self, anchors: torch.Tensor) -> None:

@@ -60,7 +60,7 @@ def sample_corpus(session_dir):
 
 
 # --- a trained model on a generated concept corpus, shared by the training and evaluation tests ---
-from tests.settings import EPOCHS, STAGES, VAL_FRACTION  # noqa: E402
+from tests.settings import STAGES, VAL_FRACTION  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -77,14 +77,29 @@ def feature_store(concept_store):
     return concept_store[0]
 
 
-@pytest.fixture(scope="session")
-def trained(ray_session, feature_store, session_dir):
+def _train_defaults(store: str, output: str):
+    """The curriculum with the training defaults (no budget flags): what `oneencoder train` gives a user."""
     from pipeline.train import run_train
     from pipeline.train_config import load_train_config
 
-    output = os.path.join(session_dir, "model")
-    from pipeline.quality import quality_stages
-
-    cfg = load_train_config(None, features=feature_store, output=output, stages=quality_stages(),
-                            val_fraction=VAL_FRACTION)
+    cfg = load_train_config(None, features=store, output=output, stages=STAGES, val_fraction=VAL_FRACTION)
     return output, run_train(cfg), cfg
+
+
+@pytest.fixture(scope="session")
+def trained(ray_session, feature_store, session_dir):
+    return _train_defaults(feature_store, os.path.join(session_dir, "model"))
+
+
+@pytest.fixture(scope="session")
+def other_concept_store(session_dir):
+    """The quality bar's second corpus: 480 samples in the other style (captions, voice, clips)."""
+    from pipeline.quality import write_concept_store
+
+    root = os.path.join(session_dir, "other-concept-features")
+    return root, write_concept_store(root, n=480, seed=0, style="other")
+
+
+@pytest.fixture(scope="session")
+def trained_other(ray_session, other_concept_store, session_dir):
+    return _train_defaults(other_concept_store[0], os.path.join(session_dir, "model-other"))

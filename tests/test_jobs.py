@@ -7,23 +7,18 @@ import pytest
 
 from jobs import benchmark_embed, benchmark_serve, benchmark_train, quality_sweep
 from jobs import train as train_job
-from tests.settings import EPOCHS, STAGES, VAL_FRACTION
+from tests.settings import STAGES, VAL_FRACTION
 
 
 def test_train_main_resumes_the_finished_run(trained, feature_store, tmp_path, capsys):
     output, result, _ = trained
-    import yaml
-
-    from pipeline.quality import PINNED
-
-    config = tmp_path / "train.yaml"  # the fixture's curriculum: its stages as the config file, epochs as the flag
-    config.write_text(yaml.safe_dump({"val_fraction": VAL_FRACTION,
-                                      "stages": [{"new": s.split(":")[0], "anchor": s.split(":")[1], **PINNED}
-                                                 for s in STAGES.split(",")]}))
-    argv = ["--features", feature_store, "--output", output, "--epochs", str(EPOCHS), "--config", str(config)]
+    config = tmp_path / "train.yaml"  # the fixture's curriculum: its settings in the config file, stages as the flag
+    config.write_text(f"val_fraction: {VAL_FRACTION}\n")
+    argv = ["--features", feature_store, "--output", output, "--stages", STAGES, "--config", str(config)]
     assert train_job.main(argv) == 0
     printed = capsys.readouterr().out
-    assert f"stage 3-video-text: {EPOCHS} epochs" in printed and f"model artifact: {output}" in printed
+    assert f"stage 3-video-text: {result['stages'][2]['epochs_run']} epochs" in printed
+    assert f"model artifact: {output}" in printed
     assert train_job.main(["--features", feature_store, "--output", str(tmp_path / "m"), "--stages", "image:smell"]) == 2
     assert "has no features for 'smell'" in capsys.readouterr().err
 
@@ -56,12 +51,17 @@ def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
 
 def test_quality_sweep_main_prints_each_run_and_the_ranges(ray_session, tmp_path, capsys):
     report = tmp_path / "sweep.json"
-    argv = ["--seeds", "5", "--threads", "1", "--epochs", "1", "--samples", "48", "--report", str(report)]
+    argv = ["--seeds", "5", "--threads", "1", "--styles", "other", "--epochs", "1", "--baseline-epochs", "1",
+            "--samples", "48", "--report", str(report)]
     assert quality_sweep.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "seed 5 threads 1 audio->text: progressive" in printed and "over 1 runs (min .. max):" in printed
+    assert "other seed 5 threads 1 audio->text: progressive" in printed and "other corpus, over 1 runs (min .. max):" in printed
     (run,) = json.loads(report.read_text())
-    assert (run["seed"], run["threads"]) == (5, 1) and set(run["pairs"]) == {"image->text", "audio->text", "video->text"}
+    assert (run["style"], run["seed"], run["threads"]) == ("other", 5, 1)
+    assert set(run["pairs"]) == {"image->text", "audio->text", "video->text"}
     with pytest.raises(SystemExit):
         quality_sweep.main(["--seeds", "0,x"])
     assert "--seeds takes comma-separated integers >= 0, got '0,x'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quality_sweep.main(["--styles", "suite,cartoon"])
+    assert "--styles takes comma-separated styles of suite, other, got 'suite,cartoon'" in capsys.readouterr().err

@@ -138,3 +138,48 @@ def test_sign_test_flags_only_a_clearly_worse_model():
     ten_worse = ref.copy(); ten_worse[:10] = False              # noqa: E702
     assert worse_p_value(ten_worse, ref) < 0.001                # ten items, none the other way: worse
     assert worse_p_value(ref, ten_worse) == 1.0                 # better is never "worse"
+
+
+def _ddp_worker(rank: int, world: int, port: int, a: torch.Tensor, b: torch.Tensor, out) -> None:
+    import torch.distributed as dist
+
+    from pipeline.losses import info_nce_across_workers
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        half = len(a) // world
+        mine_a = a[rank * half:(rank + 1) * half].clone().requires_grad_(True)
+        loss = info_nce_across_workers(mine_a, b[rank * half:(rank + 1) * half], torch.tensor(0.1))
+        loss.backward()
+        out.put((rank, float(loss), mine_a.grad))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_workers_contrast_against_every_workers_batch():
+    """Two gloo workers, each with half the batch: the mean of their losses is InfoNCE over the whole batch,
+    and each worker's rows get the gradient of that whole-batch loss (DDP averages)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    a, b = (nn.functional.normalize(torch.randn(8, 16), dim=-1) for _ in range(2))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, a, b, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    full_a = a.clone().requires_grad_(True)
+    expected = info_nce(full_a, b, torch.tensor(0.1))
+    expected.backward()
+    assert abs(sum(r[1] for r in results) / 2 - float(expected)) < 1e-5
+    # worker r's own rows: the gradient of its loss plus what the other worker's loss sent back through the gather,
+    # halved by DDP's averaging = the whole-batch gradient
+    torch.testing.assert_close(torch.cat([r[2] for r in results]) / 2, full_a.grad, atol=1e-5, rtol=1e-4)
