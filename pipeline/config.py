@@ -175,6 +175,11 @@ def config_reference(model: type[BaseModel] = EmbedConfig, prefix: str = "") -> 
     """
     lines = []
     for name, field in model.model_fields.items():
+        optional = [a for a in typing.get_args(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if optional and type(None) in typing.get_args(field.annotation):  # e.g. tune: TuneSettings | None
+            lines.append(f"{prefix}{name} (default None): {field.description}")
+            lines += config_reference(optional[0], f"{prefix}{name}.")
+            continue
         nested = _nested_config(field.annotation)
         if nested is not None:
             suffix, inner = nested
