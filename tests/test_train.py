@@ -148,10 +148,11 @@ def test_progressive_model_against_the_baseline(corpus, request, capsys):
             print(f"  {pair}: progressive {r['progressive']:.3f}  baseline {r['baseline']:.3f}  chance {r['chance']:.3f}  "
                   f"items only one gets right: {r['only_progressive']} vs {r['only_baseline']}  p(worse) {r['p_worse']:.2f}")
     for pair, r in report.items():
-        assert r["progressive"] > 3 * r["chance"], (pair, r)
-        # "no worse": a one-sided paired sign test on the held-out items must not find the progressive model
-        # worse at the 1% level, and it must stay within 0.1 R@1 of the baseline
-        assert r["p_worse"] > 0.01 and r["baseline"] - r["progressive"] < 0.1, (pair, r)
+        assert r["progressive"] > 4 * r["chance"], (pair, r)  # swept: >= 4.8x
+        # no worse: a one-sided paired sign test on the held-out items must not find the progressive model worse
+        # at the 5% level (swept: p >= 0.105), and it trails the baseline by less than 0.12 R@1 (swept: <= 0.074;
+        # on 95 held-out items one item is 0.011)
+        assert r["p_worse"] > 0.05 and r["baseline"] - r["progressive"] < 0.12, (pair, r)
 
 
 def test_rerun_skips_finished_stages(trained, caplog):
