@@ -9,13 +9,13 @@ from pipeline.model import OneEncoder
 def trainable_parts(model: OneEncoder, stage_index: int, new: str, anchor: str) -> list[nn.Module | nn.Parameter]:
     """Stage 1 trains both adapters, both tokens and the Universal Projection.
 
-    Later stages train only the new modality's adapter and token; everything already aligned
+    Later stages train only the new modality's adapter and token (and its token positions when K > 1); everything already aligned
     (the UP, every earlier adapter and token) is frozen, so earlier retrieval cannot change.
     """
-    if stage_index == 0:
-        return [model.adapters[new], model.adapters[anchor], model.modality_tokens[new],
-                model.modality_tokens[anchor], model.up]
-    return [model.adapters[new], model.modality_tokens[new]]
+    trained = [new, anchor] if stage_index == 0 else [new]
+    parts = [model.adapters[n] for n in trained] + [model.modality_tokens[n] for n in trained]
+    parts += [model.positions[n] for n in trained if n in model.positions]  # K > 1: learned token positions
+    return parts + [model.up] if stage_index == 0 else parts
 
 
 def apply_freeze(model: OneEncoder, parts: list[nn.Module | nn.Parameter]) -> None:

@@ -36,7 +36,7 @@ class LoadedModel:
         # settings of this process, unlike the recorded model, revision and preprocessing
         self.encoder_overrides = dict(encoder_overrides or {})
         self.model = OneEncoder(ModelConfig(**config["model"])).eval()
-        self.model.load_state_dict(load_file(os.path.join(path, "model.safetensors")))
+        self.model.load_weights(load_file(os.path.join(path, "model.safetensors")))
         self.encoders_spec = read_json(os.path.join(path, "encoders.json"))
         self._encoders: dict[str, tuple[FrozenEncoder, DecodeSettings]] = {}
         self.torch = torch

@@ -68,6 +68,7 @@ class OneEncoder(nn.Module):
         self.config = config
         self.adapters = nn.ModuleDict()
         self.modality_tokens = nn.ParameterDict()
+        self.positions = nn.ParameterDict()  # modality -> (K, d) learned token positions, for K > 1
         self.up = UniversalProjection(config.d, config.layers, config.heads, config.ff, config.dropout)
         for name, dim in dict(config.in_dims).items():
             self._build(name, dim)
@@ -83,6 +84,16 @@ class OneEncoder(nn.Module):
     def _build(self, name: str, in_dim: int) -> None:
         self.adapters[name] = Adapter(in_dim, self.config.d, self.config.dropout)
         self.modality_tokens[name] = nn.Parameter(torch.randn(self.config.d) * 0.02)
+        if self.config.tokens.get(name, 1) > 1:
+            # the transformer and the mean are order-blind: without positions the order of K tokens (a tone's
+            # rhythm, a clip's motion) is lost. Zero at the start, so an artifact saved without them loads as it was.
+            self.positions[name] = nn.Parameter(torch.zeros(self.config.tokens[name], self.config.d))
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a state dict; positions missing from one saved before they existed stay zero (its behaviour)."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("positions.")]:
+            self.load_state_dict(state)  # raises, naming every missing and unexpected key
 
     @property
     def modalities(self) -> list[str]:
@@ -93,6 +104,9 @@ class OneEncoder(nn.Module):
         if modality not in self.adapters:
             raise KeyError(f"modality {modality!r} is not in the model (it has {', '.join(self.modalities)})")
         x = self.adapters[modality](features) + self.modality_tokens[modality]
+        if modality in self.positions:  # the first K tokens get positions; padding beyond K (masked) none
+            pos = self.positions[modality][: x.shape[1]]
+            x = x + nn.functional.pad(pos, (0, 0, 0, x.shape[1] - len(pos)))
         return self.up(x, mask)
 
 

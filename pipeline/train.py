@@ -207,16 +207,24 @@ def _fit(cfg: TrainConfig, todo: list[StagePlan], weights: bytes | None, output:
     return blobs[-1], [_save_stage(plan, done, blob) for plan, done, blob in zip(todo, finished, blobs)]
 
 
-def still_improving(epochs_run: int, best_index: int, epochs: int) -> bool:
-    """Whether a stage ended while its validation loss was still falling: it ran every epoch (no early stop)
-    and its best epoch is among the last tenth of them (the last one for up to 19 epochs)."""
-    return epochs_run == epochs and best_index >= epochs_run - max(1, epochs_run // 10)
+IMPROVING = 0.01  # a last-tenth drop in validation loss below this share is noise, not "still improving"
+
+
+def still_improving(losses: list[float], epochs: int) -> bool:
+    """Whether a stage ended while its validation loss (``losses``, one per epoch run) was still falling: it ran
+    every epoch (no early stop), its best epoch is among the last tenth of them (the last one for up to 19
+    epochs), and that best is more than 1 % below the best before them."""
+    run, tail = len(losses), max(1, len(losses) // 10)
+    if run != epochs or run < 2:
+        return run == epochs == 1
+    best = min(range(run), key=lambda i: (losses[i], i))
+    return best >= run - tail and losses[best] < (1 - IMPROVING) * min(losses[:run - tail])
 
 
 def _save_stage(plan: StagePlan, done: dict[str, Any], weights: bytes) -> dict[str, Any]:
     """Write the stage's best weights and its record (with the fingerprint that lets a rerun reuse it)."""
     history, best = done["history"], done["best_epoch"]
-    improving = still_improving(len(history), best, plan.stage.epochs)
+    improving = still_improving([h["val/loss"] for h in history], plan.stage.epochs)
     record = {"stage": plan.label, "new": plan.stage.new, "anchor": plan.stage.anchor, "epochs": plan.stage.epochs,
               "epochs_run": len(history),
               "best_epoch": best + 1, "best": history[best], "history": history, "train_pairs": plan.pairs("train"),

@@ -55,7 +55,7 @@ def build_stage_model(config: dict[str, Any]) -> tuple[OneEncoder, StageConfig, 
     torch.manual_seed(config["seed"] + index)
     model = OneEncoder(ModelConfig(**config["model_config"]))
     if config["init_weights"]:
-        model.load_state_dict(load_bytes(config["init_weights"]))
+        model.load_weights(load_bytes(config["init_weights"]))
     for name, (k, dim) in config["new_modalities"].items():
         model.add_modality(name, dim, k)
     parts = trainable_parts(model, index, stage.new, stage.anchor)

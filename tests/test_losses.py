@@ -151,7 +151,7 @@ def _ddp_worker(rank: int, world: int, port: int, a: torch.Tensor, b: torch.Tens
         mine_a = a[rank * half:(rank + 1) * half].clone().requires_grad_(True)
         loss = info_nce_across_workers(mine_a, b[rank * half:(rank + 1) * half], torch.tensor(0.1))
         loss.backward()
-        out.put((rank, float(loss), mine_a.grad))
+        out.put((rank, float(loss.detach()), mine_a.grad.numpy()))  # by value: not shared memory of an exiting process
     finally:
         dist.destroy_process_group()
 
@@ -161,6 +161,7 @@ def test_ddp_workers_contrast_against_every_workers_batch():
     and each worker's rows get the gradient of that whole-batch loss (DDP averages)."""
     import socket
 
+    import numpy as np
     import torch.multiprocessing as mp
 
     torch.manual_seed(0)
@@ -182,4 +183,4 @@ def test_ddp_workers_contrast_against_every_workers_batch():
     assert abs(sum(r[1] for r in results) / 2 - float(expected)) < 1e-5
     # worker r's own rows: the gradient of its loss plus what the other worker's loss sent back through the gather,
     # halved by DDP's averaging = the whole-batch gradient
-    torch.testing.assert_close(torch.cat([r[2] for r in results]) / 2, full_a.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(np.concatenate([r[2] for r in results])) / 2, full_a.grad, atol=1e-5, rtol=1e-4)
