@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def unseen_run(root: str, seed: int, args: argparse.Namespace) -> dict:
     """One run: training store, no-flag training, test corpus through the artifact, baseline per pair."""
+    from pipeline.config import read_yaml_mapping
     from pipeline.inference import load_model
     from pipeline.pairs import load_features
     from pipeline.quality import concept_hits, concept_inputs, fit_baseline, torch_threads, worse_p_value
@@ -86,7 +87,8 @@ def unseen_run(root: str, seed: int, args: argparse.Namespace) -> dict:
         write_concept_store(store, n=args.train, seed=seed, style=args.style, tokens=args.tokens)
         open(os.path.join(store, "done"), "w").close()
     started = time.time()
-    result = run_train(load_train_config(args.config, features=store, output=model_dir, stages=args.stages or (None if args.config else STAGES), seed=seed))
+    stages = args.stages or (None if args.config and "stages" in read_yaml_mapping(args.config) else STAGES)
+    result = run_train(load_train_config(args.config, features=store, output=model_dir, stages=stages, seed=seed))
     seconds = time.time() - started
     model = load_model(model_dir)
     rng = np.random.default_rng(10_000 + seed)  # a corpus apart from the training one

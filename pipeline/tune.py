@@ -76,7 +76,7 @@ def search_stage(plan, entry: bytes | None, settings: TuneSettings, seed: int, o
         frame = result.metrics_dataframe
         trials.append({**{k: result.config[k] for k in SEARCHED}, "epochs_run": int(len(frame)),
                        "best_val_loss": float(frame["val_loss"].min()),
-                       "best_val_recall@1": float(frame.loc[frame["val_loss"].idxmin(), "val_recall@1"])})
+                       "best_val_recall@1": float(frame.loc[frame["val_loss"].idxmin(), "val_recall_at_1"])})
     trials.sort(key=lambda t: t["best_val_loss"])
     return {"stage": plan.label, "trials": trials, "best": {k: trials[0][k] for k in SEARCHED},
             "best_val_loss": trials[0]["best_val_loss"], "max_epochs": max_t}
@@ -91,7 +91,8 @@ def _trial(space: dict[str, Any], plan_config: dict[str, Any], data: dict[str, d
 
     torch.set_num_threads(plan_config["threads"])
     stage = tuned_stage(StageConfig(**plan_config["stage"]), space).resolved(plan_config["steps_per_epoch"])
-    tensors = {part: {n: torch.from_numpy(a) for n, a in arrays.items()} for part, arrays in data.items()}
+    # the object store's arrays are read-only: one writable copy per trial
+    tensors = {part: {n: torch.from_numpy(np.array(a)) for n, a in arrays.items()} for part, arrays in data.items()}
     fit_stage({**plan_config, "stage": stage.model_dump(mode="json")}, tensors["train"], tensors["val"],
-              on_epoch=lambda m: tune.report({"val_loss": m["val/loss"], "val_recall@1": m["val/recall@1"],
+              on_epoch=lambda m: tune.report({"val_loss": m["val/loss"], "val_recall_at_1": m["val/recall@1"],
                                               "epoch": m["epoch"]}))
