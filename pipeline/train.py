@@ -119,6 +119,7 @@ class StagePlan:
     steps_per_epoch: int              # optimizer steps of one epoch on each worker
     fingerprint: dict[str, Any]       # what the stage's result depends on: a saved stage is reused only if it matches
     folder: str
+    in_memory: bool = True            # each worker holds its training shard in memory (see TrainConfig.in_memory_mb)
 
     def finished(self) -> bool:
         done = os.path.join(self.folder, "stage.json")
@@ -127,8 +128,6 @@ class StagePlan:
     def load(self) -> tuple[bytes, dict[str, Any]]:
         with open(os.path.join(self.folder, "model.safetensors"), "rb") as fh:
             return fh.read(), read_json(os.path.join(self.folder, "stage.json"))["record"]
-
-    in_memory: bool = True            # each worker holds its training shard in memory (see TrainConfig.in_memory_mb)
 
     def worker_config(self, seed: int) -> dict[str, Any]:
         """What the training loop needs of this stage (``init_weights`` is added there)."""

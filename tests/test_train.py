@@ -232,7 +232,8 @@ def test_a_rerun_after_a_killed_driver_resumes_mid_curriculum(ray_session, featu
     """The driver dies in stage 2: the rerun keeps stage 1 as trained and resumes stage 2 after its checkpoint."""
     output = tmp_path / "model"
     config = tmp_path / "train.yaml"
-    config.write_text(f"val_fraction: {VAL_FRACTION}\nkeep_checkpoints: null\ncheckpoint_every_steps: 1\nstages:\n"
+    # in_memory_mb 0: the shard streams through Ray Data every epoch, and stage 2's bank is read from the stream
+    config.write_text(f"val_fraction: {VAL_FRACTION}\nkeep_checkpoints: null\ncheckpoint_every_steps: 1\nin_memory_mb: 0\nstages:\n"
                       "  - {new: image, anchor: text, epochs: 2, patience: 0}\n"
                       "  - {new: audio, anchor: text, epochs: 8, patience: 0}\n")  # a wide window to kill the driver in stage 2
     argv = ["--features", feature_store, "--output", str(output), "--config", str(config)]
@@ -272,7 +273,7 @@ def test_two_ddp_workers_survive_a_killed_worker(ray_session, feature_store, tmp
     output = str(tmp_path / "ddp")
     cfg = load_train_config(None, epochs=4, features=feature_store, output=output, stages="image:text",
                             val_fraction=VAL_FRACTION, workers=2, cpus_per_worker=0.5, max_failures=1,
-                            keep_checkpoints=None, checkpoint_every_steps=1)
+                            keep_checkpoints=None, checkpoint_every_steps=1, in_memory_mb=0)  # DDP shards streamed
     result = {}
     thread = threading.Thread(target=lambda: result.update(run_train(cfg)))
     thread.start()
