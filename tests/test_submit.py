@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all held open together while they are picked, so none repeats)."""
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
         s.bind(("127.0.0.1", 0))
@@ -28,9 +29,9 @@ def _ports(n: int) -> list[int]:
     return ports
 
 
-def _node_args(temp_dir: str) -> list[str]:
-    """Every port a node opens, chosen free, so this cluster never collides with the tests' own Ray."""
-    agent, grpc, metrics, runtime_env_port, manager, objects = _ports(6)
+def _node_args(temp_dir: str, ports: list[int]) -> list[str]:
+    """Every port a node opens (6 free ones), so this cluster never collides with the tests' own Ray."""
+    agent, grpc, metrics, runtime_env_port, manager, objects = ports
     return [f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
             f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env_port}",
             f"--node-manager-port={manager}", f"--object-manager-port={objects}"]
@@ -78,15 +79,17 @@ def two_node_cluster():
     # lost its current directory under it (its first torch call then died with "Intel oneMKL FATAL ERROR:
     # Cannot load libtorch_cpu.so"). Short paths: Ray's socket paths must stay < 108 bytes.
     head_dir, second_dir = (tempfile.mkdtemp(prefix="oe2n-", dir="/tmp") for _ in range(2))
-    gcs, dashboard, client = _ports(3)
+    # one draw for every port of both nodes: separate draws can hand out a port again (the head once got
+    # --port and --node-manager-port the same and failed to start)
+    gcs, dashboard, client, *nodes = _ports(15)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     try:
         subprocess.run(["ray", "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
                         "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}", "--num-cpus=1",
-                        "--disable-usage-stats", *_node_args(head_dir)], env=env, check=True, capture_output=True, timeout=120)
+                        "--disable-usage-stats", *_node_args(head_dir, nodes[:6])], env=env, check=True, capture_output=True, timeout=120)
         subprocess.run(["ray", "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", '--resources={"second_node": 4}',
-                        *_node_args(second_dir)], env=env, check=True, capture_output=True, timeout=120)
+                        *_node_args(second_dir, nodes[6:])], env=env, check=True, capture_output=True, timeout=120)
         yield f"http://127.0.0.1:{dashboard}"
     finally:
         for folder in (second_dir, head_dir):
