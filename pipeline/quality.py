@@ -118,14 +118,6 @@ def worse_p_value(hits: np.ndarray, reference: np.ndarray) -> float:
     return sum(comb(n, k) for k in range(only_ref, n + 1)) / 2 ** n if n else 1.0
 
 
-def train_baseline(train_a: np.ndarray, train_b: np.ndarray, val_a: np.ndarray, val_b: np.ndarray,
-                   val_labels: list[str], epochs: int = 60, seed: int = 0, threads: int = 1) -> np.ndarray:
-    """A plain 2-layer MLP per side trained with InfoNCE (fixed temperature 0.07) on ``threads`` torch threads;
-    per-item concept hits a→b on val."""
-    with torch_threads(threads):
-        return _train_baseline(train_a, train_b, val_a, val_b, val_labels, epochs, seed)
-
-
 def fit_baseline(train_a: np.ndarray, train_b: np.ndarray, epochs: int, seed: int = 0):
     """The jointly trained pairwise baseline: a 2-layer MLP per side, InfoNCE at a fixed temperature of 0.07,
     Adam 1e-3, batches of 64, ``epochs`` epochs (on the caller's torch threads). Returns a function

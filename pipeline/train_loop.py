@@ -180,18 +180,16 @@ def fit_stage(plan: dict[str, Any], train: dict[str, torch.Tensor], val: dict[st
     st = StageTraining(plan)
     if st.uses_bank:
         st.set_bank(bank_sample(train, st.stage.anchor, st.stage.bank_size, plan["seed"]))
-    history, best_state = [], {}
+    run = RunState()  # history and best weights, as the Ray Train loop keeps them (never checkpointed here)
     for epoch in range(st.stage.epochs):
         batches = shuffled_batches(train, plan["batch_size"], plan["seed"] + epoch)
         metrics = st.epoch_metrics(epoch, st.train_epoch(epoch, batches), val, 0)
-        history.append(metrics)
-        if _epochs_since_best(history) == 0:
-            best_state = {k: v.detach().clone() for k, v in st.model.state_dict().items()}
+        run.end_epoch(epoch, metrics, st.model)
         if on_epoch:
             on_epoch(metrics)
-        if st.stage.patience and _epochs_since_best(history) >= st.stage.patience:
+        if _patience_spent(st.stage, run.history):
             break
-    return best_state, history
+    return run.best_state, run.history
 
 
 def _train_stage(plan: dict[str, Any], run: "RunState") -> dict[str, torch.Tensor]:
@@ -229,11 +227,11 @@ def _train_stage(plan: dict[str, Any], run: "RunState") -> dict[str, torch.Tenso
     # checkpoint every `every` epochs (the same on every rank: DDP ranks report together), and at the end
     every = max(1, -(-plan["checkpoint_every_steps"] // st.per_epoch))
     for epoch in range(start, stage.epochs):
-        if stage.patience and run.history and _epochs_since_best(run.history) >= stage.patience:
+        if _patience_spent(stage, run.history):
             break  # resumed after the epoch that stopped the stage early
         metrics = st.epoch_metrics(epoch, st.train_epoch(epoch, batches(plan["seed"] + epoch), ddp), val, start)
         run.end_epoch(epoch, metrics, model)
-        stop = bool(stage.patience) and _epochs_since_best(run.history) >= stage.patience
+        stop = _patience_spent(stage, run.history)
         if stop or (epoch + 1) % every == 0 or epoch + 1 == stage.epochs:  # a log line and a checkpoint
             if rank == 0:
                 log.info("stage %s:%s epoch %d/%d loss %.4f val loss %.4f (best %.4f, epoch %d) lr %.2g "
@@ -353,6 +351,11 @@ def _validate(pair: StagePair, stage: StageConfig, val: dict[str, torch.Tensor])
                                + metrics[f"val/{stage.anchor}->{stage.new}/recall@1"]) / 2
     metrics["val/loss"] = loss
     return metrics
+
+
+def _patience_spent(stage: StageConfig, history: list[dict[str, float]]) -> bool:
+    """Early stopping: ``stage.patience`` epochs (0 = off) have passed without a better validation loss."""
+    return bool(stage.patience) and bool(history) and _epochs_since_best(history) >= stage.patience
 
 
 def _epochs_since_best(history: list[dict[str, float]]) -> int:
