@@ -1,6 +1,7 @@
 """Train the projection progressively on a feature store (Ray Train) and write a model artifact.
 
     python -m jobs.train --features out/sample --output models/sample [--stages image:text,audio:text,video:text] [--epochs N]
+    python -m jobs.train --from MODEL --features STORE --stages depth:image --output MODEL2   (add a modality)
     python -m jobs.train --tune [--trials N] ...   (= oneencoder tune: search each stage's settings first, Ray Tune)
     ray job submit --working-dir . -- python -m jobs.train --config jobs/configs/train_tiny.yaml
 """
@@ -20,6 +21,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None, tune: bool = Fal
     p.add_argument("--features", help="feature store folder written by the embed job")
     p.add_argument("--output", help="model artifact folder")
     p.add_argument("--stages", help="curriculum, e.g. image:text,audio:text,video:text (each new:anchor)")
+    p.add_argument("--from", dest="from_model", metavar="MODEL",
+                   help="grow this model artifact: its modalities stay frozen (their vectors unchanged) and --stages "
+                        "add new ones, e.g. --from models/v1 --stages depth:image")
     p.add_argument("--epochs", type=int, help="epochs of every stage (default: automatic, each stage's `steps` budget)")
     p.add_argument("--config", help="YAML config; flags override its fields")
     p.add_argument("--verbose", action="store_true", help="debug logging")
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         if args.trials is not None and args.trials < 1:
             raise ConfigError(f"--trials = {args.trials}: expected at least 1")
         cfg = load_train_config(args.config, epochs=args.epochs, features=args.features, output=args.output,
-                                stages=args.stages, search=args.tune, trials=args.trials)
+                                stages=args.stages, from_model=args.from_model, search=args.tune, trials=args.trials)
         init_ray()
         result = run_train(cfg)
     except ConfigError as e:

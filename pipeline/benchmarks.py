@@ -45,9 +45,9 @@ def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str
     """Measure (a), (b), (c) on ``n`` generated images; return rates (images/s) and ratios."""
     manifest = write_image_corpus(os.path.join(workdir, "corpus"), n)
     cfg = EmbedConfig(input=manifest, output=os.path.join(workdir, "out"), preset=preset, random_init=preset == "paper",
-                      modalities=[Modality.IMAGE], overwrite=True, shard_size=batch_size,
+                      modalities=[Modality("image")], overwrite=True, shard_size=batch_size,
                       encoders={"image": {"batch_size": batch_size}})
-    ref, enc = resolve_encoder(cfg, Modality.IMAGE), cfg.encoder(Modality.IMAGE)
+    ref, enc = resolve_encoder(cfg, Modality("image")), cfg.encoder(Modality("image"))
     spec = read_input_spec(ref, enc)
     paths = [os.path.join(workdir, "corpus", "images", f"{i:05d}.jpg") for i in range(n)]
 
@@ -75,7 +75,7 @@ def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str
     start = time.time()
     run_embed(cfg)
     elapsed = time.time() - start
-    commits = sorted(m["committed_at"] for m in FeatureStore(cfg.output, {}).committed_shards(Modality.IMAGE).values())
+    commits = sorted(m["committed_at"] for m in FeatureStore(cfg.output, {}).committed_shards(Modality("image")).values())
     return {"images": n, "batch_size": batch_size, "encoder": ref.name, "torch_threads": threads,
             "cpus": os.cpu_count(), "ceiling_per_s": ceiling, "pipeline_per_s": n / elapsed,
             "pipeline_steady_per_s": steady_rate(commits, batch_size), "naive_per_s": naive,
@@ -142,11 +142,11 @@ def benchmark_train(n: int = 64, batch_size: int = 16, epochs: int = 1, preset: 
     from pipeline.model import ModelConfig, OneEncoder
 
     cfg = EmbedConfig(preset=preset, random_init=preset == "paper")
-    encoders = {m: FrozenEncoder(resolve_encoder(cfg, m), cfg.encoder(m)) for m in (Modality.IMAGE, Modality.TEXT)}
+    encoders = {m: FrozenEncoder(resolve_encoder(cfg, m), cfg.encoder(m)) for m in (Modality("image"), Modality("text"))}
     rng = np.random.default_rng(0)
     images = [np.asarray(draw_shape(*concept(i), size=224, rng=rng)) for i in range(n)]
     texts = [CAPTIONS[i % len(CAPTIONS)].format(c=concept(i)[0], s=concept(i)[1]) for i in range(n)]
-    raw = {Modality.IMAGE: images, Modality.TEXT: texts}
+    raw = {Modality("image"): images, Modality("text"): texts}
 
     start = time.perf_counter()
     cached = {m: torch.from_numpy(np.concatenate([encoders[m].embed(raw[m][i:i + batch_size]) for i in range(0, n, batch_size)]))
@@ -162,8 +162,8 @@ def benchmark_train(n: int = 64, batch_size: int = 16, epochs: int = 1, preset: 
         start = time.perf_counter()
         for _ in range(epochs):
             for i in range(0, n, batch_size):
-                a = model("image", features_of(Modality.IMAGE, i))
-                b = model("text", features_of(Modality.TEXT, i))
+                a = model("image", features_of(Modality("image"), i))
+                b = model("text", features_of(Modality("text"), i))
                 terms = loss(a, b)
                 opt.zero_grad()
                 terms["loss"].backward()
@@ -175,7 +175,7 @@ def benchmark_train(n: int = 64, batch_size: int = 16, epochs: int = 1, preset: 
     log.info("training with the frozen encoders inside every step")
     in_loop = epoch_time(lambda m, i: torch.from_numpy(encoders[m].embed(raw[m][i:i + batch_size])))
     return {"samples": n, "batch_size": batch_size, "epochs": epochs, "embed_once_s": embed_once,
-            "encoders": f"{encoders[Modality.IMAGE].model.config.model_type} + {encoders[Modality.TEXT].model.config.model_type}",
+            "encoders": f"{encoders['image'].model.config.model_type} + {encoders['text'].model.config.model_type}",
             "epoch_cached_s": on_cache, "epoch_encoders_in_loop_s": in_loop, "speedup": in_loop / on_cache}
 
 

@@ -1,4 +1,4 @@
-"""Weights and optimizer state in safetensors (never pickle), plus JSON for the rest."""
+"""Weights and optimizer state in safetensors (never pickle); JSON and atomic files are in pipeline.files."""
 from __future__ import annotations
 
 import json
@@ -42,22 +42,3 @@ def load_optimizer(opt: torch.optim.Optimizer, folder: str) -> None:
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Make the local file ``path`` appear whole or not at all (temp file, fsync, rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: str, obj: Any) -> None:
-    write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
-
-
-def read_json(path: str) -> Any:
-    with open(path) as fh:
-        return json.load(fh)

@@ -1,7 +1,7 @@
 """Generated paired corpora: coloured shapes drawn, captioned, sounded and animated.
 
 Used by the quickstart, the tests and the benchmarks; needs only Pillow, numpy and ffmpeg.
-The same (colour, shape) concept is shared by an item's image, caption, tone and clip.
+The same (colour, shape) concept is shared by an item's image, caption, tone, clip and depth map.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), 
 SHAPES = ("circle", "square", "triangle", "cross")
 AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg", "m4a")
 VIDEO_FORMATS = ("mp4", "webm", "mkv")
+DEPTH_FORMATS = ("png", "npy", "tiff")  # 16-bit PNG (mm), .npy (uint16 mm), float TIFF (metres)
 CAPTIONS = ("a {c} {s}", "a picture of a {c} {s}", "{c} {s}", "the {s} is {c}", "a small {c} {s}")
 SAMPLE_RATE = 16000
 
@@ -38,13 +39,27 @@ def draw_shape(colour: str, shape: str, size: int = 96, offset: float = 0.0, rng
     rng = rng or np.random.default_rng(0)
     bg = tuple(int(v) for v in rng.integers(200, 256, 3))
     img = Image.new("RGB", (size, size), bg)
-    d = ImageDraw.Draw(img)
-    r = size * scale
-    cx = size * (0.3 + 0.4 * offset)
-    cy = size * 0.5
-    if vertical:
-        cx, cy = cy, cx
-    fill = COLOURS[colour]
+    _paint(ImageDraw.Draw(img), shape, *_placement(size, offset, scale, vertical), fill=COLOURS[colour])
+    return img
+
+
+def depth_map(colour: str, shape: str, size: int = 96, offset: float = 0.0, scale: float = 0.3,
+              vertical: bool = False) -> np.ndarray:
+    """A depth map of ``draw_shape``'s scene, uint16 millimetres (size, size): a wall 4 m away and the shape in
+    front of it, nearer the earlier its colour is in COLOURS (so a map holds the colour as a distance)."""
+    img = Image.new("I", (size, size), 4000)
+    near = 1000 + 400 * list(COLOURS).index(colour)
+    _paint(ImageDraw.Draw(img), shape, *_placement(size, offset, scale, vertical), fill=near)
+    return np.asarray(img).astype(np.uint16)
+
+
+def _placement(size: int, offset: float, scale: float, vertical: bool) -> tuple[float, float, float]:
+    """(centre x, centre y, radius) of a shape shifted by ``offset`` in [0, 1) along its axis."""
+    cx, cy = size * (0.3 + 0.4 * offset), size * 0.5
+    return (cy, cx, size * scale) if vertical else (cx, cy, size * scale)
+
+
+def _paint(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
     if shape == "circle":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif shape == "square":
@@ -55,7 +70,6 @@ def draw_shape(colour: str, shape: str, size: int = 96, offset: float = 0.0, rng
         w = r / 3
         d.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fill)
         d.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fill)
-    return img
 
 
 def tone(colour: str, shape: str, seconds: float = 1.0, detune: float = 1.0, base: float = 220.0,
@@ -109,6 +123,16 @@ def clip(colour: str, shape: str, frames: int = 8, size: int = 64, rng: np.rando
     return np.stack([np.asarray(draw_shape(colour, shape, size, f / max(frames - 1, 1), rng, **draw)) for f in range(frames)])
 
 
+def write_depth(path: str, millimetres: np.ndarray) -> None:
+    """Save a uint16 depth map as ``path``'s format: 16-bit PNG or .npy in millimetres, float32 TIFF in metres."""
+    if path.endswith(".npy"):
+        np.save(path, millimetres)
+    elif path.endswith((".tif", ".tiff")):
+        Image.fromarray(millimetres.astype(np.float32) / 1000, mode="F").save(path)
+    else:
+        Image.fromarray(millimetres).save(path)  # uint16 -> mode I;16 -> a 16-bit greyscale PNG
+
+
 def write_sample_corpus(dest: str, n: int = 24, seed: int = 0, ffmpeg: str | None = None,
                         modalities: tuple[str, ...] = ("image", "text", "audio", "video"), vary: bool = False) -> str:
     """Write ``n`` paired samples and ``dest/manifest.jsonl`` (relative URIs); return the manifest path.
@@ -116,11 +140,12 @@ def write_sample_corpus(dest: str, n: int = 24, seed: int = 0, ffmpeg: str | Non
     With ``vary``, captions use several templates and tones are detuned and noisy, so samples of
     one concept differ (training corpora); without it every concept is rendered one way.
 
-    Images alternate PNG/JPEG, audio cycles wav/flac/mp3/ogg/m4a, video cycles mp4/webm/mkv.
+    Images alternate PNG/JPEG, audio cycles wav/flac/mp3/ogg/m4a, video cycles mp4/webm/mkv, depth maps (only
+    when ``modalities`` names depth) cycle 16-bit PNG/.npy/float TIFF.
     """
     rng = np.random.default_rng(seed)
     ffmpeg = find_ffmpeg(ffmpeg) if {"audio", "video"} & set(modalities) else ""
-    for sub in ("images", "audio", "video"):
+    for sub in ("images", "audio", "video", "depth"):
         os.makedirs(os.path.join(dest, sub), exist_ok=True)
     rows = []
     for i in range(n):
@@ -144,6 +169,10 @@ def write_sample_corpus(dest: str, n: int = 24, seed: int = 0, ffmpeg: str | Non
             name = f"video/{i:05d}.{VIDEO_FORMATS[i % len(VIDEO_FORMATS)]}"
             encode_video(os.path.join(dest, name), clip(colour, shape, rng=rng), 8, ffmpeg)
             row["video"] = name
+        if "depth" in modalities:
+            name = f"depth/{i:05d}.{DEPTH_FORMATS[i % len(DEPTH_FORMATS)]}"
+            write_depth(os.path.join(dest, name), depth_map(colour, shape))
+            row["depth"] = name
         rows.append(row)
     manifest = os.path.join(dest, "manifest.jsonl")
     with open(manifest, "w", encoding="utf-8") as fh:

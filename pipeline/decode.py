@@ -14,18 +14,15 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import LimitsConfig
-from pipeline.encoders.frozen import InputSpec
-from pipeline.media.audio import decode_audio
 from pipeline.media.errors import DecodeError
-from pipeline.media.image import decode_image
-from pipeline.media.video import decode_video
+from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
 from pipeline.sources import ReadError, check_file, local_path, read_limited
 
 DECODED_SCHEMA = pa.schema([
     ("id", pa.string()), ("uri", pa.string()), ("shard", pa.int64()), ("seq", pa.int64()),
     ("ok", pa.bool_()), ("stage", pa.string()), ("error", pa.string()),
-    ("payload", pa.large_binary()), ("shape", pa.list_(pa.int32())),
+    ("payload", pa.large_binary()), ("shape", pa.list_(pa.int32())), ("dtype", pa.string()),
 ])
 
 
@@ -58,7 +55,7 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
             except Exception as e:  # a decoder bug must not lose the row or fail the job
                 stage, error = "decode", f"{type(e).__name__}: {e}"
         ok = error is None
-        payload, shape = _pack(array) if ok else (b"", [])
+        payload, shape, dtype = _pack(array) if ok else (b"", [], "")
         cols["id"].append(row["id"])
         cols["uri"].append(None if settings.modality.is_inline else row["value"])
         cols["shard"].append(row["shard"])
@@ -68,46 +65,36 @@ def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
         cols["error"].append(None if ok else f"{settings.modality.value}: {error}")
         cols["payload"].append(payload)
         cols["shape"].append(shape)
+        cols["dtype"].append(dtype)
     return pa.table(cols, schema=DECODED_SCHEMA)
 
 
 def decode_item(value: str, s: DecodeSettings) -> Any:
-    """Decode one manifest value: text → str; image/audio/video URI → numpy array."""
-    limits = s.limits
-    if s.modality is Modality.TEXT:
-        text = value.strip()
-        if not text:
-            raise DecodeError("empty text: expected a non-empty string")
-        if len(text) > limits.max_text_chars:
-            raise DecodeError(f"text has {len(text)} characters, over limits.max_text_chars={limits.max_text_chars}")
-        return text
-    if s.modality is Modality.IMAGE:
-        return decode_image(read_limited(value, s.storage, limits.max_file_bytes), limits.max_image_pixels, s.spec.image_hw)
+    """Decode one manifest value with its modality's decoder: inline text as is, media from its URI
+    (read into memory, size-limited, or given to ffmpeg as a local file)."""
+    spec = s.modality.spec
+    if spec.inline:
+        return spec.decode(value, s)
+    if spec.reads == "bytes":
+        return spec.decode(read_limited(value, s.storage, s.limits.max_file_bytes), s)
     with _local_file(value, s) as path:
-        return _decode_with_ffmpeg(path, s)
+        return spec.decode(path, s)
 
 
 def decode_bytes(data: bytes, s: DecodeSettings) -> Any:
-    """Decode media given as bytes (an API payload) → numpy array. Images decode from memory; audio and
-    video through a private temporary file, whose path no error message names. Raises DecodeError."""
-    if s.modality is Modality.TEXT:
-        raise DecodeError("text is given as a string, not bytes")
+    """Decode media given as bytes (an API payload) with its modality's decoder: from memory where it reads
+    bytes, else through a private temporary file whose path no error message names. Raises DecodeError."""
+    spec = s.modality.spec
+    if spec.inline:
+        raise DecodeError(f"{s.modality} is given as a string, not bytes")
     if not data:
-        raise DecodeError(f"empty input (0 bytes): expected {s.modality.value} media")
+        raise DecodeError(f"empty input (0 bytes): expected {s.modality} media")
     if len(data) > s.limits.max_file_bytes:
         raise DecodeError(f"{len(data)} bytes, over limits.max_file_bytes={s.limits.max_file_bytes}")
-    if s.modality is Modality.IMAGE:
-        return decode_image(data, s.limits.max_image_pixels, s.spec.image_hw)
+    if spec.reads == "bytes":
+        return spec.decode(data, s)
     with _temp_copy(data) as path:
-        return _decode_with_ffmpeg(path, s)
-
-
-def _decode_with_ffmpeg(path: str, s: DecodeSettings) -> np.ndarray:
-    limits = s.limits
-    if s.modality is Modality.AUDIO:
-        return decode_audio(path, s.spec.sample_rate, limits.max_audio_seconds, limits.decode_timeout_s, s.ffmpeg)
-    return decode_video(path, s.spec.num_frames, s.spec.image_hw, limits.max_video_seconds,
-                        limits.decode_timeout_s, s.ffmpeg)
+        return spec.decode(path, s)
 
 
 @contextlib.contextmanager
@@ -132,16 +119,15 @@ def _temp_copy(data: bytes) -> Iterator[str]:
         yield fh.name
 
 
-def _pack(array: Any) -> tuple[bytes, list[int]]:
+def _pack(array: Any) -> tuple[bytes, list[int], str]:
     if isinstance(array, str):
-        return array.encode("utf-8"), []
+        return array.encode("utf-8"), [], "str"
     array = np.ascontiguousarray(array)
-    return array.tobytes(), list(array.shape)
+    return array.tobytes(), list(array.shape), array.dtype.str
 
 
-def unpack(modality: Modality, payload: bytes, shape: list[int]) -> Any:
+def unpack(payload: bytes, shape: list[int], dtype: str) -> Any:
     """Inverse of the decode stage's packing: str for text, the decoded array otherwise."""
-    if modality is Modality.TEXT:
+    if dtype == "str":
         return payload.decode("utf-8")
-    dtype = np.float32 if modality is Modality.AUDIO else np.uint8
-    return np.frombuffer(payload, dtype=dtype).reshape(shape)
+    return np.frombuffer(payload, dtype=np.dtype(dtype)).reshape(shape)

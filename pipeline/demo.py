@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import yaml
 
-from pipeline.checkpoint import read_json, write_json
+from pipeline.files import read_json, write_json
 from pipeline.config import ConfigError, cache_root
 
 STAGES = "image:text,audio:text,video:text"

@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 from pipeline.config import ConfigError, EmbedConfig, EncoderConfig, require_paths
 from pipeline.decode import DecodeSettings, decode_batch
 from pipeline.encode import EncodeActor
-from pipeline.encoders.frozen import InputSpec, read_input_spec
+from pipeline.encoders.frozen import read_input_spec
+from pipeline.modalities import InputSpec
 from pipeline.encoders.presets import EncoderRef, resolve_encoder
 from pipeline.features import ERROR_SCHEMA, STAGES, FeatureStore, features_table
 from pipeline.media.ffmpeg import find_ffmpeg
@@ -49,14 +50,14 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     options = storage_options(cfg.storage)
     input_uri, output_uri = _absolute(cfg.input), _absolute(cfg.output)
     manifest = read_manifest(input_uri, options)
-    modalities = cfg.modalities or [m for m in Modality if m in manifest.columns]
+    modalities = cfg.modalities or [m for m in Modality.all() if m in manifest.columns]
     absent = [m.value for m in modalities if m not in manifest.columns]
     if absent:
         raise ConfigError(f"modalities: {', '.join(absent)} not in manifest {input_uri} "
                           f"(its modality columns: {', '.join(m.value for m in manifest.columns)})")
     if manifest.ignored_columns:
         log.info("manifest columns ignored (not id or a modality): %s", ", ".join(manifest.ignored_columns))
-    ffmpeg = find_ffmpeg(cfg.ffmpeg) if {Modality.AUDIO, Modality.VIDEO} & set(modalities) else ""
+    ffmpeg = find_ffmpeg(cfg.ffmpeg) if any(m.spec.reads == "file" for m in modalities) else ""
     store = FeatureStore(output_uri, options)
     processed = 0
     for modality in modalities:
@@ -224,7 +225,7 @@ def _differences(was: dict[str, Any], now: dict[str, Any], prefix: str = "") -> 
 
 def _write_summary(store: FeatureStore, input_uri: str, output_uri: str, elapsed: float, processed: int) -> dict[str, Any]:
     per_modality = {}
-    for modality in Modality:
+    for modality in Modality.all():
         run = store.run_record(modality)
         if run is None:
             continue

@@ -47,7 +47,7 @@ class EncodeActor:
         vectors: list[np.ndarray | None] = [None] * len(rows)
         errors: dict[int, str] = {}
         todo = [i for i, r in enumerate(rows) if r["ok"]]
-        inputs = {i: unpack(self.ref.modality, rows[i]["payload"], rows[i]["shape"]) for i in todo}
+        inputs = {i: unpack(rows[i]["payload"], rows[i]["shape"], rows[i]["dtype"]) for i in todo}
         try:
             self._embed_into(todo, inputs, vectors, errors)
         except Exception:  # isolate the failing item(s)

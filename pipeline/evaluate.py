@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipeline.checkpoint import read_json, write_json
+from pipeline.artifact import read_artifact
+from pipeline.files import write_json
 from pipeline.inference import load_model
 from pipeline.metrics import both_directions, retrieval
 from pipeline.pairs import load_features
@@ -48,9 +49,9 @@ def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, 
     if labels_path:
         report["zero_shot"] = zero_shot(model, projected, labels_path)
     if baseline_epochs:
-        report["baseline"] = baseline_comparison(model_dir, features_uri, storage or {}, baseline_epochs)
+        report["baseline"] = baseline_comparison(model_dir, features_uri, storage or {}, baseline_epochs, set(projected))
     write_json(os.path.join(output, "report.json"), report)
-    report["plots"] = plot(read_json(os.path.join(model_dir, "metrics.json")), report, output)
+    report["plots"] = plot({"stages": read_artifact(model_dir).stages}, report, output)
     write_json(os.path.join(output, "report.json"), report)
     return report
 
@@ -79,13 +80,17 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def baseline_comparison(model_dir: str, features_uri: str, storage: dict[str, Any], epochs: int) -> dict[str, Any]:
+def baseline_comparison(model_dir: str, features_uri: str, storage: dict[str, Any], epochs: int,
+                        available: set[str] | None = None) -> dict[str, Any]:
     """Each stage's pair (new → anchor) of the model against a jointly trained pairwise baseline on the same store,
-    split and seed as the model's training: instance R@1 on held-out ids and the paired sign test."""
+    split and seed as the model's training: instance R@1 on held-out ids and the paired sign test. ``available``:
+    the modalities the store has (pairs outside it, e.g. the stages a grown model came with, are left out)."""
     from pipeline.quality import compare
 
-    config = read_json(os.path.join(model_dir, "provenance.json"))["config"]
-    pairs = tuple((s["new"], s["anchor"]) for s in read_json(os.path.join(model_dir, "metrics.json"))["stages"])
+    artifact = read_artifact(model_dir)
+    config = artifact.provenance["config"]
+    pairs = tuple((s["new"], s["anchor"]) for s in artifact.stages
+                  if available is None or {s["new"], s["anchor"]} <= available)
     result = compare(features_uri, model_dir, None, config["val_fraction"], epochs, seed=config["seed"], pairs=pairs,
                      storage=storage)
     return {"epochs": epochs, "pairs": result}

@@ -19,13 +19,13 @@ import io
 import json
 import os
 import time
-import uuid
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.files import write_bytes_atomic
 from pipeline.modality import Modality
 from pipeline.sources import filesystem
 
@@ -77,14 +77,8 @@ class FeatureStore:
         """Make ``rel`` appear whole or not at all (local: temp + rename; S3: one PUT)."""
         target = self._p(rel)
         self.fs.makedirs(os.path.dirname(target), exist_ok=True)
-        if self.local:
-            # the temp file names its target: a run cleans up only its own modality's leftovers
-            tmp = f"{os.path.dirname(target)}/.tmp-{os.path.basename(target)}-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+        if self.local:  # the temp file names its target: a run cleans up only its own modality's leftovers
+            write_bytes_atomic(target, data)
         else:
             self.fs.pipe_file(target, data)
 

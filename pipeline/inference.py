@@ -1,17 +1,17 @@
 """Load a model artifact and embed raw inputs locally, without Ray."""
 from __future__ import annotations
 
-import os
 from typing import Any, Iterable
 
 import numpy as np
 
-from pipeline.checkpoint import read_json
+from pipeline.artifact import read_artifact
 from pipeline.config import EncoderConfig, LimitsConfig
 from pipeline.decode import DecodeSettings, decode_bytes, decode_item
-from pipeline.encoders.frozen import FrozenEncoder, InputSpec
+from pipeline.encoders.frozen import FrozenEncoder
 from pipeline.encoders.presets import EncoderRef
 from pipeline.media.ffmpeg import find_ffmpeg
+from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
 
 
@@ -25,19 +25,14 @@ class LoadedModel:
 
         from pipeline.model import ModelConfig, OneEncoder
 
-        if not os.path.exists(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"no model artifact at {path}: expected config.json and model.safetensors "
-                                    "written by `oneencoder train`")
-        config = read_json(os.path.join(path, "config.json"))
-        if config.get("format") != "oneencoder-artifact/1":
-            raise ValueError(f"{path} is not a OneEncoder model artifact (config.json format {config.get('format')!r})")
+        artifact = read_artifact(path)
         self.path, self.limits, self.batch_size = path, limits or LimitsConfig(), batch_size
         # e.g. {"num_gpus": 1} to run the frozen encoders on a GPU, {"torch_threads": 2}: runtime
         # settings of this process, unlike the recorded model, revision and preprocessing
         self.encoder_overrides = dict(encoder_overrides or {})
-        self.model = OneEncoder(ModelConfig(**config["model"])).eval()
-        self.model.load_weights(load_file(os.path.join(path, "model.safetensors")))
-        self.encoders_spec = read_json(os.path.join(path, "encoders.json"))
+        self.model = OneEncoder(ModelConfig(**artifact.model)).eval()
+        self.model.load_weights(load_file(artifact.weights_path))
+        self.encoders_spec = artifact.encoders
         self._encoders: dict[str, tuple[FrozenEncoder, DecodeSettings]] = {}
         self.torch = torch
 
@@ -57,7 +52,7 @@ class LoadedModel:
             m = Modality.parse(spec["modality"])
             ref = EncoderRef(m, spec["source"], spec["revision"], spec["name"], spec["build"])
             enc = EncoderConfig(**{**spec["encoder"], **self.encoder_overrides})
-            needs_ffmpeg = m in (Modality.AUDIO, Modality.VIDEO)
+            needs_ffmpeg = m.spec.reads == "file"
             settings = DecodeSettings(m, InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["input"].items()}),
                                       self.limits, {}, find_ffmpeg() if needs_ffmpeg else "")
             self._encoders[modality] = (FrozenEncoder(ref, enc), settings)
@@ -129,8 +124,9 @@ class LoadedModel:
         try:
             if isinstance(item, str):
                 return decode_item(item, settings)  # text, or a path / URI of media
-            if settings.modality is Modality.TEXT or not isinstance(item, (bytes, bytearray)):
-                raise DecodeError(f"expected {'a string' if settings.modality is Modality.TEXT else 'a path or bytes'}, "
+            inline = settings.modality.spec.inline
+            if inline or not isinstance(item, (bytes, bytearray)):
+                raise DecodeError(f"expected {'a string' if inline else 'a path or bytes'}, "
                                   f"got {type(item).__name__}")
             return decode_bytes(bytes(item), settings)
         except (DecodeError, ReadError) as e:

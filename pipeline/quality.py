@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.config import EmbedConfig, EncoderConfig
-from pipeline.corpus import CAPTIONS, clip, concept, draw_shape, tone
+from pipeline.corpus import CAPTIONS, clip, concept, depth_map, draw_shape, tone
 from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
 from pipeline.encoders.presets import resolve_encoder
 from pipeline.features import ERROR_SCHEMA, FeatureStore, features_table
@@ -25,7 +25,7 @@ from pipeline.metrics import ranks
 from pipeline.modality import Modality
 from pipeline.pairs import is_validation
 
-MODALITIES = (Modality.IMAGE, Modality.TEXT, Modality.AUDIO, Modality.VIDEO)
+MODALITIES = ("image", "text", "audio", "video")  # the concept store's modalities by default (depth: on request)
 # the quality bar's setting (tests/test_train.py and jobs/quality_sweep.py)
 STAGES = "image:text,audio:text,video:text"  # the curriculum, trained with the defaults (no budget flags)
 BASELINE_EPOCHS = 100                         # epochs of the jointly trained pairwise baseline
@@ -40,23 +40,35 @@ STYLES = ("suite", "other")
 
 
 def concept_inputs(i: int, rng: np.random.Generator, style: str = "suite") -> dict[Modality, object]:
-    """Raw inputs of sample ``i`` (what the decoders would produce), varied per sample, in one of ``STYLES``."""
+    """Raw inputs of sample ``i`` (what the decoders would produce), varied per sample, in one of ``STYLES``.
+
+    The depth map (of the image's scene) draws nothing from ``rng``, so the other inputs are as they were
+    before depth existed."""
     colour, shape = concept(i)
     if style == "suite":
         wave = tone(colour, shape, detune=float(rng.normal(1.0, 0.02)))
-        return {Modality.IMAGE: np.asarray(draw_shape(colour, shape, size=64, offset=float(rng.uniform()), rng=rng)),
-                Modality.TEXT: CAPTIONS[int(rng.integers(len(CAPTIONS)))].format(c=colour, s=shape),
-                Modality.AUDIO: (wave + rng.normal(0, 0.02, wave.shape)).astype(np.float32),
-                Modality.VIDEO: clip(colour, shape, frames=4, size=32, rng=rng)}
+        offset = float(rng.uniform())
+        return {Modality("image"): np.asarray(draw_shape(colour, shape, size=64, offset=offset, rng=rng)),
+                Modality("text"): CAPTIONS[int(rng.integers(len(CAPTIONS)))].format(c=colour, s=shape),
+                Modality("audio"): (wave + rng.normal(0, 0.02, wave.shape)).astype(np.float32),
+                Modality("video"): clip(colour, shape, frames=4, size=32, rng=rng),
+                Modality("depth"): _depth_input(depth_map(colour, shape, size=64, offset=offset))}
     if style != "other":
         raise ValueError(f"style {style!r}: expected one of {', '.join(STYLES)}")
     wave = tone(colour, shape, detune=float(rng.normal(1.0, 0.03)), base=330.0, harmonics=(1.0, 0.5, 0.25))
     scale = float(rng.uniform(0.2, 0.35))
-    return {Modality.IMAGE: np.asarray(draw_shape(colour, shape, size=64, offset=float(rng.uniform()), rng=rng,
+    offset = float(rng.uniform())
+    return {Modality("image"): np.asarray(draw_shape(colour, shape, size=64, offset=offset, rng=rng,
                                                   scale=scale, vertical=True)),
-            Modality.TEXT: OTHER_CAPTIONS[int(rng.integers(len(OTHER_CAPTIONS)))].format(c=colour, s=shape),
-            Modality.AUDIO: (wave + rng.normal(0, 0.03, wave.shape)).astype(np.float32),
-            Modality.VIDEO: clip(colour, shape, frames=4, size=32, rng=rng, scale=scale, vertical=True)}
+            Modality("text"): OTHER_CAPTIONS[int(rng.integers(len(OTHER_CAPTIONS)))].format(c=colour, s=shape),
+            Modality("audio"): (wave + rng.normal(0, 0.03, wave.shape)).astype(np.float32),
+            Modality("video"): clip(colour, shape, frames=4, size=32, rng=rng, scale=scale, vertical=True),
+            Modality("depth"): _depth_input(depth_map(colour, shape, size=64, offset=offset, scale=scale, vertical=True))}
+
+
+def _depth_input(millimetres: np.ndarray) -> np.ndarray:
+    """What the depth decoder makes of a map (depths divided by the largest): float32 (H, W) in [0, 1]."""
+    return (millimetres / millimetres.max()).astype(np.float32)
 
 
 @contextlib.contextmanager
@@ -75,9 +87,11 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str | None = None,
-                        threads: int = 2, style: str = "suite", tokens: int = 1) -> dict[str, str]:
+                        threads: int = 2, style: str = "suite", tokens: int = 1,
+                        modalities: tuple[str, ...] = MODALITIES) -> dict[str, str]:
     """Encode ``n`` concept samples of ``style`` with the tiny encoders (``threads`` torch threads, ``tokens`` K
-    vectors per item) into a feature store at ``root``; return id → concept."""
+    vectors per item) into a feature store at ``root``, one modality of ``modalities`` after another; return
+    id → concept."""
     from pipeline.embed import encoder_record
 
     rng = np.random.default_rng(seed)
@@ -85,7 +99,7 @@ def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str |
     ids = [f"c{i:05d}" for i in range(n)]
     cfg = EmbedConfig(preset="tiny", cache_dir=cache_dir)
     store = FeatureStore(root, {})
-    for modality in MODALITIES:
+    for modality in map(Modality, modalities):
         ref, enc = resolve_encoder(cfg, modality), EncoderConfig(torch_threads=threads, tokens=tokens)
         encoder = FrozenEncoder(ref, enc)
         arr = np.concatenate([encoder.embed([s[modality] for s in samples[i:i + 64]]) for i in range(0, n, 64)])

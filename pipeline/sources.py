@@ -242,7 +242,7 @@ def _to_manifest(rows: list[dict[str, Any]], uri: str, digest: str) -> Manifest:
     dupes = [i for i, n in Counter(ids).items() if n > 1]
     if dupes:
         raise ManifestError(f"manifest {uri}: {len(dupes)} duplicate id(s), ids must be unique: {', '.join(map(repr, dupes[:20]))}")
-    known = {m.value for m in Modality}
+    known = set(Modality.all())
     columns = {Modality(n): [row.get(n) for row in rows] for n in names if n in known}
     if not columns:
         raise ManifestError(f"manifest {uri} has no modality column: expected any of {', '.join(sorted(known))}")

@@ -7,6 +7,7 @@ latest checkpoint, mid-stage, and a rerun skips stages already saved with the sa
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -18,17 +19,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.checkpoint import read_json, write_bytes_atomic, write_json
+from pipeline.artifact import Artifact, read_artifact, write_artifact
+from pipeline.files import read_json, write_bytes_atomic, write_json
 from pipeline.config import ConfigError
 from pipeline.features import FeatureStore
 from pipeline.model import ModelConfig
 from pipeline.pairs import join, load_features, split
 from pipeline.sources import storage_options
-from pipeline.train_config import StageConfig, TrainConfig
+from pipeline.train_config import StageConfig, TrainConfig, check_curriculum
 from pipeline.train_loop import train_loop
 
 log = logging.getLogger(__name__)
-ARTIFACT_FORMAT = "oneencoder-artifact/1"
 RUN_FORMAT = "oneencoder-run/2"  # checkpoint layout of a training run (pipeline/train_loop.RunState)
 
 
@@ -45,6 +46,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     output = os.path.abspath(cfg.output)
     features_uri = _features_uri(cfg)
     options = storage_options(cfg.storage)
+    base = _base_model(cfg, FeatureStore(features_uri, options), output) if cfg.from_model else None
     names = sorted({n for s in cfg.stages for n in s.modalities})
     try:
         features = {n: load_features(features_uri, n, options) for n in names}
@@ -55,18 +57,42 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.tune:
         from pipeline.tune import tune_curriculum
 
-        cfg, search = tune_curriculum(cfg, features, output)
-    weights, records, model_config = train_curriculum(cfg, features, output)
-    _write_artifact(cfg, output, features_uri, options, model_config, weights, records, search)
+        cfg, search = tune_curriculum(cfg, features, output, base)
+    weights, records, model_config = train_curriculum(cfg, features, output, base)
+    _write_artifact(cfg, output, features_uri, options, model_config, weights, records, search, base)
     return {"output": output, "stages": records, **({"tune": search} if search else {})}
 
 
-def train_curriculum(cfg: TrainConfig, features: dict, output: str) -> tuple[bytes, list[dict[str, Any]], ModelConfig]:
+def _base_model(cfg: TrainConfig, store: FeatureStore, output: str) -> Artifact:
+    """The artifact ``cfg.from_model`` grows, checked against the curriculum and the store: every modality it
+    already has must come from the same frozen encoder and K in the store, or its stages would see other inputs."""
+    base_path = os.path.abspath(cfg.from_model)
+    if base_path == output:
+        raise ConfigError(f"from_model = output = {output}: write the grown model to another folder (the model it "
+                          "grows stays as it is, so indexes built with it stay valid)")
+    try:
+        base = read_artifact(base_path)
+        check_curriculum(cfg.stages, set(base.modalities))
+    except ValueError as e:
+        raise ConfigError(f"from_model {cfg.from_model}: {e}") from None
+    for name in {n for s in cfg.stages for n in s.modalities} & set(base.modalities):
+        record, run = store.encoder_record(name) or {}, store.run_record(name) or {}
+        if record.get("name") != base.encoders[name]["name"] or run.get("tokens") != base.model["tokens"][name]:
+            raise ConfigError(
+                f"features {store.root}: its {name} features come from {record.get('name')!r} with K={run.get('tokens')}, "
+                f"but {cfg.from_model} was trained on {base.encoders[name]['name']!r} with K={base.model['tokens'][name]}; "
+                f"embed the {name} column with the model's encoder (see {cfg.from_model}/encoders.json)")
+    return base
+
+
+def train_curriculum(cfg: TrainConfig, features: dict, output: str,
+                     base: Artifact | None = None) -> tuple[bytes, list[dict[str, Any]], ModelConfig]:
     """Train ``cfg``'s stages (loading a leading run of stages already trained with the same settings); return
-    the last stage's weights, every stage's record and the final model config."""
-    plans, model_config = plan_curriculum(cfg, features, output)
+    the last stage's weights, every stage's record and the final model config. With ``base`` (a model being
+    grown) the stages start from its weights and continue its numbering."""
+    plans, model_config = plan_curriculum(cfg, features, output, base)
     reuse = reusable_stages(plans)
-    weights: bytes | None = None
+    weights: bytes | None = base.weights() if base else None
     records: list[dict[str, Any]] = []
     for plan in plans[:reuse]:
         log.info("stage %s already trained: %s", plan.label, plan.folder)
@@ -82,14 +108,19 @@ def _features_uri(cfg: TrainConfig) -> str:
     return cfg.features if "://" in cfg.features else os.path.abspath(cfg.features)
 
 
-def plan_curriculum(cfg: TrainConfig, features: dict, output: str) -> tuple[list["StagePlan"], ModelConfig]:
-    """One plan per stage, and the config of the model after the last stage."""
+def plan_curriculum(cfg: TrainConfig, features: dict, output: str,
+                    base: Artifact | None = None) -> tuple[list["StagePlan"], ModelConfig]:
+    """One plan per stage, and the config of the model after the last stage (grown from ``base``'s, if given:
+    its shape, not ``cfg.model``'s, and stage numbers after its stages)."""
     m = cfg.model
-    model_config = ModelConfig(d=m.d, layers=m.layers, heads=m.heads, ff=m.ff, dropout=m.dropout)
+    model_config = (ModelConfig(**copy.deepcopy(base.model)) if base else
+                    ModelConfig(d=m.d, layers=m.layers, heads=m.heads, ff=m.ff, dropout=m.dropout))
+    origin = {"from": base.path, "from_weights": hashlib.sha256(base.weights()).hexdigest()} if base else {}
     store = FeatureStore(_features_uri(cfg), storage_options(cfg.storage))
+    offset = len(base.stages) if base else 0
     plans = []
     for index in range(len(cfg.stages)):
-        plans.append(_plan_stage(cfg, index, model_config, features, output, store))
+        plans.append(_plan_stage(cfg, index, offset, model_config, features, output, store, origin))
         _grow(model_config, plans[-1].new_modalities)
     return plans, model_config
 
@@ -139,9 +170,9 @@ class StagePlan:
         return len(getattr(self, part)[self.names[0]])
 
 
-def _plan_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, features: dict, output: str,
-                store: FeatureStore) -> StagePlan:
-    stage = cfg.stages[index]
+def _plan_stage(cfg: TrainConfig, position: int, offset: int, model_config: ModelConfig, features: dict, output: str,
+                store: FeatureStore, origin: dict[str, str]) -> StagePlan:
+    stage, index = cfg.stages[position], offset + position  # index: the stage's place in the grown model's curriculum
     label = f"{index + 1}-{stage.new}-{stage.anchor}"
     names = stage.modalities
     ids, arrays = join(features, names)
@@ -157,7 +188,8 @@ def _plan_stage(cfg: TrainConfig, index: int, model_config: ModelConfig, feature
     # the store's identity too: the same stage on another store (other encoders, K x D, manifest) is retrained
     fingerprint = {"stage": stage.model_dump(mode="json"), "seed": cfg.seed, "pairs": len(ids),
                    "model": entry_model, "val_ids": len(val_ids), "features": store.root,
-                   "store": {n: store.run_record(n) for n in names}, "shapes": {n: list(shapes[n]) for n in names}}
+                   "store": {n: store.run_record(n) for n in names}, "shapes": {n: list(shapes[n]) for n in names},
+                   **origin}
     shard_mb = sum(a[0].size for a in train.values()) * 4 * (len(train_ids) // cfg.workers) / 2**20  # as float32
     return StagePlan(index, label, stage, names, train, val, new_modalities, entry_model, batch, steps_per_epoch,
                      fingerprint, os.path.join(output, "stages", label), shard_mb <= cfg.in_memory_mb)
@@ -260,27 +292,22 @@ def _tensor(array: np.ndarray):
 
 
 def _write_artifact(cfg: TrainConfig, output: str, features_uri: str, options: dict, model_config: ModelConfig,
-                    weights: bytes, stages: list[dict[str, Any]], search: dict[str, Any] | None = None) -> None:
+                    weights: bytes, stages: list[dict[str, Any]], search: dict[str, Any] | None = None,
+                    base: Artifact | None = None) -> None:
     import ray
     import torch
 
-    # config.json marks a whole artifact (load_model needs it): removed first, written last
-    if os.path.exists(os.path.join(output, "config.json")):
-        os.remove(os.path.join(output, "config.json"))
-    write_bytes_atomic(os.path.join(output, "model.safetensors"), weights)
     store = FeatureStore(features_uri, options)
-    encoders = {}
+    encoders = dict(base.encoders) if base else {}
     for name in model_config.in_dims:
-        record = store.encoder_record(name)
+        record = encoders.get(name) or store.encoder_record(name)
         if record is None:
             raise ConfigError(f"feature store {features_uri} has no encoder record for {name!r} (re-run the embed job)")
         encoders[name] = record
-    write_json(os.path.join(output, "encoders.json"), encoders)
-    write_json(os.path.join(output, "metrics.json"), {"stages": stages})
-    write_json(os.path.join(output, "provenance.json"), {
-        "features": features_uri, "config": cfg.model_dump(mode="json"), "seed": cfg.seed,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **({"tune": search} if search else {}),
-        "versions": {"ray": ray.__version__, "torch": torch.__version__}})
-    write_json(os.path.join(output, "config.json"), {"format": ARTIFACT_FORMAT, "model": dataclasses.asdict(model_config)})
+    provenance = {"features": features_uri, "config": cfg.model_dump(mode="json"), "seed": cfg.seed,
+                  "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  **({"tune": search} if search else {}), **({"from": base.path} if base else {}),
+                  "versions": {"ray": ray.__version__, "torch": torch.__version__}}
+    write_artifact(output, dataclasses.asdict(model_config), weights, encoders,
+                   (base.stages if base else []) + stages, provenance)
     log.info("model artifact written to %s", output)

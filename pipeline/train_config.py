@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import ConfigError, StorageConfig, StrictModel, format_validation_errors, read_yaml_mapping
+from pipeline.modality import Modality
 
 
 class LossSettings(StrictModel):
@@ -23,10 +24,10 @@ FIRST_STAGE_LR, LATER_STAGE_LR = 3e-4, 1e-3
 
 
 class StageConfig(StrictModel):
-    new: str = Field(description="Modality aligned in this stage (the first stage trains new and anchor jointly).")
-    anchor: str = Field(description="Already-aligned modality it is aligned to (text by default).")
-    third: str | None = Field(None, description="Optional third modality in each batch, for the Symile loss.")
-    extra_anchors: list[str] = Field(default_factory=list, description="Further aligned modalities the new one is aligned "
+    new: Modality = Field(description="Modality aligned in this stage (the first stage trains new and anchor jointly).")
+    anchor: Modality = Field(description="Already-aligned modality it is aligned to (text by default).")
+    third: Modality | None = Field(None, description="Optional third modality in each batch, for the Symile loss.")
+    extra_anchors: list[Modality] = Field(default_factory=list, description="Further aligned modalities the new one is aligned "
                                      "to as well, an InfoNCE term each (e.g. video to text and image: 'video:text+image').")
     negatives: Literal["auto", "batch", "bank"] = Field("auto", description="Negatives of the new -> anchor term: the batch's "
                                                         "anchors, or besides them a bank of up to `bank_size` training anchors "
@@ -125,6 +126,9 @@ class TuneSettings(StrictModel):
 class TrainConfig(StrictModel):
     features: str | None = Field(None, description="Feature store folder written by the embed job (local or s3://).")
     output: str | None = Field(None, description="Model artifact folder to write (local).")
+    from_model: str | None = Field(None, description="A model artifact to grow (`--from`): everything it has stays frozen, "
+                                   "so its modalities' vectors are unchanged, and `stages` add new modalities to it; "
+                                   "null = train a new model from stage 1.")
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig(new="image", anchor="text")],
                                       description="Curriculum: stage 1 trains jointly; later stages add one modality each.")
     model: ModelSettings = Field(default_factory=ModelSettings, description="Projection model shape.")
@@ -152,29 +156,40 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _curriculum(self) -> "TrainConfig":
-        if not self.stages:
+        if self.from_model is None:  # else checked against the grown model's modalities (check_curriculum)
+            check_curriculum(self.stages, None)
+        elif not self.stages:
             raise ValueError("stages: expected at least one stage")
-        known = {self.stages[0].new, self.stages[0].anchor}
-        if self.stages[0].third or self.stages[0].extra_anchors:
-            raise ValueError("stage 1: third and extra_anchors must be modalities aligned by an earlier stage "
-                             f"(got third={self.stages[0].third!r}, extra_anchors={self.stages[0].extra_anchors!r})")
-        if self.stages[0].negatives == "bank":
-            raise ValueError("stage 1: negatives 'bank' needs a frozen anchor (a later stage); stage 1 trains both sides")
-        for i, stage in enumerate(self.stages[1:], start=2):
-            if stage.third and stage.third not in known:
-                raise ValueError(f"stage {i}: third={stage.third!r} is not aligned yet "
-                                 f"(aligned so far: {', '.join(sorted(known))})")
-            for extra in stage.extra_anchors:
-                if extra not in known:
-                    raise ValueError(f"stage {i}: extra anchor {extra!r} is not aligned yet "
-                                     f"(aligned so far: {', '.join(sorted(known))})")
-            if stage.anchor not in known:
-                raise ValueError(f"stage {i} ({stage.new}:{stage.anchor}): anchor {stage.anchor!r} is not aligned yet "
-                                 f"(aligned so far: {', '.join(sorted(known))})")
-            if stage.new in known:
-                raise ValueError(f"stage {i}: {stage.new!r} is already aligned; a later stage adds a new modality")
-            known.add(stage.new)
         return self
+
+
+def check_curriculum(stages: list[StageConfig], aligned: set[str] | None) -> None:
+    """Each stage's anchors must be aligned by then and its new modality must not be. ``aligned``: the modalities
+    of the model being grown (``from_model``), or None when stage 1 is the joint first stage. Raises ValueError."""
+    if not stages:
+        raise ValueError("stages: expected at least one stage")
+    if aligned is None:
+        first = stages[0]
+        if first.third or first.extra_anchors:
+            raise ValueError("stage 1: third and extra_anchors must be modalities aligned by an earlier stage "
+                             f"(got third={first.third!r}, extra_anchors={first.extra_anchors!r})")
+        if first.negatives == "bank":
+            raise ValueError("stage 1: negatives 'bank' needs a frozen anchor (a later stage); stage 1 trains both sides")
+        known, later = {first.new, first.anchor}, list(enumerate(stages[1:], start=2))
+    else:
+        known, later = set(aligned), list(enumerate(stages, start=1))
+    for i, stage in later:
+        so_far = f"(aligned so far: {', '.join(sorted(known))})"
+        if stage.third and stage.third not in known:
+            raise ValueError(f"stage {i}: third={stage.third!r} is not aligned yet {so_far}")
+        for extra in stage.extra_anchors:
+            if extra not in known:
+                raise ValueError(f"stage {i}: extra anchor {extra!r} is not aligned yet {so_far}")
+        if stage.anchor not in known:
+            raise ValueError(f"stage {i} ({stage.new}:{stage.anchor}): anchor {stage.anchor!r} is not aligned yet {so_far}")
+        if stage.new in known:
+            raise ValueError(f"stage {i}: {stage.new!r} is already aligned; a later stage adds a new modality")
+        known.add(stage.new)
 
 
 def parse_stage_list(text: str, **common: Any) -> list[dict[str, Any]]:

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.checkpoint import load_optimizer, load_weights, read_json, save_optimizer, save_weights, write_json
+from pipeline.checkpoint import load_optimizer, load_weights, save_optimizer, save_weights
+from pipeline.files import read_json, write_json
 from pipeline.curriculum import apply_freeze, set_modes, trainable_parts
 from pipeline.losses import ContrastiveLoss, LossConfig, info_nce
 from pipeline.metrics import both_directions

@@ -28,16 +28,16 @@ def tuned_stage(stage: StageConfig, best: dict[str, Any]) -> StageConfig:
                                     "loss": stage.loss.model_copy(update={"temperature": float(best["temperature"])})})
 
 
-def tune_curriculum(cfg: TrainConfig, features: dict, output: str) -> tuple[TrainConfig, dict[str, Any]]:
+def tune_curriculum(cfg: TrainConfig, features: dict, output: str, base=None) -> tuple[TrainConfig, dict[str, Any]]:
     """Search each stage in order, training each with its best settings before the next is searched (stages
     already trained with the same settings are reused). Returns the config with the tuned stages and the
-    search record."""
+    search record. ``base``: the model artifact being grown (``from_model``), if any."""
     from pipeline.train import plan_curriculum, train_curriculum
 
     stages, record = list(cfg.stages), {"settings": cfg.tune.model_dump(mode="json"), "stages": []}
     for index in range(len(stages)):
-        entry = train_curriculum(cfg.model_copy(update={"stages": stages[:index]}), features, output)[0] if index else None
-        plans, _ = plan_curriculum(cfg.model_copy(update={"stages": stages[:index + 1]}), features, output)
+        entry = train_curriculum(cfg.model_copy(update={"stages": stages[:index]}), features, output, base)[0]
+        plans, _ = plan_curriculum(cfg.model_copy(update={"stages": stages[:index + 1]}), features, output, base)
         result = search_stage(plans[index], entry, cfg.tune, cfg.seed, output)
         stages[index] = tuned_stage(stages[index], result["best"])
         record["stages"].append(result)

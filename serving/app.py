@@ -228,18 +228,17 @@ class Gateway:
 
 
 def _model_info(args: ServeArgs) -> dict[str, Any]:
-    from pipeline.checkpoint import read_json
+    from pipeline.artifact import read_artifact
 
-    config = read_json(os.path.join(args.model, "config.json"))
-    modalities = list(config["model"]["in_dims"])
+    artifact = read_artifact(args.model)
+    modalities = artifact.modalities
     if args.modalities is not None:
         missing = [m for m in args.modalities if m not in modalities]
         if missing or not args.modalities:
             raise ConfigError(f"modalities={args.modalities!r}: expected a non-empty subset of the model's "
                               f"modalities ({', '.join(modalities)})")
         modalities = list(dict.fromkeys(args.modalities))
-    return {"modalities": modalities, "dimensions": int(config["model"]["d"]),
-            "created": int(os.path.getmtime(os.path.join(args.model, "config.json"))), "index": []}
+    return {"modalities": modalities, "dimensions": int(artifact.model["d"]), "created": int(artifact.created), "index": []}
 
 
 def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str, Any]] | None = None):
@@ -267,15 +266,15 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
 def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
     """The model's modalities that have features in the store; refuses a store embedded with other
     encoders (or another K) than the model was trained on, naming both."""
-    from pipeline.checkpoint import read_json
+    from pipeline.artifact import read_artifact
     from pipeline.features import FeatureStore
 
     store = FeatureStore(args.features, args.storage.model_dump())
     found = [m for m in modalities if store.run_record(m) is not None]
     if not found:
         raise ValueError(f"features={args.features!r} has no features for any modality of the model ({', '.join(modalities)})")
-    trained = read_json(os.path.join(args.model, "encoders.json"))
-    shapes = read_json(os.path.join(args.model, "config.json"))["model"]
+    artifact = read_artifact(args.model)
+    trained, shapes = artifact.encoders, artifact.model
     for m in found:
         record = store.encoder_record(m) or {}
         run = store.run_record(m) or {}

@@ -24,16 +24,15 @@ log = logging.getLogger(__name__)
 def write_untrained_artifact(folder: str, preset: str, modalities: tuple[str, ...] = ("text", "image")) -> str:
     """A model artifact (config, random projection weights, encoder specs) for ``modalities`` of ``preset``."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from pipeline.checkpoint import write_json
+    from pipeline.artifact import write_artifact
     from pipeline.config import EmbedConfig
     from pipeline.embed import encoder_record
     from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
     from pipeline.encoders.presets import resolve_encoder
     from pipeline.modality import Modality
     from pipeline.model import ModelConfig, OneEncoder
-    from pipeline.train import ARTIFACT_FORMAT
 
     cfg = EmbedConfig(preset=preset, random_init=preset == "paper")
     os.makedirs(folder, exist_ok=True)
@@ -45,9 +44,8 @@ def write_untrained_artifact(folder: str, preset: str, modalities: tuple[str, ..
         records[name] = encoder_record(ref, enc, read_input_spec(ref, enc))
     torch.manual_seed(0)
     config = ModelConfig(in_dims=dims, tokens={n: 1 for n in dims})
-    save_file(OneEncoder(config).state_dict(), os.path.join(folder, "model.safetensors"))
-    write_json(os.path.join(folder, "config.json"), {"format": ARTIFACT_FORMAT, "model": dataclasses.asdict(config)})
-    write_json(os.path.join(folder, "encoders.json"), records)
+    write_artifact(folder, dataclasses.asdict(config), save(OneEncoder(config).state_dict()), records, [],
+                   {"note": "random projection weights, for serving benchmarks"})
     return folder
 
 

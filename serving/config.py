@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
+from pipeline.artifact import is_artifact
+from pipeline.modality import Modality
 from pipeline.config import ConfigError, StorageConfig, StrictModel, format_validation_errors, read_yaml_mapping
 
 APP_NAME = "oneencoder"
@@ -61,7 +63,7 @@ class RemoteSettings(StrictModel):
 class ServeArgs(StrictModel):
     model: str | None = Field(None, description="Model artifact folder written by `oneencoder train` (required).")
     model_name: str = Field("oneencoder", min_length=1, description="Model id clients pass as `model` and /v1/models lists.")
-    modalities: list[str] | None = Field(None, description="Modalities to serve (each gets an encoder deployment); null = all of the model's.")
+    modalities: list[Modality] | None = Field(None, description="Modalities to serve (each gets an encoder deployment); null = all of the model's.")
     features: str | None = Field(None, description="Feature store (local or s3://) indexed for /v1/search at start-up; null = no search.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access for the feature store.")
     limits: ServeLimits = Field(default_factory=ServeLimits, description="Request and media limits.")
@@ -85,7 +87,7 @@ def parse_args(args: dict[str, Any] | None, source: str = "serve args") -> Serve
         raise ConfigError(format_validation_errors(e, source)) from None
     if not parsed.model:
         raise ConfigError(f"{source}: `model` is required: the model artifact folder written by `oneencoder train`")
-    if not os.path.exists(os.path.join(parsed.model, "config.json")):
+    if not is_artifact(parsed.model):
         raise ConfigError(f"{source}: model={parsed.model!r} is not a model artifact (no config.json); "
                           "expected the folder written by `oneencoder train`")
     if parsed.remote.enabled and not parsed.remote.allow_hosts:

@@ -1,8 +1,10 @@
 """Request inputs → (modality, payload) items, and OpenAI-style API errors.
 
-A plain string is text. ``data:<mime>;base64,<payload>`` is image/audio/video (or text/plain) by
-MIME type. An ``http(s)://`` string is fetched as media only when the request names a media
-``modality`` and the host is on the allow-list; remote fetching is off unless configured.
+A plain string is text. ``data:<mime>;base64,<payload>`` is media, routed by MIME type through the
+modality registry (image/*, audio/*, video/*, text/plain); a request that names its ``modality``
+(e.g. ``depth``, whose PNGs look like any PNG) gets that modality, if it accepts the MIME type. An
+``http(s)://`` string is fetched as media only when the request names a media ``modality`` and the
+host is on the allow-list; remote fetching is off unless configured.
 """
 from __future__ import annotations
 
@@ -20,9 +22,8 @@ import time
 import urllib.parse
 from typing import Any
 
+from pipeline import modalities as registry
 from serving.config import RemoteSettings, ServeLimits
-
-MEDIA = ("image", "audio", "video")
 
 
 class APIError(Exception):
@@ -110,11 +111,13 @@ def resolve(index: int, raw: str, forced: str | None, modalities: list[str], lim
 
     With ``forced`` = "text" every string is text as written, even one that starts with ``data:``.
     """
-    if raw.startswith("data:") and forced != "text":
-        modality, payload = _data_uri(index, raw, limits)
-        if forced and forced != modality:
-            raise item_error(index, f"data URI holds {modality} but the request's modality is {forced!r}", "modality_mismatch")
-    elif forced and forced != "text":
+    if forced is not None and forced not in modalities:
+        raise APIError(400, f"modality {forced!r} is not served: expected one of {', '.join(modalities)}",
+                       "unsupported_modality", "modality")
+    inline = forced is not None and registry.get(forced).inline
+    if raw.startswith("data:") and not inline:
+        modality, payload = _data_uri(index, raw, forced, limits)
+    elif forced and not inline:
         if not raw.lower().startswith(("http://", "https://")):
             raise item_error(index, f"modality {forced!r} needs a data:<mime>;base64,... URI "
                                     "(or an http(s) URL where remote fetching is enabled), got a plain string")
@@ -126,12 +129,12 @@ def resolve(index: int, raw: str, forced: str | None, modalities: list[str], lim
                          "unsupported_modality")
     if payload is None:
         return Item(index, modality, None, remote_url=raw)
-    if modality == "text":
+    if registry.get(modality).inline:
         if isinstance(payload, bytes):
             try:
                 payload = payload.decode("utf-8")
             except UnicodeDecodeError:
-                raise item_error(index, "text/plain data URI is not UTF-8") from None
+                raise item_error(index, f"{modality} data URI is not UTF-8") from None
         if not payload.strip():
             raise item_error(index, "empty text: expected a non-empty string")
         if len(payload) > limits.max_text_chars:
@@ -140,7 +143,25 @@ def resolve(index: int, raw: str, forced: str | None, modalities: list[str], lim
     return Item(index, modality, payload)
 
 
-def _data_uri(index: int, raw: str, limits: ServeLimits) -> tuple[str, bytes]:
+def _modality_of(index: int, mime: str, forced: str | None) -> str:
+    """The modality a data: URI of type ``mime`` holds: the request's own (if it takes that type), else the
+    one the registry routes the type to."""
+    if forced:
+        if not registry.get(forced).accepts_mime(mime):
+            raise item_error(index, f"data URI holds {mime} but the request's modality {forced!r} takes "
+                                    f"{', '.join(registry.get(forced).mime_types)}", "modality_mismatch")
+        return forced
+    spec = registry.for_mime(mime)
+    if spec is None:
+        routed = [t for m in registry.REGISTRY.values() if m.routes_mime for t in m.mime_types]
+        named = [f"{m.name} ({', '.join(m.mime_types)})" for m in registry.REGISTRY.values() if not m.routes_mime]
+        raise item_error(index, f"unsupported MIME type {mime or '(none)'!r}: expected {', '.join(routed)}"
+                                + (f", or name the modality: {'; '.join(named)}" if named else ""), "unsupported_mime")
+    return spec.name
+
+
+def _data_uri(index: int, raw: str, forced: str | None, limits: ServeLimits) -> tuple[str, bytes]:
+    """(modality, decoded payload) of a ``data:<mime>;base64,<payload>`` input; the type is checked first."""
     head, sep, payload = raw.partition(",")
     if not sep:
         raise item_error(index, "malformed data URI: expected data:<mime>;base64,<payload>", "invalid_data_uri")
@@ -148,14 +169,7 @@ def _data_uri(index: int, raw: str, limits: ServeLimits) -> tuple[str, bytes]:
     mime = params[0].strip().lower()
     if "base64" not in [p.strip().lower() for p in params[1:]]:
         raise item_error(index, "data URI must be base64-encoded (data:<mime>;base64,<payload>)", "invalid_data_uri")
-    major = mime.split("/", 1)[0]
-    if major in MEDIA:
-        modality = major
-    elif mime == "text/plain":
-        modality = "text"
-    else:
-        raise item_error(index, f"unsupported MIME type {mime or '(none)'!r}: expected image/*, audio/*, video/* "
-                                "or text/plain", "unsupported_mime")
+    modality = _modality_of(index, mime, forced)
     if len(payload) * 3 // 4 > limits.max_item_bytes + 3:
         raise item_error(index, f"payload of about {len(payload) * 3 // 4} bytes is over the limit of "
                                 f"{limits.max_item_bytes} bytes per item", "item_too_large")

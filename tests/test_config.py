@@ -22,9 +22,9 @@ def test_defaults_and_overrides(tmp_path):
     cfg = load_embed_config(write(tmp_path, "input: m.jsonl\nencoders:\n  image: {tokens: 4, dtype: float32}\n"),
                             output="out", modalities="image,text")
     assert cfg.input == "m.jsonl" and cfg.output == "out"
-    assert cfg.modalities == [Modality.IMAGE, Modality.TEXT]
-    assert cfg.encoder(Modality.IMAGE).tokens == 4 and cfg.encoder(Modality.TEXT).tokens == 1
-    assert cfg.encoder(Modality.IMAGE).dtype == "float32"
+    assert cfg.modalities == [Modality("image"), Modality("text")]
+    assert cfg.encoder(Modality("image")).tokens == 4 and cfg.encoder(Modality("text")).tokens == 1
+    assert cfg.encoder(Modality("image")).dtype == "float32"
 
 
 @pytest.mark.parametrize("text,expected", [

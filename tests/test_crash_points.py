@@ -200,7 +200,7 @@ def _stage_consistent(output: str, features: str) -> None:
     """The saved stage vouches for its weights and its store; the artifact loads and holds those weights."""
     from safetensors.torch import load_file
 
-    from pipeline.checkpoint import read_json
+    from pipeline.files import read_json
     from pipeline.inference import load_model
 
     stage = os.path.join(output, "stages", "1-image-text")
@@ -213,6 +213,7 @@ def _stage_consistent(output: str, features: str) -> None:
 
 
 def test_every_stage_save_step_then_a_rerun_leaves_consistent_stages(ray_session, feature_store, tmp_path, monkeypatch):
+    import pipeline.artifact as artifact
     import pipeline.train as train
 
     output = str(tmp_path / "model")
@@ -226,7 +227,7 @@ def test_every_stage_save_step_then_a_rerun_leaves_consistent_stages(ray_session
     _train(feature_store, output)
     _stage_consistent(output, feature_store)
     with monkeypatch.context() as patch:  # a retrain (2 epochs) stops while writing the artifact
-        crash_on_write(patch, train, "write_json", "before", lambda t: t.endswith("provenance.json"))
+        crash_on_write(patch, artifact, "write_json", "before", lambda t: t.endswith("provenance.json"))
         with pytest.raises(Crash):
             _train(feature_store, output, epochs=2)
     assert not os.path.exists(os.path.join(output, "config.json")), "a half-written artifact must not load"
@@ -236,7 +237,7 @@ def test_every_stage_save_step_then_a_rerun_leaves_consistent_stages(ray_session
 
 
 def test_a_stage_saved_on_another_store_is_retrained(feature_store, tmp_path):
-    from pipeline.checkpoint import write_json
+    from pipeline.files import write_json
     from pipeline.pairs import load_features
     from pipeline.train import plan_curriculum, reusable_stages
     from pipeline.train_config import load_train_config

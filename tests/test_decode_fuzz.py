@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 
 from pipeline.config import LimitsConfig
-from pipeline.corpus import AUDIO_FORMATS, VIDEO_FORMATS, clip, draw_shape, encode_audio, encode_video, tone
+from pipeline.corpus import (AUDIO_FORMATS, DEPTH_FORMATS, VIDEO_FORMATS, clip, depth_map, draw_shape, encode_audio,
+                             encode_video, tone, write_depth)
 from pipeline.decode import DecodeSettings, decode_bytes, decode_item
-from pipeline.encoders.frozen import InputSpec
+from pipeline.modalities import InputSpec
 from pipeline.media.errors import DecodeError
 from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.modality import Modality
@@ -34,7 +35,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 def seeds(tmp_path_factory) -> dict[str, list[bytes]]:
     """Valid files per modality, in every format the corpus writes."""
     folder, ffmpeg = tmp_path_factory.mktemp("seeds"), find_ffmpeg()
-    out: dict[str, list[bytes]] = {"image": [], "audio": [], "video": []}
+    out: dict[str, list[bytes]] = {"image": [], "audio": [], "video": [], "depth": []}
     for fmt in IMAGE_FORMATS:
         buf = io.BytesIO()
         draw_shape("red", "circle", size=48).save(buf, fmt)
@@ -45,6 +46,9 @@ def seeds(tmp_path_factory) -> dict[str, list[bytes]]:
     for fmt in VIDEO_FORMATS:
         encode_video(str(folder / f"v.{fmt}"), clip("green", "triangle", frames=6, size=32), 8, ffmpeg)
         out["video"].append((folder / f"v.{fmt}").read_bytes())
+    for fmt in DEPTH_FORMATS:
+        write_depth(str(folder / f"d.{fmt}"), depth_map("blue", "cross", size=48))
+        out["depth"].append((folder / f"d.{fmt}").read_bytes())
     return out
 
 
@@ -74,13 +78,13 @@ def mutate(rng: np.random.Generator, data: bytes, others: list[bytes]) -> tuple[
     return f"inserted bytes at {pos}", bytes(buf[:pos]) + rng.bytes(int(rng.integers(1, 4096))) + bytes(buf[pos:])
 
 
-@pytest.mark.parametrize("modality", ["image", "audio", "video"])
+@pytest.mark.parametrize("modality", ["image", "audio", "video", "depth"])
 def test_mutated_media_decodes_or_fails_with_a_named_error_in_time(seeds, modality, tmp_path):
     m = Modality.parse(modality)
     spec = InputSpec(image_hw=(32, 32), sample_rate=16000, num_frames=4)
     limits = LimitsConfig(max_file_bytes=1 << 20, max_audio_seconds=5, max_video_seconds=5, decode_timeout_s=TIMEOUT_S)
     settings = DecodeSettings(m, spec, limits, {}, find_ffmpeg())
-    rng = np.random.default_rng({"image": 1, "audio": 2, "video": 3}[modality])
+    rng = np.random.default_rng({"image": 1, "audio": 2, "video": 3, "depth": 4}[modality])
     others = [b for values in seeds.values() for b in values] + [b"#EXTM3U\n#EXTINF:1,\n/etc/hostname\n", b""]
     outcomes = {"decoded": 0, "refused": 0}
     for case in range(CASES):
@@ -96,8 +100,10 @@ def test_mutated_media_decodes_or_fails_with_a_named_error_in_time(seeds, modali
         except Exception as e:  # noqa: BLE001 - the point of the test
             raise AssertionError(f"case {case} ({what}): {type(e).__name__} escaped: {e}") from e
         else:
-            expected = {"image": (3,), "audio": (), "video": (4, 32, 32, 3)}[modality]
-            assert array.shape[-len(expected):] == expected if expected else array.ndim == 1, (case, what, array.shape)
+            expected = {"image": (3,), "audio": (), "video": (4, 32, 32, 3), "depth": ()}[modality]
+            assert array.shape[-len(expected):] == expected if expected else array.ndim == (2 if m == "depth" else 1), \
+                (case, what, array.shape)
+            assert m != "depth" or (array.dtype == np.float32 and 0 <= array.min() and array.max() == 1), (case, what)
             outcomes["decoded"] += 1
         assert time.monotonic() - started < TIMEOUT_S + 2, (case, what)
         os.remove(path)

@@ -10,7 +10,8 @@ import torch
 
 from pipeline.config import EmbedConfig, EncoderConfig
 from pipeline.corpus import clip, draw_shape, tone
-from pipeline.encoders.frozen import FrozenEncoder, InputSpec, pool_tokens, read_input_spec
+from pipeline.encoders.frozen import FrozenEncoder, pool_tokens, read_input_spec
+from pipeline.modalities import InputSpec
 from pipeline.encoders.offline import ensure_built
 from pipeline.encoders.presets import resolve_encoder
 from pipeline.modality import Modality
@@ -27,8 +28,8 @@ def digest(folder):
 
 
 def test_tiny_builds_are_deterministic(tmp_path):
-    a = ensure_built("tiny", Modality.IMAGE, str(tmp_path / "a"))
-    b = ensure_built("tiny", Modality.IMAGE, str(tmp_path / "b"))
+    a = ensure_built("tiny", Modality("image"), str(tmp_path / "a"))
+    b = ensure_built("tiny", Modality("image"), str(tmp_path / "b"))
     assert digest(a) == digest(b)
     assert sorted(os.listdir(a)) == ["config.json", "model.safetensors", "preprocessor_config.json"]
     assert not [n for n in os.listdir(tmp_path / "a" / "tiny-v1") if n.startswith(".")]  # no temp folders left
@@ -37,7 +38,7 @@ def test_tiny_builds_are_deterministic(tmp_path):
 def test_tokenizer_round_trip_keeps_known_words(cfg):
     from transformers import AutoTokenizer
 
-    ref = resolve_encoder(cfg, Modality.TEXT)
+    ref = resolve_encoder(cfg, Modality("text"))
     tok = AutoTokenizer.from_pretrained(ref.materialize())
     ids = tok("a red circle")["input_ids"]
     assert tok.unk_token_id not in ids and len(ids) == 5
@@ -45,10 +46,10 @@ def test_tokenizer_round_trip_keeps_known_words(cfg):
 
 
 @pytest.mark.parametrize("modality,inputs", [
-    (Modality.IMAGE, [np.asarray(draw_shape("red", "circle")), np.zeros((20, 50, 3), np.uint8)]),
-    (Modality.TEXT, ["a red circle", "a much longer blue square moving left to right"]),
-    (Modality.AUDIO, [tone("red", "circle"), tone("blue", "cross", seconds=0.4)]),
-    (Modality.VIDEO, [clip("red", "circle", frames=4, size=32), clip("blue", "square", frames=4, size=32)]),
+    (Modality("image"), [np.asarray(draw_shape("red", "circle")), np.zeros((20, 50, 3), np.uint8)]),
+    (Modality("text"), ["a red circle", "a much longer blue square moving left to right"]),
+    (Modality("audio"), [tone("red", "circle"), tone("blue", "cross", seconds=0.4)]),
+    (Modality("video"), [clip("red", "circle", frames=4, size=32), clip("blue", "square", frames=4, size=32)]),
 ])
 @pytest.mark.parametrize("k", [1, 3])
 def test_every_modality_embeds_to_k_by_d(cfg, modality, inputs, k):
@@ -61,14 +62,14 @@ def test_every_modality_embeds_to_k_by_d(cfg, modality, inputs, k):
 
 
 @pytest.mark.parametrize("modality,short,long", [
-    (Modality.TEXT, "a red circle", "a blue square moving slowly from the left to the right of the picture"),
-    (Modality.AUDIO, tone("red", "circle", seconds=0.5), tone("green", "cross", seconds=1.5)),
+    (Modality("text"), "a red circle", "a blue square moving slowly from the left to the right of the picture"),
+    (Modality("audio"), tone("red", "circle", seconds=0.5), tone("green", "cross", seconds=1.5)),
 ])
 def test_padding_never_changes_an_item_s_vector(cfg, modality, short, long):
     enc = FrozenEncoder(resolve_encoder(cfg, modality), EncoderConfig(tokens=2, torch_threads=1))
     alone = enc.embed([short])[0]
     padded = enc.embed([short, long])[0]
-    np.testing.assert_allclose(alone, padded, atol=2e-3 if modality is Modality.AUDIO else 1e-5)
+    np.testing.assert_allclose(alone, padded, atol=2e-3 if modality == "audio" else 1e-5)
 
 
 def test_pool_tokens_matches_manual_means():
@@ -81,19 +82,19 @@ def test_pool_tokens_matches_manual_means():
 
 
 def test_input_spec_is_read_from_the_processor_files(cfg):
-    assert read_input_spec(resolve_encoder(cfg, Modality.IMAGE), EncoderConfig()) == InputSpec(image_hw=(32, 32))
-    video = read_input_spec(resolve_encoder(cfg, Modality.VIDEO), EncoderConfig())
+    assert read_input_spec(resolve_encoder(cfg, Modality("image")), EncoderConfig()) == InputSpec(image_hw=(32, 32))
+    video = read_input_spec(resolve_encoder(cfg, Modality("video")), EncoderConfig())
     assert video.num_frames == 4 and video.image_hw == (32, 32)
-    assert read_input_spec(resolve_encoder(cfg, Modality.VIDEO), EncoderConfig(num_frames=6)).num_frames == 6
-    assert read_input_spec(resolve_encoder(cfg, Modality.AUDIO), EncoderConfig()).sample_rate == 16000
+    assert read_input_spec(resolve_encoder(cfg, Modality("video")), EncoderConfig(num_frames=6)).num_frames == 6
+    assert read_input_spec(resolve_encoder(cfg, Modality("audio")), EncoderConfig()).sample_rate == 16000
 
 
 def test_explicit_local_model_path_and_unreachable_hub_id(cfg, tmp_path):
-    folder = ensure_built("tiny", Modality.IMAGE, str(tmp_path))
-    local = resolve_encoder(EmbedConfig(encoders={"image": {"model": folder}}), Modality.IMAGE)
+    folder = ensure_built("tiny", Modality("image"), str(tmp_path))
+    local = resolve_encoder(EmbedConfig(encoders={"image": {"model": folder}}), Modality("image"))
     assert local.source == folder and local.name.startswith(folder + "@sha256:")
     assert FrozenEncoder(local, EncoderConfig()).embed([np.zeros((32, 32, 3), np.uint8)]).shape == (1, 1, 32)
-    hub = resolve_encoder(EmbedConfig(preset="paper"), Modality.IMAGE)
+    hub = resolve_encoder(EmbedConfig(preset="paper"), Modality("image"))
     assert hub.name == "google/vit-base-patch16-224@main"
     with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache"):
         read_input_spec(hub, EncoderConfig())
@@ -110,7 +111,7 @@ def test_group_norm_audio_models_run_clip_by_clip_so_padding_cannot_leak(tmp_pat
                          num_conv_pos_embedding_groups=4, feat_extract_norm="group")
     Wav2Vec2Model(cfg).save_pretrained(tmp_path)
     Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(tmp_path)
-    enc = FrozenEncoder(EncoderRef(Modality.AUDIO, str(tmp_path), None, "group-norm"), EncoderConfig(torch_threads=1))
+    enc = FrozenEncoder(EncoderRef(Modality("audio"), str(tmp_path), None, "group-norm"), EncoderConfig(torch_threads=1))
     short, long = tone("red", "circle", seconds=0.5), tone("blue", "cross", seconds=1.5)
     np.testing.assert_allclose(enc.embed([short])[0], enc.embed([short, long])[0], atol=1e-5)
 
@@ -119,7 +120,7 @@ def test_random_init_builds_the_paper_architecture_offline(session_dir):
     import json
 
     cfg = EmbedConfig(preset="paper", random_init=True, cache_dir=os.path.join(session_dir, "paper-cache"))
-    ref = resolve_encoder(cfg, Modality.IMAGE)
+    ref = resolve_encoder(cfg, Modality("image"))
     assert ref.name == "google/vit-base-patch16-224@random-init-v1"
     with open(os.path.join(ref.source, "config.json")) as fh:
         config = json.load(fh)

@@ -20,7 +20,9 @@ def test_train_main_resumes_the_finished_run(trained, feature_store, tmp_path, c
     assert f"stage 3-video-text: {result['stages'][2]['epochs_run']} epochs" in printed
     assert f"model artifact: {output}" in printed
     assert train_job.main(["--features", feature_store, "--output", str(tmp_path / "m"), "--stages", "image:smell"]) == 2
-    assert "has no features for 'smell'" in capsys.readouterr().err
+    assert "stages.0.anchor = 'smell': Value error, unknown modality 'smell'" in capsys.readouterr().err
+    assert train_job.main(["--features", feature_store, "--output", str(tmp_path / "m"), "--stages", "image:depth"]) == 2
+    assert "has no features for 'depth'" in capsys.readouterr().err
 
 
 def test_benchmark_mains_print_their_ratios(ray_session, tmp_path, capsys):

@@ -445,8 +445,10 @@ def test_serve_config_and_args_are_validated(trained, tmp_path):
         prepare(_config(str(tmp_path), "c.yaml", {"model": trained[0], "limits": {"max_items": 0}}))
     with pytest.raises(ConfigError, match=r"allow_hosts takes host names with an optional port"):
         prepare(_config(str(tmp_path), "d.yaml", {"model": trained[0], "remote": {"enabled": True, "allow_hosts": ["http://x.com/"]}}))
-    with pytest.raises(ConfigError, match="modalities=.*subset"):
+    with pytest.raises(ConfigError, match="modalities.0 = 'smell'.*unknown modality 'smell'"):
         prepare(_config(str(tmp_path), "e.yaml", {"model": trained[0], "modalities": ["smell"]}))
+    with pytest.raises(ConfigError, match="modalities=.*subset"):  # registered, but not in this model
+        prepare(_config(str(tmp_path), "e2.yaml", {"model": trained[0], "modalities": ["depth"]}))
     with pytest.raises(ValueError, match="Deployment 'encoder-audio' does not exist"):
         prepare(_config(str(tmp_path), "f.yaml", {"model": trained[0], "modalities": ["text", "image"]}))
     with pytest.raises(ConfigError, match="not a valid Ray Serve config"):

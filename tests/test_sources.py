@@ -28,8 +28,8 @@ def test_jsonl_csv_parquet_read_the_same(tmp_path):
     m3 = read_manifest(str(tmp_path / "m.parquet"), {})
     for m in (m1, m2, m3):
         assert m.ids == ["a", "b"]
-        assert m.columns[Modality.IMAGE] == ["x.png", None]
-        assert m.columns[Modality.TEXT] == ["a red circle", "hi"]
+        assert m.columns[Modality("image")] == ["x.png", None]
+        assert m.columns[Modality("text")] == ["a red circle", "hi"]
         assert m.base == str(tmp_path)
 
 
@@ -87,7 +87,7 @@ def test_resolve_uri():
 def test_items_flag_wrong_types_and_keep_every_value(tmp_path):
     path = jsonl(tmp_path, [{"id": 1, "image": 5}, {"id": "b", "image": "http://h/x.png"}, {"id": "c", "image": "ok.png"},
                             {"id": "d", "text": "no image"}, {"id": "e", "image": ""}])
-    items = build_items(read_manifest(path, {}), Modality.IMAGE, shard_size=2)
+    items = build_items(read_manifest(path, {}), Modality("image"), shard_size=2)
     assert [i["id"] for i in items] == ["1", "b", "c"]
     assert items[0]["pre_error"] == "expected a URI string, got int '5'"
     assert "unsupported URI scheme 'http'" in items[1]["pre_error"]

@@ -54,7 +54,7 @@ def test_artifact_holds_config_weights_encoders_metrics_provenance(trained):
 
 
 def test_a_stage_that_ends_still_improving_says_so(trained):
-    from pipeline.checkpoint import read_json
+    from pipeline.files import read_json
     from pipeline.train import still_improving
 
     falling = [3.0 - 0.1 * i for i in range(30)]
@@ -167,7 +167,7 @@ def test_rerun_skips_finished_stages(trained, caplog):
 
 def test_a_changed_stage_retrains_every_stage_after_it(feature_store, tmp_path):
     """Only a leading run of saved, unchanged stages is reused: stage 2 was aligned to stage 1 as it was."""
-    from pipeline.checkpoint import write_json
+    from pipeline.files import write_json
     from pipeline.pairs import load_features
     from pipeline.train import plan_curriculum, reusable_stages
 
@@ -190,8 +190,10 @@ def test_a_changed_stage_retrains_every_stage_after_it(feature_store, tmp_path):
 def test_bad_curricula_are_refused(feature_store, tmp_path):
     with pytest.raises(ConfigError, match="anchor 'video' is not aligned yet"):
         load_train_config(None, features=feature_store, output=str(tmp_path), stages="image:text,audio:video")
-    with pytest.raises(ConfigError, match="has no features for 'smell'"):
-        run_train(load_train_config(None, features=feature_store, output=str(tmp_path), stages="image:text,smell:text"))
+    with pytest.raises(ConfigError, match="stages.1.new = 'smell'.*unknown modality 'smell'"):
+        load_train_config(None, features=feature_store, output=str(tmp_path), stages="image:text,smell:text")
+    with pytest.raises(ConfigError, match="has no features for 'depth'"):  # a registered modality the store lacks
+        run_train(load_train_config(None, features=feature_store, output=str(tmp_path), stages="image:text,depth:text"))
 
 
 def _train_worker_pids():
@@ -296,12 +298,12 @@ def test_the_default_budget_adapts_to_the_store():
     stage = StageConfig(new="image", anchor="text")
     small, large = stage.resolved(6), stage.resolved(78_000)  # 500 pairs vs 5 M pairs, batches of 64
     assert (small.epochs, small.patience) == (200, 40) and (large.epochs, large.patience) == (1, 5)
-    assert stage.resolved(100).epochs == 15 and StageConfig(new="a", anchor="b", epochs=3).resolved(6).epochs == 3
-    assert StageConfig(new="a", anchor="b", patience=0).resolved(6).patience == 0  # 0 = no early stopping
+    assert stage.resolved(100).epochs == 15 and StageConfig(new="audio", anchor="text", epochs=3).resolved(6).epochs == 3
+    assert StageConfig(new="audio", anchor="text", patience=0).resolved(6).patience == 0  # 0 = no early stopping
     lrs = [stage.lr_factor(step, 1000) for step in range(1000)]
     assert lrs[0] == 1 / 50 and lrs[49] == 1.0 and abs(lrs[-1] - 0.1) < 1e-9  # warm-up over 5 %, cosine to 10 %
     assert all(b >= a for a, b in zip(lrs[:50], lrs[1:50])) and all(b <= a for a, b in zip(lrs[50:], lrs[51:]))
-    constant = StageConfig(new="a", anchor="b", schedule="constant", warmup=0)
+    constant = StageConfig(new="audio", anchor="text", schedule="constant", warmup=0)
     assert {constant.lr_factor(step, 100) for step in range(100)} == {1.0}
 
 
@@ -322,7 +324,7 @@ def test_the_no_flag_curriculum_trains_each_stage_until_validation_loss_stops_fa
 
 def test_tune_searches_each_stage_then_trains_it_with_the_best_settings(ray_session, feature_store, tmp_path, capsys):
     """`oneencoder tune`: ASHA trials per stage on the cached features, the best settings trained and recorded."""
-    from pipeline.checkpoint import read_json
+    from pipeline.files import read_json
     from pipeline.cli import main
 
     config = tmp_path / "tune.yaml"
@@ -356,7 +358,7 @@ def test_tune_searches_each_stage_then_trains_it_with_the_best_settings(ray_sess
 def test_k_token_features_train_and_embed_end_to_end(ray_session, tmp_path):
     """K = 3 token vectors per item: stored as (K, D), trained through the Universal Projection over K tokens,
     and a raw input embedded through the artifact's encoders pooled to the same K."""
-    from pipeline.checkpoint import read_json
+    from pipeline.files import read_json
     from pipeline.quality import concept_inputs, write_concept_store
     from pipeline.features import FeatureStore
 

@@ -9,13 +9,6 @@ from pipeline.config import EmbedConfig
 from pipeline.encoders.offline import BUILD_VERSION, ensure_built
 from pipeline.modality import Modality
 
-PAPER_MODELS: dict[Modality, str] = {
-    Modality.IMAGE: "google/vit-base-patch16-224",
-    Modality.TEXT: "bert-base-uncased",
-    Modality.AUDIO: "facebook/wav2vec2-base-960h",
-    Modality.VIDEO: "MCG-NJU/videomae-base",
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class EncoderRef:
@@ -51,8 +44,8 @@ def resolve_encoder(cfg: EmbedConfig, modality: Modality) -> EncoderRef:
         return EncoderRef(modality, enc.model, enc.revision, f"{enc.model}@{enc.revision or 'main'}")
     if cfg.preset == "tiny":
         path = ensure_built("tiny", modality, cache)
-        return EncoderRef(modality, path, None, f"oneencoder/tiny-{modality.value}@{BUILD_VERSION}", "tiny", cache)
-    model_id = PAPER_MODELS[modality]
+        return EncoderRef(modality, path, None, f"oneencoder/tiny-{modality}@{BUILD_VERSION}", "tiny", cache)
+    model_id = modality.spec.paper_model
     if cfg.random_init:
         path = ensure_built("paper", modality, cache)
         return EncoderRef(modality, path, None, f"{model_id}@random-init-{BUILD_VERSION}", "paper", cache)

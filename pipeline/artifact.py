@@ -1,0 +1,98 @@
+"""The model artifact: one folder, one format, written and read only here.
+
+    config.json        {"format": FORMAT, "model": ModelConfig fields}: written last, it marks a whole artifact
+    model.safetensors  the projection's weights (never pickle)
+    encoders.json      modality -> the frozen encoder record its features came from (the embed job's)
+    metrics.json       {"stages": [one record per trained stage, in curriculum order]}
+    provenance.json    features, training config, seed, creation time, versions; `from` for a grown model
+
+Torch-free to read (the serving gateway reads it too).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from pipeline.files import write_bytes_atomic, write_json
+
+FORMAT = "oneencoder-artifact/1"
+
+
+class ArtifactError(ValueError):
+    """A folder that is not a (whole) model artifact; the message names the folder and what it lacks."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """What a model artifact folder holds (weights stay on disk until asked for)."""
+
+    path: str
+    model: dict[str, Any]              # ModelConfig fields: d, layers, heads, ff, dropout, in_dims, tokens
+    encoders: dict[str, dict[str, Any]]
+    stages: list[dict[str, Any]]
+    provenance: dict[str, Any]
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.model["in_dims"])
+
+    @property
+    def weights_path(self) -> str:
+        return os.path.join(self.path, "model.safetensors")
+
+    def weights(self) -> bytes:
+        with open(self.weights_path, "rb") as fh:
+            return fh.read()
+
+    @property
+    def created(self) -> float:
+        return os.path.getmtime(os.path.join(self.path, "config.json"))
+
+
+def is_artifact(path: str) -> bool:
+    return os.path.exists(os.path.join(path, "config.json"))
+
+
+def read_artifact(path: str) -> Artifact:
+    """The artifact at ``path``; ArtifactError when it is missing, of another format, or lacks a file."""
+    if not is_artifact(path):
+        raise ArtifactError(f"no model artifact at {path}: expected config.json and model.safetensors "
+                            "written by `oneencoder train`")
+    config = _read(path, "config.json")
+    if config.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a OneEncoder model artifact (config.json format {config.get('format')!r}, "
+                            f"expected {FORMAT!r})")
+    if not os.path.exists(os.path.join(path, "model.safetensors")):
+        raise ArtifactError(f"model artifact {path} has no model.safetensors")
+    encoders = _read(path, "encoders.json")
+    missing = [m for m in config["model"]["in_dims"] if m not in encoders]
+    if missing:
+        raise ArtifactError(f"model artifact {path}: encoders.json has no record for {', '.join(missing)}")
+    optional = {name: _read(path, f"{name}.json") if os.path.exists(os.path.join(path, f"{name}.json")) else {}
+                for name in ("metrics", "provenance")}
+    return Artifact(path, config["model"], encoders, optional["metrics"].get("stages", []), optional["provenance"])
+
+
+def write_artifact(path: str, model: dict[str, Any], weights: bytes, encoders: dict[str, dict[str, Any]],
+                   stages: list[dict[str, Any]], provenance: dict[str, Any]) -> None:
+    """Write a whole artifact at ``path``: config.json is removed first and written last, so a reader never
+    takes a half-written folder for a model."""
+    os.makedirs(path, exist_ok=True)
+    marker = os.path.join(path, "config.json")
+    if os.path.exists(marker):
+        os.remove(marker)
+    write_bytes_atomic(os.path.join(path, "model.safetensors"), weights)
+    write_json(os.path.join(path, "encoders.json"), encoders)
+    write_json(os.path.join(path, "metrics.json"), {"stages": stages})
+    write_json(os.path.join(path, "provenance.json"), provenance)
+    write_json(marker, {"format": FORMAT, "model": model})
+
+
+def _read(path: str, name: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(path, name), encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"model artifact {path}: cannot read {name} ({type(e).__name__}: {e})") from None

@@ -1,0 +1,70 @@
+"""What a modality is, as one record: the registry's entry type, and the input sizes its decoder targets."""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+if TYPE_CHECKING:  # annotations only: this module stays free of torch, transformers and Ray
+    from pipeline.decode import DecodeSettings
+    from pipeline.encoders.frozen import FrozenEncoder
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What the decoders must produce for an encoder (read from its processor/config files only)."""
+
+    image_hw: tuple[int, int] = (224, 224)
+    sample_rate: int = 16000
+    num_frames: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalitySpec:
+    """Everything about one modality; the embed job, ``load_model``, serving, configs and the demo corpus
+    read it from here (``pipeline.modalities.REGISTRY``) instead of branching on the modality's name.
+
+    ``decode(source, settings)`` turns one item into what ``forward`` takes: ``source`` is the manifest's
+    string for an inline modality, the media's bytes when ``reads == "bytes"`` (decoded from memory), a
+    local file path when ``reads == "file"`` (ffmpeg). It raises ``DecodeError`` naming the limit or
+    format at fault. ``forward(encoder, batch)`` runs the frozen encoder on a batch of decoded items and
+    returns ``(hidden (B, T, D) tensor, valid token counts (B,))``.
+    """
+
+    name: str                                   # the manifest column, config key and API `modality` value
+    inline: bool                                # the manifest/API holds the value itself (text), not media
+    reads: Literal["inline", "bytes", "file"]   # what ``decode`` is given (see above)
+    decode: Callable[[Any, "DecodeSettings"], Any]
+    forward: Callable[["FrozenEncoder", list[Any]], tuple[Any, Any]]
+    processor: str                              # transformers Auto* class loading the encoder's own processor
+    tower: str                                  # the tower taken from a dual-tower checkpoint (CLIP, SigLIP, CLAP)
+    paper_model: str                            # the `paper` preset's frozen encoder (hub id)
+    builds: dict[str, Callable[[str], None]]    # offline builds ("tiny", "paper" random-init) into a folder
+    mime_types: tuple[str, ...] = ()            # data: URI types accepted; "major/*" matches a whole major type
+    routes_mime: bool = True                    # a data: URI of these types means this modality when none is named
+    extensions: tuple[str, ...] = ()            # file extensions of the accepted formats (docs, corpus, listings)
+    input_spec: Callable[[dict, dict, Any], InputSpec] | None = None  # (preprocessor json, config json, EncoderConfig)
+    decoded_dtype: str = "uint8"                # numpy dtype of a decoded array ("str" for text)
+
+    def accepts_mime(self, mime: str) -> bool:
+        """Whether a data: URI of type ``mime`` (lower case, no parameters) may hold this modality."""
+        major = mime.split("/", 1)[0]
+        return any(m == mime or (m.endswith("/*") and m[:-2] == major) for m in self.mime_types)
+
+
+def processor_hw(pre: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) an image processor resizes/crops to, from its preprocessor_config.json."""
+    for key in ("crop_size", "size"):
+        size = pre.get(key)
+        if isinstance(size, int):
+            return size, size
+        if not isinstance(size, dict):
+            continue
+        if size.get("height") and size.get("width"):
+            return int(size["height"]), int(size["width"])
+        if size.get("shortest_edge"):
+            return int(size["shortest_edge"]), int(size["shortest_edge"])
+    return 224, 224
+
+
+def image_input_spec(pre: dict, config: dict, enc: Any) -> InputSpec:
+    return InputSpec(image_hw=processor_hw(pre))

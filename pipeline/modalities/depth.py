@@ -1,0 +1,141 @@
+"""Depth maps (ImageBind's fifth modality): single-channel 16-bit PNG, TIFF or ``.npy``, decoded from memory.
+
+A map is read as float depths, pixels that are 0 or not finite count as missing, and the rest are
+divided by the map's largest depth: float32 (H, W) in [0, 1], so sensors with other units (mm, m)
+give the same input. The frozen encoder is a ViT: the tiny preset one with a single input channel,
+the paper preset the image ViT (google/vit-base-patch16-224) with the map repeated over its three
+channels; any ViT-like checkpoint (a CLIP/SigLIP vision tower too) works through the same path.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+
+from pipeline.media.errors import DecodeError
+from pipeline.modalities.base import ModalitySpec, image_input_spec
+
+FORMATS = ("PNG", "TIFF")                       # the only Pillow formats a depth map may be read as
+MODES = ("I;16", "I;16B", "I;16L", "I", "F", "L")  # single-channel integer or float pixels
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def decode(data: bytes, settings: Any) -> np.ndarray:
+    """Depth map bytes → float32 (H, W) in [0, 1], at most twice the encoder's input size. Raises DecodeError."""
+    max_pixels = settings.limits.max_image_pixels
+    depth = _read_npy(data, max_pixels) if data[:6] == NPY_MAGIC else _read_image(data, max_pixels)
+    return _normalise(_shrink(depth, settings.spec.image_hw))
+
+
+def _read_npy(data: bytes, max_pixels: int) -> np.ndarray:
+    """A ``.npy`` array, its header checked before any data is touched: no pickles, no object or structured
+    dtypes, 2-D (or H x W x 1), at most ``max_pixels``, and exactly as many bytes as the header says."""
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"format version {version[0]}.{version[1]} (expected 1.0 or 2.0)")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(buf)
+    except Exception as e:  # numpy parses the header with ast/tokenize: hostile bytes raise all sorts
+        raise DecodeError(f"corrupt .npy depth map header: {type(e).__name__}: {str(e)[:200]}") from None
+    if dtype.fields is not None or dtype.kind not in "uif" or dtype.itemsize > 8:
+        raise DecodeError(f".npy depth map has dtype {dtype}: expected integer or float depths")
+    if len(shape) == 3 and shape[2] == 1:
+        shape = shape[:2]
+    if len(shape) != 2 or min(shape) <= 0:
+        raise DecodeError(f".npy depth map has shape {shape}: expected (height, width) or (height, width, 1)")
+    _check_pixels(shape[1], shape[0], max_pixels)
+    count = shape[0] * shape[1]
+    if len(data) - buf.tell() < count * dtype.itemsize:
+        raise DecodeError(f"truncated .npy depth map: {len(data) - buf.tell()} bytes of data, "
+                          f"expected {count * dtype.itemsize} for shape {shape}")
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=buf.tell())
+    return (flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)).astype(np.float32)
+
+
+def _read_image(data: bytes, max_pixels: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+            _check_pixels(img.width, img.height, max_pixels)
+            if img.mode not in MODES:
+                raise DecodeError(f"depth map has {img.mode} pixels: expected one channel (16-bit or 32-bit integer, "
+                                  "float, or 8-bit grey); send colour pictures as modality image")
+            img.load()
+            return np.asarray(img).astype(np.float32)
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError("not a depth map format we accept: expected 16-bit PNG, TIFF or .npy") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DecodeError(f"decompression bomb refused: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:  # Pillow reports truncation/corruption as these
+        raise DecodeError(f"corrupt or truncated depth map: {type(e).__name__}: {e}") from None
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise DecodeError(f"depth map is {width}x{height} = {width * height} pixels, over "
+                          f"limits.max_image_pixels={max_pixels}")
+
+
+def _shrink(depth: np.ndarray, target_hw: tuple[int, int]) -> np.ndarray:
+    """Maps much larger than the encoder's input shrink (nearest: missing pixels never blend into depths)."""
+    from PIL import Image
+
+    bound = (2 * target_hw[1], 2 * target_hw[0])
+    height, width = depth.shape
+    if width <= bound[0] and height <= bound[1]:
+        return depth
+    img = Image.fromarray(np.ascontiguousarray(depth, np.float32), mode="F")
+    img.thumbnail(bound, Image.Resampling.NEAREST)
+    return np.asarray(img, np.float32)
+
+
+def _normalise(depth: np.ndarray) -> np.ndarray:
+    valid = np.isfinite(depth) & (depth > 0)
+    if not valid.any():
+        raise DecodeError("depth map has no valid pixels: expected positive, finite depths (0 or NaN mark missing)")
+    return np.where(valid, depth / depth[valid].max(), 0.0).astype(np.float32)
+
+
+def forward(encoder: Any, maps: list[np.ndarray]):
+    """(H, W) maps → repeated over the model's input channels → its processor (no 1/255 rescale: maps are in
+    [0, 1] already) → hidden (B, patches, D)."""
+    import torch
+
+    config = encoder.model.config
+    channels = int(getattr(getattr(config, "vision_config", config), "num_channels", 1))
+    images = [np.repeat(m[..., None], channels, axis=-1) for m in maps]
+    batch = encoder.processor(images=images, do_rescale=False, input_data_format="channels_last", return_tensors="pt")
+    hidden = encoder.run(pixel_values=batch["pixel_values"].to(encoder.device, encoder.dtype))
+    return hidden, torch.full((hidden.shape[0],), hidden.shape[1])
+
+
+def build_tiny(dest: str) -> None:
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                    image_size=32, patch_size=8, num_channels=1)
+    ViTModel(cfg).save_pretrained(dest)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.5], image_std=[0.5]).save_pretrained(dest)
+
+
+def build_paper(dest: str) -> None:
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    ViTModel(ViTConfig()).save_pretrained(dest)  # the paper preset's architecture: ViT-B/16, 3 channels, 224
+    ViTImageProcessorPil(size={"height": 224, "width": 224}).save_pretrained(dest)
+
+
+SPEC = ModalitySpec(
+    name="depth", inline=False, reads="bytes", decode=decode, forward=forward, processor="AutoImageProcessor",
+    tower="vision", paper_model="google/vit-base-patch16-224", builds={"tiny": build_tiny, "paper": build_paper},
+    mime_types=("image/png", "image/tiff", "application/x-npy"), routes_mime=False,  # a PNG is an image unless named
+    extensions=(".png", ".tif", ".tiff", ".npy"), input_spec=image_input_spec, decoded_dtype="float32")

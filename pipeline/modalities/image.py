@@ -1,0 +1,44 @@
+"""Images: Pillow-decoded from memory (JPEG, PNG, WebP, GIF, BMP, TIFF); ViT (paper), CLIP/SigLIP vision towers."""
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.media.image import decode_image
+from pipeline.modalities.base import ModalitySpec, image_input_spec
+
+
+def decode(data: bytes, settings: Any):
+    """Image bytes → RGB uint8 (H, W, 3), at most twice the encoder's input size."""
+    return decode_image(data, settings.limits.max_image_pixels, settings.spec.image_hw)
+
+
+def forward(encoder: Any, images: list[Any]):
+    """RGB uint8 (H, W, 3) arrays → the encoder's processor → hidden (B, patches, D); every patch is valid."""
+    import torch
+
+    batch = encoder.processor(images=images, return_tensors="pt")
+    hidden = encoder.run(pixel_values=batch["pixel_values"].to(encoder.device, encoder.dtype))
+    return hidden, torch.full((hidden.shape[0],), hidden.shape[1])
+
+
+def build_tiny(dest: str) -> None:
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                    image_size=32, patch_size=8)
+    ViTModel(cfg).save_pretrained(dest)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(dest)
+
+
+def build_paper(dest: str) -> None:
+    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
+
+    ViTModel(ViTConfig()).save_pretrained(dest)  # ViT-B/16 at 224, as google/vit-base-patch16-224
+    ViTImageProcessorPil(size={"height": 224, "width": 224}).save_pretrained(dest)
+
+
+SPEC = ModalitySpec(
+    name="image", inline=False, reads="bytes", decode=decode, forward=forward, processor="AutoImageProcessor",
+    tower="vision", paper_model="google/vit-base-patch16-224", builds={"tiny": build_tiny, "paper": build_paper},
+    mime_types=("image/*",), extensions=(".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"),
+    input_spec=image_input_spec)

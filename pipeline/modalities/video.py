@@ -1,0 +1,48 @@
+"""Video: N frames sampled uniformly by ffmpeg from allow-listed containers; VideoMAE (paper) or any video model."""
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.media.video import decode_video
+from pipeline.modalities.base import InputSpec, ModalitySpec, processor_hw
+
+
+def decode(path: str, settings: Any):
+    """A local video file → uint8 (num_frames, H, W, 3) at the encoder's size."""
+    spec, lim = settings.spec, settings.limits
+    return decode_video(path, spec.num_frames, spec.image_hw, lim.max_video_seconds, lim.decode_timeout_s, settings.ffmpeg)
+
+
+def input_spec(pre: dict, config: dict, enc: Any) -> InputSpec:
+    return InputSpec(image_hw=processor_hw(pre), num_frames=enc.num_frames or int(config.get("num_frames", 16)))
+
+
+def forward(encoder: Any, clips: list[Any]):
+    import torch
+
+    batch = encoder.processor([list(clip) for clip in clips], return_tensors="pt")
+    hidden = encoder.run(pixel_values=batch["pixel_values"].to(encoder.device, encoder.dtype))
+    return hidden, torch.full((hidden.shape[0],), hidden.shape[1])
+
+
+def build_tiny(dest: str) -> None:
+    from transformers import VideoMAEConfig, VideoMAEImageProcessorPil, VideoMAEModel
+
+    cfg = VideoMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         image_size=32, patch_size=8, num_frames=4, tubelet_size=2)
+    VideoMAEModel(cfg).save_pretrained(dest)
+    VideoMAEImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(dest)
+
+
+def build_paper(dest: str) -> None:
+    from transformers import VideoMAEConfig, VideoMAEImageProcessorPil, VideoMAEModel
+
+    VideoMAEModel(VideoMAEConfig()).save_pretrained(dest)  # 16 frames, 224x224, tubelet 2
+    VideoMAEImageProcessorPil().save_pretrained(dest)
+
+
+SPEC = ModalitySpec(
+    name="video", inline=False, reads="file", decode=decode, forward=forward, processor="AutoImageProcessor",
+    tower="video", paper_model="MCG-NJU/videomae-base", builds={"tiny": build_tiny, "paper": build_paper},
+    mime_types=("video/*",), extensions=(".mp4", ".webm", ".mkv", ".mov", ".avi", ".ts", ".ogv"),
+    input_spec=input_spec)
