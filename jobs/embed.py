@@ -2,47 +2,34 @@
 
     python -m jobs.embed --input data/manifest.jsonl --output out/ [--preset tiny|paper] [--config FILE]
     ray job submit --working-dir . -- python -m jobs.embed --config jobs/configs/embed_tiny.yaml
+
+Flags are the config's fields (jobs/registry.py); `oneencoder config-reference embed` lists them all.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pipeline.config import ConfigError, load_embed_config, require_paths
-from pipeline.embed import ResumeMismatchError, format_summary, run_embed
-from pipeline.runtime import init_ray, setup_logging
-from pipeline.sources import ManifestError
+from jobs import registry
+from pipeline.config import EmbedConfig, require_paths
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="python -m jobs.embed", description=__doc__.splitlines()[0])
-    p.add_argument("--input", help="manifest URI (JSONL, CSV or Parquet; local or s3://)")
-    p.add_argument("--output", help="output folder (local or s3://)")
-    p.add_argument("--preset", choices=["tiny", "paper"], help="encoder preset (default tiny)")
-    p.add_argument("--random-init", action="store_true", default=None, help="build the preset's architectures with random weights, offline")
-    p.add_argument("--config", help="YAML config; flags override its fields (see `oneencoder config-reference`)")
-    p.add_argument("--modalities", help="comma-separated subset, e.g. image,text (default: all in the manifest)")
-    p.add_argument("--overwrite", action="store_true", default=None, help="delete earlier output of these modalities and start over")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
-    return p
+    return registry.build_parser(registry.JOBS["embed"], parser)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run(args)
+    return registry.main("embed", argv)
 
 
-def run(args: argparse.Namespace) -> int:
-    setup_logging(args.verbose)
-    try:
-        cfg = load_embed_config(args.config, input=args.input, output=args.output, preset=args.preset,
-                                random_init=args.random_init, modalities=args.modalities, overwrite=args.overwrite)
-        require_paths(cfg)
-        init_ray()
-        summary = run_embed(cfg)
-    except (ConfigError, ManifestError, ResumeMismatchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run(cfg: EmbedConfig, args: argparse.Namespace) -> int:
+    """Embed, print the summary; exit 1 when some shard is still missing (a rerun resumes)."""
+    from pipeline.embed.job import format_summary, run_embed
+    from pipeline.runtime import init_ray
+
+    require_paths(cfg)
+    init_ray()
+    summary = run_embed(cfg)
     print(format_summary(summary))
     return 0 if all(m["complete"] for m in summary["modalities"].values()) else 1
 

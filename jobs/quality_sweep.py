@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 
-from pipeline.quality import BASELINE_EPOCHS, STYLES
+from jobs.quality import BASELINE_EPOCHS, STYLES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 def sweep_run(root: str, seed: int, threads: int, epochs: int | None, samples: int, style: str = "suite",
               baseline_epochs: int = BASELINE_EPOCHS) -> dict:
     """One quality-bar run: concept store of ``style``, curriculum and baseline with this seed on ``threads`` threads."""
-    from pipeline.quality import STAGES, VAL_FRACTION, compare, write_concept_store
-    from pipeline.train import run_train
-    from pipeline.train_config import load_train_config
+    from jobs.quality import STAGES, VAL_FRACTION, write_concept_store
+    from pipeline.eval.baseline import compare
+    from pipeline.train.job import run_train
+    from pipeline.train.config import load_train_config
 
     store, model = os.path.join(root, "features"), os.path.join(root, "model")
     labels = write_concept_store(store, n=samples, seed=seed, threads=threads, style=style)

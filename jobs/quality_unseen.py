@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from pipeline.quality import STAGES, STYLES
+from jobs.quality import STAGES, STYLES
 
 DIRECTIONS = (("image", "text"), ("text", "image"), ("audio", "text"), ("video", "text"))
 
@@ -75,11 +75,12 @@ def unseen_run(root: str, seed: int, args: argparse.Namespace) -> dict:
     """One run: training store, no-flag training, test corpus through the artifact, baseline per pair."""
     from pipeline.config import read_yaml_mapping
     from pipeline.inference import load_model
-    from pipeline.pairs import load_features
-    from pipeline.quality import concept_hits, concept_inputs, fit_baseline, torch_threads, worse_p_value
-    from pipeline.quality import write_concept_store
-    from pipeline.train import run_train
-    from pipeline.train_config import load_train_config
+    from pipeline.store.pairs import load_features
+    from jobs.quality import concept_inputs
+    from pipeline.eval.baseline import concept_hits, fit_baseline, torch_threads, worse_p_value
+    from jobs.quality import write_concept_store
+    from pipeline.train.job import run_train
+    from pipeline.train.config import load_train_config
 
     store = os.path.join(root, f"features-{args.style}-{args.train}-k{args.tokens}")
     model_dir = os.path.join(root, f"model-k{args.tokens}")
@@ -122,7 +123,7 @@ def unseen_run(root: str, seed: int, args: argparse.Namespace) -> dict:
 
 
 def _concept(i: int) -> tuple[str, str]:
-    from pipeline.corpus import concept
+    from jobs.corpus import concept
 
     return concept(i)
 

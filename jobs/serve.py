@@ -10,42 +10,50 @@ import os
 import sys
 import time
 
+from jobs import registry
 from pipeline.config import ConfigError
-from pipeline.runtime import init_ray, setup_logging
+from serving.config import ServeArgs
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving", "serve_config.yaml")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="python -m jobs.serve", description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="model artifact folder written by `oneencoder train`")
-    p.add_argument("--features", help="feature store to index for /v1/search (default: none, search off)")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="Ray Serve config YAML (default: serving/serve_config.yaml)")
+    return registry.build_parser(registry.JOBS["serve"], parser)
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """--config here is a whole Ray Serve config (its applications[0].args are the ServeArgs)."""
+    p.set_defaults(config=DEFAULT_CONFIG)
     p.add_argument("--host", help="HTTP host (default: the config's http_options.host)")
     p.add_argument("--port", type=int, help="HTTP port (default: the config's http_options.port)")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
-    return p
+
+
+def load(model: type[ServeArgs], args: argparse.Namespace) -> ServeArgs:
+    """The Serve config's args with the flags over them, validated before Ray starts."""
+    from serving.config import load_serve_config, parse_args
+
+    if args.port is not None and not 0 < args.port < 65536:
+        raise ConfigError(f"--port = {args.port}: expected 1-65535")
+    flags = {k: v for k, v in (("model", args.model), ("features", args.features)) if v is not None}
+    return parse_args({**load_serve_config(args.config)["args"], **flags}, args.config)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    return registry.main("serve", argv)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: ServeArgs, args: argparse.Namespace) -> int:
     from ray import serve
 
+    from pipeline.runtime import init_ray
     from serving.local import deploy, prepare
 
-    setup_logging(args.verbose)
     try:
-        if args.port is not None and not 0 < args.port < 65536:
-            raise ConfigError(f"--port = {args.port}: expected 1-65535")
-        app, http = prepare(args.config, model=args.model, features=args.features)  # validated before Ray starts
-        init_ray()
-        url = deploy(app, http, host=args.host, port=args.port)
-    except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        app, http = prepare(args.config, model=cfg.model, features=cfg.features)
+    except ValueError as e:  # e.g. a deployment the model has no modality for, or a store of other encoders
+        raise ConfigError(str(e)) from None
+    init_ray()
+    url = deploy(app, http, host=args.host, port=args.port)
     print(f"serving {url}  (Ctrl-C stops)\n"
           f"  curl {url}/health\n"
           f"  curl {url}/v1/embeddings -H 'Content-Type: application/json' "

@@ -10,52 +10,43 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jobs import registry
 from pipeline.config import ConfigError
-from pipeline.runtime import init_ray, setup_logging
-from pipeline.train_config import load_train_config
+from pipeline.train.config import TrainConfig, load_train_config
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None, tune: bool = False) -> argparse.ArgumentParser:
     """The train command's flags; with ``tune`` (``oneencoder tune``) the search is always on."""
-    p = parser or argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__.splitlines()[0])
-    p.add_argument("--features", help="feature store folder written by the embed job")
-    p.add_argument("--output", help="model artifact folder")
-    p.add_argument("--stages", help="curriculum, e.g. image:text,audio:text,video:text (each new:anchor)")
-    p.add_argument("--from", dest="from_model", metavar="MODEL",
-                   help="grow this model artifact: its modalities stay frozen (their vectors unchanged) and --stages "
-                        "add new ones, e.g. --from models/v1 --stages depth:image")
+    return registry.build_parser(registry.JOBS["tune" if tune else "train"], parser)
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """Flags that are not TrainConfig fields: they change every stage, or switch the search on."""
     p.add_argument("--epochs", type=int, help="epochs of every stage (default: automatic, each stage's `steps` budget)")
-    p.add_argument("--config", help="YAML config; flags override its fields")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
-    if tune:
-        p.set_defaults(tune=True)
-    else:
-        p.add_argument("--tune", action="store_true", help="search each stage's lr, step budget, weight decay and temperature "
-                                                           "with Ray Tune (ASHA) first, as `oneencoder tune` does")
+    p.add_argument("--tune", action="store_true", help="search each stage's lr, step budget, weight decay and temperature "
+                                                       "with Ray Tune (ASHA) first, as `oneencoder tune` does")
     p.add_argument("--trials", type=int, help="trials per stage of the search (default: the config's tune.trials, else 8)")
-    return p
+
+
+def load(model: type[TrainConfig], args: argparse.Namespace) -> TrainConfig:
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs = {args.epochs}: expected at least 1")
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials = {args.trials}: expected at least 1")
+    flags = {name: getattr(args, name) for name in model.model_fields if name != "tune" and hasattr(args, name)}
+    return load_train_config(args.config, epochs=args.epochs, search=args.tune, trials=args.trials, **flags)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    return registry.main("train", argv)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pipeline.train import run_train
+def run(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    from pipeline.runtime import init_ray
+    from pipeline.train.job import run_train
 
-    setup_logging(args.verbose)
-    try:
-        if args.epochs is not None and args.epochs < 1:
-            raise ConfigError(f"--epochs = {args.epochs}: expected at least 1")
-        if args.trials is not None and args.trials < 1:
-            raise ConfigError(f"--trials = {args.trials}: expected at least 1")
-        cfg = load_train_config(args.config, epochs=args.epochs, features=args.features, output=args.output,
-                                stages=args.stages, from_model=args.from_model, search=args.tune, trials=args.trials)
-        init_ray()
-        result = run_train(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    init_ray()
+    result = run_train(cfg)
     for s in result["stages"]:
         best = s["best"]
         print(f"stage {s['stage']}: {s['epochs_run']} epochs, best epoch {s['best_epoch']}, "

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-from pipeline.files import write_bytes_atomic, write_json
+from pipeline.store.files import write_bytes_atomic, write_json
 
 FORMAT = "oneencoder-artifact/1"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from pipeline.modality import Modality
 
@@ -34,13 +34,30 @@ class StorageConfig(StrictModel):
     anon: bool = Field(False, description="Read S3 without credentials (public buckets).")
 
 
-class LimitsConfig(StrictModel):
+class MediaLimits(StrictModel):
+    """The limits every media input has, whatever its modality."""
+
     max_file_bytes: int = Field(200 * 2**20, ge=1, description="Largest media file read, in bytes; larger is an error row.")
-    max_image_pixels: int = Field(60_000_000, ge=1, description="Largest image (width*height) decoded; guards against decompression bombs.")
-    max_audio_seconds: float = Field(60.0, gt=0, description="Longest audio accepted; longer is an error row, not silently cut.")
-    max_video_seconds: float = Field(300.0, gt=0, description="Longest video accepted; longer is an error row.")
-    max_text_chars: int = Field(100_000, ge=1, description="Longest inline text accepted, in characters.")
     decode_timeout_s: float = Field(60.0, gt=0, description="Wall-clock limit for one ffmpeg decode; a hung decoder becomes an error row.")
+
+
+def modality_limit_fields(serving: bool = False) -> dict[str, Any]:
+    """The limits the registered modalities declare (``ModalitySpec.limits``) as pydantic field definitions,
+    with their job or serving defaults. Two modalities may share a limit only by declaring the same one."""
+    from pipeline.modalities import REGISTRY
+
+    declared: dict[str, Any] = {}
+    for spec in REGISTRY.values():
+        for name, limit in spec.limits.items():
+            if declared.setdefault(name, limit) is not limit:
+                raise TypeError(f"modalities declare limit {name!r} twice, differently")
+    return {name: (limit.kind, Field(limit.serve if serving else limit.job, description=limit.description, **limit.bounds))
+            for name, limit in declared.items()}
+
+
+# the embed job's limits: the media ones, then each modality's own (a new modality's limit is a field here)
+LimitsConfig = create_model("LimitsConfig", __base__=MediaLimits, __module__=__name__, **modality_limit_fields())
+LimitsConfig.__doc__ = "Size, duration and time limits on inputs: the media ones and each registered modality's."
 
 
 class DecodeConfig(StrictModel):

@@ -5,23 +5,30 @@ features (B, K, D_m) from the feature store, outputs L2-normalised vectors (B, d
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
+from pipeline.config import StrictModel
 
-@dataclasses.dataclass
-class ModelConfig:
-    """Shape of the projection model (saved as the artifact's config)."""
 
-    d: int = 256                       # shared space width
-    layers: int = 1                    # Universal Projection transformer layers
-    heads: int = 4                     # attention heads
-    ff: int = 2048                     # feed-forward width of each layer
-    dropout: float = 0.1               # dropout in adapters and the transformer
-    in_dims: dict[str, int] = dataclasses.field(default_factory=dict)   # modality -> D_m of its cached features
-    tokens: dict[str, int] = dataclasses.field(default_factory=dict)    # modality -> K of its cached features
+class ModelConfig(StrictModel):
+    """Shape of the projection model: the training config's ``model:`` block, and, with each modality's feature
+    width D and K filled in by training, the artifact's config.json."""
+
+    d: int = Field(256, ge=8, description="Width of the shared space.")
+    layers: int = Field(1, ge=1, description="Universal Projection transformer layers.")
+    heads: int = Field(4, ge=1, description="Attention heads (must divide d).")
+    ff: int = Field(2048, ge=8, description="Feed-forward width of each transformer layer.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in adapters and transformer.")
+    in_dims: dict[str, int] = Field(default_factory=dict, description="Per modality: D of its cached features (set by training).")
+    tokens: dict[str, int] = Field(default_factory=dict, description="Per modality: K of its cached features (set by training).")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.d % self.heads:
+            raise ValueError(f"heads={self.heads} must divide d={self.d}")
+        return self
 
 
 class Adapter(nn.Module):

@@ -267,7 +267,7 @@ def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
     """The model's modalities that have features in the store; refuses a store embedded with other
     encoders (or another K) than the model was trained on, naming both."""
     from pipeline.artifact import read_artifact
-    from pipeline.features import FeatureStore
+    from pipeline.store.features import FeatureStore
 
     store = FeatureStore(args.features, args.storage.model_dump())
     found = [m for m in modalities if store.run_record(m) is not None]

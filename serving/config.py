@@ -11,11 +11,12 @@ import os
 import re
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator
 
 from pipeline.artifact import is_artifact
+from pipeline.config import (ConfigError, LimitsConfig, StorageConfig, StrictModel, format_validation_errors,
+                             modality_limit_fields, read_yaml_mapping)
 from pipeline.modality import Modality
-from pipeline.config import ConfigError, StorageConfig, StrictModel, format_validation_errors, read_yaml_mapping
 
 APP_NAME = "oneencoder"
 GATEWAY, SEARCH = "Gateway", "SearchIndex"
@@ -26,16 +27,16 @@ def encoder_deployment(modality: str) -> str:
     return f"encoder-{modality}"
 
 
-class ServeLimits(StrictModel):
-    max_items: int = Field(64, ge=1, description="Inputs per request (the `input` list).")
-    max_item_bytes: int = Field(10 * 2**20, ge=1, description="Largest decoded media item (data URI payload or fetched URL), in bytes.")
-    max_request_bytes: int = Field(32 * 2**20, ge=1, description="Largest request body, in bytes (413 above it).")
-    max_text_chars: int = Field(20_000, ge=1, description="Longest text input, in characters.")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest image (width*height) decoded.")
-    max_audio_seconds: float = Field(30.0, gt=0, description="Longest audio input.")
-    max_video_seconds: float = Field(60.0, gt=0, description="Longest video input.")
-    decode_timeout_s: float = Field(20.0, gt=0, description="Wall-clock limit for one ffmpeg decode.")
-    max_k: int = Field(100, ge=1, description="Largest `k` a search may ask for.")
+# the embed job's limits (the same fields, read by the same decoders) with a server's tighter defaults, plus a request's
+ServeLimits = create_model(
+    "ServeLimits", __base__=LimitsConfig, __module__=__name__,
+    max_file_bytes=(int, Field(10 * 2**20, ge=1, description="Largest media item (a data URI's decoded payload or a fetched URL), in bytes.")),
+    decode_timeout_s=(float, Field(20.0, gt=0, description="Wall-clock limit for one ffmpeg decode.")),
+    **modality_limit_fields(serving=True),
+    max_items=(int, Field(64, ge=1, description="Inputs per request (the `input` list).")),
+    max_request_bytes=(int, Field(32 * 2**20, ge=1, description="Largest request body, in bytes (413 above it).")),
+    max_k=(int, Field(100, ge=1, description="Largest `k` a search may ask for.")))
+ServeLimits.__doc__ = "Request and media limits of the server."
 
 
 class RemoteSettings(StrictModel):

@@ -14,15 +14,6 @@ from serving.config import BatchSettings, ServeArgs, batch_settings
 log = logging.getLogger("serving")
 
 
-def _media_limits(args: ServeArgs):
-    from pipeline.config import LimitsConfig
-
-    lim = args.limits
-    return LimitsConfig(max_file_bytes=lim.max_item_bytes, max_image_pixels=lim.max_image_pixels,
-                        max_audio_seconds=lim.max_audio_seconds, max_video_seconds=lim.max_video_seconds,
-                        max_text_chars=lim.max_text_chars, decode_timeout_s=lim.decode_timeout_s)
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=256,
                   autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
                   health_check_period_s=10, user_config=BatchSettings().model_dump())
@@ -40,7 +31,7 @@ class ModalityEncoder:
         import ray
 
         gpus = len(ray.get_gpu_ids())  # from the deployment's ray_actor_options (num_gpus)
-        self.model = load_model(self.args.model, limits=_media_limits(self.args), batch_size=BatchSettings().max_batch_size,
+        self.model = load_model(self.args.model, limits=self.args.limits, batch_size=BatchSettings().max_batch_size,
                                 encoder_overrides={"torch_threads": self.args.torch_threads, "num_gpus": float(gpus > 0)})
         self.model.warm(modality)  # the replica reports healthy only once its encoder is loaded
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)
@@ -62,23 +53,11 @@ class ModalityEncoder:
         return await asyncio.to_thread(self._embed, items)
 
     def _embed(self, items: list[Any]) -> list[dict[str, Any]]:
-        try:
-            return self._encode_all(items)
-        except Exception as e:  # one odd input must not fail its batch-mates: retry one by one
-            log.warning("encoder-%s: batch of %d failed (%s); encoding items one by one", self.modality, len(items), e)
-            return [self._embed_one(item) for item in items]
+        """The model's one raw-item → vector path; an item that gives no vector (unreadable, undecodable, failing
+        the encoder, non-finite) becomes an {"error"} result without failing its batch-mates."""
+        from pipeline.item_encoder import ItemError
 
-    def _embed_one(self, item: Any) -> dict[str, Any]:
-        try:
-            return self._encode_all([item])[0]
-        except Exception as e:
-            return {"error": f"the {self.modality} encoder could not process this input ({type(e).__name__}: {e})"}
-
-    def _encode_all(self, items: list[Any]) -> list[dict[str, Any]]:
-        """Undecodable items and non-finite vectors become {"error"} results; an encoder failure raises."""
-        from pipeline.inference import ItemError
-
-        return [{"error": r.reason} if isinstance(r, ItemError) else {"embedding": r[0], "tokens": r[1]}
+        return [{"error": r.reason} if isinstance(r, ItemError) else {"embedding": r.vector, "tokens": r.tokens}
                 for r in self.model.embed_items(items, self.modality)]
 
     def stats(self) -> dict[str, Any]:
@@ -98,7 +77,7 @@ class SearchIndex:
     """Exact inner-product search over a feature store projected through the model at start-up."""
 
     def __init__(self, args: dict[str, Any]):
-        from pipeline.features import FeatureStore, embeddings, read_features
+        from pipeline.store.features import FeatureStore, embeddings, read_features
         from pipeline.inference import load_model
 
         self.args = ServeArgs(**args)

@@ -170,17 +170,17 @@ def _data_uri(index: int, raw: str, forced: str | None, limits: ServeLimits) -> 
     if "base64" not in [p.strip().lower() for p in params[1:]]:
         raise item_error(index, "data URI must be base64-encoded (data:<mime>;base64,<payload>)", "invalid_data_uri")
     modality = _modality_of(index, mime, forced)
-    if len(payload) * 3 // 4 > limits.max_item_bytes + 3:
+    if len(payload) * 3 // 4 > limits.max_file_bytes + 3:
         raise item_error(index, f"payload of about {len(payload) * 3 // 4} bytes is over the limit of "
-                                f"{limits.max_item_bytes} bytes per item", "item_too_large")
+                                f"{limits.max_file_bytes} bytes per item", "item_too_large")
     try:
         data = base64.b64decode(payload.strip(), validate=True)
     except (binascii.Error, ValueError) as e:
         raise item_error(index, f"invalid base64 payload ({e})", "invalid_base64") from None
     if not data:
         raise item_error(index, "empty payload", "invalid_input")
-    if len(data) > limits.max_item_bytes:
-        raise item_error(index, f"payload of {len(data)} bytes is over the limit of {limits.max_item_bytes} bytes per item",
+    if len(data) > limits.max_file_bytes:
+        raise item_error(index, f"payload of {len(data)} bytes is over the limit of {limits.max_file_bytes} bytes per item",
                          "item_too_large")
     return modality, data
 
@@ -203,13 +203,13 @@ def fetch(item: Item, remote: RemoteSettings, limits: ServeLimits) -> Item:
             else http.client.HTTPConnection(address, port, timeout=remote.timeout_s))
     deadline = time.monotonic() + remote.timeout_s
     try:
-        data = _download(conn, parts, deadline, limits.max_item_bytes)
+        data = _download(conn, parts, deadline, limits.max_file_bytes)
     except (OSError, http.client.HTTPException, ValueError) as e:
         late = time.monotonic() >= deadline - 0.05
         raise item_error(i, f"fetching {url} took longer than remote.timeout_s={remote.timeout_s:g} s" if late
                          else f"could not fetch {url}: {type(e).__name__}: {e}", "fetch_failed") from None
-    if len(data) > limits.max_item_bytes:
-        raise item_error(i, f"{url} is over the limit of {limits.max_item_bytes} bytes per item", "item_too_large")
+    if len(data) > limits.max_file_bytes:
+        raise item_error(i, f"{url} is over the limit of {limits.max_file_bytes} bytes per item", "item_too_large")
     if not data:
         raise item_error(i, f"{url} returned an empty body", "fetch_failed")
     return Item(i, item.modality, data)

@@ -54,7 +54,7 @@ def ray_session(session_dir):
 @pytest.fixture(scope="session")
 def sample_corpus(session_dir):
     """12 paired samples in every listed format; returns the manifest path."""
-    from pipeline.corpus import write_sample_corpus
+    from jobs.corpus import write_sample_corpus
 
     return write_sample_corpus(os.path.join(session_dir, "corpus"), n=12)
 
@@ -66,7 +66,7 @@ from tests.settings import STAGES, VAL_FRACTION  # noqa: E402
 @pytest.fixture(scope="session")
 def concept_store(session_dir):
     """480 concept samples (24 concepts) encoded by the tiny encoders into a feature store."""
-    from pipeline.quality import write_concept_store
+    from jobs.quality import write_concept_store
 
     root = os.path.join(session_dir, "concept-features")
     return root, write_concept_store(root, n=480, seed=0)
@@ -79,8 +79,8 @@ def feature_store(concept_store):
 
 def _train_defaults(store: str, output: str):
     """The curriculum with the training defaults (no budget flags): what `oneencoder train` gives a user."""
-    from pipeline.train import run_train
-    from pipeline.train_config import load_train_config
+    from pipeline.train.job import run_train
+    from pipeline.train.config import load_train_config
 
     cfg = load_train_config(None, features=store, output=output, stages=STAGES, val_fraction=VAL_FRACTION)
     return output, run_train(cfg), cfg
@@ -94,7 +94,7 @@ def trained(ray_session, feature_store, session_dir):
 @pytest.fixture(scope="session")
 def other_concept_store(session_dir):
     """The quality bar's second corpus: 480 samples in the other style (captions, voice, clips)."""
-    from pipeline.quality import write_concept_store
+    from jobs.quality import write_concept_store
 
     root = os.path.join(session_dir, "other-concept-features")
     return root, write_concept_store(root, n=480, seed=0, style="other")
@@ -103,3 +103,41 @@ def other_concept_store(session_dir):
 @pytest.fixture(scope="session")
 def trained_other(ray_session, other_concept_store, session_dir):
     return _train_defaults(other_concept_store[0], os.path.join(session_dir, "model-other"))
+
+
+# --- the trained model grown by a fifth modality, depth (`oneencoder train --from`) ---
+
+def _digests(folder: str) -> dict[str, str]:
+    import hashlib
+
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as fh:
+                out[name] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="session")
+def depth_store(session_dir):
+    """240 concept samples' image, text and depth features (the same tiny encoders as the trained model's store),
+    as `oneencoder embed` would write them."""
+    from jobs.quality import write_concept_store
+
+    root = os.path.join(session_dir, "depth-features")
+    write_concept_store(root, n=240, seed=0, modalities=("image", "text", "depth"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def grown(ray_session, trained, depth_store, session_dir):
+    """(MODEL, MODEL2): the trained model, and it plus depth by the command the README gives."""
+    from jobs.train import main
+
+    base = trained[0]
+    before = _digests(base)
+    output = os.path.join(session_dir, "model-depth")
+    assert main(["--from", base, "--features", depth_store, "--stages", "depth:image", "--output", output]) == 0
+    assert _digests(base) == before  # the model it grows is left as it was
+    return base, output

@@ -1,6 +1,6 @@
 """Constants shared by the test modules and their fixtures."""
 import os
 
-from pipeline.quality import BASELINE_EPOCHS, STAGES, VAL_FRACTION  # noqa: F401  (the quality bar's setting)
+from jobs.quality import BASELINE_EPOCHS, STAGES, VAL_FRACTION  # noqa: F401  (the quality bar's setting)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: tests never depend on the cwd

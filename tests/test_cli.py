@@ -5,7 +5,7 @@ import json
 import os
 
 from jobs import embed as embed_job
-from pipeline import cli
+from jobs import cli
 
 
 def test_sample_corpus_writes_a_manifest(tmp_path, capsys):
@@ -41,3 +41,43 @@ def test_config_reference(capsys):
     assert cli.main(["config-reference", "evaluate"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("[evaluate]") and "model (default None)" in printed and "[embed]" not in printed
+
+
+def test_every_job_s_flags_are_its_config_fields():
+    """One registry drives the CLI: a config field is a flag (nested blocks come from --config), with its
+    description as help; `python -m jobs.<name>` and `oneencoder <name>` parse the same flags."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from jobs.registry import JOBS, build_parser
+
+    for job in JOBS.values():
+        parser = build_parser(job)
+        flags = {a.dest: a for a in parser._actions}
+        for name, field in job.config_class().model_fields.items():
+            nested = typing.get_origin(field.annotation) is dict or any(  # a block (lists are comma-separated flags)
+                isinstance(t, type) and issubclass(t, BaseModel) for t in (field.annotation, *typing.get_args(field.annotation))
+                if typing.get_origin(field.annotation) is not list)
+            offered = job.flags is None or name in job.flags
+            if offered and not nested and name not in job.defaults:
+                assert name in flags, (job.name, name)
+                assert (field.description or "").rstrip(".")[:30] in (flags[name].help or ""), (job.name, name)
+            elif nested:
+                assert name not in flags or name == "tune", (job.name, name)
+    embed = build_parser(JOBS["embed"]).parse_args(["--shard-size", "7", "--modalities", "image,depth"])
+    assert embed.shard_size == 7 and embed.modalities == "image,depth"
+    train = build_parser(JOBS["train"]).parse_args(["--from", "m1", "--val-fraction", "0.3", "--epochs", "2"])
+    assert (train.from_model, train.val_fraction, train.epochs, train.tune) == ("m1", 0.3, 2, False)
+    assert build_parser(JOBS["tune"]).parse_args([]).tune is True
+
+
+def test_a_flag_from_a_config_field_is_validated_like_the_config(capsys):
+    from jobs import registry
+
+    assert registry.main("embed", ["--input", "m.jsonl", "--output", "o", "--shard-size", "0"]) == 2
+    assert "shard_size = 0: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert cli.main(["sample-corpus", "/tmp/x", "--n", "0"]) == 2
+    assert "n = 0: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert cli.main(["demo", "--samples", "10"]) == 2
+    assert "samples = 10" in capsys.readouterr().err

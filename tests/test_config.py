@@ -87,16 +87,17 @@ def test_every_yaml_in_the_repo_validates():
     import yaml
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    from pipeline import job_configs
+    from jobs import benchmarks
+    from pipeline.eval.report import EvaluateConfig
     from pipeline.config import load_config
-    from pipeline.train_config import load_train_config
+    from pipeline.train.config import load_train_config
     from serving.config import ServeArgs, load_serve_config
 
     loaders = {"embed": load_embed_config, "train": load_train_config,
-               "evaluate": lambda f: load_config(job_configs.EvaluateConfig, f),
-               "benchmark_embed": lambda f: load_config(job_configs.BenchmarkEmbedConfig, f),
-               "benchmark_train": lambda f: load_config(job_configs.BenchmarkTrainConfig, f),
-               "benchmark_serve": lambda f: load_config(job_configs.BenchmarkServeConfig, f)}
+               "evaluate": lambda f: load_config(EvaluateConfig, f),
+               "benchmark_embed": lambda f: load_config(benchmarks.BenchmarkEmbedConfig, f),
+               "benchmark_train": lambda f: load_config(benchmarks.BenchmarkTrainConfig, f),
+               "benchmark_serve": lambda f: load_config(benchmarks.BenchmarkServeConfig, f)}
     checked = set()
     for rel in project_yaml_files():
         path = os.path.join(ROOT, rel)
@@ -130,7 +131,7 @@ def test_cli_bad_config_fails_before_starting_ray(tmp_path):
 
 
 def test_readme_config_reference_matches_the_code():
-    from pipeline.cli import job_config_reference
+    from jobs.registry import config_reference as job_config_reference
 
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     block = readme.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]

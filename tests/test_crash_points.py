@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import EmbedConfig
-from pipeline.embed import run_embed
-from pipeline.features import FeatureStore, read_errors, read_features
+from pipeline.embed.job import run_embed
+from pipeline.store.features import FeatureStore, read_errors, read_features
 
 IMAGES = 12
 
@@ -87,7 +87,7 @@ def _tables(ids_ok: list[str], ids_bad: list[str]):
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.features import ERROR_SCHEMA, features_table
+    from pipeline.store.features import ERROR_SCHEMA, features_table
 
     flat = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4 * len(ids_ok), np.float32)), 4)
     features = features_table(ids_ok, "image", [None] * len(ids_ok), "enc", flat, 1, 4)
@@ -146,7 +146,7 @@ def test_shard_numbers_past_99999_and_temp_files_of_other_modalities(tmp_path):
     store = FeatureStore(str(tmp_path), {})
     assert FeatureStore.shard_index(store.shard_name(123_456) + ".json") == 123_456
     assert FeatureStore.shard_index("image-" + store.shard_name(100_000) + ".parquet") == 100_000
-    from pipeline.features import ERROR_SCHEMA
+    from pipeline.store.features import ERROR_SCHEMA
 
     store.commit_shard("text", 100_001, ERROR_SCHEMA.empty_table(), ERROR_SCHEMA.empty_table(), 32)
     assert list(store.committed_shards("text")) == [100_001]
@@ -160,7 +160,7 @@ def test_shard_numbers_past_99999_and_temp_files_of_other_modalities(tmp_path):
 
 def test_resume_refuses_settings_that_change_the_rows_and_keeps_the_first_encoder_record(ray_session, sample_corpus,
                                                                                          tmp_path):
-    from pipeline.embed import ResumeMismatchError
+    from pipeline.embed.job import ResumeMismatchError
 
     out = str(tmp_path / "out")
     base = dict(input=sample_corpus, output=out, modalities=["text"], shard_size=4)
@@ -178,7 +178,7 @@ def test_resume_refuses_settings_that_change_the_rows_and_keeps_the_first_encode
 
 
 def test_relative_s3_uris_resolve_like_local_paths():
-    from pipeline.sources import resolve_uri
+    from pipeline.store.sources import resolve_uri
 
     assert resolve_uri("../img/x.png", "s3://bucket/data/set") == "s3://bucket/data/img/x.png"
     assert resolve_uri("../img/x.png", "/data/set") == "/data/img/x.png"
@@ -189,8 +189,8 @@ def test_relative_s3_uris_resolve_like_local_paths():
 # --- training: stage saves and the artifact ------------------------------------------------------
 
 def _train(features: str, output: str, epochs: int = 1):
-    from pipeline.train import run_train
-    from pipeline.train_config import load_train_config
+    from pipeline.train.job import run_train
+    from pipeline.train.config import load_train_config
 
     return run_train(load_train_config(None, features=features, output=output, stages="image:text", epochs=epochs,
                                        val_fraction=0.2))
@@ -200,7 +200,7 @@ def _stage_consistent(output: str, features: str) -> None:
     """The saved stage vouches for its weights and its store; the artifact loads and holds those weights."""
     from safetensors.torch import load_file
 
-    from pipeline.files import read_json
+    from pipeline.store.files import read_json
     from pipeline.inference import load_model
 
     stage = os.path.join(output, "stages", "1-image-text")
@@ -214,7 +214,7 @@ def _stage_consistent(output: str, features: str) -> None:
 
 def test_every_stage_save_step_then_a_rerun_leaves_consistent_stages(ray_session, feature_store, tmp_path, monkeypatch):
     import pipeline.artifact as artifact
-    import pipeline.train as train
+    import pipeline.train.job as train
 
     output = str(tmp_path / "model")
     with monkeypatch.context() as patch:  # weights written, marker not: the stage is not reused
@@ -237,10 +237,10 @@ def test_every_stage_save_step_then_a_rerun_leaves_consistent_stages(ray_session
 
 
 def test_a_stage_saved_on_another_store_is_retrained(feature_store, tmp_path):
-    from pipeline.files import write_json
-    from pipeline.pairs import load_features
-    from pipeline.train import plan_curriculum, reusable_stages
-    from pipeline.train_config import load_train_config
+    from pipeline.store.files import write_json
+    from pipeline.store.pairs import load_features
+    from pipeline.train.job import plan_curriculum, reusable_stages
+    from pipeline.train.config import load_train_config
 
     output = str(tmp_path / "model")
     features = {n: load_features(feature_store, n, {}) for n in ("image", "text")}

@@ -17,14 +17,14 @@ import pytest
 from PIL import Image
 
 from pipeline.config import LimitsConfig
-from pipeline.corpus import (AUDIO_FORMATS, DEPTH_FORMATS, VIDEO_FORMATS, clip, depth_map, draw_shape, encode_audio,
+from jobs.corpus import (AUDIO_FORMATS, DEPTH_FORMATS, VIDEO_FORMATS, clip, depth_map, draw_shape, encode_audio,
                              encode_video, tone, write_depth)
-from pipeline.decode import DecodeSettings, decode_bytes, decode_item
+from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.modalities import InputSpec
 from pipeline.media.errors import DecodeError
 from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.modality import Modality
-from pipeline.sources import ReadError
+from pipeline.store.sources import ReadError
 
 CASES = 300           # mutated inputs per modality
 TIMEOUT_S = 10.0      # limits.decode_timeout_s in this test

@@ -5,7 +5,7 @@ import json
 import os
 
 from jobs import embed as embed_job
-from pipeline.cli import main
+from jobs.cli import main
 
 
 def test_demo_runs_every_step_and_says_how_to_serve(ray_session, tmp_path, capsys):
@@ -37,7 +37,7 @@ def test_demo_workdir_is_resumed_replaced_or_refused(tmp_path):
     import pytest
 
     from pipeline.config import ConfigError
-    from pipeline.demo import prepare_workdir
+    from jobs.demo import prepare_workdir
 
     workdir = str(tmp_path / "w")
     os.makedirs(os.path.join(workdir, "features"))
@@ -56,11 +56,8 @@ def test_demo_workdir_is_resumed_replaced_or_refused(tmp_path):
 
 
 def test_demo_refuses_too_few_samples(capsys):
-    import pytest
-
-    with pytest.raises(SystemExit):
-        main(["demo", "--samples", "3"])
-    assert "--samples >= 24" in capsys.readouterr().err
+    assert main(["demo", "--samples", "3"]) == 2
+    assert "samples = 3: Input should be greater than or equal to 24" in capsys.readouterr().err
 
 
 def test_demo_writes_under_the_cache_not_the_current_folder(tmp_path, monkeypatch, capsys):

@@ -1,63 +1,26 @@
 """The paper's promise, end to end: depth, a fifth modality, added to a trained model without retraining it.
 
-The embed job reads depth maps (16-bit PNG, .npy, float TIFF); `oneencoder train --from MODEL --stages
-depth:image` trains only the new stage, every earlier modality's vectors stay bit-identical, and the
-grown model evaluates and serves depth through the same API.
+`oneencoder train --from MODEL --stages depth:image` (the `grown` fixture, conftest.py) trains only the new
+stage, every earlier modality's vectors stay bit-identical, and the grown model retrieves and evaluates
+depth. The embed job reading depth maps is in test_embed.py, serving depth in test_serve.py.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import io
-import json
 import os
-import socket
 
 import numpy as np
 import pytest
-import requests
-from PIL import Image
 
+from jobs.corpus import concept, draw_shape
+from jobs.quality import concept_inputs, write_concept_store
 from pipeline.artifact import read_artifact
-from pipeline.config import ConfigError, EmbedConfig
-from pipeline.corpus import concept, depth_map, draw_shape, write_depth
+from pipeline.config import ConfigError
+from pipeline.eval.baseline import concept_recall_at_1
 from pipeline.inference import load_model
 from pipeline.modality import Modality
-from pipeline.quality import concept_inputs, concept_recall_at_1, write_concept_store
 
 CHANCE = 1 / 24  # 24 concepts (6 colours x 4 shapes)
-
-
-@pytest.fixture(scope="module")
-def depth_store(session_dir):
-    """The concept corpus's image, text and depth features (the same ids, images and captions as the trained
-    model's store, embedded with the same tiny encoders), as `oneencoder embed` would write them."""
-    root = os.path.join(session_dir, "depth-features")
-    write_concept_store(root, n=480, seed=0, modalities=("image", "text", "depth"))
-    return root
-
-
-def _digests(folder: str) -> dict[str, str]:
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            with open(path, "rb") as fh:
-                out[name] = hashlib.sha256(fh.read()).hexdigest()
-    return out
-
-
-@pytest.fixture(scope="module")
-def grown(ray_session, trained, depth_store, tmp_path_factory):
-    """MODEL2 = the trained model + depth, by the command the README gives."""
-    from jobs.train import main
-
-    base = trained[0]
-    before = _digests(base)
-    output = str(tmp_path_factory.mktemp("grown") / "model2")
-    assert main(["--from", base, "--features", depth_store, "--stages", "depth:image", "--output", output]) == 0
-    assert _digests(base) == before  # the model it grows is left as it was
-    return base, output
 
 
 def test_train_from_adds_depth_and_leaves_every_earlier_vector_bit_identical(grown):
@@ -82,7 +45,7 @@ def test_train_from_adds_depth_and_leaves_every_earlier_vector_bit_identical(gro
 def test_the_grown_model_retrieves_depth_across_modalities(grown, depth_store):
     """On 150 concept samples never trained on: depth -> image and depth -> text find the concept far above
     chance, and `oneencoder evaluate` reports depth's pairs on the store."""
-    from pipeline.evaluate import evaluate
+    from pipeline.eval.report import evaluate
 
     model = load_model(grown[1])
     rng = np.random.default_rng(7)
@@ -98,8 +61,8 @@ def test_the_grown_model_retrieves_depth_across_modalities(grown, depth_store):
 
 
 def test_train_from_refuses_what_would_change_or_mismatch_the_grown_model(trained, depth_store, feature_store, tmp_path):
-    from pipeline.train import run_train
-    from pipeline.train_config import load_train_config
+    from pipeline.train.job import run_train
+    from pipeline.train.config import load_train_config
 
     base = trained[0]
 
@@ -120,73 +83,3 @@ def test_train_from_refuses_what_would_change_or_mismatch_the_grown_model(traine
     with pytest.raises(ConfigError, match="its image features come from .* with K=2, but .* was trained on .* with K=1"):
         train("depth:image", features=other)
     assert not os.path.exists(tmp_path / "m" / "config.json")
-
-
-def test_the_grown_model_serves_depth_through_the_same_api(grown, tmp_path):
-    """`modality: "depth"` with a 16-bit PNG gives the vector load_model gives; the same PNG without a modality
-    is an image, as every PNG was before depth existed."""
-    from ray import serve
-
-    from serving.local import deploy, prepare
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    small = {"ray_actor_options": {"num_cpus": 0.1}, "autoscaling_config": None, "num_replicas": 1}
-    app, http = prepare(_serve_config(tmp_path, grown[1], {"Gateway": small, "encoder-depth": small,
-                                                            "encoder-image": small}))
-    url = deploy(app, http, port=port)
-    try:
-        path = tmp_path / "d.png"
-        write_depth(str(path), depth_map("purple", "square", size=64))
-        uri = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-        as_depth = requests.post(url + "/v1/embeddings", json={"model": "oneencoder", "input": [uri], "modality": "depth"},
-                                 timeout=120)
-        assert as_depth.status_code == 200, as_depth.text
-        data = as_depth.json()["data"][0]
-        assert data["modality"] == "depth"
-        want = load_model(grown[1]).embed([path.read_bytes()], "depth")[0]
-        np.testing.assert_allclose(data["embedding"], want, atol=1e-5)
-        as_image = requests.post(url + "/v1/embeddings", json={"model": "oneencoder", "input": [uri]}, timeout=120)
-        assert as_image.status_code == 200 and as_image.json()["data"][0]["modality"] == "image"
-        rgb = io.BytesIO()
-        Image.new("RGB", (32, 32), (200, 10, 10)).save(rgb, "PNG")
-        bad = requests.post(url + "/v1/embeddings", json={
-            "model": "oneencoder", "modality": "depth",
-            "input": ["data:image/png;base64," + base64.b64encode(rgb.getvalue()).decode()]}, timeout=120)
-        assert bad.status_code == 400 and "depth map has RGB pixels" in bad.json()["error"]["message"]
-    finally:
-        serve.shutdown()
-
-
-def _serve_config(tmp_path, model: str, deployments: dict[str, dict]) -> str:
-    import yaml
-
-    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "serving", "serve_config.yaml")) as fh:
-        cfg = yaml.safe_load(fh)
-    app = cfg["applications"][0]
-    app["args"].update({"model": model, "modalities": ["depth", "image"]})
-    app["deployments"] = [{"name": name, **options} for name, options in deployments.items()]
-    path = str(tmp_path / "serve.yaml")
-    with open(path, "w") as fh:
-        yaml.safe_dump(cfg, fh)
-    return path
-
-
-def test_the_embed_job_reads_depth_maps_and_names_a_bad_one(ray_session, tmp_path):
-    from pipeline.corpus import write_sample_corpus
-    from pipeline.embed import run_embed
-    from pipeline.features import read_errors, read_features
-
-    manifest = write_sample_corpus(str(tmp_path / "corpus"), n=6, modalities=("text", "depth"))
-    draw_shape("red", "circle").save(tmp_path / "corpus" / "depth" / "colour.png")  # an RGB picture, not a depth map
-    with open(manifest, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"id": "bad", "text": "a red circle", "depth": "depth/colour.png"}) + "\n")
-    summary = run_embed(EmbedConfig(input=manifest, output=str(tmp_path / "out"), preset="tiny"))
-    depth = summary["modalities"]["depth"]
-    assert depth["items"] == 7 and depth["features"] == 6 and depth["errors"]["decode"] == 1 and depth["complete"]
-    uris = read_features(str(tmp_path / "out"), "depth").column("uri").to_pylist()
-    assert {u.rsplit(".", 1)[1] for u in uris} == {"png", "npy", "tiff"}  # every format has features
-    errors = read_errors(str(tmp_path / "out")).to_pylist()
-    assert [(e["id"], e["modality"], e["stage"]) for e in errors] == [("bad", "depth", "decode")]
-    assert "depth map has RGB pixels" in errors[0]["error"]

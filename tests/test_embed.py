@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.corpus import DEPTH_FORMATS, concept, depth_map, draw_shape, write_depth
 from pipeline.config import EmbedConfig
-from pipeline.embed import run_embed
-from pipeline.features import embeddings, read_errors, read_features
+from pipeline.embed.job import run_embed
 from pipeline.media.ffmpeg import find_ffmpeg
+from pipeline.store.features import embeddings, read_errors, read_features
 from tests.media_factory import jpeg_with_orientation, write_bad_media
 
 LIMITS = {"max_file_bytes": 200_000, "max_image_pixels": 1_000_000, "max_audio_seconds": 3,
@@ -60,6 +61,16 @@ def mixed(session_dir, sample_corpus):
     add("txt-empty", "text", "   ", "decode", "empty text")
     add("txt-long", "text", "word " * 300, "decode", "over limits.max_text_chars=1000")
     add("txt-wrong-type", "text", ["a", "list"], "read", "expected a string, got list")
+    for i, fmt in enumerate(DEPTH_FORMATS):  # depth maps: 16-bit PNG, .npy, float TIFF
+        name = os.path.join(folder, f"depth-{i}.{fmt}")
+        write_depth(name, depth_map(*concept(i)))
+        rows.append({"id": f"dep-{fmt}", "depth": name})
+        expected[(f"dep-{fmt}", "depth")] = None
+    draw_shape("red", "circle").save(os.path.join(folder, "colour.png"))
+    add("dep-rgb", "depth", os.path.join(folder, "colour.png"), "decode", "depth map has RGB pixels")
+    np.save(os.path.join(folder, "pickled.npy"), np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    add("dep-pickle", "depth", os.path.join(folder, "pickled.npy"), "decode", "expected integer or float depths")
+    add("dep-empty", "depth", bad["empty_image"], "read", "empty file (0 bytes)")
     rows.append({"id": "img-rotated", "image": "bad/rotated.jpg", "text": "a green square"})
     expected[("img-rotated", "image")] = None
     expected[("img-rotated", "text")] = None
@@ -80,7 +91,7 @@ def mixed_run(ray_session, mixed, session_dir):
 
 def all_rows(out):
     rows = []
-    for m in ("image", "text", "audio", "video"):
+    for m in ("image", "text", "audio", "video", "depth"):
         t = read_features(out, m)
         rows += [(i, m, None) for i in t.column("id").to_pylist()] if t.num_rows else []
     e = read_errors(out)
@@ -127,11 +138,11 @@ def test_feature_contract(mixed_run):
 
 
 def test_pipeline_vectors_match_the_encoder_called_directly(mixed_run):
-    from pipeline.decode import DecodeSettings, decode_item
+    from pipeline.media.decode import DecodeSettings, decode_item
     from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
     from pipeline.encoders.presets import resolve_encoder
     from pipeline.modality import Modality
-    from pipeline.sources import storage_options
+    from pipeline.store.sources import storage_options
 
     out, _, _, cfg = mixed_run
     for modality in (Modality("image"), Modality("text"), Modality("video")):

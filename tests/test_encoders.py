@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.config import EmbedConfig, EncoderConfig
-from pipeline.corpus import clip, draw_shape, tone
+from jobs.corpus import clip, draw_shape, tone
 from pipeline.encoders.frozen import FrozenEncoder, pool_tokens, read_input_spec
 from pipeline.modalities import InputSpec
 from pipeline.encoders.offline import ensure_built

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from jobs import evaluate as evaluate_job
-from pipeline.evaluate import evaluate
+from pipeline.eval.report import evaluate
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.losses import ContrastiveLoss, LossConfig, info_nce, info_nce_bank, symile, uniformity
-from pipeline.train_loop import _epochs_since_best
+from pipeline.train.losses import ContrastiveLoss, info_nce, info_nce_bank, symile, uniformity
+from pipeline.train.config import LossConfig
+from pipeline.train.loop import _epochs_since_best
 
 
 def unit(x):
@@ -57,15 +58,15 @@ def test_early_stopping_counts_epochs_since_the_best():
 
 
 def test_a_stage_with_a_third_modality_feeds_symile():
-    from pipeline.train_config import StageConfig
-    from pipeline.train_loop import StagePair, build_stage_model
+    from pipeline.train.config import StageConfig
+    from pipeline.train.loop import StagePair, build_stage_model
 
     stage = StageConfig(new="image", anchor="text", third="audio", loss={"symile": 0.5})
     config = {"stage": stage.model_dump(), "stage_index": 0, "seed": 0, "init_weights": None,
               "model_config": {"d": 16, "heads": 2, "ff": 32, "in_dims": {"audio": 8}, "tokens": {"audio": 1}},
               "new_modalities": {"image": (1, 8), "text": (1, 8)}}
     model, stage, parts = build_stage_model(config)
-    pair = StagePair(model, ContrastiveLoss(LossConfig(**stage.loss.model_dump())), stage)
+    pair = StagePair(model, ContrastiveLoss(stage.loss), stage)
     terms = pair({m: torch.randn(4, 1, 8) for m in ("image", "text", "audio")})
     assert {"infonce", "symile", "loss"} <= set(terms) and torch.isfinite(terms["loss"])
     with pytest.raises(ValueError, match="needs stage.third"):
@@ -74,7 +75,7 @@ def test_a_stage_with_a_third_modality_feeds_symile():
 
 def test_a_third_modality_must_already_be_aligned():
     from pipeline.config import ConfigError
-    from pipeline.train_config import load_train_config
+    from pipeline.train.config import load_train_config
 
     ok = load_train_config(None, stages=[{"new": "image", "anchor": "text"},
                                          {"new": "audio", "anchor": "text", "third": "image", "loss": {"symile": 0.3}}])
@@ -103,8 +104,8 @@ def test_the_bank_adds_frozen_negatives_but_never_the_partner():
 
 def test_extra_anchors_add_an_infonce_term_each_and_must_be_aligned():
     from pipeline.config import ConfigError
-    from pipeline.train_config import StageConfig, load_train_config, parse_stage_list
-    from pipeline.train_loop import StagePair, build_stage_model
+    from pipeline.train.config import StageConfig, load_train_config, parse_stage_list
+    from pipeline.train.loop import StagePair, build_stage_model
 
     assert parse_stage_list("image:text,video:text+image") == [
         {"new": "image", "anchor": "text"}, {"new": "video", "anchor": "text", "extra_anchors": ["image"]}]
@@ -113,7 +114,7 @@ def test_extra_anchors_add_an_infonce_term_each_and_must_be_aligned():
               "model_config": {"d": 16, "heads": 2, "ff": 32, "in_dims": {"image": 8, "text": 8}, "tokens": {"image": 1, "text": 1}},
               "new_modalities": {"video": (1, 8)}}
     model, stage, _ = build_stage_model(config)
-    pair = StagePair(model, ContrastiveLoss(LossConfig(**stage.loss.model_dump())), stage)
+    pair = StagePair(model, ContrastiveLoss(stage.loss), stage)
     terms = pair({m: torch.randn(4, 1, 8) for m in ("video", "text", "image")})
     torch.testing.assert_close(terms["loss"], terms["infonce"] + terms["infonce/image"])
     for stages, message in (("image:text,video:text+audio", "stage 2: extra anchor 'audio' is not aligned yet"),
@@ -129,7 +130,7 @@ def test_extra_anchors_add_an_infonce_term_each_and_must_be_aligned():
 def test_sign_test_flags_only_a_clearly_worse_model():
     import numpy as np
 
-    from pipeline.quality import worse_p_value
+    from pipeline.eval.baseline import worse_p_value
 
     ref = np.ones(40, bool)
     assert worse_p_value(ref, ref) == 1.0                       # identical: nothing to see
@@ -143,7 +144,7 @@ def test_sign_test_flags_only_a_clearly_worse_model():
 def _ddp_worker(rank: int, world: int, port: int, a: torch.Tensor, b: torch.Tensor, out) -> None:
     import torch.distributed as dist
 
-    from pipeline.losses import info_nce_across_workers
+    from pipeline.train.losses import info_nce_across_workers
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:

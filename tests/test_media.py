@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pytest
 
-from pipeline.corpus import AUDIO_FORMATS, VIDEO_FORMATS, clip, encode_audio, encode_video, tone
+from jobs.corpus import AUDIO_FORMATS, VIDEO_FORMATS, clip, encode_audio, encode_video, tone
 from pipeline.media.audio import decode_audio
 from pipeline.media.errors import DecodeError
 from pipeline.media.ffmpeg import find_ffmpeg

@@ -11,8 +11,8 @@ from PIL import Image
 
 from pipeline import modalities
 from pipeline.config import ConfigError, EmbedConfig, EncoderConfig, LimitsConfig, load_embed_config
-from pipeline.corpus import depth_map, draw_shape, tone, write_depth
-from pipeline.decode import DecodeSettings, decode_bytes, decode_item
+from jobs.corpus import depth_map, draw_shape, tone, write_depth
+from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
 from pipeline.encoders.presets import EncoderRef, resolve_encoder
 from pipeline.media.errors import DecodeError
@@ -33,6 +33,19 @@ def test_every_registered_modality_is_complete():
         assert spec.mime_types and spec.extensions and all(e.startswith(".") for e in spec.extensions)
 
 
+def test_each_modality_s_limits_are_fields_of_the_job_s_and_the_server_s_limits():
+    """Declared once in the modality's module, with a job default and a (tighter) serving default."""
+    job, served = LimitsConfig(), ServeLimits()
+    assert isinstance(served, LimitsConfig)  # one class per concept: the server's limits are the job's, re-defaulted
+    for spec in modalities.REGISTRY.values():
+        for name, limit in spec.limits.items():
+            assert getattr(job, name) == limit.job and getattr(served, name) == limit.serve, (spec.name, name)
+            assert LimitsConfig.model_fields[name].description == limit.description
+    assert Modality("depth").spec.limits["max_image_pixels"] is Modality("image").spec.limits["max_image_pixels"]
+    with pytest.raises(ValueError, match="max_audio_seconds"):
+        LimitsConfig(max_audio_seconds=0)
+
+
 def test_an_unknown_modality_is_a_clear_error_everywhere(tmp_path):
     with pytest.raises(ValueError, match="unknown modality 'smell': expected one of image, text, audio, video, depth"):
         Modality("smell")
@@ -40,7 +53,7 @@ def test_an_unknown_modality_is_a_clear_error_everywhere(tmp_path):
         load_embed_config(None, modalities="image,smell")
     with pytest.raises(ConfigError, match="encoders.smell.*unknown modality 'smell'"):
         load_embed_config(None, encoders={"smell": {"tokens": 2}})
-    from pipeline.train_config import load_train_config
+    from pipeline.train.config import load_train_config
 
     with pytest.raises(ConfigError, match="stages.1.new = 'smell'.*unknown modality"):
         load_train_config(None, stages="image:text,smell:text")

@@ -9,7 +9,7 @@ import importlib
 import os
 import shlex
 
-from pipeline.cli import parse_command_line
+from jobs.cli import parse_command_line
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 

@@ -13,9 +13,9 @@ import time
 import pytest
 
 from pipeline.config import EmbedConfig
-from pipeline.corpus import AUDIO_FORMATS
-from pipeline.embed import ResumeMismatchError, run_embed
-from pipeline.features import read_errors, read_features
+from jobs.corpus import AUDIO_FORMATS
+from pipeline.embed.job import ResumeMismatchError, run_embed
+from pipeline.store.features import read_errors, read_features
 from pipeline.media.ffmpeg import find_ffmpeg
 
 ITEMS = 20

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from pipeline.config import StorageConfig
-from pipeline.features import embeddings, read_errors, read_features
-from pipeline.sources import ManifestError, read_manifest, storage_options
+from pipeline.store.features import embeddings, read_errors, read_features
+from pipeline.store.sources import ManifestError, read_manifest, storage_options
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,8 @@ def test_training_reads_the_feature_store_from_s3_and_stops_early(ray_session, s
     """Uses the store that test_s3_manifest_media_and_output wrote to s3://features/run1. A learning
     rate far too high makes the validation loss stop improving, so early stopping (patience 2) ends
     the stage and the lowest-validation-loss epoch is kept."""
-    from pipeline.train import run_train
-    from pipeline.train_config import load_train_config
+    from pipeline.train.job import run_train
+    from pipeline.train.config import load_train_config
 
     config = tmp_path / "train.yaml"
     config.write_text(f"val_fraction: 0.25\nkeep_checkpoints: null\nstorage: {{endpoint_url: '{s3_endpoint}'}}\n"

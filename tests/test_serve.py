@@ -21,14 +21,14 @@ import requests
 import yaml
 
 from pipeline.config import ConfigError
-from pipeline.corpus import SAMPLE_RATE, clip, encode_video, write_wav
+from jobs.corpus import SAMPLE_RATE, clip, encode_video, write_wav
 from pipeline.media.ffmpeg import find_ffmpeg
 from serving.config import APP_NAME
 from tests.media_factory import png_bytes
 
 SHIPPED_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "serving", "serve_config.yaml")
 TOKEN = "test-token-123"
-LIMITS = {"max_items": 8, "max_item_bytes": 400_000, "max_request_bytes": 1_000_000, "max_text_chars": 500,
+LIMITS = {"max_items": 8, "max_file_bytes": 400_000, "max_request_bytes": 1_000_000, "max_text_chars": 500,
           "max_image_pixels": 250_000, "max_audio_seconds": 3.0, "max_video_seconds": 3.0, "decode_timeout_s": 20,
           "max_k": 50}
 
@@ -45,9 +45,9 @@ def _config(tmp: str, name: str, args: dict, deployments: dict[str, dict] | None
         cfg = yaml.safe_load(fh)
     app = cfg["applications"][0]
     app["args"].update(args)
-    if deployments is not None:
-        keep = [d for d in app["deployments"] if d["name"] in deployments]
-        app["deployments"] = [{**d, **deployments[d["name"]]} for d in keep]
+    if deployments is not None:  # the shipped options of those named, replaced where given; new ones added
+        shipped = {d["name"]: d for d in app["deployments"]}
+        app["deployments"] = [{**shipped.get(name, {"name": name}), **options} for name, options in deployments.items()]
     path = os.path.join(tmp, name)
     with open(path, "w") as fh:
         yaml.safe_dump(cfg, fh)
@@ -79,16 +79,18 @@ def media_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(ray_session, trained, feature_store, media_server, tmp_path_factory):
-    """The README's command, `oneencoder serve --config F --port P`, as its own driver on the session's Ray."""
+def served(ray_session, grown, feature_store, media_server, tmp_path_factory):
+    """The README's command, `oneencoder serve --config F --port P`, as its own driver on the session's Ray, serving
+    the trained model grown by depth (`train --from`; its other modalities' vectors are the trained model's)."""
     from ray import serve
 
     tmp = str(tmp_path_factory.mktemp("serve"))
     gateway = {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"ONEENCODER_TEST_KEY": TOKEN}}}}
-    path = _config(tmp, "serve.yaml", {"model": trained[0], "features": feature_store, "api_key_env": "ONEENCODER_TEST_KEY",
+    path = _config(tmp, "serve.yaml", {"model": grown[1], "features": feature_store, "api_key_env": "ONEENCODER_TEST_KEY",
                                        "limits": LIMITS, "remote": {"enabled": True, "allow_private_addresses": True,  # loopback
                                                                   "allow_hosts": [media_server.split("//")[1]]}},
-                   {"Gateway": gateway, "encoder-text": {}, "encoder-image": {}, "encoder-audio": {}, "encoder-video": {}})
+                   {"Gateway": gateway, "encoder-text": {}, "encoder-image": {}, "encoder-audio": {}, "encoder-video": {},
+                    "encoder-depth": {"ray_actor_options": {"num_cpus": 0.25}, "autoscaling_config": None, "num_replicas": 1}})
     port = _free_port()
     command = [os.path.join(os.path.dirname(sys.executable), "oneencoder"), "serve", "--config", path, "--port", str(port)]
     proc = subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_session, "ONEENCODER_TEST_KEY": TOKEN}, stdout=subprocess.PIPE,
@@ -108,7 +110,7 @@ def served(ray_session, trained, feature_store, media_server, tmp_path_factory):
         while not ready.wait(1):
             assert proc.poll() is None and time.monotonic() < deadline, "oneencoder serve did not start:\n" + "".join(lines[-40:])
         assert f"serving http://127.0.0.1:{port}" in "".join(lines)
-        yield f"http://127.0.0.1:{port}", trained[0]
+        yield f"http://127.0.0.1:{port}", grown[1]
         proc.send_signal(signal.SIGINT)  # Ctrl-C, as the README says: the command shuts Serve down and exits
         assert proc.wait(120) == 0, "".join(lines[-40:])
         assert "shutting down" in "".join(lines)
@@ -154,11 +156,12 @@ def test_health_and_models(served):
     url, _ = served
     health = requests.get(url + "/health", timeout=30)
     assert health.status_code == 200 and health.json()["status"] == "ready"
-    assert set(health.json()["deployments"]) == {"encoder-image", "encoder-text", "encoder-audio", "encoder-video", "SearchIndex"}
+    assert set(health.json()["deployments"]) == {"encoder-image", "encoder-text", "encoder-audio", "encoder-video",
+                                                 "encoder-depth", "SearchIndex"}
     models = requests.get(url + "/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
     (model,) = models["data"]
     assert model["id"] == "oneencoder" and model["object"] == "model" and model["dimensions"] == 256
-    assert sorted(model["modalities"]) == ["audio", "image", "text", "video"]
+    assert sorted(model["modalities"]) == ["audio", "depth", "image", "text", "video"]
 
 
 def _readme_commands(prefix: str) -> list[str]:
@@ -358,8 +361,8 @@ def test_remote_fetching_is_off_unless_enabled():
 
 
 def test_search_returns_the_true_pair(served, feature_store, local_model):
-    from pipeline.features import embeddings, read_features
-    from pipeline.quality import concept_inputs
+    from pipeline.store.features import embeddings, read_features
+    from jobs.quality import concept_inputs
     from PIL import Image
 
     url, _ = served
@@ -459,9 +462,33 @@ def test_serve_config_and_args_are_validated(trained, tmp_path):
 
 
 def test_serve_cli_refuses_bad_arguments_before_starting_ray(capsys):
-    from pipeline.cli import main
+    from jobs.cli import main
 
     assert main(["serve", "--model", "/nowhere"]) == 2
     assert "is not a model artifact" in capsys.readouterr().err
     assert main(["serve", "--model", "/nowhere", "--port", "70000"]) == 2
     assert "--port = 70000" in capsys.readouterr().err
+
+
+def test_depth_is_served_through_the_same_api(served, local_model, tmp_path):
+    """`modality: "depth"` with a 16-bit PNG gives the vector load_model gives; the same PNG without a modality is an
+    image, as every PNG was before depth existed; a colour picture sent as depth is a 400 naming why."""
+    from jobs.corpus import depth_map, draw_shape, write_depth
+
+    url, _ = served
+    path = tmp_path / "d.png"
+    write_depth(str(path), depth_map("purple", "square", size=64))
+    uri = _data_uri("image/png", path.read_bytes())
+    as_depth = _post(url, {"model": "oneencoder", "input": [uri], "modality": "depth"})
+    assert as_depth.status_code == 200, as_depth.text
+    data = as_depth.json()["data"][0]
+    assert data["modality"] == "depth"
+    np.testing.assert_allclose(data["embedding"], local_model.embed([path.read_bytes()], "depth")[0], atol=1e-5)
+    as_image = _post(url, {"model": "oneencoder", "input": [uri]})
+    assert as_image.status_code == 200 and as_image.json()["data"][0]["modality"] == "image"
+    rgb = io.BytesIO()
+    draw_shape("red", "circle", size=32).save(rgb, "PNG")
+    bad = _post(url, {"model": "oneencoder", "modality": "depth", "input": [_data_uri("image/png", rgb.getvalue())]})
+    assert bad.status_code == 400 and "depth map has RGB pixels" in bad.json()["error"]["message"]
+    wrong = _post(url, {"model": "oneencoder", "modality": "depth", "input": [_data_uri("image/jpeg", rgb.getvalue())]})
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "modality_mismatch"

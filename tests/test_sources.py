@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.embed import build_items
+from pipeline.embed.job import build_items
 from pipeline.modality import Modality
-from pipeline.sources import ManifestError, read_manifest, resolve_uri, storage_options
+from pipeline.store.sources import ManifestError, read_manifest, resolve_uri, storage_options
 from pipeline.config import StorageConfig
 
 
@@ -105,7 +105,7 @@ def test_storage_options_take_the_endpoint_from_the_environment(monkeypatch):
 def test_pairs_join_leaves_out_rows_missing_a_modality_and_splits_by_id():
     import numpy as np
 
-    from pipeline.pairs import is_validation, join, split
+    from pipeline.store.pairs import is_validation, join, split
 
     feats = {"image": {"a": np.zeros((1, 2)), "b": np.ones((1, 2)), "c": np.ones((1, 2))},
              "text": {"b": np.ones((1, 2)), "c": np.zeros((1, 2)), "d": np.ones((1, 2))}}

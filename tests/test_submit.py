@@ -13,7 +13,7 @@ import time
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.submit import entrypoint, runtime_env
+from jobs.submit import entrypoint, runtime_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,7 +100,7 @@ def two_node_cluster():
 def test_embed_job_submitted_to_a_two_node_cluster(two_node_cluster, sample_corpus, tmp_path):
     from ray.util.state import list_actors, list_nodes
 
-    from pipeline.features import read_features
+    from pipeline.store.features import read_features
 
     # no model is built beforehand: with an empty cache (this test run alone) the second node builds it
     config = os.path.join(ROOT, "jobs", "configs", "embed_two_node_test.yaml")
@@ -111,7 +111,7 @@ def test_embed_job_submitted_to_a_two_node_cluster(two_node_cluster, sample_corp
                  "encoders:\n"
                  "  image: {num_cpus: 0.25, resources: {second_node: 1}}\n")
     try:
-        cmd = [sys.executable, "-m", "pipeline.cli", "submit", "embed", "--address", two_node_cluster,
+        cmd = [sys.executable, "-m", "jobs.cli", "submit", "embed", "--address", two_node_cluster,
                "--config", config]
         proc = subprocess.run(cmd, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
                               timeout=420, cwd=ROOT)
@@ -137,10 +137,10 @@ def test_submit_refuses_what_cannot_run(tmp_path):
     env = runtime_env(env={"HF_HUB_OFFLINE": "1", "UNRELATED": "x"})
     assert env["working_dir"] == ROOT and ".git" in env["excludes"]
     assert env["env_vars"]["HF_HUB_OFFLINE"] == "1" and "UNRELATED" not in env["env_vars"]
-    from pipeline.cli import main
+    from jobs.cli import main
 
     assert main(["submit", "embed", "--address", "http://127.0.0.1:9", "--config", "/etc/hostname"]) == 2
-    from pipeline.cli import parse_command_line
+    from jobs.cli import parse_command_line
 
     args = parse_command_line(["submit", "embed", "--address", "http://HEAD:8265", "--", "--input", "s3://b/m.jsonl"])
     assert (args.job, args.address, args.args) == ("embed", "http://HEAD:8265", ["--input", "s3://b/m.jsonl"])

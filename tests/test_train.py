@@ -14,12 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.config import ConfigError
-from pipeline.features import embeddings, read_features
+from pipeline.store.features import embeddings, read_features
 from pipeline.inference import load_model
-from pipeline.metrics import both_directions
+from pipeline.eval.metrics import both_directions
 from pipeline.model import ModelConfig, OneEncoder, count_trainable
-from pipeline.train import run_train
-from pipeline.train_config import load_train_config
+from pipeline.train.job import run_train
+from pipeline.train.config import load_train_config
 
 from tests.settings import BASELINE_EPOCHS, VAL_FRACTION
 
@@ -54,8 +54,8 @@ def test_artifact_holds_config_weights_encoders_metrics_provenance(trained):
 
 
 def test_a_stage_that_ends_still_improving_says_so(trained):
-    from pipeline.files import read_json
-    from pipeline.train import still_improving
+    from pipeline.store.files import read_json
+    from pipeline.train.job import still_improving
 
     falling = [3.0 - 0.1 * i for i in range(30)]
     assert still_improving(falling[:10], 10) and not still_improving(falling[:10], 12)  # stopped early: converged
@@ -103,9 +103,9 @@ def test_load_model_embeds_raw_inputs_into_the_shared_space(trained, feature_sto
 
     from PIL import Image
 
-    from pipeline.corpus import encode_audio, encode_video
+    from jobs.corpus import encode_audio, encode_video
     from pipeline.media.ffmpeg import find_ffmpeg
-    from pipeline.quality import concept_inputs
+    from jobs.quality import concept_inputs
 
     output, _, _ = trained
     model = load_model(output)
@@ -138,7 +138,7 @@ def test_progressive_model_against_the_baseline(corpus, request, capsys):
     machine, as measured by `python -m jobs.quality_sweep` over seeds 0-3, torch thread counts 1 and 2, and
     PyTorch's plain (non-vector) kernels (10 runs per style; the README's quality bar), not on one run.
     Every thread count is pinned (encode 2, train 1, baseline 1), so the remaining spread is the CPU's."""
-    from pipeline.quality import compare
+    from pipeline.eval.baseline import compare
 
     store, labels = request.getfixturevalue("concept_store" if corpus == "suite" else "other_concept_store")
     output, _, _ = request.getfixturevalue("trained" if corpus == "suite" else "trained_other")
@@ -159,7 +159,7 @@ def test_progressive_model_against_the_baseline(corpus, request, capsys):
 
 def test_rerun_skips_finished_stages(trained, caplog):
     output, result, cfg = trained
-    caplog.set_level("INFO", logger="pipeline.train")
+    caplog.set_level("INFO", logger="pipeline.train.job")
     again = run_train(cfg)
     assert [s["history"] for s in again["stages"]] == [s["history"] for s in result["stages"]]
     assert caplog.text.count("already trained") == 3
@@ -167,9 +167,9 @@ def test_rerun_skips_finished_stages(trained, caplog):
 
 def test_a_changed_stage_retrains_every_stage_after_it(feature_store, tmp_path):
     """Only a leading run of saved, unchanged stages is reused: stage 2 was aligned to stage 1 as it was."""
-    from pipeline.files import write_json
-    from pipeline.pairs import load_features
-    from pipeline.train import plan_curriculum, reusable_stages
+    from pipeline.store.files import write_json
+    from pipeline.store.pairs import load_features
+    from pipeline.train.job import plan_curriculum, reusable_stages
 
     features = {n: load_features(feature_store, n, {}) for n in ("image", "text", "audio")}
     cfg = load_train_config(None, epochs=1, features=feature_store, output=str(tmp_path), stages="image:text,audio:text")
@@ -293,7 +293,7 @@ def test_two_ddp_workers_survive_a_killed_worker(ray_session, feature_store, tmp
 
 
 def test_the_default_budget_adapts_to_the_store():
-    from pipeline.train_config import StageConfig
+    from pipeline.train.config import StageConfig
 
     stage = StageConfig(new="image", anchor="text")
     small, large = stage.resolved(6), stage.resolved(78_000)  # 500 pairs vs 5 M pairs, batches of 64
@@ -324,8 +324,8 @@ def test_the_no_flag_curriculum_trains_each_stage_until_validation_loss_stops_fa
 
 def test_tune_searches_each_stage_then_trains_it_with_the_best_settings(ray_session, feature_store, tmp_path, capsys):
     """`oneencoder tune`: ASHA trials per stage on the cached features, the best settings trained and recorded."""
-    from pipeline.files import read_json
-    from pipeline.cli import main
+    from pipeline.store.files import read_json
+    from jobs.cli import main
 
     config = tmp_path / "tune.yaml"
     config.write_text(f"val_fraction: {VAL_FRACTION}\n"
@@ -358,9 +358,9 @@ def test_tune_searches_each_stage_then_trains_it_with_the_best_settings(ray_sess
 def test_k_token_features_train_and_embed_end_to_end(ray_session, tmp_path):
     """K = 3 token vectors per item: stored as (K, D), trained through the Universal Projection over K tokens,
     and a raw input embedded through the artifact's encoders pooled to the same K."""
-    from pipeline.files import read_json
-    from pipeline.quality import concept_inputs, write_concept_store
-    from pipeline.features import FeatureStore
+    from pipeline.store.files import read_json
+    from jobs.quality import concept_inputs, write_concept_store
+    from pipeline.store.features import FeatureStore
 
     store = str(tmp_path / "k3")
     write_concept_store(store, n=96, seed=0, tokens=3)
@@ -399,6 +399,6 @@ def test_k_tokens_have_learned_positions_and_older_artifacts_load_as_they_were()
     assert torch.count_nonzero(loaded.positions["audio"]) == 0
     with pytest.raises(RuntimeError, match="Missing key"):
         loaded.load_weights({k: v for k, v in old.items() if not k.startswith("adapters.text")})
-    from pipeline.curriculum import trainable_parts
+    from pipeline.train.curriculum import trainable_parts
 
     assert any(p is model.positions["audio"] for p in trainable_parts(model, 1, "audio", "text"))

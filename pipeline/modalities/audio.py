@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.media.audio import decode_audio
-from pipeline.modalities.base import InputSpec, ModalitySpec
+from pipeline.modalities.base import InputSpec, Limit, ModalitySpec
 
 
 def decode(path: str, settings: Any):
@@ -73,4 +73,5 @@ SPEC = ModalitySpec(
     name="audio", inline=False, reads="file", decode=decode, forward=forward, processor="AutoFeatureExtractor",
     tower="audio", paper_model="facebook/wav2vec2-base-960h", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("audio/*",), extensions=(".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".aiff", ".mka"),
-    input_spec=input_spec, decoded_dtype="float32")
+    input_spec=input_spec, decoded_dtype="float32",
+    limits={"max_audio_seconds": Limit(float, 60.0, 30.0, "Longest audio accepted; longer is an error, not silently cut.")})

@@ -5,7 +5,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 if TYPE_CHECKING:  # annotations only: this module stays free of torch, transformers and Ray
-    from pipeline.decode import DecodeSettings
+    from pipeline.media.decode import DecodeSettings
     from pipeline.encoders.frozen import FrozenEncoder
 
 
@@ -16,6 +16,24 @@ class InputSpec:
     image_hw: tuple[int, int] = (224, 224)
     sample_rate: int = 16000
     num_frames: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """A limit a modality's decoder enforces: its type, its default in jobs and in serving (where inputs come
+    from anyone), what it bounds, and its pydantic bounds (e.g. {"ge": 1}). It becomes a field of
+    ``limits`` in the job's and the server's configs."""
+
+    kind: type
+    job: Any
+    serve: Any
+    description: str
+    bounds: dict[str, Any] = dataclasses.field(default_factory=lambda: {"gt": 0})
+
+
+# images and depth maps are both bounded by their pixel count (decompression bombs), under one name
+IMAGE_PIXELS = Limit(int, 60_000_000, 40_000_000, "Largest image or depth map (width*height) decoded; guards against "
+                     "decompression bombs.", {"ge": 1})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +62,7 @@ class ModalitySpec:
     extensions: tuple[str, ...] = ()            # file extensions of the accepted formats (docs, corpus, listings)
     input_spec: Callable[[dict, dict, Any], InputSpec] | None = None  # (preprocessor json, config json, EncoderConfig)
     decoded_dtype: str = "uint8"                # numpy dtype of a decoded array ("str" for text)
+    limits: dict[str, Limit] = dataclasses.field(default_factory=dict)  # its decoder's limits, by config field name
 
     def accepts_mime(self, mime: str) -> bool:
         """Whether a data: URI of type ``mime`` (lower case, no parameters) may hold this modality."""

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.media.errors import DecodeError
-from pipeline.modalities.base import ModalitySpec, image_input_spec
+from pipeline.modalities.base import IMAGE_PIXELS, ModalitySpec, image_input_spec
 
 FORMATS = ("PNG", "TIFF")                       # the only Pillow formats a depth map may be read as
 MODES = ("I;16", "I;16B", "I;16L", "I", "F", "L")  # single-channel integer or float pixels
@@ -138,4 +138,5 @@ SPEC = ModalitySpec(
     name="depth", inline=False, reads="bytes", decode=decode, forward=forward, processor="AutoImageProcessor",
     tower="vision", paper_model="google/vit-base-patch16-224", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("image/png", "image/tiff", "application/x-npy"), routes_mime=False,  # a PNG is an image unless named
-    extensions=(".png", ".tif", ".tiff", ".npy"), input_spec=image_input_spec, decoded_dtype="float32")
+    extensions=(".png", ".tif", ".tiff", ".npy"), input_spec=image_input_spec, decoded_dtype="float32",
+    limits={"max_image_pixels": IMAGE_PIXELS})

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.media.image import decode_image
-from pipeline.modalities.base import ModalitySpec, image_input_spec
+from pipeline.modalities.base import IMAGE_PIXELS, ModalitySpec, image_input_spec
 
 
 def decode(data: bytes, settings: Any):
@@ -41,4 +41,4 @@ SPEC = ModalitySpec(
     name="image", inline=False, reads="bytes", decode=decode, forward=forward, processor="AutoImageProcessor",
     tower="vision", paper_model="google/vit-base-patch16-224", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("image/*",), extensions=(".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"),
-    input_spec=image_input_spec)
+    input_spec=image_input_spec, limits={"max_image_pixels": IMAGE_PIXELS})

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.media.errors import DecodeError
-from pipeline.modalities.base import ModalitySpec
+from pipeline.modalities.base import Limit, ModalitySpec
 
 
 def decode(value: str, settings: Any) -> str:
@@ -55,4 +55,5 @@ def build_paper(dest: str) -> None:
 SPEC = ModalitySpec(
     name="text", inline=True, reads="inline", decode=decode, forward=forward, processor="AutoTokenizer",
     tower="text", paper_model="bert-base-uncased", builds={"tiny": build_tiny, "paper": build_paper},
-    mime_types=("text/plain",), extensions=(".txt",), decoded_dtype="str")
+    mime_types=("text/plain",), extensions=(".txt",), decoded_dtype="str",
+    limits={"max_text_chars": Limit(int, 100_000, 20_000, "Longest text accepted, in characters.", {"ge": 1})})

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.media.video import decode_video
-from pipeline.modalities.base import InputSpec, ModalitySpec, processor_hw
+from pipeline.modalities.base import InputSpec, Limit, ModalitySpec, processor_hw
 
 
 def decode(path: str, settings: Any):
@@ -45,4 +45,5 @@ SPEC = ModalitySpec(
     name="video", inline=False, reads="file", decode=decode, forward=forward, processor="AutoImageProcessor",
     tower="video", paper_model="MCG-NJU/videomae-base", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("video/*",), extensions=(".mp4", ".webm", ".mkv", ".mov", ".avi", ".ts", ".ogv"),
-    input_spec=input_spec)
+    input_spec=input_spec,
+    limits={"max_video_seconds": Limit(float, 300.0, 60.0, "Longest video accepted; longer is an error.")})

@@ -11,15 +11,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.checkpoint import load_optimizer, load_weights, save_optimizer, save_weights
-from pipeline.files import read_json, write_json
-from pipeline.curriculum import apply_freeze, set_modes, trainable_parts
-from pipeline.losses import ContrastiveLoss, LossConfig, info_nce
-from pipeline.metrics import both_directions
+from pipeline.train.checkpoint import load_optimizer, load_weights, save_optimizer, save_weights
+from pipeline.store.files import read_json, write_json
+from pipeline.train.curriculum import apply_freeze, set_modes, trainable_parts
+from pipeline.train.losses import ContrastiveLoss, info_nce
+from pipeline.eval.metrics import both_directions
 from pipeline.model import ModelConfig, OneEncoder, count_trainable
-from pipeline.train_config import StageConfig
+from pipeline.train.config import StageConfig
 
-log = logging.getLogger("pipeline.train")
+log = logging.getLogger("pipeline.train.job")
 # The best epoch and early stopping follow the validation InfoNCE loss: on small validation sets with
 # near-duplicate pairs it ranks epochs far more steadily than recall@1, which moves in 1/N steps.
 SELECTION_METRIC, SELECTION_ORDER = "val/loss", "min"
@@ -109,7 +109,7 @@ class StageTraining:
     def __init__(self, plan: dict[str, Any]):
         self.plan = plan
         self.model, self.stage, self.parts = build_stage_model(plan)
-        self.pair = StagePair(self.model, ContrastiveLoss(LossConfig(**self.stage.loss.model_dump())), self.stage)
+        self.pair = StagePair(self.model, ContrastiveLoss(self.stage.loss), self.stage)
         self.lr = self.stage.learning_rate(plan["stage_index"])
         self.opt = torch.optim.AdamW([p for p in self.pair.parameters() if p.requires_grad], lr=self.lr,
                                      weight_decay=self.stage.weight_decay)

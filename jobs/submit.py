@@ -11,11 +11,6 @@ from typing import Sequence
 from pipeline.config import ConfigError
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-JOBS = {  # name on the command line -> module run by the job's entrypoint
-    "embed": "jobs.embed", "train": "jobs.train", "evaluate": "jobs.evaluate", "serve": "jobs.serve",
-    "benchmark-embed": "jobs.benchmark_embed", "benchmark-train": "jobs.benchmark_train",
-    "benchmark-serve": "jobs.benchmark_serve",
-}
 # never uploaded with the working dir: version control, caches, local outputs
 EXCLUDES = [".git", "**/__pycache__", "**/.pytest_cache", "*.egg-info", "out", "models", ".venv"]
 # settings every job process needs on the cluster (see pipeline/runtime.py)
@@ -25,8 +20,11 @@ JOB_ENV = ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBO
 
 def entrypoint(job: str, config: str | None, extra: Sequence[str], root: str = PROJECT_ROOT) -> str:
     """The shell command the cluster runs, e.g. ``python -m jobs.embed --config jobs/configs/embed_tiny.yaml``."""
-    if job not in JOBS:
-        raise ConfigError(f"unknown job {job!r}: expected one of {', '.join(JOBS)}")
+    from jobs.registry import JOBS
+
+    remote = [name for name, j in JOBS.items() if j.submit]
+    if job not in remote:
+        raise ConfigError(f"unknown job {job!r}: expected one of {', '.join(remote)}")
     args = list(extra)
     if config:
         path = os.path.abspath(config)
@@ -37,7 +35,7 @@ def entrypoint(job: str, config: str | None, extra: Sequence[str], root: str = P
             raise ConfigError(f"--config {config!r} is outside the project folder {root}, which is what gets "
                               "uploaded as the job's working dir; put it under jobs/configs/")
         args = ["--config", rel, *args]
-    return shlex.join(["python", "-m", JOBS[job], *args])
+    return shlex.join(["python", "-m", *JOBS[job].command, *args])
 
 
 def runtime_env(root: str = PROJECT_ROOT, env: dict[str, str] | None = None) -> dict:

@@ -8,9 +8,12 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config import ConfigError, StorageConfig, StrictModel, format_validation_errors, read_yaml_mapping
 from pipeline.modality import Modality
+from pipeline.model import ModelConfig
 
 
-class LossSettings(StrictModel):
+class LossConfig(StrictModel):
+    """Weights of a stage's loss terms (0 turns a term off) and its learnable temperature's start and bounds."""
+
     infonce: float = Field(1.0, ge=0, description="Weight of symmetric InfoNCE.")
     align: float = Field(0.0, ge=0, description="Weight of the Wang–Isola alignment term.")
     uniform: float = Field(0.0, ge=0, description="Weight of the Wang–Isola uniformity term.")
@@ -18,6 +21,13 @@ class LossSettings(StrictModel):
     temperature: float = Field(0.07, gt=0, description="Initial temperature (learnable).")
     min_temperature: float = Field(0.01, gt=0, description="Lower bound of the temperature.")
     max_temperature: float = Field(1.0, gt=0, description="Upper bound of the temperature.")
+
+    @model_validator(mode="after")
+    def _temperature_inside(self) -> "LossConfig":
+        lo, hi = self.min_temperature, self.max_temperature
+        if not lo < self.temperature < hi:
+            raise ValueError(f"loss.temperature={self.temperature} must lie inside ({lo}, {hi})")
+        return self
 
 
 FIRST_STAGE_LR, LATER_STAGE_LR = 3e-4, 1e-3
@@ -46,7 +56,7 @@ class StageConfig(StrictModel):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     feature_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the cached encoder features fed to the trained "
                                    "adapters, in training only (regularises a small store).")
-    loss: LossSettings = Field(default_factory=LossSettings, description="Loss terms of the stage.")
+    loss: LossConfig = Field(default_factory=LossConfig, description="Loss terms of the stage.")
     patience: int | None = Field(None, ge=0, description="Early stopping: epochs without a lower validation loss; "
                                  "null = a fifth of the stage's epochs (at least 5); 0 = off.")
 
@@ -86,20 +96,6 @@ class StageConfig(StrictModel):
         return self
 
 
-class ModelSettings(StrictModel):
-    d: int = Field(256, ge=8, description="Width of the shared space.")
-    layers: int = Field(1, ge=1, description="Universal Projection transformer layers.")
-    heads: int = Field(4, ge=1, description="Attention heads (must divide d).")
-    ff: int = Field(2048, ge=8, description="Feed-forward width of each transformer layer.")
-    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in adapters and transformer.")
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> "ModelSettings":
-        if self.d % self.heads:
-            raise ValueError(f"heads={self.heads} must divide d={self.d}")
-        return self
-
-
 class TuneSettings(StrictModel):
     """Hyper-parameter search per stage (``oneencoder tune`` or a ``tune:`` block): Ray Tune, ASHA, trials on cached features."""
 
@@ -131,7 +127,8 @@ class TrainConfig(StrictModel):
                                    "null = train a new model from stage 1.")
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig(new="image", anchor="text")],
                                       description="Curriculum: stage 1 trains jointly; later stages add one modality each.")
-    model: ModelSettings = Field(default_factory=ModelSettings, description="Projection model shape.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Projection model shape (in_dims and tokens "
+                               "are set by training from the feature store: leave them out).")
     seed: int = Field(0, description="Seed of initialisation and shuffling.")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of ids held out for validation (by id hash).")
     workers: int = Field(1, ge=1, description="Ray Train workers (DDP).")
@@ -146,6 +143,13 @@ class TrainConfig(StrictModel):
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access for the feature store.")
     tune: TuneSettings | None = Field(None, description="Search each stage's lr, step budget, weight decay and temperature "
                                       "with Ray Tune before training it (`oneencoder tune`); null = train with the stages' settings.")
+
+    @field_validator("model")
+    @classmethod
+    def _shape_only(cls, value: ModelConfig) -> ModelConfig:
+        if value.in_dims or value.tokens:
+            raise ValueError("model.in_dims and model.tokens are set by training from the feature store: leave them out")
+        return value
 
     @field_validator("stages", mode="before")
     @classmethod

@@ -8,14 +8,26 @@ from typing import Any
 
 import numpy as np
 import yaml
+from pydantic import Field
 
 from pipeline.artifact import read_artifact
-from pipeline.files import write_json
+from pipeline.config import ConfigError, StorageConfig, StrictModel
+from pipeline.store.files import write_json
 from pipeline.inference import load_model
-from pipeline.metrics import both_directions, retrieval
-from pipeline.pairs import load_features
+from pipeline.eval.metrics import both_directions, retrieval
+from pipeline.store.pairs import load_features
 
 log = logging.getLogger(__name__)
+
+
+class EvaluateConfig(StrictModel):
+    model: str | None = Field(None, description="Model artifact folder (from the train job).")
+    features: str | None = Field(None, description="Feature store folder (local or s3://).")
+    labels: str | None = Field(None, description="YAML/JSON with labels (id -> class) and templates, for zero-shot classification.")
+    output: str | None = Field(None, description="Report folder; null = MODEL/eval.")
+    baseline: bool = Field(False, description="Also train a jointly trained baseline per stage pair (two 2-layer MLPs, InfoNCE) on the model's training ids and compare on its held-out ids: what freezing costs.")
+    baseline_epochs: int = Field(100, ge=1, description="Epochs of each baseline pair.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access to the feature store.")
 
 
 def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, output: str | None = None,
@@ -38,7 +50,7 @@ def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, 
         ids = sorted(feats)
         projected[name] = (ids, model.project(np.stack([feats[i] for i in ids]), name))
     if len(projected) < 2:
-        raise ValueError(f"need features of two modalities of the model ({', '.join(model.modalities)}) in {features_uri}")
+        raise ConfigError(f"need features of two modalities of the model ({', '.join(model.modalities)}) in {features_uri}")
     report: dict[str, Any] = {"model": os.path.abspath(model_dir), "features": features_uri, "pairs": {}, "gap": {}}
     for a, b in itertools.combinations(sorted(projected), 2):
         za, zb, n = _paired(projected[a], projected[b])
@@ -85,7 +97,7 @@ def baseline_comparison(model_dir: str, features_uri: str, storage: dict[str, An
     """Each stage's pair (new → anchor) of the model against a jointly trained pairwise baseline on the same store,
     split and seed as the model's training: instance R@1 on held-out ids and the paired sign test. ``available``:
     the modalities the store has (pairs outside it, e.g. the stages a grown model came with, are left out)."""
-    from pipeline.quality import compare
+    from pipeline.eval.baseline import compare
 
     artifact = read_artifact(model_dir)
     config = artifact.provenance["config"]
@@ -122,10 +134,10 @@ def zero_shot(model, projected: dict[str, tuple[list[str], np.ndarray]], labels_
     with open(labels_path, encoding="utf-8") as fh:
         spec = yaml.safe_load(fh)
     if not isinstance(spec, dict) or not isinstance(spec.get("labels"), dict) or not spec["labels"]:
-        raise ValueError(f"label file {labels_path}: expected a mapping with 'labels' (id -> class name) and 'templates'")
+        raise ConfigError(f"label file {labels_path}: expected a mapping with 'labels' (id -> class name) and 'templates'")
     templates = spec.get("templates") or ["{}"]
     if not all(isinstance(t, str) and "{}" in t for t in templates):
-        raise ValueError(f"label file {labels_path}: every template must be a string with '{{}}', got {templates!r}")
+        raise ConfigError(f"label file {labels_path}: every template must be a string with '{{}}', got {templates!r}")
     labels = {str(k): str(v) for k, v in spec["labels"].items()}
     classes = [str(c) for c in spec.get("classes") or sorted(set(labels.values()))]
     prompts = model.embed([t.format(c) for c in classes for t in templates], "text")

@@ -10,12 +10,27 @@ import time
 from typing import Any, Callable
 
 import yaml
+from pydantic import Field
 
-from pipeline.files import read_json, write_json
-from pipeline.config import ConfigError, cache_root
+from pipeline.config import ConfigError, StrictModel, cache_root
+from pipeline.store.files import read_json, write_json
 
 STAGES = "image:text,audio:text,video:text"
 PARTS = ("corpus", "features", "model")  # what the demo writes under its workdir
+
+
+class DemoConfig(StrictModel):
+    workdir: str | None = Field(None, description="Folder for corpus, features, model; null = $ONEENCODER_CACHE/demo, "
+                                "else ~/.cache/oneencoder/demo (nothing is written into the current folder).")
+    samples: int = Field(96, ge=24, description="Paired samples to generate (at least 24: one per concept).")
+    epochs: int | None = Field(None, ge=1, description="Epochs of each stage; null = the training job's automatic budget.")
+    overwrite: bool = Field(False, description="Replace an earlier demo run in the workdir (default: resume it).")
+
+
+def run(cfg: DemoConfig, args: object = None) -> int:
+    """`oneencoder demo`: the whole round trip on the local machine."""
+    run_demo(cfg.workdir or default_workdir(), cfg.samples, cfg.epochs, overwrite=cfg.overwrite)
+    return 0
 
 
 def default_workdir() -> str:
@@ -62,12 +77,12 @@ def run_demo(workdir: str, samples: int = 96, epochs: int | None = None, say: Ca
     finished stages are skipped), then connects to Ray or starts a local instance (``init_ray``).
     """
     from pipeline.config import load_embed_config
-    from pipeline.corpus import concept, write_sample_corpus
-    from pipeline.embed import format_summary, run_embed
-    from pipeline.evaluate import evaluate, format_report
+    from jobs.corpus import concept, write_sample_corpus
+    from pipeline.embed.job import format_summary, run_embed
+    from pipeline.eval.report import evaluate, format_report
     from pipeline.runtime import init_ray
-    from pipeline.train import run_train
-    from pipeline.train_config import load_train_config, parse_stage_list
+    from pipeline.train.job import run_train
+    from pipeline.train.config import load_train_config, parse_stage_list
 
     prepare_workdir(workdir, samples, epochs, overwrite)
     init_ray()
@@ -107,3 +122,11 @@ def run_demo(workdir: str, samples: int = 96, epochs: int | None = None, say: Ca
         "-d '{\"model\": \"oneencoder\", \"input\": [\"a red circle\"]}'")
     return {"manifest": manifest, "features": features, "model": model, "summary": summary, "train": trained,
             "report": report}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jobs import registry
+
+    sys.exit(registry.main("demo"))

@@ -7,14 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.features import embeddings, read_features
+from pipeline.store.features import embeddings, read_features
 
 log = logging.getLogger(__name__)
 
 
 def load_features(root: str, modality: str, storage: dict[str, Any]) -> dict[str, np.ndarray]:
     """id → (K, D) float32 features of ``modality`` under ``root``. Raises ValueError when it has none."""
-    from pipeline.features import FeatureStore
+    from pipeline.store.features import FeatureStore
 
     table = read_features(root, modality, storage)  # one pass over the commit markers
     if table.num_rows == 0:

@@ -7,7 +7,6 @@ stops after ``level_cap_s`` seconds.
 """
 import base64
 import concurrent.futures as futures
-import dataclasses
 import io
 import logging
 import os
@@ -28,7 +27,7 @@ def write_untrained_artifact(folder: str, preset: str, modalities: tuple[str, ..
 
     from pipeline.artifact import write_artifact
     from pipeline.config import EmbedConfig
-    from pipeline.embed import encoder_record
+    from pipeline.embed.job import encoder_record
     from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
     from pipeline.encoders.presets import resolve_encoder
     from pipeline.modality import Modality
@@ -44,13 +43,13 @@ def write_untrained_artifact(folder: str, preset: str, modalities: tuple[str, ..
         records[name] = encoder_record(ref, enc, read_input_spec(ref, enc))
     torch.manual_seed(0)
     config = ModelConfig(in_dims=dims, tokens={n: 1 for n in dims})
-    write_artifact(folder, dataclasses.asdict(config), save(OneEncoder(config).state_dict()), records, [],
+    write_artifact(folder, config.model_dump(), save(OneEncoder(config).state_dict()), records, [],
                    {"note": "random projection weights, for serving benchmarks"})
     return folder
 
 
 def _png_data_uri(size: int = 224) -> str:
-    from pipeline.corpus import draw_shape
+    from jobs.corpus import draw_shape
 
     buf = io.BytesIO()
     draw_shape("red", "circle", size=size, rng=np.random.default_rng(0)).save(buf, "PNG")

@@ -20,15 +20,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import ConfigError, EmbedConfig, EncoderConfig, require_paths
-from pipeline.decode import DecodeSettings, decode_batch
-from pipeline.encode import EncodeActor
+from pipeline.media.decode import DecodeSettings
+from pipeline.embed.stages import EncodeActor, decode_batch
 from pipeline.encoders.frozen import read_input_spec
 from pipeline.modalities import InputSpec
 from pipeline.encoders.presets import EncoderRef, resolve_encoder
-from pipeline.features import ERROR_SCHEMA, STAGES, FeatureStore, features_table
+from pipeline.store.features import ERROR_SCHEMA, STAGES, FeatureStore, features_table
 from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.modality import Modality
-from pipeline.sources import Manifest, read_manifest, resolve_uri, storage_options
+from pipeline.store.sources import Manifest, read_manifest, resolve_uri, storage_options
 
 log = logging.getLogger(__name__)
 ITEM_SCHEMA = pa.schema([("id", pa.string()), ("value", pa.string()), ("pre_error", pa.string()),
@@ -120,7 +120,7 @@ def _embed_modality(cfg: EmbedConfig, modality: Modality, manifest: Manifest, st
         ds = ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, len(todo), block_rows)])
         ds = ds.map_batches(decode_batch, fn_kwargs={"settings": settings}, batch_size=cfg.decode.batch_size,
                             batch_format="pyarrow", num_cpus=cfg.decode.num_cpus)
-        ds = ds.map_batches(EncodeActor, fn_constructor_kwargs={"ref": ref, "enc": enc}, batch_size=enc.batch_size,
+        ds = ds.map_batches(EncodeActor, fn_constructor_kwargs={"ref": ref, "enc": enc, "settings": settings}, batch_size=enc.batch_size,
                             batch_format="pyarrow", compute=ActorPoolStrategy(size=enc.actors),
                             num_cpus=enc.num_cpus, num_gpus=enc.num_gpus, resources=enc.resources or None)
         _commit_stream(ds, store, modality, ref, enc.tokens, Counter(it["shard"] for it in todo), shards)

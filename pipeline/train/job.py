@@ -20,14 +20,14 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.artifact import Artifact, read_artifact, write_artifact
-from pipeline.files import read_json, write_bytes_atomic, write_json
+from pipeline.store.files import read_json, write_bytes_atomic, write_json
 from pipeline.config import ConfigError
-from pipeline.features import FeatureStore
+from pipeline.store.features import FeatureStore
 from pipeline.model import ModelConfig
-from pipeline.pairs import join, load_features, split
-from pipeline.sources import storage_options
-from pipeline.train_config import StageConfig, TrainConfig, check_curriculum
-from pipeline.train_loop import train_loop
+from pipeline.store.pairs import join, load_features, split
+from pipeline.store.sources import storage_options
+from pipeline.train.config import StageConfig, TrainConfig, check_curriculum
+from pipeline.train.loop import train_loop
 
 log = logging.getLogger(__name__)
 RUN_FORMAT = "oneencoder-run/2"  # checkpoint layout of a training run (pipeline/train_loop.RunState)
@@ -55,7 +55,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     os.makedirs(os.path.join(output, "stages"), exist_ok=True)
     search = None
     if cfg.tune:
-        from pipeline.tune import tune_curriculum
+        from pipeline.train.tune import tune_curriculum
 
         cfg, search = tune_curriculum(cfg, features, output, base)
     weights, records, model_config = train_curriculum(cfg, features, output, base)
@@ -112,9 +112,7 @@ def plan_curriculum(cfg: TrainConfig, features: dict, output: str,
                     base: Artifact | None = None) -> tuple[list["StagePlan"], ModelConfig]:
     """One plan per stage, and the config of the model after the last stage (grown from ``base``'s, if given:
     its shape, not ``cfg.model``'s, and stage numbers after its stages)."""
-    m = cfg.model
-    model_config = (ModelConfig(**copy.deepcopy(base.model)) if base else
-                    ModelConfig(d=m.d, layers=m.layers, heads=m.heads, ff=m.ff, dropout=m.dropout))
+    model_config = ModelConfig(**copy.deepcopy(base.model)) if base else cfg.model.model_copy(deep=True)
     origin = {"from": base.path, "from_weights": hashlib.sha256(base.weights()).hexdigest()} if base else {}
     store = FeatureStore(_features_uri(cfg), storage_options(cfg.storage))
     offset = len(base.stages) if base else 0
@@ -179,7 +177,7 @@ def _plan_stage(cfg: TrainConfig, position: int, offset: int, model_config: Mode
     (train_ids, train), (val_ids, val) = split(ids, arrays, cfg.val_fraction, cfg.seed)
     shapes = {n: tuple(arrays[n].shape[1:]) for n in names}
     new_modalities = {n: shapes[n] for n in ([stage.new] if index else [stage.new, stage.anchor])}
-    entry_model = dataclasses.asdict(model_config)
+    entry_model = model_config.model_dump()
     batch = min(stage.batch_size, len(train_ids) // cfg.workers)
     if batch < 2:
         raise ConfigError(f"stage {label}: {len(train_ids)} training pairs for {cfg.workers} worker(s): expected at least 2 per worker")
@@ -308,6 +306,6 @@ def _write_artifact(cfg: TrainConfig, output: str, features_uri: str, options: d
                   "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   **({"tune": search} if search else {}), **({"from": base.path} if base else {}),
                   "versions": {"ray": ray.__version__, "torch": torch.__version__}}
-    write_artifact(output, dataclasses.asdict(model_config), weights, encoders,
+    write_artifact(output, model_config.model_dump(), weights, encoders,
                    (base.stages if base else []) + stages, provenance)
     log.info("model artifact written to %s", output)

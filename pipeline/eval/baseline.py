@@ -1,9 +1,8 @@
-"""The quality bar: a generated concept corpus, a plain baseline, and concept-level retrieval.
+"""The plain baseline every progressive model is measured against, and concept-level retrieval.
 
-Items share a (colour, shape) concept across modalities: drawn, captioned, sounded, animated.
-Features come from the tiny frozen encoders (pooled, K = 1) and are written as a regular feature
-store, so the real training job runs on them. The baseline is a plain 2-layer MLP pair per
-modality pair trained with InfoNCE on the same training ids.
+The baseline is a 2-layer MLP pair per modality pair trained jointly with InfoNCE on the same cached
+features and training ids; ``compare`` puts a model artifact beside it on the held-out ids with a
+paired sign test (``oneencoder evaluate --baseline``, the quality bar, the quality experiments).
 """
 from __future__ import annotations
 
@@ -11,64 +10,12 @@ import contextlib
 from typing import Iterator
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch import nn
 
-from pipeline.config import EmbedConfig, EncoderConfig
-from pipeline.corpus import CAPTIONS, clip, concept, depth_map, draw_shape, tone
-from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
-from pipeline.encoders.presets import resolve_encoder
-from pipeline.features import ERROR_SCHEMA, FeatureStore, features_table
-from pipeline.losses import info_nce
-from pipeline.metrics import ranks
-from pipeline.modality import Modality
-from pipeline.pairs import is_validation
-
-MODALITIES = ("image", "text", "audio", "video")  # the concept store's modalities by default (depth: on request)
-# the quality bar's setting (tests/test_train.py and jobs/quality_sweep.py)
-STAGES = "image:text,audio:text,video:text"  # the curriculum, trained with the defaults (no budget flags)
-BASELINE_EPOCHS = 100                         # epochs of the jointly trained pairwise baseline
-VAL_FRACTION = 0.2                            # share of ids held out for validation
-
-
-# A second corpus style, unseen by anything tuned on the suite's: other caption templates, another voice
-# (pitch range and timbre), shapes of other sizes moving top to bottom, more noise.
-OTHER_CAPTIONS = ("one {c} {s}", "this shows a {c} {s}", "{s}, {c}", "a {c}-coloured {s} on a pale ground",
-                  "look: a {s} in {c}", "there is a {c} {s} here")
-STYLES = ("suite", "other")
-
-
-def concept_inputs(i: int, rng: np.random.Generator, style: str = "suite") -> dict[Modality, object]:
-    """Raw inputs of sample ``i`` (what the decoders would produce), varied per sample, in one of ``STYLES``.
-
-    The depth map (of the image's scene) draws nothing from ``rng``, so the other inputs are as they were
-    before depth existed."""
-    colour, shape = concept(i)
-    if style == "suite":
-        wave = tone(colour, shape, detune=float(rng.normal(1.0, 0.02)))
-        offset = float(rng.uniform())
-        return {Modality("image"): np.asarray(draw_shape(colour, shape, size=64, offset=offset, rng=rng)),
-                Modality("text"): CAPTIONS[int(rng.integers(len(CAPTIONS)))].format(c=colour, s=shape),
-                Modality("audio"): (wave + rng.normal(0, 0.02, wave.shape)).astype(np.float32),
-                Modality("video"): clip(colour, shape, frames=4, size=32, rng=rng),
-                Modality("depth"): _depth_input(depth_map(colour, shape, size=64, offset=offset))}
-    if style != "other":
-        raise ValueError(f"style {style!r}: expected one of {', '.join(STYLES)}")
-    wave = tone(colour, shape, detune=float(rng.normal(1.0, 0.03)), base=330.0, harmonics=(1.0, 0.5, 0.25))
-    scale = float(rng.uniform(0.2, 0.35))
-    offset = float(rng.uniform())
-    return {Modality("image"): np.asarray(draw_shape(colour, shape, size=64, offset=offset, rng=rng,
-                                                  scale=scale, vertical=True)),
-            Modality("text"): OTHER_CAPTIONS[int(rng.integers(len(OTHER_CAPTIONS)))].format(c=colour, s=shape),
-            Modality("audio"): (wave + rng.normal(0, 0.03, wave.shape)).astype(np.float32),
-            Modality("video"): clip(colour, shape, frames=4, size=32, rng=rng, scale=scale, vertical=True),
-            Modality("depth"): _depth_input(depth_map(colour, shape, size=64, offset=offset, scale=scale, vertical=True))}
-
-
-def _depth_input(millimetres: np.ndarray) -> np.ndarray:
-    """What the depth decoder makes of a map (depths divided by the largest): float32 (H, W) in [0, 1]."""
-    return (millimetres / millimetres.max()).astype(np.float32)
+from pipeline.train.losses import info_nce
+from pipeline.eval.metrics import ranks
+from pipeline.store.pairs import is_validation
 
 
 @contextlib.contextmanager
@@ -84,32 +31,6 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str | None = None,
-                        threads: int = 2, style: str = "suite", tokens: int = 1,
-                        modalities: tuple[str, ...] = MODALITIES) -> dict[str, str]:
-    """Encode ``n`` concept samples of ``style`` with the tiny encoders (``threads`` torch threads, ``tokens`` K
-    vectors per item) into a feature store at ``root``, one modality of ``modalities`` after another; return
-    id → concept."""
-    from pipeline.embed import encoder_record
-
-    rng = np.random.default_rng(seed)
-    samples = [concept_inputs(i, rng, style) for i in range(n)]
-    ids = [f"c{i:05d}" for i in range(n)]
-    cfg = EmbedConfig(preset="tiny", cache_dir=cache_dir)
-    store = FeatureStore(root, {})
-    for modality in map(Modality, modalities):
-        ref, enc = resolve_encoder(cfg, modality), EncoderConfig(torch_threads=threads, tokens=tokens)
-        encoder = FrozenEncoder(ref, enc)
-        arr = np.concatenate([encoder.embed([s[modality] for s in samples[i:i + 64]]) for i in range(0, n, 64)])
-        k, dim = arr.shape[1:]
-        flat = pa.FixedSizeListArray.from_arrays(pa.array(arr.astype(np.float16).ravel()), k * dim)
-        table = features_table(ids, modality.value, [None] * n, ref.name, flat, k, dim)
-        store.start_run(modality, {"items": n, "encoder": ref.name, "tokens": k, "dtype": "float16"},
-                        encoder_record(ref, enc, read_input_spec(ref, enc)))
-        store.commit_shard(modality, 0, table, ERROR_SCHEMA.empty_table(), dim)
-    return {i: "{} {}".format(*concept(k)) for k, i in enumerate(ids)}
 
 
 def concept_hits(queries: np.ndarray, targets: np.ndarray, labels: list[str]) -> np.ndarray:
@@ -178,7 +99,7 @@ def compare(store: str, model_dir: str, labels: dict[str, str] | None, val_fract
     one-sided sign-test p-value on the items only one of the two gets right (small = progressive worse).
     """
     from pipeline.inference import load_model
-    from pipeline.pairs import load_features
+    from pipeline.store.pairs import load_features
 
     model = load_model(model_dir)
     feats = {m: load_features(store, m, storage or {}) for m in {x for p in pairs for x in p}}
@@ -191,7 +112,7 @@ def compare(store: str, model_dir: str, labels: dict[str, str] | None, val_fract
 
 def _compare_pair(model, feats: dict, labels: dict[str, str], a: str, b: str, val_fraction: float, epochs: int,
                   seed: int) -> dict:
-    from pipeline.pairs import join
+    from pipeline.store.pairs import join
 
     ids, arrays = join(feats, [a, b])
     val = np.array([is_validation(i, val_fraction, seed) for i in ids])

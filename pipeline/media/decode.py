@@ -1,7 +1,6 @@
-"""The decode stage: read each item (size-limited) and decode it to the array its encoder takes.
+"""Reading and decoding one item with its modality's decoder, from a URI/path or from bytes.
 
-Runs as Ray Data tasks ahead of the encoder actors, so CPU decoding overlaps encoding. Every
-row comes out: decoded (``ok``) or with the failing ``stage`` (read/decode) and the error.
+Shared by every caller through ``pipeline.item_encoder`` (the embed job's decode tasks, load_model, serving).
 """
 from __future__ import annotations
 
@@ -10,20 +9,11 @@ import dataclasses
 import tempfile
 from typing import Any, Iterator
 
-import numpy as np
-import pyarrow as pa
-
 from pipeline.config import LimitsConfig
 from pipeline.media.errors import DecodeError
 from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
-from pipeline.sources import ReadError, check_file, local_path, read_limited
-
-DECODED_SCHEMA = pa.schema([
-    ("id", pa.string()), ("uri", pa.string()), ("shard", pa.int64()), ("seq", pa.int64()),
-    ("ok", pa.bool_()), ("stage", pa.string()), ("error", pa.string()),
-    ("payload", pa.large_binary()), ("shape", pa.list_(pa.int32())), ("dtype", pa.string()),
-])
+from pipeline.store.sources import check_file, local_path, read_limited
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,38 +25,6 @@ class DecodeSettings:
     limits: LimitsConfig
     storage: dict[str, Any]
     ffmpeg: str
-
-
-def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
-    """Decode a batch of items (columns id, value, pre_error, shard, seq) into DECODED_SCHEMA rows."""
-    cols = {name: [] for name in DECODED_SCHEMA.names}
-    rows = batch.to_pylist()
-    for row in rows:
-        stage, error, array = "", None, None
-        if row["pre_error"]:
-            stage, error = "read", row["pre_error"]
-        else:
-            try:
-                array = decode_item(row["value"], settings)
-            except ReadError as e:
-                stage, error = "read", str(e)
-            except DecodeError as e:
-                stage, error = "decode", str(e)
-            except Exception as e:  # a decoder bug must not lose the row or fail the job
-                stage, error = "decode", f"{type(e).__name__}: {e}"
-        ok = error is None
-        payload, shape, dtype = _pack(array) if ok else (b"", [], "")
-        cols["id"].append(row["id"])
-        cols["uri"].append(None if settings.modality.is_inline else row["value"])
-        cols["shard"].append(row["shard"])
-        cols["seq"].append(row["seq"])
-        cols["ok"].append(ok)
-        cols["stage"].append(stage)
-        cols["error"].append(None if ok else f"{settings.modality.value}: {error}")
-        cols["payload"].append(payload)
-        cols["shape"].append(shape)
-        cols["dtype"].append(dtype)
-    return pa.table(cols, schema=DECODED_SCHEMA)
 
 
 def decode_item(value: str, s: DecodeSettings) -> Any:
@@ -117,17 +75,3 @@ def _temp_copy(data: bytes) -> Iterator[str]:
         fh.write(data)
         fh.flush()
         yield fh.name
-
-
-def _pack(array: Any) -> tuple[bytes, list[int], str]:
-    if isinstance(array, str):
-        return array.encode("utf-8"), [], "str"
-    array = np.ascontiguousarray(array)
-    return array.tobytes(), list(array.shape), array.dtype.str
-
-
-def unpack(payload: bytes, shape: list[int], dtype: str) -> Any:
-    """Inverse of the decode stage's packing: str for text, the decoded array otherwise."""
-    if dtype == "str":
-        return payload.decode("utf-8")
-    return np.frombuffer(payload, dtype=np.dtype(dtype)).reshape(shape)

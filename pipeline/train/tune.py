@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.train_config import StageConfig, TrainConfig, TuneSettings
+from pipeline.train.config import StageConfig, TrainConfig, TuneSettings
 
 log = logging.getLogger(__name__)
 SEARCHED = ("lr", "steps", "weight_decay", "temperature")
@@ -32,7 +32,7 @@ def tune_curriculum(cfg: TrainConfig, features: dict, output: str, base=None) ->
     """Search each stage in order, training each with its best settings before the next is searched (stages
     already trained with the same settings are reused). Returns the config with the tuned stages and the
     search record. ``base``: the model artifact being grown (``from_model``), if any."""
-    from pipeline.train import plan_curriculum, train_curriculum
+    from pipeline.train.job import plan_curriculum, train_curriculum
 
     stages, record = list(cfg.stages), {"settings": cfg.tune.model_dump(mode="json"), "stages": []}
     for index in range(len(stages)):
@@ -87,7 +87,7 @@ def _trial(space: dict[str, Any], plan_config: dict[str, Any], data: dict[str, d
     import torch
     from ray import tune
 
-    from pipeline.train_loop import fit_stage
+    from pipeline.train.loop import fit_stage
 
     torch.set_num_threads(plan_config["threads"])
     stage = tuned_stage(StageConfig(**plan_config["stage"]), space).resolved(plan_config["steps_per_epoch"])

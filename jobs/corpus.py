@@ -13,8 +13,11 @@ import wave
 import ffmpeg as ffmpeg_python
 import numpy as np
 from PIL import Image, ImageDraw
+from pydantic import Field, field_validator
 
+from pipeline.config import StrictModel
 from pipeline.media.ffmpeg import find_ffmpeg
+from pipeline.modality import Modality
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
            "purple": (140, 50, 170), "orange": (240, 140, 30)}
@@ -178,3 +181,29 @@ def write_sample_corpus(dest: str, n: int = 24, seed: int = 0, ffmpeg: str | Non
     with open(manifest, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     return manifest
+
+
+class SampleCorpusConfig(StrictModel):
+    dest: str = Field(description="Folder to write (images/, audio/, video/, depth/ and manifest.jsonl).")
+    n: int = Field(24, ge=1, description="Number of samples.")
+    modalities: list[Modality] = Field([Modality("image"), Modality("text"), Modality("audio"), Modality("video")],
+                                       min_length=1, description="Columns to write, e.g. image,text,depth.")
+
+    @field_validator("modalities", mode="before")
+    @classmethod
+    def _split(cls, value):
+        return [m for m in value.split(",") if m.strip()] if isinstance(value, str) else value
+
+
+def run(cfg: SampleCorpusConfig, args: object = None) -> int:
+    """`oneencoder sample-corpus DEST`: write it and print the manifest's path."""
+    print(write_sample_corpus(cfg.dest, n=cfg.n, modalities=tuple(cfg.modalities)))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from jobs import registry
+
+    sys.exit(registry.main("sample-corpus"))

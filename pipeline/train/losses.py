@@ -1,24 +1,12 @@
 """Contrastive losses. The losses own the labels and the (learnable, bounded) temperature."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 from torch import nn
 
-
-@dataclasses.dataclass
-class LossConfig:
-    """Weights of the loss terms of a stage (0 turns a term off)."""
-
-    infonce: float = 1.0               # symmetric InfoNCE between the stage's two modalities
-    align: float = 0.0                 # Wang–Isola alignment: E ||x - y||^2 over true pairs
-    uniform: float = 0.0               # Wang–Isola uniformity: log E exp(-2 ||x - x'||^2), per modality
-    symile: float = 0.0                # Symile (multilinear) loss, when a batch holds a third modality
-    temperature: float = 0.07          # initial temperature
-    min_temperature: float = 0.01      # bounds of the learnable temperature
-    max_temperature: float = 1.0
+from pipeline.train.config import LossConfig
 
 
 class ContrastiveLoss(nn.Module):
@@ -31,9 +19,7 @@ class ContrastiveLoss(nn.Module):
     def __init__(self, config: LossConfig):
         super().__init__()
         self.config = config
-        lo, hi = config.min_temperature, config.max_temperature
-        if not lo < config.temperature < hi:
-            raise ValueError(f"loss.temperature={config.temperature} must lie inside ({lo}, {hi})")
+        lo, hi = config.min_temperature, config.max_temperature  # LossConfig keeps temperature inside them
         frac = (config.temperature - lo) / (hi - lo)
         self.raw_temperature = nn.Parameter(torch.tensor(math.log(frac / (1 - frac))))
 

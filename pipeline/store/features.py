@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.files import write_bytes_atomic
+from pipeline.store.files import write_bytes_atomic
 from pipeline.modality import Modality
-from pipeline.sources import filesystem
+from pipeline.store.sources import filesystem
 
 ERROR_SCHEMA = pa.schema([("id", pa.string()), ("modality", pa.string()), ("uri", pa.string()),
                           ("stage", pa.string()), ("error", pa.string())])

@@ -6,26 +6,89 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 import time
-from typing import Any, Callable
+from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.config import EmbedConfig
-from pipeline.corpus import concept, draw_shape
-from pipeline.embed import run_embed
+from pydantic import Field, field_validator, model_validator
+
+from jobs.corpus import concept, draw_shape
+from pipeline.config import EmbedConfig, StrictModel
+from pipeline.embed.job import run_embed
 from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
 from pipeline.encoders.presets import resolve_encoder
-from pipeline.features import FeatureStore
+from pipeline.store.features import FeatureStore
 from pipeline.media.image import decode_image
 from pipeline.modality import Modality
 
 log = logging.getLogger(__name__)
+
+Preset = Literal["paper", "tiny"]
+PRESET_HELP = "paper = the paper's architectures at random init (offline); tiny = the test-sized encoders."
+REPORT_HELP = "Also write the figures as JSON to this file; null = console only."
+
+
+class BenchmarkEmbedConfig(StrictModel):
+    images: int = Field(192, ge=8, description="Generated 320x240 JPEGs to embed.")
+    batch_size: int = Field(16, ge=1, description="Encoder batch size.")
+    preset: Preset = Field("paper", description=PRESET_HELP)
+    workdir: str | None = Field(None, description="Scratch folder; null = a new temp folder.")
+    report: str | None = Field(None, description=REPORT_HELP)
+
+    @model_validator(mode="after")
+    def _enough_batches(self) -> "BenchmarkEmbedConfig":
+        if self.images < 4 * self.batch_size:  # the steady rate skips the first and last shard
+            raise ValueError(f"images = {self.images}: expected at least 4 x batch_size ({4 * self.batch_size})")
+        return self
+
+
+class BenchmarkTrainConfig(StrictModel):
+    samples: int = Field(64, ge=2, description="Generated image-text pairs.")
+    batch_size: int = Field(16, ge=2, description="Training batch size.")
+    epochs: int = Field(1, ge=1, description="Epochs timed for each approach.")
+    preset: Preset = Field("paper", description=PRESET_HELP)
+    report: str | None = Field(None, description=REPORT_HELP)
+
+    @model_validator(mode="after")
+    def _one_batch(self) -> "BenchmarkTrainConfig":
+        if self.samples < self.batch_size:
+            raise ValueError(f"samples = {self.samples}: expected at least batch_size ({self.batch_size})")
+        return self
+
+
+class BenchmarkServeConfig(StrictModel):
+    preset: Preset = Field("paper", description=PRESET_HELP)
+    requests: int = Field(96, ge=1, description="Most requests per concurrency level.")
+    levels: list[int] = Field([1, 8, 32], min_length=1, description="Concurrency levels (a list, or '1,8,32' on the command line).")
+    level_cap_s: float = Field(30.0, gt=0, description="Time cap per concurrency level, in seconds.")
+    report: str | None = Field(None, description=REPORT_HELP)
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _split_levels(cls, value):
+        if isinstance(value, str):
+            try:
+                return [int(x) for x in value.split(",") if x.strip()]
+            except ValueError:
+                raise ValueError(f"expected comma-separated integers, e.g. 1,8,32, got {value!r}") from None
+        return value
+
+    @field_validator("levels")
+    @classmethod
+    def _sorted_levels(cls, value: list[int]) -> list[int]:
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _levels_fit(self) -> "BenchmarkServeConfig":
+        if min(self.levels) < 1:
+            raise ValueError(f"levels = {self.levels}: expected concurrency levels of at least 1")
+        if self.requests < max(self.levels):
+            raise ValueError(f"requests = {self.requests}: expected at least the largest level ({max(self.levels)})")
+        return self
 
 
 def write_image_corpus(folder: str, n: int) -> str:
@@ -83,26 +146,11 @@ def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str
             "pipeline_vs_ceiling": n / elapsed / ceiling, "pipeline_vs_naive": n / elapsed / naive}
 
 
-def benchmark_main(parser: argparse.ArgumentParser, model: type, argv: list[str] | None,
-                   measure: Callable[[Any], tuple[str, dict[str, Any]]], needs_ray: bool = True) -> int:
-    """What every benchmark entrypoint does: flags + ``--config`` validated as ``model`` (exit 2 on a bad
-    value, before any work), one measurement, then the figures on the console and, with ``report``, as JSON."""
-    from pipeline.config import ConfigError, config_from_args
-    from pipeline.runtime import init_ray, setup_logging
-
-    args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(model, args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    setup_logging()
-    if needs_ray:
-        init_ray()
-    text, result = measure(cfg)
+def report_figures(text: str, result: dict[str, Any], report: str | None) -> int:
+    """What every benchmark ends with: the figures on the console and, with ``report``, as JSON."""
     print(text)
-    if cfg.report:
-        with open(cfg.report, "w") as fh:
+    if report:
+        with open(report, "w") as fh:
             json.dump(result, fh, indent=2)
     return 0
 
@@ -137,8 +185,8 @@ def benchmark_train(n: int = 64, batch_size: int = 16, epochs: int = 1, preset: 
     """
     import torch
 
-    from pipeline.corpus import CAPTIONS
-    from pipeline.losses import ContrastiveLoss, LossConfig
+    from jobs.corpus import CAPTIONS
+    from pipeline.train.losses import ContrastiveLoss, LossConfig
     from pipeline.model import ModelConfig, OneEncoder
 
     cfg = EmbedConfig(preset=preset, random_init=preset == "paper")

@@ -1,4 +1,4 @@
-"""Weights and optimizer state in safetensors (never pickle); JSON and atomic files are in pipeline.files."""
+"""Weights and optimizer state in safetensors (never pickle); JSON and atomic files are in pipeline.store.files."""
 from __future__ import annotations
 
 import json
