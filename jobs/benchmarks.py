@@ -21,9 +21,9 @@ from pipeline.config import EmbedConfig, StrictModel
 from pipeline.embed.job import run_embed
 from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
 from pipeline.encoders.presets import resolve_encoder
-from pipeline.store.features import FeatureStore
 from pipeline.media.image import decode_image
 from pipeline.modality import Modality
+from pipeline.store.features import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,8 @@ def benchmark_train(n: int = 64, batch_size: int = 16, epochs: int = 1, preset: 
     import torch
 
     from jobs.corpus import CAPTIONS
-    from pipeline.train.losses import ContrastiveLoss, LossConfig
     from pipeline.model import ModelConfig, OneEncoder
+    from pipeline.train.losses import ContrastiveLoss, LossConfig
 
     cfg = EmbedConfig(preset=preset, random_init=preset == "paper")
     encoders = {m: FrozenEncoder(resolve_encoder(cfg, m), cfg.encoder(m)) for m in (Modality("image"), Modality("text"))}

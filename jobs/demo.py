@@ -76,13 +76,13 @@ def run_demo(workdir: str, samples: int = 96, epochs: int | None = None, say: Ca
     Checks the workdir first (``prepare_workdir``; a rerun with the same settings resumes, embedding and
     finished stages are skipped), then connects to Ray or starts a local instance (``init_ray``).
     """
-    from pipeline.config import load_embed_config
     from jobs.corpus import concept, write_sample_corpus
+    from pipeline.config import load_embed_config
     from pipeline.embed.job import format_summary, run_embed
     from pipeline.eval.report import evaluate, format_report
     from pipeline.runtime import init_ray
-    from pipeline.train.job import run_train
     from pipeline.train.config import load_train_config, parse_stage_list
+    from pipeline.train.job import run_train
 
     prepare_workdir(workdir, samples, epochs, overwrite)
     init_ray()

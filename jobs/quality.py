@@ -13,8 +13,8 @@ from jobs.corpus import CAPTIONS, clip, concept, depth_map, draw_shape, tone
 from pipeline.config import EmbedConfig, EncoderConfig
 from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
 from pipeline.encoders.presets import resolve_encoder
-from pipeline.store.features import ERROR_SCHEMA, FeatureStore, features_table
 from pipeline.modality import Modality
+from pipeline.store.features import ERROR_SCHEMA, FeatureStore, features_table
 
 MODALITIES = ("image", "text", "audio", "video")  # the concept store's modalities by default (depth: on request)
 # the quality bar's setting (tests/test_train.py and jobs/quality_sweep.py)

@@ -76,8 +76,8 @@ def sweep_run(root: str, seed: int, threads: int, epochs: int | None, samples: i
     """One quality-bar run: concept store of ``style``, curriculum and baseline with this seed on ``threads`` threads."""
     from jobs.quality import STAGES, VAL_FRACTION, write_concept_store
     from pipeline.eval.baseline import compare
-    from pipeline.train.job import run_train
     from pipeline.train.config import load_train_config
+    from pipeline.train.job import run_train
 
     store, model = os.path.join(root, "features"), os.path.join(root, "model")
     labels = write_concept_store(store, n=samples, seed=seed, threads=threads, style=style)

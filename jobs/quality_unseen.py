@@ -73,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def unseen_run(root: str, seed: int, args: argparse.Namespace) -> dict:
     """One run: training store, no-flag training, test corpus through the artifact, baseline per pair."""
+    from jobs.quality import concept_inputs
+    from jobs.quality import write_concept_store
     from pipeline.config import read_yaml_mapping
+    from pipeline.eval.baseline import concept_hits, fit_baseline, torch_threads, worse_p_value
     from pipeline.inference import load_model
     from pipeline.store.pairs import load_features
-    from jobs.quality import concept_inputs
-    from pipeline.eval.baseline import concept_hits, fit_baseline, torch_threads, worse_p_value
-    from jobs.quality import write_concept_store
-    from pipeline.train.job import run_train
     from pipeline.train.config import load_train_config
+    from pipeline.train.job import run_train
 
     store = os.path.join(root, f"features-{args.style}-{args.train}-k{args.tokens}")
     model_dir = os.path.join(root, f"model-k{args.tokens}")

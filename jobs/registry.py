@@ -81,7 +81,7 @@ def build_parser(job: Job, parser: argparse.ArgumentParser | None = None) -> arg
     p = parser or argparse.ArgumentParser(prog=f"python -m {' '.join(job.command)}", description=job.summary)
     model = job.config_class()
     for name, field in model.model_fields.items():
-        if (job.flags is not None and name not in job.flags) or name in job.defaults:
+        if job.flags is not None and name not in job.flags:
             continue
         kind = _flag_kind(field.annotation)
         if kind is None:

@@ -46,6 +46,18 @@ class Artifact:
         with open(self.weights_path, "rb") as fh:
             return fh.read()
 
+    def features_mismatch(self, store: Any, modality: str) -> str | None:
+        """Why the ``modality`` features of the feature store ``store`` are not what this model was trained on
+        (another frozen encoder, another K), or None when they are. Indexing them (serving) or aligning a new
+        modality to them (``train --from``) would otherwise mix spaces."""
+        record, run = store.encoder_record(modality) or {}, store.run_record(modality) or {}
+        trained, k = self.encoders[modality]["name"], self.model["tokens"][modality]
+        if record.get("name") != trained:
+            return f"its {modality} features come from encoder {record.get('name')!r}, but the model was trained on {trained!r}"
+        if run.get("tokens", k) != k:
+            return f"its {modality} features keep K={run.get('tokens')} tokens, but the model was trained on K={k}"
+        return None
+
     @property
     def created(self) -> float:
         return os.path.getmtime(os.path.join(self.path, "config.json"))

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from pipeline.modalities.base import Limit
 from pipeline.modality import Modality
 
 
@@ -34,29 +35,30 @@ class StorageConfig(StrictModel):
     anon: bool = Field(False, description="Read S3 without credentials (public buckets).")
 
 
-class MediaLimits(StrictModel):
-    """The limits every media input has, whatever its modality."""
+# the limits every media input has, whatever its modality (each modality declares its own in its module)
+MEDIA_LIMITS = {
+    "max_file_bytes": Limit(int, 200 * 2**20, 10 * 2**20, "Largest media file or item (a file read, a data URI's decoded "
+                            "payload, a fetched URL), in bytes; larger is an error.", {"ge": 1}),
+    "decode_timeout_s": Limit(float, 60.0, 20.0, "Wall-clock limit for one ffmpeg decode; a hung decoder becomes an error."),
+}
 
-    max_file_bytes: int = Field(200 * 2**20, ge=1, description="Largest media file read, in bytes; larger is an error row.")
-    decode_timeout_s: float = Field(60.0, gt=0, description="Wall-clock limit for one ffmpeg decode; a hung decoder becomes an error row.")
 
-
-def modality_limit_fields(serving: bool = False) -> dict[str, Any]:
-    """The limits the registered modalities declare (``ModalitySpec.limits``) as pydantic field definitions,
-    with their job or serving defaults. Two modalities may share a limit only by declaring the same one."""
+def limit_fields(serving: bool = False) -> dict[str, Any]:
+    """The media limits and those the registered modalities declare (``ModalitySpec.limits``) as pydantic field
+    definitions, with their job or serving defaults. Two modalities may share a limit only by declaring the same one."""
     from pipeline.modalities import REGISTRY
 
-    declared: dict[str, Any] = {}
+    declared: dict[str, Any] = dict(MEDIA_LIMITS)
     for spec in REGISTRY.values():
         for name, limit in spec.limits.items():
             if declared.setdefault(name, limit) is not limit:
-                raise TypeError(f"modalities declare limit {name!r} twice, differently")
+                raise TypeError(f"limit {name!r} is declared twice, differently")
     return {name: (limit.kind, Field(limit.serve if serving else limit.job, description=limit.description, **limit.bounds))
             for name, limit in declared.items()}
 
 
 # the embed job's limits: the media ones, then each modality's own (a new modality's limit is a field here)
-LimitsConfig = create_model("LimitsConfig", __base__=MediaLimits, __module__=__name__, **modality_limit_fields())
+LimitsConfig = create_model("LimitsConfig", __base__=StrictModel, __module__=__name__, **limit_fields())
 LimitsConfig.__doc__ = "Size, duration and time limits on inputs: the media ones and each registered modality's."
 
 

@@ -7,9 +7,9 @@ import numpy as np
 
 from pipeline.artifact import read_artifact
 from pipeline.config import EncoderConfig, LimitsConfig
-from pipeline.media.decode import DecodeSettings
-from pipeline.item_encoder import Encoded, ItemEncoder, ItemError
 from pipeline.encoders.presets import EncoderRef
+from pipeline.item_encoder import Encoded, ItemEncoder, ItemError
+from pipeline.media.decode import DecodeSettings
 from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
@@ -76,11 +76,7 @@ class LoadedModel:
         Raises ValueError naming the index of the first item that cannot be decoded or whose vector is
         not finite.
         """
-        results = self.embed_items(list(items), modality)
-        bad = [r for r in results if isinstance(r, ItemError)]
-        if bad:
-            raise ValueError(str(bad[0]))
-        return np.stack([r.vector for r in results]) if results else np.zeros((0, self.dim), np.float32)
+        return self._stacked(self.embed_items(list(items), modality))[0]
 
     def embed_items(self, items: list[Any], modality: str) -> list[Encoded | ItemError]:
         """Per item, in order: its ``Encoded`` (unit vector (d,), the frozen encoder's input tokens), or an
@@ -91,7 +87,10 @@ class LoadedModel:
     def encode(self, decoded: list[Any], modality: str) -> tuple[np.ndarray, np.ndarray]:
         """Decoded inputs (what the modality's decoder gives) → ((N, d) unit vectors, (N,) encoder tokens per item).
         Raises ValueError naming the first item that gave no vector."""
-        results = self.items(modality).encode(decoded)
+        return self._stacked(self.items(modality).encode(decoded))
+
+    def _stacked(self, results: list[Encoded | ItemError]) -> tuple[np.ndarray, np.ndarray]:
+        """((N, d) vectors, (N,) tokens) of results that all succeeded; ValueError naming the first that did not."""
         bad = [r for r in results if isinstance(r, ItemError)]
         if bad:
             raise ValueError(str(bad[0]))

@@ -14,8 +14,8 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.config import EncoderConfig
-from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.encoders.presets import EncoderRef
+from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.media.errors import DecodeError
 from pipeline.store.sources import ReadError
 

@@ -274,17 +274,10 @@ def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
     if not found:
         raise ValueError(f"features={args.features!r} has no features for any modality of the model ({', '.join(modalities)})")
     artifact = read_artifact(args.model)
-    trained, shapes = artifact.encoders, artifact.model
     for m in found:
-        record = store.encoder_record(m) or {}
-        run = store.run_record(m) or {}
-        if record.get("name") != trained[m]["name"]:
-            raise ConfigError(f"features={args.features!r}: its {m} features come from encoder {record.get('name')!r}, "
-                              f"but the model was trained on {trained[m]['name']!r}; index a store embedded with the "
-                              "model's encoders")
-        if run.get("tokens", shapes["tokens"][m]) != shapes["tokens"][m]:
-            raise ConfigError(f"features={args.features!r}: its {m} features keep K={run.get('tokens')} tokens, "
-                              f"but the model was trained on K={shapes['tokens'][m]}")
+        mismatch = artifact.features_mismatch(store, m)
+        if mismatch:
+            raise ConfigError(f"features={args.features!r}: {mismatch}; index a store embedded with the model's encoders")
     return found
 
 

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, create_model, field_validator
 
 from pipeline.artifact import is_artifact
 from pipeline.config import (ConfigError, LimitsConfig, StorageConfig, StrictModel, format_validation_errors,
-                             modality_limit_fields, read_yaml_mapping)
+                             limit_fields, read_yaml_mapping)
 from pipeline.modality import Modality
 
 APP_NAME = "oneencoder"
@@ -30,9 +30,7 @@ def encoder_deployment(modality: str) -> str:
 # the embed job's limits (the same fields, read by the same decoders) with a server's tighter defaults, plus a request's
 ServeLimits = create_model(
     "ServeLimits", __base__=LimitsConfig, __module__=__name__,
-    max_file_bytes=(int, Field(10 * 2**20, ge=1, description="Largest media item (a data URI's decoded payload or a fetched URL), in bytes.")),
-    decode_timeout_s=(float, Field(20.0, gt=0, description="Wall-clock limit for one ffmpeg decode.")),
-    **modality_limit_fields(serving=True),
+    **limit_fields(serving=True),
     max_items=(int, Field(64, ge=1, description="Inputs per request (the `input` list).")),
     max_request_bytes=(int, Field(32 * 2**20, ge=1, description="Largest request body, in bytes (413 above it).")),
     max_k=(int, Field(100, ge=1, description="Largest `k` a search may ask for.")))

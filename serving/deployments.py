@@ -77,8 +77,8 @@ class SearchIndex:
     """Exact inner-product search over a feature store projected through the model at start-up."""
 
     def __init__(self, args: dict[str, Any]):
-        from pipeline.store.features import FeatureStore, embeddings, read_features
         from pipeline.inference import load_model
+        from pipeline.store.features import FeatureStore, embeddings, read_features
 
         self.args = ServeArgs(**args)
         model = load_model(self.args.model)

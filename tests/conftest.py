@@ -79,8 +79,8 @@ def feature_store(concept_store):
 
 def _train_defaults(store: str, output: str):
     """The curriculum with the training defaults (no budget flags): what `oneencoder train` gives a user."""
-    from pipeline.train.job import run_train
     from pipeline.train.config import load_train_config
+    from pipeline.train.job import run_train
 
     cfg = load_train_config(None, features=store, output=output, stages=STAGES, val_fraction=VAL_FRACTION)
     return output, run_train(cfg), cfg

@@ -88,8 +88,8 @@ def test_every_yaml_in_the_repo_validates():
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     from jobs import benchmarks
-    from pipeline.eval.report import EvaluateConfig
     from pipeline.config import load_config
+    from pipeline.eval.report import EvaluateConfig
     from pipeline.train.config import load_train_config
     from serving.config import ServeArgs, load_serve_config
 

@@ -189,8 +189,8 @@ def test_relative_s3_uris_resolve_like_local_paths():
 # --- training: stage saves and the artifact ------------------------------------------------------
 
 def _train(features: str, output: str, epochs: int = 1):
-    from pipeline.train.job import run_train
     from pipeline.train.config import load_train_config
+    from pipeline.train.job import run_train
 
     return run_train(load_train_config(None, features=features, output=output, stages="image:text", epochs=epochs,
                                        val_fraction=0.2))
@@ -200,8 +200,8 @@ def _stage_consistent(output: str, features: str) -> None:
     """The saved stage vouches for its weights and its store; the artifact loads and holds those weights."""
     from safetensors.torch import load_file
 
-    from pipeline.store.files import read_json
     from pipeline.inference import load_model
+    from pipeline.store.files import read_json
 
     stage = os.path.join(output, "stages", "1-image-text")
     marker = read_json(os.path.join(stage, "stage.json"))
@@ -239,8 +239,8 @@ def test_every_stage_save_step_then_a_rerun_leaves_consistent_stages(ray_session
 def test_a_stage_saved_on_another_store_is_retrained(feature_store, tmp_path):
     from pipeline.store.files import write_json
     from pipeline.store.pairs import load_features
-    from pipeline.train.job import plan_curriculum, reusable_stages
     from pipeline.train.config import load_train_config
+    from pipeline.train.job import plan_curriculum, reusable_stages
 
     output = str(tmp_path / "model")
     features = {n: load_features(feature_store, n, {}) for n in ("image", "text")}

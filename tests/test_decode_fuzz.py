@@ -20,9 +20,9 @@ from pipeline.config import LimitsConfig
 from jobs.corpus import (AUDIO_FORMATS, DEPTH_FORMATS, VIDEO_FORMATS, clip, depth_map, draw_shape, encode_audio,
                              encode_video, tone, write_depth)
 from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item
-from pipeline.modalities import InputSpec
 from pipeline.media.errors import DecodeError
 from pipeline.media.ffmpeg import find_ffmpeg
+from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
 from pipeline.store.sources import ReadError
 

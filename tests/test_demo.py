@@ -36,8 +36,8 @@ def test_demo_runs_every_step_and_says_how_to_serve(ray_session, tmp_path, capsy
 def test_demo_workdir_is_resumed_replaced_or_refused(tmp_path):
     import pytest
 
-    from pipeline.config import ConfigError
     from jobs.demo import prepare_workdir
+    from pipeline.config import ConfigError
 
     workdir = str(tmp_path / "w")
     os.makedirs(os.path.join(workdir, "features"))

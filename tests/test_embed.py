@@ -138,9 +138,9 @@ def test_feature_contract(mixed_run):
 
 
 def test_pipeline_vectors_match_the_encoder_called_directly(mixed_run):
-    from pipeline.media.decode import DecodeSettings, decode_item
     from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
     from pipeline.encoders.presets import resolve_encoder
+    from pipeline.media.decode import DecodeSettings, decode_item
     from pipeline.modality import Modality
     from pipeline.store.sources import storage_options
 

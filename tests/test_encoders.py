@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import EmbedConfig, EncoderConfig
 from jobs.corpus import clip, draw_shape, tone
+from pipeline.config import EmbedConfig, EncoderConfig
 from pipeline.encoders.frozen import FrozenEncoder, pool_tokens, read_input_spec
-from pipeline.modalities import InputSpec
 from pipeline.encoders.offline import ensure_built
 from pipeline.encoders.presets import resolve_encoder
+from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
 
 

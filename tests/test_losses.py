@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.train.losses import ContrastiveLoss, info_nce, info_nce_bank, symile, uniformity
 from pipeline.train.config import LossConfig
 from pipeline.train.loop import _epochs_since_best
+from pipeline.train.losses import ContrastiveLoss, info_nce, info_nce_bank, symile, uniformity
 
 
 def unit(x):

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jobs.corpus import depth_map, draw_shape, tone, write_depth
 from pipeline import modalities
 from pipeline.config import ConfigError, EmbedConfig, EncoderConfig, LimitsConfig, load_embed_config
-from jobs.corpus import depth_map, draw_shape, tone, write_depth
-from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
 from pipeline.encoders.presets import EncoderRef, resolve_encoder
+from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.media.errors import DecodeError
 from pipeline.modalities import InputSpec
 from pipeline.modality import Modality

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from pipeline.config import EmbedConfig
 from jobs.corpus import AUDIO_FORMATS
+from pipeline.config import EmbedConfig
 from pipeline.embed.job import ResumeMismatchError, run_embed
-from pipeline.store.features import read_errors, read_features
 from pipeline.media.ffmpeg import find_ffmpeg
+from pipeline.store.features import read_errors, read_features
 
 ITEMS = 20
 

@@ -80,8 +80,8 @@ def test_training_reads_the_feature_store_from_s3_and_stops_early(ray_session, s
     """Uses the store that test_s3_manifest_media_and_output wrote to s3://features/run1. A learning
     rate far too high makes the validation loss stop improving, so early stopping (patience 2) ends
     the stage and the lowest-validation-loss epoch is kept."""
-    from pipeline.train.job import run_train
     from pipeline.train.config import load_train_config
+    from pipeline.train.job import run_train
 
     config = tmp_path / "train.yaml"
     config.write_text(f"val_fraction: 0.25\nkeep_checkpoints: null\nstorage: {{endpoint_url: '{s3_endpoint}'}}\n"

@@ -20,8 +20,8 @@ import pytest
 import requests
 import yaml
 
-from pipeline.config import ConfigError
 from jobs.corpus import SAMPLE_RATE, clip, encode_video, write_wav
+from pipeline.config import ConfigError
 from pipeline.media.ffmpeg import find_ffmpeg
 from serving.config import APP_NAME
 from tests.media_factory import png_bytes
@@ -361,8 +361,8 @@ def test_remote_fetching_is_off_unless_enabled():
 
 
 def test_search_returns_the_true_pair(served, feature_store, local_model):
-    from pipeline.store.features import embeddings, read_features
     from jobs.quality import concept_inputs
+    from pipeline.store.features import embeddings, read_features
     from PIL import Image
 
     url, _ = served

@@ -283,8 +283,8 @@ def test_errors_about_posted_bytes_name_no_server_path(model_dir):
 
 
 def test_a_store_from_other_encoders_is_refused_at_start_up(model_dir, feature_store, tmp_path):
-    from pipeline.store.files import read_json, write_json
     from pipeline.config import ConfigError
+    from pipeline.store.files import read_json, write_json
     from serving.app import _indexed_modalities
     from serving.config import ServeArgs
 

@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.config import StorageConfig
 from pipeline.embed.job import build_items
 from pipeline.modality import Modality
 from pipeline.store.sources import ManifestError, read_manifest, resolve_uri, storage_options
-from pipeline.config import StorageConfig
 
 
 def jsonl(tmp_path, rows, name="m.jsonl"):

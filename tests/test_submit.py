@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from pipeline.config import ConfigError
 from jobs.submit import entrypoint, runtime_env
+from pipeline.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,12 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.config import ConfigError
-from pipeline.store.features import embeddings, read_features
-from pipeline.inference import load_model
 from pipeline.eval.metrics import both_directions
+from pipeline.inference import load_model
 from pipeline.model import ModelConfig, OneEncoder, count_trainable
-from pipeline.train.job import run_train
+from pipeline.store.features import embeddings, read_features
 from pipeline.train.config import load_train_config
+from pipeline.train.job import run_train
 
 from tests.settings import BASELINE_EPOCHS, VAL_FRACTION
 
@@ -104,8 +104,8 @@ def test_load_model_embeds_raw_inputs_into_the_shared_space(trained, feature_sto
     from PIL import Image
 
     from jobs.corpus import encode_audio, encode_video
-    from pipeline.media.ffmpeg import find_ffmpeg
     from jobs.quality import concept_inputs
+    from pipeline.media.ffmpeg import find_ffmpeg
 
     output, _, _ = trained
     model = load_model(output)
@@ -324,8 +324,8 @@ def test_the_no_flag_curriculum_trains_each_stage_until_validation_loss_stops_fa
 
 def test_tune_searches_each_stage_then_trains_it_with_the_best_settings(ray_session, feature_store, tmp_path, capsys):
     """`oneencoder tune`: ASHA trials per stage on the cached features, the best settings trained and recorded."""
-    from pipeline.store.files import read_json
     from jobs.cli import main
+    from pipeline.store.files import read_json
 
     config = tmp_path / "tune.yaml"
     config.write_text(f"val_fraction: {VAL_FRACTION}\n"
@@ -358,9 +358,9 @@ def test_tune_searches_each_stage_then_trains_it_with_the_best_settings(ray_sess
 def test_k_token_features_train_and_embed_end_to_end(ray_session, tmp_path):
     """K = 3 token vectors per item: stored as (K, D), trained through the Universal Projection over K tokens,
     and a raw input embedded through the artifact's encoders pooled to the same K."""
-    from pipeline.store.files import read_json
     from jobs.quality import concept_inputs, write_concept_store
     from pipeline.store.features import FeatureStore
+    from pipeline.store.files import read_json
 
     store = str(tmp_path / "k3")
     write_concept_store(store, n=96, seed=0, tokens=3)

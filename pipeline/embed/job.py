@@ -20,14 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import ConfigError, EmbedConfig, EncoderConfig, require_paths
-from pipeline.media.decode import DecodeSettings
 from pipeline.embed.stages import EncodeActor, decode_batch
 from pipeline.encoders.frozen import read_input_spec
-from pipeline.modalities import InputSpec
 from pipeline.encoders.presets import EncoderRef, resolve_encoder
-from pipeline.store.features import ERROR_SCHEMA, STAGES, FeatureStore, features_table
+from pipeline.media.decode import DecodeSettings
 from pipeline.media.ffmpeg import find_ffmpeg
+from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
+from pipeline.store.features import ERROR_SCHEMA, STAGES, FeatureStore, features_table
 from pipeline.store.sources import Manifest, read_manifest, resolve_uri, storage_options
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import EncoderConfig
-from pipeline.media.decode import DecodeSettings
 from pipeline.encoders.presets import EncoderRef
 from pipeline.item_encoder import ItemEncoder, ItemError, decode_raw
+from pipeline.media.decode import DecodeSettings
 
 log = logging.getLogger(__name__)
 

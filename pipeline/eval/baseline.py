@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.train.losses import info_nce
 from pipeline.eval.metrics import ranks
 from pipeline.store.pairs import is_validation
+from pipeline.train.losses import info_nce
 
 
 @contextlib.contextmanager

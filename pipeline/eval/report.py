@@ -12,9 +12,9 @@ from pydantic import Field
 
 from pipeline.artifact import read_artifact
 from pipeline.config import ConfigError, StorageConfig, StrictModel
-from pipeline.store.files import write_json
-from pipeline.inference import load_model
 from pipeline.eval.metrics import both_directions, retrieval
+from pipeline.inference import load_model
+from pipeline.store.files import write_json
 from pipeline.store.pairs import load_features
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,10 @@
 """Image decoding with Pillow: RGB, EXIF orientation, pixel limit, bounded size."""
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,27 +25,38 @@ def decode_image(data: bytes, max_pixels: int, target_hw: tuple[int, int]) -> np
     """
     if not data:
         raise DecodeError("empty file (0 bytes): expected an image")
+    with pillow_errors("image", "not an image format we accept: expected JPEG, PNG, WebP, GIF, BMP or TIFF "
+                                "(EPS/PostScript and other formats are refused)"):
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+        check_pixels("image", img.width, img.height, max_pixels)
+        bound = (2 * target_hw[1], 2 * target_hw[0])
+        img.draft("RGB", bound)  # JPEG: decode at reduced scale when much larger than needed
+        img.load()
+        img = ImageOps.exif_transpose(img).convert("RGB")
+        if img.width > bound[0] or img.height > bound[1]:
+            img.thumbnail(bound, Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def check_pixels(what: str, width: int, height: int, max_pixels: int) -> None:
+    """Refuse a picture of more than ``max_pixels`` before its pixels are decoded (decompression bombs)."""
+    if width * height > max_pixels:
+        raise DecodeError(f"{what} is {width}x{height} = {width * height} pixels, over limits.max_image_pixels={max_pixels}")
+
+
+@contextlib.contextmanager
+def pillow_errors(what: str, unidentified: str) -> Iterator[None]:
+    """Pillow's ways of saying bytes are not a picture it may open, as DecodeErrors naming ``what``
+    (``unidentified``: the message for a format outside the allowed ones)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
-            width, height = img.size
-            if width * height > max_pixels:
-                raise DecodeError(f"image is {width}x{height} = {width * height} pixels, over "
-                                  f"limits.max_image_pixels={max_pixels}")
-            bound = (2 * target_hw[1], 2 * target_hw[0])
-            img.draft("RGB", bound)  # JPEG: decode at reduced scale when much larger than needed
-            img.load()
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            if img.width > bound[0] or img.height > bound[1]:
-                img.thumbnail(bound, Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            yield
     except DecodeError:
         raise
     except UnidentifiedImageError:
-        raise DecodeError("not an image format we accept: expected JPEG, PNG, WebP, GIF, BMP or TIFF "
-                          "(EPS/PostScript and other formats are refused)") from None
+        raise DecodeError(unidentified) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DecodeError(f"decompression bomb refused: {e}") from None
     except (OSError, ValueError, SyntaxError) as e:  # Pillow reports truncation/corruption as these
-        raise DecodeError(f"corrupt or truncated image: {type(e).__name__}: {e}") from None
+        raise DecodeError(f"corrupt or truncated {what}: {type(e).__name__}: {e}") from None

@@ -5,8 +5,8 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 if TYPE_CHECKING:  # annotations only: this module stays free of torch, transformers and Ray
-    from pipeline.media.decode import DecodeSettings
     from pipeline.encoders.frozen import FrozenEncoder
+    from pipeline.media.decode import DecodeSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +83,15 @@ def processor_hw(pre: dict[str, Any]) -> tuple[int, int]:
         if size.get("shortest_edge"):
             return int(size["shortest_edge"]), int(size["shortest_edge"])
     return 224, 224
+
+
+def forward_pixels(encoder: Any, batch: Any):
+    """The tail of every pixel modality's forward: its processor's ``pixel_values`` through the model; every
+    patch (or tubelet) is a valid token. Returns (hidden (B, T, D), lengths (B,))."""
+    import torch
+
+    hidden = encoder.run(pixel_values=batch["pixel_values"].to(encoder.device, encoder.dtype))
+    return hidden, torch.full((hidden.shape[0],), hidden.shape[1])
 
 
 def image_input_spec(pre: dict, config: dict, enc: Any) -> InputSpec:

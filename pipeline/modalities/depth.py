@@ -9,13 +9,13 @@ channels; any ViT-like checkpoint (a CLIP/SigLIP vision tower too) works through
 from __future__ import annotations
 
 import io
-import warnings
 from typing import Any
 
 import numpy as np
 
 from pipeline.media.errors import DecodeError
-from pipeline.modalities.base import IMAGE_PIXELS, ModalitySpec, image_input_spec
+from pipeline.media.image import check_pixels, pillow_errors
+from pipeline.modalities.base import IMAGE_PIXELS, ModalitySpec, forward_pixels, image_input_spec
 
 FORMATS = ("PNG", "TIFF")                       # the only Pillow formats a depth map may be read as
 MODES = ("I;16", "I;16B", "I;16L", "I", "F", "L")  # single-channel integer or float pixels
@@ -47,7 +47,7 @@ def _read_npy(data: bytes, max_pixels: int) -> np.ndarray:
         shape = shape[:2]
     if len(shape) != 2 or min(shape) <= 0:
         raise DecodeError(f".npy depth map has shape {shape}: expected (height, width) or (height, width, 1)")
-    _check_pixels(shape[1], shape[0], max_pixels)
+    check_pixels("depth map", shape[1], shape[0], max_pixels)
     count = shape[0] * shape[1]
     if len(data) - buf.tell() < count * dtype.itemsize:
         raise DecodeError(f"truncated .npy depth map: {len(data) - buf.tell()} bytes of data, "
@@ -57,32 +57,16 @@ def _read_npy(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 def _read_image(data: bytes, max_pixels: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
-            _check_pixels(img.width, img.height, max_pixels)
-            if img.mode not in MODES:
-                raise DecodeError(f"depth map has {img.mode} pixels: expected one channel (16-bit or 32-bit integer, "
-                                  "float, or 8-bit grey); send colour pictures as modality image")
-            img.load()
-            return np.asarray(img).astype(np.float32)
-    except DecodeError:
-        raise
-    except UnidentifiedImageError:
-        raise DecodeError("not a depth map format we accept: expected 16-bit PNG, TIFF or .npy") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DecodeError(f"decompression bomb refused: {e}") from None
-    except (OSError, ValueError, SyntaxError) as e:  # Pillow reports truncation/corruption as these
-        raise DecodeError(f"corrupt or truncated depth map: {type(e).__name__}: {e}") from None
-
-
-def _check_pixels(width: int, height: int, max_pixels: int) -> None:
-    if width * height > max_pixels:
-        raise DecodeError(f"depth map is {width}x{height} = {width * height} pixels, over "
-                          f"limits.max_image_pixels={max_pixels}")
+    with pillow_errors("depth map", "not a depth map format we accept: expected 16-bit PNG, TIFF or .npy"):
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+        check_pixels("depth map", img.width, img.height, max_pixels)
+        if img.mode not in MODES:
+            raise DecodeError(f"depth map has {img.mode} pixels: expected one channel (16-bit or 32-bit integer, "
+                              "float, or 8-bit grey); send colour pictures as modality image")
+        img.load()
+        return np.asarray(img).astype(np.float32)
 
 
 def _shrink(depth: np.ndarray, target_hw: tuple[int, int]) -> np.ndarray:
@@ -108,14 +92,11 @@ def _normalise(depth: np.ndarray) -> np.ndarray:
 def forward(encoder: Any, maps: list[np.ndarray]):
     """(H, W) maps → repeated over the model's input channels → its processor (no 1/255 rescale: maps are in
     [0, 1] already) → hidden (B, patches, D)."""
-    import torch
-
     config = encoder.model.config
     channels = int(getattr(getattr(config, "vision_config", config), "num_channels", 1))
     images = [np.repeat(m[..., None], channels, axis=-1) for m in maps]
-    batch = encoder.processor(images=images, do_rescale=False, input_data_format="channels_last", return_tensors="pt")
-    hidden = encoder.run(pixel_values=batch["pixel_values"].to(encoder.device, encoder.dtype))
-    return hidden, torch.full((hidden.shape[0],), hidden.shape[1])
+    return forward_pixels(encoder, encoder.processor(images=images, do_rescale=False, input_data_format="channels_last",
+                                                     return_tensors="pt"))
 
 
 def build_tiny(dest: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.media.image import decode_image
-from pipeline.modalities.base import IMAGE_PIXELS, ModalitySpec, image_input_spec
+from pipeline.modalities.base import IMAGE_PIXELS, ModalitySpec, forward_pixels, image_input_spec
 
 
 def decode(data: bytes, settings: Any):
@@ -14,11 +14,7 @@ def decode(data: bytes, settings: Any):
 
 def forward(encoder: Any, images: list[Any]):
     """RGB uint8 (H, W, 3) arrays → the encoder's processor → hidden (B, patches, D); every patch is valid."""
-    import torch
-
-    batch = encoder.processor(images=images, return_tensors="pt")
-    hidden = encoder.run(pixel_values=batch["pixel_values"].to(encoder.device, encoder.dtype))
-    return hidden, torch.full((hidden.shape[0],), hidden.shape[1])
+    return forward_pixels(encoder, encoder.processor(images=images, return_tensors="pt"))
 
 
 def build_tiny(dest: str) -> None:

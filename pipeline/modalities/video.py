@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.media.video import decode_video
-from pipeline.modalities.base import InputSpec, Limit, ModalitySpec, processor_hw
+from pipeline.modalities.base import InputSpec, Limit, ModalitySpec, forward_pixels, processor_hw
 
 
 def decode(path: str, settings: Any):
@@ -18,11 +18,7 @@ def input_spec(pre: dict, config: dict, enc: Any) -> InputSpec:
 
 
 def forward(encoder: Any, clips: list[Any]):
-    import torch
-
-    batch = encoder.processor([list(clip) for clip in clips], return_tensors="pt")
-    hidden = encoder.run(pixel_values=batch["pixel_values"].to(encoder.device, encoder.dtype))
-    return hidden, torch.full((hidden.shape[0],), hidden.shape[1])
+    return forward_pixels(encoder, encoder.processor([list(clip) for clip in clips], return_tensors="pt"))
 
 
 def build_tiny(dest: str) -> None:

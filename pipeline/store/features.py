@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.store.files import write_bytes_atomic
 from pipeline.modality import Modality
+from pipeline.store.files import write_bytes_atomic
 from pipeline.store.sources import filesystem
 
 ERROR_SCHEMA = pa.schema([("id", pa.string()), ("modality", pa.string()), ("uri", pa.string()),

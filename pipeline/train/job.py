@@ -20,17 +20,17 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.artifact import Artifact, read_artifact, write_artifact
-from pipeline.store.files import read_json, write_bytes_atomic, write_json
 from pipeline.config import ConfigError
-from pipeline.store.features import FeatureStore
 from pipeline.model import ModelConfig
+from pipeline.store.features import FeatureStore
+from pipeline.store.files import read_json, write_bytes_atomic, write_json
 from pipeline.store.pairs import join, load_features, split
 from pipeline.store.sources import storage_options
 from pipeline.train.config import StageConfig, TrainConfig, check_curriculum
 from pipeline.train.loop import train_loop
 
 log = logging.getLogger(__name__)
-RUN_FORMAT = "oneencoder-run/2"  # checkpoint layout of a training run (pipeline/train_loop.RunState)
+RUN_FORMAT = "oneencoder-run/2"  # checkpoint layout of a training run (pipeline/train/loop.RunState)
 
 
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
@@ -75,13 +75,11 @@ def _base_model(cfg: TrainConfig, store: FeatureStore, output: str) -> Artifact:
         check_curriculum(cfg.stages, set(base.modalities))
     except ValueError as e:
         raise ConfigError(f"from_model {cfg.from_model}: {e}") from None
-    for name in {n for s in cfg.stages for n in s.modalities} & set(base.modalities):
-        record, run = store.encoder_record(name) or {}, store.run_record(name) or {}
-        if record.get("name") != base.encoders[name]["name"] or run.get("tokens") != base.model["tokens"][name]:
-            raise ConfigError(
-                f"features {store.root}: its {name} features come from {record.get('name')!r} with K={run.get('tokens')}, "
-                f"but {cfg.from_model} was trained on {base.encoders[name]['name']!r} with K={base.model['tokens'][name]}; "
-                f"embed the {name} column with the model's encoder (see {cfg.from_model}/encoders.json)")
+    for name in sorted({n for s in cfg.stages for n in s.modalities} & set(base.modalities)):
+        mismatch = base.features_mismatch(store, name)
+        if mismatch:
+            raise ConfigError(f"features {store.root}: {mismatch} ({cfg.from_model}); embed the {name} column with "
+                              f"the model's encoder (see {cfg.from_model}/encoders.json)")
     return base
 
 

@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.train.checkpoint import load_optimizer, load_weights, save_optimizer, save_weights
-from pipeline.store.files import read_json, write_json
-from pipeline.train.curriculum import apply_freeze, set_modes, trainable_parts
-from pipeline.train.losses import ContrastiveLoss, info_nce
 from pipeline.eval.metrics import both_directions
 from pipeline.model import ModelConfig, OneEncoder, count_trainable
+from pipeline.store.files import read_json, write_json
+from pipeline.train.checkpoint import load_optimizer, load_weights, save_optimizer, save_weights
 from pipeline.train.config import StageConfig
+from pipeline.train.curriculum import apply_freeze, set_modes, trainable_parts
+from pipeline.train.losses import ContrastiveLoss, info_nce
 
 log = logging.getLogger("pipeline.train.job")
 # The best epoch and early stopping follow the validation InfoNCE loss: on small validation sets with
