@@ -59,6 +59,9 @@ JOBS: dict[str, Job] = {job.name: job for job in (
                     "fields, the flags override them"),
     Job("benchmark-embed", ("jobs.benchmark_embed",), "the embed pipeline's throughput against its ceiling",
         "jobs.benchmarks:BenchmarkEmbedConfig", "jobs.benchmark_embed:run", "python -m jobs.benchmark_embed --config FILE"),
+    Job("benchmark-scale", ("jobs.benchmark_scale",), "the embed job's per-item cost and driver memory as the "
+        "manifest grows", "jobs.benchmark_scale:BenchmarkScaleConfig", "jobs.benchmark_scale:run",
+        "python -m jobs.benchmark_scale --config FILE"),
     Job("benchmark-train", ("jobs.benchmark_train",), "training on cached features against end-to-end training",
         "jobs.benchmarks:BenchmarkTrainConfig", "jobs.benchmark_train:run", "python -m jobs.benchmark_train --config FILE"),
     Job("benchmark-serve", ("jobs.benchmark_serve",), "the Serve application's req/s and latency, batching on and off",
@@ -145,7 +148,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.artifact import ArtifactError
     from pipeline.config import ConfigError
     from pipeline.embed.job import ResumeMismatchError
-    from pipeline.store.sources import ManifestError
+    from pipeline.store.manifest import ManifestError
 
     return ConfigError, ManifestError, ResumeMismatchError, ArtifactError
 

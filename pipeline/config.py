@@ -63,8 +63,12 @@ LimitsConfig.__doc__ = "Size, duration and time limits on inputs: the media ones
 
 
 class DecodeConfig(StrictModel):
-    batch_size: int = Field(8, ge=1, description="Items per decode task batch.")
+    batch_size: int = Field(64, ge=1, description="Media items per decode task (each task costs tens of ms to "
+                            "schedule on a small machine; lower it for long videos to bound memory).")
+    inline_batch_size: int = Field(1024, ge=1, description="Text items per decode task (cheap to decode: large batches "
+                                   "keep the per-task cost small).")
     num_cpus: float = Field(0.5, gt=0, description="Logical CPUs reserved per decode task.")
+    read_num_cpus: float = Field(0.25, gt=0, description="Logical CPUs reserved per manifest-chunk read task.")
 
 
 class EncoderConfig(StrictModel):
@@ -78,7 +82,8 @@ class EncoderConfig(StrictModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor (0 = CPU).")
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per encoder actor "
                                         "(e.g. {encoder_node: 1} to place encoders on a worker group that has it).")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor; null = all cores of the node when on CPU.")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor; null = the CPUs the actor "
+                                         "reserves (num_cpus, at least 1) in the embed job, all cores in load_model.")
     precision: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Compute precision on GPU (CPU always runs float32).")
     num_frames: int | None = Field(None, ge=1, description="Video: frames sampled per clip; null = the model's num_frames.")
     max_text_tokens: int | None = Field(None, ge=1, description="Text: tokenizer truncation length; null = the model's maximum.")
@@ -91,7 +96,14 @@ class EmbedConfig(StrictModel):
     random_init: bool = Field(False, description="Build the preset's architectures with random weights, offline (benchmarks).")
     modalities: list[Modality] | None = Field(None, description="Modalities to embed; null = every modality column in the manifest.")
     overwrite: bool = Field(False, description="Delete earlier output and start over instead of resuming.")
-    shard_size: int = Field(256, ge=1, le=1_000_000, description="Items per committed shard: the unit of resume.")
+    shard_size: int = Field(256, ge=1, le=1_000_000, description="Manifest rows per committed shard (each modality's "
+                            "items of those rows): the unit of resume.")
+    chunk_rows: int = Field(100_000, ge=1, description="Manifest rows per read task; repeated media are found "
+                            "within a chunk.")
+    dedupe: bool = Field(True, description="Decode and encode each distinct media URI (text: string) of a chunk once; "
+                         "every id still gets its own row.")
+    actor_batch_rows: int = Field(256, ge=1, description="Rows per encoder-actor call (each modality's encoder "
+                                  "runs its own batch_size within it); lower it for long videos to bound memory.")
     cache_dir: str | None = Field(None, description="Where built tiny/random-init models are saved; null = $ONEENCODER_CACHE or ~/.cache/oneencoder.")
     ffmpeg: str | None = Field(None, description="ffmpeg binary; null = $ONEENCODER_FFMPEG, else ffmpeg on PATH, else imageio-ffmpeg's.")
     no_progress_timeout_s: float = Field(1800.0, gt=0, description="Fail the job if Ray Data makes no progress for this long.")

@@ -1,7 +1,7 @@
 """Exactly once at every crash point.
 
-The driver stops at each step of a shard commit (after the feature file, after the error file,
-before the marker), during the summary, and at each step of a stage save and of the artifact;
+A shard commit stops at each of its steps (after the feature file, after the error file, before the
+marker: the job's commit task writes the files, its driver the marker), the driver during the summary, and at each step of a stage save and of the artifact;
 then a rerun. Whatever the point: readers see only committed shards, every (id, modality) ends in
 exactly one row, in features or in errors, and every saved stage matches its store.
 
@@ -122,8 +122,8 @@ def test_a_job_stopped_mid_commit_and_mid_summary_then_rerun_keeps_each_item_exa
     out = str(tmp_path / "out")
     cfg = EmbedConfig(input=manifest, output=out, shard_size=4, decode={"batch_size": 4},
                       encoders={"image": {"batch_size": 4}})
-    steps = [("after", lambda t: t.startswith("errors/")),  # x03's shard: both files written, no marker
-             ("before", lambda t: t == "summary.json")]     # every shard committed, no summary
+    steps = [("before", lambda t: t == "_progress/image/shard-00000.json"),  # x03's shard: its files, no marker
+             ("before", lambda t: t == "summary.json")]                     # every shard committed, no summary
     for number, (when, matches) in enumerate(steps):
         with monkeypatch.context() as patch:
             hit = crash_on_write(patch, FeatureStore, "write_bytes_atomic", when, matches)
@@ -257,3 +257,37 @@ def test_a_stage_saved_on_another_store_is_retrained(feature_store, tmp_path):
     moved = load_train_config(None, features=other, output=output, stages="image:text", epochs=1)
     (again,), _ = plan_curriculum(moved, features, output)
     assert reusable_stages([again]) == 0
+
+
+def test_a_shard_whose_parts_repeat_rows_commits_each_row_once(tmp_path):
+    """A retried actor call writes a second part with rows the first already holds; the commit keeps one copy
+    of each row, counts the media encoded once, and removes the shard's parts."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.embed.stages import commit_parts, part_schema
+
+    store = FeatureStore(str(tmp_path), {})
+    schema = part_schema(1, 4, "float32")
+
+    def part(rows, first, ok):
+        n = len(rows)
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(np.array(rows, np.float32), 4)), 4,
+                                                mask=pa.array([not o for o in ok]))
+        table = pa.Table.from_arrays([pa.array([f"x{r}" for r in rows]), pa.array([f"/m/{r}.png" for r in rows]),
+                                      pa.array(rows, pa.int64()), pa.array(first), pa.array(ok),
+                                      pa.array(["" if o else "decode" for o in ok]),
+                                      pa.array([None if o else "image: corrupt" for o in ok], pa.string()), emb],
+                                     schema=schema)
+        name = f"{store.parts_dir('image', 0)}/{len(rows)}-{rows[0]}.parquet"
+        store.write_table(name, table)
+        return name
+
+    parts = [part([0, 1, 2], [True, False, True], [True, True, False]),   # rows 0 and 1 share one image
+             part([2, 3], [True, True], [False, True])]                  # the retry repeats row 2
+    counts = commit_parts(str(tmp_path), {}, "image", 0, parts, "enc", 1)
+    assert counts == {"features": 3, "errors": {"read": 0, "decode": 1, "encode": 0}, "dim": 4, "unique": 3}
+    store.start_run("image", {"run": 1}, {})
+    store.write_marker("image", 0, counts)
+    assert rows_by_id(str(tmp_path)) == {"x0": ["features"], "x1": ["features"], "x2": ["errors"], "x3": ["features"]}
+    assert not os.path.exists(tmp_path / "_parts" / "image" / "shard-00000")

@@ -174,3 +174,67 @@ def test_rerun_resumes_to_a_no_op(mixed_run, ray_session):
     summary = run_embed(cfg)
     after = {p: os.stat(os.path.join(r, p)).st_mtime_ns for r, _, fs in os.walk(out) for p in fs if p.endswith(".parquet")}
     assert summary["items_this_run"] == 0 and before == after
+
+
+@pytest.fixture(scope="module")
+def coco_shaped(session_dir, sample_corpus, tmp_path_factory):
+    """COCO's shape: 6 images and 6 audio clips, each named by 4 rows (own ids, shuffled), and an ffmpeg that
+    logs every call, so decodes per clip are counted outside our code."""
+    folder = tmp_path_factory.mktemp("coco")
+    corpus = os.path.dirname(sample_corpus)
+    with open(sample_corpus) as fh:
+        samples = [json.loads(line) for line in fh][:6]
+    rows = [{"id": f"c{s}-{copy}", "image": os.path.join(corpus, sample["image"]),
+             "audio": os.path.join(corpus, sample["audio"]), "text": sample["text"]}
+            for s, sample in enumerate(samples) for copy in range(4)]
+    np.random.default_rng(0).shuffle(rows)
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    calls = folder / "ffmpeg-calls.log"
+    wrapper = folder / "logging-ffmpeg"
+    wrapper.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexec {find_ffmpeg()} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return str(manifest), rows, str(wrapper), calls, [os.path.join(corpus, s["audio"]) for s in samples]
+
+
+def test_each_unique_media_is_decoded_and_encoded_once_and_every_id_gets_its_row(ray_session, coco_shaped, tmp_path):
+    manifest, rows, wrapper, calls, clips = coco_shaped
+    runs = {}
+    for dedupe in (True, False):
+        calls.write_text("")
+        out = str(tmp_path / f"out-{dedupe}")
+        summary = run_embed(EmbedConfig(input=manifest, output=out, ffmpeg=wrapper, dedupe=dedupe, shard_size=5))
+        log = calls.read_text()
+        runs[dedupe] = out, summary, [log.count(clip) for clip in clips]
+    out, summary, per_clip = runs[True]
+    for m in ("image", "audio", "text"):
+        assert summary["modalities"][m]["items"] == 24 and summary["modalities"][m]["unique"] == 6, m
+        assert summary["modalities"][m]["complete"]
+        table = read_features(out, m)
+        assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)  # one row per id
+        vectors = dict(zip(table.column("id").to_pylist(), embeddings(table)))
+        for r in rows:  # every id naming a media carries that media's vector
+            np.testing.assert_array_equal(vectors[r["id"]], vectors[r["id"].rsplit("-", 1)[0] + "-0"])
+    assert read_errors(out).num_rows == 0
+    _, undeduped, per_clip_undeduped = runs[False]
+    assert undeduped["modalities"]["audio"]["unique"] == 24
+    calls_per_decode = per_clip[0]
+    assert calls_per_decode >= 1 and per_clip == [calls_per_decode] * 6  # each clip decoded once
+    assert per_clip_undeduped == [4 * calls_per_decode] * 6               # without dedupe: once per row
+    for m in ("image", "audio", "text"):  # the same vectors either way
+        a, b = read_features(out, m), read_features(runs[False][0], m)
+        va, vb = dict(zip(a.column("id").to_pylist(), embeddings(a))), dict(zip(b.column("id").to_pylist(), embeddings(b)))
+        for key in va:
+            np.testing.assert_allclose(va[key].astype(np.float32), vb[key].astype(np.float32), atol=2e-3)
+
+
+def test_shards_spanning_read_chunks_commit_each_row_once(ray_session, sample_corpus, tmp_path):
+    """12 rows in chunks of 5 and shards of 4: shards 1 and 2 get their rows from two read tasks each."""
+    out = str(tmp_path / "out")
+    summary = run_embed(EmbedConfig(input=sample_corpus, output=out, modalities=["text", "image"], chunk_rows=5,
+                                    shard_size=4))
+    for m in ("text", "image"):
+        assert summary["modalities"][m]["complete"] and summary["modalities"][m]["shards_committed"] == 3
+        ids = read_features(out, m).column("id").to_pylist()
+        assert sorted(ids) == [f"s{i:05d}" for i in range(12)]
+    assert not os.path.exists(os.path.join(out, "_parts", "text")) or not os.listdir(os.path.join(out, "_parts", "text"))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from jobs import benchmark_embed, benchmark_serve, benchmark_train, quality_sweep
+from jobs import benchmark_embed, benchmark_scale, benchmark_serve, benchmark_train, quality_sweep
 from jobs import train as train_job
 from tests.settings import STAGES, VAL_FRACTION
 
@@ -36,6 +36,14 @@ def test_benchmark_mains_print_their_ratios(ray_session, tmp_path, capsys):
     assert benchmark_embed.main(["--preset", "tiny", "--images", "32", "--batch-size", "8", "--workdir", str(tmp_path / "b")]) == 0
     printed = capsys.readouterr().out
     assert "(b)/(a) = " in printed and "(b)/(c) = " in printed
+    scale = tmp_path / "scale.json"
+    argv = ["--rows", "96,64", "--shard-size", "16", "--ceiling-items", "64", "--startup-samples", "0",
+            "--workdir", str(tmp_path / "s"), "--report", str(scale)]
+    assert benchmark_scale.main(argv) == 0
+    assert "x ceiling" in capsys.readouterr().out
+    figures = json.loads(scale.read_text())
+    assert [r["rows"] for r in figures["runs"]] == [64, 96] and all(r["complete"] for r in figures["runs"])
+    assert figures["runs"][0]["driver_rss_vs_smallest"] == 1 and figures["runs"][1]["driver_peak_rss_mb"] > 50
 
 
 def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
@@ -45,6 +53,8 @@ def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
     assert "samples = 4: expected at least batch_size (8)" in capsys.readouterr().err
     assert benchmark_embed.main(["--images", "16"]) == 2
     assert "images = 16: expected at least 4 x batch_size (64)" in capsys.readouterr().err
+    assert benchmark_scale.main(["--rows", "20000,10"]) == 2
+    assert "rows = [20000, 10]: expected sizes of at least 64" in capsys.readouterr().err
     assert benchmark_serve.main(["--levels", "1,x"]) == 2
     assert "expected comma-separated integers, e.g. 1,8,32, got '1,x'" in capsys.readouterr().err
     assert benchmark_serve.main(["--levels", "1,64", "--requests", "32"]) == 2

@@ -16,7 +16,7 @@ from jobs.corpus import AUDIO_FORMATS
 from pipeline.config import EmbedConfig
 from pipeline.embed.job import ResumeMismatchError, run_embed
 from pipeline.media.ffmpeg import find_ffmpeg
-from pipeline.store.features import read_errors, read_features
+from pipeline.store.features import FeatureStore, read_errors, read_features
 
 ITEMS = 20
 
@@ -56,8 +56,11 @@ def assert_complete_without_duplicates(out):
 
 
 def shard_mtimes(out):
-    folder = os.path.join(out, "features", "audio")
-    return {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)}
+    """Modification times of the files of committed shards (a killed commit may leave files without a marker:
+    those are redone)."""
+    store = FeatureStore(out, {})
+    return {f: os.stat(os.path.join(out, f)).st_mtime_ns for kind in ("features", "errors")
+            for f in store.committed_files("audio", kind)}
 
 
 def interrupt_after_more_commits(cmd, env, sig, done_before: int) -> tuple[int, str]:

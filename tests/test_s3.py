@@ -12,7 +12,8 @@ import pytest
 
 from pipeline.config import StorageConfig
 from pipeline.store.features import embeddings, read_errors, read_features
-from pipeline.store.sources import ManifestError, read_manifest, storage_options
+from pipeline.store.manifest import ManifestError, plan_manifest
+from pipeline.store.sources import storage_options
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_unreachable_endpoint_is_named():
     opts = storage_options(StorageConfig(endpoint_url="http://127.0.0.1:9"))
     opts["config_kwargs"] = {"connect_timeout": 1, "retries": {"max_attempts": 1}}
     with pytest.raises(ManifestError, match="cannot reach the S3 endpoint"):
-        read_manifest("s3://bucket/manifest.jsonl", opts)
+        plan_manifest("s3://bucket/manifest.jsonl", opts, shard_size=4)
 
 
 def test_training_reads_the_feature_store_from_s3_and_stops_early(ray_session, s3_endpoint, tmp_path):

@@ -8,9 +8,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import StorageConfig
-from pipeline.embed.job import build_items
+from pipeline.embed.stages import work_rows
 from pipeline.modality import Modality
-from pipeline.store.sources import ManifestError, read_manifest, resolve_uri, storage_options
+from pipeline.store.manifest import ManifestError, item_mask, plan_manifest, read_chunk
+from pipeline.store.sources import resolve_uri, storage_options
+
+
+def read_manifest(path, shard_size=1, chunk_rows=100_000):
+    """The plan and every chunk's normalized rows."""
+    plan = plan_manifest(path, {}, shard_size, chunk_rows)
+    return plan, pa.concat_tables([read_chunk(plan, c, {}) for c in plan.chunks])
 
 
 def jsonl(tmp_path, rows, name="m.jsonl"):
@@ -21,40 +28,41 @@ def jsonl(tmp_path, rows, name="m.jsonl"):
 
 def test_jsonl_csv_parquet_read_the_same(tmp_path):
     rows = [{"id": "a", "image": "x.png", "text": "a red circle"}, {"id": "b", "text": "hi"}]
-    m1 = read_manifest(jsonl(tmp_path, rows), {})
+    m1 = read_manifest(jsonl(tmp_path, rows))
     (tmp_path / "m.csv").write_text("id,image,text\na,x.png,a red circle\nb,,hi\n")
-    m2 = read_manifest(str(tmp_path / "m.csv"), {})
+    m2 = read_manifest(str(tmp_path / "m.csv"))
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
-    m3 = read_manifest(str(tmp_path / "m.parquet"), {})
-    for m in (m1, m2, m3):
-        assert m.ids == ["a", "b"]
-        assert m.columns[Modality("image")] == ["x.png", None]
-        assert m.columns[Modality("text")] == ["a red circle", "hi"]
-        assert m.base == str(tmp_path)
+    m3 = read_manifest(str(tmp_path / "m.parquet"))
+    for plan, table in (m1, m2, m3):
+        assert table.column("id").to_pylist() == ["a", "b"]
+        assert table.column("image").to_pylist() == ["x.png", None]
+        assert table.column("text").to_pylist() == ["a red circle", "hi"]
+        assert plan.base == str(tmp_path)
+        assert plan.counts.tolist() == [[1, 1], [0, 1]]  # items per shard (1 row each) of image, text
 
 
 def test_duplicate_ids_are_named(tmp_path):
     path = jsonl(tmp_path, [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "a", "text": "z"}])
     with pytest.raises(ManifestError, match="1 duplicate id.*'a'"):
-        read_manifest(path, {})
+        read_manifest(path)
 
 
 def test_missing_ids_and_columns(tmp_path):
     with pytest.raises(ManifestError, match="row 2: None"):
-        read_manifest(jsonl(tmp_path, [{"id": "a", "text": "x"}, {"text": "y"}]), {})
+        read_manifest(jsonl(tmp_path, [{"id": "a", "text": "x"}, {"text": "y"}]))
     with pytest.raises(ManifestError, match="no 'id' column"):
-        read_manifest(jsonl(tmp_path, [{"text": "x"}]), {})
+        read_manifest(jsonl(tmp_path, [{"text": "x"}]))
     with pytest.raises(ManifestError, match="no modality column"):
-        read_manifest(jsonl(tmp_path, [{"id": "x", "label": 3}]), {})
+        read_manifest(jsonl(tmp_path, [{"id": "x", "label": 3}]))
     with pytest.raises(ManifestError, match="has no rows"):
-        read_manifest(jsonl(tmp_path, []), {})
+        read_manifest(jsonl(tmp_path, []))
 
 
 def test_non_utf8_and_bad_json_lines_are_located(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "caf\xe9"}\n{"id": "c", oops}\n[1]\n')
     with pytest.raises(ManifestError) as info:
-        read_manifest(str(path), {})
+        read_manifest(str(path))
     msg = str(info.value)
     assert "3 bad line(s)" in msg
     assert "line 2: not valid UTF-8 (byte 0xe9" in msg
@@ -63,15 +71,15 @@ def test_non_utf8_and_bad_json_lines_are_located(tmp_path):
     csv_path = tmp_path / "m.csv"
     csv_path.write_bytes(b"id,text\na,ok\nb,caf\xe9\n")
     with pytest.raises(ManifestError, match=r"not valid UTF-8 \(byte 0xe9 on line 3\)"):
-        read_manifest(str(csv_path), {})
+        read_manifest(str(csv_path))
 
 
 def test_unknown_format_and_missing_manifest(tmp_path):
     (tmp_path / "m.txt").write_text("x")
     with pytest.raises(ManifestError, match="unknown format"):
-        read_manifest(str(tmp_path / "m.txt"), {})
+        read_manifest(str(tmp_path / "m.txt"))
     with pytest.raises(ManifestError, match="file not found"):
-        read_manifest(str(tmp_path / "nope.jsonl"), {})
+        read_manifest(str(tmp_path / "nope.jsonl"))
 
 
 def test_resolve_uri():
@@ -87,12 +95,15 @@ def test_resolve_uri():
 def test_items_flag_wrong_types_and_keep_every_value(tmp_path):
     path = jsonl(tmp_path, [{"id": 1, "image": 5}, {"id": "b", "image": "http://h/x.png"}, {"id": "c", "image": "ok.png"},
                             {"id": "d", "text": "no image"}, {"id": "e", "image": ""}])
-    items = build_items(read_manifest(path, {}), Modality("image"), shard_size=2)
-    assert [i["id"] for i in items] == ["1", "b", "c"]
-    assert items[0]["pre_error"] == "expected a URI string, got int '5'"
-    assert "unsupported URI scheme 'http'" in items[1]["pre_error"]
-    assert items[2]["pre_error"] is None and items[2]["value"] == str(tmp_path / "ok.png")
-    assert [i["shard"] for i in items] == [0, 0, 1]
+    plan, table = read_manifest(path, shard_size=2)
+    image = Modality("image")
+    work = work_rows(table.filter(pa.array(item_mask(table, image))), image, plan.base, dedupe=True).to_pylist()
+    assert [w["ids"] for w in work] == [["1"], ["b"], ["c"]]
+    assert work[0]["pre_error"] == "expected a URI string, got int '5'"
+    assert "unsupported URI scheme 'http'" in work[1]["pre_error"]
+    assert work[2]["pre_error"] is None and work[2]["uri"] == str(tmp_path / "ok.png")
+    assert [w["rows"] for w in work] == [[0], [1], [2]]
+    assert plan.counts.tolist() == [[2, 0], [1, 1], [0, 0]]  # image, text per shard of 2 rows; "e" has no image
 
 
 def test_storage_options_take_the_endpoint_from_the_environment(monkeypatch):

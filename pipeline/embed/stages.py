@@ -1,54 +1,144 @@
-"""The embed job's Ray Data stages, thin adapters over ``pipeline.item_encoder``: decode tasks, then encoder actors.
+"""The embed job's Ray Data stages and its commit task, thin adapters over ``pipeline.item_encoder``.
 
-Decoding runs as tasks ahead of the actors, so CPU decoding overlaps encoding; decoded arrays travel
-between them as bytes + shape + dtype. Every row comes out: with its features (``ok``), or with the
-failing ``stage`` (read/decode/encode) and the error.
+read tasks     a manifest chunk (one ranged read) → work rows: one per distinct media (or text) of a
+               modality in the chunk, naming every (row, id) that references it
+decode tasks   work rows → decoded arrays, as bytes + shape + dtype (or the read/decode error)
+encode actors  every requested modality's frozen encoder, loaded once per actor; they encode, fan each
+               vector out to the rows that reference it, write those rows as *part* files per
+               (modality, shard) and return only small commit records (part path + which rows it holds)
+commit task    a complete shard's parts → its feature and error files (the driver then writes the marker)
+
+No feature byte passes through the driver: it sees commit records (a path and a bitmap per part).
 """
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.config import EncoderConfig
 from pipeline.encoders.presets import EncoderRef
 from pipeline.item_encoder import ItemEncoder, ItemError, decode_raw
 from pipeline.media.decode import DecodeSettings
+from pipeline.modality import Modality
+from pipeline.store.features import ERROR_SCHEMA, STAGES, FeatureStore, features_table
+from pipeline.store.manifest import ManifestPlan, item_mask, read_chunk
+from pipeline.store.sources import resolve_uri
 
 log = logging.getLogger(__name__)
 
+WORK_SCHEMA = pa.schema([
+    ("modality", pa.string()), ("value", pa.string()), ("uri", pa.string()), ("pre_error", pa.string()),
+    ("rows", pa.list_(pa.int64())), ("ids", pa.list_(pa.string())),
+])
 DECODED_SCHEMA = pa.schema([
-    ("id", pa.string()), ("uri", pa.string()), ("shard", pa.int64()), ("seq", pa.int64()),
+    ("modality", pa.string()), ("uri", pa.string()), ("rows", pa.list_(pa.int64())), ("ids", pa.list_(pa.string())),
     ("ok", pa.bool_()), ("stage", pa.string()), ("error", pa.string()),
     ("payload", pa.large_binary()), ("shape", pa.list_(pa.int32())), ("dtype", pa.string()),
 ])
+RECORD_SCHEMA = pa.schema([("modality", pa.string()), ("shard", pa.int64()), ("part", pa.string()),
+                           ("bits", pa.binary())])
 
 
-def decode_batch(batch: pa.Table, settings: DecodeSettings) -> pa.Table:
-    """Decode a batch of items (columns id, value, pre_error, shard, seq) into DECODED_SCHEMA rows."""
-    cols: dict[str, list] = {name: [] for name in DECODED_SCHEMA.names}
-    for row in batch.to_pylist():
-        stage, error, packed = "", None, (b"", [], "")
-        if row["pre_error"]:
-            stage, error = "read", row["pre_error"]
+# --- read tasks ----------------------------------------------------------------------------------------
+def read_work(batch: dict[str, Any], plan: ManifestPlan, options: dict[str, Any], modality: Modality,
+              todo: np.ndarray, dedupe: bool) -> pa.Table:
+    """Chunk descriptors → the work rows of ``modality`` in them. ``todo``: bool per shard, True where the
+    modality's shard is still to embed (items of committed shards are left out)."""
+    tables = []
+    for index in batch["chunk"]:
+        table = read_chunk(plan, plan.chunks[int(index)], options)
+        if modality.value not in table.column_names:
+            continue
+        mask = item_mask(table, modality) & todo[table.column("row").to_numpy() // plan.shard_size]
+        tables.append(work_rows(table.filter(pa.array(mask)), modality, plan.base, dedupe))
+    return pa.concat_tables(tables) if tables else WORK_SCHEMA.empty_table()
+
+
+def work_rows(items: pa.Table, modality: Modality, base: str, dedupe: bool) -> pa.Table:
+    """Normalized manifest rows that are items of ``modality`` → WORK_SCHEMA rows in manifest order.
+
+    A media value is resolved against the manifest's folder (an unusable URI becomes that item's read
+    error); with ``dedupe``, items with the same resolved URI (text: the same string) share one work row.
+    """
+    n = items.num_rows
+    raw, errors = items.column(modality.value), items.column(f"{modality.value}:error")
+    if modality.is_inline:
+        value, uri, pre_error = raw, pa.nulls(n, pa.string()), errors
+    else:
+        resolved, problems = [], []
+        for text, error in zip(raw.to_pylist(), errors.to_pylist()):
+            if error is not None:
+                resolved.append(text)
+                problems.append(error)
+                continue
+            try:
+                resolved.append(resolve_uri(text, base))
+                problems.append(None)
+            except ValueError as e:
+                resolved.append(text)
+                problems.append(str(e))
+        value = uri = pa.array(resolved, pa.string())
+        pre_error = pa.array(problems, pa.string())
+    flat = pa.table({"value": value, "uri": uri, "pre_error": pre_error, "row": items.column("row"),
+                     "id": items.column("id")})
+    good_mask = pc.is_null(flat.column("pre_error"))
+    good, bad = flat.filter(good_mask), flat.filter(pc.invert(good_mask))
+    if dedupe:
+        good = good.group_by(["value", "uri"], use_threads=False).aggregate([("row", "list"), ("id", "list"), ("row", "min")])
+        good = good.rename_columns({"row_list": "rows", "id_list": "ids", "row_min": "first"})
+        good = good.append_column("pre_error", pa.nulls(good.num_rows, pa.string()))
+    else:
+        good = _singletons(good)
+    parts = [good.select(["value", "uri", "pre_error", "rows", "ids", "first"]),
+             _singletons(bad).select(["value", "uri", "pre_error", "rows", "ids", "first"])]
+    work = pa.concat_tables(parts).sort_by("first")
+    return pa.table({"modality": pa.array([modality.value] * work.num_rows, pa.string()),
+                     "value": work.column("value"), "uri": work.column("uri"), "pre_error": work.column("pre_error"),
+                     "rows": work.column("rows"), "ids": work.column("ids")}, schema=WORK_SCHEMA)
+
+
+def _singletons(table: pa.Table) -> pa.Table:
+    n = table.num_rows
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32))
+    rows = table.column("row").combine_chunks() if n else pa.array([], pa.int64())
+    ids = table.column("id").combine_chunks() if n else pa.array([], pa.string())
+    return pa.table({"value": table.column("value"), "uri": table.column("uri"), "pre_error": table.column("pre_error"),
+                     "rows": pa.ListArray.from_arrays(offsets, rows), "ids": pa.ListArray.from_arrays(offsets, ids),
+                     "first": rows})
+
+
+# --- decode tasks --------------------------------------------------------------------------------------
+def decode_work(batch: pa.Table, settings: dict[str, DecodeSettings]) -> pa.Table:
+    """Work rows → DECODED_SCHEMA rows: the decoded item packed as bytes, or the read/decode error."""
+    n = batch.num_rows
+    ok, stage, error, payload, shape, dtype = [], [], [], [], [], []
+    for modality, value, pre_error in zip(batch.column("modality").to_pylist(), batch.column("value").to_pylist(),
+                                          batch.column("pre_error").to_pylist()):
+        packed, failed, why = (b"", [], ""), "", None
+        if pre_error is not None:
+            failed, why = "read", pre_error
         else:
             try:
-                packed = _pack(decode_raw(row["value"], settings))
+                packed = _pack(decode_raw(value, settings[modality]))
             except ItemError as e:
-                stage, error = e.stage, e.reason
-        ok = error is None
-        cols["id"].append(row["id"])
-        cols["uri"].append(None if settings.modality.is_inline else row["value"])
-        cols["shard"].append(row["shard"])
-        cols["seq"].append(row["seq"])
-        cols["ok"].append(ok)
-        cols["stage"].append(stage)
-        cols["error"].append(None if ok else f"{settings.modality}: {error}")
-        for name, value in zip(("payload", "shape", "dtype"), packed):
-            cols[name].append(value)
-    return pa.table(cols, schema=DECODED_SCHEMA)
+                failed, why = e.stage, e.reason
+        ok.append(why is None)
+        stage.append(failed)
+        error.append(None if why is None else f"{modality}: {why}")
+        payload.append(packed[0])
+        shape.append(packed[1])
+        dtype.append(packed[2])
+    return pa.table({"modality": batch.column("modality"), "uri": batch.column("uri"), "rows": batch.column("rows"),
+                     "ids": batch.column("ids"), "ok": pa.array(ok, pa.bool_()), "stage": pa.array(stage, pa.string()),
+                     "error": pa.array(error, pa.string()), "payload": pa.array(payload, pa.large_binary()),
+                     "shape": pa.array(shape, pa.list_(pa.int32())), "dtype": pa.array(dtype, pa.string())},
+                    schema=DECODED_SCHEMA) if n else DECODED_SCHEMA.empty_table()
 
 
 def _pack(array: Any) -> tuple[bytes, list[int], str]:
@@ -65,50 +155,106 @@ def unpack(payload: bytes, shape: list[int], dtype: str) -> Any:
     return np.frombuffer(payload, dtype=np.dtype(dtype)).reshape(shape)
 
 
-def encoded_schema(k: int, dim: int, dtype: str) -> pa.Schema:
-    """Rows leaving the encoder: decode columns minus payload, plus the flat (K*D) embedding."""
+# --- encoder actors ------------------------------------------------------------------------------------
+def part_schema(k: int, dim: int, dtype: str) -> pa.Schema:
+    """A part file's rows: one per (row, id), with its vector (null for an error row)."""
     value = pa.float16() if dtype == "float16" else pa.float32()
-    return pa.schema([
-        ("id", pa.string()), ("uri", pa.string()), ("shard", pa.int64()), ("seq", pa.int64()),
-        ("ok", pa.bool_()), ("stage", pa.string()), ("error", pa.string()),
-        ("embedding", pa.list_(value, k * dim)),
-    ])
+    return pa.schema([("id", pa.string()), ("uri", pa.string()), ("row", pa.int64()), ("first", pa.bool_()),
+                      ("ok", pa.bool_()), ("stage", pa.string()), ("error", pa.string()),
+                      ("embedding", pa.list_(value, k * dim))])
 
 
 class EncodeActor:
-    """Loads the modality's ItemEncoder once (in ``__init__``); each call encodes the decoded rows of a batch
-    (its own failures isolated per item by the ItemEncoder)."""
+    """Loads every requested modality's ItemEncoder once (in ``__init__``); each call encodes the decoded rows
+    of a batch, writes them as part files and returns their commit records."""
 
-    def __init__(self, ref: EncoderRef, enc: EncoderConfig, settings: DecodeSettings):
+    def __init__(self, encoders: dict[str, tuple[EncoderRef, EncoderConfig]], settings: dict[str, DecodeSettings],
+                 output: str, storage: dict[str, Any], shard_size: int):
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # this worker's console: no per-load reports or bars
         hf_logging.disable_progress_bar()
-        self.enc = enc
-        self.np_dtype = np.float16 if enc.dtype == "float16" else np.float32
-        self.items = ItemEncoder(ref, enc, settings, dtype=self.np_dtype, batch_size=enc.batch_size)
-        self.schema = encoded_schema(enc.tokens, self.items.frozen.dim, enc.dtype)
+        self.store, self.shard_size = FeatureStore(output, storage), shard_size
+        self.items, self.schemas = {}, {}
+        for name, (ref, enc) in encoders.items():
+            dtype = np.float16 if enc.dtype == "float16" else np.float32
+            self.items[name] = ItemEncoder(ref, enc, settings[name], dtype=dtype, batch_size=enc.batch_size)
+            self.schemas[name] = part_schema(enc.tokens, self.items[name].frozen.dim, enc.dtype)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        width = self.schema.field("embedding").type.list_size
-        todo = [i for i, r in enumerate(rows) if r["ok"]]
-        results = dict(zip(todo, self.items.encode([unpack(rows[i]["payload"], rows[i]["shape"], rows[i]["dtype"])
-                                                    for i in todo])))
-        out: dict[str, list] = {name: [] for name in self.schema.names[:-1]}
-        flat, valid = np.zeros((len(rows), width), self.np_dtype), []
-        for i, row in enumerate(rows):
-            result = results.get(i)
-            ok = row["ok"] and not isinstance(result, ItemError)
-            for name in ("id", "uri", "shard", "seq"):
-                out[name].append(row[name])
-            out["ok"].append(ok)
-            out["stage"].append("" if ok else (row["stage"] or "encode"))
-            out["error"].append(None if ok else (row["error"] or result.reason))
-            if ok:
-                flat[i] = result.vector
-            valid.append(ok)
-        values = pa.array(flat.ravel(), type=self.schema.field("embedding").type.value_type)
-        emb = pa.FixedSizeListArray.from_arrays(values, width, mask=pa.array([not v for v in valid]))
-        cols = [pa.array(out[n], type=self.schema.field(n).type) for n in self.schema.names[:-1]]
-        return pa.Table.from_arrays(cols + [emb], schema=self.schema)
+        records = []
+        for name in pc.unique(batch.column("modality")).to_pylist():
+            rows = batch.filter(pc.equal(batch.column("modality"), name))
+            records += self._write_parts(name, self._encode(name, rows), rows)
+        return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+
+    def _encode(self, name: str, rows: pa.Table) -> tuple[pa.Array, list, list]:
+        """Per work row: its vector (null where it failed), its failing stage and error."""
+        items, schema = self.items[name], self.schemas[name]
+        width = schema.field("embedding").type.list_size
+        ok = rows.column("ok").to_pylist()
+        todo = [i for i, good in enumerate(ok) if good]
+        payload, shape, dtype = rows.column("payload"), rows.column("shape"), rows.column("dtype")
+        decoded = [unpack(payload[i].as_py(), shape[i].as_py(), dtype[i].as_py()) for i in todo]
+        flat = np.zeros((rows.num_rows, width), items.dtype)
+        valid = np.zeros(rows.num_rows, bool)
+        stage, error = rows.column("stage").to_pylist(), rows.column("error").to_pylist()
+        for i, result in zip(todo, items.encode(decoded)):
+            if isinstance(result, ItemError):
+                stage[i], error[i] = "encode", result.reason
+            else:
+                flat[i], valid[i] = result.vector, True
+        values = pa.array(flat.ravel(), type=schema.field("embedding").type.value_type)
+        return pa.FixedSizeListArray.from_arrays(values, width, mask=pa.array(~valid)), stage, error
+
+    def _write_parts(self, name: str, encoded: tuple[pa.Array, list, list], rows: pa.Table) -> list[dict]:
+        """Fan each work row out to its (row, id)s, split by shard, write one part per shard; their records."""
+        embedding, stage, error = encoded
+        lengths = pc.list_value_length(rows.column("rows")).to_numpy(zero_copy_only=False)
+        parent = np.repeat(np.arange(rows.num_rows), lengths)
+        first = np.zeros(len(parent), bool)
+        first[np.cumsum(lengths) - lengths] = True
+        row_numbers = pc.list_flatten(rows.column("rows")).to_numpy()
+        valid = pc.is_valid(embedding).to_numpy(zero_copy_only=False)
+        take = pa.array(parent)
+        table = pa.Table.from_arrays([
+            pc.list_flatten(rows.column("ids")), rows.column("uri").take(take), pa.array(row_numbers), pa.array(first),
+            pa.array(valid[parent]), pa.array(stage, pa.string()).take(take), pa.array(error, pa.string()).take(take),
+            embedding.take(take)], schema=self.schemas[name])
+        shards = row_numbers // self.shard_size
+        records = []
+        for shard in np.unique(shards):
+            select = shards == shard
+            part = f"{self.store.parts_dir(name, int(shard))}/{uuid.uuid4().hex}.parquet"
+            self.store.write_table(part, table.filter(pa.array(select)), compression="lz4")
+            bits = np.zeros(self.shard_size, bool)
+            bits[row_numbers[select] % self.shard_size] = True
+            records.append({"modality": name, "shard": int(shard), "part": part, "bits": np.packbits(bits).tobytes()})
+        return records
+
+
+# --- the commit task -----------------------------------------------------------------------------------
+def commit_parts(output: str, storage: dict[str, Any], modality: str, shard: int, parts: list[str], encoder: str,
+                 k: int) -> dict[str, Any]:
+    """A complete shard: its parts → the shard's feature and error files (each row once); the marker's counts.
+
+    A part may repeat rows (a retried actor call); the first copy of each row is kept. The parts are removed
+    afterwards; the driver writes the marker, the commit point.
+    """
+    store = FeatureStore(output, storage)
+    rows = pa.concat_tables([pq.read_table(store._p(p), filesystem=store.fs) for p in parts]).sort_by("row")
+    numbers = rows.column("row").to_numpy()
+    keep = np.concatenate([[True], numbers[1:] != numbers[:-1]]) if len(numbers) else np.zeros(0, bool)
+    rows = rows.filter(pa.array(keep))
+    good = rows.filter(rows.column("ok"))
+    bad = rows.filter(pc.invert(rows.column("ok")))
+    dim = rows.schema.field("embedding").type.list_size // k
+    features = features_table(good.column("id").to_pylist(), modality, good.column("uri").to_pylist(), encoder,
+                              good.column("embedding").combine_chunks(), k, dim)
+    errors = pa.Table.from_arrays([bad.column("id"), pa.array([modality] * bad.num_rows, pa.string()), bad.column("uri"),
+                                   bad.column("stage"), bad.column("error")], schema=ERROR_SCHEMA)
+    store.write_shard_files(modality, shard, features, errors)
+    store.remove_parts(modality, shard)
+    stages = errors.column("stage").to_pylist()
+    return {"features": features.num_rows, "errors": {s: stages.count(s) for s in STAGES}, "dim": dim,
+            "unique": int(pc.sum(rows.column("first")).as_py() or 0)}

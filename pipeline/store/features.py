@@ -6,7 +6,11 @@ Layout under the output folder OUT::
     errors/<modality>-shard-00012.parquet     id, modality, uri, stage, error
     _progress/<modality>/run.json             what the shards were made with (resume guard)
     _progress/<modality>/shard-00012.json     commit marker: written last, names the counts
+    _parts/<modality>/shard-00012/*.parquet   rows of a shard in flight (encoder actors write them; the
+                                              shard's commit turns them into its two files, then removes them)
     summary.json
+
+A shard is the items of ``shard_size`` consecutive manifest rows (each modality its own).
 
 ``embedding`` is the canonical Arrow extension ``arrow.fixed_shape_tensor`` (float16 or float32,
 shape [K, D]); in Parquet it is a fixed-size list with the extension metadata, so plain pyarrow
@@ -82,9 +86,9 @@ class FeatureStore:
         else:
             self.fs.pipe_file(target, data)
 
-    def write_table(self, rel: str, table: pa.Table) -> None:
+    def write_table(self, rel: str, table: pa.Table, compression: str = "zstd") -> None:
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        pq.write_table(table, buf, compression=compression)
         self.write_bytes_atomic(rel, buf.getvalue())
 
     def read_json(self, rel: str) -> dict | None:
@@ -106,7 +110,7 @@ class FeatureStore:
     def remove_modality(self, modality: Modality | str) -> None:
         """Delete every output of ``modality`` (for --overwrite); other modalities stay."""
         name = _name(modality)
-        for rel in (f"features/{name}", f"_progress/{name}"):
+        for rel in (f"features/{name}", f"_progress/{name}", f"_parts/{name}"):
             if self.fs.exists(self._p(rel)):
                 self.fs.rm(self._p(rel), recursive=True)
         for entry in self.list("errors"):
@@ -159,8 +163,15 @@ class FeatureStore:
     def error_file(self, modality: Modality | str, shard: int) -> str:
         return f"errors/{_name(modality)}-{self.shard_name(shard)}.parquet"
 
-    def commit_shard(self, modality: Modality, shard: int, features: pa.Table, errors: pa.Table, dim: int) -> dict:
-        """Write a shard's feature and error files, then its marker (the commit point).
+    def commit_shard(self, modality: Modality | str, shard: int, features: pa.Table, errors: pa.Table, dim: int) -> dict:
+        """Write a shard's feature and error files, then its marker (the commit point)."""
+        self.write_shard_files(modality, shard, features, errors)
+        stages = errors.column("stage").to_pylist() if errors.num_rows else []
+        return self.write_marker(modality, shard, {"features": features.num_rows, "dim": dim, "unique": None,
+                                                   "errors": {s: stages.count(s) for s in STAGES}})
+
+    def write_shard_files(self, modality: Modality | str, shard: int, features: pa.Table, errors: pa.Table) -> None:
+        """A shard's feature and error files, before its marker.
 
         Both files are replaced, or removed when the shard has no such rows: a redo after a crash
         before the marker may split the items differently, and a stale file of the crashed attempt
@@ -171,11 +182,24 @@ class FeatureStore:
                 self.write_table(rel, table)
             elif self.fs.exists(self._p(rel)):
                 self.fs.rm(self._p(rel))
-        stages = errors.column("stage").to_pylist() if errors.num_rows else []
-        marker = {"features": features.num_rows, "errors": {s: stages.count(s) for s in STAGES}, "dim": dim,
-                  "committed_at": time.time()}
+
+    def write_marker(self, modality: Modality | str, shard: int, counts: dict) -> dict:
+        """The commit point: the shard's marker (its counts: features, errors per stage, dim, unique media)."""
+        marker = {**counts, "committed_at": time.time()}
         self.write_json(f"_progress/{_name(modality)}/{self.shard_name(shard)}.json", marker)
         return marker
+
+    def parts_dir(self, modality: Modality | str, shard: int) -> str:
+        """Where the encoder actors put the rows of a shard in flight."""
+        return f"_parts/{_name(modality)}/{self.shard_name(shard)}"
+
+    def remove_parts(self, modality: Modality | str, shard: int | None = None) -> None:
+        """Delete the in-flight rows of one shard, or (shard None) every leftover of ``modality``'s earlier runs."""
+        rel = f"_parts/{_name(modality)}" + ("" if shard is None else f"/{self.shard_name(shard)}")
+        try:
+            self.fs.rm(self._p(rel), recursive=True)
+        except FileNotFoundError:
+            pass
 
     # --- per-modality records ------------------------------------------------------------------
     def run_record(self, modality: Modality | str) -> dict | None:

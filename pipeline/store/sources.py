@@ -1,30 +1,15 @@
-"""Manifests, URI resolution and size-limited reads from local disk or S3 (fsspec/s3fs)."""
+"""Storage access, URI resolution and size-limited reads from local disk or S3 (fsspec/s3fs)."""
 from __future__ import annotations
 
-import csv as _csv
-import dataclasses
-import hashlib
-import io
-import json
 import os
 import posixpath
-from collections import Counter
 from typing import Any
 
 import fsspec
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from pipeline.config import StorageConfig
-from pipeline.modality import Modality
 
-MAX_MANIFEST_BYTES = 4 * 2**30  # a manifest is read whole by the driver
 _SCHEMES = ("s3://", "file://")
-
-
-class ManifestError(ValueError):
-    """The manifest cannot be used as a whole (unreadable, no id column, duplicate ids, ...)."""
 
 
 class ReadError(OSError):
@@ -135,117 +120,3 @@ def resolve_uri(value: str, base: str) -> str:
             raise ValueError(f"{value!r} resolves above the bucket of the manifest's folder {base}")
         return f"s3://{bucket}/{key}"
     return os.path.normpath(os.path.join(local_path(base) or base, value))
-
-
-@dataclasses.dataclass
-class Manifest:
-    """Rows of a manifest: ids in file order and, per modality column, the raw values."""
-
-    uri: str
-    base: str
-    digest: str
-    ids: list[str]
-    columns: dict[Modality, list[Any]]
-    ignored_columns: list[str]
-
-
-def read_manifest(uri: str, options: dict[str, Any]) -> Manifest:
-    """Read a JSONL, CSV or Parquet manifest. Raises ManifestError naming the file and the problem."""
-    lower = uri.lower()
-    try:
-        fs, path = filesystem(uri, options)
-        size = fs.size(path)
-        if size > MAX_MANIFEST_BYTES:
-            raise ManifestError(f"manifest {uri} is {size} bytes, over the {MAX_MANIFEST_BYTES} byte limit: split it")
-        data = fs.cat_file(path)
-    except ManifestError:
-        raise
-    except Exception as e:
-        raise ManifestError(f"cannot read manifest: {describe_storage_error(uri, e)}") from None
-    if lower.endswith((".jsonl", ".ndjson", ".json")):
-        rows = _parse_jsonl(data, uri)
-    elif lower.endswith(".csv"):
-        rows = _parse_csv(data, uri)
-    elif lower.endswith(".parquet"):
-        rows = _parse_parquet(data, uri)
-    else:
-        raise ManifestError(f"manifest {uri}: unknown format, expected a name ending in .jsonl, .csv or .parquet")
-    return _to_manifest(rows, uri, hashlib.sha256(data).hexdigest())
-
-
-def _parse_jsonl(data: bytes, uri: str) -> list[dict[str, Any]]:
-    rows, problems = [], []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            problems.append(f"line {number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
-            continue
-        except json.JSONDecodeError as e:
-            problems.append(f"line {number}: not valid JSON ({e.msg} at column {e.colno})")
-            continue
-        if not isinstance(row, dict):
-            problems.append(f"line {number}: expected a JSON object, got {type(row).__name__}")
-            continue
-        rows.append(row)
-    if problems:
-        shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise ManifestError(f"manifest {uri}: {len(problems)} bad line(s): {shown}")
-    return rows
-
-
-def _parse_csv(data: bytes, uri: str) -> list[dict[str, Any]]:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ManifestError(f"manifest {uri}: not valid UTF-8 (byte 0x{data[e.start]:02x} on line {line})") from None
-    try:
-        table = pacsv.read_csv(io.BytesIO(text.encode("utf-8")),
-                               convert_options=pacsv.ConvertOptions(strings_can_be_null=True, quoted_strings_can_be_null=False,
-                                                                    column_types=_all_string_types(text)))
-    except (pa.ArrowInvalid, _csv.Error) as e:
-        raise ManifestError(f"manifest {uri}: not a valid CSV file: {e}") from None
-    return table.to_pylist()
-
-
-def _all_string_types(text: str) -> dict[str, pa.DataType]:
-    header = next(_csv.reader(io.StringIO(text)), [])
-    return {name: pa.string() for name in header}
-
-
-def _parse_parquet(data: bytes, uri: str) -> list[dict[str, Any]]:
-    try:
-        return pq.read_table(io.BytesIO(data)).to_pylist()
-    except (pa.ArrowException, OSError) as e:
-        raise ManifestError(f"manifest {uri}: not a valid Parquet file: {e}") from None
-
-
-def _to_manifest(rows: list[dict[str, Any]], uri: str, digest: str) -> Manifest:
-    if not rows:
-        raise ManifestError(f"manifest {uri} has no rows: expected one row per sample with an 'id' column")
-    names: list[str] = []
-    for row in rows:
-        names.extend(k for k in row if k not in names)
-    if "id" not in names:
-        raise ManifestError(f"manifest {uri} has no 'id' column (columns: {', '.join(names)})")
-    ids, bad = [], []
-    for number, row in enumerate(rows, start=1):
-        value = row.get("id")
-        if value is None or isinstance(value, (bool, float, list, dict)) or str(value).strip() == "":
-            bad.append(f"row {number}: {value!r}")
-        ids.append(str(value).strip() if value is not None else "")
-    if bad:
-        raise ManifestError(f"manifest {uri}: missing or invalid id (expected a non-empty string or integer): {'; '.join(bad[:10])}")
-    dupes = [i for i, n in Counter(ids).items() if n > 1]
-    if dupes:
-        raise ManifestError(f"manifest {uri}: {len(dupes)} duplicate id(s), ids must be unique: {', '.join(map(repr, dupes[:20]))}")
-    known = set(Modality.all())
-    columns = {Modality(n): [row.get(n) for row in rows] for n in names if n in known}
-    if not columns:
-        raise ManifestError(f"manifest {uri} has no modality column: expected any of {', '.join(sorted(known))}")
-    base = uri.rsplit("/", 1)[0] if "/" in uri else "."
-    ignored = [n for n in names if n != "id" and n not in known]
-    return Manifest(uri=uri, base=base, digest=digest, ids=ids, columns=columns, ignored_columns=ignored)

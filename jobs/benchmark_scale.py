@@ -1,0 +1,220 @@
+"""Benchmark the embed job's cost per item and on the driver as the manifest grows (tiny encoders).
+
+    python -m jobs.benchmark_scale [--modality text|image] [--rows 20000,200000] [--report FILE]
+
+For each manifest size, in one run on this machine: the embed job as users run it (`python -m
+jobs.embed`, its own driver process, on the Ray instance this benchmark starts), its steady-state
+items/s (second to second-to-last shard commit) beside the same encoder's in-process ceiling (decoded
+items, batches of ``batch_size``, tokenizer included for text), and the driver's peak memory
+(``driver_peak_rss_mb`` of the job's summary) beside the smallest size's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from jobs import registry
+from jobs.benchmarks import REPORT_HELP, report_figures, steady_rate
+from pipeline.config import StrictModel
+
+
+class BenchmarkScaleConfig(StrictModel):
+    modality: Literal["text", "image"] = Field("text", description="Items of the generated manifests.")
+    rows: list[int] = Field([20_000, 200_000], min_length=1, description="Manifest sizes (a list, or '20000,200000').")
+    shard_size: int = Field(1024, ge=1, description="The embed job's shard_size.")
+    batch_size: int = Field(16, ge=1, description="Encoder batch size (the job's and the ceiling's).")
+    decode_batch_size: int = Field(64, ge=1, description="The embed job's decode.batch_size (media items per decode task).")
+    ceiling_items: int = Field(8192, ge=64, description="Items the in-process ceiling is timed on.")
+    startup_samples: int = Field(48, ge=0, description="Also time one four-modality embed of a generated corpus of "
+                                 "this many samples against four one-modality runs (0 = skip).")
+    workdir: str | None = Field(None, description="Scratch folder; null = a new temp folder.")
+    report: str | None = Field(None, description=REPORT_HELP)
+
+    @field_validator("rows", mode="before")
+    @classmethod
+    def _split_rows(cls, value):
+        if isinstance(value, str):
+            try:
+                return [int(x) for x in value.split(",") if x.strip()]
+            except ValueError:
+                raise ValueError(f"expected comma-separated integers, e.g. 20000,200000, got {value!r}") from None
+        return value
+
+    @field_validator("rows")
+    @classmethod
+    def _sizes(cls, value: list[int]) -> list[int]:
+        if min(value) < 64:
+            raise ValueError(f"rows = {value}: expected sizes of at least 64")
+        return sorted(set(value))
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    return registry.build_parser(registry.JOBS["benchmark-scale"], parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return registry.main("benchmark-scale", argv)
+
+
+def run(cfg: BenchmarkScaleConfig, args: argparse.Namespace) -> int:
+    import ray
+
+    from pipeline.runtime import init_ray
+
+    init_ray()
+    address = ray.get_runtime_context().gcs_address
+    result = benchmark_scale(cfg, cfg.workdir or tempfile.mkdtemp(prefix="oneencoder-scale-"), address)
+    return report_figures(format_scale(result), result, cfg.report)
+
+
+def _texts(start: int, n: int) -> list[str]:
+    from jobs.corpus import CAPTIONS, concept
+
+    return [CAPTIONS[i % len(CAPTIONS)].format(c=concept(i)[0], s=concept(i)[1]) + f", number {i}"
+            for i in range(start, start + n)]
+
+
+def write_manifest(folder: str, modality: str, rows: int) -> str:
+    """A manifest of ``rows`` distinct items (text: numbered captions; image: 96x96 PNGs, 64 of them on disk
+    referenced under distinct file names so nothing is deduplicated)."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{modality}-{rows}.jsonl")
+    if modality == "image":
+        from jobs.corpus import concept, draw_shape
+
+        rng = np.random.default_rng(0)
+        images = os.path.join(folder, "images")
+        os.makedirs(images, exist_ok=True)
+        for i in range(rows):
+            target = os.path.join(images, f"{i:07d}.png")
+            if not os.path.exists(target):
+                if i < 64:
+                    draw_shape(*concept(i), size=96, rng=rng).save(target)
+                else:
+                    os.link(os.path.join(images, f"{i % 64:07d}.png"), target)
+    with open(path, "w") as fh:
+        step = 10_000
+        for start in range(0, rows, step):
+            n = min(step, rows - start)
+            values = _texts(start, n) if modality == "text" else [f"images/{i:07d}.png" for i in range(start, start + n)]
+            fh.write("".join(json.dumps({"id": f"r{start + j}", modality: v}) + "\n" for j, v in enumerate(values)))
+    return path
+
+
+def ceiling(cfg: BenchmarkScaleConfig, folder: str) -> tuple[float, int]:
+    """The tiny encoder's items/s in-process on decoded items, with 1 torch thread and with every core: the
+    better of the two, and its threads."""
+    from pipeline.config import EmbedConfig
+    from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
+    from pipeline.encoders.presets import resolve_encoder
+    from pipeline.media.decode import DecodeSettings, decode_item
+    from pipeline.modality import Modality
+
+    modality = Modality(cfg.modality)
+    embed_cfg = EmbedConfig(preset="tiny")
+    ref, enc = resolve_encoder(embed_cfg, modality), embed_cfg.encoder(modality)
+    n = cfg.ceiling_items
+    if cfg.modality == "text":
+        items = _texts(0, n)
+    else:
+        settings = DecodeSettings(modality, read_input_spec(ref, enc), embed_cfg.limits, {}, "")
+        decoded = [decode_item(os.path.join(folder, "images", f"{i:07d}.png"), settings) for i in range(64)]
+        items = [decoded[i % 64] for i in range(n)]
+    best = (0.0, 0)
+    for threads in sorted({1, os.cpu_count() or 1}):
+        encoder = FrozenEncoder(ref, enc.model_copy(update={"torch_threads": threads}))
+        encoder.embed(items[:cfg.batch_size])  # warm-up
+        start = time.perf_counter()
+        for i in range(0, n, cfg.batch_size):
+            encoder.embed(items[i:i + cfg.batch_size])
+        best = max(best, (n / (time.perf_counter() - start), threads))
+    return best
+
+
+def benchmark_scale(cfg: BenchmarkScaleConfig, workdir: str, address: str) -> dict[str, Any]:
+    folder = os.path.join(workdir, "corpus")
+    manifests = {rows: write_manifest(folder, cfg.modality, rows) for rows in cfg.rows}
+    per_s, threads = ceiling(cfg, folder)
+    config = os.path.join(workdir, "embed.json")
+    with open(config, "w") as fh:
+        json.dump({"preset": "tiny", "shard_size": cfg.shard_size, "modalities": [cfg.modality],
+                   "decode": {"batch_size": cfg.decode_batch_size},
+                   "encoders": {cfg.modality: {"batch_size": cfg.batch_size}}}, fh)
+    runs = []
+    for rows, manifest in manifests.items():
+        out = os.path.join(workdir, f"out-{rows}")
+        cmd = [sys.executable, "-m", "jobs.embed", "--config", config, "--input", manifest, "--output", out, "--overwrite"]
+        start = time.time()
+        done = subprocess.run(cmd, env={**os.environ, "RAY_ADDRESS": address}, capture_output=True, text=True)
+        wall = time.time() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"embed of {rows} rows failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        with open(os.path.join(out, "summary.json")) as fh:
+            summary = json.load(fh)
+        markers = [json.load(open(os.path.join(out, "_progress", cfg.modality, name)))
+                   for name in os.listdir(os.path.join(out, "_progress", cfg.modality)) if name.startswith("shard-")]
+        steady = steady_rate(sorted(m["committed_at"] for m in markers), cfg.shard_size)
+        runs.append({"rows": rows, "wall_s": wall, "job_s": summary["elapsed_s"], "end_to_end_per_s": rows / wall,
+                     "steady_per_s": steady, "steady_vs_ceiling": steady / per_s if steady else None,
+                     "driver_peak_rss_mb": summary["driver_peak_rss_mb"],
+                     "complete": summary["modalities"][cfg.modality]["complete"]})
+    base = runs[0]["driver_peak_rss_mb"]
+    for r in runs:
+        r["driver_rss_vs_smallest"] = r["driver_peak_rss_mb"] / base
+    startup = startup_once(workdir, cfg.startup_samples, address) if cfg.startup_samples else None
+    return {"modality": cfg.modality, "shard_size": cfg.shard_size, "batch_size": cfg.batch_size,
+            "decode_batch_size": cfg.decode_batch_size,
+            "cpus": os.cpu_count(), "torch_threads": threads, "ceiling_per_s": per_s, "runs": runs, "startup": startup}
+
+
+def startup_once(workdir: str, samples: int, address: str) -> dict[str, Any]:
+    """Wall time of one embed run over image, text, audio and video, and of one run per modality."""
+    from jobs.corpus import write_sample_corpus
+
+    manifest = write_sample_corpus(os.path.join(workdir, "startup-corpus"), n=samples)
+    env = {**os.environ, "RAY_ADDRESS": address}
+
+    def timed(modalities: str) -> float:
+        cmd = [sys.executable, "-m", "jobs.embed", "--input", manifest, "--output",
+               os.path.join(workdir, f"startup-{modalities.replace(',', '-')}"), "--modalities", modalities, "--overwrite"]
+        start = time.time()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"embed of {modalities} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return time.time() - start
+
+    together = timed("image,text,audio,video")
+    apart = {m: timed(m) for m in ("image", "text", "audio", "video")}
+    return {"samples": samples, "together_s": together, "apart_s": apart, "apart_sum_s": sum(apart.values()),
+            "together_vs_apart": together / sum(apart.values())}
+
+
+def format_scale(r: dict[str, Any]) -> str:
+    lines = [f"embed scale benchmark: {r['modality']}, tiny preset, shard_size {r['shard_size']}, batch {r['batch_size']}, "
+             f"decode batch {r['decode_batch_size']}, "
+             f"{r['cpus']} CPUs; ceiling at {r['torch_threads']} torch threads",
+             f"ceiling, in-process encoder on decoded items (best of 1 and all threads): {r['ceiling_per_s']:.0f} items/s",
+             f"{'rows':>9} {'job s':>8} {'steady/s':>9} {'x ceiling':>10} {'driver MB':>10} {'x smallest':>11}"]
+    for run in r["runs"]:
+        steady = f"{run['steady_per_s']:9.0f} {run['steady_vs_ceiling']:10.2f}" if run["steady_per_s"] else f"{'n/a':>9} {'':>10}"
+        lines.append(f"{run['rows']:>9} {run['job_s']:8.1f} {steady} {run['driver_peak_rss_mb']:10.0f} "
+                     f"{run['driver_rss_vs_smallest']:11.2f}")
+    if r["startup"]:
+        st = r["startup"]
+        apart = ", ".join(f"{m} {t:.1f}" for m, t in st["apart_s"].items())
+        lines.append(f"start-up: image+text+audio+video of {st['samples']} samples in one run {st['together_s']:.1f} s; "
+                     f"one run each {st['apart_sum_s']:.1f} s ({apart}); ratio {st['together_vs_apart']:.2f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

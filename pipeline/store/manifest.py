@@ -1,0 +1,395 @@
+"""Manifests (JSONL, CSV, Parquet; local or S3) read in pieces, never whole.
+
+The driver makes a ``ManifestPlan`` in one streaming pass: it checks every row (ids present and unique,
+JSON/UTF-8 valid), counts each modality's items per shard and cuts the file into chunks (byte ranges at
+line ends, or runs of Parquet row groups). Workers then read their chunk with one ranged read and parse
+it the same way (``read_chunk``). What the driver keeps grows only with the number of rows as one 8-byte
+id hash each (the duplicate-id check) and with shards x modalities counts; no Python object per row.
+
+A chunk read gives a *normalized* table: ``row`` (0-based number among the manifest's rows), ``id``
+(string) and, per modality column of the manifest, the raw string value (``<m>``, null when absent)
+and why it cannot be used (``<m>:error``, e.g. a number where a URI was expected).
+"""
+from __future__ import annotations
+
+import csv as _csv
+import dataclasses
+import hashlib
+import io
+import json
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from pipeline.modality import Modality
+from pipeline.store.sources import describe_storage_error, filesystem
+
+PIECE_BYTES = 8 << 20   # what the driver parses at a time (and the size of its reads)
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used as a whole (unreadable, no id column, duplicate ids, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """A run of whole rows: bytes [start, stop) of a JSONL/CSV file, or row groups [start, stop) of a Parquet file."""
+
+    index: int
+    first_row: int
+    rows: int
+    start: int
+    stop: int
+    first_line: int  # 1-based line number of its first line (for messages)
+
+
+@dataclasses.dataclass
+class ManifestPlan:
+    """What the driver knows of a manifest after one pass: small, whatever the number of rows."""
+
+    uri: str
+    base: str
+    fmt: str
+    digest: str
+    header: list[str]                # every column name, in first-seen order
+    rows: int
+    modalities: list[Modality]       # modality columns, in registry order
+    ignored_columns: list[str]
+    shard_size: int
+    counts: np.ndarray               # (shards, len(modalities)) items per shard
+    chunks: list[Chunk]
+
+    @property
+    def shards(self) -> int:
+        return int(self.counts.shape[0])
+
+    def items(self, modality: Modality) -> int:
+        return int(self.counts[:, self.modalities.index(modality)].sum())
+
+    def shard_items(self, modality: Modality) -> np.ndarray:
+        return self.counts[:, self.modalities.index(modality)]
+
+
+def manifest_format(uri: str) -> str:
+    for suffix, fmt in FORMATS.items():
+        if uri.lower().endswith(suffix):
+            return fmt
+    raise ManifestError(f"manifest {uri}: unknown format, expected a name ending in .jsonl, .csv or .parquet")
+
+
+def base_of(uri: str) -> str:
+    """The folder relative media paths of ``uri`` resolve against."""
+    return uri.rsplit("/", 1)[0] if "/" in uri else "."
+
+
+# --- the driver's pass ---------------------------------------------------------------------------------
+def plan_manifest(uri: str, options: dict[str, Any], shard_size: int, chunk_rows: int = 100_000) -> ManifestPlan:
+    """Read ``uri`` once, in pieces; raise ManifestError naming the file and every problem found."""
+    fmt = manifest_format(uri)
+    try:
+        fs, path = filesystem(uri, options)
+        fh = fs.open(path, "rb")
+    except Exception as e:
+        raise ManifestError(f"cannot read manifest: {describe_storage_error(uri, e)}") from None
+    scan = _Scan(uri, options, shard_size, chunk_rows)
+    with fh:
+        try:
+            if fmt == "parquet":
+                for group, start, table in _parquet_pieces(fh, uri, scan):
+                    scan.add(table, group, group + 1, 0)
+            else:
+                header = _csv_header(fh, uri, scan) if fmt == "csv" else None
+                scan.header = header or []
+                for offset, line, data in _byte_pieces(fh, scan):
+                    table = parse_piece(data, fmt, header, line, scan.rows, uri)
+                    scan.add(table, offset, offset + len(data), line)
+        except ManifestError:
+            raise
+        except Exception as e:
+            raise ManifestError(f"cannot read manifest: {describe_storage_error(uri, e)}") from None
+    return scan.finish(fmt)
+
+
+class _Scan:
+    """The running state of ``plan_manifest``."""
+
+    def __init__(self, uri: str, options: dict[str, Any], shard_size: int, chunk_rows: int):
+        self.uri, self.options, self.shard_size, self.chunk_rows = uri, options, shard_size, max(chunk_rows, 1)
+        self.digest = hashlib.sha256()
+        self.header: list[str] = []
+        self.names: list[str] = []
+        self.rows = 0
+        self.hashes: list[np.ndarray] = []
+        self.counts: dict[str, np.ndarray] = {}
+        self.chunks: list[Chunk] = []
+        self.open: list[Any] = []  # the pieces of the chunk being gathered: (first_row, rows, start, stop, line)
+
+    def add(self, table: pa.Table, start: int, stop: int, line: int) -> None:
+        for name in [m for m in Modality.all() if m.value in table.column_names] + ignored_columns(table):
+            if name not in self.names:
+                self.names.append(name)
+        n = table.num_rows
+        if n:
+            self.hashes.append(np.fromiter(map(hash, table.column("id").to_pylist()), np.int64, n))
+            shard = table.column("row").to_numpy() // self.shard_size
+            shards = int(shard[-1]) + 1
+            for m in Modality.all():
+                if m.value in table.column_names:
+                    mask = item_mask(table, m)
+                    counts = np.bincount(shard[mask], minlength=shards)
+                    old = self.counts.get(m.value, np.zeros(0, np.int64))
+                    grown = np.zeros(max(len(old), shards), np.int64)
+                    grown[:len(old)] += old
+                    grown[:shards] += counts
+                    self.counts[m.value] = grown
+        self.open.append((self.rows, n, start, stop, line))
+        self.rows += n
+        if sum(p[1] for p in self.open) >= self.chunk_rows:
+            self._close_chunk()
+
+    def _close_chunk(self) -> None:
+        if self.open and sum(p[1] for p in self.open):
+            first = self.open[0]
+            self.chunks.append(Chunk(len(self.chunks), first[0], sum(p[1] for p in self.open),
+                                     first[2], self.open[-1][3], first[4]))
+        self.open = []
+
+    def finish(self, fmt: str) -> ManifestPlan:
+        self._close_chunk()
+        uri = self.uri
+        if not self.rows:
+            raise ManifestError(f"manifest {uri} has no rows: expected one row per sample with an 'id' column")
+        known = Modality.all()
+        present = [m for m in known if m.value in self.counts]
+        if not present:
+            raise ManifestError(f"manifest {uri} has no modality column: expected any of {', '.join(sorted(known))}")
+        self._check_unique_ids()
+        shards = -(-self.rows // self.shard_size)
+        counts = np.zeros((shards, len(present)), np.int64)
+        for j, m in enumerate(present):
+            counts[:len(self.counts[m.value]), j] = self.counts[m.value][:shards]
+        ignored = [n for n in self.names if n not in set(known)]
+        return ManifestPlan(uri=uri, base=base_of(uri), fmt=fmt, digest=self.digest.hexdigest(),
+                            header=self.header, rows=self.rows, modalities=present, ignored_columns=ignored,
+                            shard_size=self.shard_size, counts=counts, chunks=self.chunks)
+
+    def _check_unique_ids(self) -> None:
+        hashes = np.sort(np.concatenate(self.hashes))
+        repeated = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
+        self.hashes = []
+        if not repeated:
+            return
+        # rare: read the ids again to name the duplicates (or to find a mere hash collision)
+        seen: dict[str, int] = {}
+        plan = ManifestPlan(self.uri, base_of(self.uri), manifest_format(self.uri), "", self.header, self.rows,
+                            [], [], self.shard_size, np.zeros((0, 0)), self.chunks)
+        for chunk in self.chunks:
+            for value in read_chunk(plan, chunk, self.options).column("id").to_pylist():
+                if hash(value) in repeated:
+                    seen[value] = seen.get(value, 0) + 1
+        dupes = [i for i, n in seen.items() if n > 1]
+        if dupes:
+            raise ManifestError(f"manifest {self.uri}: {len(dupes)} duplicate id(s), ids must be unique: "
+                                f"{', '.join(map(repr, dupes[:20]))}")
+
+
+def _byte_pieces(fh, scan: _Scan) -> Iterator[tuple[int, int, bytes]]:
+    """(byte offset, first line number, bytes) of pieces of about PIECE_BYTES that end at a line end."""
+    offset, line, carry = fh.tell(), 2 if scan.header else 1, b""
+    while True:
+        block = fh.read(PIECE_BYTES)
+        if not block:
+            break
+        scan.digest.update(block)
+        data = carry + block
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            carry = data
+            continue
+        yield offset, line, data[:cut]
+        offset, line, carry = offset + cut, line + data.count(b"\n", 0, cut), data[cut:]
+    if carry:
+        yield offset, line, carry
+
+
+def _csv_header(fh, uri: str, scan: _Scan) -> list[str]:
+    raw = fh.readline()
+    scan.digest.update(raw)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"manifest {uri}: not valid UTF-8 (byte 0x{raw[e.start]:02x} on line 1)") from None
+    return next(_csv.reader(io.StringIO(text)), [])
+
+
+def _parquet_pieces(fh, uri: str, scan: _Scan) -> Iterator[tuple[int, int, pa.Table]]:
+    while block := fh.read(PIECE_BYTES):
+        scan.digest.update(block)
+    fh.seek(0)
+    try:
+        pf = pq.ParquetFile(fh)
+    except (pa.ArrowException, OSError) as e:
+        raise ManifestError(f"manifest {uri}: not a valid Parquet file: {e}") from None
+    scan.header = pf.schema_arrow.names
+    for group in range(pf.num_row_groups):
+        yield group, scan.rows, normalize(pf.read_row_group(group), scan.rows, uri)
+
+
+# --- a worker's read ---------------------------------------------------------------------------------
+def read_chunk(plan: ManifestPlan, chunk: Chunk, options: dict[str, Any]) -> pa.Table:
+    """The normalized rows of ``chunk`` (one ranged read). Raises ManifestError if the file changed since the plan."""
+    fs, path = filesystem(plan.uri, options)
+    if plan.fmt == "parquet":
+        with fs.open(path, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            table = normalize(pf.read_row_groups(list(range(chunk.start, chunk.stop))), chunk.first_row, plan.uri)
+    else:
+        data = fs.cat_file(path, start=chunk.start, end=chunk.stop)
+        table = parse_piece(data, plan.fmt, plan.header if plan.fmt == "csv" else None, chunk.first_line,
+                            chunk.first_row, plan.uri)
+    if table.num_rows != chunk.rows:
+        raise ManifestError(f"manifest {plan.uri} changed while the job ran: rows {chunk.first_row}.. "
+                            f"held {chunk.rows} rows when planned, {table.num_rows} now")
+    return table
+
+
+# --- parsing one piece -------------------------------------------------------------------------------
+def parse_piece(data: bytes, fmt: str, header: list[str] | None, first_line: int, first_row: int, uri: str) -> pa.Table:
+    """Whole lines of a JSONL or CSV manifest → the normalized table (rows numbered from ``first_row``)."""
+    if fmt == "csv":
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = first_line + data.count(b"\n", 0, e.start)
+            raise ManifestError(f"manifest {uri}: not valid UTF-8 (byte 0x{data[e.start]:02x} on line {line})") from None
+        try:
+            table = pacsv.read_csv(io.BytesIO(data), read_options=pacsv.ReadOptions(column_names=header, use_threads=False),
+                                   convert_options=pacsv.ConvertOptions(
+                                       strings_can_be_null=True, quoted_strings_can_be_null=False,
+                                       column_types={name: pa.string() for name in header or []}))
+        except (pa.ArrowInvalid, _csv.Error) as e:
+            raise ManifestError(f"manifest {uri}: not a valid CSV file: {e}") from None
+        return normalize(table, first_row, uri)
+    try:
+        table = pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(use_threads=False,
+                                                                                    block_size=max(len(data), 1 << 20)))
+    except pa.ArrowInvalid:  # a bad line, or a column of mixed types: parse line by line
+        return normalize_rows(_parse_jsonl(data, first_line, uri), first_row, uri)
+    return normalize(table, first_row, uri)
+
+
+def _parse_jsonl(data: bytes, first_line: int, uri: str) -> list[dict[str, Any]]:
+    rows, problems = [], []
+    for number, raw in enumerate(data.split(b"\n"), start=first_line):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            problems.append(f"line {number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+            continue
+        except json.JSONDecodeError as e:
+            problems.append(f"line {number}: not valid JSON ({e.msg} at column {e.colno})")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"line {number}: expected a JSON object, got {type(row).__name__}")
+            continue
+        rows.append(row)
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ManifestError(f"manifest {uri}: {len(problems)} bad line(s): {shown}")
+    return rows
+
+
+def _wrong_type(modality: Modality, value: Any) -> str:
+    return (f"expected a {'string' if modality.is_inline else 'URI string'}, got {type(value).__name__} "
+            f"{str(value)[:80]!r}")
+
+
+def normalize(table: pa.Table, first_row: int, uri: str) -> pa.Table:
+    """A parsed piece (typed by pyarrow) → the normalized table."""
+    n = table.num_rows
+    names = table.column_names
+    if not n:
+        return pa.table({"row": pa.array([], pa.int64()), "id": pa.array([], pa.string())})
+    if "id" not in names:
+        raise ManifestError(f"manifest {uri} has no 'id' column (columns: {', '.join(names)})")
+    ids = table.column("id").combine_chunks() if n else pa.array([], pa.string())
+    if pa.types.is_integer(ids.type):
+        ids = pc.cast(ids, pa.string())
+    if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+        ids = pc.utf8_trim_whitespace(pc.cast(ids, pa.string()))
+        bad = pc.or_kleene(pc.is_null(ids), pc.equal(pc.utf8_length(ids), 0))
+        bad = pc.fill_null(bad, True).to_numpy(zero_copy_only=False)
+    else:
+        bad = np.ones(n, bool)
+    if bad.any():
+        raw = table.column("id").to_pylist()
+        shown = [f"row {first_row + i + 1}: {raw[i]!r}" for i in np.flatnonzero(bad)[:10]]
+        raise ManifestError(f"manifest {uri}: missing or invalid id (expected a non-empty string or integer): "
+                            f"{'; '.join(shown)}")
+    cols = {"row": pa.array(np.arange(first_row, first_row + n, dtype=np.int64)), "id": ids}
+    for m in Modality.all():
+        if m.value not in names:
+            continue
+        col = table.column(m.value).combine_chunks()
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            cols[m.value], cols[f"{m.value}:error"] = pc.cast(col, pa.string()), pa.nulls(n, pa.string())
+        elif pa.types.is_null(col.type):
+            cols[m.value], cols[f"{m.value}:error"] = pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
+        else:
+            values = col.to_pylist()
+            cols[m.value] = pa.nulls(n, pa.string())
+            cols[f"{m.value}:error"] = pa.array([None if v is None else _wrong_type(m, v) for v in values], pa.string())
+    extra = [c for c in names if c != "id" and c not in cols]
+    out = pa.table(cols)
+    return out.replace_schema_metadata({"ignored": json.dumps(extra)})
+
+
+def normalize_rows(rows: list[dict[str, Any]], first_row: int, uri: str) -> pa.Table:
+    """Python rows (JSON of mixed types) → the normalized table, as ``normalize`` would give."""
+    names: list[str] = []
+    for row in rows:
+        names.extend(k for k in row if k not in names)
+    if rows and "id" not in names:
+        raise ManifestError(f"manifest {uri} has no 'id' column (columns: {', '.join(names)})")
+    ids, bad = [], []
+    for number, row in enumerate(rows, start=first_row + 1):
+        value = row.get("id")
+        if value is None or isinstance(value, (bool, float, list, dict)) or str(value).strip() == "":
+            bad.append(f"row {number}: {value!r}")
+        ids.append(str(value).strip() if value is not None else "")
+    if bad:
+        raise ManifestError(f"manifest {uri}: missing or invalid id (expected a non-empty string or integer): "
+                            f"{'; '.join(bad[:10])}")
+    cols: dict[str, Any] = {"row": pa.array(np.arange(first_row, first_row + len(rows), dtype=np.int64)),
+                            "id": pa.array(ids, pa.string())}
+    for m in Modality.all():
+        if m.value not in names:
+            continue
+        values = [row.get(m.value) for row in rows]
+        cols[m.value] = pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+        cols[f"{m.value}:error"] = pa.array([None if v is None or isinstance(v, str) else _wrong_type(m, v)
+                                             for v in values], pa.string())
+    extra = [c for c in names if c != "id" and c not in cols]
+    return pa.table(cols).replace_schema_metadata({"ignored": json.dumps(extra)})
+
+
+def item_mask(table: pa.Table, modality: Modality) -> np.ndarray:
+    """Rows of a normalized table that are an item of ``modality``: a value (non-blank for media) or a bad one."""
+    value, error = table.column(modality.value), table.column(f"{modality.value}:error")
+    present = pc.is_valid(value)
+    if not modality.is_inline:
+        present = pc.and_kleene(present, pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(value)), 0))
+    return pc.fill_null(pc.or_kleene(present, pc.is_valid(error)), False).to_numpy()
+
+
+def ignored_columns(table: pa.Table) -> list[str]:
+    """The columns of the piece a normalized table came from that are neither the id nor a modality."""
+    return json.loads((table.schema.metadata or {}).get(b"ignored", b"[]"))
