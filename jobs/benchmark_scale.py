@@ -33,6 +33,8 @@ class BenchmarkScaleConfig(StrictModel):
     shard_size: int = Field(1024, ge=1, description="The embed job's shard_size.")
     batch_size: int = Field(16, ge=1, description="Encoder batch size (the job's and the ceiling's).")
     decode_batch_size: int = Field(64, ge=1, description="The embed job's decode.batch_size (media items per decode task).")
+    torch_threads: int | None = Field(1, ge=1, description="The job's encoder torch threads: 1 suits the tiny encoders "
+                                      "(as in the ceiling's best); null = the job's default, all cores.")
     ceiling_items: int = Field(8192, ge=64, description="Items the in-process ceiling is timed on.")
     startup_samples: int = Field(48, ge=0, description="Also time one four-modality embed of a generated corpus of "
                                  "this many samples against four one-modality runs (0 = skip).")
@@ -148,7 +150,7 @@ def benchmark_scale(cfg: BenchmarkScaleConfig, workdir: str, address: str) -> di
     with open(config, "w") as fh:
         json.dump({"preset": "tiny", "shard_size": cfg.shard_size, "modalities": [cfg.modality],
                    "decode": {"batch_size": cfg.decode_batch_size},
-                   "encoders": {cfg.modality: {"batch_size": cfg.batch_size}}}, fh)
+                   "encoders": {cfg.modality: {"batch_size": cfg.batch_size, "torch_threads": cfg.torch_threads}}}, fh)
     runs = []
     for rows, manifest in manifests.items():
         out = os.path.join(workdir, f"out-{rows}")
@@ -172,7 +174,7 @@ def benchmark_scale(cfg: BenchmarkScaleConfig, workdir: str, address: str) -> di
         r["driver_rss_vs_smallest"] = r["driver_peak_rss_mb"] / base
     startup = startup_once(workdir, cfg.startup_samples, address) if cfg.startup_samples else None
     return {"modality": cfg.modality, "shard_size": cfg.shard_size, "batch_size": cfg.batch_size,
-            "decode_batch_size": cfg.decode_batch_size,
+            "decode_batch_size": cfg.decode_batch_size, "job_torch_threads": cfg.torch_threads,
             "cpus": os.cpu_count(), "torch_threads": threads, "ceiling_per_s": per_s, "runs": runs, "startup": startup}
 
 
@@ -200,7 +202,7 @@ def startup_once(workdir: str, samples: int, address: str) -> dict[str, Any]:
 
 def format_scale(r: dict[str, Any]) -> str:
     lines = [f"embed scale benchmark: {r['modality']}, tiny preset, shard_size {r['shard_size']}, batch {r['batch_size']}, "
-             f"decode batch {r['decode_batch_size']}, "
+             f"decode batch {r['decode_batch_size']}, job torch threads {r['job_torch_threads'] or 'all'}, "
              f"{r['cpus']} CPUs; ceiling at {r['torch_threads']} torch threads",
              f"ceiling, in-process encoder on decoded items (best of 1 and all threads): {r['ceiling_per_s']:.0f} items/s",
              f"{'rows':>9} {'job s':>8} {'steady/s':>9} {'x ceiling':>10} {'driver MB':>10} {'x smallest':>11}"]

@@ -108,7 +108,8 @@ def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str
     """Measure (a), (b), (c) on ``n`` generated images; return rates (images/s) and ratios."""
     manifest = write_image_corpus(os.path.join(workdir, "corpus"), n)
     cfg = EmbedConfig(input=manifest, output=os.path.join(workdir, "out"), preset=preset, random_init=preset == "paper",
-                      modalities=[Modality("image")], overwrite=True, shard_size=batch_size,
+                      modalities=[Modality("image")], overwrite=True, shard_size=batch_size, actor_batch_rows=batch_size,
+                      decode={"batch_size": batch_size},
                       encoders={"image": {"batch_size": batch_size}})
     ref, enc = resolve_encoder(cfg, Modality("image")), cfg.encoder(Modality("image"))
     spec = read_input_spec(ref, enc)

@@ -82,8 +82,7 @@ class EncoderConfig(StrictModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor (0 = CPU).")
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per encoder actor "
                                         "(e.g. {encoder_node: 1} to place encoders on a worker group that has it).")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor; null = the CPUs the actor "
-                                         "reserves (num_cpus, at least 1) in the embed job, all cores in load_model.")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor; null = all cores of the node when on CPU.")
     precision: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Compute precision on GPU (CPU always runs float32).")
     num_frames: int | None = Field(None, ge=1, description="Video: frames sampled per clip; null = the model's num_frames.")
     max_text_tokens: int | None = Field(None, ge=1, description="Text: tokenizer truncation length; null = the model's maximum.")
@@ -102,7 +101,7 @@ class EmbedConfig(StrictModel):
                             "within a chunk.")
     dedupe: bool = Field(True, description="Decode and encode each distinct media URI (text: string) of a chunk once; "
                          "every id still gets its own row.")
-    actor_batch_rows: int = Field(256, ge=1, description="Rows per encoder-actor call (each modality's encoder "
+    actor_batch_rows: int = Field(64, ge=1, description="Rows per encoder-actor call (each modality's encoder "
                                   "runs its own batch_size within it); lower it for long videos to bound memory.")
     cache_dir: str | None = Field(None, description="Where built tiny/random-init models are saved; null = $ONEENCODER_CACHE or ~/.cache/oneencoder.")
     ffmpeg: str | None = Field(None, description="ffmpeg binary; null = $ONEENCODER_FFMPEG, else ffmpeg on PATH, else imageio-ffmpeg's.")

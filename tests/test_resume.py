@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -23,20 +24,22 @@ ITEMS = 20
 
 @pytest.fixture(scope="module")
 def slow_audio(session_dir, sample_corpus, tmp_path_factory):
-    """20 audio items and an ffmpeg that takes 0.4 s a call, so a run lasts long enough to interrupt."""
+    """20 audio items (20 files) and an ffmpeg that takes 0.4 s a call, so a run lasts long enough to interrupt."""
     folder = tmp_path_factory.mktemp("slow")
     corpus = os.path.dirname(sample_corpus)
     manifest = folder / "manifest.jsonl"
     with open(manifest, "w") as fh:
         for i in range(ITEMS):
             sample = i % 12  # the corpus cycles audio formats by sample index
-            path = os.path.join(corpus, "audio", f"{sample:05d}.{AUDIO_FORMATS[sample % len(AUDIO_FORMATS)]}")
-            fh.write(json.dumps({"id": f"a{i}", "audio": path}) + "\n")
+            source = os.path.join(corpus, "audio", f"{sample:05d}.{AUDIO_FORMATS[sample % len(AUDIO_FORMATS)]}")
+            path = folder / f"a{i}{os.path.splitext(source)[1]}"  # a file per item: nothing is deduplicated
+            shutil.copy(source, path)
+            fh.write(json.dumps({"id": f"a{i}", "audio": str(path)}) + "\n")
     wrapper = folder / "slow-ffmpeg"
     wrapper.write_text(f"#!/bin/sh\nsleep 0.4\nexec {find_ffmpeg()} \"$@\"\n")
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     config = folder / "slow.yaml"
-    config.write_text(f"ffmpeg: {wrapper}\nshard_size: 2\ndecode: {{batch_size: 1}}\n"
+    config.write_text(f"ffmpeg: {wrapper}\nshard_size: 2\ndecode: {{batch_size: 1}}\nactor_batch_rows: 2\n"
                       "encoders:\n  audio: {batch_size: 2, dtype: float32}\n")
     return str(manifest), str(config)
 

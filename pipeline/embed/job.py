@@ -122,8 +122,7 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
                                            batch_format="pyarrow", num_cpus=cfg.decode.num_cpus))
         ds = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
         ds = ds.map_batches(EncodeActor, batch_size=cfg.actor_batch_rows, batch_format="pyarrow",
-                            fn_constructor_kwargs={"encoders": {r.modality.value: (r.ref, _threads(r.enc, pool))
-                                                                for r in runs},
+                            fn_constructor_kwargs={"encoders": {r.modality.value: (r.ref, r.enc) for r in runs},
                                                    "settings": settings, "output": store.root, "storage": options,
                                                    "shard_size": plan.shard_size},
                             compute=ActorPoolStrategy(size=pool["actors"]), num_cpus=pool["num_cpus"],
@@ -131,14 +130,6 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
         _Committer(plan, runs, store, options).consume(ds)
     finally:
         ctx.execution_no_progress_timeout_s = previous_timeout
-
-
-def _threads(enc: EncoderConfig, pool: dict[str, Any]) -> EncoderConfig:
-    """An actor's torch threads default to the CPUs it reserves: more would fight the decode tasks for the
-    same cores (on 2 cores, the tiny text encoder ran 1.6x faster in the job with 1 thread than with 2)."""
-    if enc.torch_threads is not None:
-        return enc
-    return enc.model_copy(update={"torch_threads": max(1, int(pool["num_cpus"]))})
 
 
 def _shards_of(plan: ManifestPlan, chunk) -> slice:
@@ -153,6 +144,13 @@ def _pool(encs: list[EncoderConfig]) -> dict[str, Any]:
             resources[key] = max(resources.get(key, 0.0), amount)
     return {"actors": max(e.actors for e in encs), "num_cpus": max(e.num_cpus for e in encs),
             "num_gpus": max(e.num_gpus for e in encs), "resources": resources}
+
+
+class _CommitActor:
+    """Runs ``commit_parts`` for the driver (a complete shard's parts → its files); holds nothing between calls."""
+
+    def commit(self, *args: Any) -> dict[str, Any]:
+        return commit_parts(*args)
 
 
 class _Committer:
@@ -173,23 +171,23 @@ class _Committer:
         self.done = {name: 0 for name in self.runs}
         self.items = 0
         self.started = self.last_log = time.time()
-        self.task = ray.remote(commit_parts).options(num_cpus=0, max_retries=3)
+        # one long-lived committer, started beside the pipeline's workers: a task per shard would wait for a
+        # fresh worker process whenever the CPUs are busy (on 2 cores, commits lagged the encoder by a minute)
+        self.actor = ray.remote(_CommitActor).options(num_cpus=0, max_concurrency=MAX_COMMITS_IN_FLIGHT,
+                                                      max_restarts=-1, max_task_retries=3).remote()
 
     def consume(self, ds) -> None:
         import ray
 
         try:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
                 for record in batch.to_pylist():  # one per part file written, not per item
                     self._add(record)
                 self._collect(block=False)
             while self.in_flight:
                 self._collect(block=True)
-        except BaseException:  # no commit task of this run may write after it stops (a rerun rewrites its shards)
-            for ref in self.in_flight:
-                ray.cancel(ref, force=True)
-            ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=30)
-            raise
+        finally:  # no commit of this run may write after it stops (a rerun rewrites its shards)
+            ray.kill(self.actor)
         if self.pending:
             missing = sorted(self.pending)[:10]
             raise RuntimeError(f"the pipeline ended before these (modality, shard)s were complete: {missing}")
@@ -205,7 +203,8 @@ class _Committer:
             while len(self.in_flight) >= MAX_COMMITS_IN_FLIGHT:
                 self._collect(block=True)
             run = self.runs[key[0]]
-            ref = self.task.remote(self.store.root, self.options, key[0], key[1], parts, run.ref.name, run.enc.tokens)
+            ref = self.actor.commit.remote(self.store.root, self.options, key[0], key[1], parts, run.ref.name,
+                                           run.enc.tokens)
             self.in_flight[ref] = key
             del self.pending[key]
 
