@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from jobs import registry
-from jobs.benchmarks import REPORT_HELP, report_figures, steady_rate
+from jobs.benchmarks import REPORT_HELP, report_figures, split_ints, steady_rate
 from pipeline.config import StrictModel
 
 
@@ -44,12 +44,7 @@ class BenchmarkScaleConfig(StrictModel):
     @field_validator("rows", mode="before")
     @classmethod
     def _split_rows(cls, value):
-        if isinstance(value, str):
-            try:
-                return [int(x) for x in value.split(",") if x.strip()]
-            except ValueError:
-                raise ValueError(f"expected comma-separated integers, e.g. 20000,200000, got {value!r}") from None
-        return value
+        return split_ints(value, "20000,200000")
 
     @field_validator("rows")
     @classmethod

@@ -70,12 +70,7 @@ class BenchmarkServeConfig(StrictModel):
     @field_validator("levels", mode="before")
     @classmethod
     def _split_levels(cls, value):
-        if isinstance(value, str):
-            try:
-                return [int(x) for x in value.split(",") if x.strip()]
-            except ValueError:
-                raise ValueError(f"expected comma-separated integers, e.g. 1,8,32, got {value!r}") from None
-        return value
+        return split_ints(value, "1,8,32")
 
     @field_validator("levels")
     @classmethod
@@ -89,6 +84,16 @@ class BenchmarkServeConfig(StrictModel):
         if self.requests < max(self.levels):
             raise ValueError(f"requests = {self.requests}: expected at least the largest level ({max(self.levels)})")
         return self
+
+
+def split_ints(value: Any, example: str) -> Any:
+    """A list field given as "1,8,32" on the command line → [1, 8, 32] (other values pass to pydantic)."""
+    if isinstance(value, str):
+        try:
+            return [int(x) for x in value.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"expected comma-separated integers, e.g. {example}, got {value!r}") from None
+    return value
 
 
 def write_image_corpus(folder: str, n: int) -> str:
