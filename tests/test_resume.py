@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,9 @@ def slow_audio(session_dir, sample_corpus, tmp_path_factory):
             shutil.copy(source, path)
             fh.write(json.dumps({"id": f"a{i}", "audio": str(path)}) + "\n")
     wrapper = folder / "slow-ffmpeg"
-    wrapper.write_text(f"#!/bin/sh\nsleep 0.4\nexec {find_ffmpeg()} \"$@\"\n")
+    gate = folder / "gate"  # open unless a test closes it: decoding waits for it (see interrupt_after_more_commits)
+    gate.touch()
+    wrapper.write_text(f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.05; done\nsleep 0.4\nexec {find_ffmpeg()} \"$@\"\n")
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     config = folder / "slow.yaml"
     config.write_text(f"ffmpeg: {wrapper}\nshard_size: 2\ndecode: {{batch_size: 1}}\nactor_batch_rows: 2\n"
@@ -66,13 +69,21 @@ def shard_mtimes(out):
             for f in store.committed_files("audio", kind)}
 
 
-def interrupt_after_more_commits(cmd, env, sig, done_before: int) -> tuple[int, str]:
-    """Start the job, send ``sig`` once it has committed a shard beyond ``done_before``; its exit code and log."""
+def interrupt_after_more_commits(cmd, env, sig, done_before: int, gate) -> tuple[int, str]:
+    """Start the job, send ``sig`` once it has committed a shard beyond ``done_before``; its exit code and log.
+
+    Decoding waits (at ``gate``) until this run's encoder actor exists: else the slow decodes finish while
+    the actor starts, and the shards commit in one burst that no signal can land in the middle of."""
+    gate.unlink()
+    earlier = set(_encoder_actor_pids())
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = cmd[cmd.index("--output") + 1]
     deadline = time.time() + 240
     while len(markers(out)) <= done_before and proc.poll() is None and time.time() < deadline:
+        if not gate.exists() and set(_encoder_actor_pids()) - earlier:
+            gate.touch()
         time.sleep(0.05)
+    gate.touch()
     proc.send_signal(sig)
     log = proc.communicate(timeout=120)[0]
     return proc.returncode, log
@@ -85,7 +96,8 @@ def test_interrupted_job_resumes_without_redoing_or_duplicating(ray_session, slo
     env = {**os.environ, "RAY_ADDRESS": ray_session}
     done_before = 0
     for sig in (signal.SIGINT, signal.SIGKILL):
-        code, log = interrupt_after_more_commits(embed_cmd(manifest, config, out), env, sig, done_before)
+        gate = Path(manifest).parent / "gate"
+        code, log = interrupt_after_more_commits(embed_cmd(manifest, config, out), env, sig, done_before, gate)
         assert code != 0, log
         done = markers(out)
         assert done_before < len(done) < ITEMS // 2, (signal.Signals(sig).name, log)

@@ -74,6 +74,23 @@ def test_non_utf8_and_bad_json_lines_are_located(tmp_path):
         read_manifest(str(csv_path))
 
 
+def test_a_line_without_end_is_refused_not_read_whole(tmp_path, monkeypatch):
+    import pipeline.store.manifest as manifest
+
+    monkeypatch.setattr(manifest, "PIECE_BYTES", 64)
+    monkeypatch.setattr(manifest, "MAX_LINE_BYTES", 256)
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"id": "a", "text": "ok"}\n{"id": "b", "text": "' + "x" * 1000 + '"}\n')
+    with pytest.raises(ManifestError, match="line 2 is longer than 256 bytes: expected one sample per line"):
+        read_manifest(str(path))
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("id," + "x" * 300 + "\na,b\n")
+    with pytest.raises(ManifestError, match="line 1 is longer than 256 bytes"):
+        read_manifest(str(csv_path))
+    path.write_text('{"id": "a", "text": "' + "x" * 200 + '"}\n')  # under the limit, over a piece: read
+    assert read_manifest(str(path))[1].column("id").to_pylist() == ["a"]
+
+
 def test_unknown_format_and_missing_manifest(tmp_path):
     (tmp_path / "m.txt").write_text("x")
     with pytest.raises(ManifestError, match="unknown format"):

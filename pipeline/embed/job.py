@@ -5,8 +5,8 @@ shard of ``shard_size`` rows, chunks cut); one Ray Data execution then embeds ev
 read tasks turn chunks into work rows (each distinct media once), decode tasks decode them, one pool of
 encoder actors (holding every modality's encoder, so start-up is paid once) encodes them and writes the
 rows as part files. The driver only gathers small commit records; when all of a shard's items have
-arrived it has a task turn the parts into the shard's files, then writes the shard's marker (the commit
-point). A rerun skips committed shards, so an interrupted job resumes without redoing or duplicating work.
+arrived it has the run's committer actor turn the parts into the shard's files, then writes the shard's
+marker (the commit point). A rerun skips committed shards, so an interrupted job resumes without redoing or duplicating work.
 """
 from __future__ import annotations
 
@@ -188,12 +188,17 @@ class _Committer:
                 self._collect(block=True)
         finally:  # no commit of this run may write after it stops (a rerun rewrites its shards)
             ray.kill(self.actor)
+        for name in self.runs:  # parts a retried actor call wrote after its shard had committed
+            self.store.remove_parts(name)
         if self.pending:
             missing = sorted(self.pending)[:10]
             raise RuntimeError(f"the pipeline ended before these (modality, shard)s were complete: {missing}")
 
     def _add(self, record: dict[str, Any]) -> None:
         key = (record["modality"], record["shard"])
+        run = self.runs[key[0]]
+        if not run.todo[key[1]]:  # a retried actor call resent rows of a shard already handed to the committer
+            return
         if key not in self.pending:
             self.pending[key] = (np.zeros(-(-self.plan.shard_size // 8), np.uint8), [])
         bits, parts = self.pending[key]
@@ -202,7 +207,7 @@ class _Committer:
         if int(np.unpackbits(bits).sum()) == self.expected[key[0]][key[1]]:
             while len(self.in_flight) >= MAX_COMMITS_IN_FLIGHT:
                 self._collect(block=True)
-            run = self.runs[key[0]]
+            run.todo[key[1]] = False
             ref = self.actor.commit.remote(self.store.root, self.options, key[0], key[1], parts, run.ref.name,
                                            run.enc.tokens)
             self.in_flight[ref] = key

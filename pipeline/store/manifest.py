@@ -30,6 +30,7 @@ from pipeline.modality import Modality
 from pipeline.store.sources import describe_storage_error, filesystem
 
 PIECE_BYTES = 8 << 20   # what the driver parses at a time (and the size of its reads)
+MAX_LINE_BYTES = 64 << 20  # one manifest row; a file without line ends is refused, not read into memory
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -101,7 +102,7 @@ def plan_manifest(uri: str, options: dict[str, Any], shard_size: int, chunk_rows
     with fh:
         try:
             if fmt == "parquet":
-                for group, start, table in _parquet_pieces(fh, uri, scan):
+                for group, table in _parquet_pieces(fh, uri, scan):
                     scan.add(table, group, group + 1, 0)
             else:
                 header = _csv_header(fh, uri, scan) if fmt == "csv" else None
@@ -169,17 +170,18 @@ class _Scan:
         present = [m for m in known if m.value in self.counts]
         if not present:
             raise ManifestError(f"manifest {uri} has no modality column: expected any of {', '.join(sorted(known))}")
-        self._check_unique_ids()
         shards = -(-self.rows // self.shard_size)
         counts = np.zeros((shards, len(present)), np.int64)
         for j, m in enumerate(present):
             counts[:len(self.counts[m.value]), j] = self.counts[m.value][:shards]
         ignored = [n for n in self.names if n not in set(known)]
-        return ManifestPlan(uri=uri, base=base_of(uri), fmt=fmt, digest=self.digest.hexdigest(),
+        plan = ManifestPlan(uri=uri, base=base_of(uri), fmt=fmt, digest=self.digest.hexdigest(),
                             header=self.header, rows=self.rows, modalities=present, ignored_columns=ignored,
                             shard_size=self.shard_size, counts=counts, chunks=self.chunks)
+        self._check_unique_ids(plan)
+        return plan
 
-    def _check_unique_ids(self) -> None:
+    def _check_unique_ids(self, plan: ManifestPlan) -> None:
         hashes = np.sort(np.concatenate(self.hashes))
         repeated = set(hashes[1:][hashes[1:] == hashes[:-1]].tolist())
         self.hashes = []
@@ -187,9 +189,7 @@ class _Scan:
             return
         # rare: read the ids again to name the duplicates (or to find a mere hash collision)
         seen: dict[str, int] = {}
-        plan = ManifestPlan(self.uri, base_of(self.uri), manifest_format(self.uri), "", self.header, self.rows,
-                            [], [], self.shard_size, np.zeros((0, 0)), self.chunks)
-        for chunk in self.chunks:
+        for chunk in plan.chunks:
             for value in read_chunk(plan, chunk, self.options).column("id").to_pylist():
                 if hash(value) in repeated:
                     seen[value] = seen.get(value, 0) + 1
@@ -210,6 +210,7 @@ def _byte_pieces(fh, scan: _Scan) -> Iterator[tuple[int, int, bytes]]:
         data = carry + block
         cut = data.rfind(b"\n") + 1
         if cut == 0:
+            _check_line(len(data), line, scan.uri)
             carry = data
             continue
         yield offset, line, data[:cut]
@@ -218,8 +219,15 @@ def _byte_pieces(fh, scan: _Scan) -> Iterator[tuple[int, int, bytes]]:
         yield offset, line, carry
 
 
+def _check_line(size: int, line: int, uri: str) -> None:
+    if size > MAX_LINE_BYTES:
+        raise ManifestError(f"manifest {uri}: line {line} is longer than {MAX_LINE_BYTES} bytes: expected one "
+                            "sample per line")
+
+
 def _csv_header(fh, uri: str, scan: _Scan) -> list[str]:
-    raw = fh.readline()
+    raw = fh.readline(MAX_LINE_BYTES + 1)
+    _check_line(len(raw.rstrip(b"\r\n")), 1, uri)
     scan.digest.update(raw)
     try:
         text = raw.decode("utf-8-sig")
@@ -228,7 +236,7 @@ def _csv_header(fh, uri: str, scan: _Scan) -> list[str]:
     return next(_csv.reader(io.StringIO(text)), [])
 
 
-def _parquet_pieces(fh, uri: str, scan: _Scan) -> Iterator[tuple[int, int, pa.Table]]:
+def _parquet_pieces(fh, uri: str, scan: _Scan) -> Iterator[tuple[int, pa.Table]]:
     while block := fh.read(PIECE_BYTES):
         scan.digest.update(block)
     fh.seek(0)
@@ -238,7 +246,7 @@ def _parquet_pieces(fh, uri: str, scan: _Scan) -> Iterator[tuple[int, int, pa.Ta
         raise ManifestError(f"manifest {uri}: not a valid Parquet file: {e}") from None
     scan.header = pf.schema_arrow.names
     for group in range(pf.num_row_groups):
-        yield group, scan.rows, normalize(pf.read_row_group(group), scan.rows, uri)
+        yield group, normalize(pf.read_row_group(group), scan.rows, uri)
 
 
 # --- a worker's read ---------------------------------------------------------------------------------
@@ -320,7 +328,7 @@ def normalize(table: pa.Table, first_row: int, uri: str) -> pa.Table:
         return pa.table({"row": pa.array([], pa.int64()), "id": pa.array([], pa.string())})
     if "id" not in names:
         raise ManifestError(f"manifest {uri} has no 'id' column (columns: {', '.join(names)})")
-    ids = table.column("id").combine_chunks() if n else pa.array([], pa.string())
+    ids = table.column("id").combine_chunks()
     if pa.types.is_integer(ids.type):
         ids = pc.cast(ids, pa.string())
     if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
