@@ -37,9 +37,21 @@ def slow_audio(session_dir, sample_corpus, tmp_path_factory):
             shutil.copy(source, path)
             fh.write(json.dumps({"id": f"a{i}", "audio": str(path)}) + "\n")
     wrapper = folder / "slow-ffmpeg"
-    gate = folder / "gate"  # open unless a test closes it: decoding waits for it (see interrupt_after_more_commits)
-    gate.touch()
-    wrapper.write_text(f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.05; done\nsleep 0.4\nexec {find_ffmpeg()} \"$@\"\n")
+    # open unless a test removes the flag; closed, each call first claims a ticket the test hands out
+    # (see interrupt_after_more_commits); a claimed ticket moves to used/, so it is used once
+    (folder / "open").touch()
+    (folder / "tickets").mkdir()
+    (folder / "used").mkdir()
+    wrapper.write_text(f"""#!/bin/sh
+while [ ! -e {folder}/open ]; do
+  for t in {folder}/tickets/t-*; do
+    [ -e "$t" ] && mv "$t" {folder}/used/ 2>/dev/null && break 2
+  done
+  sleep 0.05
+done
+sleep 0.4
+exec {find_ffmpeg()} "$@"
+""")
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     config = folder / "slow.yaml"
     config.write_text(f"ffmpeg: {wrapper}\nshard_size: 2\ndecode: {{batch_size: 1}}\nactor_batch_rows: 2\n"
@@ -69,23 +81,27 @@ def shard_mtimes(out):
             for f in store.committed_files("audio", kind)}
 
 
-def interrupt_after_more_commits(cmd, env, sig, done_before: int, gate) -> tuple[int, str]:
+def interrupt_after_more_commits(cmd, env, sig, done_before: int, folder: Path) -> tuple[int, str]:
     """Start the job, send ``sig`` once it has committed a shard beyond ``done_before``; its exit code and log.
 
-    Decoding waits (at ``gate``) until this run's encoder actor exists: else the slow decodes finish while
-    the actor starts, and the shards commit in one burst that no signal can land in the middle of."""
-    gate.unlink()
-    earlier = set(_encoder_actor_pids())
+    Decodes are rationed (a ticket each): at most two shards' items beyond those committed may be decoded,
+    so however long the encoder actor takes to start, the run cannot finish in one burst before the signal."""
+    (folder / "open").unlink()
+    for ticket in (folder / "tickets").iterdir():
+        ticket.unlink()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = cmd[cmd.index("--output") + 1]
-    deadline = time.time() + 240
-    while len(markers(out)) <= done_before and proc.poll() is None and time.time() < deadline:
-        if not gate.exists() and set(_encoder_actor_pids()) - earlier:
-            gate.touch()
-        time.sleep(0.05)
-    gate.touch()
-    proc.send_signal(sig)
-    log = proc.communicate(timeout=120)[0]
+    deadline, given = time.time() + 240, 0
+    try:
+        while len(markers(out)) <= done_before and proc.poll() is None and time.time() < deadline:
+            while given < 2 * (len(markers(out)) - done_before) + 4:  # shard_size 2: two shards of items ahead
+                (folder / "tickets" / f"t-{done_before}-{given}").touch()
+                given += 1
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        log = proc.communicate(timeout=120)[0]
+    finally:
+        (folder / "open").touch()
     return proc.returncode, log
 
 
@@ -96,8 +112,8 @@ def test_interrupted_job_resumes_without_redoing_or_duplicating(ray_session, slo
     env = {**os.environ, "RAY_ADDRESS": ray_session}
     done_before = 0
     for sig in (signal.SIGINT, signal.SIGKILL):
-        gate = Path(manifest).parent / "gate"
-        code, log = interrupt_after_more_commits(embed_cmd(manifest, config, out), env, sig, done_before, gate)
+        code, log = interrupt_after_more_commits(embed_cmd(manifest, config, out), env, sig, done_before,
+                                                 Path(manifest).parent)
         assert code != 0, log
         done = markers(out)
         assert done_before < len(done) < ITEMS // 2, (signal.Signals(sig).name, log)
