@@ -6,6 +6,7 @@ which doubles as the configuration reference (``oneencoder config-reference``).
 from __future__ import annotations
 
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,31 @@ class StorageConfig(StrictModel):
         "Default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL from the environment, else AWS.")
     region: str | None = Field(None, description="S3 region; default: the AWS config/env.")
     anon: bool = Field(False, description="Read S3 without credentials (public buckets).")
+
+
+def check_hosts(cls: Any, value: list[str]) -> list[str]:
+    """An allow-list field's validator: host names (or [IPv6] addresses) with an optional port, lower-cased."""
+    bad = [h for h in value if not re.fullmatch(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?", h)]
+    if bad:
+        raise ValueError(f"allow_hosts takes host names with an optional port (e.g. images.example.com or "
+                         f"media.internal:8080), got {bad}")
+    return [h.lower() for h in value]
+
+
+class HttpConfig(StrictModel):
+    enabled: bool = Field(True, description="Fetch media named by http(s) URLs in the manifest (a failed fetch is "
+                          "that row's read error); false: such values are read errors.")
+    allow_hosts: list[str] = Field(default_factory=list, description="Fetch only from these hosts: `host` (the "
+                                   "scheme's default port) or `host:port`, exact match; empty = any public host.")
+    allow_private_addresses: bool = Field(False, description="Also fetch hosts that resolve to loopback, private or "
+                                          "link-local addresses (off: a URL list must not reach internal services).")
+    timeout_s: float = Field(60.0, gt=0, description="Time limit of one fetch attempt (connect, headers and body).")
+    retries: int = Field(3, ge=0, le=10, description="Retries after a connection error, timeout, HTTP 408/429 or 5xx "
+                         "(doubling back-off).")
+    backoff_s: float = Field(0.5, ge=0, description="Wait before the first retry.")
+    max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed (each target checked like the URL).")
+
+    _hosts = field_validator("allow_hosts")(check_hosts)
 
 
 # the limits every media input has, whatever its modality (each modality declares its own in its module)
@@ -69,6 +95,9 @@ class DecodeConfig(StrictModel):
                                    "keep the per-task cost small).")
     num_cpus: float = Field(0.5, gt=0, description="Logical CPUs reserved per decode task.")
     read_num_cpus: float = Field(0.25, gt=0, description="Logical CPUs reserved per manifest-chunk read task.")
+    ffmpeg_threads: int = Field(1, ge=0, description="Decoder and filter threads per ffmpeg run (audio, video); "
+                                "0 = ffmpeg's choice, a thread per core, which oversubscribes the CPUs when "
+                                "decode tasks run side by side.")
 
 
 class EncoderConfig(StrictModel):
@@ -89,7 +118,9 @@ class EncoderConfig(StrictModel):
 
 
 class EmbedConfig(StrictModel):
-    input: str | None = Field(None, description="Manifest URI (JSONL, CSV or Parquet; local path or s3://).")
+    input: str | None = Field(None, description="Manifest URI (JSONL, CSV or Parquet), or WebDataset tar shards (a "
+                              ".tar, a folder of them or a brace pattern such as shard-{000000..000099}.tar); local "
+                              "path or s3://.")
     output: str | None = Field(None, description="Output folder URI (local path or s3://).")
     preset: Literal["tiny", "paper"] = Field("tiny", description="Encoder preset: tiny (offline, tests) or paper (the paper's encoders).")
     random_init: bool = Field(False, description="Build the preset's architectures with random weights, offline (benchmarks).")
@@ -107,6 +138,7 @@ class EmbedConfig(StrictModel):
     ffmpeg: str | None = Field(None, description="ffmpeg binary; null = $ONEENCODER_FFMPEG, else ffmpeg on PATH, else imageio-ffmpeg's.")
     no_progress_timeout_s: float = Field(1800.0, gt=0, description="Fail the job if Ray Data makes no progress for this long.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="Fetching http(s) media URLs.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Size, duration and time limits on inputs.")
     decode: DecodeConfig = Field(default_factory=DecodeConfig, description="Decode stage resources.")
     encoders: dict[Modality, EncoderConfig] = Field(default_factory=dict, description="Per-modality encoder settings.")

@@ -8,15 +8,15 @@ per-deployment options (replicas, autoscaling, resources, queue limits, batch ``
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from pydantic import Field, ValidationError, create_model, field_validator
 
 from pipeline.artifact import is_artifact
-from pipeline.config import (ConfigError, LimitsConfig, StorageConfig, StrictModel, format_validation_errors,
-                             limit_fields, read_yaml_mapping)
+from pipeline.config import (ConfigError, LimitsConfig, StorageConfig, StrictModel, check_hosts,
+                             format_validation_errors, limit_fields, read_yaml_mapping)
 from pipeline.modality import Modality
+from pipeline.store.http import host_allowed
 
 APP_NAME = "oneencoder"
 GATEWAY, SEARCH = "Gateway", "SearchIndex"
@@ -43,20 +43,12 @@ class RemoteSettings(StrictModel):
     allow_private_addresses: bool = Field(False, description="Also fetch hosts that resolve to loopback, private or link-local addresses (off: only public ones).")
     timeout_s: float = Field(10.0, gt=0, description="Time limit of one fetch (connect, headers and body together).")
 
-    @field_validator("allow_hosts")
-    @classmethod
-    def _hosts(cls, value: list[str]) -> list[str]:
-        bad = [h for h in value if not re.fullmatch(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?", h)]
-        if bad:
-            raise ValueError(f"allow_hosts takes host names with an optional port (e.g. images.example.com or "
-                             f"media.internal:8080), got {bad}")
-        return [h.lower() for h in value]
+    _hosts = field_validator("allow_hosts")(check_hosts)
 
     def allows(self, host: str, port: int, default_port: int) -> bool:
         """Whether ``host`` (lower case, IPv6 without brackets) on ``port`` is on the allow-list; an entry
         without a port allows the URL scheme's ``default_port`` only."""
-        name = f"[{host}]" if ":" in host else host
-        return f"{name}:{port}" in self.allow_hosts or (port == default_port and name in self.allow_hosts)
+        return host_allowed(self.allow_hosts, host, port, default_port)
 
 
 class ServeArgs(StrictModel):

@@ -11,18 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import http.client
-import ipaddress
 import json
 import re
-import socket
-import ssl
-import threading
-import time
-import urllib.parse
 from typing import Any
 
 from pipeline import modalities as registry
+from pipeline.store.http import FetchError, get
 from serving.config import RemoteSettings, ServeLimits
 
 
@@ -188,117 +182,23 @@ def _data_uri(index: int, raw: str, forced: str | None, limits: ServeLimits) -> 
 def fetch(item: Item, remote: RemoteSettings, limits: ServeLimits) -> Item:
     """Download an allow-listed URL: no redirects, size-limited, one deadline for the whole fetch.
 
-    The host and port must be on ``remote.allow_hosts``; the host must resolve to a public address
-    (unless ``remote.allow_private_addresses``), and the connection goes to the address that was
-    checked, so a DNS answer cannot change between the check and the fetch. Every failure is a 400
-    naming the item. Blocking: run it in a thread.
+    The host and port must be on ``remote.allow_hosts``; the rest is ``pipeline.store.http.get``: the host
+    must resolve to a public address (unless ``remote.allow_private_addresses``) and the connection goes to
+    the address that was checked. Every failure is a 400 naming the item. Blocking: run it in a thread.
     """
     url, i = item.remote_url, item.index
     if not remote.enabled:
         raise item_error(i, "remote URLs are not fetched by this server (remote.enabled is false); "
                             "send the media inline as a data: URI", "remote_disabled")
-    parts, host, port = _allowed_target(i, url, remote)
-    address = _checked_address(i, host, port, remote.allow_private_addresses)
-    conn = (_PinnedHTTPSConnection(host, address, port, remote.timeout_s) if parts.scheme == "https"
-            else http.client.HTTPConnection(address, port, timeout=remote.timeout_s))
-    deadline = time.monotonic() + remote.timeout_s
     try:
-        data = _download(conn, parts, deadline, limits.max_file_bytes)
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        late = time.monotonic() >= deadline - 0.05
-        raise item_error(i, f"fetching {url} took longer than remote.timeout_s={remote.timeout_s:g} s" if late
-                         else f"could not fetch {url}: {type(e).__name__}: {e}", "fetch_failed") from None
-    if len(data) > limits.max_file_bytes:
-        raise item_error(i, f"{url} is over the limit of {limits.max_file_bytes} bytes per item", "item_too_large")
-    if not data:
+        response = get(url, limits.max_file_bytes, remote.timeout_s, remote.allows, remote.allow_private_addresses,
+                       "remote")
+    except FetchError as e:
+        allow = f" ({', '.join(remote.allow_hosts)})" if "allow-list" in str(e) else ""
+        raise item_error(i, f"could not fetch {url}: {e}{allow}", e.code) from None
+    if response.status != 200:
+        raise item_error(i, f"could not fetch {url}: answered HTTP {response.status} (redirects are not followed)",
+                         "fetch_failed")
+    if not response.body:
         raise item_error(i, f"{url} returned an empty body", "fetch_failed")
-    return Item(i, item.modality, data)
-
-
-def _allowed_target(index: int, url: str, remote: RemoteSettings) -> tuple[urllib.parse.SplitResult, str, int]:
-    """(parsed URL, host, port) of an http(s) URL whose host and port are on the allow-list; else a 400."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        default_port = 443 if parts.scheme == "https" else 80
-        port = parts.port or default_port
-    except ValueError as e:
-        raise item_error(index, f"malformed URL ({e})", "invalid_url") from None
-    host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https") or not host:
-        raise item_error(index, "expected an http(s) URL with a host name", "invalid_url")
-    if not remote.allows(host, port, default_port):
-        raise item_error(index, f"{host}:{port} is not on the allow-list ({', '.join(remote.allow_hosts)})",
-                         "host_not_allowed")
-    return parts, host, port
-
-
-def _download(conn: http.client.HTTPConnection, parts: urllib.parse.SplitResult, deadline: float,
-              max_bytes: int) -> bytes:
-    """GET the URL over ``conn``: at most ``max_bytes`` + 1 bytes, all before ``deadline`` (a server that
-    dribbles bytes is cut off there); raises OSError / HTTPException (a status other than 200 too)."""
-    timer = None
-    try:
-        conn.connect()
-        sock = conn.sock  # the response may outlive conn.sock; the deadline closes this one
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, (sock,))
-        timer.start()
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn.request("GET", path, headers={"Host": parts.netloc.rpartition("@")[2], "User-Agent": "oneencoder",
-                                           "Accept-Encoding": "identity"})
-        response = conn.getresponse()
-        if response.status != 200:
-            raise http.client.HTTPException(f"answered HTTP {response.status} (redirects are not followed)")
-        data = bytearray()
-        while len(data) <= max_bytes:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("deadline")
-            sock.settimeout(left)
-            chunk = response.read1(1 << 16)
-            if not chunk:
-                if response.length:  # the body ended before its Content-Length
-                    raise http.client.IncompleteRead(bytes(data), response.length)
-                break
-            data += chunk
-        return bytes(data)
-    finally:
-        if timer is not None:
-            timer.cancel()
-        conn.close()
-
-
-def _checked_address(index: int, host: str, port: int, allow_private: bool) -> str:
-    """The first address ``host`` resolves to that may be fetched: public, unless private ones are allowed."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as e:
-        raise item_error(index, f"cannot resolve {host} ({e})", "fetch_failed") from None
-    refused = []
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        mapped = getattr(ip, "ipv4_mapped", None) or ip
-        if allow_private or (mapped.is_global and not mapped.is_multicast):
-            return str(ip)
-        refused.append(str(ip))
-    raise item_error(index, f"{host} resolves to {', '.join(refused)}, not a public address; such hosts are fetched "
-                            "only with remote.allow_private_addresses", "host_not_allowed")
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to a checked address, with the certificate verified for the host name."""
-
-    def __init__(self, host: str, address: str, port: int, timeout: float):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
-
-
-def _abort(sock: socket.socket) -> None:
-    """Cut a fetch off at its deadline: blocked reads return at once."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+    return Item(i, item.modality, response.body)

@@ -113,3 +113,37 @@ def write_hostile_media(folder: str, ffmpeg: str) -> dict[str, str]:
         with open(paths[f"{ext}_image"], "wb") as fh:
             fh.write(buf.getvalue())
     return paths
+
+
+def tar_add(tar, name: str, data: bytes) -> None:
+    """Add a regular member ``name`` holding ``data`` to an open tarfile."""
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_webdataset(manifest: str, dest: str, per_shard: int, modalities=("image", "text", "audio", "video")) -> list[str]:
+    """The sample corpus at ``manifest`` as WebDataset shards (``key.<ext>`` members, a ``key.json`` beside them),
+    ``per_shard`` samples each, written as ``dest/shard-000000.tar``...; returns the shard paths."""
+    import json
+    import tarfile
+
+    folder = os.path.dirname(manifest)
+    with open(manifest) as fh:
+        rows = [json.loads(line) for line in fh]
+    os.makedirs(dest, exist_ok=True)
+    paths = []
+    for s in range(0, len(rows), per_shard):
+        paths.append(os.path.join(dest, f"shard-{s // per_shard:06d}.tar"))
+        with tarfile.open(paths[-1], "w") as tar:
+            for row in rows[s:s + per_shard]:
+                for m in modalities:
+                    if m == "text":
+                        tar_add(tar, f"{row['id']}.txt", row["text"].encode())
+                    else:
+                        with open(os.path.join(folder, row[m]), "rb") as media:
+                            tar_add(tar, row["id"] + os.path.splitext(row[m])[1], media.read())
+                tar_add(tar, f"{row['id']}.json", json.dumps({"key": row["id"]}).encode())
+    return paths

@@ -49,7 +49,7 @@ def mixed(session_dir, sample_corpus):
     add("img-oversized", "image", bad["oversized_image"], "read", "over limits.max_file_bytes=200000")
     add("img-missing", "image", "bad/does-not-exist.png", "read", "file not found")
     add("img-wrong-type", "image", 5, "read", "expected a URI string, got int")
-    add("img-http", "image", "https://example.com/a.png", "read", "unsupported URI scheme 'https'")
+    add("img-ftp", "image", "ftp://example.com/a.png", "read", "unsupported URI scheme 'ftp'")
     add("img-dir", "image", "bad", "read", "not a regular file")
     add("aud-garbage", "audio", bad["garbage_audio"], "decode", "ffmpeg could not decode audio")
     add("aud-empty", "audio", bad["empty_audio"], "read", "empty file")

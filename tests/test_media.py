@@ -141,3 +141,39 @@ def test_ffmpeg_is_found_without_configuration():
 def test_a_missing_explicit_ffmpeg_is_named():
     with pytest.raises(FileNotFoundError, match="/no/such/ffmpeg"):
         find_ffmpeg("/no/such/ffmpeg")
+
+
+def test_media_bytes_decode_on_ffmpeg_stdin_as_from_the_file_except_mp4(tmp_path):
+    """Bytes (a tar member, an S3 object, an API payload) go to ffmpeg's stdin, no temp file, and decode as the
+    file does; MP4/M4A (whose index may sit at the end) and MP3 (gapless trimming) still go through a file. Each
+    ffmpeg run gets the threads it is given."""
+    from pipeline.config import LimitsConfig
+    from pipeline.media.decode import DecodeSettings, decode_bytes
+    from pipeline.media.ffmpeg import pipe_ok
+    from pipeline.modalities import InputSpec
+    from pipeline.modality import Modality
+
+    calls = tmp_path / "calls.log"
+    wrapper = tmp_path / "logging-ffmpeg"
+    wrapper.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexec {FFMPEG} \"$@\"\n")
+    wrapper.chmod(0o755)
+    spec = InputSpec(image_hw=(32, 32), sample_rate=16000, num_frames=4)
+    wave = tone("red", "circle", seconds=0.5)
+    cases = [("audio", fmt) for fmt in AUDIO_FORMATS] + [("video", fmt) for fmt in VIDEO_FORMATS]
+    for modality, fmt in cases:
+        path = str(tmp_path / f"{modality}.{fmt}")
+        if modality == "audio":
+            encode_audio(path, wave, FFMPEG)
+            from_file = decode_audio(path, 16000, 30, 30, FFMPEG)
+        else:
+            encode_video(path, clip("red", "circle", frames=8, size=48), 8, FFMPEG)
+            from_file = decode_video(path, 4, (32, 32), 30, 30, FFMPEG)
+        data = open(path, "rb").read()
+        calls.write_text("")
+        settings = DecodeSettings(Modality(modality), spec, LimitsConfig(), {}, str(wrapper), ffmpeg_threads=1)
+        np.testing.assert_array_equal(decode_bytes(data, settings), from_file, err_msg=fmt)
+        runs = calls.read_text().splitlines()
+        seeking = fmt in ("m4a", "mp4", "mp3")
+        assert pipe_ok(data) is not seeking, fmt
+        assert all(("pipe:0" in run) is not seeking and ("oneencoder-" in run) is seeking for run in runs), (fmt, runs)
+        assert all("-threads 1 " in run and "-filter_threads 1" in run for run in runs), runs

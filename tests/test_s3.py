@@ -99,3 +99,22 @@ def test_training_reads_the_feature_store_from_s3_and_stops_early(ray_session, s
     assert stage["best"]["val/loss"] == losses[best]
     provenance = json.loads((tmp_path / "model" / "provenance.json").read_text())
     assert provenance["features"] == "s3://features/run1"
+
+
+def test_webdataset_shards_on_s3_by_brace_pattern(ray_session, s3_endpoint, s3_corpus, sample_corpus, tmp_path):
+    from tests.media_factory import write_webdataset
+
+    for path in write_webdataset(sample_corpus, str(tmp_path / "wds"), per_shard=5, modalities=("image", "text")):
+        s3_corpus.put_file(path, f"media/wds/{os.path.basename(path)}")
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "AWS_ENDPOINT_URL": s3_endpoint}
+    cmd = [sys.executable, "-m", "jobs.embed", "--input", "s3://media/wds/shard-{000000..000002}.tar",
+           "--output", "s3://features/wds"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    opts = storage_options(StorageConfig(endpoint_url=s3_endpoint))
+    for modality in ("image", "text"):
+        table = read_features("s3://features/wds", modality, opts)
+        assert sorted(table.column("id").to_pylist()) == [f"s{i:05d}" for i in range(12)]
+    uris = read_features("s3://features/wds", "image", opts).column("uri").to_pylist()
+    assert "s3://media/wds/shard-000002.tar#s00010.png" in uris
+    assert read_errors("s3://features/wds", opts).num_rows == 0

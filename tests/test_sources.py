@@ -105,8 +105,11 @@ def test_resolve_uri():
     assert resolve_uri("/abs/c.png", "/data") == "/abs/c.png"
     assert resolve_uri("img/a.png", "s3://bucket/set") == "s3://bucket/set/img/a.png"
     assert resolve_uri("s3://other/x.wav", "/data") == "s3://other/x.wav"
-    with pytest.raises(ValueError, match="unsupported URI scheme 'https'"):
+    with pytest.raises(ValueError, match=r"unsupported URI scheme 'https'.*only with http.enabled: true"):
         resolve_uri("https://example.com/x.png", "/data")
+    assert resolve_uri(" https://example.com/x.png", "/data", http=True) == "https://example.com/x.png"
+    with pytest.raises(ValueError, match="unsupported URI scheme 'ftp'.*expected a local path, file://, s3://, http"):
+        resolve_uri("ftp://example.com/x.png", "/data", http=True)
 
 
 def test_items_flag_wrong_types_and_keep_every_value(tmp_path):
@@ -117,7 +120,7 @@ def test_items_flag_wrong_types_and_keep_every_value(tmp_path):
     work = work_rows(table.filter(pa.array(item_mask(table, image))), image, plan.base, dedupe=True).to_pylist()
     assert [w["ids"] for w in work] == [["1"], ["b"], ["c"]]
     assert work[0]["pre_error"] == "expected a URI string, got int '5'"
-    assert "unsupported URI scheme 'http'" in work[1]["pre_error"]
+    assert "unsupported URI scheme 'http'" in work[1]["pre_error"]  # http off in this call (the job's http.enabled)
     assert work[2]["pre_error"] is None and work[2]["uri"] == str(tmp_path / "ok.png")
     assert [w["rows"] for w in work] == [[0], [1], [2]]
     assert plan.counts.tolist() == [[2, 0], [1, 1], [0, 0]]  # image, text per shard of 2 rows; "e" has no image

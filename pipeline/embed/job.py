@@ -49,7 +49,8 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     started = time.time()
     options = storage_options(cfg.storage)
     input_uri, output_uri = _absolute(cfg.input), _absolute(cfg.output)
-    plan = plan_manifest(input_uri, options, cfg.shard_size, cfg.chunk_rows)
+    plan = plan_manifest(input_uri, options, cfg.shard_size, cfg.chunk_rows,
+                         index_map=lambda fn, args: _ray_map(fn, args, cfg.decode.read_num_cpus))
     log.info("manifest %s: %d rows, %d chunks, planned in %.1f s", input_uri, plan.rows, len(plan.chunks),
              time.time() - started)
     modalities = cfg.modalities or list(plan.modalities)
@@ -94,7 +95,9 @@ def _prepare(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, store: Fe
     todo[done] = False
     log.info("%s: %d items in %d shards; %d shards already committed, %d items to embed with %s",
              modality.value, int(counts.sum()), int((counts > 0).sum()), len(done), int(counts[todo].sum()), ref.name)
-    return _ModalityRun(modality, ref, enc, DecodeSettings(modality, spec, cfg.limits, options, ffmpeg), todo)
+    http = cfg.http.model_dump(mode="json") if cfg.http.enabled else None
+    settings = DecodeSettings(modality, spec, cfg.limits, options, ffmpeg, http, cfg.decode.ffmpeg_threads)
+    return _ModalityRun(modality, ref, enc, settings, todo)
 
 
 def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], store: FeatureStore,
@@ -115,7 +118,8 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
             ds = ray.data.from_items([{"chunk": c} for c in chunks], override_num_blocks=len(chunks))
             ds = ds.map_batches(read_work, batch_size=1, num_cpus=cfg.decode.read_num_cpus,
                                 fn_kwargs={"plan": plan, "options": options, "modality": r.modality, "todo": r.todo,
-                                           "dedupe": cfg.dedupe})
+                                                      "dedupe": cfg.dedupe, "max_bytes": cfg.limits.max_file_bytes,
+                                           "http": cfg.http.enabled})
             rows = cfg.decode.inline_batch_size if r.modality.is_inline else cfg.decode.batch_size
             ds = ds.repartition(target_num_rows_per_block=rows)
             branches.append(ds.map_batches(decode_work, fn_kwargs={"settings": settings}, batch_size=None,
@@ -130,6 +134,20 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
         _Committer(plan, runs, store, options).consume(ds)
     finally:
         ctx.execution_no_progress_timeout_s = previous_timeout
+
+
+def _ray_map(fn: Any, args: list[tuple], num_cpus: float, window: int = 64):
+    """``fn(*a)`` for each ``a`` as Ray tasks, at most ``window`` at a time; results yielded in order."""
+    import ray
+
+    task = ray.remote(fn).options(num_cpus=num_cpus)
+    pending: list[Any] = []
+    for a in args:
+        pending.append(task.remote(*a))
+        if len(pending) >= window:
+            yield ray.get(pending.pop(0))
+    for ref in pending:
+        yield ray.get(ref)
 
 
 def _shards_of(plan: ManifestPlan, chunk) -> slice:

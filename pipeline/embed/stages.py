@@ -27,14 +27,14 @@ from pipeline.item_encoder import ItemEncoder, ItemError, decode_raw
 from pipeline.media.decode import DecodeSettings
 from pipeline.modality import Modality
 from pipeline.store.features import ERROR_SCHEMA, STAGES, FeatureStore, features_table
-from pipeline.store.manifest import ManifestPlan, item_mask, read_chunk
+from pipeline.store.manifest import ManifestPlan, embedded_bytes, item_mask, read_chunk
 from pipeline.store.sources import resolve_uri
 
 log = logging.getLogger(__name__)
 
 WORK_SCHEMA = pa.schema([
     ("modality", pa.string()), ("value", pa.string()), ("uri", pa.string()), ("pre_error", pa.string()),
-    ("rows", pa.list_(pa.int64())), ("ids", pa.list_(pa.string())),
+    ("rows", pa.list_(pa.int64())), ("ids", pa.list_(pa.string())), ("data", pa.large_binary()),
 ])
 DECODED_SCHEMA = pa.schema([
     ("modality", pa.string()), ("uri", pa.string()), ("rows", pa.list_(pa.int64())), ("ids", pa.list_(pa.string())),
@@ -47,25 +47,52 @@ RECORD_SCHEMA = pa.schema([("modality", pa.string()), ("shard", pa.int64()), ("p
 
 # --- read tasks ----------------------------------------------------------------------------------------
 def read_work(batch: dict[str, Any], plan: ManifestPlan, options: dict[str, Any], modality: Modality,
-              todo: np.ndarray, dedupe: bool) -> pa.Table:
+              todo: np.ndarray, dedupe: bool, max_bytes: int, http: bool = False) -> pa.Table:
     """Chunk descriptors → the work rows of ``modality`` in them. ``todo``: bool per shard, True where the
-    modality's shard is still to embed (items of committed shards are left out)."""
+    modality's shard is still to embed (items of committed shards are left out). Media held in the input
+    over ``max_bytes`` (a tar member) is left unread: that item's read error. ``http``: http(s) URLs are items
+    (fetched by the decode tasks), not read errors."""
     tables = []
     for index in batch["chunk"]:
-        table = read_chunk(plan, plan.chunks[int(index)], options)
+        table = read_chunk(plan, plan.chunks[int(index)], options, max_bytes)
         if modality.value not in table.column_names:
             continue
         mask = item_mask(table, modality) & todo[table.column("row").to_numpy() // plan.shard_size]
-        tables.append(work_rows(table.filter(pa.array(mask)), modality, plan.base, dedupe))
+        tables.append(work_rows(table.filter(pa.array(mask)), modality, plan.base, dedupe, http))
     return pa.concat_tables(tables) if tables else WORK_SCHEMA.empty_table()
 
 
-def work_rows(items: pa.Table, modality: Modality, base: str, dedupe: bool) -> pa.Table:
+def work_rows(items: pa.Table, modality: Modality, base: str, dedupe: bool, http: bool = False) -> pa.Table:
     """Normalized manifest rows that are items of ``modality`` → WORK_SCHEMA rows in manifest order.
 
     A media value is resolved against the manifest's folder (an unusable URI becomes that item's read
     error); with ``dedupe``, items with the same resolved URI (text: the same string) share one work row.
+    Media held in the input itself (``<m>:bytes``: Parquet bytes, tar members) is a work row of its own,
+    carrying its bytes (``data``) and its name as ``uri``.
     """
+    data = embedded_bytes(items, modality)
+    if data is not None:
+        held = pc.fill_null(pc.and_kleene(pc.is_valid(data), pc.is_null(items.column(f"{modality.value}:error"))), False)
+        inline, rest = items.filter(held), items.filter(pc.invert(held))
+        named = inline.column(modality.value)
+        embedded = _singletons(pa.table({"value": named, "uri": named,
+                                         "pre_error": pa.nulls(inline.num_rows, pa.string()),
+                                         "row": inline.column("row"), "id": inline.column("id")}))
+        embedded = embedded.append_column("data", pc.cast(inline.column(f"{modality.value}:bytes"), pa.large_binary()))
+        work = pa.concat_tables([embedded, _uri_rows(rest, modality, base, dedupe, http)]).sort_by("first")
+    else:
+        work = _uri_rows(items, modality, base, dedupe, http).sort_by("first")
+    return pa.table({"modality": pa.array([modality.value] * work.num_rows, pa.string()),
+                     "value": work.column("value"), "uri": work.column("uri"), "pre_error": work.column("pre_error"),
+                     "rows": work.column("rows"), "ids": work.column("ids"), "data": work.column("data")},
+                    schema=WORK_SCHEMA)
+
+
+_COLUMNS = ["value", "uri", "pre_error", "rows", "ids", "first"]
+
+
+def _uri_rows(items: pa.Table, modality: Modality, base: str, dedupe: bool, http: bool) -> pa.Table:
+    """The work rows (and ``first``, the row they sort by) of items named by a URI (text: given inline)."""
     n = items.num_rows
     raw, errors = items.column(modality.value), items.column(f"{modality.value}:error")
     if modality.is_inline:
@@ -78,7 +105,7 @@ def work_rows(items: pa.Table, modality: Modality, base: str, dedupe: bool) -> p
                 problems.append(error)
                 continue
             try:
-                resolved.append(resolve_uri(text, base))
+                resolved.append(resolve_uri(text, base, http))
                 problems.append(None)
             except ValueError as e:
                 resolved.append(text)
@@ -95,12 +122,8 @@ def work_rows(items: pa.Table, modality: Modality, base: str, dedupe: bool) -> p
         good = good.append_column("pre_error", pa.nulls(good.num_rows, pa.string()))
     else:
         good = _singletons(good)
-    parts = [good.select(["value", "uri", "pre_error", "rows", "ids", "first"]),
-             _singletons(bad).select(["value", "uri", "pre_error", "rows", "ids", "first"])]
-    work = pa.concat_tables(parts).sort_by("first")
-    return pa.table({"modality": pa.array([modality.value] * work.num_rows, pa.string()),
-                     "value": work.column("value"), "uri": work.column("uri"), "pre_error": work.column("pre_error"),
-                     "rows": work.column("rows"), "ids": work.column("ids")}, schema=WORK_SCHEMA)
+    work = pa.concat_tables([good.select(_COLUMNS), _singletons(bad).select(_COLUMNS)])
+    return work.append_column("data", pa.nulls(work.num_rows, pa.large_binary()))
 
 
 def _singletons(table: pa.Table) -> pa.Table:
@@ -118,14 +141,14 @@ def decode_work(batch: pa.Table, settings: dict[str, DecodeSettings]) -> pa.Tabl
     """Work rows → DECODED_SCHEMA rows: the decoded item packed as bytes, or the read/decode error."""
     n = batch.num_rows
     ok, stage, error, payload, shape, dtype = [], [], [], [], [], []
-    for modality, value, pre_error in zip(batch.column("modality").to_pylist(), batch.column("value").to_pylist(),
-                                          batch.column("pre_error").to_pylist()):
+    for modality, value, pre_error, data in zip(batch.column("modality").to_pylist(), batch.column("value").to_pylist(),
+                                                batch.column("pre_error").to_pylist(), batch.column("data").to_pylist()):
         packed, failed, why = (b"", [], ""), "", None
         if pre_error is not None:
             failed, why = "read", pre_error
         else:
             try:
-                packed = _pack(decode_raw(value, settings[modality]))
+                packed = _pack(decode_raw(value if data is None else data, settings[modality]))
             except ItemError as e:
                 failed, why = e.stage, e.reason
         ok.append(why is None)

@@ -8,10 +8,11 @@ from pipeline.media.audio import decode_audio
 from pipeline.modalities.base import InputSpec, Limit, ModalitySpec
 
 
-def decode(path: str, settings: Any):
-    """A local audio file → mono float32 waveform (samples,) at the encoder's sample rate."""
+def decode(source: str | bytes, settings: Any):
+    """A local audio file (or its bytes) → mono float32 waveform (samples,) at the encoder's sample rate."""
     lim = settings.limits
-    return decode_audio(path, settings.spec.sample_rate, lim.max_audio_seconds, lim.decode_timeout_s, settings.ffmpeg)
+    return decode_audio(source, settings.spec.sample_rate, lim.max_audio_seconds, lim.decode_timeout_s, settings.ffmpeg,
+                        settings.ffmpeg_threads)
 
 
 def input_spec(pre: dict, config: dict, enc: Any) -> InputSpec:

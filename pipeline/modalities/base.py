@@ -42,8 +42,9 @@ class ModalitySpec:
     read it from here (``pipeline.modalities.REGISTRY``) instead of branching on the modality's name.
 
     ``decode(source, settings)`` turns one item into what ``forward`` takes: ``source`` is the manifest's
-    string for an inline modality, the media's bytes when ``reads == "bytes"`` (decoded from memory), a
-    local file path when ``reads == "file"`` (ffmpeg). It raises ``DecodeError`` naming the limit or
+    string for an inline modality, the media's bytes when ``reads == "bytes"`` (decoded from memory); when
+    ``reads == "file"`` (ffmpeg), a local file path, or the bytes of media that needs no seeking
+    (``pipeline.media.ffmpeg.pipe_ok``: given on ffmpeg's stdin). It raises ``DecodeError`` naming the limit or
     format at fault. ``forward(encoder, batch)`` runs the frozen encoder on a batch of decoded items and
     returns ``(hidden (B, T, D) tensor, valid token counts (B,))``.
     """

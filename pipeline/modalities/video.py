@@ -7,10 +7,11 @@ from pipeline.media.video import decode_video
 from pipeline.modalities.base import InputSpec, Limit, ModalitySpec, forward_pixels, processor_hw
 
 
-def decode(path: str, settings: Any):
-    """A local video file → uint8 (num_frames, H, W, 3) at the encoder's size."""
+def decode(source: str | bytes, settings: Any):
+    """A local video file (or its bytes) → uint8 (num_frames, H, W, 3) at the encoder's size."""
     spec, lim = settings.spec, settings.limits
-    return decode_video(path, spec.num_frames, spec.image_hw, lim.max_video_seconds, lim.decode_timeout_s, settings.ffmpeg)
+    return decode_video(source, spec.num_frames, spec.image_hw, lim.max_video_seconds, lim.decode_timeout_s,
+                        settings.ffmpeg, settings.ffmpeg_threads)
 
 
 def input_spec(pre: dict, config: dict, enc: Any) -> InputSpec:

@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import io
 import json
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -28,8 +28,10 @@ import pyarrow.parquet as pq
 
 from pipeline.modality import Modality
 from pipeline.store.sources import describe_storage_error, filesystem
+from pipeline.store.webdataset import TarError, index_shard, index_table, is_webdataset, list_shards, read_shard
 
 PIECE_BYTES = 8 << 20   # what the driver parses at a time (and the size of its reads)
+CHUNK_BYTES = 256 << 20  # a read task's input stops growing here too (Parquet with media bytes, tar shards)
 MAX_LINE_BYTES = 64 << 20  # one manifest row; a file without line ends is refused, not read into memory
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
@@ -40,7 +42,8 @@ class ManifestError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
-    """A run of whole rows: bytes [start, stop) of a JSONL/CSV file, or row groups [start, stop) of a Parquet file."""
+    """A run of whole rows: bytes [start, stop) of a JSONL/CSV file, row groups [start, stop) of a Parquet file, or
+    tar shards [start, stop) of a WebDataset input."""
 
     index: int
     first_row: int
@@ -65,6 +68,7 @@ class ManifestPlan:
     shard_size: int
     counts: np.ndarray               # (shards, len(modalities)) items per shard
     chunks: list[Chunk]
+    sources: list[str] = dataclasses.field(default_factory=list)  # WebDataset: the tar shards, in row order
 
     @property
     def shards(self) -> int:
@@ -77,11 +81,23 @@ class ManifestPlan:
         return self.counts[:, self.modalities.index(modality)]
 
 
-def manifest_format(uri: str) -> str:
+def manifest_format(uri: str, options: dict[str, Any] | None = None) -> str:
+    """jsonl, csv, parquet (by the name's suffix) or webdataset (a .tar, a brace pattern, a folder of tars)."""
+    if is_webdataset(uri):
+        return "webdataset"
     for suffix, fmt in FORMATS.items():
         if uri.lower().endswith(suffix):
             return fmt
-    raise ManifestError(f"manifest {uri}: unknown format, expected a name ending in .jsonl, .csv or .parquet")
+    if options is not None:
+        try:
+            fs, path = filesystem(uri, options)
+            folder = fs.isdir(path)
+        except Exception:
+            folder = False
+        if folder:
+            return "webdataset"
+    raise ManifestError(f"input {uri}: unknown format, expected a manifest named .jsonl, .csv or .parquet, "
+                        "a .tar shard, a folder of .tar shards or a brace pattern (shard-{000000..000099}.tar)")
 
 
 def base_of(uri: str) -> str:
@@ -90,9 +106,16 @@ def base_of(uri: str) -> str:
 
 
 # --- the driver's pass ---------------------------------------------------------------------------------
-def plan_manifest(uri: str, options: dict[str, Any], shard_size: int, chunk_rows: int = 100_000) -> ManifestPlan:
-    """Read ``uri`` once, in pieces; raise ManifestError naming the file and every problem found."""
-    fmt = manifest_format(uri)
+def plan_manifest(uri: str, options: dict[str, Any], shard_size: int, chunk_rows: int = 100_000,
+                  index_map: Callable[..., Iterator[Any]] | None = None) -> ManifestPlan:
+    """Read ``uri`` once, in pieces; raise ManifestError naming the file and every problem found.
+
+    WebDataset shards are indexed by ``index_map(fn, args)`` (yields ``fn(*a)`` per ``a`` in order; the embed
+    job runs them as Ray tasks, so no media byte reaches the driver); default: here, one after another.
+    """
+    fmt = manifest_format(uri, options)
+    if fmt == "webdataset":
+        return _plan_shards(uri, options, shard_size, chunk_rows, index_map or _local_map)
     try:
         fs, path = filesystem(uri, options)
         fh = fs.open(path, "rb")
@@ -102,19 +125,40 @@ def plan_manifest(uri: str, options: dict[str, Any], shard_size: int, chunk_rows
     with fh:
         try:
             if fmt == "parquet":
-                for group, table in _parquet_pieces(fh, uri, scan):
-                    scan.add(table, group, group + 1, 0)
+                for group, table, size in _parquet_pieces(fh, uri, scan):
+                    scan.add(table, group, group + 1, 0, size)
             else:
                 header = _csv_header(fh, uri, scan) if fmt == "csv" else None
                 scan.header = header or []
                 for offset, line, data in _byte_pieces(fh, scan):
                     table = parse_piece(data, fmt, header, line, scan.rows, uri)
-                    scan.add(table, offset, offset + len(data), line)
+                    scan.add(table, offset, offset + len(data), line, len(data))
         except ManifestError:
             raise
         except Exception as e:
             raise ManifestError(f"cannot read manifest: {describe_storage_error(uri, e)}") from None
     return scan.finish(fmt)
+
+
+def _local_map(fn: Callable[..., Any], args: list[tuple]) -> Iterator[Any]:
+    return (fn(*a) for a in args)
+
+
+def _plan_shards(uri: str, options: dict[str, Any], shard_size: int, chunk_rows: int,
+                 index_map: Callable[..., Iterator[Any]]) -> ManifestPlan:
+    """A WebDataset input's plan: one row per sample key, chunks of whole shards."""
+    scan = _Scan(uri, options, shard_size, chunk_rows)
+    try:
+        shards = list_shards(uri, options)
+        for i, index in enumerate(index_map(index_shard, [(s, options) for s in shards])):
+            scan.digest.update(index["digest"].encode())
+            scan.add(index_table(index, scan.rows), i, i + 1, 0, index["bytes"])
+    except Exception as e:  # a Ray task's error wraps the shard's TarError (and may pass for one)
+        cause = getattr(e, "cause", e)
+        if isinstance(cause, (TarError, ManifestError)):
+            raise ManifestError(str(cause)) from None
+        raise
+    return scan.finish("webdataset", shards)
 
 
 class _Scan:
@@ -130,8 +174,9 @@ class _Scan:
         self.counts: dict[str, np.ndarray] = {}
         self.chunks: list[Chunk] = []
         self.open: list[Any] = []  # the pieces of the chunk being gathered: (first_row, rows, start, stop, line)
+        self.open_bytes = 0
 
-    def add(self, table: pa.Table, start: int, stop: int, line: int) -> None:
+    def add(self, table: pa.Table, start: int, stop: int, line: int, nbytes: int) -> None:
         for name in [m for m in Modality.all() if m.value in table.column_names] + ignored_columns(table):
             if name not in self.names:
                 self.names.append(name)
@@ -151,7 +196,8 @@ class _Scan:
                     self.counts[m.value] = grown
         self.open.append((self.rows, n, start, stop, line))
         self.rows += n
-        if sum(p[1] for p in self.open) >= self.chunk_rows:
+        self.open_bytes += nbytes
+        if sum(p[1] for p in self.open) >= self.chunk_rows or self.open_bytes >= CHUNK_BYTES:
             self._close_chunk()
 
     def _close_chunk(self) -> None:
@@ -159,9 +205,9 @@ class _Scan:
             first = self.open[0]
             self.chunks.append(Chunk(len(self.chunks), first[0], sum(p[1] for p in self.open),
                                      first[2], self.open[-1][3], first[4]))
-        self.open = []
+        self.open, self.open_bytes = [], 0
 
-    def finish(self, fmt: str) -> ManifestPlan:
+    def finish(self, fmt: str, sources: list[str] | None = None) -> ManifestPlan:
         self._close_chunk()
         uri = self.uri
         if not self.rows:
@@ -177,7 +223,7 @@ class _Scan:
         ignored = [n for n in self.names if n not in set(known)]
         plan = ManifestPlan(uri=uri, base=base_of(uri), fmt=fmt, digest=self.digest.hexdigest(),
                             header=self.header, rows=self.rows, modalities=present, ignored_columns=ignored,
-                            shard_size=self.shard_size, counts=counts, chunks=self.chunks)
+                            shard_size=self.shard_size, counts=counts, chunks=self.chunks, sources=sources or [])
         self._check_unique_ids(plan)
         return plan
 
@@ -246,12 +292,26 @@ def _parquet_pieces(fh, uri: str, scan: _Scan) -> Iterator[tuple[int, pa.Table]]
         raise ManifestError(f"manifest {uri}: not a valid Parquet file: {e}") from None
     scan.header = pf.schema_arrow.names
     for group in range(pf.num_row_groups):
-        yield group, normalize(pf.read_row_group(group), scan.rows, uri)
+        yield group, normalize(pf.read_row_group(group), scan.rows, uri), pf.metadata.row_group(group).total_byte_size
 
 
 # --- a worker's read ---------------------------------------------------------------------------------
-def read_chunk(plan: ManifestPlan, chunk: Chunk, options: dict[str, Any]) -> pa.Table:
-    """The normalized rows of ``chunk`` (one ranged read). Raises ManifestError if the file changed since the plan."""
+def read_chunk(plan: ManifestPlan, chunk: Chunk, options: dict[str, Any], max_member_bytes: int = 1 << 62) -> pa.Table:
+    """The normalized rows of ``chunk`` (one ranged read, or its tar shards streamed once). Raises ManifestError
+    if the input changed since the plan. Tar members over ``max_member_bytes`` are read errors, left unread."""
+    if plan.fmt == "webdataset":
+        tables, first = [], chunk.first_row
+        for source in plan.sources[chunk.start:chunk.stop]:
+            try:
+                tables.append(read_shard(source, options, first, max_member_bytes))
+            except TarError as e:
+                raise ManifestError(f"input {plan.uri} changed while the job ran: {e}") from None
+            first += tables[-1].num_rows
+        table = pa.concat_tables(tables, promote_options="default")
+        if table.num_rows != chunk.rows:
+            raise ManifestError(f"input {plan.uri} changed while the job ran: shards {plan.sources[chunk.start]}.. "
+                                f"held {chunk.rows} samples when planned, {table.num_rows} now")
+        return table
     fs, path = filesystem(plan.uri, options)
     if plan.fmt == "parquet":
         with fs.open(path, "rb") as fh:
@@ -347,7 +407,11 @@ def normalize(table: pa.Table, first_row: int, uri: str) -> pa.Table:
         if m.value not in names:
             continue
         col = table.column(m.value).combine_chunks()
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        embedded = None if m.is_inline else _embedded(col)
+        if embedded is not None:
+            cols[m.value], cols[f"{m.value}:error"] = _labels(*embedded, ids, uri), pa.nulls(n, pa.string())
+            cols[f"{m.value}:bytes"] = embedded[0]
+        elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             cols[m.value], cols[f"{m.value}:error"] = pc.cast(col, pa.string()), pa.nulls(n, pa.string())
         elif pa.types.is_null(col.type):
             cols[m.value], cols[f"{m.value}:error"] = pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
@@ -358,6 +422,31 @@ def normalize(table: pa.Table, first_row: int, uri: str) -> pa.Table:
     extra = [c for c in names if c != "id" and c not in cols]
     out = pa.table(cols)
     return out.replace_schema_metadata({"ignored": json.dumps(extra)})
+
+
+def _embedded(col: pa.Array) -> tuple[pa.Array, pa.Array] | None:
+    """(bytes, path) of a column holding media itself: binary, or a ``{bytes, path}`` struct as Hugging Face
+    ``datasets`` exports its Image/Audio features. None for any other type. A struct row with no bytes but a
+    path is a URI item (bytes null, path kept); with neither it is absent."""
+    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+        return pc.cast(col, pa.large_binary()), pa.nulls(len(col), pa.string())
+    if not pa.types.is_struct(col.type) or col.type.get_field_index("bytes") < 0:
+        return None
+    data = col.field("bytes")
+    if not (pa.types.is_binary(data.type) or pa.types.is_large_binary(data.type)):
+        return None
+    has_path = col.type.get_field_index("path") >= 0 and pa.types.is_string(col.type.field("path").type)
+    path = col.field("path") if has_path else pa.nulls(len(col), pa.string())
+    valid = pc.is_valid(col)  # a null struct: neither bytes nor path
+    return (pc.if_else(valid, pc.cast(data, pa.large_binary()), pa.nulls(len(col), pa.large_binary())),
+            pc.if_else(valid, path, pa.nulls(len(col), pa.string())))
+
+
+def _labels(data: pa.Array, paths: pa.Array, ids: pa.Array, uri: str) -> pa.Array:
+    """The ``<m>`` value beside embedded media: where a row has bytes, its ``path`` field or else
+    ``<manifest>#id=<id>`` (a name for its feature/error row); where it has none, the path (a URI item) or null."""
+    named = pc.coalesce(paths, pc.binary_join_element_wise(pa.scalar(f"{uri}#id="), ids, ""))
+    return pc.if_else(pc.is_valid(data), named, paths)
 
 
 def normalize_rows(rows: list[dict[str, Any]], first_row: int, uri: str) -> pa.Table:
@@ -395,7 +484,15 @@ def item_mask(table: pa.Table, modality: Modality) -> np.ndarray:
     present = pc.is_valid(value)
     if not modality.is_inline:
         present = pc.and_kleene(present, pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(value)), 0))
+    if f"{modality.value}:bytes" in table.column_names:
+        present = pc.or_kleene(present, pc.is_valid(table.column(f"{modality.value}:bytes")))
     return pc.fill_null(pc.or_kleene(present, pc.is_valid(error)), False).to_numpy()
+
+
+def embedded_bytes(table: pa.Table, modality: Modality) -> pa.ChunkedArray | None:
+    """The ``<m>:bytes`` column of a normalized table (media held in the manifest or tar itself), or None."""
+    name = f"{modality.value}:bytes"
+    return table.column(name) if name in table.column_names else None
 
 
 def ignored_columns(table: pa.Table) -> list[str]:

@@ -74,8 +74,18 @@ def check_file(uri: str, options: dict[str, Any], max_bytes: int) -> tuple[fsspe
     return fs, path
 
 
-def read_limited(uri: str, options: dict[str, Any], max_bytes: int) -> bytes:
-    """Read the whole file at ``uri`` after ``check_file``; a file that grows past the limit while read is refused."""
+def read_limited(uri: str, options: dict[str, Any], max_bytes: int, http: dict[str, Any] | None = None) -> bytes:
+    """Read the whole file at ``uri``, at most ``max_bytes``: a local file after ``check_file`` (one that grows past
+    the limit while read is refused), an S3 object in one ranged GET, an http(s) URL fetched under ``http``
+    (``HttpConfig`` as a dict; see ``pipeline.store.http``)."""
+    if uri[:8].lower().startswith(("http://", "https://")):
+        from pipeline.store.http import fetch
+
+        if http is None:
+            raise ReadError(f"cannot fetch {uri}: http(s) URLs are not fetched here")
+        return fetch(uri, http, max_bytes)
+    if local_path(uri) is None:
+        return _read_range(uri, options, max_bytes)
     fs, path = check_file(uri, options, max_bytes)
     try:
         with fs.open(path, "rb") as fh:
@@ -84,6 +94,23 @@ def read_limited(uri: str, options: dict[str, Any], max_bytes: int) -> bytes:
         raise ReadError(describe_storage_error(uri, e)) from None
     if len(data) > max_bytes:
         raise ReadError(f"file grew past limits.max_file_bytes={max_bytes} while reading: {uri}")
+    if not data:
+        raise ReadError(f"empty file (0 bytes): {uri}")
+    return data
+
+
+def _read_range(uri: str, options: dict[str, Any], max_bytes: int) -> bytes:
+    """A remote object's bytes in one ranged GET of at most ``max_bytes`` + 1 bytes (no HEAD first): an object
+    that fills the range is over the limit."""
+    try:
+        fs, path = filesystem(uri, options)
+        data = fs.cat_file(path, start=0, end=max_bytes + 1)
+    except Exception as e:  # an empty object cannot satisfy a range: S3 answers 416 InvalidRange
+        if "InvalidRange" in str(e) or "416" in str(e):
+            raise ReadError(f"empty file (0 bytes): {uri}") from None
+        raise ReadError(describe_storage_error(uri, e)) from None
+    if len(data) > max_bytes:
+        raise ReadError(f"file is over limits.max_file_bytes={max_bytes}: {uri}")
     if not data:
         raise ReadError(f"empty file (0 bytes): {uri}")
     return data
@@ -98,18 +125,20 @@ def local_path(uri: str) -> str | None:
     return uri
 
 
-def resolve_uri(value: str, base: str) -> str:
+def resolve_uri(value: str, base: str, http: bool = False) -> str:
     """Resolve a manifest media value against the manifest's folder ``base``.
 
-    Absolute paths, file:// and s3:// URIs stand as they are; relative paths join ``base``.
-    Raises ValueError for other schemes (http:// is never fetched by the embed job).
+    Absolute paths, file:// and s3:// URIs (and http(s) URLs when ``http``) stand as they are; relative paths
+    join ``base``. Raises ValueError for other schemes.
     """
     value = value.strip()
-    if value.startswith(_SCHEMES):
+    if value.startswith(_SCHEMES) or (http and value[:8].lower().startswith(("http://", "https://"))):
         return value
     if "://" in value:
         scheme = value.split("://", 1)[0]
-        raise ValueError(f"unsupported URI scheme {scheme!r} in {value!r}: expected a local path, file:// or s3://")
+        fetched = ", http:// or https://" if http else " (http(s) only with http.enabled: true)"
+        raise ValueError(f"unsupported URI scheme {scheme!r} in {value!r}: expected a local path, file://, s3://"
+                         + fetched)
     if os.path.isabs(value):
         return value
     if base.startswith("s3://"):

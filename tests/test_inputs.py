@@ -1,0 +1,246 @@
+"""The inputs users have besides a manifest of paths: WebDataset tar shards, Parquet with media bytes
+(Hugging Face ``{bytes, path}`` structs), and http(s) URLs fetched from a loopback server."""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import tarfile
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import EmbedConfig, HttpConfig
+from pipeline.embed.job import run_embed
+from pipeline.store.features import embeddings, read_errors, read_features
+from pipeline.store.http import fetch
+from pipeline.store.manifest import ManifestError, plan_manifest
+from pipeline.store.sources import ReadError
+from tests.media_factory import tar_add, write_webdataset
+
+MODALITIES = ("image", "text", "audio", "video")
+
+
+def vectors(out: str, modality: str) -> dict[str, np.ndarray]:
+    table = read_features(out, modality)
+    return dict(zip(table.column("id").to_pylist(), embeddings(table).astype(np.float32)))
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, sample_corpus, tmp_path_factory):
+    """The sample corpus embedded from its JSONL manifest: the vectors every other input must give."""
+    out = str(tmp_path_factory.mktemp("reference") / "out")
+    run_embed(EmbedConfig(input=sample_corpus, output=out, shard_size=5))
+    return {m: vectors(out, m) for m in MODALITIES}
+
+
+@pytest.fixture(scope="module")
+def shards(sample_corpus, tmp_path_factory):
+    """The 12 samples as 3 shards of 4, plus bad members in a 4th: an oversized image, a caption that is not
+    UTF-8, a corrupt image, and a symlink (never followed)."""
+    folder = tmp_path_factory.mktemp("wds")
+    paths = write_webdataset(sample_corpus, str(folder), per_shard=4)
+    bad = str(folder / "shard-000003.tar")
+    with tarfile.open(bad, "w") as tar:
+        tar_add(tar, "big.png", b"\x89PNG" + b"\0" * 300_000)
+        tar_add(tar, "big.txt", b"a caption")
+        tar_add(tar, "latin.txt", "caf\xe9".encode("latin-1"))
+        tar_add(tar, "broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg")
+        link = tarfile.TarInfo("evil.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    return str(folder), paths + [bad]
+
+
+def test_tar_shards_give_the_manifest_s_vectors_with_one_row_per_key(ray_session, reference, shards, tmp_path):
+    folder, paths = shards
+    out = str(tmp_path / "out")
+    cfg = EmbedConfig(input=folder, output=out, shard_size=5, limits={"max_file_bytes": 200_000})
+    summary = run_embed(cfg)
+    for m in MODALITIES:
+        got = vectors(out, m)
+        for key, vector in reference[m].items():  # every sample key is an id with the manifest's vector
+            np.testing.assert_allclose(got[key], vector, atol=2e-3, err_msg=f"{m} {key}")
+    assert set(vectors(out, "text")) == set(reference["text"]) | {"big"}
+    table = read_features(out, "image")
+    uris = dict(zip(table.column("id").to_pylist(), table.column("uri").to_pylist()))
+    assert uris["s00000"] == f"{paths[0]}#s00000.png"
+    errors = {(e["id"], e["modality"]): (e["stage"], e["error"]) for e in read_errors(out).to_pylist()}
+    assert errors[("big", "image")][0] == "read" and "is 300004 bytes, over limits.max_file_bytes=200000" in errors[("big", "image")][1]
+    assert errors[("latin", "text")][0] == "read" and "not valid UTF-8" in errors[("latin", "text")][1]
+    assert errors[("broken", "image")][0] == "decode"
+    assert len(errors) == 3 and "evil" not in {k for k, _ in errors}  # a symlink member is not a sample
+    assert summary["modalities"]["image"]["items"] == 12 + 2 and summary["modalities"]["image"]["complete"]
+    assert run_embed(cfg)["items_this_run"] == 0  # resumes to a no-op
+
+
+def test_a_tar_a_folder_and_a_brace_pattern_plan_the_same_rows(shards, tmp_path):
+    folder, paths = shards
+    pattern = os.path.join(folder, "shard-{000000..000002}.tar")
+    plans = [plan_manifest(uri, {}, shard_size=5) for uri in (pattern, os.path.join(folder, "shard-{000000,000001,000002}.tar"))]
+    assert plans[0].sources == paths[:3] == plans[1].sources and plans[0].digest == plans[1].digest
+    assert plans[0].rows == 12 and plans[0].fmt == "webdataset" and plans[0].ignored_columns == ["json"]
+    assert plans[0].counts.tolist() == [[5] * 4, [5] * 4, [2] * 4]
+    one = plan_manifest(paths[0], {}, shard_size=5)
+    assert one.rows == 4 and one.sources == [paths[0]]
+    whole = plan_manifest(folder + "/", {}, shard_size=5)
+    assert whole.sources == paths and whole.rows == 12 + 3  # big, latin, broken (a symlink is no sample)
+
+
+def test_bad_tar_inputs_are_named(shards, tmp_path):
+    folder, paths = shards
+    with pytest.raises(ManifestError, match=r"cannot read shard: file not found: .*shard-000004\.tar"):
+        plan_manifest(os.path.join(folder, "shard-{000000..000009}.tar"), {}, shard_size=5)
+    garbage = tmp_path / "garbage.tar"
+    garbage.write_bytes(b"this is not a tar archive" * 100)
+    with pytest.raises(ManifestError, match=r"garbage\.tar is not a valid tar"):
+        plan_manifest(str(garbage), {}, shard_size=5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="a folder with no .tar shards"):
+        plan_manifest(str(tmp_path / "empty"), {}, shard_size=5)
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    shutil.copy(paths[0], twice / "a.tar")
+    shutil.copy(paths[0], twice / "b.tar")
+    with pytest.raises(ManifestError, match="4 duplicate id.*'s00000'"):
+        plan_manifest(str(twice), {}, shard_size=5)
+    with pytest.raises(ManifestError, match="runs backwards"):
+        plan_manifest(os.path.join(folder, "shard-{000002..000000}.tar"), {}, shard_size=5)
+
+
+def test_parquet_with_media_bytes_as_hugging_face_exports_them(ray_session, reference, sample_corpus, tmp_path):
+    corpus = os.path.dirname(sample_corpus)
+    with open(sample_corpus) as fh:
+        rows = [json.loads(line) for line in fh]
+
+    def media(row, m):
+        with open(os.path.join(corpus, row[m]), "rb") as f:
+            return f.read()
+
+    # rows 0-9: bytes in {bytes, path} structs (image, audio) and a plain binary column (video); row 10: no bytes,
+    # a path relative to the file (a URI item); row 11: no image at all; "junk": bytes that are no image
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = [{"bytes": media(r, "image"), "path": os.path.basename(r["image"])} for r in rows[:10]]
+    images += [{"bytes": None, "path": rows[10]["image"]}, None, {"bytes": b"junk bytes", "path": "junk.png"}]
+    table = pa.table({
+        "id": [r["id"] for r in rows] + ["junk"],
+        "image": pa.array(images, struct),
+        "text": [r["text"] for r in rows] + [None],
+        "audio": pa.array([{"bytes": media(r, "audio"), "path": None} for r in rows] + [None], struct),
+        "video": pa.array([media(r, "video") for r in rows] + [None], pa.binary()),
+    })
+    manifest = os.path.join(corpus, "embedded.parquet")  # beside the media, so row 10's path resolves
+    pq.write_table(table, manifest, row_group_size=5)
+    out = str(tmp_path / "out")
+    summary = run_embed(EmbedConfig(input=manifest, output=out, shard_size=5))
+    for m in MODALITIES:
+        got = vectors(out, m)
+        expected = {k: v for k, v in reference[m].items() if not (m == "image" and k == "s00011")}
+        assert set(got) == set(expected), m
+        for key, vector in expected.items():
+            np.testing.assert_allclose(got[key], vector, atol=2e-3, err_msg=f"{m} {key}")
+    uris = dict(zip(read_features(out, "image").column("id").to_pylist(), read_features(out, "image").column("uri").to_pylist()))
+    assert uris["s00000"] == "00000.png" and uris["s00010"] == os.path.join(corpus, rows[10]["image"])
+    audio_uris = read_features(out, "audio").column("uri").to_pylist()
+    assert all(u.startswith(manifest + "#id=s000") for u in audio_uris)
+    errors = read_errors(out).to_pylist()
+    assert [(e["id"], e["modality"], e["stage"], e["uri"]) for e in errors] == [("junk", "image", "decode", "junk.png")]
+    assert summary["modalities"]["image"]["items"] == 12
+
+
+# --- http(s) URLs ----------------------------------------------------------------------------------------
+class _Handler(http.server.BaseHTTPRequestHandler):
+    corpus = ""
+    hits: dict[str, int] = {}
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):
+        path = self.path
+        self.hits[path] = self.hits.get(path, 0) + 1
+        if path.startswith("/media/"):
+            return self._send(200, open(os.path.join(self.corpus, path[len("/media/"):]), "rb").read())
+        if path == "/flaky.png":  # two failures, then the image: retried
+            if self.hits[path] <= 2:
+                return self._send(503, b"busy")
+            return self._send(200, open(os.path.join(self.corpus, "images/00000.png"), "rb").read())
+        if path == "/moved.png":
+            return self._send(302, b"", {"Location": "/media/images/00002.png"})
+        if path == "/loop.png":
+            return self._send(302, b"", {"Location": "/loop.png"})
+        if path == "/big.png":
+            return self._send(200, b"\0" * 300_000)
+        if path == "/forbidden.png":
+            return self._send(403, b"no")
+        return self._send(404, b"not here")
+
+    def _send(self, status, body, headers=None):
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def web(sample_corpus):
+    _Handler.corpus, _Handler.hits = os.path.dirname(sample_corpus), {}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Handler.hits
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_manifest_is_fetched_with_limits_retries_and_per_row_errors(ray_session, reference, sample_corpus, web, tmp_path):
+    base, hits = web
+    with open(sample_corpus) as fh:
+        rows = [json.loads(line) for line in fh][:4]
+    manifest = [{"id": r["id"], "image": f"{base}/media/{r['image']}", "audio": f"{base}/media/{r['audio']}"} for r in rows]
+    manifest += [{"id": "flaky", "image": f"{base}/flaky.png"}, {"id": "moved", "image": f"{base}/moved.png"},
+                 {"id": "loop", "image": f"{base}/loop.png"}, {"id": "big", "image": f"{base}/big.png"},
+                 {"id": "gone", "image": f"{base}/gone.png"}, {"id": "forbidden", "image": f"{base}/forbidden.png"}]
+    path = tmp_path / "urls.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in manifest))
+    out = str(tmp_path / "out")
+    summary = run_embed(EmbedConfig(input=str(path), output=out, shard_size=4, limits={"max_file_bytes": 200_000},
+                                    http={"allow_private_addresses": True, "backoff_s": 0.05, "max_redirects": 3}))
+    got = {m: vectors(out, m) for m in ("image", "audio")}
+    for r in rows:
+        for m in ("image", "audio"):
+            np.testing.assert_allclose(got[m][r["id"]], reference[m][r["id"]], atol=2e-3)
+    np.testing.assert_allclose(got["image"]["flaky"], reference["image"]["s00000"], atol=2e-3)
+    np.testing.assert_allclose(got["image"]["moved"], reference["image"]["s00002"], atol=2e-3)
+    assert hits["/flaky.png"] == 3 and hits["/gone.png"] == 1 and hits["/loop.png"] == 4
+    errors = {e["id"]: (e["stage"], e["error"]) for e in read_errors(out).to_pylist()}
+    assert errors["loop"] == ("read", f"image: cannot fetch {base}/loop.png: more than http.max_redirects=3 redirects")
+    assert errors["big"][0] == "read" and "300000 bytes, over the limit of 200000 bytes per item" in errors["big"][1]
+    assert errors["gone"] == ("read", f"image: cannot fetch {base}/gone.png: HTTP 404 Not Found")
+    assert errors["forbidden"] == ("read", f"image: cannot fetch {base}/forbidden.png: HTTP 403 Forbidden")
+    assert len(errors) == 4 and summary["modalities"]["image"]["complete"]
+
+
+def test_fetch_refuses_private_addresses_and_other_hosts_by_default(web):
+    base, hits = web
+    defaults = HttpConfig().model_dump()
+    before = dict(hits)
+    with pytest.raises(ReadError, match=r"resolves to 127\.0\.0\.1, not a public address.*http\.allow_private_addresses"):
+        fetch(f"{base}/media/images/00000.png", defaults, 1 << 20)
+    with pytest.raises(ReadError, match=r"resolves to 169\.254\.169\.254"):  # cloud metadata: no request is made
+        fetch("http://169.254.169.254/latest/meta-data/", defaults, 1 << 20)
+    with pytest.raises(ReadError, match="localhost:80 is not on the allow-list"):
+        fetch("http://localhost/x.png", HttpConfig(allow_hosts=["images.example.org"]).model_dump(), 1 << 20)
+    with pytest.raises(ReadError, match="expected an http\(s\) URL"):
+        fetch("gopher://127.0.0.1/x", defaults, 1 << 20)
+    assert hits == before  # refused before any connection
+    allowed = {**defaults, "allow_private_addresses": True}
+    assert fetch(f"{base}/media/images/00000.png", allowed, 1 << 20)[:4] == b"\x89PNG"
+    with pytest.raises(ReadError, match=r"cannot fetch http://127\.0\.0\.1:9/x\.png: .*Connection.*after 2 attempts"):
+        fetch("http://127.0.0.1:9/x.png", {**allowed, "retries": 1, "backoff_s": 0, "timeout_s": 2}, 1 << 20)
