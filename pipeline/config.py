@@ -98,6 +98,8 @@ class DecodeConfig(StrictModel):
     ffmpeg_threads: int = Field(1, ge=0, description="Decoder and filter threads per ffmpeg run (audio, video); "
                                 "0 = ffmpeg's choice, a thread per core, which oversubscribes the CPUs when "
                                 "decode tasks run side by side.")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per read and decode "
+                                        "task (e.g. {decode_node: 0.01} to keep decoding on nodes that have it).")
 
 
 class EncoderConfig(StrictModel):

@@ -112,6 +112,29 @@ def test_bad_tar_inputs_are_named(shards, tmp_path):
         plan_manifest(os.path.join(folder, "shard-{000002..000000}.tar"), {}, shard_size=5)
 
 
+def test_a_manifest_that_changes_after_planning_is_a_user_error(ray_session, tmp_path, monkeypatch, capsys):
+    """The read tasks find the manifest no longer matches the plan: the job stops with exit 2 and one error line
+    naming the file, not a Ray traceback, and commits nothing read from the changed file."""
+    from jobs import embed
+    from pipeline.embed import job
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"t{i}", "text": f"caption {i}"}) + "\n" for i in range(8)))
+    planned = job.plan_manifest
+
+    def plan_then_edit(*args, **kwargs):  # another writer replaces a caption between the plan and the reads
+        plan = planned(*args, **kwargs)
+        manifest.write_text(manifest.read_text().replace("caption 5", "caption X"))
+        return plan
+
+    monkeypatch.setattr(job, "plan_manifest", plan_then_edit)
+    out = tmp_path / "out"
+    assert embed.main(["--input", str(manifest), "--output", str(out), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: manifest {manifest} changed while the job ran"), err[-3:]
+    assert not [name for name in os.listdir(out / "_progress" / "text") if name.startswith("shard-")]
+
+
 def test_parquet_with_media_bytes_as_hugging_face_exports_them(ray_session, reference, sample_corpus, tmp_path):
     corpus = os.path.dirname(sample_corpus)
     with open(sample_corpus) as fh:

@@ -1,6 +1,7 @@
 """`oneencoder submit` against a real two-node Ray cluster started on this machine with `ray start`."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -87,7 +88,7 @@ def two_node_cluster():
     try:
         subprocess.run(["ray", "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
                         "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}", "--num-cpus=1",
-                        "--disable-usage-stats", *_node_args(head_dir, nodes[:6])], env=env, check=True, capture_output=True, timeout=120)
+                        "--disable-usage-stats", '--resources={"decode_node": 4}', *_node_args(head_dir, nodes[:6])], env=env, check=True, capture_output=True, timeout=120)
         subprocess.run(["ray", "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", '--resources={"second_node": 4}',
                         *_node_args(second_dir, nodes[6:])], env=env, check=True, capture_output=True, timeout=120)
         yield f"http://127.0.0.1:{dashboard}"
@@ -97,34 +98,63 @@ def two_node_cluster():
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_embed_job_submitted_to_a_two_node_cluster(two_node_cluster, sample_corpus, tmp_path):
-    from ray.util.state import list_actors, list_nodes
-
-    from pipeline.store.features import read_features
-
-    # no model is built beforehand: with an empty cache (this test run alone) the second node builds it
+def _submit_embed(address: str, config_text: str) -> subprocess.CompletedProcess:
     config = os.path.join(ROOT, "jobs", "configs", "embed_two_node_test.yaml")
-    output = tmp_path / "features"
     with open(config, "w") as fh:  # inside the project: it travels with the working dir
-        fh.write(f"input: {sample_corpus}\noutput: {output}\npreset: tiny\nmodalities: [image]\n"
-                 "decode: {num_cpus: 0.25}\n"
-                 "encoders:\n"
-                 "  image: {num_cpus: 0.25, resources: {second_node: 1}}\n")
+        fh.write(config_text)
     try:
-        cmd = [sys.executable, "-m", "jobs.cli", "submit", "embed", "--address", two_node_cluster,
-               "--config", config]
-        proc = subprocess.run(cmd, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+        cmd = [sys.executable, "-m", "jobs.cli", "submit", "embed", "--address", address, "--config", config]
+        return subprocess.run(cmd, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
                               timeout=420, cwd=ROOT)
     finally:
         os.remove(config)
+
+
+def test_embed_job_submitted_to_a_two_node_cluster(two_node_cluster, sample_corpus, tmp_path):
+    from ray.util.state import list_actors, list_nodes, list_tasks
+
+    from pipeline.store.features import read_features
+
+    # decode tasks on the head (decode_node), encoder actors on the second node (second_node). No model is built
+    # beforehand: with an empty cache (this test run alone) the second node builds it
+    place = ("decode: {num_cpus: 0.25, resources: {decode_node: 0.01}}\n"
+             "encoders:\n  image: {num_cpus: 0.25, resources: {second_node: 1}, tokens: %d}\n")
+    output = tmp_path / "features"
+    proc = _submit_embed(two_node_cluster, f"input: {sample_corpus}\noutput: {output}\npreset: tiny\n"
+                         "modalities: [image]\n" + place % 1)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "SUCCEEDED" in proc.stdout and f"-> {output}" in proc.stdout  # the job's own summary came through the log tail
-    assert sorted(read_features(str(output), "image").column("id").to_pylist()) == [f"s{i:05d}" for i in range(12)]
+    small = read_features(str(output), "image")
+    assert sorted(small.column("id").to_pylist()) == [f"s{i:05d}" for i in range(12)]
     nodes = list_nodes(address=two_node_cluster)
     second = [n.node_id for n in nodes if "second_node" in (n.resources_total or {})]
-    assert len(nodes) == 2 and len(second) == 1
+    head = [n.node_id for n in nodes if "decode_node" in (n.resources_total or {})]
+    assert len(nodes) == 2 and len(second) == 1 and len(head) == 1
     actors = list_actors(address=two_node_cluster, filters=[("node_id", "=", second[0])], limit=1000)
     assert any("MapWorker" in (a.class_name or "") for a in actors), [a.class_name for a in actors]
+    decodes = [(t.name, t.node_id) for t in list_tasks(address=two_node_cluster, limit=10_000, detail=True)
+               if "decode_work" in (t.name or "")]
+    assert decodes and all(node == head[0] for _, node in decodes), decodes
+
+    # 4x the rows (each image under 4 ids, embedded 4 times: dedupe off) and 4 tokens per item: 16x the feature
+    # bytes; the driver receives commit records and markers only, so what reaches it barely grows
+    corpus = os.path.dirname(sample_corpus)
+    bigger = tmp_path / "bigger.jsonl"
+    with open(sample_corpus) as src, open(bigger, "w") as dst:
+        rows = [json.loads(line) for line in src]
+        for copy in range(4):
+            dst.writelines(json.dumps({"id": f"{r['id']}-{copy}", "image": os.path.join(corpus, r["image"])}) + "\n"
+                           for r in rows)
+    output_big = tmp_path / "features-big"
+    proc = _submit_embed(two_node_cluster, f"input: {bigger}\noutput: {output_big}\npreset: tiny\n"
+                         "modalities: [image]\ndedupe: false\n" + place % 4)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    big = read_features(str(output_big), "image")
+    assert big.num_rows == 48 and big.column("embedding").nbytes >= 15 * small.column("embedding").nbytes
+    received = [json.load(open(os.path.join(out, "summary.json")))["driver_received_bytes"]
+                for out in (output, output_big)]
+    assert 0 < received[1] < 1.5 * received[0], received
+    assert received[1] < big.column("embedding").nbytes / 4, (received, big.column("embedding").nbytes)
 
 
 def test_submit_refuses_what_cannot_run(tmp_path):

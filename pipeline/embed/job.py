@@ -16,7 +16,7 @@ import logging
 import os
 import resource
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
 from pipeline.store.features import STAGES, FeatureStore
-from pipeline.store.manifest import ManifestPlan, plan_manifest
+from pipeline.store.manifest import ManifestPlan, input_error, plan_manifest
 from pipeline.store.sources import storage_options
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     input_uri, output_uri = _absolute(cfg.input), _absolute(cfg.output)
     plan = plan_manifest(input_uri, options, cfg.shard_size, cfg.chunk_rows,
                          index_map=lambda fn, args: _ray_map(fn, args, cfg.decode.read_num_cpus))
-    log.info("manifest %s: %d rows, %d chunks, planned in %.1f s", input_uri, plan.rows, len(plan.chunks),
-             time.time() - started)
+    planned = time.time() - started
+    log.info("manifest %s: %d rows, %d chunks, planned in %.1f s", input_uri, plan.rows, len(plan.chunks), planned)
     modalities = cfg.modalities or list(plan.modalities)
     absent = [m.value for m in modalities if m not in plan.modalities]
     if absent:
@@ -65,9 +65,8 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     runs = [_prepare(cfg, m, plan, store, options, ffmpeg) for m in modalities]
     runs = [r for r in runs if r.todo.any()]
     processed = sum(int(plan.shard_items(r.modality)[r.todo].sum()) for r in runs)
-    if runs:
-        _execute(cfg, plan, runs, store, options)
-    return _write_summary(store, input_uri, output_uri, time.time() - started, processed)
+    received = _execute(cfg, plan, runs, store, options) if runs else 0
+    return _write_summary(store, input_uri, output_uri, time.time() - started, processed, received, planned)
 
 
 @dataclasses.dataclass
@@ -101,29 +100,32 @@ def _prepare(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, store: Fe
 
 
 def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], store: FeatureStore,
-             options: dict[str, Any]) -> None:
-    """One Ray Data execution for every modality still to embed; commits shards as they complete."""
+             options: dict[str, Any]) -> int:
+    """One Ray Data execution for every modality still to embed; commits shards as they complete. Returns the
+    bytes the driver received from the pipeline and the committer (commit records and markers)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     settings = {r.modality.value: r.settings for r in runs}
     pool = _pool([r.enc for r in runs])
     ctx = DataContext.get_current()
-    previous_timeout = ctx.execution_no_progress_timeout_s
+    previous = ctx.execution_no_progress_timeout_s, ctx.raise_original_map_exception
     ctx.execution_no_progress_timeout_s = cfg.no_progress_timeout_s
+    ctx.raise_original_map_exception = True  # a read task's ManifestError arrives as itself (iter_records)
     try:
-        branches = []
+        branches, task_resources = [], cfg.decode.resources or None
         for r in runs:  # per modality: read its items, cut them into decode tasks of its size, decode
             chunks = [c.index for c in plan.chunks if r.todo[_shards_of(plan, c)].any()]
             ds = ray.data.from_items([{"chunk": c} for c in chunks], override_num_blocks=len(chunks))
-            ds = ds.map_batches(read_work, batch_size=1, num_cpus=cfg.decode.read_num_cpus,
+            ds = ds.map_batches(read_work, batch_size=1, num_cpus=cfg.decode.read_num_cpus, resources=task_resources,
                                 fn_kwargs={"plan": plan, "options": options, "modality": r.modality, "todo": r.todo,
-                                                      "dedupe": cfg.dedupe, "max_bytes": cfg.limits.max_file_bytes,
+                                           "dedupe": cfg.dedupe, "max_bytes": cfg.limits.max_file_bytes,
                                            "http": cfg.http.enabled})
             rows = cfg.decode.inline_batch_size if r.modality.is_inline else cfg.decode.batch_size
             ds = ds.repartition(target_num_rows_per_block=rows)
             branches.append(ds.map_batches(decode_work, fn_kwargs={"settings": settings}, batch_size=None,
-                                           batch_format="pyarrow", num_cpus=cfg.decode.num_cpus))
+                                           batch_format="pyarrow", num_cpus=cfg.decode.num_cpus,
+                                           resources=task_resources))
         ds = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
         ds = ds.map_batches(EncodeActor, batch_size=cfg.actor_batch_rows, batch_format="pyarrow",
                             fn_constructor_kwargs={"encoders": {r.modality.value: (r.ref, r.enc) for r in runs},
@@ -131,9 +133,11 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
                                                    "shard_size": plan.shard_size},
                             compute=ActorPoolStrategy(size=pool["actors"]), num_cpus=pool["num_cpus"],
                             num_gpus=pool["num_gpus"], resources=pool["resources"] or None)
-        _Committer(plan, runs, store, options).consume(ds)
+        committer = _Committer(plan, runs, store, options)
+        committer.consume(ds)
+        return committer.received
     finally:
-        ctx.execution_no_progress_timeout_s = previous_timeout
+        ctx.execution_no_progress_timeout_s, ctx.raise_original_map_exception = previous
 
 
 def _ray_map(fn: Any, args: list[tuple], num_cpus: float, window: int = 64):
@@ -148,6 +152,18 @@ def _ray_map(fn: Any, args: list[tuple], num_cpus: float, window: int = 64):
             yield ray.get(pending.pop(0))
     for ref in pending:
         yield ray.get(ref)
+
+
+def iter_records(ds) -> Iterator[Any]:
+    """The pipeline's output blocks (pyarrow), fetched one at a time; a read task's ManifestError (the input
+    changed or turned out unreadable after planning) is raised as itself, not as Ray's wrapper (exit 2)."""
+    try:
+        yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
+    except Exception as e:
+        cause = input_error(e)
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def _shards_of(plan: ManifestPlan, chunk) -> slice:
@@ -187,7 +203,7 @@ class _Committer:
         self.pending: dict[tuple[str, int], tuple[np.ndarray, list[str]]] = {}
         self.in_flight: dict[Any, tuple[str, int]] = {}
         self.done = {name: 0 for name in self.runs}
-        self.items = 0
+        self.items = self.received = 0  # received: bytes of records and markers that reached the driver
         self.started = self.last_log = time.time()
         # one long-lived committer, started beside the pipeline's workers: a task per shard would wait for a
         # fresh worker process whenever the CPUs are busy (on 2 cores, commits lagged the encoder by a minute)
@@ -198,7 +214,8 @@ class _Committer:
         import ray
 
         try:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
+            for batch in iter_records(ds):
+                self.received += batch.nbytes
                 for record in batch.to_pylist():  # one per part file written, not per item
                     self._add(record)
                 self._collect(block=False)
@@ -240,7 +257,9 @@ class _Committer:
                             timeout=None if block else 0)
         for ref in ready:
             name, shard = self.in_flight.pop(ref)
-            self.store.write_marker(name, shard, ray.get(ref))
+            marker = ray.get(ref)
+            self.received += len(json.dumps(marker))
+            self.store.write_marker(name, shard, marker)
             self.done[name] += 1
             self.items += int(self.expected[name][shard])
         now = time.time()
@@ -303,7 +322,8 @@ def _differences(was: dict[str, Any], now: dict[str, Any], prefix: str = "") -> 
     return out
 
 
-def _write_summary(store: FeatureStore, input_uri: str, output_uri: str, elapsed: float, processed: int) -> dict[str, Any]:
+def _write_summary(store: FeatureStore, input_uri: str, output_uri: str, elapsed: float, processed: int,
+                   received: int, planned: float) -> dict[str, Any]:
     per_modality = {}
     for modality in Modality.all():
         run = store.run_record(modality)
@@ -320,7 +340,9 @@ def _write_summary(store: FeatureStore, input_uri: str, output_uri: str, elapsed
             "tokens": run["tokens"], "dim": dims.pop() if len(dims) == 1 else None, "dtype": run["dtype"],
             "shards_committed": len(markers), "complete": features + sum(errors.values()) == run["items"]}
     summary = {"input": input_uri, "output": output_uri, "modalities": per_modality,
-               "elapsed_s": round(elapsed, 3), "items_this_run": processed,
+               "elapsed_s": round(elapsed, 3), "plan_s": round(planned, 3), "items_this_run": processed,
+               "driver_received_bytes": received,
+               "driver_cpu_s": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 3),
                "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "items_per_s": round(processed / elapsed, 3) if elapsed > 0 else None}
     store.write_json("summary.json", summary)

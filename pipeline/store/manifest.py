@@ -39,6 +39,10 @@ FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv
 class ManifestError(ValueError):
     """The manifest cannot be used as a whole (unreadable, no id column, duplicate ids, ...)."""
 
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message  # as raised: Ray Data appends retry advice to args when it re-raises from a task
+
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
@@ -51,6 +55,7 @@ class Chunk:
     start: int
     stop: int
     first_line: int  # 1-based line number of its first line (for messages)
+    digest: str = ""  # JSONL/CSV: sha256 of its bytes, checked by the read (a same-length edit is caught too)
 
 
 @dataclasses.dataclass
@@ -132,7 +137,7 @@ def plan_manifest(uri: str, options: dict[str, Any], shard_size: int, chunk_rows
                 scan.header = header or []
                 for offset, line, data in _byte_pieces(fh, scan):
                     table = parse_piece(data, fmt, header, line, scan.rows, uri)
-                    scan.add(table, offset, offset + len(data), line, len(data))
+                    scan.add(table, offset, offset + len(data), line, len(data), data)
         except ManifestError:
             raise
         except Exception as e:
@@ -154,11 +159,27 @@ def _plan_shards(uri: str, options: dict[str, Any], shard_size: int, chunk_rows:
             scan.digest.update(index["digest"].encode())
             scan.add(index_table(index, scan.rows), i, i + 1, 0, index["bytes"])
     except Exception as e:  # a Ray task's error wraps the shard's TarError (and may pass for one)
-        cause = getattr(e, "cause", e)
-        if isinstance(cause, (TarError, ManifestError)):
-            raise ManifestError(str(cause)) from None
-        raise
+        cause = input_error(e)
+        if cause is None:
+            raise
+        raise cause from None
     return scan.finish("webdataset", shards)
+
+
+def input_error(e: BaseException) -> ManifestError | None:
+    """The input's fault behind ``e`` (a ManifestError or TarError raised in a Ray task, which Ray re-raises
+    wrapped, and Ray Data wraps again) as a plain ManifestError with the original message; None for other errors."""
+    for _ in range(8):
+        inner = getattr(e, "cause", None)  # RayTaskError: the task's own exception
+        if isinstance(inner, BaseException) and inner is not e:
+            e = inner
+        elif isinstance(e, (TarError, ManifestError)):
+            return ManifestError(getattr(e, "message", str(e)))
+        elif e.__cause__ is not None:
+            e = e.__cause__
+        else:
+            return None
+    return None
 
 
 class _Scan:
@@ -175,8 +196,9 @@ class _Scan:
         self.chunks: list[Chunk] = []
         self.open: list[Any] = []  # the pieces of the chunk being gathered: (first_row, rows, start, stop, line)
         self.open_bytes = 0
+        self.open_digest = hashlib.sha256()
 
-    def add(self, table: pa.Table, start: int, stop: int, line: int, nbytes: int) -> None:
+    def add(self, table: pa.Table, start: int, stop: int, line: int, nbytes: int, data: bytes | None = None) -> None:
         for name in [m for m in Modality.all() if m.value in table.column_names] + ignored_columns(table):
             if name not in self.names:
                 self.names.append(name)
@@ -195,6 +217,8 @@ class _Scan:
                     grown[:shards] += counts
                     self.counts[m.value] = grown
         self.open.append((self.rows, n, start, stop, line))
+        if data is not None:
+            self.open_digest.update(data)
         self.rows += n
         self.open_bytes += nbytes
         if sum(p[1] for p in self.open) >= self.chunk_rows or self.open_bytes >= CHUNK_BYTES:
@@ -204,8 +228,8 @@ class _Scan:
         if self.open and sum(p[1] for p in self.open):
             first = self.open[0]
             self.chunks.append(Chunk(len(self.chunks), first[0], sum(p[1] for p in self.open),
-                                     first[2], self.open[-1][3], first[4]))
-        self.open, self.open_bytes = [], 0
+                                     first[2], self.open[-1][3], first[4], self.open_digest.hexdigest()))
+        self.open, self.open_bytes, self.open_digest = [], 0, hashlib.sha256()
 
     def finish(self, fmt: str, sources: list[str] | None = None) -> ManifestPlan:
         self._close_chunk()
@@ -319,6 +343,9 @@ def read_chunk(plan: ManifestPlan, chunk: Chunk, options: dict[str, Any], max_me
             table = normalize(pf.read_row_groups(list(range(chunk.start, chunk.stop))), chunk.first_row, plan.uri)
     else:
         data = fs.cat_file(path, start=chunk.start, end=chunk.stop)
+        if chunk.digest and hashlib.sha256(data).hexdigest() != chunk.digest:
+            raise ManifestError(f"manifest {plan.uri} changed while the job ran: lines {chunk.first_line}.. "
+                                "differ from the planned ones (rerun to plan the new file)")
         table = parse_piece(data, plan.fmt, plan.header if plan.fmt == "csv" else None, chunk.first_line,
                             chunk.first_row, plan.uri)
     if table.num_rows != chunk.rows:
