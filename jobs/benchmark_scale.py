@@ -5,8 +5,10 @@
 For each manifest size, in one run on this machine: the embed job as users run it (`python -m
 jobs.embed`, its own driver process, on the Ray instance this benchmark starts), its steady-state
 items/s (second to second-to-last shard commit) beside the same encoder's in-process ceiling (decoded
-items, batches of ``batch_size``, tokenizer included for text), and the driver's peak memory
-(``driver_peak_rss_mb`` of the job's summary) beside the smallest size's.
+items, batches of ``batch_size``, tokenizer included for text), the driver's peak memory
+(``driver_peak_rss_mb`` of the job's summary) beside the smallest size's, the bytes that reached the driver
+per item, the driver's CPU time (as a share of one core over the job, and per further shard against the
+smallest size), the bytes written per item and the planning pass's rows/s (further rows per further second).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class BenchmarkScaleConfig(StrictModel):
     shard_size: int = Field(1024, ge=1, description="The embed job's shard_size.")
     batch_size: int = Field(16, ge=1, description="Encoder batch size (the job's and the ceiling's).")
     decode_batch_size: int = Field(64, ge=1, description="The embed job's decode.batch_size (media items per decode task).")
+    actor_batch_rows: int = Field(64, ge=1, description="The embed job's actor_batch_rows (rows per encoder actor call).")
     torch_threads: int | None = Field(1, ge=1, description="The job's encoder torch threads: 1 suits the tiny encoders "
                                       "(as in the ceiling's best); null = the job's default, all cores.")
     ceiling_items: int = Field(8192, ge=64, description="Items the in-process ceiling is timed on.")
@@ -144,6 +147,7 @@ def benchmark_scale(cfg: BenchmarkScaleConfig, workdir: str, address: str) -> di
     config = os.path.join(workdir, "embed.json")
     with open(config, "w") as fh:
         json.dump({"preset": "tiny", "shard_size": cfg.shard_size, "modalities": [cfg.modality],
+                   "actor_batch_rows": cfg.actor_batch_rows,
                    "decode": {"batch_size": cfg.decode_batch_size},
                    "encoders": {cfg.modality: {"batch_size": cfg.batch_size, "torch_threads": cfg.torch_threads}}}, fh)
     runs = []
@@ -160,15 +164,25 @@ def benchmark_scale(cfg: BenchmarkScaleConfig, workdir: str, address: str) -> di
         markers = [json.load(open(os.path.join(out, "_progress", cfg.modality, name)))
                    for name in os.listdir(os.path.join(out, "_progress", cfg.modality)) if name.startswith("shard-")]
         steady = steady_rate(sorted(m["committed_at"] for m in markers), cfg.shard_size)
+        written = sum(os.path.getsize(os.path.join(d, f)) for sub in ("features", "errors")
+                      for d, _, files in os.walk(os.path.join(out, sub)) for f in files)
         runs.append({"rows": rows, "wall_s": wall, "job_s": summary["elapsed_s"], "end_to_end_per_s": rows / wall,
                      "steady_per_s": steady, "steady_vs_ceiling": steady / per_s if steady else None,
+                     "shards": len(markers), "bytes_per_item": written / rows, "plan_s": summary["plan_s"],
+                     "driver_cpu_s": summary["driver_cpu_s"], "driver_received_bytes": summary["driver_received_bytes"],
                      "driver_peak_rss_mb": summary["driver_peak_rss_mb"],
                      "complete": summary["modalities"][cfg.modality]["complete"]})
-    base = runs[0]["driver_peak_rss_mb"]
+    base = runs[0]
     for r in runs:
-        r["driver_rss_vs_smallest"] = r["driver_peak_rss_mb"] / base
+        r["driver_rss_vs_smallest"] = r["driver_peak_rss_mb"] / base["driver_peak_rss_mb"]
+        more = r["shards"] - base["shards"]  # the driver's work per shard: what each further shard cost it
+        r["driver_cpu_ms_per_shard"] = 1000 * (r["driver_cpu_s"] - base["driver_cpu_s"]) / more if more > 0 else None
+        r["driver_core_share"] = r["driver_cpu_s"] / r["job_s"]
+        planned = r["plan_s"] - base["plan_s"]  # the planning pass's own rate, without its fixed start
+        r["plan_rows_per_s"] = (r["rows"] - base["rows"]) / planned if more > 0 and planned > 0 else None
     startup = startup_once(workdir, cfg.startup_samples, address) if cfg.startup_samples else None
-    return {"modality": cfg.modality, "shard_size": cfg.shard_size, "batch_size": cfg.batch_size,
+    return {"modality": cfg.modality, "shard_size": cfg.shard_size, "actor_batch_rows": cfg.actor_batch_rows,
+            "batch_size": cfg.batch_size,
             "decode_batch_size": cfg.decode_batch_size, "job_torch_threads": cfg.torch_threads,
             "cpus": os.cpu_count(), "torch_threads": threads, "ceiling_per_s": per_s, "runs": runs, "startup": startup}
 
@@ -197,14 +211,19 @@ def startup_once(workdir: str, samples: int, address: str) -> dict[str, Any]:
 
 def format_scale(r: dict[str, Any]) -> str:
     lines = [f"embed scale benchmark: {r['modality']}, tiny preset, shard_size {r['shard_size']}, batch {r['batch_size']}, "
-             f"decode batch {r['decode_batch_size']}, job torch threads {r['job_torch_threads'] or 'all'}, "
+             f"decode batch {r['decode_batch_size']}, actor calls of {r['actor_batch_rows']} rows, job torch threads {r['job_torch_threads'] or 'all'}, "
              f"{r['cpus']} CPUs; ceiling at {r['torch_threads']} torch threads",
              f"ceiling, in-process encoder on decoded items (best of 1 and all threads): {r['ceiling_per_s']:.0f} items/s",
-             f"{'rows':>9} {'job s':>8} {'steady/s':>9} {'x ceiling':>10} {'driver MB':>10} {'x smallest':>11}"]
+             f"{'rows':>9} {'job s':>8} {'steady/s':>9} {'x ceiling':>10} {'driver MB':>10} {'x smallest':>11} "
+             f"{'driver B/item':>14} {'driver cores':>13} {'driver ms/shard':>16} {'written B/item':>15} "
+             f"{'plan rows/s':>12}"]
     for run in r["runs"]:
         steady = f"{run['steady_per_s']:9.0f} {run['steady_vs_ceiling']:10.2f}" if run["steady_per_s"] else f"{'n/a':>9} {'':>10}"
+        per_shard = f"{run['driver_cpu_ms_per_shard']:16.1f}" if run["driver_cpu_ms_per_shard"] is not None else f"{'':>16}"
+        plan = f"{run['plan_rows_per_s']:12.0f}" if run["plan_rows_per_s"] else f"{'':>12}"
         lines.append(f"{run['rows']:>9} {run['job_s']:8.1f} {steady} {run['driver_peak_rss_mb']:10.0f} "
-                     f"{run['driver_rss_vs_smallest']:11.2f}")
+                     f"{run['driver_rss_vs_smallest']:11.2f} {run['driver_received_bytes'] / run['rows']:14.1f} "
+                     f"{run['driver_core_share']:13.2f} {per_shard} {run['bytes_per_item']:15.0f} {plan}")
     if r["startup"]:
         st = r["startup"]
         apart = ", ".join(f"{m} {t:.1f}" for m, t in st["apart_s"].items())

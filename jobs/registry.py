@@ -62,6 +62,9 @@ JOBS: dict[str, Job] = {job.name: job for job in (
     Job("benchmark-scale", ("jobs.benchmark_scale",), "the embed job's per-item cost and driver memory as the "
         "manifest grows", "jobs.benchmark_scale:BenchmarkScaleConfig", "jobs.benchmark_scale:run",
         "python -m jobs.benchmark_scale --config FILE"),
+    Job("benchmark-decode", ("jobs.benchmark_decode",), "media decoding from S3 (requests, items/s, CPU per "
+        "item) before and after issue 14's read path", "jobs.benchmark_decode:BenchmarkDecodeConfig", "jobs.benchmark_decode:run",
+        "python -m jobs.benchmark_decode --config FILE"),
     Job("benchmark-train", ("jobs.benchmark_train",), "training on cached features against end-to-end training",
         "jobs.benchmarks:BenchmarkTrainConfig", "jobs.benchmark_train:run", "python -m jobs.benchmark_train --config FILE"),
     Job("benchmark-serve", ("jobs.benchmark_serve",), "the Serve application's req/s and latency, batching on and off",

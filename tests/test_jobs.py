@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from jobs import benchmark_embed, benchmark_scale, benchmark_serve, benchmark_train, quality_sweep
+from jobs import benchmark_decode, benchmark_embed, benchmark_scale, benchmark_serve, benchmark_train, quality_sweep
 from jobs import train as train_job
 from tests.settings import STAGES, VAL_FRACTION
 
@@ -44,6 +44,23 @@ def test_benchmark_mains_print_their_ratios(ray_session, tmp_path, capsys):
     figures = json.loads(scale.read_text())
     assert [r["rows"] for r in figures["runs"]] == [64, 96] and all(r["complete"] for r in figures["runs"])
     assert figures["runs"][0]["driver_rss_vs_smallest"] == 1 and figures["runs"][1]["driver_peak_rss_mb"] > 50
+    assert all(r["bytes_per_item"] > 32 and r["driver_received_bytes"] > 0 for r in figures["runs"])
+
+
+def test_benchmark_decode_counts_one_request_per_object_now(ray_session, tmp_path, capsys):
+    report = tmp_path / "decode.json"
+    argv = ["--items", "2", "--seconds", "1", "--formats", "flac,mp4", "--rounds", "1", "--workers", "1",
+            "--job-items", "6", "--shard-size", "4", "--report", str(report)]
+    assert benchmark_decode.main(argv) == 0
+    assert "after/before" in capsys.readouterr().out
+    figures = json.loads(report.read_text())
+    assert [f["format"] for f in figures["formats"]] == ["flac", "mp4"]
+    for f in figures["formats"]:  # one ranged GET now; a HEAD (or two) and a GET before
+        assert f["after_requests_per_item"] == 1 and f["before_requests_per_item"] > 1, f
+        assert f["after_items_per_s"] > 0 and f["after_cpu_s_per_item"] > 0
+    job = figures["job"]  # the embed job reads each object once, in one GET, and writes per shard
+    assert job["shards"] == 2 and job["requests"]["media GET"] == 6 and job["media_requests_per_item"] == 1
+    assert job["requests"]["output PUT"] >= 2 * 3  # each shard's features, errors and marker at least
 
 
 def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
@@ -55,6 +72,8 @@ def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
     assert "images = 16: expected at least 4 x batch_size (64)" in capsys.readouterr().err
     assert benchmark_scale.main(["--rows", "20000,10"]) == 2
     assert "rows = [20000, 10]: expected sizes of at least 64" in capsys.readouterr().err
+    assert benchmark_decode.main(["--formats", "flac,avi"]) == 2
+    assert "formats = ['flac', 'avi']: ['avi'] not among" in capsys.readouterr().err
     assert benchmark_serve.main(["--levels", "1,x"]) == 2
     assert "expected comma-separated integers, e.g. 1,8,32, got '1,x'" in capsys.readouterr().err
     assert benchmark_serve.main(["--levels", "1,64", "--requests", "32"]) == 2
