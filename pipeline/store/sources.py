@@ -92,11 +92,7 @@ def read_limited(uri: str, options: dict[str, Any], max_bytes: int, http: dict[s
             data = fh.read(max_bytes + 1)
     except Exception as e:
         raise ReadError(describe_storage_error(uri, e)) from None
-    if len(data) > max_bytes:
-        raise ReadError(f"file grew past limits.max_file_bytes={max_bytes} while reading: {uri}")
-    if not data:
-        raise ReadError(f"empty file (0 bytes): {uri}")
-    return data
+    return _bounded(data, uri, max_bytes, f"file grew past limits.max_file_bytes={max_bytes} while reading")
 
 
 def _read_range(uri: str, options: dict[str, Any], max_bytes: int) -> bytes:
@@ -109,8 +105,13 @@ def _read_range(uri: str, options: dict[str, Any], max_bytes: int) -> bytes:
         if "InvalidRange" in str(e) or "416" in str(e):
             raise ReadError(f"empty file (0 bytes): {uri}") from None
         raise ReadError(describe_storage_error(uri, e)) from None
+    return _bounded(data, uri, max_bytes, f"file is over limits.max_file_bytes={max_bytes}")
+
+
+def _bounded(data: bytes, uri: str, max_bytes: int, over: str) -> bytes:
+    """``data`` read from ``uri`` with one byte to spare: a ReadError (``over``) past ``max_bytes``, or when empty."""
     if len(data) > max_bytes:
-        raise ReadError(f"file is over limits.max_file_bytes={max_bytes}: {uri}")
+        raise ReadError(f"{over}: {uri}")
     if not data:
         raise ReadError(f"empty file (0 bytes): {uri}")
     return data
