@@ -25,7 +25,8 @@ ITEMS = 20
 
 @pytest.fixture(scope="module")
 def slow_audio(session_dir, sample_corpus, tmp_path_factory):
-    """20 audio items (20 files) and an ffmpeg that takes 0.4 s a call, so a run lasts long enough to interrupt."""
+    """20 audio items (20 files) and an ffmpeg that takes 0.2 s a call and, while a test holds it closed, runs
+    only for items it was handed a ticket for."""
     folder = tmp_path_factory.mktemp("slow")
     corpus = os.path.dirname(sample_corpus)
     manifest = folder / "manifest.jsonl"
@@ -37,25 +38,28 @@ def slow_audio(session_dir, sample_corpus, tmp_path_factory):
             shutil.copy(source, path)
             fh.write(json.dumps({"id": f"a{i}", "audio": str(path)}) + "\n")
     wrapper = folder / "slow-ffmpeg"
-    # open unless a test removes the flag; closed, each call first claims a ticket the test hands out
-    # (see interrupt_after_more_commits); a claimed ticket moves to used/, so it is used once
+    # open unless a test removes the flag; closed, a call for item aN runs once tickets/aN exists (handed out by
+    # interrupt_after_more_commits): a ticket per item, so an item's probe and decode cannot be split between
+    # items and leave every decode waiting
     (folder / "open").touch()
     (folder / "tickets").mkdir()
-    (folder / "used").mkdir()
     wrapper.write_text(f"""#!/bin/sh
-while [ ! -e {folder}/open ]; do
-  for t in {folder}/tickets/t-*; do
-    [ -e "$t" ] && mv "$t" {folder}/used/ 2>/dev/null && break 2
-  done
+item=""
+for arg in "$@"; do
+  case "$arg" in *{folder}/a*) item=$(basename "$arg"); item=${{item%.*}};; esac
+done
+while [ ! -e {folder}/open ] && [ ! -e "{folder}/tickets/$item" ]; do
   sleep 0.05
 done
-sleep 0.4
+sleep 0.2
 exec {find_ffmpeg()} "$@"
 """)
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     config = folder / "slow.yaml"
+    # the encoder actor takes half a CPU: decode tasks waiting for tickets hold the other CPU and a half, and an
+    # actor asking for a whole one waited until they gave up (a minute per interrupted run)
     config.write_text(f"ffmpeg: {wrapper}\nshard_size: 2\ndecode: {{batch_size: 1}}\nactor_batch_rows: 2\n"
-                      "encoders:\n  audio: {batch_size: 2, dtype: float32}\n")
+                      "encoders:\n  audio: {batch_size: 2, dtype: float32, num_cpus: 0.5}\n")
     return str(manifest), str(config)
 
 
@@ -84,19 +88,21 @@ def shard_mtimes(out):
 def interrupt_after_more_commits(cmd, env, sig, done_before: int, folder: Path) -> tuple[int, str]:
     """Start the job, send ``sig`` once it has committed a shard beyond ``done_before``; its exit code and log.
 
-    Decodes are rationed (a ticket each): at most two shards' items beyond those committed may be decoded,
-    so however long the encoder actor takes to start, the run cannot finish in one burst before the signal."""
+    Decodes are rationed (a ticket per item): only the first uncommitted items, two shards' worth beyond those
+    committed this run, may be decoded, so however long the encoder actor takes to start, the run cannot
+    finish in one burst before the signal."""
     (folder / "open").unlink()
     for ticket in (folder / "tickets").iterdir():
         ticket.unlink()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = cmd[cmd.index("--output") + 1]
-    deadline, given = time.time() + 240, 0
+    deadline = time.time() + 240
     try:
         while len(markers(out)) <= done_before and proc.poll() is None and time.time() < deadline:
-            while given < 2 * (len(markers(out)) - done_before) + 4:  # shard_size 2: two shards of items ahead
-                (folder / "tickets" / f"t-{done_before}-{given}").touch()
-                given += 1
+            committed = {int("".join(filter(str.isdigit, name))) for name in markers(out)}
+            waiting = [i for i in range(ITEMS) if i // 2 not in committed]  # shard_size 2
+            for i in waiting[:4 + 2 * (len(committed) - done_before)]:
+                (folder / "tickets" / f"a{i}").touch()
             time.sleep(0.05)
         proc.send_signal(sig)
         log = proc.communicate(timeout=120)[0]
