@@ -291,3 +291,31 @@ def test_a_shard_whose_parts_repeat_rows_commits_each_row_once(tmp_path):
     store.write_marker("image", 0, counts)
     assert rows_by_id(str(tmp_path)) == {"x0": ["features"], "x1": ["features"], "x2": ["errors"], "x3": ["features"]}
     assert not os.path.exists(tmp_path / "_parts" / "image" / "shard-00000")
+
+
+def test_a_record_for_a_shard_already_handed_to_the_committer_is_ignored(ray_session, tmp_path):
+    """A retried actor call resends a part of a shard the driver has already handed to the committer: the record
+    must not reopen the shard (it would wait forever for rows that never come and end the run incomplete)."""
+    import numpy as np
+
+    from pipeline.embed.job import _Committer, _ModalityRun
+    from pipeline.modality import Modality
+    from pipeline.store.manifest import plan_manifest
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"t{i}", "text": f"caption {i}"}) + "\n" for i in range(6)))
+    plan = plan_manifest(str(manifest), {}, shard_size=4)  # shard 0: rows 0-3, shard 1: rows 4-5
+    text = Modality("text")
+    run = _ModalityRun(text, None, None, None, np.array([False, True]))  # shard 0 handed over already
+    committer = _Committer(plan, [run], FeatureStore(str(tmp_path / "out"), {}), {})
+    try:
+        bits = np.packbits(np.array([1, 1, 1, 1], bool)).tobytes()
+        committer._add({"modality": "text", "shard": 0, "bits": bits, "part": "late.parquet"})
+        assert committer.pending == {} and committer.in_flight == {} and not run.todo[0]
+        half = np.packbits(np.array([1, 0, 0, 0], bool)).tobytes()  # shard 1 holds 2 rows: 1 of them arrived
+        committer._add({"modality": "text", "shard": 1, "bits": half, "part": "p1.parquet"})
+        assert list(committer.pending) == [("text", 1)] and committer.in_flight == {} and run.todo[1]
+    finally:
+        import ray
+
+        ray.kill(committer.actor)
