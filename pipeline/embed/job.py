@@ -29,7 +29,7 @@ from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
 from pipeline.store.features import STAGES, FeatureStore
-from pipeline.store.manifest import ManifestPlan, input_error, plan_manifest
+from pipeline.store.manifest import ManifestPlan, input_errors, plan_manifest
 from pipeline.store.sources import storage_options
 
 log = logging.getLogger(__name__)
@@ -157,13 +157,8 @@ def _ray_map(fn: Any, args: list[tuple], num_cpus: float, window: int = 64):
 def iter_records(ds) -> Iterator[Any]:
     """The pipeline's output blocks (pyarrow), fetched one at a time; a read task's ManifestError (the input
     changed or turned out unreadable after planning) is raised as itself, not as Ray's wrapper (exit 2)."""
-    try:
+    with input_errors():
         yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
-    except Exception as e:
-        cause = input_error(e)
-        if cause is None:
-            raise
-        raise cause from None
 
 
 def _shards_of(plan: ManifestPlan, chunk) -> slice:

@@ -70,18 +70,17 @@ def work_rows(items: pa.Table, modality: Modality, base: str, dedupe: bool, http
     Media held in the input itself (``<m>:bytes``: Parquet bytes, tar members) is a work row of its own,
     carrying its bytes (``data``) and its name as ``uri``.
     """
-    data = embedded_bytes(items, modality)
+    data, parts = embedded_bytes(items, modality), []
     if data is not None:
         held = pc.fill_null(pc.and_kleene(pc.is_valid(data), pc.is_null(items.column(f"{modality.value}:error"))), False)
-        inline, rest = items.filter(held), items.filter(pc.invert(held))
+        inline, items = items.filter(held), items.filter(pc.invert(held))
         named = inline.column(modality.value)
         embedded = _singletons(pa.table({"value": named, "uri": named,
                                          "pre_error": pa.nulls(inline.num_rows, pa.string()),
                                          "row": inline.column("row"), "id": inline.column("id")}))
-        embedded = embedded.append_column("data", pc.cast(inline.column(f"{modality.value}:bytes"), pa.large_binary()))
-        work = pa.concat_tables([embedded, _uri_rows(rest, modality, base, dedupe, http)]).sort_by("first")
-    else:
-        work = _uri_rows(items, modality, base, dedupe, http).sort_by("first")
+        held_bytes = pc.cast(inline.column(f"{modality.value}:bytes"), pa.large_binary())
+        parts.append(embedded.append_column("data", held_bytes))
+    work = pa.concat_tables([*parts, _uri_rows(items, modality, base, dedupe, http)]).sort_by("first")
     return pa.table({"modality": pa.array([modality.value] * work.num_rows, pa.string()),
                      "value": work.column("value"), "uri": work.column("uri"), "pre_error": work.column("pre_error"),
                      "rows": work.column("rows"), "ids": work.column("ids"), "data": work.column("data")},

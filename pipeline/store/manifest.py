@@ -13,6 +13,7 @@ and why it cannot be used (``<m>:error``, e.g. a number where a URI was expected
 from __future__ import annotations
 
 import csv as _csv
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -153,20 +154,28 @@ def _plan_shards(uri: str, options: dict[str, Any], shard_size: int, chunk_rows:
                  index_map: Callable[..., Iterator[Any]]) -> ManifestPlan:
     """A WebDataset input's plan: one row per sample key, chunks of whole shards."""
     scan = _Scan(uri, options, shard_size, chunk_rows)
-    try:
+    with input_errors():  # a Ray task's error wraps the shard's TarError (and may pass for one)
         shards = list_shards(uri, options)
         for i, index in enumerate(index_map(index_shard, [(s, options) for s in shards])):
             scan.digest.update(index["digest"].encode())
             scan.add(index_table(index, scan.rows), i, i + 1, 0, index["bytes"])
-    except Exception as e:  # a Ray task's error wraps the shard's TarError (and may pass for one)
-        cause = input_error(e)
-        if cause is None:
-            raise
-        raise cause from None
     return scan.finish("webdataset", shards)
 
 
-def input_error(e: BaseException) -> ManifestError | None:
+@contextlib.contextmanager
+def input_errors() -> Iterator[None]:
+    """Raise the input's fault behind any error in the block (see ``_input_error``) as a plain ManifestError;
+    other errors pass unchanged."""
+    try:
+        yield
+    except Exception as e:
+        cause = _input_error(e)
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def _input_error(e: BaseException) -> ManifestError | None:
     """The input's fault behind ``e`` (a ManifestError or TarError raised in a Ray task, which Ray re-raises
     wrapped, and Ray Data wraps again) as a plain ManifestError with the original message; None for other errors."""
     for _ in range(8):

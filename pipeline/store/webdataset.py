@@ -115,6 +115,24 @@ def _members(uri: str, options: dict[str, Any], read: bool, max_member_bytes: in
             raise TarError(f"cannot read shard: {describe_storage_error(uri, e)}") from None
 
 
+def _samples(uri: str, options: dict[str, Any], read: bool, max_member_bytes: int) -> Iterator[tuple[str, dict, list]]:
+    """(key, {modality: (label, size, bytes or None)}, [(ext, size) of every member]) per sample, in tar order:
+    a sample is a run of consecutive members with one key; its first member of each modality is the item."""
+    claims = extension_modalities()
+    key, items, members = None, {}, []
+    for k, ext, size, blob in _members(uri, options, read, max_member_bytes):
+        if k != key:
+            if key is not None:
+                yield key, items, members
+            key, items, members = k, {}, []
+        members.append((ext, size))
+        modality = claims.get(ext)
+        if modality is not None and modality not in items:  # key.jpg and key.png: the first counts
+            items[modality] = (f"{uri}#{k}.{ext}", size, blob)
+    if key is not None:
+        yield key, items, members
+
+
 def index_shard(uri: str, options: dict[str, Any]) -> dict[str, Any]:
     """What planning needs of one shard, read from its member headers only (local: seeks over the data):
     the sample keys in order, each modality's member per sample, the ignored extensions and a digest of
@@ -124,22 +142,19 @@ def index_shard(uri: str, options: dict[str, Any]) -> dict[str, Any]:
     keys: list[str] = []
     names: dict[str, list[Any]] = {}
     ignored: set[str] = set()
-    last, total = None, 0
-    for key, ext, size, _ in _members(uri, options, False, 0):
-        digest.update(f"{key}.{ext}\0{size}\n".encode())
-        total += size
-        if key != last:
-            keys.append(key)
-            for column in names.values():
-                column.append(None)
-            last = key
-        modality = claims.get(ext)
-        if modality is None:
-            ignored.add(ext or "(no extension)")
-            continue
-        column = names.setdefault(modality.value, [None] * len(keys))
-        if column[-1] is None:  # a second member of the same modality (key.jpg and key.png): the first counts
-            column[-1] = f"{uri}#{key}.{ext}"
+    total = 0
+    for key, items, members in _samples(uri, options, False, 0):
+        for ext, size in members:
+            digest.update(f"{key}.{ext}\0{size}\n".encode())
+            total += size
+        ignored.update(ext or "(no extension)" for ext, _ in members if ext not in claims)
+        for modality in items:
+            names.setdefault(modality.value, [None] * len(keys))
+        keys.append(key)
+        for column in names.values():
+            column.append(None)
+        for modality, (label, _, _) in items.items():
+            names[modality.value][-1] = label
     return {"keys": keys, "names": names, "ignored": sorted(ignored), "digest": digest.hexdigest(), "bytes": total}
 
 
@@ -157,37 +172,29 @@ def index_table(index: dict[str, Any], first_row: int) -> pa.Table:
 
 def read_shard(uri: str, options: dict[str, Any], first_row: int, max_member_bytes: int) -> pa.Table:
     """A shard's samples as a normalized table with the media bytes (``<m>:bytes``) and texts, streamed once."""
-    claims = extension_modalities()
     keys: list[str] = []
     values: dict[str, list[Any]] = {}
     data: dict[str, list[Any]] = {}
     errors: dict[str, list[Any]] = {}
-    last = None
-    for key, ext, size, blob in _members(uri, options, True, max_member_bytes):
-        if key != last:
-            keys.append(key)
-            for column in (*values.values(), *data.values(), *errors.values()):
-                column.append(None)
-            last = key
-        modality = claims.get(ext)
-        if modality is None:
-            continue
-        name = modality.value
-        for store in (values, data, errors):
-            store.setdefault(name, [None] * len(keys))
-        if values[name][-1] is not None:
-            continue
-        label = f"{uri}#{key}.{ext}"
-        values[name][-1] = label
-        if blob is None:
-            errors[name][-1] = f"tar member {label} is {size} bytes, over limits.max_file_bytes={max_member_bytes}"
-        elif modality.is_inline:
-            try:
-                values[name][-1] = blob.decode("utf-8")
-            except UnicodeDecodeError as e:
-                errors[name][-1] = f"tar member {label} is not valid UTF-8 (byte 0x{blob[e.start]:02x} at {e.start})"
-        else:
-            data[name][-1] = blob
+    for key, items, _ in _samples(uri, options, True, max_member_bytes):
+        for modality in items:
+            for store in (values, data, errors):
+                store.setdefault(modality.value, [None] * len(keys))
+        keys.append(key)
+        for column in (*values.values(), *data.values(), *errors.values()):
+            column.append(None)
+        for modality, (label, size, blob) in items.items():
+            name = modality.value
+            values[name][-1] = label
+            if blob is None:
+                errors[name][-1] = f"tar member {label} is {size} bytes, over limits.max_file_bytes={max_member_bytes}"
+            elif modality.is_inline:
+                try:
+                    values[name][-1] = blob.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    errors[name][-1] = f"tar member {label} is not valid UTF-8 (byte 0x{blob[e.start]:02x} at {e.start})"
+            else:
+                data[name][-1] = blob
     n = len(keys)
     cols: dict[str, Any] = {"row": pa.array(np.arange(first_row, first_row + n, dtype=np.int64)),
                             "id": pa.array(keys, pa.string())}
