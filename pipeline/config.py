@@ -132,8 +132,8 @@ class EmbedConfig(StrictModel):
                             "items of those rows): the unit of resume.")
     chunk_rows: int = Field(100_000, ge=1, description="Manifest rows per read task; repeated media are found "
                             "within a chunk.")
-    dedupe: bool = Field(True, description="Decode and encode each distinct media URI (text: string) of a chunk once; "
-                         "every id still gets its own row.")
+    dedupe: bool = Field(True, description="Decode and encode each distinct media URI (text: string; media held in "
+                         "the input: its bytes) of a chunk once; every id still gets its own row.")
     actor_batch_rows: int = Field(64, ge=1, description="Rows per encoder-actor call (each modality's encoder "
                                   "runs its own batch_size within it); lower it for long videos to bound memory.")
     cache_dir: str | None = Field(None, description="Where built tiny/random-init models are saved; null = $ONEENCODER_CACHE or ~/.cache/oneencoder.")

@@ -112,6 +112,61 @@ def test_bad_tar_inputs_are_named(shards, tmp_path):
         plan_manifest(os.path.join(folder, "shard-{000002..000000}.tar"), {}, shard_size=5)
 
 
+def _duplicated_images(sample_corpus, folder, n: int = 9, distinct: int = 3) -> tuple[str, list[dict]]:
+    """``n`` samples over ``distinct`` images, each under its own key and name, in one tar; returns its path and
+    the rows (id, image file, caption)."""
+    corpus = os.path.dirname(sample_corpus)
+    with open(sample_corpus) as fh:
+        samples = [json.loads(line) for line in fh][:distinct]
+    rows = [{"id": f"k{i:02d}", "image": os.path.join(corpus, samples[i % distinct]["image"]), "text": f"caption {i}"}
+            for i in range(n)]
+    path = os.path.join(folder, "dup.tar")
+    with tarfile.open(path, "w") as tar:
+        for r in rows:
+            with open(r["image"], "rb") as fh:
+                tar_add(tar, r["id"] + ".png", fh.read())
+            tar_add(tar, r["id"] + ".txt", r["text"].encode())
+    return path, rows
+
+
+def test_media_held_in_the_input_is_grouped_by_content_each_row_keeping_its_name(sample_corpus, tmp_path):
+    from pipeline.embed.stages import work_rows
+    from pipeline.modality import Modality
+    from pipeline.store.manifest import item_mask, read_chunk
+
+    path, rows = _duplicated_images(sample_corpus, str(tmp_path))
+    plan = plan_manifest(path, {}, shard_size=4)
+    table = read_chunk(plan, plan.chunks[0], {})
+    image = Modality("image")
+    items = table.filter(pa.array(item_mask(table, image)))
+    grouped = work_rows(items, image, plan.base, dedupe=True).to_pylist()
+    assert [w["ids"] for w in grouped] == [["k00", "k03", "k06"], ["k01", "k04", "k07"], ["k02", "k05", "k08"]]
+    assert [w["rows"] for w in grouped] == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
+    assert grouped[0]["uris"] == [f"{path}#k00.png", f"{path}#k03.png", f"{path}#k06.png"]  # each its own name
+    with open(rows[1]["image"], "rb") as fh:
+        assert grouped[1]["data"] == fh.read() and grouped[1]["value"] == f"{path}#k01.png"
+    single = work_rows(items, image, plan.base, dedupe=False).to_pylist()
+    assert [w["ids"] for w in single] == [[r["id"]] for r in rows] and [w["uris"] for w in single] == [[f"{path}#{r['id']}.png"] for r in rows]
+    text = work_rows(table.filter(pa.array(item_mask(table, Modality("text")))), Modality("text"), plan.base, dedupe=True)
+    assert text.num_rows == 9  # distinct captions: nothing to share
+
+
+def test_duplicate_media_in_tars_is_embedded_once_per_content(ray_session, reference, sample_corpus, tmp_path):
+    """img2dataset-style shards often hold one image under several keys: one encode per content, a row per key."""
+    path, rows = _duplicated_images(sample_corpus, str(tmp_path))
+    out = str(tmp_path / "out")
+    summary = run_embed(EmbedConfig(input=path, output=out, modalities=["image"], shard_size=4))
+    image = summary["modalities"]["image"]
+    assert image["items"] == 9 and image["unique"] == 3 and image["complete"]
+    got = vectors(out, "image")
+    for i, r in enumerate(rows):  # each key has its image's vector (as embedded from the JSONL manifest)
+        np.testing.assert_allclose(got[r["id"]], reference["image"][f"s{i % 3:05d}"], atol=2e-3, err_msg=r["id"])
+    uris = dict(zip(read_features(out, "image").column("id").to_pylist(), read_features(out, "image").column("uri").to_pylist()))
+    assert uris == {r["id"]: f"{path}#{r['id']}.png" for r in rows}
+    assert run_embed(EmbedConfig(input=path, output=str(tmp_path / "all"), modalities=["image"], shard_size=4,
+                                 dedupe=False))["modalities"]["image"]["unique"] == 9
+
+
 def test_a_manifest_that_changes_after_planning_is_a_user_error(ray_session, tmp_path, monkeypatch, capsys):
     """The read tasks find the manifest no longer matches the plan: the job stops with exit 2 and one error line
     naming the file, not a Ray traceback, and commits nothing read from the changed file."""

@@ -121,7 +121,7 @@ def test_items_flag_wrong_types_and_keep_every_value(tmp_path):
     assert [w["ids"] for w in work] == [["1"], ["b"], ["c"]]
     assert work[0]["pre_error"] == "expected a URI string, got int '5'"
     assert "unsupported URI scheme 'http'" in work[1]["pre_error"]  # http off in this call (the job's http.enabled)
-    assert work[2]["pre_error"] is None and work[2]["uri"] == str(tmp_path / "ok.png")
+    assert work[2]["pre_error"] is None and work[2]["uris"] == [str(tmp_path / "ok.png")]
     assert [w["rows"] for w in work] == [[0], [1], [2]]
     assert plan.counts.tolist() == [[2, 0], [1, 1], [0, 0]]  # image, text per shard of 2 rows; "e" has no image
 

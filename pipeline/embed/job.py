@@ -357,7 +357,8 @@ def format_summary(summary: dict[str, Any]) -> str:
                      + ("" if m["complete"] else "   (incomplete: rerun to resume)"))
     lines += ["", f"this run: {summary['items_this_run']} items in {summary['elapsed_s']:.1f} s"
               + (f" ({summary['items_per_s']:.1f} items/s)" if summary["items_this_run"] else " (all shards were already committed)"),
-              "unique = media decoded and encoded once for every row that names them (same URI, or same text)",
+              "unique = media decoded and encoded once for every row that names them (same URI, same text, or same "
+              "bytes held in the input)",
               f"errors (read/decode/encode) are rows in {summary['output'].rstrip('/')}/errors/*.parquet; "
               f"summary: {summary['output'].rstrip('/')}/summary.json"]
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """The embed job's Ray Data stages and its commit task, thin adapters over ``pipeline.item_encoder``.
 
 read tasks     a manifest chunk (one ranged read) → work rows: one per distinct media (or text) of a
-               modality in the chunk, naming every (row, id) that references it
+               modality in the chunk, naming every (row, id, uri) that references it
 decode tasks   work rows → decoded arrays, as bytes + shape + dtype (or the read/decode error)
 encode actors  every requested modality's frozen encoder, loaded once per actor; they encode, fan each
                vector out to the rows that reference it, write those rows as *part* files per
@@ -12,6 +12,7 @@ No feature byte passes through the driver: it sees commit records (a path and a 
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from typing import Any
@@ -33,12 +34,12 @@ from pipeline.store.sources import resolve_uri
 log = logging.getLogger(__name__)
 
 WORK_SCHEMA = pa.schema([
-    ("modality", pa.string()), ("value", pa.string()), ("uri", pa.string()), ("pre_error", pa.string()),
-    ("rows", pa.list_(pa.int64())), ("ids", pa.list_(pa.string())), ("data", pa.large_binary()),
+    ("modality", pa.string()), ("value", pa.string()), ("pre_error", pa.string()), ("rows", pa.list_(pa.int64())),
+    ("ids", pa.list_(pa.string())), ("uris", pa.list_(pa.string())), ("data", pa.large_binary()),
 ])
 DECODED_SCHEMA = pa.schema([
-    ("modality", pa.string()), ("uri", pa.string()), ("rows", pa.list_(pa.int64())), ("ids", pa.list_(pa.string())),
-    ("ok", pa.bool_()), ("stage", pa.string()), ("error", pa.string()),
+    ("modality", pa.string()), ("rows", pa.list_(pa.int64())), ("ids", pa.list_(pa.string())),
+    ("uris", pa.list_(pa.string())), ("ok", pa.bool_()), ("stage", pa.string()), ("error", pa.string()),
     ("payload", pa.large_binary()), ("shape", pa.list_(pa.int32())), ("dtype", pa.string()),
 ])
 RECORD_SCHEMA = pa.schema([("modality", pa.string()), ("shard", pa.int64()), ("part", pa.string()),
@@ -67,27 +68,40 @@ def work_rows(items: pa.Table, modality: Modality, base: str, dedupe: bool, http
 
     A media value is resolved against the manifest's folder (an unusable URI becomes that item's read
     error); with ``dedupe``, items with the same resolved URI (text: the same string) share one work row.
-    Media held in the input itself (``<m>:bytes``: Parquet bytes, tar members) is a work row of its own,
-    carrying its bytes (``data``) and its name as ``uri``.
+    Media held in the input itself (``<m>:bytes``: Parquet bytes, tar members) carries its bytes (``data``)
+    and its name as its uri; with ``dedupe``, such items with the same bytes (SHA-256) share one work row.
+    Each (row, id) keeps its own uri (``uris``).
     """
     data, parts = embedded_bytes(items, modality), []
     if data is not None:
         held = pc.fill_null(pc.and_kleene(pc.is_valid(data), pc.is_null(items.column(f"{modality.value}:error"))), False)
-        inline, items = items.filter(held), items.filter(pc.invert(held))
-        named = inline.column(modality.value)
-        embedded = _singletons(pa.table({"value": named, "uri": named,
-                                         "pre_error": pa.nulls(inline.num_rows, pa.string()),
-                                         "row": inline.column("row"), "id": inline.column("id")}))
-        held_bytes = pc.cast(inline.column(f"{modality.value}:bytes"), pa.large_binary())
-        parts.append(embedded.append_column("data", held_bytes))
+        parts.append(_held_rows(items.filter(held), modality, dedupe))
+        items = items.filter(pc.invert(held))
     work = pa.concat_tables([*parts, _uri_rows(items, modality, base, dedupe, http)]).sort_by("first")
     return pa.table({"modality": pa.array([modality.value] * work.num_rows, pa.string()),
-                     "value": work.column("value"), "uri": work.column("uri"), "pre_error": work.column("pre_error"),
-                     "rows": work.column("rows"), "ids": work.column("ids"), "data": work.column("data")},
-                    schema=WORK_SCHEMA)
+                     **{name: work.column(name) for name in WORK_SCHEMA.names[1:]}}, schema=WORK_SCHEMA)
 
 
-_COLUMNS = ["value", "uri", "pre_error", "rows", "ids", "first"]
+_COLUMNS = ["value", "pre_error", "rows", "ids", "uris", "first"]
+
+
+def _held_rows(items: pa.Table, modality: Modality, dedupe: bool) -> pa.Table:
+    """The work rows (and ``first``) of items whose bytes the input holds; with ``dedupe``, one per distinct
+    content (the first item's name and bytes stand for the rest)."""
+    named = items.column(modality.value).combine_chunks()
+    data = pc.cast(items.column(f"{modality.value}:bytes"), pa.large_binary()).combine_chunks()
+    flat = pa.table({"value": named, "uri": named, "pre_error": pa.nulls(items.num_rows, pa.string()),
+                     "row": items.column("row"), "id": items.column("id")})
+    if not dedupe or items.num_rows < 2:
+        return _singletons(flat).append_column("data", data)
+    digests = pa.array([hashlib.sha256(b.as_buffer()).digest() for b in data], pa.binary(32))
+    groups = flat.append_column("digest", digests).append_column("at", pa.array(np.arange(items.num_rows)))
+    groups = groups.group_by("digest", use_threads=False).aggregate(
+        [("row", "list"), ("id", "list"), ("uri", "list"), ("at", "min"), ("row", "min")])
+    at = groups.column("at_min")
+    return pa.table({"value": named.take(at), "pre_error": pa.nulls(groups.num_rows, pa.string()),
+                     "rows": groups.column("row_list"), "ids": groups.column("id_list"), "uris": groups.column("uri_list"),
+                     "first": groups.column("row_min"), "data": data.take(at)})
 
 
 def _uri_rows(items: pa.Table, modality: Modality, base: str, dedupe: bool, http: bool) -> pa.Table:
@@ -116,8 +130,9 @@ def _uri_rows(items: pa.Table, modality: Modality, base: str, dedupe: bool, http
     good_mask = pc.is_null(flat.column("pre_error"))
     good, bad = flat.filter(good_mask), flat.filter(pc.invert(good_mask))
     if dedupe:
-        good = good.group_by(["value", "uri"], use_threads=False).aggregate([("row", "list"), ("id", "list"), ("row", "min")])
-        good = good.rename_columns({"row_list": "rows", "id_list": "ids", "row_min": "first"})
+        good = good.group_by(["value", "uri"], use_threads=False).aggregate(
+            [("row", "list"), ("id", "list"), ("uri", "list"), ("row", "min")])
+        good = good.rename_columns({"row_list": "rows", "id_list": "ids", "uri_list": "uris", "row_min": "first"})
         good = good.append_column("pre_error", pa.nulls(good.num_rows, pa.string()))
     else:
         good = _singletons(good)
@@ -130,9 +145,10 @@ def _singletons(table: pa.Table) -> pa.Table:
     offsets = pa.array(np.arange(n + 1, dtype=np.int32))
     rows = table.column("row").combine_chunks() if n else pa.array([], pa.int64())
     ids = table.column("id").combine_chunks() if n else pa.array([], pa.string())
-    return pa.table({"value": table.column("value"), "uri": table.column("uri"), "pre_error": table.column("pre_error"),
+    uris = table.column("uri").combine_chunks() if n else pa.array([], pa.string())
+    return pa.table({"value": table.column("value"), "pre_error": table.column("pre_error"),
                      "rows": pa.ListArray.from_arrays(offsets, rows), "ids": pa.ListArray.from_arrays(offsets, ids),
-                     "first": rows})
+                     "uris": pa.ListArray.from_arrays(offsets, uris), "first": rows})
 
 
 # --- decode tasks --------------------------------------------------------------------------------------
@@ -156,8 +172,8 @@ def decode_work(batch: pa.Table, settings: dict[str, DecodeSettings]) -> pa.Tabl
         payload.append(packed[0])
         shape.append(packed[1])
         dtype.append(packed[2])
-    return pa.table({"modality": batch.column("modality"), "uri": batch.column("uri"), "rows": batch.column("rows"),
-                     "ids": batch.column("ids"), "ok": pa.array(ok, pa.bool_()), "stage": pa.array(stage, pa.string()),
+    return pa.table({"modality": batch.column("modality"), "rows": batch.column("rows"), "ids": batch.column("ids"),
+                     "uris": batch.column("uris"), "ok": pa.array(ok, pa.bool_()), "stage": pa.array(stage, pa.string()),
                      "error": pa.array(error, pa.string()), "payload": pa.array(payload, pa.large_binary()),
                      "shape": pa.array(shape, pa.list_(pa.int32())), "dtype": pa.array(dtype, pa.string())},
                     schema=DECODED_SCHEMA) if n else DECODED_SCHEMA.empty_table()
@@ -240,7 +256,7 @@ class EncodeActor:
         valid = pc.is_valid(embedding).to_numpy(zero_copy_only=False)
         take = pa.array(parent)
         table = pa.Table.from_arrays([
-            pc.list_flatten(rows.column("ids")), rows.column("uri").take(take), pa.array(row_numbers), pa.array(first),
+            pc.list_flatten(rows.column("ids")), pc.list_flatten(rows.column("uris")), pa.array(row_numbers), pa.array(first),
             pa.array(valid[parent]), pa.array(stage, pa.string()).take(take), pa.array(error, pa.string()).take(take),
             embedding.take(take)], schema=self.schemas[name])
         shards = row_numbers // self.shard_size
