@@ -238,3 +238,20 @@ def test_shards_spanning_read_chunks_commit_each_row_once(ray_session, sample_co
         ids = read_features(out, m).column("id").to_pylist()
         assert sorted(ids) == [f"s{i:05d}" for i in range(12)]
     assert not os.path.exists(os.path.join(out, "_parts", "text")) or not os.listdir(os.path.join(out, "_parts", "text"))
+
+
+def test_an_encoder_pool_that_leaves_decoding_no_cpu_is_refused_before_it_stalls(ray_session, sample_corpus, tmp_path):
+    """Two actors of 0.7 CPU on the session's 2 CPUs leave 0.6: Ray Data's repartition task (1 CPU) would wait
+    forever (seen by hand: 10 minutes without progress). The job says so before starting anything."""
+    from pipeline.config import ConfigError
+
+    out = str(tmp_path / "out")
+    cfg = EmbedConfig(input=sample_corpus, output=out, modalities=["text"],
+                      encoders={"text": {"actors": 2, "num_cpus": 0.7}})
+    with pytest.raises(ConfigError, match=r"2 actor\(s\) x num_cpus 0.7 hold 1.4 of the cluster's 2 CPUs.*"
+                                          r"expected actors x num_cpus <= 1 on this cluster"):
+        run_embed(cfg)
+    assert not os.path.exists(os.path.join(out, "features"))  # refused before any shard
+    fits = run_embed(EmbedConfig(input=sample_corpus, output=out, modalities=["text"],
+                                 encoders={"text": {"actors": 2, "num_cpus": 0.5}}))
+    assert fits["modalities"]["text"]["complete"]  # 1 CPU for the pool, 1 for the rest: it runs

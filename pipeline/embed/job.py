@@ -108,6 +108,7 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
 
     settings = {r.modality.value: r.settings for r in runs}
     pool = _pool([r.enc for r in runs])
+    _check_room(cfg, pool)
     ctx = DataContext.get_current()
     previous = ctx.execution_no_progress_timeout_s, ctx.raise_original_map_exception
     ctx.execution_no_progress_timeout_s = cfg.no_progress_timeout_s
@@ -173,6 +174,32 @@ def _pool(encs: list[EncoderConfig]) -> dict[str, Any]:
             resources[key] = max(resources.get(key, 0.0), amount)
     return {"actors": max(e.actors for e in encs), "num_cpus": max(e.num_cpus for e in encs),
             "num_gpus": max(e.num_gpus for e in encs), "resources": resources}
+
+
+def _check_room(cfg: EmbedConfig, pool: dict[str, Any]) -> None:
+    """Refuse an encoder pool that leaves the read and decode side no room. Ray Data starts the pool first; a
+    read, repartition (1 CPU, whatever ``decode.num_cpus`` says) or decode task then needs CPUs beside it, and
+    on a cluster that cannot grow the job would wait for them until ``no_progress_timeout_s``."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    held = pool["actors"] * pool["num_cpus"]
+    need = max(1.0, cfg.decode.num_cpus, cfg.decode.read_num_cpus)
+    if held + need <= total + 1e-9:
+        return
+    message = (f"encoders: {pool['actors']} actor(s) x num_cpus {pool['num_cpus']:g} hold {held:g} of the cluster's "
+               f"{total:g} CPUs, and reading and decoding need {need:g} more beside them (Ray Data's repartition "
+               f"task takes 1 CPU): expected actors x num_cpus <= {max(total - need, 0):g} on this cluster "
+               "(lower encoders.<modality>.actors or num_cpus; torch_threads sets the threads an actor uses)")
+    try:  # Ray Data's own test of whether the cluster can add nodes (internal; if it moves, assume it can)
+        from ray.data._internal.cluster_autoscaler.util import is_autoscaling_enabled
+
+        grows = is_autoscaling_enabled()
+    except Exception:
+        grows = True
+    if not grows:
+        raise ConfigError(message)
+    log.warning("%s; unless the autoscaler adds nodes, the job will stall", message)
 
 
 class _CommitActor:
