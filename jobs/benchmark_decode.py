@@ -16,7 +16,10 @@ pool of ``workers`` processes (the decode tasks of the embed job, side by side) 
 For each format and path it prints items/s, CPU seconds per item (the worker and its ffmpeg processes) and
 S3 requests per item. Targets are the paper's encoders: images at 224x224 (ViT), audio at 48 kHz (CLAP),
 video as 16 frames at 224x224 (VideoMAE). Images were and are decoded from memory (Pillow): only their reads
-changed. With ``job_items`` it also runs the embed job on S3 and counts its requests per item.
+changed. With ``job_items`` it also runs the embed job on S3 and counts its requests per item. With
+``plan_shards`` it plans img2dataset-shaped tar shards on S3 both ways (every tar's member headers; the
+``.parquet`` img2dataset writes beside each tar) and counts the requests and bytes each reads per shard,
+beside the shard's size (what indexing by headers cannot avoid reading on S3).
 """
 from __future__ import annotations
 
@@ -53,6 +56,9 @@ class BenchmarkDecodeConfig(StrictModel):
                            "first format, manifest and output on the same S3 server, and count its requests per "
                            "item (0 = skip).")
     shard_size: int = Field(64, ge=1, description="The embed job's shard_size for job_items.")
+    plan_shards: int = Field(4, ge=0, description="img2dataset-shaped tar shards planned both ways (0 = skip).")
+    plan_samples: int = Field(256, ge=1, description="Samples per planned shard (the first format's item, a caption "
+                              "and a .json each; img2dataset writes 10,000 by default).")
     report: str | None = Field(None, description=REPORT_HELP)
 
     @field_validator("formats", mode="before")
@@ -102,12 +108,21 @@ class CountingS3:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
         app = DomainDispatcherApplication(create_backend_app)
         self.requests: list[tuple[str, str]] = []
+        self.sent: dict[str, int] = {}  # response body bytes by path
         self._lock = threading.Lock()
 
         def counted(environ, start_response):
             with self._lock:
                 self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
-            return app(environ, start_response)
+            body, path = app(environ, start_response), environ.get("PATH_INFO", "")
+            try:
+                for piece in body:
+                    with self._lock:
+                        self.sent[path] = self.sent.get(path, 0) + len(piece)
+                    yield piece
+            finally:
+                if hasattr(body, "close"):
+                    body.close()
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -231,10 +246,60 @@ def benchmark_decode(cfg: BenchmarkDecodeConfig, address: str | None = None) -> 
                 if fmt == cfg.formats[0] and cfg.job_items:
                     fs.pipe_file(f"decode-bench/job/{fmt}.{fmt}", data)
         job = job_requests(cfg, s3, fs, address) if cfg.job_items else None
+        plan = plan_requests(cfg, s3, fs) if cfg.plan_shards else None
     finally:
         s3.close()
     return {"items": cfg.items, "seconds": cfg.seconds, "workers": workers, "cpus": os.cpu_count(),
-            "ffmpeg_threads": cfg.ffmpeg_threads, "rounds": cfg.rounds, "formats": rows, "job": job}
+            "ffmpeg_threads": cfg.ffmpeg_threads, "rounds": cfg.rounds, "formats": rows, "job": job, "plan": plan}
+
+
+def plan_requests(cfg: BenchmarkDecodeConfig, s3: CountingS3, fs) -> dict[str, Any]:
+    """Plan ``plan_shards`` img2dataset-shaped shards on S3 by their headers and by their .parquet: requests, bytes
+    and seconds per shard, beside the tar's size."""
+    import io
+    import json
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.store.manifest import plan_manifest
+
+    with tempfile.TemporaryDirectory(prefix="oneencoder-plan-") as folder:
+        data = open(write_clip(folder, "jpg", cfg.seconds), "rb").read()
+    tar_bytes = 0
+    for s in range(cfg.plan_shards):
+        buffer, meta = io.BytesIO(), []
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for i in range(cfg.plan_samples):
+                key = f"{s:05d}{i:04d}"
+                meta.append({"url": f"https://example.com/{key}.jpg", "caption": f"caption {key}", "key": key,
+                             "status": "success", "error_message": None})
+                for ext, blob in (("jpg", data), ("txt", meta[-1]["caption"].encode()), ("json", json.dumps(meta[-1]).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(blob)
+                    tar.addfile(info, io.BytesIO(blob))
+        fs.pipe_file(f"decode-bench/plan/{s:05d}.tar", buffer.getvalue())
+        tar_bytes += len(buffer.getvalue())
+        sidecar = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(meta), sidecar)
+        fs.pipe_file(f"decode-bench/plan/{s:05d}.parquet", sidecar.getvalue())
+    options = {"client_kwargs": {"endpoint_url": s3.endpoint}}
+    out: dict[str, Any] = {"shards": cfg.plan_shards, "samples": cfg.plan_samples, "tar_bytes": tar_bytes / cfg.plan_shards}
+    for how in ("headers", "auto"):
+        with s3._lock:
+            requests, sent = len(s3.requests), dict(s3.sent)
+        start = time.perf_counter()
+        plan = plan_manifest("s3://decode-bench/plan/", options, shard_size=cfg.shard_size, tar_index=how)
+        wall = time.perf_counter() - start
+        with s3._lock:
+            read = {p: n - sent.get(p, 0) for p, n in s3.sent.items() if n > sent.get(p, 0)}
+            out[how] = {"requests_per_shard": (len(s3.requests) - requests) / cfg.plan_shards,
+                        "tar_bytes_read": sum(n for p, n in read.items() if p.endswith(".tar")),
+                        "tars_read": sum(1 for p in read if p.endswith(".tar")),
+                        "parquet_bytes_per_shard": sum(n for p, n in read.items() if p.endswith(".parquet")) / cfg.plan_shards,
+                        "s_per_shard": wall / cfg.plan_shards, "rows": plan.rows, "sidecars": plan.sidecars}
+    return out
 
 
 def job_requests(cfg: BenchmarkDecodeConfig, s3: CountingS3, fs, address: str) -> dict[str, Any]:
@@ -288,6 +353,17 @@ def format_decode(r: dict[str, Any]) -> str:
                      f"{j['requests_per_item']:.2f} requests per item ({by_method}): "
                      f"{j['media_requests_per_item']:.2f} per item on the media, {j['other_per_shard']:.1f} per shard "
                      f"for the rest (manifest, part files, commits, markers)")
+    if r["plan"]:
+        p = r["plan"]
+        lines.append(f"planning {p['shards']} img2dataset tar shards on S3 ({p['samples']} samples, "
+                     f"{p['tar_bytes'] / 1e6:.1f} MB each; per shard):")
+        for how, label in (("headers", "member headers (tar_index: headers)"), ("auto", "img2dataset .parquet (auto)")):
+            f = p[how]
+            lines.append(f"  {label:<36} {f['requests_per_shard']:4.1f} requests, {f['s_per_shard'] * 1000:4.0f} ms; "
+                         f"tars read {f['tars_read']} of {p['shards']} ({f['tar_bytes_read'] / p['shards'] / p['tar_bytes']:.2f} "
+                         f"x the tar bytes), .parquet {f['parquet_bytes_per_shard'] / 1e3:.1f} KB "
+                         f"({f['parquet_bytes_per_shard'] / p['tar_bytes']:.4f} x the tar)")
+        lines.append("  (auto reads the first tar's headers once, to check its .parquet against them)")
     return "\n".join(lines)
 
 

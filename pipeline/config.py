@@ -132,6 +132,10 @@ class EmbedConfig(StrictModel):
                             "items of those rows): the unit of resume.")
     chunk_rows: int = Field(100_000, ge=1, description="Manifest rows per read task; repeated media are found "
                             "within a chunk.")
+    tar_index: Literal["auto", "headers"] = Field("auto", description="Tar shards: where planning finds their "
+                                                  "keys. auto = img2dataset's .parquet beside each tar, when the first "
+                                                  "agrees with its tar (else headers); headers = read every tar's "
+                                                  "member headers (on S3 that streams each tar once more).")
     dedupe: bool = Field(True, description="Decode and encode each distinct media URI (text: string; media held in "
                          "the input: its bytes) of a chunk once; every id still gets its own row.")
     actor_batch_rows: int = Field(64, ge=1, description="Rows per encoder-actor call (each modality's encoder "

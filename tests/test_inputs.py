@@ -20,7 +20,7 @@ from pipeline.store.features import embeddings, read_errors, read_features
 from pipeline.store.http import fetch
 from pipeline.store.manifest import ManifestError, plan_manifest
 from pipeline.store.sources import ReadError
-from tests.media_factory import tar_add, write_webdataset
+from tests.media_factory import tar_add, write_img2dataset, write_webdataset
 
 MODALITIES = ("image", "text", "audio", "video")
 
@@ -165,6 +165,58 @@ def test_duplicate_media_in_tars_is_embedded_once_per_content(ray_session, refer
     assert uris == {r["id"]: f"{path}#{r['id']}.png" for r in rows}
     assert run_embed(EmbedConfig(input=path, output=str(tmp_path / "all"), modalities=["image"], shard_size=4,
                                  dedupe=False))["modalities"]["image"]["unique"] == 9
+
+
+def test_img2dataset_parquet_plans_the_shards_without_reading_their_tars(sample_corpus, tmp_path, monkeypatch):
+    import pipeline.store.webdataset as wds
+
+    paths = write_img2dataset(sample_corpus, str(tmp_path))
+    opened = []
+    members = wds._members
+    monkeypatch.setattr(wds, "_members", lambda uri, *a: opened.append(uri) or members(uri, *a))
+    plan = plan_manifest(str(tmp_path), {}, shard_size=4)
+    assert plan.sidecars and opened == [paths[0]]  # only the first tar, to check its Parquet against it
+    opened.clear()
+    headers = plan_manifest(str(tmp_path), {}, shard_size=4, tar_index="headers")
+    assert not headers.sidecars and opened == paths
+    assert plan.rows == headers.rows == 9 and plan.counts.tolist() == headers.counts.tolist() == [[4, 4], [4, 4], [1, 1]]
+    assert [c.digest for c in plan.chunks] == [c.digest for c in headers.chunks]  # the same samples to read
+    assert plan.ignored_columns == headers.ignored_columns == ["json"]
+    # the first shard's Parquet disagreeing with its tar (a key it does not hold): every tar is indexed
+    table = pq.read_table(os.path.join(tmp_path, "00000.parquet")).to_pylist()
+    table[-1]["status"] = "success"
+    pq.write_table(pa.Table.from_pylist(table), os.path.join(tmp_path, "00000.parquet"))
+    opened.clear()
+    fallback = plan_manifest(str(tmp_path), {}, shard_size=4)
+    assert not fallback.sidecars and fallback.rows == 9 and sorted(opened) == sorted([paths[0]] * 2 + paths[1:])
+
+
+def test_img2dataset_shards_embed_as_their_headers_say_and_a_lying_parquet_is_named(ray_session, sample_corpus, tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_img2dataset(sample_corpus, str(folder))
+    runs = {}
+    for how in ("auto", "headers"):
+        out = str(tmp_path / how)
+        summary = run_embed(EmbedConfig(input=str(folder), output=out, modalities=["image", "text"], shard_size=4,
+                                        tar_index=how))
+        assert all(summary["modalities"][m]["complete"] and summary["modalities"][m]["items"] == 9 for m in ("image", "text"))
+        runs[how] = {m: vectors(out, m) for m in ("image", "text")}
+    for m in ("image", "text"):
+        assert sorted(runs["auto"][m]) == sorted(f"{s:05d}{i:04d}" for s in range(3) for i in range(3))
+        for key, vector in runs["headers"][m].items():
+            np.testing.assert_array_equal(runs["auto"][m][key], vector)
+    # the last shard's Parquet lists a sample its tar does not hold: the read finds out and names the way out
+    table = pq.read_table(os.path.join(folder, "00002.parquet")).to_pylist()
+    table[-1]["status"] = "success"
+    pq.write_table(pa.Table.from_pylist(table), os.path.join(folder, "00002.parquet"))
+    with pytest.raises(ManifestError, match=r"shards .*00002\.tar\.\. held 4 samples when planned, 3 now; their keys "
+                                            r"were planned from img2dataset's \.parquet .*tar_index: headers"):
+        run_embed(EmbedConfig(input=str(folder), output=str(tmp_path / "lying"), modalities=["text"], shard_size=4,
+                              chunk_rows=4))
+    fixed = run_embed(EmbedConfig(input=str(folder), output=str(tmp_path / "lying"), modalities=["text"], shard_size=4,
+                                  chunk_rows=4, tar_index="headers", overwrite=True))
+    assert fixed["modalities"]["text"]["items"] == 9 and fixed["modalities"]["text"]["complete"]
 
 
 def test_a_manifest_that_changes_after_planning_is_a_user_error(ray_session, tmp_path, monkeypatch, capsys):

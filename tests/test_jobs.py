@@ -50,7 +50,7 @@ def test_benchmark_mains_print_their_ratios(ray_session, tmp_path, capsys):
 def test_benchmark_decode_counts_one_request_per_object_now(ray_session, tmp_path, capsys):
     report = tmp_path / "decode.json"
     argv = ["--items", "2", "--seconds", "1", "--formats", "flac,mp4", "--rounds", "1", "--workers", "1",
-            "--job-items", "6", "--shard-size", "4", "--report", str(report)]
+            "--job-items", "6", "--shard-size", "4", "--plan-shards", "3", "--plan-samples", "8", "--report", str(report)]
     assert benchmark_decode.main(argv) == 0
     assert "after/before" in capsys.readouterr().out
     figures = json.loads(report.read_text())
@@ -61,6 +61,10 @@ def test_benchmark_decode_counts_one_request_per_object_now(ray_session, tmp_pat
     job = figures["job"]  # the embed job reads each object once, in one GET, and writes per shard
     assert job["shards"] == 2 and job["requests"]["media GET"] == 6 and job["media_requests_per_item"] == 1
     assert job["requests"]["output PUT"] >= 2 * 3  # each shard's features, errors and marker at least
+    plan = figures["plan"]  # headers: every tar read whole; img2dataset's .parquet: the first tar only (the check)
+    assert plan["headers"]["tars_read"] == 3 and plan["headers"]["tar_bytes_read"] == 3 * plan["tar_bytes"]
+    assert plan["auto"]["sidecars"] and plan["auto"]["tars_read"] == 1 and plan["auto"]["parquet_bytes_per_shard"] > 0
+    assert plan["headers"]["rows"] == plan["auto"]["rows"] == 24
 
 
 def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):

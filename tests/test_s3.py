@@ -118,3 +118,16 @@ def test_webdataset_shards_on_s3_by_brace_pattern(ray_session, s3_endpoint, s3_c
     uris = read_features("s3://features/wds", "image", opts).column("uri").to_pylist()
     assert "s3://media/wds/shard-000002.tar#s00010.png" in uris
     assert read_errors("s3://features/wds", opts).num_rows == 0
+
+
+def test_img2dataset_shards_on_s3_are_planned_from_their_parquet(s3_endpoint, s3_corpus, sample_corpus, tmp_path):
+    from tests.media_factory import write_img2dataset
+
+    for path in write_img2dataset(sample_corpus, str(tmp_path)):
+        for local in (path, path[:-4] + ".parquet"):
+            s3_corpus.put_file(local, f"media/i2d/{os.path.basename(local)}")
+    opts = storage_options(StorageConfig(endpoint_url=s3_endpoint))
+    plan = plan_manifest("s3://media/i2d/", opts, shard_size=4)
+    headers = plan_manifest("s3://media/i2d/", opts, shard_size=4, tar_index="headers")
+    assert plan.sidecars and plan.sources == headers.sources == [f"s3://media/i2d/{s:05d}.tar" for s in range(3)]
+    assert plan.rows == 9 and [c.digest for c in plan.chunks] == [c.digest for c in headers.chunks]

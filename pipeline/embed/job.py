@@ -50,7 +50,7 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     options = storage_options(cfg.storage)
     input_uri, output_uri = _absolute(cfg.input), _absolute(cfg.output)
     plan = plan_manifest(input_uri, options, cfg.shard_size, cfg.chunk_rows,
-                         index_map=lambda fn, args: _ray_map(fn, args, cfg.decode.read_num_cpus))
+                         index_map=lambda fn, args: _ray_map(fn, args, cfg.decode.read_num_cpus), tar_index=cfg.tar_index)
     planned = time.time() - started
     log.info("manifest %s: %d rows, %d chunks, planned in %.1f s", input_uri, plan.rows, len(plan.chunks), planned)
     modalities = cfg.modalities or list(plan.modalities)

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -29,7 +30,8 @@ import pyarrow.parquet as pq
 
 from pipeline.modality import Modality
 from pipeline.store.sources import describe_storage_error, filesystem
-from pipeline.store.webdataset import TarError, index_shard, index_table, is_webdataset, list_shards, read_shard
+from pipeline.store.webdataset import (TarError, index_shard, index_table, is_webdataset, list_shards, read_shard,
+                                       samples_digest, sidecar_index, sidecar_of)
 
 PIECE_BYTES = 8 << 20   # what the driver parses at a time (and the size of its reads)
 CHUNK_BYTES = 256 << 20  # a read task's input stops growing here too (Parquet with media bytes, tar shards)
@@ -45,6 +47,8 @@ class ManifestError(ValueError):
         self.message = message  # as raised: Ray Data appends retry advice to args when it re-raises from a task
 
 
+log = logging.getLogger(__name__)
+
 @dataclasses.dataclass(frozen=True)
 class Chunk:
     """A run of whole rows: bytes [start, stop) of a JSONL/CSV file, row groups [start, stop) of a Parquet file, or
@@ -56,7 +60,7 @@ class Chunk:
     start: int
     stop: int
     first_line: int  # 1-based line number of its first line (for messages)
-    digest: str = ""  # JSONL/CSV: sha256 of its bytes, checked by the read (a same-length edit is caught too)
+    digest: str = ""  # JSONL/CSV: sha256 of its bytes; WebDataset: of its shards' samples_digest. The read checks it
 
 
 @dataclasses.dataclass
@@ -75,6 +79,7 @@ class ManifestPlan:
     counts: np.ndarray               # (shards, len(modalities)) items per shard
     chunks: list[Chunk]
     sources: list[str] = dataclasses.field(default_factory=list)  # WebDataset: the tar shards, in row order
+    sidecars: bool = False  # WebDataset: keys taken from img2dataset's .parquet beside each tar (where present)
 
     @property
     def shards(self) -> int:
@@ -113,15 +118,17 @@ def base_of(uri: str) -> str:
 
 # --- the driver's pass ---------------------------------------------------------------------------------
 def plan_manifest(uri: str, options: dict[str, Any], shard_size: int, chunk_rows: int = 100_000,
-                  index_map: Callable[..., Iterator[Any]] | None = None) -> ManifestPlan:
+                  index_map: Callable[..., Iterator[Any]] | None = None, tar_index: str = "auto") -> ManifestPlan:
     """Read ``uri`` once, in pieces; raise ManifestError naming the file and every problem found.
 
     WebDataset shards are indexed by ``index_map(fn, args)`` (yields ``fn(*a)`` per ``a`` in order; the embed
     job runs them as Ray tasks, so no media byte reaches the driver); default: here, one after another.
+    ``tar_index``: "auto" takes their keys from img2dataset's Parquet beside each tar once the first shard's
+    agrees with its tar's headers; "headers" reads every tar's headers.
     """
     fmt = manifest_format(uri, options)
     if fmt == "webdataset":
-        return _plan_shards(uri, options, shard_size, chunk_rows, index_map or _local_map)
+        return _plan_shards(uri, options, shard_size, chunk_rows, index_map or _local_map, tar_index)
     try:
         fs, path = filesystem(uri, options)
         fh = fs.open(path, "rb")
@@ -151,15 +158,39 @@ def _local_map(fn: Callable[..., Any], args: list[tuple]) -> Iterator[Any]:
 
 
 def _plan_shards(uri: str, options: dict[str, Any], shard_size: int, chunk_rows: int,
-                 index_map: Callable[..., Iterator[Any]]) -> ManifestPlan:
+                 index_map: Callable[..., Iterator[Any]], tar_index: str) -> ManifestPlan:
     """A WebDataset input's plan: one row per sample key, chunks of whole shards."""
     scan = _Scan(uri, options, shard_size, chunk_rows)
     with input_errors():  # a Ray task's error wraps the shard's TarError (and may pass for one)
         shards = list_shards(uri, options)
-        for i, index in enumerate(index_map(index_shard, [(s, options) for s in shards])):
+        sidecars = tar_index == "auto" and next(index_map(sidecar_agrees, [(shards[0], options)]))
+        if tar_index == "auto":
+            log.info("tar index: %s", {True: "img2dataset's .parquet beside each tar (the first agrees with its tar)",
+                                       False: f"member headers (the .parquet beside {shards[0]} does not list its "
+                                              "samples)", None: "member headers"}[sidecars])
+        for i, index in enumerate(index_map(shard_index, [(s, options, bool(sidecars)) for s in shards])):
             scan.digest.update(index["digest"].encode())
-            scan.add(index_table(index, scan.rows), i, i + 1, 0, index["bytes"])
-    return scan.finish("webdataset", shards)
+            scan.add(index_table(index, scan.rows), i, i + 1, 0, index["bytes"], bytes.fromhex(index["samples"]))
+    plan = scan.finish("webdataset", shards)
+    plan.sidecars = bool(sidecars)
+    return plan
+
+
+def shard_index(uri: str, options: dict[str, Any], sidecar: bool) -> dict[str, Any]:
+    """One shard's index (from img2dataset's Parquet when ``sidecar`` and it has one, else its member headers)
+    with its ``samples`` digest (what its read must find)."""
+    index = (sidecar and sidecar_index(uri, options)) or index_shard(uri, options)
+    index["samples"] = samples_digest(index_table(index, 0), item_mask)
+    return index
+
+
+def sidecar_agrees(uri: str, options: dict[str, Any]) -> bool | None:
+    """Whether the shard's img2dataset Parquet gives the samples its headers do; None if it has none."""
+    side = sidecar_index(uri, options)
+    if side is None:
+        return None
+    headers = index_shard(uri, options)
+    return bool(samples_digest(index_table(side, 0), item_mask) == samples_digest(index_table(headers, 0), item_mask))
 
 
 @contextlib.contextmanager
@@ -333,17 +364,24 @@ def read_chunk(plan: ManifestPlan, chunk: Chunk, options: dict[str, Any], max_me
     """The normalized rows of ``chunk`` (one ranged read, or its tar shards streamed once). Raises ManifestError
     if the input changed since the plan. Tar members over ``max_member_bytes`` are read errors, left unread."""
     if plan.fmt == "webdataset":
-        tables, first = [], chunk.first_row
+        tables, first, found = [], chunk.first_row, hashlib.sha256()
         for source in plan.sources[chunk.start:chunk.stop]:
             try:
                 tables.append(read_shard(source, options, first, max_member_bytes))
             except TarError as e:
                 raise ManifestError(f"input {plan.uri} changed while the job ran: {e}") from None
+            found.update(bytes.fromhex(samples_digest(tables[-1], item_mask)))
             first += tables[-1].num_rows
         table = pa.concat_tables(tables, promote_options="default")
-        if table.num_rows != chunk.rows:
-            raise ManifestError(f"input {plan.uri} changed while the job ran: shards {plan.sources[chunk.start]}.. "
-                                f"held {chunk.rows} samples when planned, {table.num_rows} now")
+        if table.num_rows != chunk.rows or (chunk.digest and found.hexdigest() != chunk.digest):
+            shards = plan.sources[chunk.start:chunk.stop]
+            what = (f"held {chunk.rows} samples when planned, {table.num_rows} now" if table.num_rows != chunk.rows
+                    else "hold other keys or members than planned")
+            if plan.sidecars:
+                raise ManifestError(f"input {plan.uri}: shards {shards[0]}.. {what}; their keys were planned from "
+                                    f"img2dataset's .parquet beside them ({sidecar_of(shards[0])}), which must list the "
+                                    "tar's samples: rerun with tar_index: headers (and overwrite: true) to index the tars themselves")
+            raise ManifestError(f"input {plan.uri} changed while the job ran: shards {shards[0]}.. {what}")
         return table
     fs, path = filesystem(plan.uri, options)
     if plan.fmt == "parquet":

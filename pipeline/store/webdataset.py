@@ -11,6 +11,13 @@ over ``max_member_bytes`` is that item's read error and is skipped, not read.
 
 ``--input`` may name one ``.tar``, a folder of them, or a brace pattern (``shard-{000000..000099}.tar``,
 ``{a,b}``), local or s3://.
+
+Planning needs each shard's sample keys. Member headers sit between the members, so indexing a tar by its
+headers reads all of it (on S3). img2dataset writes a Parquet file beside each tar (``00000.parquet``: a
+row per URL it tried, with ``key`` and ``status``); the tar holds the ``success`` rows, in that order, as
+``key.jpg``, ``key.txt`` (when it was given a caption column) and ``key.json``. ``sidecar_index`` reads the
+keys from there instead (a few column chunks, not the tar). The plan keeps a digest of each shard's keys
+and items, and the read task, which streams the tar anyway, checks it.
 """
 from __future__ import annotations
 
@@ -22,6 +29,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline.modality import Modality
 from pipeline.store.sources import describe_storage_error, filesystem
@@ -156,6 +165,50 @@ def index_shard(uri: str, options: dict[str, Any]) -> dict[str, Any]:
         for modality, (label, _, _) in items.items():
             names[modality.value][-1] = label
     return {"keys": keys, "names": names, "ignored": sorted(ignored), "digest": digest.hexdigest(), "bytes": total}
+
+
+def sidecar_of(uri: str) -> str:
+    """Where img2dataset puts a shard's Parquet: ``.../00000.tar`` → ``.../00000.parquet``."""
+    return (uri[:-4] if uri.lower().endswith(".tar") else uri) + ".parquet"
+
+
+def sidecar_index(uri: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The shard's index (as ``index_shard`` gives it) from img2dataset's Parquet beside it, without reading
+    the tar; None if there is none or it is not img2dataset's (no ``key`` and ``status`` columns)."""
+    side = sidecar_of(uri)
+    try:
+        fs, path = filesystem(side, options)
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "rb") as fh:
+            parquet = pq.ParquetFile(fh)
+            if not {"key", "status"} <= set(parquet.schema_arrow.names):
+                return None
+            table = parquet.read(columns=["key", "status"])
+            captions = "caption" in parquet.schema_arrow.names
+        size = fs.size(filesystem(uri, options)[1])
+    except Exception as e:
+        raise TarError(f"cannot read shard index {side}: {describe_storage_error(side, e)}") from None
+    stored = pc.fill_null(pc.equal(table.column("status"), "success"), False)
+    keys = [str(k) for k in table.column("key").filter(stored).to_pylist() if k is not None]
+    names = {Modality("image").value: [f"{uri}#{k}.jpg" for k in keys]}
+    if captions:
+        names[Modality("text").value] = [f"{uri}#{k}.txt" for k in keys]
+    digest = hashlib.sha256(f"{uri}\0sidecar\0{size}\0{captions}\0".encode())
+    digest.update("\0".join(keys).encode())
+    return {"keys": keys, "names": names, "ignored": ["json"], "digest": digest.hexdigest(), "bytes": size}
+
+
+def samples_digest(table: pa.Table, mask: Any) -> str:
+    """Of a shard's normalized rows (its index or what its read found): the ids in order and, per modality,
+    which rows are its items (``mask(table, modality)``). Equal for the plan and the read of an unchanged shard."""
+    digest = hashlib.sha256("\0".join(table.column("id").to_pylist()).encode())
+    for m in Modality.all():
+        if m.value in table.column_names:
+            items = mask(table, m)
+            if items.any():
+                digest.update(f"\0{m.value}\0".encode() + np.packbits(items).tobytes())
+    return digest.hexdigest()
 
 
 def index_table(index: dict[str, Any], first_row: int) -> pa.Table:
