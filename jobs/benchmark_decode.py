@@ -19,7 +19,10 @@ video as 16 frames at 224x224 (VideoMAE). Images were and are decoded from memor
 changed. With ``job_items`` it also runs the embed job on S3 and counts its requests per item. With
 ``plan_shards`` it plans img2dataset-shaped tar shards on S3 both ways (every tar's member headers; the
 ``.parquet`` img2dataset writes beside each tar) and counts the requests and bytes each reads per shard,
-beside the shard's size (what indexing by headers cannot avoid reading on S3).
+beside the shard's size (what indexing by headers cannot avoid reading on S3). With ``markers`` it writes
+that many commit markers and times what a resume and a summary read of them, with ``marker_latency_ms``
+added to every request (S3's first-byte latency; the local server answers in about 5 ms): one GET after
+another (as before) against the listing alone (a resume) and one ``cat`` call (the summary).
 """
 from __future__ import annotations
 
@@ -57,6 +60,8 @@ class BenchmarkDecodeConfig(StrictModel):
                            "item (0 = skip).")
     shard_size: int = Field(64, ge=1, description="The embed job's shard_size for job_items.")
     plan_shards: int = Field(4, ge=0, description="img2dataset-shaped tar shards planned both ways (0 = skip).")
+    markers: int = Field(500, ge=0, description="Commit markers written and read back (0 = skip).")
+    marker_latency_ms: float = Field(20.0, ge=0, description="Added to every S3 request while the markers are read.")
     plan_samples: int = Field(256, ge=1, description="Samples per planned shard (the first format's item, a caption "
                               "and a .json each; img2dataset writes 10,000 by default).")
     report: str | None = Field(None, description=REPORT_HELP)
@@ -109,11 +114,14 @@ class CountingS3:
         app = DomainDispatcherApplication(create_backend_app)
         self.requests: list[tuple[str, str]] = []
         self.sent: dict[str, int] = {}  # response body bytes by path
+        self.delay_s = 0.0  # added to every request (latency)
         self._lock = threading.Lock()
 
         def counted(environ, start_response):
             with self._lock:
                 self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+            if self.delay_s:
+                time.sleep(self.delay_s)
             body, path = app(environ, start_response), environ.get("PATH_INFO", "")
             try:
                 for piece in body:
@@ -247,10 +255,41 @@ def benchmark_decode(cfg: BenchmarkDecodeConfig, address: str | None = None) -> 
                     fs.pipe_file(f"decode-bench/job/{fmt}.{fmt}", data)
         job = job_requests(cfg, s3, fs, address) if cfg.job_items else None
         plan = plan_requests(cfg, s3, fs) if cfg.plan_shards else None
+        markers = marker_reads(cfg, s3) if cfg.markers else None
     finally:
         s3.close()
     return {"items": cfg.items, "seconds": cfg.seconds, "workers": workers, "cpus": os.cpu_count(),
-            "ffmpeg_threads": cfg.ffmpeg_threads, "rounds": cfg.rounds, "formats": rows, "job": job, "plan": plan}
+            "ffmpeg_threads": cfg.ffmpeg_threads, "rounds": cfg.rounds, "formats": rows, "job": job, "plan": plan,
+            "markers": markers}
+
+
+def marker_reads(cfg: BenchmarkDecodeConfig, s3: CountingS3) -> dict[str, Any]:
+    """``markers`` commit markers on S3: seconds to read them one GET after another (the old way), to list them
+    (what a resume needs) and to read them in one ``cat`` call (the summary), with ``marker_latency_ms`` added."""
+    from pipeline.store.features import FeatureStore
+
+    store = FeatureStore("s3://decode-bench/markers", {"client_kwargs": {"endpoint_url": s3.endpoint}})
+    for shard in range(cfg.markers):
+        store.write_marker("image", shard, {"features": shard, "dim": 8, "unique": shard, "errors": {}})
+    s3.delay_s = cfg.marker_latency_ms / 1000
+    try:
+        timed: dict[str, float] = {}
+        for name in ("list", "one_by_one", "cat"):
+            store.fs.invalidate_cache()
+            start = time.perf_counter()
+            if name == "list":
+                shards = store.committed_indexes("image")
+            elif name == "one_by_one":
+                before = {i: store.read_json(f"_progress/image/{store.shard_name(i)}.json") for i in
+                          store.committed_indexes("image")}
+            else:
+                after = store.committed_shards("image")
+            timed[name] = time.perf_counter() - start
+    finally:
+        s3.delay_s = 0.0
+    if before != after or len(shards) != cfg.markers:
+        raise RuntimeError("the two ways of reading the markers disagree")
+    return {"markers": cfg.markers, "latency_ms": cfg.marker_latency_ms, **{f"{k}_s": v for k, v in timed.items()}}
 
 
 def plan_requests(cfg: BenchmarkDecodeConfig, s3: CountingS3, fs) -> dict[str, Any]:
@@ -364,6 +403,12 @@ def format_decode(r: dict[str, Any]) -> str:
                          f"x the tar bytes), .parquet {f['parquet_bytes_per_shard'] / 1e3:.1f} KB "
                          f"({f['parquet_bytes_per_shard'] / p['tar_bytes']:.4f} x the tar)")
         lines.append("  (auto reads the first tar's headers once, to check its .parquet against them)")
+    if r["markers"]:
+        m = r["markers"]
+        lines.append(f"{m['markers']} commit markers on S3, {m['latency_ms']:g} ms added per request: one GET after "
+                     f"another {m['one_by_one_s']:.2f} s; a resume lists them: {m['list_s']:.2f} s "
+                     f"({m['one_by_one_s'] / m['list_s']:.0f}x less); the summary reads them in one cat call: "
+                     f"{m['cat_s']:.2f} s ({m['one_by_one_s'] / m['cat_s']:.1f}x less)")
     return "\n".join(lines)
 
 

@@ -50,7 +50,8 @@ def test_benchmark_mains_print_their_ratios(ray_session, tmp_path, capsys):
 def test_benchmark_decode_counts_one_request_per_object_now(ray_session, tmp_path, capsys):
     report = tmp_path / "decode.json"
     argv = ["--items", "2", "--seconds", "1", "--formats", "flac,mp4", "--rounds", "1", "--workers", "1",
-            "--job-items", "6", "--shard-size", "4", "--plan-shards", "3", "--plan-samples", "8", "--report", str(report)]
+            "--job-items", "6", "--shard-size", "4", "--plan-shards", "3", "--plan-samples", "8", "--markers", "12", "--marker-latency-ms", "5",
+            "--report", str(report)]
     assert benchmark_decode.main(argv) == 0
     assert "after/before" in capsys.readouterr().out
     figures = json.loads(report.read_text())
@@ -65,6 +66,8 @@ def test_benchmark_decode_counts_one_request_per_object_now(ray_session, tmp_pat
     assert plan["headers"]["tars_read"] == 3 and plan["headers"]["tar_bytes_read"] == 3 * plan["tar_bytes"]
     assert plan["auto"]["sidecars"] and plan["auto"]["tars_read"] == 1 and plan["auto"]["parquet_bytes_per_shard"] > 0
     assert plan["headers"]["rows"] == plan["auto"]["rows"] == 24
+    markers = figures["markers"]  # read both ways (and checked equal by the benchmark itself)
+    assert markers["markers"] == 12 and markers["one_by_one_s"] > markers["list_s"] > 0
 
 
 def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):

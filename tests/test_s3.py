@@ -131,3 +131,23 @@ def test_img2dataset_shards_on_s3_are_planned_from_their_parquet(s3_endpoint, s3
     headers = plan_manifest("s3://media/i2d/", opts, shard_size=4, tar_index="headers")
     assert plan.sidecars and plan.sources == headers.sources == [f"s3://media/i2d/{s:05d}.tar" for s in range(3)]
     assert plan.rows == 9 and [c.digest for c in plan.chunks] == [c.digest for c in headers.chunks]
+
+
+def test_markers_on_s3_are_listed_to_resume_and_read_together_for_the_summary(s3_endpoint, s3_corpus, monkeypatch):
+    from pipeline.store.features import FeatureStore
+
+    opts = storage_options(StorageConfig(endpoint_url=s3_endpoint))
+    store = FeatureStore("s3://features/markers", opts)
+    for shard in range(0, 300, 3):
+        store.write_marker("image", shard, {"features": shard, "dim": 8, "unique": shard, "errors": {}})
+    store.write_bytes_atomic("_progress/image/notes.txt", b"not a marker")
+    markers = store.committed_shards("image")
+    assert list(markers) == list(range(0, 300, 3)) and all(m["features"] == s for s, m in markers.items())
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("a marker was read")
+
+    monkeypatch.setattr(store.fs, "cat_file", no_reads)
+    monkeypatch.setattr(store.fs, "cat", no_reads)
+    monkeypatch.setattr(store.fs, "open", no_reads)
+    assert store.committed_indexes("image") == list(range(0, 300, 3))  # what a resume needs: a listing

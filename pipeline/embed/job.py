@@ -90,7 +90,7 @@ def _prepare(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, store: Fe
     _guard_resume(store, modality, run_fingerprint(cfg, modality, plan, ref, spec), encoder_record(ref, enc, spec))
     counts = plan.shard_items(modality)
     todo = counts > 0
-    done = [s for s in store.committed_shards(modality) if s < len(todo)]
+    done = [s for s in store.committed_indexes(modality) if s < len(todo)]
     todo[done] = False
     log.info("%s: %d items in %d shards; %d shards already committed, %d items to embed with %s",
              modality.value, int(counts.sum()), int((counts > 0).sum()), len(done), int(counts[todo].sum()), ref.name)

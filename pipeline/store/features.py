@@ -146,16 +146,29 @@ class FeatureStore:
         stem = name.rsplit("shard-", 1)[-1].split(".", 1)[0]
         return int(stem) if "shard-" in name and stem.isdigit() else None
 
+    def committed_indexes(self, modality: Modality | str) -> list[int]:
+        """Numbers of the shards already committed, from a listing of their markers alone (a marker appears
+        whole or not at all): O(shards / 1000) requests on S3, no marker read."""
+        return sorted(self._markers(modality))
+
     def committed_shards(self, modality: Modality | str) -> dict[int, dict]:
-        """Shard index → its commit marker, for shards already committed."""
+        """Shard index → its commit marker, for shards already committed. The markers are read in one
+        ``cat`` call (on S3, many requests in flight instead of one GET after another)."""
+        names = self._markers(modality)
+        paths = {self._p(f"_progress/{_name(modality)}/{name}"): index for index, name in names.items()}
+        found = self.fs.cat(list(paths), on_error="omit") if paths else {}
+        by_name = {os.path.basename(path.rstrip("/")): data for path, data in found.items()}
+        out = {index: json.loads(by_name[name]) for index, name in names.items() if name in by_name}
+        return dict(sorted(out.items()))
+
+    def _markers(self, modality: Modality | str) -> dict[int, str]:
+        """Shard index → its marker's file name."""
         out = {}
         for name in self.list(f"_progress/{_name(modality)}"):
             index = self.shard_index(name)
             if index is not None and name.endswith(".json") and not name.startswith("."):
-                marker = self.read_json(f"_progress/{_name(modality)}/{name}")
-                if marker is not None:
-                    out[index] = marker
-        return dict(sorted(out.items()))
+                out[index] = name
+        return out
 
     def feature_file(self, modality: Modality | str, shard: int) -> str:
         return f"features/{_name(modality)}/{self.shard_name(shard)}.parquet"
