@@ -314,7 +314,8 @@ def plan_requests(cfg: BenchmarkDecodeConfig, s3: CountingS3, fs) -> dict[str, A
                 key = f"{s:05d}{i:04d}"
                 meta.append({"url": f"https://example.com/{key}.jpg", "caption": f"caption {key}", "key": key,
                              "status": "success", "error_message": None})
-                for ext, blob in (("jpg", data), ("txt", meta[-1]["caption"].encode()), ("json", json.dumps(meta[-1]).encode())):
+                members = (("jpg", data), ("txt", meta[-1]["caption"].encode()), ("json", json.dumps(meta[-1]).encode()))
+                for ext, blob in members:
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(blob)
                     tar.addfile(info, io.BytesIO(blob))

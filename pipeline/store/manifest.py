@@ -33,6 +33,8 @@ from pipeline.store.sources import describe_storage_error, filesystem
 from pipeline.store.webdataset import (TarError, index_shard, index_table, is_webdataset, list_shards, read_shard,
                                        samples_digest, sidecar_index, sidecar_of)
 
+log = logging.getLogger(__name__)
+
 PIECE_BYTES = 8 << 20   # what the driver parses at a time (and the size of its reads)
 CHUNK_BYTES = 256 << 20  # a read task's input stops growing here too (Parquet with media bytes, tar shards)
 MAX_LINE_BYTES = 64 << 20  # one manifest row; a file without line ends is refused, not read into memory
@@ -46,8 +48,6 @@ class ManifestError(ValueError):
         super().__init__(message)
         self.message = message  # as raised: Ray Data appends retry advice to args when it re-raises from a task
 
-
-log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
@@ -379,8 +379,9 @@ def read_chunk(plan: ManifestPlan, chunk: Chunk, options: dict[str, Any], max_me
                     else "hold other keys or members than planned")
             if plan.sidecars:
                 raise ManifestError(f"input {plan.uri}: shards {shards[0]}.. {what}; their keys were planned from "
-                                    f"img2dataset's .parquet beside them ({sidecar_of(shards[0])}), which must list the "
-                                    "tar's samples: rerun with tar_index: headers (and overwrite: true) to index the tars themselves")
+                                    f"img2dataset's .parquet beside them ({sidecar_of(shards[0])}), which must list "
+                                    "the tar's samples: rerun with tar_index: headers (and overwrite: true) to index "
+                                    "the tars themselves")
             raise ManifestError(f"input {plan.uri} changed while the job ran: shards {shards[0]}.. {what}")
         return table
     fs, path = filesystem(plan.uri, options)
