@@ -189,6 +189,10 @@ def test_img2dataset_parquet_plans_the_shards_without_reading_their_tars(sample_
     opened.clear()
     fallback = plan_manifest(str(tmp_path), {}, shard_size=4)
     assert not fallback.sidecars and fallback.rows == 9 and sorted(opened) == sorted([paths[0]] * 2 + paths[1:])
+    (tmp_path / "00000.parquet").write_bytes(b"PAR1 truncated")  # unreadable: named, with the way around it
+    with pytest.raises(ManifestError, match=r"cannot read img2dataset's shard index .*00000\.parquet.*tar_index: headers"):
+        plan_manifest(str(tmp_path), {}, shard_size=4)
+    assert plan_manifest(str(tmp_path), {}, shard_size=4, tar_index="headers").rows == 9
 
 
 def test_img2dataset_shards_embed_as_their_headers_say_and_a_lying_parquet_is_named(ray_session, sample_corpus, tmp_path):

@@ -188,7 +188,8 @@ def sidecar_index(uri: str, options: dict[str, Any]) -> dict[str, Any] | None:
             captions = "caption" in parquet.schema_arrow.names
         size = fs.size(filesystem(uri, options)[1])
     except Exception as e:
-        raise TarError(f"cannot read shard index {side}: {describe_storage_error(side, e)}") from None
+        raise TarError(f"cannot read img2dataset's shard index {side}: {describe_storage_error(side, e)} "
+                       "(tar_index: headers indexes the tars themselves)") from None
     stored = pc.fill_null(pc.equal(table.column("status"), "success"), False)
     keys = [str(k) for k in table.column("key").filter(stored).to_pylist() if k is not None]
     names = {Modality("image").value: [f"{uri}#{k}.jpg" for k in keys]}
