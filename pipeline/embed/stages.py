@@ -89,7 +89,7 @@ def _held_rows(items: pa.Table, modality: Modality, dedupe: bool) -> pa.Table:
     """The work rows (and ``first``) of items whose bytes the input holds; with ``dedupe``, one per distinct
     content (the first item's name and bytes stand for the rest)."""
     named = items.column(modality.value).combine_chunks()
-    data = pc.cast(items.column(f"{modality.value}:bytes"), pa.large_binary()).combine_chunks()
+    data = pc.cast(items.column(f"{modality.value}:bytes"), pa.large_binary())  # not combined: up to 256 MB
     flat = pa.table({"value": named, "uri": named, "pre_error": pa.nulls(items.num_rows, pa.string()),
                      "row": items.column("row"), "id": items.column("id")})
     if not dedupe or items.num_rows < 2:
