@@ -155,8 +155,8 @@ class FeatureStore:
         """Shard index → its commit marker, for shards already committed. The markers are read in one
         ``cat`` call (on S3, many requests in flight instead of one GET after another)."""
         names = self._markers(modality)
-        paths = {self._p(f"_progress/{_name(modality)}/{name}"): index for index, name in names.items()}
-        found = self.fs.cat(list(paths), on_error="omit") if paths else {}
+        paths = [self._p(f"_progress/{_name(modality)}/{name}") for name in names.values()]
+        found = self.fs.cat(paths, on_error="omit") if paths else {}
         by_name = {os.path.basename(path.rstrip("/")): data for path, data in found.items()}
         out = {index: json.loads(by_name[name]) for index, name in names.items() if name in by_name}
         return dict(sorted(out.items()))
