@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except RuntimeError as e:  # the job API refused the submission (its status and text are in the message)
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     print("\n".join(config_reference(args.job)))
     return 0
 

@@ -6,7 +6,8 @@ import os
 import shlex
 import sys
 import time
-from typing import Sequence
+import uuid
+from typing import Any, Sequence
 
 from pipeline.config import ConfigError
 
@@ -14,6 +15,9 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # never uploaded with the working dir: version control, caches, local outputs
 EXCLUDES = [".git", "**/__pycache__", "**/.pytest_cache", "*.egg-info", "out", "models", ".venv"]
 # settings every job process needs on the cluster (see pipeline/runtime.py)
+# what the head answers while no job agent is ready (a cluster just started); submitting again later works
+NO_AGENT = "No available agent to submit job"
+AGENT_WAIT_S = 60.0
 JOB_ENV = ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM",
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "ONEENCODER_CACHE", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
 
@@ -47,7 +51,7 @@ def runtime_env(root: str = PROJECT_ROOT, env: dict[str, str] | None = None) -> 
 
 
 def submit(job: str, address: str, config: str | None = None, extra: Sequence[str] = (), follow: bool = True,
-           timeout_s: float | None = None, out=sys.stdout) -> int:
+           timeout_s: float | None = None, out=sys.stdout, agent_wait_s: float = AGENT_WAIT_S) -> int:
     """Submit ``job``; with ``follow``, stream its logs and return 0 if it succeeded, else 1."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -56,7 +60,8 @@ def submit(job: str, address: str, config: str | None = None, extra: Sequence[st
         client = JobSubmissionClient(address)
     except Exception as e:  # ConnectionError, auth errors: say where and what
         raise ConfigError(f"cannot reach the Ray job API at {address}: {e}") from None
-    job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env(), metadata={"oneencoder_job": job})
+    job_id = _submit_when_agent_ready(client, address, agent_wait_s, out, entrypoint=command,
+                                      runtime_env=runtime_env(), metadata={"oneencoder_job": job})
     print(f"submitted {job_id}: {command}", file=out, flush=True)
     if not follow:
         print(f"follow it with: ray job logs --address {address} --follow {job_id}", file=out, flush=True)
@@ -78,3 +83,24 @@ def submit(job: str, address: str, config: str | None = None, extra: Sequence[st
         status = client.get_job_status(job_id)
     print(f"job {job_id}: {status.value}", file=out, flush=True)
     return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def _submit_when_agent_ready(client, address: str, wait_s: float, out, **job: Any) -> str:
+    """``client.submit_job(**job)``, retried while the head answers that no job agent is available yet (a
+    cluster just started: HTTP 500 "No available agent to submit job"), for up to ``wait_s`` seconds. The
+    submission id is chosen here, so a retry can never start the job twice (the head refuses a used id)."""
+    submission_id = f"oneencoder_{uuid.uuid4().hex[:16]}"
+    deadline, delay = time.monotonic() + wait_s, 1.0
+    while True:
+        try:
+            return client.submit_job(submission_id=submission_id, **job)
+        except RuntimeError as e:
+            if NO_AGENT not in str(e):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise RuntimeError(f"the Ray job API at {address} had no job agent ready for {wait_s:g} s "
+                                   f"(\"{NO_AGENT}\"): is every node of the cluster up? Try again when "
+                                   "`ray status` lists them") from None
+            print(f"the cluster has no job agent ready yet; submitting again in {delay:g} s", file=out, flush=True)
+            time.sleep(delay)
+            delay = min(2 * delay, 8.0)

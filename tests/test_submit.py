@@ -6,14 +6,19 @@ import os
 import shutil
 import signal
 import socket
+import io
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from jobs.submit import entrypoint, runtime_env
+from jobs.submit import NO_AGENT, entrypoint, runtime_env, submit
 from pipeline.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,6 +160,94 @@ def test_embed_job_submitted_to_a_two_node_cluster(two_node_cluster, sample_corp
                 for out in (output, output_big)]
     assert 0 < received[1] < 1.5 * received[0], received
     assert received[1] < big.column("embedding").nbytes / 4, (received, big.column("embedding").nbytes)
+
+
+class _FlakyHead:
+    """A loopback proxy in front of a real cluster's job API: it answers the first ``failures`` job submissions
+    (POST /api/jobs/) as a head whose job agent is not up yet does (500 and Ray's own text, from
+    ray/dashboard/modules/job/job_head.py) and forwards every other request, unchanged, to the head."""
+
+    def __init__(self, target: str, failures: int, text: str = NO_AGENT + ", please try again later."):
+        self.posts = 0
+        flaky = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "POST" and self.path.rstrip("/") == "/api/jobs":
+                    flaky.posts += 1
+                    if flaky.posts <= failures:
+                        return self._reply(500, {"Content-Type": "text/plain"}, text.encode())
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                request = urllib.request.Request(target + self.path, data=body if body else None, headers=headers,
+                                                 method=self.command)
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as r:
+                        self._reply(r.status, dict(r.headers), r.read())
+                except urllib.error.HTTPError as e:
+                    self._reply(e.code, dict(e.headers), e.read())
+
+            def _reply(self, status, headers, payload):
+                self.send_response(status)
+                for k, v in headers.items():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_submit_waits_for_the_job_agent_of_a_cluster_just_started(two_node_cluster):
+    """A head just started answers submissions with 500 "No available agent" until its job agent is up (seen
+    once with `ray start` followed at once by a submit). The submit waits and tries again, under one
+    submission id, so the job runs once; past agent_wait_s it says what is wrong."""
+    from ray.job_submission import JobSubmissionClient
+
+    real = JobSubmissionClient(two_node_cluster)
+    flaky = _FlakyHead(two_node_cluster, failures=2)
+    try:
+        printed = io.StringIO()
+        assert submit("embed", flaky.url, extra=["--help"], follow=False, out=printed, agent_wait_s=30) == 0
+        assert flaky.posts == 3 and printed.getvalue().count("no job agent ready yet; submitting again") == 2
+        job_id = printed.getvalue().split("submitted ", 1)[1].split(":", 1)[0]
+        deadline = time.time() + 120
+        while not real.get_job_status(job_id).is_terminal() and time.time() < deadline:
+            time.sleep(0.5)
+        assert real.get_job_status(job_id).value == "SUCCEEDED", real.get_job_logs(job_id)[-2000:]
+        assert "usage:" in real.get_job_logs(job_id)  # the job's own --help ran on the cluster
+        assert [j.submission_id for j in real.list_jobs()].count(job_id) == 1
+    finally:
+        flaky.close()
+
+    never = _FlakyHead(two_node_cluster, failures=10_000)
+    try:
+        with pytest.raises(RuntimeError, match=rf"{never.url} had no job agent ready for 2 s .*ray status"):
+            submit("embed", never.url, extra=["--help"], follow=False, out=io.StringIO(), agent_wait_s=2)
+        assert 2 <= never.posts <= 3  # tried at 0 s and 1 s (the next wait, 2 s, would pass the deadline)
+    finally:
+        never.close()
+
+    other = _FlakyHead(two_node_cluster, failures=10_000, text="Job with submission_id x already exists.")
+    try:  # any other refusal is not retried; the command line prints it and exits 1
+        from jobs.cli import main
+
+        assert main(["submit", "embed", "--address", other.url, "--no-follow", "--", "--help"]) == 1
+        assert other.posts == 1
+    finally:
+        other.close()
 
 
 def test_submit_refuses_what_cannot_run(tmp_path):
