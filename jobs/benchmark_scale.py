@@ -36,8 +36,8 @@ class BenchmarkScaleConfig(StrictModel):
     batch_size: int = Field(16, ge=1, description="Encoder batch size (the job's and the ceiling's).")
     decode_batch_size: int = Field(64, ge=1, description="The embed job's decode.batch_size (media items per decode task).")
     actor_batch_rows: int = Field(64, ge=1, description="The embed job's actor_batch_rows (rows per encoder actor call).")
-    torch_threads: int | None = Field(1, ge=1, description="The job's encoder torch threads: 1 suits the tiny encoders "
-                                      "(as in the ceiling's best); null = the job's default, all cores.")
+    torch_threads: int | None = Field(None, ge=1, description="The job's encoder torch threads per batch; null = the "
+                                      "job's default (the node's cores / the actor's concurrent batches).")
     ceiling_items: int = Field(8192, ge=64, description="Items the in-process ceiling is timed on.")
     startup_samples: int = Field(48, ge=0, description="Also time one four-modality embed of a generated corpus of "
                                  "this many samples against four one-modality runs (0 = skip).")
@@ -211,7 +211,7 @@ def startup_once(workdir: str, samples: int, address: str) -> dict[str, Any]:
 
 def format_scale(r: dict[str, Any]) -> str:
     lines = [f"embed scale benchmark: {r['modality']}, tiny preset, shard_size {r['shard_size']}, batch {r['batch_size']}, "
-             f"decode batch {r['decode_batch_size']}, actor calls of {r['actor_batch_rows']} rows, job torch threads {r['job_torch_threads'] or 'all'}, "
+             f"decode batch {r['decode_batch_size']}, actor calls of {r['actor_batch_rows']} rows, job torch threads {r['job_torch_threads'] or 'default'}, "
              f"{r['cpus']} CPUs; ceiling at {r['torch_threads']} torch threads",
              f"ceiling, in-process encoder on decoded items (best of 1 and all threads): {r['ceiling_per_s']:.0f} items/s",
              f"{'rows':>9} {'job s':>8} {'steady/s':>9} {'x ceiling':>10} {'driver MB':>10} {'x smallest':>11} "

@@ -113,7 +113,11 @@ class EncoderConfig(StrictModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor (0 = CPU).")
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per encoder actor "
                                         "(e.g. {encoder_node: 1} to place encoders on a worker group that has it).")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor; null = all cores of the node when on CPU.")
+    concurrent_batches: int | None = Field(None, ge=1, description="Batches each encoder actor works on at once, in "
+                                           "threads sharing its one model (one decodes and writes while another "
+                                           "computes); null = 2 on CPU, 1 on GPU.")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per batch; null = the node's cores "
+                                      "/ concurrent_batches in the embed job, all cores elsewhere, when on CPU.")
     precision: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Compute precision on GPU (CPU always runs float32).")
     num_frames: int | None = Field(None, ge=1, description="Video: frames sampled per clip; null = the model's num_frames.")
     max_text_tokens: int | None = Field(None, ge=1, description="Text: tokenizer truncation length; null = the model's maximum.")

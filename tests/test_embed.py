@@ -255,3 +255,17 @@ def test_an_encoder_pool_that_leaves_decoding_no_cpu_is_refused_before_it_stalls
     fits = run_embed(EmbedConfig(input=sample_corpus, output=out, modalities=["text"],
                                  encoders={"text": {"actors": 2, "num_cpus": 0.5}}))
     assert fits["modalities"]["text"]["complete"]  # 1 CPU for the pool, 1 for the rest: it runs
+
+
+def test_an_actor_works_on_two_batches_at_once_on_cpu_and_one_on_gpu():
+    """concurrent_batches null: 2 on CPU (one batch computes while the next is decoded and written; measured
+    in benchmark_embed), 1 on GPU; the pool takes the largest any modality asks for."""
+    from pipeline.config import EncoderConfig
+    from pipeline.embed.job import _pool
+
+    assert _pool([EncoderConfig()])["calls"] == 2
+    assert _pool([EncoderConfig(num_gpus=1)])["calls"] == 1
+    assert _pool([EncoderConfig(), EncoderConfig(concurrent_batches=3)])["calls"] == 3
+    assert _pool([EncoderConfig(num_gpus=0.5, concurrent_batches=2)])["calls"] == 2
+    with pytest.raises(ValueError, match="concurrent_batches"):
+        EncoderConfig(concurrent_batches=0)

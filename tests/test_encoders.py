@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import torch
 
 from jobs.corpus import clip, draw_shape, tone
 from pipeline.config import EmbedConfig, EncoderConfig
-from pipeline.encoders.frozen import FrozenEncoder, pool_tokens, read_input_spec
+from pipeline.encoders.frozen import FrozenEncoder, Serialized, pool_tokens, read_input_spec
 from pipeline.encoders.offline import ensure_built
 from pipeline.encoders.presets import resolve_encoder
 from pipeline.modalities import InputSpec
@@ -70,6 +73,53 @@ def test_padding_never_changes_an_item_s_vector(cfg, modality, short, long):
     alone = enc.embed([short])[0]
     padded = enc.embed([short, long])[0]
     np.testing.assert_allclose(alone, padded, atol=2e-3 if modality == "audio" else 1e-5)
+
+
+@pytest.mark.parametrize("modality", [Modality("text"), Modality("image")])
+def test_threads_sharing_one_encoder_get_what_each_batch_gives_alone(cfg, modality):
+    """The embed job's actors run two batches at once over one model (concurrent_batches): with batches of
+    different sizes and paddings in four threads, each result is the one that batch gives on its own."""
+    words = "a red circle blue square moving left to right green cross".split()
+    colours, shapes = ["red", "green", "blue", "yellow"], ["circle", "square", "cross"]
+    if modality == "text":
+        batches = [[" ".join(words[: 1 + (i + j) % len(words)]) for j in range(1 + i % 5)] for i in range(24)]
+    else:
+        batches = [[np.asarray(draw_shape(colours[(i + j) % 4], shapes[(i + j) % 3], size=24 + 8 * (j % 3)))
+                    for j in range(1 + i % 4)] for i in range(24)]
+    enc = FrozenEncoder(resolve_encoder(cfg, modality), EncoderConfig(torch_threads=1))
+    alone = [enc.embed(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(enc.embed, batches))
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_shared_processor_runs_one_call_at_a_time():
+    """A fast tokenizer changes its padding/truncation state in each call; Serialized lets one call in at a
+    time and passes attributes through."""
+    class Slow:
+        sampling_rate = 16000
+
+        def __init__(self):
+            self.inside = self.most = 0
+            self.count = threading.Lock()
+
+        def __call__(self, x, scale=2):
+            with self.count:
+                self.inside += 1
+                self.most = max(self.most, self.inside)
+            time.sleep(0.02)
+            with self.count:
+                self.inside -= 1
+            return x * scale
+
+    slow = Slow()
+    shared = Serialized(slow)
+    with ThreadPoolExecutor(4) as pool:
+        out = list(pool.map(lambda x: shared(x, scale=3), range(12)))
+    assert out == [3 * x for x in range(12)]
+    assert slow.most == 1
+    assert shared.sampling_rate == 16000
 
 
 def test_pool_tokens_matches_manual_means():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -35,7 +36,8 @@ def test_benchmark_mains_print_their_ratios(ray_session, tmp_path, capsys):
     assert figures["speedup"] > 0 and figures["batch_size"] == 8
     assert benchmark_embed.main(["--preset", "tiny", "--images", "32", "--batch-size", "8", "--workdir", str(tmp_path / "b")]) == 0
     printed = capsys.readouterr().out
-    assert "(b)/(a) = " in printed and "(b)/(c) = " in printed
+    assert "(b)/(a) = " in printed and "(b)/(a') = " in printed and "(b)/(c) = " in printed
+    assert f"two batches at once in threads of {max(1, (os.cpu_count() or 1) // 2)} torch thread(s)" in printed
     scale = tmp_path / "scale.json"
     argv = ["--rows", "96,64", "--shard-size", "16", "--ceiling-items", "64", "--startup-samples", "0",
             "--workdir", str(tmp_path / "s"), "--report", str(scale)]

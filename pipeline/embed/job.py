@@ -131,8 +131,10 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
         ds = ds.map_batches(EncodeActor, batch_size=cfg.actor_batch_rows, batch_format="pyarrow",
                             fn_constructor_kwargs={"encoders": {r.modality.value: (r.ref, r.enc) for r in runs},
                                                    "settings": settings, "output": store.root, "storage": options,
-                                                   "shard_size": plan.shard_size},
-                            compute=ActorPoolStrategy(size=pool["actors"]), num_cpus=pool["num_cpus"],
+                                                   "shard_size": plan.shard_size, "calls": pool["calls"]},
+                            compute=ActorPoolStrategy(size=pool["actors"], max_concurrent_calls_per_actor=pool["calls"],
+                                                      enable_true_multi_threading=pool["calls"] > 1),
+                            num_cpus=pool["num_cpus"],
                             num_gpus=pool["num_gpus"], resources=pool["resources"] or None)
         committer = _Committer(plan, runs, store, options)
         committer.consume(ds)
@@ -167,13 +169,17 @@ def _shards_of(plan: ManifestPlan, chunk) -> slice:
 
 
 def _pool(encs: list[EncoderConfig]) -> dict[str, Any]:
-    """The one actor pool's size and resources: the largest any requested modality asks for."""
+    """The one actor pool's size, resources and batches per actor at once: the largest any requested modality
+    asks for (concurrent_batches null: 2 on CPU, where one batch computes while the next is decoded and written,
+    1 on GPU)."""
     resources: dict[str, float] = {}
     for e in encs:
         for key, amount in e.resources.items():
             resources[key] = max(resources.get(key, 0.0), amount)
-    return {"actors": max(e.actors for e in encs), "num_cpus": max(e.num_cpus for e in encs),
-            "num_gpus": max(e.num_gpus for e in encs), "resources": resources}
+    num_gpus = max(e.num_gpus for e in encs)
+    asked = [e.concurrent_batches for e in encs if e.concurrent_batches]
+    return {"actors": max(e.actors for e in encs), "num_cpus": max(e.num_cpus for e in encs), "num_gpus": num_gpus,
+            "calls": max(asked) if asked else (1 if num_gpus > 0 else 2), "resources": resources}
 
 
 def _check_room(cfg: EmbedConfig, pool: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import uuid
 from typing import Any
 
@@ -204,10 +205,12 @@ def part_schema(k: int, dim: int, dtype: str) -> pa.Schema:
 
 class EncodeActor:
     """Loads every requested modality's ItemEncoder once (in ``__init__``); each call encodes the decoded rows
-    of a batch, writes them as part files and returns their commit records."""
+    of a batch, writes them as part files and returns their commit records. Ray Data runs up to ``calls`` calls
+    at once in threads (the model is shared; nothing else is kept between calls); on CPU, each gets the node's
+    cores / ``calls`` torch threads unless ``torch_threads`` says otherwise."""
 
     def __init__(self, encoders: dict[str, tuple[EncoderRef, EncoderConfig]], settings: dict[str, DecodeSettings],
-                 output: str, storage: dict[str, Any], shard_size: int):
+                 output: str, storage: dict[str, Any], shard_size: int, calls: int = 1):
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # this worker's console: no per-load reports or bars
@@ -215,6 +218,8 @@ class EncodeActor:
         self.store, self.shard_size = FeatureStore(output, storage), shard_size
         self.items, self.schemas = {}, {}
         for name, (ref, enc) in encoders.items():
+            if enc.torch_threads is None and enc.num_gpus == 0:
+                enc = enc.model_copy(update={"torch_threads": max(1, (os.cpu_count() or 1) // calls)})
             dtype = np.float16 if enc.dtype == "float16" else np.float32
             self.items[name] = ItemEncoder(ref, enc, settings[name], dtype=dtype, batch_size=enc.batch_size)
             self.schemas[name] = part_schema(enc.tokens, self.items[name].frozen.dim, enc.dtype)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,7 @@ class FrozenEncoder:
         self.device = "cuda" if enc.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         source = ref.materialize()
         model, self.tower_output, self.dim = load_encoder_model(source, ref.revision, self.spec.tower, ref.modality)
-        self.processor = getattr(transformers, self.spec.processor).from_pretrained(source, revision=ref.revision)
+        self.processor = Serialized(getattr(transformers, self.spec.processor).from_pretrained(source, revision=ref.revision))
         dtype = getattr(torch, enc.precision) if self.device == "cuda" else torch.float32
         self.model = model.to(self.device, dtype=dtype).eval().requires_grad_(False)
         self.dtype = dtype
@@ -97,6 +98,22 @@ class FrozenEncoder:
             hidden, lengths = self.spec.forward(self, inputs)
             pooled = pool_tokens(hidden.float(), lengths.clamp(max=hidden.shape[1]), self.enc.tokens)
             return pooled.cpu().numpy(), lengths.cpu().numpy().astype(np.int64)
+
+
+class Serialized:
+    """A processor that threads may share: one call at a time. A fast tokenizer sets its padding and truncation
+    on the shared Rust object in each call, and two calls at once fail with "Already borrowed"; the model's
+    forward, the heavy part, runs outside this lock. Attributes (``sampling_rate``, ...) pass through."""
+
+    def __init__(self, processor: Any):
+        self._processor, self._lock = processor, threading.Lock()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._processor(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._processor, name)
 
 
 def pool_tokens(hidden, lengths, k: int):
