@@ -14,10 +14,10 @@ from pipeline.config import ConfigError
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # never uploaded with the working dir: version control, caches, local outputs
 EXCLUDES = [".git", "**/__pycache__", "**/.pytest_cache", "*.egg-info", "out", "models", ".venv"]
-# settings every job process needs on the cluster (see pipeline/runtime.py)
 # what the head answers while no job agent is ready (a cluster just started); submitting again later works
 NO_AGENT = "No available agent to submit job"
 AGENT_WAIT_S = 60.0
+# settings every job process needs on the cluster (see pipeline/runtime.py)
 JOB_ENV = ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TOKENIZERS_PARALLELISM",
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "ONEENCODER_CACHE", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
 

@@ -114,8 +114,8 @@ class EncoderConfig(StrictModel):
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per encoder actor "
                                         "(e.g. {encoder_node: 1} to place encoders on a worker group that has it).")
     concurrent_batches: int | None = Field(None, ge=1, description="Batches each encoder actor works on at once, in "
-                                           "threads sharing its one model (one decodes and writes while another "
-                                           "computes); null = 2 on CPU, 1 on GPU.")
+                                           "threads sharing its one model (one is unpacked or written while "
+                                           "another computes); null = 2 on CPU, 1 on GPU.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per batch; null = the node's cores "
                                       "/ concurrent_batches in the embed job, all cores elsewhere, when on CPU.")
     precision: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Compute precision on GPU (CPU always runs float32).")

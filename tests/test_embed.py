@@ -258,7 +258,7 @@ def test_an_encoder_pool_that_leaves_decoding_no_cpu_is_refused_before_it_stalls
 
 
 def test_an_actor_works_on_two_batches_at_once_on_cpu_and_one_on_gpu():
-    """concurrent_batches null: 2 on CPU (one batch computes while the next is decoded and written; measured
+    """concurrent_batches null: 2 on CPU (one batch computes while another is unpacked or written; measured
     in benchmark_embed), 1 on GPU; the pool takes the largest any modality asks for."""
     from pipeline.config import EncoderConfig
     from pipeline.embed.job import _pool
