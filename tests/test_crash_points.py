@@ -319,3 +319,49 @@ def test_a_record_for_a_shard_already_handed_to_the_committer_is_ignored(ray_ses
         import ray
 
         ray.kill(committer.actor)
+
+
+def test_a_shard_is_marked_as_soon_as_its_commit_returns_not_when_the_next_batch_comes(ray_session, tmp_path):
+    """The pipeline may go quiet between batches (slow decoding, the last batches in flight): a committed shard's
+    marker must not wait for the next batch, or a crash then would redo it (seen: a resume test whose input
+    waited on markers stalled four minutes)."""
+    import time
+
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.config import EncoderConfig
+    from pipeline.embed.job import _Committer, _ModalityRun
+    from pipeline.embed.stages import RECORD_SCHEMA, part_schema
+    from pipeline.encoders.presets import resolve_encoder
+    from pipeline.modality import Modality
+    from pipeline.store.manifest import plan_manifest
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"t{i}", "text": f"caption {i}"}) + "\n" for i in range(4)))
+    plan = plan_manifest(str(manifest), {}, shard_size=4)
+    text = Modality("text")
+    store = FeatureStore(str(tmp_path / "out"), {})
+    part = f"{store.parts_dir(text, 0)}/p.parquet"
+    store.write_table(part, pa.Table.from_pydict(
+        {"id": [f"t{i}" for i in range(4)], "uri": [None] * 4, "row": list(range(4)), "first": [True] * 4,
+         "ok": [True] * 4, "stage": [None] * 4, "error": [None] * 4,
+         "embedding": [[float(i)] * 2 for i in range(4)]}, schema=part_schema(1, 2, "float32")))
+    run = _ModalityRun(text, resolve_encoder(EmbedConfig(preset="tiny"), text), EncoderConfig(), None, np.array([True]))
+    committer = _Committer(plan, [run], store, {})
+    marker = os.path.join(store.root, "_progress", "text", "shard-00000.json")
+    seen = {}
+
+    class QuietPipeline:  # one batch completing shard 0, then nothing until the marker shows (or 60 s pass)
+        def iter_batches(self, **_):
+            bits = np.packbits(np.ones(4, bool)).tobytes()
+            yield pa.Table.from_pylist([{"modality": "text", "shard": 0, "part": part, "bits": bits}], RECORD_SCHEMA)
+            start = time.time()
+            while not os.path.exists(marker) and time.time() - start < 60:
+                time.sleep(0.05)
+            seen["marked_while_waiting"] = os.path.exists(marker)
+
+    committer.consume(QuietPipeline())
+    assert seen["marked_while_waiting"]
+    assert committer.done == {"text": 1} and committer.items == 4
+    assert sorted(read_features(store.root, text).column("id").to_pylist()) == ["t0", "t1", "t2", "t3"]

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import resource
+import threading
 import time
 from typing import Any, Iterator
 
@@ -170,7 +171,7 @@ def _shards_of(plan: ManifestPlan, chunk) -> slice:
 
 def _pool(encs: list[EncoderConfig]) -> dict[str, Any]:
     """The one actor pool's size, resources and batches per actor at once: the largest any requested modality
-    asks for (concurrent_batches null: 2 on CPU, where one batch computes while the next is decoded and written,
+    asks for (concurrent_batches null: 2 on CPU, where one batch computes while another is unpacked or written,
     1 on GPU)."""
     resources: dict[str, float] = {}
     for e in encs:
@@ -229,7 +230,8 @@ class _Committer:
         self.expected = {r.modality.value: plan.shard_items(r.modality) for r in runs}
         self.total = {name: int(r.todo.sum()) for name, r in self.runs.items()}
         self.pending: dict[tuple[str, int], tuple[np.ndarray, list[str]]] = {}
-        self.in_flight: dict[Any, tuple[str, int]] = {}
+        self.in_flight: dict[Any, tuple[str, int]] = {}  # shared with the marker writer, under self.lock
+        self.lock, self.failure = threading.Lock(), None
         self.done = {name: 0 for name in self.runs}
         self.items = self.received = 0  # received: bytes of records and markers that reached the driver
         self.started = self.last_log = time.time()
@@ -239,17 +241,25 @@ class _Committer:
                                                       max_restarts=-1, max_task_retries=3).remote()
 
     def consume(self, ds) -> None:
+        """Hand each complete shard to the committer while the pipeline runs; a thread writes each marker as
+        soon as its commit returns (not when the next batch arrives: a slow or idle pipeline would hold
+        committed shards unmarked, to be redone after a crash)."""
         import ray
 
+        stop = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(stop,), name="commit-markers", daemon=True)
+        watcher.start()
         try:
             for batch in iter_records(ds):
-                self.received += batch.nbytes
+                self._check()
+                with self.lock:
+                    self.received += batch.nbytes
                 for record in batch.to_pylist():  # one per part file written, not per item
                     self._add(record)
-                self._collect(block=False)
-            while self.in_flight:
-                self._collect(block=True)
+            self._wait_for_commits(0)
         finally:  # no commit of this run may write after it stops (a rerun rewrites its shards)
+            stop.set()
+            watcher.join()
             ray.kill(self.actor)
         for name in self.runs:  # parts a retried actor call wrote after its shard had committed
             self.store.remove_parts(name)
@@ -268,34 +278,58 @@ class _Committer:
         np.bitwise_or(bits, np.frombuffer(record["bits"], np.uint8), out=bits)
         parts.append(record["part"])
         if int(np.unpackbits(bits).sum()) == self.expected[key[0]][key[1]]:
-            while len(self.in_flight) >= MAX_COMMITS_IN_FLIGHT:
-                self._collect(block=True)
+            self._wait_for_commits(MAX_COMMITS_IN_FLIGHT - 1)
             run.todo[key[1]] = False
             ref = self.actor.commit.remote(self.store.root, self.options, key[0], key[1], parts, run.ref.name,
                                            run.enc.tokens)
-            self.in_flight[ref] = key
+            with self.lock:
+                self.in_flight[ref] = key
             del self.pending[key]
 
-    def _collect(self, block: bool) -> None:
+    def _wait_for_commits(self, at_most: int) -> None:
+        """Until at most ``at_most`` commits are in flight (the watcher writes their markers); its error, if any."""
+        while True:
+            self._check()
+            with self.lock:
+                if len(self.in_flight) <= at_most:
+                    return
+            time.sleep(0.02)
+
+    def _check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def _watch(self, stop: threading.Event) -> None:
+        """The marker writer: waits on the commits in flight, writes each one's marker as it returns."""
         import ray
 
-        if not self.in_flight:
-            return
-        ready, _ = ray.wait(list(self.in_flight), num_returns=1 if block else len(self.in_flight),
-                            timeout=None if block else 0)
-        for ref in ready:
-            name, shard = self.in_flight.pop(ref)
-            marker = ray.get(ref)
-            self.received += len(json.dumps(marker))
-            self.store.write_marker(name, shard, marker)
-            self.done[name] += 1
-            self.items += int(self.expected[name][shard])
-        now = time.time()
-        if ready and (now - self.last_log > 5 or not (self.in_flight or self.pending)):
-            self.last_log = now
-            progress = ", ".join(f"{n} {self.done[n]}/{self.total[n]}" for n in self.runs)
-            log.info("committed shards this run: %s; %d items, %.1f items/s", progress, self.items,
-                     self.items / max(now - self.started, 1e-9))
+        while not stop.is_set():
+            with self.lock:
+                refs = list(self.in_flight)
+            if not refs:
+                stop.wait(0.02)
+                continue
+            try:
+                ready, _ = ray.wait(refs, num_returns=1, timeout=0.2)
+                for ref in ready:
+                    marker = ray.get(ref)
+                    with self.lock:
+                        name, shard = self.in_flight[ref]
+                    self.store.write_marker(name, shard, marker)
+                    with self.lock:  # out of flight once its marker is written: the run's end waits for it
+                        del self.in_flight[ref]
+                        self.received += len(json.dumps(marker))
+                        self.done[name] += 1
+                        self.items += int(self.expected[name][shard])
+            except BaseException as e:  # a failed commit or marker write: consume raises it
+                self.failure = e
+                return
+            now = time.time()
+            if ready and (now - self.last_log > 5 or not (self.in_flight or self.pending)):
+                self.last_log = now
+                progress = ", ".join(f"{n} {self.done[n]}/{self.total[n]}" for n in self.runs)
+                log.info("committed shards this run: %s; %d items, %.1f items/s", progress, self.items,
+                         self.items / max(now - self.started, 1e-9))
 
 
 def encoder_record(ref: EncoderRef, enc: EncoderConfig, spec: InputSpec) -> dict[str, Any]:
