@@ -21,6 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from jobs.corpus import concept, draw_shape
 from pipeline.config import EmbedConfig, StrictModel
 from pipeline.embed.job import run_embed
+from pipeline.embed.stages import CPU_CONCURRENT_BATCHES, cpu_threads_per_batch
 from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
 from pipeline.encoders.presets import resolve_encoder
 from pipeline.media.image import decode_image
@@ -143,10 +144,10 @@ def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str
     del encoder
 
     log.info("(a') in-process, two batches at once in threads (the embed actor's shape on CPU)")
-    pair_threads = max(1, (os.cpu_count() or 1) // 2)
+    pair_threads = cpu_threads_per_batch(CPU_CONCURRENT_BATCHES)
     encoder = FrozenEncoder(ref, enc.model_copy(update={"torch_threads": pair_threads}))
     start = time.perf_counter()
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(CPU_CONCURRENT_BATCHES) as pool:
         list(pool.map(encoder.embed, [decoded[i:i + batch_size] for i in range(0, n, batch_size)]))
     two_batches = n / (time.perf_counter() - start)
     del encoder

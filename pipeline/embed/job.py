@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from pipeline.config import ConfigError, EmbedConfig, EncoderConfig, require_paths
-from pipeline.embed.stages import EncodeActor, commit_parts, decode_work, read_work
+from pipeline.embed.stages import CPU_CONCURRENT_BATCHES, EncodeActor, commit_parts, decode_work, read_work
 from pipeline.encoders.frozen import read_input_spec
 from pipeline.encoders.presets import EncoderRef, resolve_encoder
 from pipeline.media.decode import DecodeSettings
@@ -180,7 +180,7 @@ def _pool(encs: list[EncoderConfig]) -> dict[str, Any]:
     num_gpus = max(e.num_gpus for e in encs)
     asked = [e.concurrent_batches for e in encs if e.concurrent_batches]
     return {"actors": max(e.actors for e in encs), "num_cpus": max(e.num_cpus for e in encs), "num_gpus": num_gpus,
-            "calls": max(asked) if asked else (1 if num_gpus > 0 else 2), "resources": resources}
+            "calls": max(asked) if asked else (1 if num_gpus > 0 else CPU_CONCURRENT_BATCHES), "resources": resources}
 
 
 def _check_room(cfg: EmbedConfig, pool: dict[str, Any]) -> None:

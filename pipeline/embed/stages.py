@@ -203,6 +203,14 @@ def part_schema(k: int, dim: int, dtype: str) -> pa.Schema:
                       ("embedding", pa.list_(value, k * dim))])
 
 
+CPU_CONCURRENT_BATCHES = 2  # an encoder actor's batches at once on CPU when concurrent_batches is null
+
+
+def cpu_threads_per_batch(calls: int) -> int:
+    """torch threads for each of an actor's ``calls`` concurrent batches on CPU: the node's cores, shared."""
+    return max(1, (os.cpu_count() or 1) // calls)
+
+
 class EncodeActor:
     """Loads every requested modality's ItemEncoder once (in ``__init__``); each call encodes the decoded rows
     of a batch, writes them as part files and returns their commit records. Ray Data runs up to ``calls`` calls
@@ -219,7 +227,7 @@ class EncodeActor:
         self.items, self.schemas = {}, {}
         for name, (ref, enc) in encoders.items():
             if enc.torch_threads is None and enc.num_gpus == 0:
-                enc = enc.model_copy(update={"torch_threads": max(1, (os.cpu_count() or 1) // calls)})
+                enc = enc.model_copy(update={"torch_threads": cpu_threads_per_batch(calls)})
             dtype = np.float16 if enc.dtype == "float16" else np.float32
             self.items[name] = ItemEncoder(ref, enc, settings[name], dtype=dtype, batch_size=enc.batch_size)
             self.schemas[name] = part_schema(enc.tokens, self.items[name].frozen.dim, enc.dtype)
