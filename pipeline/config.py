@@ -134,14 +134,16 @@ class EmbedConfig(StrictModel):
     overwrite: bool = Field(False, description="Delete earlier output and start over instead of resuming.")
     shard_size: int = Field(256, ge=1, le=1_000_000, description="Manifest rows per committed shard (each modality's "
                             "items of those rows): the unit of resume.")
-    chunk_rows: int = Field(100_000, ge=1, description="Manifest rows per read task; repeated media are found "
-                            "within a chunk.")
+    chunk_rows: int = Field(100_000, ge=1, description="Manifest rows per read task (a JSONL/CSV chunk ends at "
+                            "the end of the driver's 8 MB read that reaches it, a Parquet one at a row group's).")
     tar_index: Literal["auto", "headers"] = Field("auto", description="Tar shards: where planning finds their "
                                                   "keys. auto = img2dataset's .parquet beside each tar, when the first "
                                                   "agrees with its tar (else headers); headers = read every tar's "
                                                   "member headers (on S3 that streams each tar once more).")
-    dedupe: bool = Field(True, description="Decode and encode each distinct media URI (text: string; media held in "
-                         "the input: its bytes) of a chunk once; every id still gets its own row.")
+    dedupe: bool = Field(True, description="Decode and encode each distinct media once; every id still gets its "
+                         "own row. Media URIs: the same string anywhere in the manifest (planning holds a 16-byte "
+                         "digest per item), or the same resolved URI within a read chunk; text: the same string, and "
+                         "media held in the input: the same bytes (SHA-256), within a read chunk.")
     actor_batch_rows: int = Field(64, ge=1, description="Rows per encoder-actor call (each modality's encoder "
                                   "runs its own batch_size within it); lower it for long videos to bound memory.")
     cache_dir: str | None = Field(None, description="Where built tiny/random-init models are saved; null = $ONEENCODER_CACHE or ~/.cache/oneencoder.")

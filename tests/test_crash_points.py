@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.config import EmbedConfig
 from pipeline.embed.job import run_embed
-from pipeline.store.features import FeatureStore, read_errors, read_features
+from pipeline.store.features import FeatureStore, embeddings, read_errors, read_features
 
 IMAGES = 12
 
@@ -277,8 +277,8 @@ def test_a_shard_whose_parts_repeat_rows_commits_each_row_once(tmp_path):
         table = pa.Table.from_arrays([pa.array([f"x{r}" for r in rows]), pa.array([f"/m/{r}.png" for r in rows]),
                                       pa.array(rows, pa.int64()), pa.array(first), pa.array(ok),
                                       pa.array(["" if o else "decode" for o in ok]),
-                                      pa.array([None if o else "image: corrupt" for o in ok], pa.string()), emb],
-                                     schema=schema)
+                                      pa.array([None if o else "image: corrupt" for o in ok], pa.string()), emb,
+                                      pa.array([False] * n)], schema=schema)
         name = f"{store.parts_dir('image', 0)}/{len(rows)}-{rows[0]}.parquet"
         store.write_table(name, table)
         return name
@@ -293,12 +293,55 @@ def test_a_shard_whose_parts_repeat_rows_commits_each_row_once(tmp_path):
     assert not os.path.exists(tmp_path / "_parts" / "image" / "shard-00000")
 
 
+def test_a_shard_with_linked_rows_joins_each_to_the_outcome_its_lead_sent(tmp_path):
+    """Rows whose media was first named in another read chunk arrive twice: their id (linked, from their own
+    chunk) and their outcome (id null, from the lead's work row; a retry may send it twice). The commit joins
+    them; a linked row without its outcome is an error, not a row lost."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.embed.stages import commit_parts, part_schema
+
+    store = FeatureStore(str(tmp_path), {})
+    schema = part_schema(1, 2, "float32")
+
+    def part(name, rows, ids, ok, linked):
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(np.array(rows, np.float32), 2)), 2,
+                                                mask=pa.array([not o for o in ok]))
+        table = pa.Table.from_arrays([
+            pa.array(ids, pa.string()), pa.array([f"/m/{r % 2}.png" for r in rows]), pa.array(rows, pa.int64()),
+            pa.array([i is not None and not k for i, k in zip(ids, linked)]), pa.array(ok),
+            pa.array(["" if o or k else "decode" for o, k in zip(ok, linked)]),
+            pa.array([None if o or k else "image: corrupt" for o, k in zip(ok, linked)], pa.string()), emb,
+            pa.array(linked)], schema=schema)
+        path = f"{store.parts_dir('image', 0)}/{name}.parquet"
+        store.write_table(path, table)
+        return path
+
+    ids = part("ids", [0, 1, 2], ["x0", "x1", "x2"], [True, False, False], [False, True, True])
+    sent = part("sent", [1, 2], [None, None], [True, False], [False, False])      # row 1: a vector, row 2: an error
+    retried = part("retried", [1], [None], [True], [False])
+    counts = commit_parts(str(tmp_path), {}, "image", 0, [ids, sent, retried], "enc", 1)
+    assert counts == {"features": 2, "errors": {"read": 0, "decode": 1, "encode": 0}, "dim": 2, "unique": 1}
+    store.start_run("image", {"run": 1}, {})
+    store.write_marker("image", 0, counts)
+    features = read_features(str(tmp_path), "image")
+    assert features.column("id").to_pylist() == ["x0", "x1"]
+    np.testing.assert_array_equal(embeddings(features)[1], [[1.0, 1.0]])  # x1 has the vector its lead sent
+    assert read_errors(str(tmp_path)).column("id").to_pylist() == ["x2"]
+
+    lonely = part("lonely", [3], ["x3"], [False], [True])
+    with pytest.raises(RuntimeError, match=r"linked rows \[3\] have no outcome"):
+        commit_parts(str(tmp_path), {}, "image", 0, [lonely], "enc", 1)
+
+
 def test_a_record_for_a_shard_already_handed_to_the_committer_is_ignored(ray_session, tmp_path):
     """A retried actor call resends a part of a shard the driver has already handed to the committer: the record
     must not reopen the shard (it would wait forever for rows that never come and end the run incomplete)."""
     import numpy as np
 
     from pipeline.embed.job import _Committer, _ModalityRun
+    from pipeline.embed.stages import media_links
     from pipeline.modality import Modality
     from pipeline.store.manifest import plan_manifest
 
@@ -306,14 +349,15 @@ def test_a_record_for_a_shard_already_handed_to_the_committer_is_ignored(ray_ses
     manifest.write_text("".join(json.dumps({"id": f"t{i}", "text": f"caption {i}"}) + "\n" for i in range(6)))
     plan = plan_manifest(str(manifest), {}, shard_size=4)  # shard 0: rows 0-3, shard 1: rows 4-5
     text = Modality("text")
-    run = _ModalityRun(text, None, None, None, np.array([False, True]))  # shard 0 handed over already
+    todo = np.array([False, True])  # shard 0 handed over already
+    run = _ModalityRun(text, None, None, None, todo, media_links(plan, text, todo))
     committer = _Committer(plan, [run], FeatureStore(str(tmp_path / "out"), {}), {})
     try:
         bits = np.packbits(np.array([1, 1, 1, 1], bool)).tobytes()
-        committer._add({"modality": "text", "shard": 0, "bits": bits, "part": "late.parquet"})
+        committer._add({"modality": "text", "shard": 0, "bits": bits, "vbits": bytes(1), "part": "late.parquet"})
         assert committer.pending == {} and committer.in_flight == {} and not run.todo[0]
         half = np.packbits(np.array([1, 0, 0, 0], bool)).tobytes()  # shard 1 holds 2 rows: 1 of them arrived
-        committer._add({"modality": "text", "shard": 1, "bits": half, "part": "p1.parquet"})
+        committer._add({"modality": "text", "shard": 1, "bits": half, "vbits": bytes(1), "part": "p1.parquet"})
         assert list(committer.pending) == [("text", 1)] and committer.in_flight == {} and run.todo[1]
     finally:
         import ray
@@ -332,7 +376,7 @@ def test_a_shard_is_marked_as_soon_as_its_commit_returns_not_when_the_next_batch
 
     from pipeline.config import EncoderConfig
     from pipeline.embed.job import _Committer, _ModalityRun
-    from pipeline.embed.stages import RECORD_SCHEMA, part_schema
+    from pipeline.embed.stages import RECORD_SCHEMA, media_links, part_schema
     from pipeline.encoders.presets import resolve_encoder
     from pipeline.modality import Modality
     from pipeline.store.manifest import plan_manifest
@@ -346,8 +390,10 @@ def test_a_shard_is_marked_as_soon_as_its_commit_returns_not_when_the_next_batch
     store.write_table(part, pa.Table.from_pydict(
         {"id": [f"t{i}" for i in range(4)], "uri": [None] * 4, "row": list(range(4)), "first": [True] * 4,
          "ok": [True] * 4, "stage": [None] * 4, "error": [None] * 4,
-         "embedding": [[float(i)] * 2 for i in range(4)]}, schema=part_schema(1, 2, "float32")))
-    run = _ModalityRun(text, resolve_encoder(EmbedConfig(preset="tiny"), text), EncoderConfig(), None, np.array([True]))
+         "embedding": [[float(i)] * 2 for i in range(4)], "linked": [False] * 4}, schema=part_schema(1, 2, "float32")))
+    todo = np.array([True])
+    run = _ModalityRun(text, resolve_encoder(EmbedConfig(preset="tiny"), text), EncoderConfig(), None, todo,
+                       media_links(plan, text, todo))
     committer = _Committer(plan, [run], store, {})
     marker = os.path.join(store.root, "_progress", "text", "shard-00000.json")
     seen = {}
@@ -355,7 +401,8 @@ def test_a_shard_is_marked_as_soon_as_its_commit_returns_not_when_the_next_batch
     class QuietPipeline:  # one batch completing shard 0, then nothing until the marker shows (or 60 s pass)
         def iter_batches(self, **_):
             bits = np.packbits(np.ones(4, bool)).tobytes()
-            yield pa.Table.from_pylist([{"modality": "text", "shard": 0, "part": part, "bits": bits}], RECORD_SCHEMA)
+            yield pa.Table.from_pylist([{"modality": "text", "shard": 0, "part": part, "bits": bits,
+                                         "vbits": bytes(1)}], RECORD_SCHEMA)
             start = time.time()
             while not os.path.exists(marker) and time.time() - start < 60:
                 time.sleep(0.05)

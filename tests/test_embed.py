@@ -228,6 +228,51 @@ def test_each_unique_media_is_decoded_and_encoded_once_and_every_id_gets_its_row
             np.testing.assert_allclose(va[key].astype(np.float32), vb[key].astype(np.float32), atol=2e-3)
 
 
+def test_media_repeated_across_read_chunks_is_encoded_once_and_resumes(ray_session, coco_shaped, tmp_path,
+                                                                      monkeypatch):
+    """The COCO shape in read chunks of 5 rows (pieces of ~2 rows) and shards of 5: most repeats of a media are
+    in another chunk than its first row. Each image and clip is still decoded and encoded once; every id gets
+    the media's vector. Then shards are uncommitted (as a crash leaves them) in both directions: a first row's
+    shard redone while its repeats stay committed, and the reverse; the rerun restores the same rows."""
+    from pipeline.store import manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "PIECE_BYTES", 400)  # the driver's pieces: chunks end at piece ends
+    manifest, rows, wrapper, calls, clips = coco_shaped
+    calls.write_text("")
+    out = str(tmp_path / "out")
+    cfg = EmbedConfig(input=manifest, output=out, ffmpeg=wrapper, shard_size=5, chunk_rows=5,
+                      modalities=["image", "audio"])
+    plan = manifest_module.plan_manifest(manifest, {}, 5, 5, repeats=True)
+    assert len(plan.chunks) >= 4 and len(plan.repeats["image"][0]) >= 12  # repeats do span chunks
+    summary = run_embed(cfg)
+    per_clip = [calls.read_text().count(clip) for clip in clips]
+    assert per_clip[0] >= 1 and per_clip == [per_clip[0]] * 6  # each clip decoded once, across chunks
+    before = {}
+    for m in ("image", "audio"):
+        assert summary["modalities"][m]["items"] == 24 and summary["modalities"][m]["unique"] == 6, m
+        assert summary["modalities"][m]["complete"]
+        table = read_features(out, m)
+        assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
+        before[m] = dict(zip(table.column("id").to_pylist(), embeddings(table)))
+        for r in rows:
+            np.testing.assert_array_equal(before[m][r["id"]], before[m][r["id"].rsplit("-", 1)[0] + "-0"])
+    assert read_errors(out).num_rows == 0
+
+    for redo in ([0, 1], [3, 4]):  # the first rows' shards, then later shards holding repeats
+        for m in ("image", "audio"):
+            for shard in redo:
+                os.remove(os.path.join(out, "_progress", m, f"shard-{shard:05d}.json"))
+        again = run_embed(cfg)
+        assert again["items_this_run"] == 2 * sum(min(5, 24 - 5 * s) for s in redo)
+        for m in ("image", "audio"):
+            assert again["modalities"][m]["complete"] and again["modalities"][m]["items"] == 24
+            table = read_features(out, m)
+            assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
+            for key, vector in zip(table.column("id").to_pylist(), embeddings(table)):
+                np.testing.assert_allclose(vector.astype(np.float32), before[m][key].astype(np.float32), atol=2e-3)
+    assert read_errors(out).num_rows == 0
+
+
 def test_shards_spanning_read_chunks_commit_each_row_once(ray_session, sample_corpus, tmp_path):
     """12 rows in chunks of 5 and shards of 4: shards 1 and 2 get their rows from two read tasks each."""
     out = str(tmp_path / "out")

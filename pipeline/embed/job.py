@@ -22,7 +22,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from pipeline.config import ConfigError, EmbedConfig, EncoderConfig, require_paths
-from pipeline.embed.stages import CPU_CONCURRENT_BATCHES, EncodeActor, commit_parts, decode_work, read_work
+from pipeline.embed.stages import (CPU_CONCURRENT_BATCHES, EncodeActor, MediaLinks, commit_parts, decode_work,
+                                   media_links, read_work)
 from pipeline.encoders.frozen import read_input_spec
 from pipeline.encoders.presets import EncoderRef, resolve_encoder
 from pipeline.media.decode import DecodeSettings
@@ -51,7 +52,8 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     options = storage_options(cfg.storage)
     input_uri, output_uri = _absolute(cfg.input), _absolute(cfg.output)
     plan = plan_manifest(input_uri, options, cfg.shard_size, cfg.chunk_rows,
-                         index_map=lambda fn, args: _ray_map(fn, args, cfg.decode.read_num_cpus), tar_index=cfg.tar_index)
+                         index_map=lambda fn, args: _ray_map(fn, args, cfg.decode.read_num_cpus), tar_index=cfg.tar_index,
+                         repeats=cfg.dedupe)
     planned = time.time() - started
     log.info("manifest %s: %d rows, %d chunks, planned in %.1f s", input_uri, plan.rows, len(plan.chunks), planned)
     modalities = cfg.modalities or list(plan.modalities)
@@ -77,6 +79,7 @@ class _ModalityRun:
     enc: EncoderConfig
     settings: DecodeSettings
     todo: np.ndarray  # bool per shard: has items and no marker yet
+    links: MediaLinks  # items embedded with the same media in another chunk
 
 
 def _prepare(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, store: FeatureStore, options: dict[str, Any],
@@ -95,9 +98,13 @@ def _prepare(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, store: Fe
     todo[done] = False
     log.info("%s: %d items in %d shards; %d shards already committed, %d items to embed with %s",
              modality.value, int(counts.sum()), int((counts > 0).sum()), len(done), int(counts[todo].sum()), ref.name)
+    links = media_links(plan, modality, todo)
+    if len(links.followers):
+        log.info("%s: %d items name media first named in another read chunk: encoded once, with it",
+                 modality.value, len(links.followers))
     http = cfg.http.model_dump(mode="json") if cfg.http.enabled else None
     settings = DecodeSettings(modality, spec, cfg.limits, options, ffmpeg, http, cfg.decode.ffmpeg_threads)
-    return _ModalityRun(modality, ref, enc, settings, todo)
+    return _ModalityRun(modality, ref, enc, settings, todo, links)
 
 
 def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], store: FeatureStore,
@@ -116,11 +123,14 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
     ctx.raise_original_map_exception = True  # a read task's ManifestError arrives as itself (iter_records)
     try:
         branches, task_resources = [], cfg.decode.resources or None
+        task_plan = dataclasses.replace(plan, repeats={})  # read tasks get their chunk's links, not all repeats
         for r in runs:  # per modality: read its items, cut them into decode tasks of its size, decode
             chunks = [c.index for c in plan.chunks if r.todo[_shards_of(plan, c)].any()]
-            ds = ray.data.from_items([{"chunk": c} for c in chunks], override_num_blocks=len(chunks))
+            ds = ray.data.from_items([{"chunk": c, **r.links.for_chunk(plan, c)} for c in chunks],
+                                     override_num_blocks=len(chunks))
             ds = ds.map_batches(read_work, batch_size=1, num_cpus=cfg.decode.read_num_cpus, resources=task_resources,
-                                fn_kwargs={"plan": plan, "options": options, "modality": r.modality, "todo": r.todo,
+                                fn_kwargs={"plan": task_plan, "options": options, "modality": r.modality,
+                                           "todo": r.todo.copy(),
                                            "dedupe": cfg.dedupe, "max_bytes": cfg.limits.max_file_bytes,
                                            "http": cfg.http.enabled})
             rows = cfg.decode.inline_batch_size if r.modality.is_inline else cfg.decode.batch_size
@@ -219,7 +229,8 @@ class _CommitActor:
 class _Committer:
     """The driver's side: gathers commit records per (modality, shard), commits each shard once complete.
 
-    Holds a bitmap of ``shard_size`` bits per shard in flight and nothing per item.
+    Holds two bitmaps of ``shard_size`` bits per shard in flight (rows with their id, linked rows with their
+    vector) and nothing per item.
     """
 
     def __init__(self, plan: ManifestPlan, runs: list[_ModalityRun], store: FeatureStore, options: dict[str, Any]):
@@ -228,8 +239,9 @@ class _Committer:
         self.plan, self.store, self.options = plan, store, options
         self.runs = {r.modality.value: r for r in runs}
         self.expected = {r.modality.value: plan.shard_items(r.modality) for r in runs}
+        self.linked = {r.modality.value: r.links.per_shard for r in runs}
         self.total = {name: int(r.todo.sum()) for name, r in self.runs.items()}
-        self.pending: dict[tuple[str, int], tuple[np.ndarray, list[str]]] = {}
+        self.pending: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, list[str]]] = {}
         self.in_flight: dict[Any, tuple[str, int]] = {}  # shared with the marker writer, under self.lock
         self.lock, self.failure = threading.Lock(), None
         self.done = {name: 0 for name in self.runs}
@@ -273,11 +285,14 @@ class _Committer:
         if not run.todo[key[1]]:  # a retried actor call resent rows of a shard already handed to the committer
             return
         if key not in self.pending:
-            self.pending[key] = (np.zeros(-(-self.plan.shard_size // 8), np.uint8), [])
-        bits, parts = self.pending[key]
+            size = -(-self.plan.shard_size // 8)
+            self.pending[key] = (np.zeros(size, np.uint8), np.zeros(size, np.uint8), [])
+        bits, vbits, parts = self.pending[key]
         np.bitwise_or(bits, np.frombuffer(record["bits"], np.uint8), out=bits)
+        np.bitwise_or(vbits, np.frombuffer(record["vbits"], np.uint8), out=vbits)
         parts.append(record["part"])
-        if int(np.unpackbits(bits).sum()) == self.expected[key[0]][key[1]]:
+        if (int(np.unpackbits(bits).sum()) == self.expected[key[0]][key[1]]
+                and int(np.unpackbits(vbits).sum()) == self.linked[key[0]][key[1]]):  # its items, and linked vectors
             self._wait_for_commits(MAX_COMMITS_IN_FLIGHT - 1)
             run.todo[key[1]] = False
             ref = self.actor.commit.remote(self.store.root, self.options, key[0], key[1], parts, run.ref.name,

@@ -1,7 +1,8 @@
 """The embed job's Ray Data stages and its commit task, thin adapters over ``pipeline.item_encoder``.
 
 read tasks     a manifest chunk (one ranged read) → work rows: one per distinct media (or text) of a
-               modality in the chunk, naming every (row, id, uri) that references it
+               modality in the chunk, naming every (row, id, uri) that references it, plus the rows of
+               other chunks that name the same media URI (``MediaLinks``: their vectors come from here)
 decode tasks   work rows → decoded arrays, as bytes + shape + dtype (or the read/decode error)
 encode actors  every requested modality's frozen encoder, loaded once per actor; they encode, fan each
                vector out to the rows that reference it, write those rows as *part* files per
@@ -12,6 +13,7 @@ No feature byte passes through the driver: it sees commit records (a path and a 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -34,34 +36,115 @@ from pipeline.store.sources import resolve_uri
 
 log = logging.getLogger(__name__)
 
+# rows: the (row, id, uri)s a work row's vector goes to; an id is null where the row belongs to another chunk
+# (its id and uri come from that chunk's *linked* work row, which is neither decoded nor encoded)
 WORK_SCHEMA = pa.schema([
     ("modality", pa.string()), ("value", pa.string()), ("pre_error", pa.string()), ("rows", pa.list_(pa.int64())),
     ("ids", pa.list_(pa.string())), ("uris", pa.list_(pa.string())), ("data", pa.large_binary()),
+    ("linked", pa.bool_()),
 ])
 DECODED_SCHEMA = pa.schema([
     ("modality", pa.string()), ("rows", pa.list_(pa.int64())), ("ids", pa.list_(pa.string())),
     ("uris", pa.list_(pa.string())), ("ok", pa.bool_()), ("stage", pa.string()), ("error", pa.string()),
-    ("payload", pa.large_binary()), ("shape", pa.list_(pa.int32())), ("dtype", pa.string()),
+    ("payload", pa.large_binary()), ("shape", pa.list_(pa.int32())), ("dtype", pa.string()), ("linked", pa.bool_()),
 ])
+# bits: the shard's rows given an id (and a vector, unless linked); vbits: its linked rows given a vector
 RECORD_SCHEMA = pa.schema([("modality", pa.string()), ("shard", pa.int64()), ("part", pa.string()),
-                           ("bits", pa.binary())])
+                           ("bits", pa.binary()), ("vbits", pa.binary())])
 
 
 # --- read tasks ----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class MediaLinks:
+    """Items whose media URI was first named in another read chunk (the *lead* item, in a shard still to embed):
+    they are not decoded or encoded again; the lead's work row fans its vector (or error) out to them too."""
+
+    followers: np.ndarray  # their rows, ascending
+    leads: np.ndarray      # the lead row of each follower
+    per_shard: np.ndarray  # followers per shard: the vectors each shard waits for besides its own items
+
+    def __post_init__(self):
+        order = np.argsort(self.leads, kind="stable")
+        self._from, self._to = self.leads[order], self.followers[order]
+
+    def for_chunk(self, plan: ManifestPlan, index: int) -> dict[str, bytes]:
+        """What chunk ``index``'s read task needs (int64 bytes): its rows that are followers, and the
+        (lead, follower) pairs whose lead it holds."""
+        chunk = plan.chunks[index]
+        lo, hi = chunk.first_row, chunk.first_row + chunk.rows
+        own = self.followers[np.searchsorted(self.followers, lo):np.searchsorted(self.followers, hi)]
+        sends = slice(np.searchsorted(self._from, lo), np.searchsorted(self._from, hi))
+        return {"linked": own.tobytes(), "send_from": self._from[sends].tobytes(), "send_to": self._to[sends].tobytes()}
+
+
+def media_links(plan: ManifestPlan, modality: Modality, todo: np.ndarray) -> MediaLinks:
+    """The cross-chunk repeats of ``plan`` (planned with ``repeats``) among shards still to embed: an item of a
+    shard in ``todo`` follows the first item naming its URI when that item is in another chunk and its shard
+    is in ``todo`` too (if it was committed by an earlier run, the item is embedded in its own chunk)."""
+    rows, starts = plan.repeats.get(modality.value, (np.zeros(0, np.int64), np.zeros(1, np.int64)))
+    lead = np.repeat(rows[starts[:-1]], np.diff(starts))
+    firsts = np.array([c.first_row for c in plan.chunks], np.int64)
+    keep = ((np.searchsorted(firsts, rows, "right") != np.searchsorted(firsts, lead, "right"))
+            & todo[lead // plan.shard_size] & todo[rows // plan.shard_size])
+    order = np.argsort(rows[keep], kind="stable")
+    followers, leads = rows[keep][order], lead[keep][order]
+    return MediaLinks(followers, leads, np.bincount(followers // plan.shard_size, minlength=plan.shards))
+
+
 def read_work(batch: dict[str, Any], plan: ManifestPlan, options: dict[str, Any], modality: Modality,
               todo: np.ndarray, dedupe: bool, max_bytes: int, http: bool = False) -> pa.Table:
-    """Chunk descriptors → the work rows of ``modality`` in them. ``todo``: bool per shard, True where the
-    modality's shard is still to embed (items of committed shards are left out). Media held in the input
-    over ``max_bytes`` (a tar member) is left unread: that item's read error. ``http``: http(s) URLs are items
-    (fetched by the decode tasks), not read errors."""
+    """Chunk descriptors (``chunk``, and ``MediaLinks.for_chunk``'s fields where there are links) → the work
+    rows of ``modality`` in them, in manifest order. ``todo``: bool per shard, True where the modality's shard is
+    still to embed (items of committed shards are left out). Media held in the input over ``max_bytes`` (a tar
+    member) is left unread: that item's read error. ``http``: http(s) URLs are items (fetched by the decode
+    tasks), not read errors."""
     tables = []
-    for index in batch["chunk"]:
+    for i, index in enumerate(batch["chunk"]):
         table = read_chunk(plan, plan.chunks[int(index)], options, max_bytes)
         if modality.value not in table.column_names:
             continue
         mask = item_mask(table, modality) & todo[table.column("row").to_numpy() // plan.shard_size]
-        tables.append(work_rows(table.filter(pa.array(mask)), modality, plan.base, dedupe, http))
+        items = table.filter(pa.array(mask))
+        linked = np.isin(items.column("row").to_numpy(), _int64s(batch, "linked", i))
+        work = work_rows(items.filter(pa.array(~linked)), modality, plan.base, dedupe, http)
+        work = _send(work, _int64s(batch, "send_from", i), _int64s(batch, "send_to", i))
+        if linked.any():
+            follow = _uri_rows(items.filter(pa.array(linked)), modality, plan.base, False, http)
+            follow = _work_table(follow.drop_columns(["first"]), modality, linked=True)
+            work = pa.concat_tables([work, follow])
+            work = work.take(pc.sort_indices(pc.list_element(work.column("rows"), 0)))
+        tables.append(work)
     return pa.concat_tables(tables) if tables else WORK_SCHEMA.empty_table()
+
+
+def _int64s(batch: dict[str, Any], name: str, i: int) -> np.ndarray:
+    return np.frombuffer(batch[name][i], np.int64) if name in batch else np.zeros(0, np.int64)
+
+
+def _send(work: pa.Table, leads: np.ndarray, followers: np.ndarray) -> pa.Table:
+    """Add each follower row to the work row holding its lead row (id null: the follower's chunk names it)."""
+    if not len(leads):
+        return work
+    work = work.combine_chunks()
+    lengths = pc.list_value_length(work.column("rows")).to_numpy(zero_copy_only=False)
+    parent = np.repeat(np.arange(work.num_rows), lengths)
+    rows = pc.list_flatten(work.column("rows")).to_numpy()
+    order = np.argsort(rows, kind="stable")
+    at = order[np.minimum(np.searchsorted(rows[order], leads), len(rows) - 1)] if len(rows) else None
+    if at is None or not (rows[at] == leads).all():
+        missing = leads if at is None else leads[rows[at] != leads]
+        raise RuntimeError(f"read task: lead rows {missing[:5].tolist()} of linked media are not in their chunk's work")
+    uris = pc.list_flatten(work.column("uris").chunk(0))
+    owners = np.concatenate([parent, parent[at]])
+    grouped = np.argsort(owners, kind="stable")  # each work row's own rows, then its followers
+    offsets = pa.array(np.concatenate([[0], np.cumsum(np.bincount(owners, minlength=work.num_rows))]).astype(np.int32))
+    new = {"rows": pa.array(np.concatenate([rows, followers])),
+           "ids": pa.concat_arrays([pc.list_flatten(work.column("ids").chunk(0)), pa.nulls(len(followers), pa.string())]),
+           "uris": pa.concat_arrays([uris, uris.take(pa.array(at))])}
+    for name, values in new.items():
+        work = work.set_column(work.schema.get_field_index(name), name,
+                               pa.ListArray.from_arrays(offsets, values.take(pa.array(grouped))))
+    return work
 
 
 def work_rows(items: pa.Table, modality: Modality, base: str, dedupe: bool, http: bool = False) -> pa.Table:
@@ -79,8 +162,14 @@ def work_rows(items: pa.Table, modality: Modality, base: str, dedupe: bool, http
         parts.append(_held_rows(items.filter(held), modality, dedupe))
         items = items.filter(pc.invert(held))
     work = pa.concat_tables([*parts, _uri_rows(items, modality, base, dedupe, http)]).sort_by("first")
-    return pa.table({"modality": pa.array([modality.value] * work.num_rows, pa.string()),
-                     **{name: work.column(name) for name in WORK_SCHEMA.names[1:]}}, schema=WORK_SCHEMA)
+    return _work_table(work, modality, linked=False)
+
+
+def _work_table(work: pa.Table, modality: Modality, linked: bool) -> pa.Table:
+    n = work.num_rows
+    return pa.table({"modality": pa.array([modality.value] * n, pa.string()),
+                     **{name: work.column(name) for name in WORK_SCHEMA.names[1:-1]},
+                     "linked": pa.array([linked] * n, pa.bool_())}, schema=WORK_SCHEMA)
 
 
 _COLUMNS = ["value", "pre_error", "rows", "ids", "uris", "first"]
@@ -157,10 +246,14 @@ def decode_work(batch: pa.Table, settings: dict[str, DecodeSettings]) -> pa.Tabl
     """Work rows → DECODED_SCHEMA rows: the decoded item packed as bytes, or the read/decode error."""
     n = batch.num_rows
     ok, stage, error, payload, shape, dtype = [], [], [], [], [], []
-    for modality, value, pre_error, data in zip(batch.column("modality").to_pylist(), batch.column("value").to_pylist(),
-                                                batch.column("pre_error").to_pylist(), batch.column("data").to_pylist()):
+    linked = batch.column("linked").to_pylist()
+    for i, (modality, value, pre_error, data) in enumerate(zip(
+            batch.column("modality").to_pylist(), batch.column("value").to_pylist(),
+            batch.column("pre_error").to_pylist(), batch.column("data").to_pylist())):
         packed, failed, why = (b"", [], ""), "", None
-        if pre_error is not None:
+        if linked[i]:  # its vector (or error) comes from the lead's work row: nothing to decode
+            packed, why = (b"", [], ""), ""
+        elif pre_error is not None:
             failed, why = "read", pre_error
         else:
             try:
@@ -169,15 +262,15 @@ def decode_work(batch: pa.Table, settings: dict[str, DecodeSettings]) -> pa.Tabl
                 failed, why = e.stage, e.reason
         ok.append(why is None)
         stage.append(failed)
-        error.append(None if why is None else f"{modality}: {why}")
+        error.append(None if not why else f"{modality}: {why}")
         payload.append(packed[0])
         shape.append(packed[1])
         dtype.append(packed[2])
     return pa.table({"modality": batch.column("modality"), "rows": batch.column("rows"), "ids": batch.column("ids"),
                      "uris": batch.column("uris"), "ok": pa.array(ok, pa.bool_()), "stage": pa.array(stage, pa.string()),
                      "error": pa.array(error, pa.string()), "payload": pa.array(payload, pa.large_binary()),
-                     "shape": pa.array(shape, pa.list_(pa.int32())), "dtype": pa.array(dtype, pa.string())},
-                    schema=DECODED_SCHEMA) if n else DECODED_SCHEMA.empty_table()
+                     "shape": pa.array(shape, pa.list_(pa.int32())), "dtype": pa.array(dtype, pa.string()),
+                     "linked": batch.column("linked")}, schema=DECODED_SCHEMA) if n else DECODED_SCHEMA.empty_table()
 
 
 def _pack(array: Any) -> tuple[bytes, list[int], str]:
@@ -196,11 +289,12 @@ def unpack(payload: bytes, shape: list[int], dtype: str) -> Any:
 
 # --- encoder actors ------------------------------------------------------------------------------------
 def part_schema(k: int, dim: int, dtype: str) -> pa.Schema:
-    """A part file's rows: one per (row, id), with its vector (null for an error row)."""
+    """A part file's rows: one per (row, id), with its vector (null for an error row). A *linked* row has its id
+    and no outcome, a row with a null id the outcome of another chunk's linked row: the commit joins them."""
     value = pa.float16() if dtype == "float16" else pa.float32()
     return pa.schema([("id", pa.string()), ("uri", pa.string()), ("row", pa.int64()), ("first", pa.bool_()),
                       ("ok", pa.bool_()), ("stage", pa.string()), ("error", pa.string()),
-                      ("embedding", pa.list_(value, k * dim))])
+                      ("embedding", pa.list_(value, k * dim)), ("linked", pa.bool_())])
 
 
 CPU_CONCURRENT_BATCHES = 2  # an encoder actor's batches at once on CPU when concurrent_batches is null
@@ -268,23 +362,54 @@ class EncodeActor:
         row_numbers = pc.list_flatten(rows.column("rows")).to_numpy()
         valid = pc.is_valid(embedding).to_numpy(zero_copy_only=False)
         take = pa.array(parent)
+        ids = pc.list_flatten(rows.column("ids"))
         table = pa.Table.from_arrays([
-            pc.list_flatten(rows.column("ids")), pc.list_flatten(rows.column("uris")), pa.array(row_numbers), pa.array(first),
+            ids, pc.list_flatten(rows.column("uris")), pa.array(row_numbers), pa.array(first),
             pa.array(valid[parent]), pa.array(stage, pa.string()).take(take), pa.array(error, pa.string()).take(take),
-            embedding.take(take)], schema=self.schemas[name])
-        shards = row_numbers // self.shard_size
+            embedding.take(take), rows.column("linked").take(take)], schema=self.schemas[name])
+        shards, named = row_numbers // self.shard_size, pc.is_valid(ids).to_numpy(zero_copy_only=False)
         records = []
         for shard in np.unique(shards):
             select = shards == shard
             part = f"{self.store.parts_dir(name, int(shard))}/{uuid.uuid4().hex}.parquet"
             self.store.write_table(part, table.filter(pa.array(select)), compression="lz4")
-            bits = np.zeros(self.shard_size, bool)
-            bits[row_numbers[select] % self.shard_size] = True
-            records.append({"modality": name, "shard": int(shard), "part": part, "bits": np.packbits(bits).tobytes()})
+            records.append({"modality": name, "shard": int(shard), "part": part,
+                            "bits": self._bits(row_numbers[select & named]),
+                            "vbits": self._bits(row_numbers[select & ~named])})
         return records
+
+    def _bits(self, rows: np.ndarray) -> bytes:
+        bits = np.zeros(self.shard_size, bool)
+        bits[rows % self.shard_size] = True
+        return np.packbits(bits).tobytes()
 
 
 # --- the commit task -----------------------------------------------------------------------------------
+def _first_copies(rows: pa.Table) -> pa.Table:
+    """The first copy of each row (sorted by row): a retried actor call may have written a row twice."""
+    numbers = rows.column("row").to_numpy()
+    keep = np.concatenate([[True], numbers[1:] != numbers[:-1]]) if len(numbers) else np.zeros(0, bool)
+    return rows.filter(pa.array(keep))
+
+
+def _joined(rows: pa.Table, outcomes: pa.Table) -> pa.Table:
+    """Each linked row (its id, no outcome) given the outcome its lead's work row sent it (id null)."""
+    linked = rows.column("linked").to_numpy(zero_copy_only=False)
+    if not linked.any():
+        return rows
+    wanted = rows.column("row").to_numpy()[linked]
+    at = np.minimum(np.searchsorted(outcomes.column("row").to_numpy(), wanted), max(outcomes.num_rows - 1, 0))
+    if not outcomes.num_rows or not (outcomes.column("row").to_numpy()[at] == wanted).all():
+        raise RuntimeError(f"commit: linked rows {wanted[:5].tolist()} have no outcome among the shard's parts")
+    sent = outcomes.take(pa.array(at))
+    mine = rows.filter(pa.array(linked))
+    joined = pa.table({"id": mine.column("id"), "uri": mine.column("uri"), "row": mine.column("row"),
+                       "first": pa.array(np.zeros(len(at), bool)), **{c: sent.column(c) for c in
+                                                                       ("ok", "stage", "error", "embedding")},
+                       "linked": mine.column("linked")}, schema=rows.schema)
+    return pa.concat_tables([rows.filter(pa.array(~linked)), joined]).sort_by("row")
+
+
 def commit_parts(output: str, storage: dict[str, Any], modality: str, shard: int, parts: list[str], encoder: str,
                  k: int) -> dict[str, Any]:
     """A complete shard: its parts → the shard's feature and error files (each row once); the marker's counts.
@@ -294,9 +419,8 @@ def commit_parts(output: str, storage: dict[str, Any], modality: str, shard: int
     """
     store = FeatureStore(output, storage)
     rows = pa.concat_tables([pq.read_table(store._p(p), filesystem=store.fs) for p in parts]).sort_by("row")
-    numbers = rows.column("row").to_numpy()
-    keep = np.concatenate([[True], numbers[1:] != numbers[:-1]]) if len(numbers) else np.zeros(0, bool)
-    rows = rows.filter(pa.array(keep))
+    named = pc.is_valid(rows.column("id"))
+    rows = _joined(_first_copies(rows.filter(named)), _first_copies(rows.filter(pc.invert(named))))
     good = rows.filter(rows.column("ok"))
     bad = rows.filter(pc.invert(rows.column("ok")))
     dim = rows.schema.field("embedding").type.list_size // k

@@ -80,6 +80,9 @@ class ManifestPlan:
     chunks: list[Chunk]
     sources: list[str] = dataclasses.field(default_factory=list)  # WebDataset: the tar shards, in row order
     sidecars: bool = False  # WebDataset: keys taken from img2dataset's .parquet beside each tar (where present)
+    # media named by the same URI string in more than one chunk, per modality: (rows, starts), the rows of group g
+    # are rows[starts[g]:starts[g + 1]], ascending (planned with ``repeats``; the job hands read tasks only slices)
+    repeats: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def shards(self) -> int:
@@ -118,8 +121,12 @@ def base_of(uri: str) -> str:
 
 # --- the driver's pass ---------------------------------------------------------------------------------
 def plan_manifest(uri: str, options: dict[str, Any], shard_size: int, chunk_rows: int = 100_000,
-                  index_map: Callable[..., Iterator[Any]] | None = None, tar_index: str = "auto") -> ManifestPlan:
+                  index_map: Callable[..., Iterator[Any]] | None = None, tar_index: str = "auto",
+                  repeats: bool = False) -> ManifestPlan:
     """Read ``uri`` once, in pieces; raise ManifestError naming the file and every problem found.
+
+    ``repeats``: also find media named by the same URI string in more than one chunk (``ManifestPlan.repeats``;
+    a 16-byte digest and a row number per media item are held until the pass ends).
 
     WebDataset shards are indexed by ``index_map(fn, args)`` (yields ``fn(*a)`` per ``a`` in order; the embed
     job runs them as Ray tasks, so no media byte reaches the driver); default: here, one after another.
@@ -134,7 +141,7 @@ def plan_manifest(uri: str, options: dict[str, Any], shard_size: int, chunk_rows
         fh = fs.open(path, "rb")
     except Exception as e:
         raise ManifestError(f"cannot read manifest: {describe_storage_error(uri, e)}") from None
-    scan = _Scan(uri, options, shard_size, chunk_rows)
+    scan = _Scan(uri, options, shard_size, chunk_rows, repeats)
     with fh:
         try:
             if fmt == "parquet":
@@ -225,8 +232,10 @@ def _input_error(e: BaseException) -> ManifestError | None:
 class _Scan:
     """The running state of ``plan_manifest``."""
 
-    def __init__(self, uri: str, options: dict[str, Any], shard_size: int, chunk_rows: int):
+    def __init__(self, uri: str, options: dict[str, Any], shard_size: int, chunk_rows: int, repeats: bool = False):
         self.uri, self.options, self.shard_size, self.chunk_rows = uri, options, shard_size, max(chunk_rows, 1)
+        self.repeats = repeats
+        self.media: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # with repeats: (digests, rows) per piece
         self.digest = hashlib.sha256()
         self.header: list[str] = []
         self.names: list[str] = []
@@ -256,6 +265,8 @@ class _Scan:
                     grown[:len(old)] += old
                     grown[:shards] += counts
                     self.counts[m.value] = grown
+                    if self.repeats and not m.is_inline:
+                        self._add_media(table, m, mask)
         self.open.append((self.rows, n, start, stop, line))
         if data is not None:
             self.open_digest.update(data)
@@ -263,6 +274,40 @@ class _Scan:
         self.open_bytes += nbytes
         if sum(p[1] for p in self.open) >= self.chunk_rows or self.open_bytes >= CHUNK_BYTES:
             self._close_chunk()
+
+    def _add_media(self, table: pa.Table, modality: Modality, mask: np.ndarray) -> None:
+        """Keep a 16-byte digest of the URI string and the row of each item named by a (usable) URI."""
+        named = mask & pc.is_null(table.column(f"{modality.value}:error")).to_numpy(zero_copy_only=False)
+        held = embedded_bytes(table, modality)
+        if held is not None:
+            named &= pc.is_null(held).to_numpy(zero_copy_only=False)
+        if not named.any():
+            return
+        chosen = table.filter(pa.array(named))
+        values = chosen.column(modality.value).to_pylist()
+        digests = np.frombuffer(b"".join(hashlib.blake2b(v.encode(), digest_size=16).digest() for v in values),
+                                np.uint64).reshape(-1, 2)
+        self.media.setdefault(modality.value, []).append((digests, chosen.column("row").to_numpy()))
+
+    def _repeats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per modality, the groups of rows naming the same URI string from more than one chunk."""
+        firsts = np.array([c.first_row for c in self.chunks], np.int64)
+        found = {}
+        for name, pieces in self.media.items():
+            digests = np.concatenate([d for d, _ in pieces])
+            rows = np.concatenate([r for _, r in pieces])
+            order = np.lexsort((rows, digests[:, 1], digests[:, 0]))
+            digests, rows = digests[order], rows[order]
+            starts = np.flatnonzero(np.concatenate([[True], (digests[1:] != digests[:-1]).any(axis=1)]))
+            chunk = np.searchsorted(firsts, rows, "right") - 1
+            spans = np.maximum.reduceat(chunk, starts) != np.minimum.reduceat(chunk, starts)
+            if not spans.any():
+                continue
+            sizes = np.diff(np.append(starts, len(rows)))[spans]
+            keep = np.repeat(spans, np.diff(np.append(starts, len(rows))))
+            found[name] = (rows[keep], np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+        self.media = {}
+        return found
 
     def _close_chunk(self) -> None:
         if self.open and sum(p[1] for p in self.open):
@@ -289,6 +334,7 @@ class _Scan:
                             header=self.header, rows=self.rows, modalities=present, ignored_columns=ignored,
                             shard_size=self.shard_size, counts=counts, chunks=self.chunks, sources=sources or [])
         self._check_unique_ids(plan)
+        plan.repeats = self._repeats()
         return plan
 
     def _check_unique_ids(self, plan: ManifestPlan) -> None:
