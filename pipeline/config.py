@@ -137,7 +137,7 @@ class EmbedConfig(StrictModel):
     chunk_rows: int = Field(100_000, ge=1, description="Manifest rows per read task (a JSONL/CSV chunk ends at "
                             "the end of the driver's 8 MB read that reaches it, a Parquet one at a row group's).")
     tar_index: Literal["auto", "headers"] = Field("auto", description="Tar shards: where planning finds their "
-                                                  "keys. auto = img2dataset's .parquet beside each tar, when the first "
+                                                  "keys. auto = img2dataset's or video2dataset's .parquet beside each tar, when the first "
                                                   "agrees with its tar (else headers); headers = read every tar's "
                                                   "member headers (on S3 that streams each tar once more).")
     dedupe: bool = Field(True, description="Decode and encode each distinct media once; every id still gets its "

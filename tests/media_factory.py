@@ -149,10 +149,12 @@ def write_webdataset(manifest: str, dest: str, per_shard: int, modalities=("imag
     return paths
 
 
-def write_img2dataset(sample_corpus: str, folder: str, shards: int = 3, per_shard: int = 4) -> list[str]:
+def write_img2dataset(sample_corpus: str, folder: str, shards: int = 3, per_shard: int = 4,
+                      media: str = "image") -> list[str]:
     """Shards as img2dataset writes them: ``00000.tar`` with ``key.jpg``, ``key.txt``, ``key.json`` per downloaded
     sample, and ``00000.parquet`` beside it with a row per URL tried (the last of each shard failed to download,
-    so it is in the Parquet only). Returns the tar paths."""
+    so it is in the Parquet only). ``media="video"``: as video2dataset writes them (``key.mp4`` for ``key.jpg``;
+    the corpus's .mp4 videos only). Returns the tar paths."""
     import json
     import tarfile
 
@@ -162,6 +164,8 @@ def write_img2dataset(sample_corpus: str, folder: str, shards: int = 3, per_shar
     corpus = os.path.dirname(sample_corpus)
     with open(sample_corpus) as fh:
         samples = [json.loads(line) for line in fh]
+    ext = {"image": "jpg", "video": "mp4"}[media]
+    samples = [s for s in samples if s[media].endswith("." + ext)]
     paths = []
     for s in range(shards):
         paths.append(os.path.join(folder, f"{s:05d}.tar"))
@@ -171,12 +175,12 @@ def write_img2dataset(sample_corpus: str, folder: str, shards: int = 3, per_shar
                 sample = samples[(s * per_shard + i) % len(samples)]
                 key = f"{s:05d}{i:04d}"
                 ok = i < per_shard - 1
-                meta.append({"url": f"https://example.com/{key}.jpg", "caption": sample["text"], "key": key,
+                meta.append({"url": f"https://example.com/{key}.{ext}", "caption": sample["text"], "key": key,
                              "status": "success" if ok else "failed_to_download",
                              "error_message": None if ok else "HTTP 404"})
                 if ok:
-                    with open(os.path.join(corpus, sample["image"]), "rb") as media:
-                        tar_add(tar, f"{key}.jpg", media.read())
+                    with open(os.path.join(corpus, sample[media]), "rb") as fh:
+                        tar_add(tar, f"{key}.{ext}", fh.read())
                     tar_add(tar, f"{key}.txt", sample["text"].encode())
                     tar_add(tar, f"{key}.json", json.dumps(meta[-1]).encode())
         pq.write_table(pa.Table.from_pylist(meta), os.path.join(folder, f"{s:05d}.parquet"))

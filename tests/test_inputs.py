@@ -18,6 +18,7 @@ from pipeline.config import EmbedConfig, HttpConfig
 from pipeline.embed.job import run_embed
 from pipeline.store.features import embeddings, read_errors, read_features
 from pipeline.store.http import fetch
+from pipeline.modality import Modality
 from pipeline.store.manifest import ManifestError, plan_manifest
 from pipeline.store.sources import ReadError
 from tests.media_factory import tar_add, write_img2dataset, write_webdataset
@@ -193,6 +194,31 @@ def test_img2dataset_parquet_plans_the_shards_without_reading_their_tars(sample_
     with pytest.raises(ManifestError, match=r"cannot read img2dataset's shard index .*00000\.parquet.*tar_index: headers"):
         plan_manifest(str(tmp_path), {}, shard_size=4)
     assert plan_manifest(str(tmp_path), {}, shard_size=4, tar_index="headers").rows == 9
+
+
+def test_video2dataset_parquet_plans_the_shards_with_the_members_the_first_tar_holds(sample_corpus, tmp_path,
+                                                                                       monkeypatch):
+    """video2dataset writes the same Parquet beside each tar, for key.mp4 (not key.jpg) samples: the member names
+    come from the first tar's headers, so its Parquet plans the rest without reading them."""
+    import pipeline.store.webdataset as wds
+
+    paths = write_img2dataset(sample_corpus, str(tmp_path), media="video", per_shard=3)
+    opened = []
+    members = wds._members
+    monkeypatch.setattr(wds, "_members", lambda uri, *a: opened.append(uri) or members(uri, *a))
+    plan = plan_manifest(str(tmp_path), {}, shard_size=4)
+    assert plan.sidecars and opened == [paths[0]]
+    headers = plan_manifest(str(tmp_path), {}, shard_size=4, tar_index="headers")
+    assert plan.modalities == headers.modalities == [Modality("text"), Modality("video")]
+    assert plan.rows == headers.rows == 6 and plan.counts.tolist() == headers.counts.tolist()
+    assert [c.digest for c in plan.chunks] == [c.digest for c in headers.chunks]  # the same samples to read
+    assert plan.ignored_columns == headers.ignored_columns == ["json"]
+    # a first tar whose videos are named two ways (key.mp4, key.webm) gives no one layout: headers everywhere
+    with tarfile.open(paths[0], "a") as tar:
+        tar_add(tar, "zz.webm", b"not read")
+    opened.clear()
+    mixed = plan_manifest(str(tmp_path), {}, shard_size=4)
+    assert not mixed.sidecars and sorted(set(opened)) == sorted(paths)
 
 
 def test_img2dataset_shards_embed_as_their_headers_say_and_a_lying_parquet_is_named(ray_session, sample_corpus, tmp_path):

@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 
 from pipeline.modality import Modality
 from pipeline.store.sources import describe_storage_error, filesystem
-from pipeline.store.webdataset import (TarError, index_shard, index_table, is_webdataset, list_shards, read_shard,
-                                       samples_digest, sidecar_index, sidecar_of)
+from pipeline.store.webdataset import (TarError, index_shard, index_table, is_webdataset, list_shards, member_layout,
+                                       read_shard, samples_digest, sidecar_index, sidecar_of)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class ManifestPlan:
     counts: np.ndarray               # (shards, len(modalities)) items per shard
     chunks: list[Chunk]
     sources: list[str] = dataclasses.field(default_factory=list)  # WebDataset: the tar shards, in row order
-    sidecars: bool = False  # WebDataset: keys taken from img2dataset's .parquet beside each tar (where present)
+    sidecars: bool = False  # WebDataset: keys taken from the img2dataset/video2dataset .parquet beside each tar
     # media named by the same URI string in more than one chunk, per modality: (rows, starts), the rows of group g
     # are rows[starts[g]:starts[g + 1]], ascending (planned with ``repeats``; the job hands read tasks only slices)
     repeats: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict, repr=False)
@@ -130,8 +130,8 @@ def plan_manifest(uri: str, options: dict[str, Any], shard_size: int, chunk_rows
 
     WebDataset shards are indexed by ``index_map(fn, args)`` (yields ``fn(*a)`` per ``a`` in order; the embed
     job runs them as Ray tasks, so no media byte reaches the driver); default: here, one after another.
-    ``tar_index``: "auto" takes their keys from img2dataset's Parquet beside each tar once the first shard's
-    agrees with its tar's headers; "headers" reads every tar's headers.
+    ``tar_index``: "auto" takes their keys from img2dataset's (or video2dataset's) Parquet beside each tar once
+    the first shard's agrees with its tar's headers; "headers" reads every tar's headers.
     """
     fmt = manifest_format(uri, options)
     if fmt == "webdataset":
@@ -170,12 +170,13 @@ def _plan_shards(uri: str, options: dict[str, Any], shard_size: int, chunk_rows:
     scan = _Scan(uri, options, shard_size, chunk_rows)
     with input_errors():  # a Ray task's error wraps the shard's TarError (and may pass for one)
         shards = list_shards(uri, options)
-        sidecars = tar_index == "auto" and next(index_map(sidecar_agrees, [(shards[0], options)]))
+        sidecars = tar_index == "auto" and next(index_map(sidecar_layout, [(shards[0], options)]))
         if tar_index == "auto":
-            log.info("tar index: %s", {True: "img2dataset's .parquet beside each tar (the first agrees with its tar)",
-                                       False: f"member headers (the .parquet beside {shards[0]} does not list its "
-                                              "samples)", None: "member headers"}[sidecars])
-        for i, index in enumerate(index_map(shard_index, [(s, options, bool(sidecars)) for s in shards])):
+            log.info("tar index: %s", "member headers" if sidecars is None else
+                     f"member headers (the .parquet beside {shards[0]} does not list its samples)" if not sidecars else
+                     "the img2dataset/video2dataset .parquet beside each tar (the first agrees with its tar: "
+                     + ", ".join(f"{m} = key.{e}" for m, e in sidecars["layout"].items()) + ")")
+        for i, index in enumerate(index_map(shard_index, [(s, options, sidecars or None) for s in shards])):
             scan.digest.update(index["digest"].encode())
             scan.add(index_table(index, scan.rows), i, i + 1, 0, index["bytes"], bytes.fromhex(index["samples"]))
     plan = scan.finish("webdataset", shards)
@@ -183,21 +184,27 @@ def _plan_shards(uri: str, options: dict[str, Any], shard_size: int, chunk_rows:
     return plan
 
 
-def shard_index(uri: str, options: dict[str, Any], sidecar: bool) -> dict[str, Any]:
-    """One shard's index (from img2dataset's Parquet when ``sidecar`` and it has one, else its member headers)
-    with its ``samples`` digest (what its read must find)."""
-    index = (sidecar and sidecar_index(uri, options)) or index_shard(uri, options)
+def shard_index(uri: str, options: dict[str, Any], sidecar: dict[str, Any] | None) -> dict[str, Any]:
+    """One shard's index (from the Parquet beside it when ``sidecar`` (``sidecar_layout``'s answer) and it has
+    one, else its member headers) with its ``samples`` digest (what its read must find)."""
+    index = (sidecar and sidecar_index(uri, options, sidecar["layout"], sidecar["ignored"])) or index_shard(uri, options)
     index["samples"] = samples_digest(index_table(index, 0), item_mask)
     return index
 
 
-def sidecar_agrees(uri: str, options: dict[str, Any]) -> bool | None:
-    """Whether the shard's img2dataset Parquet gives the samples its headers do; None if it has none."""
-    side = sidecar_index(uri, options)
-    if side is None:
+def sidecar_layout(uri: str, options: dict[str, Any]) -> dict[str, Any] | bool | None:
+    """Whether the Parquet beside the shard (img2dataset's or video2dataset's) gives the samples its headers do,
+    with its members named as the headers name them: then ``{"layout": {modality: extension}, "ignored": [...]}``
+    for every shard's index; False if it does not; None if there is none."""
+    if sidecar_index(uri, options) is None:
         return None
     headers = index_shard(uri, options)
-    return bool(samples_digest(index_table(side, 0), item_mask) == samples_digest(index_table(headers, 0), item_mask))
+    layout = member_layout(headers)
+    if layout is None:
+        return False
+    side = sidecar_index(uri, options, layout, headers["ignored"])
+    agrees = samples_digest(index_table(side, 0), item_mask) == samples_digest(index_table(headers, 0), item_mask)
+    return {"layout": layout, "ignored": headers["ignored"]} if agrees else False
 
 
 @contextlib.contextmanager

@@ -172,9 +172,28 @@ def sidecar_of(uri: str) -> str:
     return (uri[:-4] if uri.lower().endswith(".tar") else uri) + ".parquet"
 
 
-def sidecar_index(uri: str, options: dict[str, Any]) -> dict[str, Any] | None:
-    """The shard's index (as ``index_shard`` gives it) from img2dataset's Parquet beside it, without reading
-    the tar; None if there is none or it is not img2dataset's (no ``key`` and ``status`` columns)."""
+def member_layout(index: dict[str, Any]) -> dict[str, str] | None:
+    """Per modality, the one member extension a shard's index (from its headers) names its items by (``jpg``,
+    ``mp4``, ``txt``, ...); None when a modality's items use several, or the shard has no sample."""
+    layout: dict[str, str] = {}
+    for modality, labels in index["names"].items():
+        exts = {label.rsplit(".", 1)[-1] for label in labels if label is not None}
+        if len(exts) != 1:
+            return None
+        layout[modality] = exts.pop()
+    return layout or None
+
+
+IMG2DATASET_LAYOUT = {Modality("image").value: "jpg", Modality("text").value: "txt"}
+
+
+def sidecar_index(uri: str, options: dict[str, Any], layout: dict[str, str] | None = None,
+                  ignored: list[str] | None = None) -> dict[str, Any] | None:
+    """The shard's index (as ``index_shard`` gives it) from the Parquet img2dataset or video2dataset writes beside
+    it, without reading the tar; None if there is none or it is not theirs (no ``key`` and ``status`` columns).
+    Each sample it lists as downloaded gets a member per modality of ``layout`` (as the first shard's headers
+    show it: ``{"video": "mp4", "text": "txt"}``, with its ``ignored`` extensions); without one, img2dataset's
+    default (``key.jpg``, and ``key.txt`` when it has captions; ``key.json`` ignored)."""
     side = sidecar_of(uri)
     try:
         fs, path = filesystem(side, options)
@@ -192,12 +211,14 @@ def sidecar_index(uri: str, options: dict[str, Any]) -> dict[str, Any] | None:
                        "(tar_index: headers indexes the tars themselves)") from None
     stored = pc.fill_null(pc.equal(table.column("status"), "success"), False)
     keys = [str(k) for k in table.column("key").filter(stored).to_pylist() if k is not None]
-    names = {Modality("image").value: [f"{uri}#{k}.jpg" for k in keys]}
-    if captions:
-        names[Modality("text").value] = [f"{uri}#{k}.txt" for k in keys]
-    digest = hashlib.sha256(f"{uri}\0sidecar\0{size}\0{captions}\0".encode())
+    default = {m: e for m, e in IMG2DATASET_LAYOUT.items() if captions or m != Modality("text").value}
+    layout = default if layout is None else layout
+    names = {m: [f"{uri}#{k}.{ext}" for k in keys] for m, ext in layout.items()}
+    shape = captions if layout == default else sorted(layout.items())  # img2dataset's: the digest as it always was
+    digest = hashlib.sha256(f"{uri}\0sidecar\0{size}\0{shape}\0".encode())
     digest.update("\0".join(keys).encode())
-    return {"keys": keys, "names": names, "ignored": ["json"], "digest": digest.hexdigest(), "bytes": size}
+    return {"keys": keys, "names": names, "ignored": ["json"] if ignored is None else list(ignored),
+            "digest": digest.hexdigest(), "bytes": size}
 
 
 def samples_digest(table: pa.Table, mask: Any) -> str:
