@@ -243,7 +243,9 @@ class _Committer:
         self.total = {name: int(r.todo.sum()) for name, r in self.runs.items()}
         self.pending: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, list[str]]] = {}
         self.in_flight: dict[Any, tuple[str, int]] = {}  # shared with the marker writer, under self.lock
+        # changed: notified when a commit is handed over, a marker written or the writer fails
         self.lock, self.failure = threading.Lock(), None
+        self.changed = threading.Condition(self.lock)
         self.done = {name: 0 for name in self.runs}
         self.items = self.received = 0  # received: bytes of records and markers that reached the driver
         self.started = self.last_log = time.time()
@@ -270,7 +272,9 @@ class _Committer:
                     self._add(record)
             self._wait_for_commits(0)
         finally:  # no commit of this run may write after it stops (a rerun rewrites its shards)
-            stop.set()
+            with self.changed:
+                stop.set()
+                self.changed.notify_all()
             watcher.join()
             ray.kill(self.actor)
         for name in self.runs:  # parts a retried actor call wrote after its shard had committed
@@ -297,18 +301,16 @@ class _Committer:
             run.todo[key[1]] = False
             ref = self.actor.commit.remote(self.store.root, self.options, key[0], key[1], parts, run.ref.name,
                                            run.enc.tokens)
-            with self.lock:
+            with self.changed:
                 self.in_flight[ref] = key
+                self.changed.notify_all()
             del self.pending[key]
 
     def _wait_for_commits(self, at_most: int) -> None:
         """Until at most ``at_most`` commits are in flight (the watcher writes their markers); its error, if any."""
-        while True:
-            self._check()
-            with self.lock:
-                if len(self.in_flight) <= at_most:
-                    return
-            time.sleep(0.02)
+        with self.changed:
+            self.changed.wait_for(lambda: self.failure is not None or len(self.in_flight) <= at_most)
+        self._check()
 
     def _check(self) -> None:
         if self.failure is not None:
@@ -319,10 +321,10 @@ class _Committer:
         import ray
 
         while not stop.is_set():
-            with self.lock:
+            with self.changed:  # idle until a commit is handed over (or consume stops it)
+                self.changed.wait_for(lambda: self.in_flight or stop.is_set())
                 refs = list(self.in_flight)
             if not refs:
-                stop.wait(0.02)
                 continue
             try:
                 ready, _ = ray.wait(refs, num_returns=1, timeout=0.2)
@@ -331,13 +333,16 @@ class _Committer:
                     with self.lock:
                         name, shard = self.in_flight[ref]
                     self.store.write_marker(name, shard, marker)
-                    with self.lock:  # out of flight once its marker is written: the run's end waits for it
+                    with self.changed:  # out of flight once its marker is written: the run's end waits for it
                         del self.in_flight[ref]
+                        self.changed.notify_all()
                         self.received += len(json.dumps(marker))
                         self.done[name] += 1
                         self.items += int(self.expected[name][shard])
             except BaseException as e:  # a failed commit or marker write: consume raises it
-                self.failure = e
+                with self.changed:
+                    self.failure = e
+                    self.changed.notify_all()
                 return
             now = time.time()
             if ready and (now - self.last_log > 5 or not (self.in_flight or self.pending)):
