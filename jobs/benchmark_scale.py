@@ -1,6 +1,6 @@
 """Benchmark the embed job's cost per item and on the driver as the manifest grows (tiny encoders).
 
-    python -m jobs.benchmark_scale [--modality text|image] [--rows 20000,200000] [--report FILE]
+    python -m jobs.benchmark_scale [--modality text|image] [--rows 20000,200000] [--repeat 5] [--report FILE]
 
 For each manifest size, in one run on this machine: the embed job as users run it (`python -m
 jobs.embed`, its own driver process, on the Ray instance this benchmark starts), its steady-state
@@ -9,6 +9,9 @@ items, batches of ``batch_size``, tokenizer included for text), the driver's pea
 (``driver_peak_rss_mb`` of the job's summary) beside the smallest size's, the bytes that reached the driver
 per item, the driver's CPU time (as a share of one core over the job, and per further shard against the
 smallest size), the bytes written per item and the planning pass's rows/s (further rows per further second).
+With ``--repeat N`` (images), each image is named by N rows scattered over the manifest, as COCO's captions
+name theirs: the table's ``unique`` column is the media the job decoded and encoded (rows / N when every
+repeat, in whatever read chunk, shared its first row's work).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from jobs import registry
 from jobs.benchmarks import REPORT_HELP, report_figures, split_ints, steady_rate
@@ -38,6 +41,8 @@ class BenchmarkScaleConfig(StrictModel):
     actor_batch_rows: int = Field(64, ge=1, description="The embed job's actor_batch_rows (rows per encoder actor call).")
     torch_threads: int | None = Field(None, ge=1, description="The job's encoder torch threads per batch; null = the "
                                       "job's default (the node's cores / the actor's concurrent batches).")
+    repeat: int = Field(1, ge=1, description="Images only: rows naming each image, scattered over the manifest "
+                        "(COCO: 5); the job should decode and encode rows / repeat of them.")
     ceiling_items: int = Field(8192, ge=64, description="Items the in-process ceiling is timed on.")
     startup_samples: int = Field(48, ge=0, description="Also time one four-modality embed of a generated corpus of "
                                  "this many samples against four one-modality runs (0 = skip).")
@@ -55,6 +60,13 @@ class BenchmarkScaleConfig(StrictModel):
         if min(value) < 64:
             raise ValueError(f"rows = {value}: expected sizes of at least 64")
         return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _repeat_images(self) -> "BenchmarkScaleConfig":
+        if self.repeat > 1 and self.modality != "image":
+            raise ValueError(f"repeat = {self.repeat} with modality {self.modality}: expected repeat 1, or modality "
+                             "image (texts are grouped within a read chunk only)")
+        return self
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -83,18 +95,20 @@ def _texts(start: int, n: int) -> list[str]:
             for i in range(start, start + n)]
 
 
-def write_manifest(folder: str, modality: str, rows: int) -> str:
-    """A manifest of ``rows`` distinct items (text: numbered captions; image: 96x96 PNGs, 64 of them on disk
-    referenced under distinct file names so nothing is deduplicated)."""
+def write_manifest(folder: str, modality: str, rows: int, repeat: int = 1) -> str:
+    """A manifest of ``rows`` items (text: numbered captions; image: 96x96 PNGs, 64 of them on disk referenced
+    under distinct file names so nothing is deduplicated, unless ``repeat``: then each file name is named by
+    ``repeat`` rows in random order)."""
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{modality}-{rows}.jsonl")
+    path = os.path.join(folder, f"{modality}-{rows}" + (f"-x{repeat}" if repeat > 1 else "") + ".jsonl")
+    names = np.random.default_rng(1).permutation(rows) // repeat  # row -> image number
     if modality == "image":
         from jobs.corpus import concept, draw_shape
 
         rng = np.random.default_rng(0)
         images = os.path.join(folder, "images")
         os.makedirs(images, exist_ok=True)
-        for i in range(rows):
+        for i in range(max(64, -(-rows // repeat))):  # the ceiling decodes the first 64
             target = os.path.join(images, f"{i:07d}.png")
             if not os.path.exists(target):
                 if i < 64:
@@ -105,7 +119,8 @@ def write_manifest(folder: str, modality: str, rows: int) -> str:
         step = 10_000
         for start in range(0, rows, step):
             n = min(step, rows - start)
-            values = _texts(start, n) if modality == "text" else [f"images/{i:07d}.png" for i in range(start, start + n)]
+            values = (_texts(start, n) if modality == "text" else
+                      [f"images/{names[i] if repeat > 1 else i:07d}.png" for i in range(start, start + n)])
             fh.write("".join(json.dumps({"id": f"r{start + j}", modality: v}) + "\n" for j, v in enumerate(values)))
     return path
 
@@ -142,7 +157,7 @@ def ceiling(cfg: BenchmarkScaleConfig, folder: str) -> tuple[float, int]:
 
 def benchmark_scale(cfg: BenchmarkScaleConfig, workdir: str, address: str) -> dict[str, Any]:
     folder = os.path.join(workdir, "corpus")
-    manifests = {rows: write_manifest(folder, cfg.modality, rows) for rows in cfg.rows}
+    manifests = {rows: write_manifest(folder, cfg.modality, rows, cfg.repeat) for rows in cfg.rows}
     per_s, threads = ceiling(cfg, folder)
     config = os.path.join(workdir, "embed.json")
     with open(config, "w") as fh:
@@ -169,6 +184,7 @@ def benchmark_scale(cfg: BenchmarkScaleConfig, workdir: str, address: str) -> di
         runs.append({"rows": rows, "wall_s": wall, "job_s": summary["elapsed_s"], "end_to_end_per_s": rows / wall,
                      "steady_per_s": steady, "steady_vs_ceiling": steady / per_s if steady else None,
                      "shards": len(markers), "bytes_per_item": written / rows, "plan_s": summary["plan_s"],
+                     "unique": summary["modalities"][cfg.modality]["unique"],
                      "driver_cpu_s": summary["driver_cpu_s"], "driver_received_bytes": summary["driver_received_bytes"],
                      "driver_peak_rss_mb": summary["driver_peak_rss_mb"],
                      "complete": summary["modalities"][cfg.modality]["complete"]})
@@ -181,7 +197,8 @@ def benchmark_scale(cfg: BenchmarkScaleConfig, workdir: str, address: str) -> di
         planned = r["plan_s"] - base["plan_s"]  # the planning pass's own rate, without its fixed start
         r["plan_rows_per_s"] = (r["rows"] - base["rows"]) / planned if more > 0 and planned > 0 else None
     startup = startup_once(workdir, cfg.startup_samples, address) if cfg.startup_samples else None
-    return {"modality": cfg.modality, "shard_size": cfg.shard_size, "actor_batch_rows": cfg.actor_batch_rows,
+    return {"modality": cfg.modality, "repeat": cfg.repeat,
+            "shard_size": cfg.shard_size, "actor_batch_rows": cfg.actor_batch_rows,
             "batch_size": cfg.batch_size,
             "decode_batch_size": cfg.decode_batch_size, "job_torch_threads": cfg.torch_threads,
             "cpus": os.cpu_count(), "torch_threads": threads, "ceiling_per_s": per_s, "runs": runs, "startup": startup}
@@ -210,18 +227,20 @@ def startup_once(workdir: str, samples: int, address: str) -> dict[str, Any]:
 
 
 def format_scale(r: dict[str, Any]) -> str:
-    lines = [f"embed scale benchmark: {r['modality']}, tiny preset, shard_size {r['shard_size']}, batch {r['batch_size']}, "
+    lines = [f"embed scale benchmark: {r['modality']}"
+             + (f" (each named by {r['repeat']} scattered rows)" if r["repeat"] > 1 else "")
+             + f", tiny preset, shard_size {r['shard_size']}, batch {r['batch_size']}, "
              f"decode batch {r['decode_batch_size']}, actor calls of {r['actor_batch_rows']} rows, job torch threads {r['job_torch_threads'] or 'default'}, "
              f"{r['cpus']} CPUs; ceiling at {r['torch_threads']} torch threads",
              f"ceiling, in-process encoder on decoded items (best of 1 and all threads): {r['ceiling_per_s']:.0f} items/s",
-             f"{'rows':>9} {'job s':>8} {'steady/s':>9} {'x ceiling':>10} {'driver MB':>10} {'x smallest':>11} "
+             f"{'rows':>9} {'unique':>8} {'job s':>8} {'steady/s':>9} {'x ceiling':>10} {'driver MB':>10} {'x smallest':>11} "
              f"{'driver B/item':>14} {'driver cores':>13} {'driver ms/shard':>16} {'written B/item':>15} "
              f"{'plan rows/s':>12}"]
     for run in r["runs"]:
         steady = f"{run['steady_per_s']:9.0f} {run['steady_vs_ceiling']:10.2f}" if run["steady_per_s"] else f"{'n/a':>9} {'':>10}"
         per_shard = f"{run['driver_cpu_ms_per_shard']:16.1f}" if run["driver_cpu_ms_per_shard"] is not None else f"{'':>16}"
         plan = f"{run['plan_rows_per_s']:12.0f}" if run["plan_rows_per_s"] else f"{'':>12}"
-        lines.append(f"{run['rows']:>9} {run['job_s']:8.1f} {steady} {run['driver_peak_rss_mb']:10.0f} "
+        lines.append(f"{run['rows']:>9} {str(run['unique']):>8} {run['job_s']:8.1f} {steady} {run['driver_peak_rss_mb']:10.0f} "
                      f"{run['driver_rss_vs_smallest']:11.2f} {run['driver_received_bytes'] / run['rows']:14.1f} "
                      f"{run['driver_core_share']:13.2f} {per_shard} {run['bytes_per_item']:15.0f} {plan}")
     if r["startup"]:

@@ -47,6 +47,12 @@ def test_benchmark_mains_print_their_ratios(ray_session, tmp_path, capsys):
     assert [r["rows"] for r in figures["runs"]] == [64, 96] and all(r["complete"] for r in figures["runs"])
     assert figures["runs"][0]["driver_rss_vs_smallest"] == 1 and figures["runs"][1]["driver_peak_rss_mb"] > 50
     assert all(r["bytes_per_item"] > 32 and r["driver_received_bytes"] > 0 for r in figures["runs"])
+    argv = ["--modality", "image", "--repeat", "4", "--rows", "64", "--shard-size", "16", "--ceiling-items", "64",
+            "--startup-samples", "0", "--workdir", str(tmp_path / "coco"), "--report", str(scale)]
+    assert benchmark_scale.main(argv) == 0  # COCO's shape: each image named by 4 scattered rows
+    assert "each named by 4 scattered rows" in capsys.readouterr().out
+    run = json.loads(scale.read_text())["runs"][0]
+    assert run["complete"] and run["unique"] == 16  # encoded once per image, every row written
 
 
 def test_benchmark_decode_counts_one_request_per_object_now(ray_session, tmp_path, capsys):
@@ -81,6 +87,8 @@ def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
     assert "images = 16: expected at least 4 x batch_size (64)" in capsys.readouterr().err
     assert benchmark_scale.main(["--rows", "20000,10"]) == 2
     assert "rows = [20000, 10]: expected sizes of at least 64" in capsys.readouterr().err
+    assert benchmark_scale.main(["--repeat", "5"]) == 2
+    assert "repeat = 5 with modality text: expected repeat 1, or modality image" in capsys.readouterr().err
     assert benchmark_decode.main(["--formats", "flac,avi"]) == 2
     assert "formats = ['flac', 'avi']: ['avi'] not among" in capsys.readouterr().err
     assert benchmark_serve.main(["--levels", "1,x"]) == 2
