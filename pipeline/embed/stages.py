@@ -251,18 +251,16 @@ def decode_work(batch: pa.Table, settings: dict[str, DecodeSettings]) -> pa.Tabl
             batch.column("modality").to_pylist(), batch.column("value").to_pylist(),
             batch.column("pre_error").to_pylist(), batch.column("data").to_pylist())):
         packed, failed, why = (b"", [], ""), "", None
-        if linked[i]:  # its vector (or error) comes from the lead's work row: nothing to decode
-            packed, why = (b"", [], ""), ""
-        elif pre_error is not None:
+        if pre_error is not None and not linked[i]:
             failed, why = "read", pre_error
-        else:
+        elif not linked[i]:  # a linked row's vector (or error) comes from its lead's work row: not decoded
             try:
                 packed = _pack(decode_raw(value if data is None else data, settings[modality]))
             except ItemError as e:
                 failed, why = e.stage, e.reason
-        ok.append(why is None)
+        ok.append(why is None and not linked[i])  # not ok, no error: the actor leaves it to the commit's join
         stage.append(failed)
-        error.append(None if not why else f"{modality}: {why}")
+        error.append(None if why is None else f"{modality}: {why}")
         payload.append(packed[0])
         shape.append(packed[1])
         dtype.append(packed[2])
