@@ -20,6 +20,9 @@ os.environ.update({
     "AWS_DEFAULT_REGION": "us-east-1",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",  # as init_ray sets it for jobs (see pipeline/runtime.py)
+    # no Ray API call may start a Ray instance by itself: a library's background thread calling one after the
+    # session's ray.shutdown() started a new head at exit once (its agents outlived the suite by a minute)
+    "RAY_ENABLE_AUTO_CONNECT": "0",
 })
 # the suite's verdict must not depend on the machine's own settings: no cluster to join, no AWS profile,
 # endpoint or credentials files of the user's (the S3 tests name their endpoint), no ffmpeg override
