@@ -101,7 +101,7 @@ def write_manifest(folder: str, modality: str, rows: int, repeat: int = 1) -> st
     ``repeat`` rows in random order)."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{modality}-{rows}" + (f"-x{repeat}" if repeat > 1 else "") + ".jsonl")
-    names = np.random.default_rng(1).permutation(rows) // repeat  # row -> image number
+    names = np.random.default_rng(1).permutation(rows) // repeat if repeat > 1 else None  # row -> image number
     if modality == "image":
         from jobs.corpus import concept, draw_shape
 

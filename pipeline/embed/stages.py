@@ -117,6 +117,15 @@ def read_work(batch: dict[str, Any], plan: ManifestPlan, options: dict[str, Any]
     return pa.concat_tables(tables) if tables else WORK_SCHEMA.empty_table()
 
 
+def _find(values: np.ndarray, wanted: np.ndarray) -> np.ndarray | None:
+    """The position in ``values`` (unique) of each of ``wanted``; None if any is not there."""
+    if not len(values):
+        return None
+    order = np.argsort(values, kind="stable")
+    at = order[np.minimum(np.searchsorted(values[order], wanted), len(values) - 1)]
+    return at if (values[at] == wanted).all() else None
+
+
 def _int64s(batch: dict[str, Any], name: str, i: int) -> np.ndarray:
     return np.frombuffer(batch[name][i], np.int64) if name in batch else np.zeros(0, np.int64)
 
@@ -129,10 +138,9 @@ def _send(work: pa.Table, leads: np.ndarray, followers: np.ndarray) -> pa.Table:
     lengths = pc.list_value_length(work.column("rows")).to_numpy(zero_copy_only=False)
     parent = np.repeat(np.arange(work.num_rows), lengths)
     rows = pc.list_flatten(work.column("rows")).to_numpy()
-    order = np.argsort(rows, kind="stable")
-    at = order[np.minimum(np.searchsorted(rows[order], leads), len(rows) - 1)] if len(rows) else None
-    if at is None or not (rows[at] == leads).all():
-        missing = leads if at is None else leads[rows[at] != leads]
+    at = _find(rows, leads)
+    if at is None:
+        missing = leads[~np.isin(leads, rows)]
         raise RuntimeError(f"read task: lead rows {missing[:5].tolist()} of linked media are not in their chunk's work")
     uris = pc.list_flatten(work.column("uris").chunk(0))
     owners = np.concatenate([parent, parent[at]])
@@ -396,8 +404,8 @@ def _joined(rows: pa.Table, outcomes: pa.Table) -> pa.Table:
     if not linked.any():
         return rows
     wanted = rows.column("row").to_numpy()[linked]
-    at = np.minimum(np.searchsorted(outcomes.column("row").to_numpy(), wanted), max(outcomes.num_rows - 1, 0))
-    if not outcomes.num_rows or not (outcomes.column("row").to_numpy()[at] == wanted).all():
+    at = _find(outcomes.column("row").to_numpy(), wanted)
+    if at is None:
         raise RuntimeError(f"commit: linked rows {wanted[:5].tolist()} have no outcome among the shard's parts")
     sent = outcomes.take(pa.array(at))
     mine = rows.filter(pa.array(linked))

@@ -65,7 +65,9 @@ class Chunk:
 
 @dataclasses.dataclass
 class ManifestPlan:
-    """What the driver knows of a manifest after one pass: small, whatever the number of rows."""
+    """What the driver knows of a manifest after one pass: small, whatever the number of rows (except ``repeats``,
+    planned on request, which grows with the repeated media items; the job strips it before the plan is handed
+    to read tasks)."""
 
     uri: str
     base: str
