@@ -259,9 +259,19 @@ def test_a_stage_saved_on_another_store_is_retrained(feature_store, tmp_path):
     assert reusable_stages([again]) == 0
 
 
-def test_a_shard_whose_parts_repeat_rows_commits_each_row_once(tmp_path):
+def write_part(store, name, tables):
+    """A part file of ``tables`` (one piece each) as an encoder actor writes it; each piece's (part, offset, length)."""
+    from pipeline.embed.stages import pack_pieces
+
+    part = f"{store.parts_dir('image')}/{name}.arrows"
+    data, ranges = pack_pieces(tables)
+    store.write_bytes_atomic(part, data)
+    return [(part, offset, length) for offset, length in ranges]
+
+
+def test_a_shard_whose_pieces_repeat_rows_commits_each_row_once(tmp_path):
     """A retried actor call writes a second part with rows the first already holds; the commit keeps one copy
-    of each row, counts the media encoded once, and removes the shard's parts."""
+    of each row, counts the media encoded once, and reads only its own shard's piece of a part."""
     import numpy as np
     import pyarrow as pa
 
@@ -279,18 +289,25 @@ def test_a_shard_whose_parts_repeat_rows_commits_each_row_once(tmp_path):
                                       pa.array(["" if o else "decode" for o in ok]),
                                       pa.array([None if o else "image: corrupt" for o in ok], pa.string()), emb,
                                       pa.array([False] * n)], schema=schema)
-        name = f"{store.parts_dir('image', 0)}/{len(rows)}-{rows[0]}.parquet"
-        store.write_table(name, table)
-        return name
+        return table
 
-    parts = [part([0, 1, 2], [True, False, True], [True, True, False]),   # rows 0 and 1 share one image
-             part([2, 3], [True, True], [False, True])]                  # the retry repeats row 2
-    counts = commit_parts(str(tmp_path), {}, "image", 0, parts, "enc", 1)
+    # each call's part also holds a piece of shard 1 (rows 4-7), which shard 0's commit must not read
+    first, _ = write_part(store, "call", [part([0, 1, 2], [True, False, True], [True, True, False]),  # 0, 1: one image
+                                          part([4, 5], [True, True], [True, True])])
+    retry, _ = write_part(store, "retry", [part([2, 3], [True, True], [False, True]),  # the retry repeats row 2
+                                           part([5], [True], [True])])
+    counts = commit_parts(str(tmp_path), {}, "image", 0, [first, retry], "enc", 1)
     assert counts == {"features": 3, "errors": {"read": 0, "decode": 1, "encode": 0}, "dim": 4, "unique": 3}
     store.start_run("image", {"run": 1}, {})
     store.write_marker("image", 0, counts)
     assert rows_by_id(str(tmp_path)) == {"x0": ["features"], "x1": ["features"], "x2": ["errors"], "x3": ["features"]}
-    assert not os.path.exists(tmp_path / "_parts" / "image" / "shard-00000")
+
+    size = os.path.getsize(tmp_path / first[0])  # a range past the file's end: the part is not what was recorded
+    with pytest.raises(RuntimeError, match=rf"call.arrows holds {size} bytes at offset 0, expected {size + 1}"):
+        commit_parts(str(tmp_path), {}, "image", 0, [(first[0], 0, size + 1)], "enc", 1)
+    os.remove(tmp_path / retry[0])
+    with pytest.raises(RuntimeError, match=r"a part file of the shard is gone .*retry.arrows"):
+        commit_parts(str(tmp_path), {}, "image", 0, [first, retry], "enc", 1)
 
 
 def test_a_shard_with_linked_rows_joins_each_to_the_outcome_its_lead_sent(tmp_path):
@@ -314,9 +331,7 @@ def test_a_shard_with_linked_rows_joins_each_to_the_outcome_its_lead_sent(tmp_pa
             pa.array(["" if o or k else "decode" for o, k in zip(ok, linked)]),
             pa.array([None if o or k else "image: corrupt" for o, k in zip(ok, linked)], pa.string()), emb,
             pa.array(linked)], schema=schema)
-        path = f"{store.parts_dir('image', 0)}/{name}.parquet"
-        store.write_table(path, table)
-        return path
+        return write_part(store, name, [table])[0]
 
     ids = part("ids", [0, 1, 2], ["x0", "x1", "x2"], [True, False, False], [False, True, True])
     sent = part("sent", [1, 2], [None, None], [True, False], [False, False])      # row 1: a vector, row 2: an error
@@ -354,11 +369,15 @@ def test_a_record_for_a_shard_already_handed_to_the_committer_is_ignored(ray_ses
     committer = _Committer(plan, [run], FeatureStore(str(tmp_path / "out"), {}), {})
     try:
         bits = np.packbits(np.array([1, 1, 1, 1], bool)).tobytes()
-        committer._add({"modality": "text", "shard": 0, "bits": bits, "vbits": bytes(1), "part": "late.parquet"})
+        late = {"modality": "text", "shard": 0, "bits": bits, "vbits": bytes(1), "part": "_parts/text/late.arrows",
+                "offset": 0, "length": 10, "pieces": 2}
+        committer._add(late)
         assert committer.pending == {} and committer.in_flight == {} and not run.todo[0]
+        assert committer.refs == {"_parts/text/late.arrows": 1}  # its other piece is still to come
         half = np.packbits(np.array([1, 0, 0, 0], bool)).tobytes()  # shard 1 holds 2 rows: 1 of them arrived
-        committer._add({"modality": "text", "shard": 1, "bits": half, "vbits": bytes(1), "part": "p1.parquet"})
+        committer._add({**late, "shard": 1, "bits": half, "offset": 10})
         assert list(committer.pending) == [("text", 1)] and committer.in_flight == {} and run.todo[1]
+        assert committer.pending[("text", 1)][2] == [("_parts/text/late.arrows", 10, 10)]
     finally:
         import ray
 
@@ -376,7 +395,7 @@ def test_a_shard_is_marked_as_soon_as_its_commit_returns_not_when_the_next_batch
 
     from pipeline.config import EncoderConfig
     from pipeline.embed.job import _Committer, _ModalityRun
-    from pipeline.embed.stages import RECORD_SCHEMA, media_links, part_schema
+    from pipeline.embed.stages import RECORD_SCHEMA, media_links, pack_pieces, part_schema
     from pipeline.encoders.presets import resolve_encoder
     from pipeline.modality import Modality
     from pipeline.store.manifest import plan_manifest
@@ -386,11 +405,12 @@ def test_a_shard_is_marked_as_soon_as_its_commit_returns_not_when_the_next_batch
     plan = plan_manifest(str(manifest), {}, shard_size=4)
     text = Modality("text")
     store = FeatureStore(str(tmp_path / "out"), {})
-    part = f"{store.parts_dir(text, 0)}/p.parquet"
-    store.write_table(part, pa.Table.from_pydict(
+    part = f"{store.parts_dir(text)}/p.arrows"
+    data, [(offset, length)] = pack_pieces([pa.Table.from_pydict(
         {"id": [f"t{i}" for i in range(4)], "uri": [None] * 4, "row": list(range(4)), "first": [True] * 4,
          "ok": [True] * 4, "stage": [None] * 4, "error": [None] * 4,
-         "embedding": [[float(i)] * 2 for i in range(4)], "linked": [False] * 4}, schema=part_schema(1, 2, "float32")))
+         "embedding": [[float(i)] * 2 for i in range(4)], "linked": [False] * 4}, schema=part_schema(1, 2, "float32"))])
+    store.write_bytes_atomic(part, data)
     todo = np.array([True])
     run = _ModalityRun(text, resolve_encoder(EmbedConfig(preset="tiny"), text), EncoderConfig(), None, todo,
                        media_links(plan, text, todo))
@@ -401,14 +421,17 @@ def test_a_shard_is_marked_as_soon_as_its_commit_returns_not_when_the_next_batch
     class QuietPipeline:  # one batch completing shard 0, then nothing until the marker shows (or 60 s pass)
         def iter_batches(self, **_):
             bits = np.packbits(np.ones(4, bool)).tobytes()
-            yield pa.Table.from_pylist([{"modality": "text", "shard": 0, "part": part, "bits": bits,
-                                         "vbits": bytes(1)}], RECORD_SCHEMA)
+            yield pa.Table.from_pylist([{"modality": "text", "shard": 0, "part": part, "offset": offset,
+                                         "length": length, "pieces": 1, "bits": bits, "vbits": bytes(1)}], RECORD_SCHEMA)
             start = time.time()
             while not os.path.exists(marker) and time.time() - start < 60:
                 time.sleep(0.05)
             seen["marked_while_waiting"] = os.path.exists(marker)
+            while os.path.exists(os.path.join(store.root, part)) and time.time() - start < 60:
+                time.sleep(0.05)  # its only piece is in a marked shard: the part goes now, not at the run's end
+            seen["part_gone_while_waiting"] = not os.path.exists(os.path.join(store.root, part))
 
     committer.consume(QuietPipeline())
-    assert seen["marked_while_waiting"]
+    assert seen["marked_while_waiting"] and seen["part_gone_while_waiting"]
     assert committer.done == {"text": 1} and committer.items == 4
     assert sorted(read_features(store.root, text).column("id").to_pylist()) == ["t0", "t1", "t2", "t3"]

@@ -273,6 +273,47 @@ def test_media_repeated_across_read_chunks_is_encoded_once_and_resumes(ray_sessi
     assert read_errors(out).num_rows == 0
 
 
+def test_an_encoder_call_writes_one_part_however_many_shards_its_rows_fall_in(tmp_path):
+    """COCO-shaped rows in one call: 4 captions, each named by rows scattered over 12 shards of 2. The actor writes
+    one part file (not one per shard: at corpus scale that was ~260 files of 1-2 rows per call), a record per
+    shard with its own byte range; each shard's commit reads only its piece and gets its 2 rows."""
+    from pipeline.embed.stages import EncodeActor, commit_parts, decode_work, work_rows
+    from pipeline.encoders.frozen import read_input_spec
+    from pipeline.encoders.presets import resolve_encoder
+    from pipeline.media.decode import DecodeSettings
+    from pipeline.modality import Modality
+    from pipeline.store.features import FeatureStore
+
+    text, cfg = Modality("text"), EmbedConfig(preset="tiny")
+    enc, ref = cfg.encoder(text), resolve_encoder(cfg, text)
+    settings = {"text": DecodeSettings(text, read_input_spec(ref, enc), cfg.limits, {}, "")}
+    items = pa.table({"row": pa.array(range(24), pa.int64()), "id": [f"t{r}" for r in range(24)],
+                      "text": [f"caption {r % 4}" for r in range(24)], "text:error": pa.nulls(24, pa.string())})
+    work = work_rows(items, text, str(tmp_path), dedupe=True)
+    assert work.num_rows == 4
+    actor = EncodeActor({"text": (ref, enc)}, settings, str(tmp_path), {}, shard_size=2)
+    records = actor(decode_work(work, settings)).to_pylist()
+    parts = os.listdir(tmp_path / "_parts" / "text")
+    assert len(parts) == 1 and {r["part"] for r in records} == {f"_parts/text/{parts[0]}"}
+    assert sorted(r["shard"] for r in records) == list(range(12)) and {r["pieces"] for r in records} == {12}
+    ranges = sorted((r["offset"], r["length"]) for r in records)
+    assert all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:]))  # back to back, no overlap
+    assert ranges[-1][0] + ranges[-1][1] == os.path.getsize(tmp_path / "_parts" / "text" / parts[0])
+    store = FeatureStore(str(tmp_path), {})
+    store.start_run("text", {"run": 1}, {})
+    for r in records:
+        counts = commit_parts(str(tmp_path), {}, "text", r["shard"], [(r["part"], r["offset"], r["length"])],
+                              ref.name, enc.tokens)
+        assert counts["features"] == 2 and sum(counts["errors"].values()) == 0
+        store.write_marker("text", r["shard"], counts)
+    table = read_features(str(tmp_path), "text")
+    assert table.column("id").to_pylist() == [f"t{r}" for r in range(24)]
+    vectors = embeddings(table)
+    for r in range(24):
+        np.testing.assert_array_equal(vectors[r], vectors[r % 4])
+    assert len({vectors[c].tobytes() for c in range(4)}) == 4
+
+
 def test_shards_spanning_read_chunks_commit_each_row_once(ray_session, sample_corpus, tmp_path):
     """12 rows in chunks of 5 and shards of 4: shards 1 and 2 get their rows from two read tasks each."""
     out = str(tmp_path / "out")

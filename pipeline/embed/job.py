@@ -230,7 +230,8 @@ class _Committer:
     """The driver's side: gathers commit records per (modality, shard), commits each shard once complete.
 
     Holds two bitmaps of ``shard_size`` bits per shard in flight (rows with their id, linked rows with their
-    vector) and nothing per item.
+    vector), a (part, range) per piece of those shards, and a count per part file still holding pieces of
+    shards not yet marked (the part is deleted when it reaches 0); nothing per item.
     """
 
     def __init__(self, plan: ManifestPlan, runs: list[_ModalityRun], store: FeatureStore, options: dict[str, Any]):
@@ -241,8 +242,9 @@ class _Committer:
         self.expected = {r.modality.value: plan.shard_items(r.modality) for r in runs}
         self.linked = {r.modality.value: r.links.per_shard for r in runs}
         self.total = {name: int(r.todo.sum()) for name, r in self.runs.items()}
-        self.pending: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, list[str]]] = {}
-        self.in_flight: dict[Any, tuple[str, int]] = {}  # shared with the marker writer, under self.lock
+        self.pending: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, list[tuple[str, int, int]]]] = {}
+        self.in_flight: dict[Any, tuple[str, int, list[str]]] = {}  # shared with the marker writer, under self.lock
+        self.refs: dict[str, int] = {}  # part → its pieces not yet in a marked shard (or ignored), under self.lock
         # changed: notified when a commit is handed over, a marker written or the writer fails
         self.lock, self.failure = threading.Lock(), None
         self.changed = threading.Condition(self.lock)
@@ -277,34 +279,52 @@ class _Committer:
                 self.changed.notify_all()
             watcher.join()
             ray.kill(self.actor)
-        for name in self.runs:  # parts a retried actor call wrote after its shard had committed
+        for name in self.runs:  # parts of a failed actor call (retried) whose records never came
             self.store.remove_parts(name)
         if self.pending:
             missing = sorted(self.pending)[:10]
             raise RuntimeError(f"the pipeline ended before these (modality, shard)s were complete: {missing}")
 
     def _add(self, record: dict[str, Any]) -> None:
-        key = (record["modality"], record["shard"])
+        key, part = (record["modality"], record["shard"]), record["part"]
         run = self.runs[key[0]]
+        with self.lock:
+            self.refs.setdefault(part, record["pieces"])
         if not run.todo[key[1]]:  # a retried actor call resent rows of a shard already handed to the committer
+            self._release([part])
             return
         if key not in self.pending:
             size = -(-self.plan.shard_size // 8)
             self.pending[key] = (np.zeros(size, np.uint8), np.zeros(size, np.uint8), [])
-        bits, vbits, parts = self.pending[key]
+        bits, vbits, pieces = self.pending[key]
         np.bitwise_or(bits, np.frombuffer(record["bits"], np.uint8), out=bits)
         np.bitwise_or(vbits, np.frombuffer(record["vbits"], np.uint8), out=vbits)
-        parts.append(record["part"])
+        pieces.append((part, record["offset"], record["length"]))
         if (int(np.unpackbits(bits).sum()) == self.expected[key[0]][key[1]]
                 and int(np.unpackbits(vbits).sum()) == self.linked[key[0]][key[1]]):  # its items, and linked vectors
             self._wait_for_commits(MAX_COMMITS_IN_FLIGHT - 1)
             run.todo[key[1]] = False
-            ref = self.actor.commit.remote(self.store.root, self.options, key[0], key[1], parts, run.ref.name,
+            ref = self.actor.commit.remote(self.store.root, self.options, key[0], key[1], pieces, run.ref.name,
                                            run.enc.tokens)
             with self.changed:
-                self.in_flight[ref] = key
+                self.in_flight[ref] = (*key, [p for p, _, _ in pieces])
                 self.changed.notify_all()
             del self.pending[key]
+
+    def _release(self, parts: list[str]) -> None:
+        """One piece of each of ``parts`` is done with (its shard marked, or its record ignored); delete the parts
+        left with none. A part that cannot be deleted now is only disk: the run's end and the next run remove it."""
+        with self.lock:
+            freed = []
+            for part in parts:
+                self.refs[part] -= 1
+                if not self.refs[part]:
+                    del self.refs[part]
+                    freed.append(part)
+        try:
+            self.store.remove_files(freed)
+        except Exception as e:
+            log.warning("could not delete %d part files now (removed at the end of the run): %s", len(freed), e)
 
     def _wait_for_commits(self, at_most: int) -> None:
         """Until at most ``at_most`` commits are in flight (the watcher writes their markers); its error, if any."""
@@ -331,8 +351,9 @@ class _Committer:
                 for ref in ready:
                     marker = ray.get(ref)
                     with self.lock:
-                        name, shard = self.in_flight[ref]
+                        name, shard, parts = self.in_flight[ref]
                     self.store.write_marker(name, shard, marker)
+                    self._release(parts)
                     with self.changed:  # out of flight once its marker is written: the run's end waits for it
                         del self.in_flight[ref]
                         self.changed.notify_all()

@@ -6,8 +6,9 @@ Layout under the output folder OUT::
     errors/<modality>-shard-00012.parquet     id, modality, uri, stage, error
     _progress/<modality>/run.json             what the shards were made with (resume guard)
     _progress/<modality>/shard-00012.json     commit marker: written last, names the counts
-    _parts/<modality>/shard-00012/*.parquet   rows of a shard in flight (encoder actors write them; the
-                                              shard's commit turns them into its two files, then removes them)
+    _parts/<modality>/<uuid>.arrows           rows in flight: one file per encoder call, a piece (an Arrow
+                                              IPC stream) per shard; a shard's commit reads its pieces into
+                                              its two files; a part goes once all its shards are marked
     summary.json
 
 A shard is the items of ``shard_size`` consecutive manifest rows (each modality its own).
@@ -202,17 +203,35 @@ class FeatureStore:
         self.write_json(f"_progress/{_name(modality)}/{self.shard_name(shard)}.json", marker)
         return marker
 
-    def parts_dir(self, modality: Modality | str, shard: int) -> str:
-        """Where the encoder actors put the rows of a shard in flight."""
-        return f"_parts/{_name(modality)}/{self.shard_name(shard)}"
+    def parts_dir(self, modality: Modality | str) -> str:
+        """Where the encoder actors put ``modality``'s rows in flight."""
+        return f"_parts/{_name(modality)}"
 
-    def remove_parts(self, modality: Modality | str, shard: int | None = None) -> None:
-        """Delete the in-flight rows of one shard, or (shard None) every leftover of ``modality``'s earlier runs."""
-        rel = f"_parts/{_name(modality)}" + ("" if shard is None else f"/{self.shard_name(shard)}")
+    def remove_parts(self, modality: Modality | str) -> None:
+        """Delete every part file of ``modality`` (leftovers of a run that stopped, or at the end of a run)."""
         try:
-            self.fs.rm(self._p(rel), recursive=True)
+            self.fs.rm(self._p(self.parts_dir(modality)), recursive=True)
         except FileNotFoundError:
             pass
+
+    def remove_files(self, rels: list[str]) -> None:
+        """Delete the files ``rels`` (one request per 1,000 on S3); ones already gone are not an error."""
+        paths = [self._p(rel) for rel in rels]
+        if self.local:
+            for path in paths:
+                try:
+                    os.remove(path)
+                except FileNotFoundError:
+                    pass
+        elif paths:
+            try:
+                self.fs.rm(paths)
+            except FileNotFoundError:  # one of them is gone: the rest one by one
+                for path in paths:
+                    try:
+                        self.fs.rm_file(path)
+                    except FileNotFoundError:
+                        pass
 
     # --- per-modality records ------------------------------------------------------------------
     def run_record(self, modality: Modality | str) -> dict | None:
