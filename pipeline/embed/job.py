@@ -10,6 +10,7 @@ marker (the commit point). A rerun skips committed shards, so an interrupted job
 """
 from __future__ import annotations
 
+import array
 import dataclasses
 import json
 import logging
@@ -230,8 +231,9 @@ class _Committer:
     """The driver's side: gathers commit records per (modality, shard), commits each shard once complete.
 
     Holds two bitmaps of ``shard_size`` bits per shard in flight (rows with their id, linked rows with their
-    vector), a (part, range) per piece of those shards, and a count per part file still holding pieces of
-    shards not yet marked (the part is deleted when it reaches 0); nothing per item.
+    vector), 24 bytes per piece of those shards (part number, offset, length), and per part file still holding
+    pieces of shards not yet marked its path and count (the part is deleted when it reaches 0); nothing per
+    item. (Scattered repeats are the exception: a shard then waits for pieces from many calls, up to one per row.)
     """
 
     def __init__(self, plan: ManifestPlan, runs: list[_ModalityRun], store: FeatureStore, options: dict[str, Any]):
@@ -242,9 +244,14 @@ class _Committer:
         self.expected = {r.modality.value: plan.shard_items(r.modality) for r in runs}
         self.linked = {r.modality.value: r.links.per_shard for r in runs}
         self.total = {name: int(r.todo.sum()) for name, r in self.runs.items()}
-        self.pending: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, list[tuple[str, int, int]]]] = {}
-        self.in_flight: dict[Any, tuple[str, int, list[str]]] = {}  # shared with the marker writer, under self.lock
-        self.refs: dict[str, int] = {}  # part → its pieces not yet in a marked shard (or ignored), under self.lock
+        # per shard in flight: its bitmaps and its pieces, (part number, offset, length) each
+        self.pending: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, array.array]] = {}
+        self.in_flight: dict[Any, tuple[str, int, list[int]]] = {}  # shared with the marker writer, under self.lock
+        # the part files with pieces not yet in a marked shard (or ignored), under self.lock: number ↔ path, count
+        self.numbers: dict[str, int] = {}
+        self.paths: dict[int, str] = {}
+        self.refs: dict[int, int] = {}
+        self.parts_seen = 0  # a new part's number
         # changed: notified when a commit is handed over, a marker written or the writer fails
         self.lock, self.failure = threading.Lock(), None
         self.changed = threading.Condition(self.lock)
@@ -286,41 +293,50 @@ class _Committer:
             raise RuntimeError(f"the pipeline ended before these (modality, shard)s were complete: {missing}")
 
     def _add(self, record: dict[str, Any]) -> None:
-        key, part = (record["modality"], record["shard"]), record["part"]
+        key = (record["modality"], record["shard"])
         run = self.runs[key[0]]
         with self.lock:
-            self.refs.setdefault(part, record["pieces"])
+            number = self.numbers.get(record["part"])
+            if number is None:
+                number = self.numbers[record["part"]] = self.parts_seen
+                self.parts_seen += 1
+                self.paths[number], self.refs[number] = record["part"], record["pieces"]
         if not run.todo[key[1]]:  # a retried actor call resent rows of a shard already handed to the committer
-            self._release([part])
+            self._release([number])
             return
         if key not in self.pending:
             size = -(-self.plan.shard_size // 8)
-            self.pending[key] = (np.zeros(size, np.uint8), np.zeros(size, np.uint8), [])
+            self.pending[key] = (np.zeros(size, np.uint8), np.zeros(size, np.uint8), array.array("q"))
         bits, vbits, pieces = self.pending[key]
         np.bitwise_or(bits, np.frombuffer(record["bits"], np.uint8), out=bits)
         np.bitwise_or(vbits, np.frombuffer(record["vbits"], np.uint8), out=vbits)
-        pieces.append((part, record["offset"], record["length"]))
+        pieces.extend((number, record["offset"], record["length"]))
         if (int(np.unpackbits(bits).sum()) == self.expected[key[0]][key[1]]
                 and int(np.unpackbits(vbits).sum()) == self.linked[key[0]][key[1]]):  # its items, and linked vectors
             self._wait_for_commits(MAX_COMMITS_IN_FLIGHT - 1)
             run.todo[key[1]] = False
-            ref = self.actor.commit.remote(self.store.root, self.options, key[0], key[1], pieces, run.ref.name,
+            numbers = pieces[0::3].tolist()
+            with self.lock:
+                named = [(self.paths[n], o, length) for n, o, length in zip(numbers, pieces[1::3], pieces[2::3])]
+            ref = self.actor.commit.remote(self.store.root, self.options, key[0], key[1], named, run.ref.name,
                                            run.enc.tokens)
             with self.changed:
-                self.in_flight[ref] = (*key, [p for p, _, _ in pieces])
+                self.in_flight[ref] = (*key, numbers)
                 self.changed.notify_all()
             del self.pending[key]
 
-    def _release(self, parts: list[str]) -> None:
-        """One piece of each of ``parts`` is done with (its shard marked, or its record ignored); delete the parts
-        left with none. A part that cannot be deleted now is only disk: the run's end and the next run remove it."""
+    def _release(self, numbers: list[int]) -> None:
+        """One piece of each of the parts ``numbers`` is done with (its shard marked, or its record ignored); delete
+        the parts left with none. A part that cannot be deleted now is only disk: the run's end and the next run
+        remove it."""
         with self.lock:
             freed = []
-            for part in parts:
-                self.refs[part] -= 1
-                if not self.refs[part]:
-                    del self.refs[part]
-                    freed.append(part)
+            for number in numbers:
+                self.refs[number] -= 1
+                if not self.refs[number]:
+                    del self.refs[number]
+                    freed.append(self.paths.pop(number))
+                    del self.numbers[freed[-1]]
         try:
             self.store.remove_files(freed)
         except Exception as e:
