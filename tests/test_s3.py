@@ -151,3 +151,48 @@ def test_markers_on_s3_are_listed_to_resume_and_read_together_for_the_summary(s3
     monkeypatch.setattr(store.fs, "cat", no_reads)
     monkeypatch.setattr(store.fs, "open", no_reads)
     assert store.committed_indexes("image") == list(range(0, 300, 3))  # what a resume needs: a listing
+
+
+def test_a_shard_commits_from_ranged_reads_of_part_files_on_s3_and_parts_are_deleted(s3_endpoint, s3_corpus):
+    """Part files on S3: a shard's commit reads only its pieces (ranged GETs of two calls' parts), and the
+    driver's delete of finished parts is one request that tolerates a part already gone."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.embed.stages import commit_parts, pack_pieces, part_schema
+    from pipeline.store.features import FeatureStore
+
+    opts = storage_options(StorageConfig(endpoint_url=s3_endpoint))
+    store = FeatureStore("s3://features/pieces", opts)
+    schema = part_schema(1, 2, "float32")
+
+    def rows(numbers):
+        n = len(numbers)
+        return pa.Table.from_arrays([
+            pa.array([f"x{r}" for r in numbers]), pa.nulls(n, pa.string()), pa.array(numbers, pa.int64()),
+            pa.array([True] * n), pa.array([True] * n), pa.nulls(n, pa.string()), pa.nulls(n, pa.string()),
+            pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(np.array(numbers, np.float32), 2)), 2),
+            pa.array([False] * n)], schema=schema)
+
+    pieces = {}
+    for call, shards in (("a", [[0, 1], [4]]), ("b", [[2, 3], [5, 6]])):  # shard 0: rows 0-3, shard 1: rows 4-7
+        data, ranges = pack_pieces([rows(r) for r in shards])
+        store.write_bytes_atomic(f"_parts/image/{call}.arrows", data)
+        pieces[call] = [(f"_parts/image/{call}.arrows", offset, length) for offset, length in ranges]
+    counts = commit_parts(store.root, opts, "image", 0, [pieces["a"][0], pieces["b"][0]], "enc", 1)
+    assert counts["features"] == 4 and sum(counts["errors"].values()) == 0
+    _, offset, length = pieces["b"][1]
+    written = pa.ipc.open_stream(pa.py_buffer(s3_corpus.cat_file("features/pieces/_parts/image/b.arrows",
+                                                                  start=offset, end=offset + length)))
+    assert written.read_all().column("row").to_pylist() == [5, 6]  # the second piece: shard 1's rows
+
+    import pyarrow.parquet as pq
+
+    with s3_corpus.open("features/pieces/features/image/shard-00000.parquet", "rb") as fh:
+        assert pq.read_table(fh).column("id").to_pylist() == ["x0", "x1", "x2", "x3"]
+
+    s3_corpus.rm_file("features/pieces/_parts/image/a.arrows")  # gone already: not an error
+    store.remove_files(["_parts/image/a.arrows", "_parts/image/b.arrows"])
+    s3_corpus.invalidate_cache()
+    assert not s3_corpus.exists("features/pieces/_parts/image/a.arrows")
+    assert not s3_corpus.exists("features/pieces/_parts/image/b.arrows")
