@@ -241,7 +241,11 @@ def test_batching_really_batches_under_concurrency(served):
         codes = list(pool.map(lambda i: _post(url, {"model": "oneencoder", "input": f"caption number {i}"}).status_code,
                               range(64)))
     assert codes == [200] * 64
-    stats = serve.get_deployment_handle("encoder-text", APP_NAME).stats.remote().result(timeout_s=30)
+    handle = serve.get_deployment_handle("encoder-text", APP_NAME)
+    try:
+        stats = handle.stats.remote().result(timeout_s=30)
+    finally:  # its router pushes metrics from a thread of this process: after the command has shut Serve down,
+        handle.shutdown()  # serve.shutdown() here finds no controller and leaves it to fail once Ray is gone
     assert max(stats["batch_sizes"]) > 1, stats
 
 
