@@ -373,7 +373,7 @@ def test_a_record_for_a_shard_already_handed_to_the_committer_is_ignored(ray_ses
                 "offset": 0, "length": 10, "pieces": 2}
         committer._add(late)
         assert committer.pending == {} and committer.in_flight == {} and not run.todo[0]
-        assert committer.paths == {0: "_parts/text/late.arrows"} and committer.refs == {0: 1}  # 1 piece to come
+        assert committer.live == {0: ["_parts/text/late.arrows", 1]}  # its other piece is still to come
         half = np.packbits(np.array([1, 0, 0, 0], bool)).tobytes()  # shard 1 holds 2 rows: 1 of them arrived
         committer._add({**late, "shard": 1, "bits": half, "offset": 10})
         assert list(committer.pending) == [("text", 1)] and committer.in_flight == {} and run.todo[1]

@@ -247,11 +247,11 @@ class _Committer:
         # per shard in flight: its bitmaps and its pieces, (part number, offset, length) each
         self.pending: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, array.array]] = {}
         self.in_flight: dict[Any, tuple[str, int, list[int]]] = {}  # shared with the marker writer, under self.lock
-        # the part files with pieces not yet in a marked shard (or ignored), under self.lock: number ↔ path, count
+        # the part files with pieces not yet in a marked shard (or ignored), under self.lock: path → number,
+        # number → [path, pieces left]; numbers are never reused (parts_seen is the next one)
         self.numbers: dict[str, int] = {}
-        self.paths: dict[int, str] = {}
-        self.refs: dict[int, int] = {}
-        self.parts_seen = 0  # a new part's number
+        self.live: dict[int, list] = {}
+        self.parts_seen = 0
         # changed: notified when a commit is handed over, a marker written or the writer fails
         self.lock, self.failure = threading.Lock(), None
         self.changed = threading.Condition(self.lock)
@@ -300,7 +300,7 @@ class _Committer:
             if number is None:
                 number = self.numbers[record["part"]] = self.parts_seen
                 self.parts_seen += 1
-                self.paths[number], self.refs[number] = record["part"], record["pieces"]
+                self.live[number] = [record["part"], record["pieces"]]
         if not run.todo[key[1]]:  # a retried actor call resent rows of a shard already handed to the committer
             self._release([number])
             return
@@ -317,7 +317,7 @@ class _Committer:
             run.todo[key[1]] = False
             numbers = pieces[0::3].tolist()
             with self.lock:
-                named = [(self.paths[n], o, length) for n, o, length in zip(numbers, pieces[1::3], pieces[2::3])]
+                named = [(self.live[n][0], o, length) for n, o, length in zip(numbers, pieces[1::3], pieces[2::3])]
             ref = self.actor.commit.remote(self.store.root, self.options, key[0], key[1], named, run.ref.name,
                                            run.enc.tokens)
             with self.changed:
@@ -332,10 +332,9 @@ class _Committer:
         with self.lock:
             freed = []
             for number in numbers:
-                self.refs[number] -= 1
-                if not self.refs[number]:
-                    del self.refs[number]
-                    freed.append(self.paths.pop(number))
+                self.live[number][1] -= 1
+                if not self.live[number][1]:
+                    freed.append(self.live.pop(number)[0])
                     del self.numbers[freed[-1]]
         try:
             self.store.remove_files(freed)

@@ -217,21 +217,16 @@ class FeatureStore:
     def remove_files(self, rels: list[str]) -> None:
         """Delete the files ``rels`` (one request per 1,000 on S3); ones already gone are not an error."""
         paths = [self._p(rel) for rel in rels]
-        if self.local:
+        if not paths:
+            return
+        try:
+            self.fs.rm(paths)
+        except FileNotFoundError:  # one of them is gone: the rest one by one
             for path in paths:
                 try:
-                    os.remove(path)
+                    self.fs.rm_file(path)
                 except FileNotFoundError:
                     pass
-        elif paths:
-            try:
-                self.fs.rm(paths)
-            except FileNotFoundError:  # one of them is gone: the rest one by one
-                for path in paths:
-                    try:
-                        self.fs.rm_file(path)
-                    except FileNotFoundError:
-                        pass
 
     # --- per-modality records ------------------------------------------------------------------
     def run_record(self, modality: Modality | str) -> dict | None:
