@@ -1,6 +1,6 @@
 """Benchmark the embed pipeline against its ceiling and a naive loop (paper architectures, random init).
 
-    python -m jobs.benchmark_embed [--images 192] [--batch-size 16] [--preset paper|tiny] [--workdir DIR] [--report FILE]
+    python -m jobs.benchmark_embed [--images 192] [--batch-size 16] [--preset paper|tiny] [--workdir DIR] [--trace-cpu] [--report FILE]
     python -m jobs.benchmark_embed --config jobs/configs/benchmark_embed_paper.yaml
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ def run(cfg: BenchmarkEmbedConfig, args: argparse.Namespace) -> int:
 
 
 def _measure(cfg: BenchmarkEmbedConfig) -> tuple[str, dict]:
-    result = benchmark_embed(cfg.workdir or tempfile.mkdtemp(prefix="oneencoder-bench-"), cfg.images, cfg.batch_size, cfg.preset)
+    result = benchmark_embed(cfg.workdir or tempfile.mkdtemp(prefix="oneencoder-bench-"), cfg.images, cfg.batch_size, cfg.preset,
+                             cfg.trace_cpu)
     return format_benchmark(result), result
 
 

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from jobs.corpus import concept, draw_shape
+from jobs.cpu_trace import CpuTrace, format_windows
 from pipeline.config import EmbedConfig, StrictModel
 from pipeline.embed.job import run_embed
 from pipeline.embed.stages import CPU_CONCURRENT_BATCHES, cpu_threads_per_batch
@@ -40,6 +42,8 @@ class BenchmarkEmbedConfig(StrictModel):
     batch_size: int = Field(16, ge=1, description="Encoder batch size.")
     preset: Preset = Field("paper", description=PRESET_HELP)
     workdir: str | None = Field(None, description="Scratch folder; null = a new temp folder.")
+    trace_cpu: bool = Field(False, description="Also report the CPU seconds of every process on this machine during "
+                            "(b), in windows of the run (Linux /proc, sampled every 0.5 s by this process: ~1 % of a core).")
     report: str | None = Field(None, description=REPORT_HELP)
 
     @model_validator(mode="after")
@@ -112,8 +116,10 @@ def write_image_corpus(folder: str, n: int) -> str:
     return os.path.join(folder, "manifest.jsonl")
 
 
-def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str = "paper") -> dict[str, Any]:
-    """Measure (a), (b), (c) on ``n`` generated images; return rates (images/s) and ratios."""
+def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str = "paper",
+                    trace_cpu: bool = False) -> dict[str, Any]:
+    """Measure (a), (b), (c) on ``n`` generated images; return rates (images/s) and ratios (with ``trace_cpu``, also
+    the CPU seconds per process in windows of (b): 0-5, 5-10, 10-15, 15-20 s and the rest)."""
     manifest = write_image_corpus(os.path.join(workdir, "corpus"), n)
     cfg = EmbedConfig(input=manifest, output=os.path.join(workdir, "out"), preset=preset, random_init=preset == "paper",
                       modalities=[Modality("image")], overwrite=True, shard_size=batch_size, actor_batch_rows=batch_size,
@@ -153,9 +159,11 @@ def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str
     del encoder
 
     log.info("(b) the Ray Data pipeline")
-    start = time.time()
-    run_embed(cfg)
-    elapsed = time.time() - start
+    with CpuTrace() if trace_cpu else contextlib.nullcontext() as trace:
+        start = time.time()
+        run_embed(cfg)
+        elapsed = time.time() - start
+    cpu = trace.windows([t for t in (0, 5, 10, 15, 20) if t < elapsed] + [elapsed]) if trace else None
     commits = sorted(m["committed_at"] for m in FeatureStore(cfg.output, {}).committed_shards(Modality("image")).values())
     return {"images": n, "batch_size": batch_size, "encoder": ref.name, "torch_threads": threads,
             "cpus": os.cpu_count(), "ceiling_per_s": ceiling, "two_batches_per_s": two_batches,
@@ -163,7 +171,7 @@ def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str
             "pipeline_steady_per_s": steady_rate(commits, batch_size), "naive_per_s": naive,
             "first_commit_s": commits[0] - start, "pipeline_s": elapsed,
             "pipeline_vs_ceiling": n / elapsed / ceiling, "pipeline_vs_two_batches": n / elapsed / two_batches,
-            "pipeline_vs_naive": n / elapsed / naive}
+            "pipeline_vs_naive": n / elapsed / naive, "pipeline_cpu_by_process": cpu}
 
 
 def report_figures(text: str, result: dict[str, Any], report: str | None) -> int:
@@ -198,6 +206,8 @@ def format_benchmark(r: dict[str, Any]) -> str:
         f"(c) naive single-process loop (load, read, decode, encode per batch): {r['naive_per_s']:.2f} images/s",
         f"(b)/(a) = {r['pipeline_vs_ceiling']:.2f}   (b)/(a') = {r['pipeline_vs_two_batches']:.2f}   "
         f"(b)/(c) = {r['pipeline_vs_naive']:.2f}",
+        *([f"(b) CPU seconds by process ({r['cpus']} cores; from /proc, the process's last Ray name):",
+           *format_windows(r["pipeline_cpu_by_process"])] if r.get("pipeline_cpu_by_process") else []),
     ])
 
 

@@ -34,10 +34,17 @@ def test_benchmark_mains_print_their_ratios(ray_session, tmp_path, capsys):
     assert "speed-up per epoch" in capsys.readouterr().out
     figures = json.loads(out.read_text())
     assert figures["speedup"] > 0 and figures["batch_size"] == 8
-    assert benchmark_embed.main(["--preset", "tiny", "--images", "32", "--batch-size", "8", "--workdir", str(tmp_path / "b")]) == 0
+    embed = tmp_path / "embed.json"
+    assert benchmark_embed.main(["--preset", "tiny", "--images", "32", "--batch-size", "8", "--workdir", str(tmp_path / "b"),
+                                 "--trace-cpu", "--report", str(embed)]) == 0
     printed = capsys.readouterr().out
     assert "(b)/(a) = " in printed and "(b)/(a') = " in printed and "(b)/(c) = " in printed
     assert f"two batches at once in threads of {max(1, (os.cpu_count() or 1) // 2)} torch thread(s)" in printed
+    assert "(b) CPU seconds by process" in printed
+    windows = json.loads(embed.read_text())["pipeline_cpu_by_process"]
+    assert windows[0]["from_s"] == 0 and windows[-1]["to_s"] > 0  # the job's own processes, under their Ray names
+    assert any(w["processes"].get("ray::MapWorker(MapBatches(EncodeActor))", 0) > 0 for w in windows)
+    assert any(w["processes"].get("driver (this process)", 0) > 0 for w in windows)
     scale = tmp_path / "scale.json"
     argv = ["--rows", "96,64", "--shard-size", "16", "--ceiling-items", "64", "--startup-samples", "0",
             "--workdir", str(tmp_path / "s"), "--report", str(scale)]
