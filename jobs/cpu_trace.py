@@ -72,8 +72,8 @@ class CpuTrace:
             self.samples.append((time.time() - self.start, snapshot()))
 
     def windows(self, edges: list[float], cores: int | None = None) -> list[dict[str, Any]]:
-        """CPU seconds per process label in each window [edges[i], edges[i + 1]) (taken at the nearest samples),
-        with ``idle``: the cores' seconds nobody used. A process that ended counts up to its last sample; one that
+        """CPU seconds per process label in each window [edges[i], edges[i + 1]) (taken at the nearest samples) and
+        how many processes of that label used any, with ``idle``: the cores' seconds nobody used. A process that ended counts up to its last sample; one that
         started and ended between two samples is missed (so idle is an upper bound)."""
         cores = cores or os.cpu_count() or 1
         names: dict[int, str] = {}
@@ -89,14 +89,17 @@ class CpuTrace:
             for _, snap in self.samples[first:last + 1]:
                 end.update((pid, cpu) for pid, (_, cpu) in snap.items())
             used: dict[str, float] = {}
+            count: dict[str, int] = {}
             for pid, cpu in end.items():
                 spent = cpu - begin.get(pid, ("", 0.0))[1]
                 if spent > 0:
                     used[names[pid]] = used.get(names[pid], 0.0) + spent
+                    count[names[pid]] = count.get(names[pid], 0) + 1
             t0, t1 = self.samples[first][0], self.samples[last][0]
             out.append({"from_s": round(t0, 2), "to_s": round(t1, 2),
                         "idle_s": round(max(0.0, cores * (t1 - t0) - sum(used.values())), 2),
-                        "processes": {k: round(v, 2) for k, v in sorted(used.items(), key=lambda kv: -kv[1])}})
+                        "processes": {k: round(v, 2) for k, v in sorted(used.items(), key=lambda kv: -kv[1])},
+                        "counts": count})
         return out
 
     def _index(self, t: float) -> int:
@@ -104,11 +107,11 @@ class CpuTrace:
 
 
 def format_windows(windows: list[dict[str, Any]], top: int = 6) -> list[str]:
-    """One line per window: the ``top`` processes by CPU seconds, the rest summed, and idle."""
+    """One line per window: idle, then the ``top`` labels by CPU seconds (``x3``: three processes), the rest summed."""
     lines = []
     for w in windows:
         items = list(w["processes"].items())
-        shown = [f"{name} {s:.1f}" for name, s in items[:top]]
+        shown = [f"{name}{f' x{n}' if (n := w['counts'].get(name, 1)) > 1 else ''} {s:.1f}" for name, s in items[:top]]
         rest = sum(s for _, s in items[top:])
         if rest:
             shown.append(f"{len(items) - top} others {rest:.1f}")

@@ -21,13 +21,15 @@ def test_process_labels_drop_the_call_and_keep_the_actor():
 
 def test_a_worker_counts_as_what_it_became_and_idle_is_what_nobody_used():
     trace = CpuTrace()
-    trace.samples = [(0.0, {7: ("ray::IDLE", 0.0), 8: ("raylet", 1.0)}),
-                     (1.0, {7: ("ray::IDLE", 0.75), 8: ("raylet", 1.25)}),   # imports while still IDLE
-                     (2.0, {7: ("ray::Encoder", 1.75), 8: ("raylet", 1.25)})]
+    trace.samples = [(0.0, {7: ("ray::IDLE", 0.0), 8: ("raylet", 1.0), 9: ("ray::Decode", 0.0)}),
+                     (1.0, {7: ("ray::IDLE", 0.75), 8: ("raylet", 1.25), 9: ("ray::Decode", 0.5),  # imports while IDLE
+                            10: ("ray::Decode", 0.25)}),
+                     (2.0, {7: ("ray::Encoder", 1.75), 8: ("raylet", 1.25), 10: ("ray::Decode", 0.5)})]  # 9 ended
     first, second = trace.windows([0.0, 1.0, 2.0], cores=2)
-    assert first == {"from_s": 0.0, "to_s": 1.0, "idle_s": 1.0, "processes": {"ray::Encoder": 0.75, "raylet": 0.25}}
-    assert second["processes"] == {"ray::Encoder": 1.0} and second["idle_s"] == 1.0
-    assert format_windows([first], top=1) == ["    0-1 s: idle 1.0 | ray::Encoder 0.8 | 1 others 0.2"]
+    assert first == {"from_s": 0.0, "to_s": 1.0, "idle_s": 0.25, "counts": {"ray::Encoder": 1, "raylet": 1, "ray::Decode": 2},
+                     "processes": {"ray::Encoder": 0.75, "ray::Decode": 0.75, "raylet": 0.25}}
+    assert second["processes"] == {"ray::Encoder": 1.0, "ray::Decode": 0.25} and second["idle_s"] == 0.75
+    assert format_windows([first], top=2) == ["    0-1 s: idle 0.2 | ray::Encoder 0.8 | ray::Decode x2 0.8 | 1 others 0.2"]
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads Linux /proc")
