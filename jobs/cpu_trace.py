@@ -72,9 +72,10 @@ class CpuTrace:
             self.samples.append((time.time() - self.start, snapshot()))
 
     def windows(self, edges: list[float], cores: int | None = None) -> list[dict[str, Any]]:
-        """CPU seconds per process label in each window [edges[i], edges[i + 1]) (taken at the nearest samples) and
-        how many processes of that label used any, with ``idle``: the cores' seconds nobody used. A process that ended counts up to its last sample; one that
-        started and ended between two samples is missed (so idle is an upper bound)."""
+        """CPU seconds per process label in each window [edges[i], edges[i + 1]) (taken at the nearest samples),
+        how many processes of that label used any, and ``idle``: the cores' seconds nobody used. A process that
+        ended counts up to its last sample; one that started and ended between two samples is missed (so idle is
+        an upper bound)."""
         cores = cores or os.cpu_count() or 1
         names: dict[int, str] = {}
         for _, snap in self.samples:  # a pid's last name other than ray::IDLE

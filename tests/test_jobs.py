@@ -43,7 +43,8 @@ def test_benchmark_mains_print_their_ratios(ray_session, tmp_path, capsys):
     assert "(b) CPU seconds by process" in printed
     windows = json.loads(embed.read_text())["pipeline_cpu_by_process"]
     assert windows[0]["from_s"] == 0 and windows[-1]["to_s"] > 0  # the job's own processes, under their Ray names
-    assert any(w["processes"].get("ray::MapWorker(MapBatches(EncodeActor))", 0) > 0 for w in windows)
+    actor = [name for w in windows for name in w["processes"] if name.startswith("ray::MapWorker(") and "EncodeActor" in name]
+    assert actor, windows  # ray::MapWorker(MapBatches(EncodeActor)), or with decode fused in when both reserve the same CPUs
     assert any(w["processes"].get("driver (this process)", 0) > 0 for w in windows)
     scale = tmp_path / "scale.json"
     argv = ["--rows", "96,64", "--shard-size", "16", "--ceiling-items", "64", "--startup-samples", "0",
