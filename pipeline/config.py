@@ -135,7 +135,8 @@ class EmbedConfig(StrictModel):
     shard_size: int = Field(256, ge=1, le=1_000_000, description="Manifest rows per committed shard (each modality's "
                             "items of those rows): the unit of resume.")
     chunk_rows: int = Field(100_000, ge=1, description="Manifest rows per read task (a JSONL/CSV chunk ends at "
-                            "the end of the driver's 8 MB read that reaches it, a Parquet one at a row group's).")
+                            "the end of the driver's 8 MB read that reaches it, a Parquet one at a row group's, "
+                            "or where its rows reach 256 MB of media held in the file).")
     tar_index: Literal["auto", "headers"] = Field("auto", description="Tar shards: where planning finds their "
                                                   "keys. auto = img2dataset's or video2dataset's .parquet beside each tar, when the first "
                                                   "agrees with its tar (else headers); headers = read every tar's "

@@ -173,8 +173,8 @@ def test_img2dataset_parquet_plans_the_shards_without_reading_their_tars(sample_
 
     paths = write_img2dataset(sample_corpus, str(tmp_path))
     opened = []
-    members = wds._members
-    monkeypatch.setattr(wds, "_members", lambda uri, *a: opened.append(uri) or members(uri, *a))
+    opens = wds._open
+    monkeypatch.setattr(wds, "_open", lambda uri, *a: opened.append(uri) or opens(uri, *a))
     plan = plan_manifest(str(tmp_path), {}, shard_size=4)
     assert plan.sidecars and opened == [paths[0]]  # only the first tar, to check its Parquet against it
     opened.clear()
@@ -204,8 +204,8 @@ def test_video2dataset_parquet_plans_the_shards_with_the_members_the_first_tar_h
 
     paths = write_img2dataset(sample_corpus, str(tmp_path), media="video", per_shard=3)
     opened = []
-    members = wds._members
-    monkeypatch.setattr(wds, "_members", lambda uri, *a: opened.append(uri) or members(uri, *a))
+    opens = wds._open
+    monkeypatch.setattr(wds, "_open", lambda uri, *a: opened.append(uri) or opens(uri, *a))
     plan = plan_manifest(str(tmp_path), {}, shard_size=4)
     assert plan.sidecars and opened == [paths[0]]
     headers = plan_manifest(str(tmp_path), {}, shard_size=4, tar_index="headers")
@@ -236,14 +236,14 @@ def test_img2dataset_shards_embed_as_their_headers_say_and_a_lying_parquet_is_na
         assert sorted(runs["auto"][m]) == sorted(f"{s:05d}{i:04d}" for s in range(3) for i in range(3))
         for key, vector in runs["headers"][m].items():
             np.testing.assert_array_equal(runs["auto"][m][key], vector)
-    # the last shard's Parquet lists a sample its tar does not hold: the read finds out and names the way out
+    # the last shard's Parquet lists a sample its tar does not hold: the read finds out and names that shard (not
+    # the first of its read chunk, which holds all three) and the way out
     table = pq.read_table(os.path.join(folder, "00002.parquet")).to_pylist()
     table[-1]["status"] = "success"
     pq.write_table(pa.Table.from_pylist(table), os.path.join(folder, "00002.parquet"))
-    with pytest.raises(ManifestError, match=r"shards .*00002\.tar\.\. held 4 samples when planned, 3 now; their keys "
-                                            r"were planned from img2dataset's \.parquet .*tar_index: headers"):
-        run_embed(EmbedConfig(input=str(folder), output=str(tmp_path / "lying"), modalities=["text"], shard_size=4,
-                              chunk_rows=4))
+    with pytest.raises(ManifestError, match=r"shard \S*00002\.tar held 4 samples when planned, 3 now; its keys "
+                                            r"were planned from img2dataset's \.parquet .*00002\.parquet.*tar_index: headers"):
+        run_embed(EmbedConfig(input=str(folder), output=str(tmp_path / "lying"), modalities=["text"], shard_size=4))
     fixed = run_embed(EmbedConfig(input=str(folder), output=str(tmp_path / "lying"), modalities=["text"], shard_size=4,
                                   chunk_rows=4, tar_index="headers", overwrite=True))
     assert fixed["modalities"]["text"]["items"] == 9 and fixed["modalities"]["text"]["complete"]

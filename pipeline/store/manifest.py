@@ -26,12 +26,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
-import pyarrow.parquet as pq
 
 from pipeline.modality import Modality
 from pipeline.store.sources import describe_storage_error, filesystem
-from pipeline.store.webdataset import (TarError, index_shard, index_table, is_webdataset, list_shards, member_layout,
-                                       read_shard, samples_digest, sidecar_index, sidecar_of)
+from pipeline.store.parquet_input import (expand, is_media, open_manifest, plan_slices, read_rows, value_sizes,
+                                          without)
+from pipeline.store.tar_headers import interpreter_note
+from pipeline.store.webdataset import (BAD_ID_CHARS, TarError, index_shard, index_table, is_webdataset, list_shards,
+                                       member_layout, read_shard, samples_digest, sidecar_index, sidecar_of)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class Chunk:
     stop: int
     first_line: int  # 1-based line number of its first line (for messages)
     digest: str = ""  # JSONL/CSV: sha256 of its bytes; WebDataset: of its shards' samples_digest. The read checks it
+    skip: int = 0  # Parquet: rows of its first row group before it (a row group may be split between chunks)
 
 
 @dataclasses.dataclass
@@ -82,6 +85,11 @@ class ManifestPlan:
     chunks: list[Chunk]
     sources: list[str] = dataclasses.field(default_factory=list)  # WebDataset: the tar shards, in row order
     sidecars: bool = False  # WebDataset: keys taken from the img2dataset/video2dataset .parquet beside each tar
+    # WebDataset, per shard: what its read must find again: the 32-byte digest of its samples, its rows, and an
+    # 8-byte digest of its file's identity (size and ETag or mtime: a tar rewritten with the same keys differs)
+    source_digests: bytes = b""
+    source_rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    source_versions: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.uint64))
     # media named by the same URI string in more than one chunk, per modality: (rows, starts), the rows of group g
     # are rows[starts[g]:starts[g + 1]], ascending (planned with ``repeats``; the job hands read tasks only slices)
     repeats: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict, repr=False)
@@ -147,8 +155,8 @@ def plan_manifest(uri: str, options: dict[str, Any], shard_size: int, chunk_rows
     with fh:
         try:
             if fmt == "parquet":
-                for group, table, size in _parquet_pieces(fh, uri, scan):
-                    scan.add(table, group, group + 1, 0, size)
+                for group, skip, table, size in _parquet_pieces(fh, uri, scan):
+                    scan.add(table, group, group + 1, 0, size, skip=skip)
             else:
                 header = _csv_header(fh, uri, scan) if fmt == "csv" else None
                 scan.header = header or []
@@ -170,6 +178,10 @@ def _plan_shards(uri: str, options: dict[str, Any], shard_size: int, chunk_rows:
                  index_map: Callable[..., Iterator[Any]], tar_index: str) -> ManifestPlan:
     """A WebDataset input's plan: one row per sample key, chunks of whole shards."""
     scan = _Scan(uri, options, shard_size, chunk_rows)
+    note = interpreter_note()
+    if note:
+        log.info("%s", note)
+    digests, rows, versions = bytearray(), [], []
     with input_errors():  # a Ray task's error wraps the shard's TarError (and may pass for one)
         shards = list_shards(uri, options)
         sidecars = tar_index == "auto" and next(index_map(sidecar_layout, [(shards[0], options)]))
@@ -180,9 +192,14 @@ def _plan_shards(uri: str, options: dict[str, Any], shard_size: int, chunk_rows:
                      + ", ".join(f"{m} = key.{e}" for m, e in sidecars["layout"].items()) + ")")
         for i, index in enumerate(index_map(shard_index, [(s, options, sidecars or None) for s in shards])):
             scan.digest.update(index["digest"].encode())
+            digests += bytes.fromhex(index["samples"])
+            rows.append(len(index["keys"]))
+            versions.append(version_digest(index["identity"]))
             scan.add(index_table(index, scan.rows), i, i + 1, 0, index["bytes"], bytes.fromhex(index["samples"]))
     plan = scan.finish("webdataset", shards)
     plan.sidecars = bool(sidecars)
+    plan.source_digests, plan.source_rows = bytes(digests), np.array(rows, np.int64)
+    plan.source_versions = np.array(versions, np.uint64)
     return plan
 
 
@@ -192,6 +209,11 @@ def shard_index(uri: str, options: dict[str, Any], sidecar: dict[str, Any] | Non
     index = (sidecar and sidecar_index(uri, options, sidecar["layout"], sidecar["ignored"])) or index_shard(uri, options)
     index["samples"] = samples_digest(index_table(index, 0), item_mask)
     return index
+
+
+def version_digest(identity: str) -> int:
+    """8 bytes of a file's identity (``shard_identity``), as an unsigned integer."""
+    return int.from_bytes(hashlib.blake2b(identity.encode(), digest_size=8).digest(), "little")
 
 
 def sidecar_layout(uri: str, options: dict[str, Any]) -> dict[str, Any] | bool | None:
@@ -252,11 +274,12 @@ class _Scan:
         self.hashes: list[np.ndarray] = []
         self.counts: dict[str, np.ndarray] = {}
         self.chunks: list[Chunk] = []
-        self.open: list[Any] = []  # the pieces of the chunk being gathered: (first_row, rows, start, stop, line)
+        self.open: list[Any] = []  # the pieces of the chunk being gathered: (first_row, rows, start, stop, line, skip)
         self.open_bytes = 0
         self.open_digest = hashlib.sha256()
 
-    def add(self, table: pa.Table, start: int, stop: int, line: int, nbytes: int, data: bytes | None = None) -> None:
+    def add(self, table: pa.Table, start: int, stop: int, line: int, nbytes: int, data: bytes | None = None,
+            skip: int = 0) -> None:
         for name in [m for m in Modality.all() if m.value in table.column_names] + ignored_columns(table):
             if name not in self.names:
                 self.names.append(name)
@@ -276,7 +299,7 @@ class _Scan:
                     self.counts[m.value] = grown
                     if self.repeats and not m.is_inline:
                         self._add_media(table, m, mask)
-        self.open.append((self.rows, n, start, stop, line))
+        self.open.append((self.rows, n, start, stop, line, skip))
         if data is not None:
             self.open_digest.update(data)
         self.rows += n
@@ -322,7 +345,7 @@ class _Scan:
         if self.open and sum(p[1] for p in self.open):
             first = self.open[0]
             self.chunks.append(Chunk(len(self.chunks), first[0], sum(p[1] for p in self.open),
-                                     first[2], self.open[-1][3], first[4], self.open_digest.hexdigest()))
+                                     first[2], self.open[-1][3], first[4], self.open_digest.hexdigest(), first[5]))
         self.open, self.open_bytes, self.open_digest = [], 0, hashlib.sha256()
 
     def finish(self, fmt: str, sources: list[str] | None = None) -> ManifestPlan:
@@ -355,7 +378,7 @@ class _Scan:
         # rare: read the ids again to name the duplicates (or to find a mere hash collision)
         seen: dict[str, int] = {}
         for chunk in plan.chunks:
-            for value in read_chunk(plan, chunk, self.options).column("id").to_pylist():
+            for value in chunk_ids(plan, chunk, self.options):
                 if hash(value) in repeated:
                     seen[value] = seen.get(value, 0) + 1
         dupes = [i for i, n in seen.items() if n > 1]
@@ -401,17 +424,37 @@ def _csv_header(fh, uri: str, scan: _Scan) -> list[str]:
     return next(_csv.reader(io.StringIO(text)), [])
 
 
-def _parquet_pieces(fh, uri: str, scan: _Scan) -> Iterator[tuple[int, pa.Table]]:
+def _parquet_pieces(fh, uri: str, scan: _Scan) -> Iterator[tuple[int, int, pa.Table, int]]:
+    """(row group, first row within it, normalized rows, media bytes they hold) in slices (``plan_slices``): the
+    id and modality columns only, media never expanded."""
     while block := fh.read(PIECE_BYTES):
         scan.digest.update(block)
     fh.seek(0)
     try:
-        pf = pq.ParquetFile(fh)
+        pf, columns, ignored = open_manifest(fh)
     except (pa.ArrowException, OSError) as e:
         raise ManifestError(f"manifest {uri}: not a valid Parquet file: {e}") from None
     scan.header = pf.schema_arrow.names
     for group in range(pf.num_row_groups):
-        yield group, normalize(pf.read_row_group(group), scan.rows, uri), pf.metadata.row_group(group).total_byte_size
+        for skip, table, size in plan_slices(pf, group, columns, CHUNK_BYTES):
+            yield group, skip, normalize(table, scan.rows, uri, media=False, ignored=ignored), size
+
+
+def chunk_ids(plan: ManifestPlan, chunk: Chunk, options: dict[str, Any]) -> list[str]:
+    """The ids of ``chunk``'s rows, read again without any media: a tar's keys from its headers (or the .parquet
+    beside it when the plan used those), a Parquet file's id column only, a text manifest's lines."""
+    if plan.fmt == "webdataset":
+        ids: list[str] = []
+        for source in plan.sources[chunk.start:chunk.stop]:
+            index = sidecar_index(source, options) if plan.sidecars else None
+            ids.extend((index or index_shard(source, options))["keys"])
+        return ids
+    if plan.fmt == "parquet":
+        fs, path = filesystem(plan.uri, options)
+        with fs.open(path, "rb") as fh:
+            table = read_rows(open_manifest(fh)[0], chunk.start, chunk.stop, chunk.skip, chunk.rows, ["id"])
+        return _ids(table, chunk.first_row, plan.uri).to_pylist()
+    return read_chunk(plan, chunk, options).column("id").to_pylist()
 
 
 # --- a worker's read ---------------------------------------------------------------------------------
@@ -419,31 +462,26 @@ def read_chunk(plan: ManifestPlan, chunk: Chunk, options: dict[str, Any], max_me
     """The normalized rows of ``chunk`` (one ranged read, or its tar shards streamed once). Raises ManifestError
     if the input changed since the plan. Tar members over ``max_member_bytes`` are read errors, left unread."""
     if plan.fmt == "webdataset":
-        tables, first, found = [], chunk.first_row, hashlib.sha256()
-        for source in plan.sources[chunk.start:chunk.stop]:
+        tables, first = [], chunk.first_row
+        for i in range(chunk.start, chunk.stop):
             try:
-                tables.append(read_shard(source, options, first, max_member_bytes))
+                table, identity = read_shard(plan.sources[i], options, first, max_member_bytes)
             except TarError as e:
                 raise ManifestError(f"input {plan.uri} changed while the job ran: {e}") from None
-            found.update(bytes.fromhex(samples_digest(tables[-1], item_mask)))
-            first += tables[-1].num_rows
-        table = pa.concat_tables(tables, promote_options="default")
-        if table.num_rows != chunk.rows or (chunk.digest and found.hexdigest() != chunk.digest):
-            shards = plan.sources[chunk.start:chunk.stop]
-            what = (f"held {chunk.rows} samples when planned, {table.num_rows} now" if table.num_rows != chunk.rows
-                    else "hold other keys or members than planned")
-            if plan.sidecars:
-                raise ManifestError(f"input {plan.uri}: shards {shards[0]}.. {what}; their keys were planned from "
-                                    f"img2dataset's .parquet beside them ({sidecar_of(shards[0])}), which must list "
-                                    "the tar's samples: rerun with tar_index: headers (and overwrite: true) to index "
-                                    "the tars themselves")
-            raise ManifestError(f"input {plan.uri} changed while the job ran: shards {shards[0]}.. {what}")
-        return table
+            _check_shard(plan, i, table, identity)
+            tables.append(table)
+            first += table.num_rows
+        return pa.concat_tables(tables, promote_options="default")
     fs, path = filesystem(plan.uri, options)
     if plan.fmt == "parquet":
         with fs.open(path, "rb") as fh:
-            pf = pq.ParquetFile(fh)
-            table = normalize(pf.read_row_groups(list(range(chunk.start, chunk.stop))), chunk.first_row, plan.uri)
+            try:
+                pf, columns, ignored = open_manifest(fh)
+                rows = read_rows(pf, chunk.start, chunk.stop, chunk.skip, chunk.rows, columns)
+            except (pa.ArrowException, OSError, ValueError) as e:
+                raise ManifestError(f"manifest {plan.uri}: row groups {chunk.start}..{chunk.stop - 1} cannot be read "
+                                    f"({type(e).__name__}: {str(e)[:300]}); was it rewritten since planning?") from None
+            table = normalize(rows, chunk.first_row, plan.uri, max_member_bytes, ignored=ignored)
     else:
         data = fs.cat_file(path, start=chunk.start, end=chunk.stop)
         if chunk.digest and hashlib.sha256(data).hexdigest() != chunk.digest:
@@ -455,6 +493,26 @@ def read_chunk(plan: ManifestPlan, chunk: Chunk, options: dict[str, Any], max_me
         raise ManifestError(f"manifest {plan.uri} changed while the job ran: rows {chunk.first_row}.. "
                             f"held {chunk.rows} rows when planned, {table.num_rows} now")
     return table
+
+
+def _check_shard(plan: ManifestPlan, i: int, table: pa.Table, identity: str) -> None:
+    """Raise ManifestError naming shard ``i`` when its read differs from its plan: its samples, or its file."""
+    if not plan.source_digests:
+        return
+    shard, rows = plan.sources[i], int(plan.source_rows[i])
+    if table.num_rows != rows:
+        what = f"held {rows} samples when planned, {table.num_rows} now"
+    elif samples_digest(table, item_mask) != plan.source_digests[32 * i:32 * i + 32].hex():
+        what = "holds other keys or members than planned"
+    elif version_digest(identity) != int(plan.source_versions[i]):
+        what = f"was rewritten since it was planned (now {identity.replace(':', ' bytes, version ', 1)})"
+    else:
+        return
+    if plan.sidecars and "rewritten" not in what:
+        raise ManifestError(f"input {plan.uri}: shard {shard} {what}; its keys were planned from img2dataset's "
+                            f".parquet beside it ({sidecar_of(shard)}), which must list the tar's samples: rerun "
+                            "with tar_index: headers (and overwrite: true) to index the tars themselves")
+    raise ManifestError(f"input {plan.uri} changed while the job ran: shard {shard} {what} (rerun to plan it again)")
 
 
 # --- parsing one piece -------------------------------------------------------------------------------
@@ -510,28 +568,20 @@ def _wrong_type(modality: Modality, value: Any) -> str:
             f"{str(value)[:80]!r}")
 
 
-def normalize(table: pa.Table, first_row: int, uri: str) -> pa.Table:
-    """A parsed piece (typed by pyarrow) → the normalized table."""
+def normalize(table: pa.Table, first_row: int, uri: str, max_bytes: int | None = None, media: bool = True,
+              ignored: list[str] | None = None) -> pa.Table:
+    """A parsed piece (typed by pyarrow; dictionary columns expanded here) → the normalized table.
+
+    Media held in the piece: with ``media`` false (planning) only whether each row holds bytes is kept (an empty
+    value stands for them); else a value over ``max_bytes`` is never expanded: that row's read error.
+    ``ignored``: the file's other columns, when the piece was read without them."""
     n = table.num_rows
     names = table.column_names
     if not n:
         return pa.table({"row": pa.array([], pa.int64()), "id": pa.array([], pa.string())})
     if "id" not in names:
         raise ManifestError(f"manifest {uri} has no 'id' column (columns: {', '.join(names)})")
-    ids = table.column("id").combine_chunks()
-    if pa.types.is_integer(ids.type):
-        ids = pc.cast(ids, pa.string())
-    if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
-        ids = pc.utf8_trim_whitespace(pc.cast(ids, pa.string()))
-        bad = pc.or_kleene(pc.is_null(ids), pc.equal(pc.utf8_length(ids), 0))
-        bad = pc.fill_null(bad, True).to_numpy(zero_copy_only=False)
-    else:
-        bad = np.ones(n, bool)
-    if bad.any():
-        raw = table.column("id").to_pylist()
-        shown = [f"row {first_row + i + 1}: {raw[i]!r}" for i in np.flatnonzero(bad)[:10]]
-        raise ManifestError(f"manifest {uri}: missing or invalid id (expected a non-empty string or integer): "
-                            f"{'; '.join(shown)}")
+    ids = _ids(table, first_row, uri)
     cols = {"row": pa.array(np.arange(first_row, first_row + n, dtype=np.int64)), "id": ids}
     for m in Modality.all():
         if m.value not in names:
@@ -539,9 +589,12 @@ def normalize(table: pa.Table, first_row: int, uri: str) -> pa.Table:
         col = table.column(m.value).combine_chunks()
         embedded = None if m.is_inline else _embedded(col)
         if embedded is not None:
-            cols[m.value], cols[f"{m.value}:error"] = _labels(*embedded, ids, uri), pa.nulls(n, pa.string())
-            cols[f"{m.value}:bytes"] = embedded[0]
-        elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            data, errors = _held(embedded[0], max_bytes, media)
+            cols[m.value], cols[f"{m.value}:error"] = _labels(data, embedded[1], ids, uri), errors
+            cols[f"{m.value}:bytes"] = data
+            continue
+        col = expand(col)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             cols[m.value], cols[f"{m.value}:error"] = pc.cast(col, pa.string()), pa.nulls(n, pa.string())
         elif pa.types.is_null(col.type):
             cols[m.value], cols[f"{m.value}:error"] = pa.nulls(n, pa.string()), pa.nulls(n, pa.string())
@@ -549,27 +602,68 @@ def normalize(table: pa.Table, first_row: int, uri: str) -> pa.Table:
             values = col.to_pylist()
             cols[m.value] = pa.nulls(n, pa.string())
             cols[f"{m.value}:error"] = pa.array([None if v is None else _wrong_type(m, v) for v in values], pa.string())
-    extra = [c for c in names if c != "id" and c not in cols]
+    extra = [c for c in names if c != "id" and c not in cols] + list(ignored or [])
     out = pa.table(cols)
     return out.replace_schema_metadata({"ignored": json.dumps(extra)})
 
 
+def _ids(table: pa.Table, first_row: int, uri: str) -> pa.Array:
+    """The id column as trimmed strings; ManifestError naming the rows whose id is missing, blank, not a string
+    or integer, or holds control characters."""
+    ids = expand(table.column("id").combine_chunks())
+    if pa.types.is_integer(ids.type):
+        ids = pc.cast(ids, pa.string())
+    if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+        ids = pc.utf8_trim_whitespace(pc.cast(ids, pa.string()))
+        bad = pc.or_kleene(pc.or_kleene(pc.is_null(ids), pc.equal(pc.utf8_length(ids), 0)),
+                           pc.match_substring_regex(ids, BAD_ID_CHARS))
+        bad = pc.fill_null(bad, True).to_numpy(zero_copy_only=False)
+    else:
+        bad = np.ones(len(ids), bool)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:10]
+        raw = expand(table.column("id").combine_chunks()).take(pa.array(rows)).to_pylist()
+        shown = [f"row {first_row + i + 1}: {v!r}" for i, v in zip(rows, raw)]
+        raise ManifestError(f"manifest {uri}: missing or invalid id (expected a non-empty string or integer without "
+                            f"control characters): {'; '.join(shown)}")
+    return ids
+
+
+def _held(data: pa.Array, max_bytes: int | None, media: bool) -> tuple[pa.Array, pa.Array]:
+    """(bytes per row, read error per row) of media held in a piece (see ``normalize``)."""
+    n = len(data)
+    if not media:
+        return pc.if_else(pc.is_valid(data), pa.scalar(b"", pa.large_binary()), pa.nulls(n, pa.large_binary())), \
+            pa.nulls(n, pa.string())
+    errors: list[str | None] = [None] * n
+    if max_bytes is not None:
+        sizes = value_sizes(data)
+        over = sizes > max_bytes
+        for i in np.flatnonzero(over):
+            errors[i] = f"held in the manifest: {sizes[i]} bytes, over limits.max_file_bytes={max_bytes}"
+        data = without(data, over)
+    return pc.cast(expand(data), pa.large_binary()), pa.array(errors, pa.string())
+
+
 def _embedded(col: pa.Array) -> tuple[pa.Array, pa.Array] | None:
     """(bytes, path) of a column holding media itself: binary, or a ``{bytes, path}`` struct as Hugging Face
-    ``datasets`` exports its Image/Audio features. None for any other type. A struct row with no bytes but a
-    path is a URI item (bytes null, path kept); with neither it is absent."""
-    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-        return pc.cast(col, pa.large_binary()), pa.nulls(len(col), pa.string())
-    if not pa.types.is_struct(col.type) or col.type.get_field_index("bytes") < 0:
+    ``datasets`` exports its Image/Audio features (bytes may be dictionary-encoded: left so). None for any other
+    type. A struct row with no bytes but a path is a URI item (bytes null, path kept); with neither it is absent."""
+    if is_media(col, Modality("image")) and not pa.types.is_struct(col.type):
+        return col, pa.nulls(len(col), pa.string())
+    if not pa.types.is_struct(col.type) or not is_media(col, Modality("image")):
         return None
     data = col.field("bytes")
-    if not (pa.types.is_binary(data.type) or pa.types.is_large_binary(data.type)):
-        return None
-    has_path = col.type.get_field_index("path") >= 0 and pa.types.is_string(col.type.field("path").type)
-    path = col.field("path") if has_path else pa.nulls(len(col), pa.string())
+    has_path = col.type.get_field_index("path") >= 0 and _is_text(col.type.field("path").type)
+    path = pc.cast(expand(col.field("path")), pa.string()) if has_path else pa.nulls(len(col), pa.string())
     valid = pc.is_valid(col)  # a null struct: neither bytes nor path
-    return (pc.if_else(valid, pc.cast(data, pa.large_binary()), pa.nulls(len(col), pa.large_binary())),
-            pc.if_else(valid, path, pa.nulls(len(col), pa.string())))
+    absent = ~valid.to_numpy(zero_copy_only=False)
+    return without(data, absent), pc.if_else(valid, path, pa.nulls(len(col), pa.string()))
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
 def _labels(data: pa.Array, paths: pa.Array, ids: pa.Array, uri: str) -> pa.Array:

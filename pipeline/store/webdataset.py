@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tarfile
 from typing import Any, Iterator
 
 import numpy as np
@@ -34,6 +33,7 @@ import pyarrow.parquet as pq
 
 from pipeline.modality import Modality
 from pipeline.store.sources import describe_storage_error, filesystem
+from pipeline.store.tar_headers import TarHeaderError, members as tar_members
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
@@ -97,26 +97,44 @@ def _split(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
-def _members(uri: str, options: dict[str, Any], read: bool, max_member_bytes: int) -> Iterator[tuple[str, str, int, Any]]:
-    """(key, ext, size, bytes or None) per regular member, in tar order. Bytes only when ``read`` and the member is
-    at most ``max_member_bytes``. Raises TarError naming the shard."""
+def _open(uri: str, options: dict[str, Any]) -> tuple[Any, str]:
+    """(open file, identity) of a shard; the identity (size and ETag or mtime) changes when the file is rewritten."""
     try:
         fs, path = filesystem(uri, options)
+        info = fs.info(path)
         fh = fs.open(path, "rb")
     except Exception as e:
         raise TarError(f"cannot read shard: {describe_storage_error(uri, e)}") from None
+    return fh, shard_identity(info)
+
+
+def shard_identity(info: dict[str, Any]) -> str:
+    """A file's size and version as its filesystem reports them (S3: ETag; local: mtime)."""
+    version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+    return f"{info.get('size')}:{version}"
+
+
+def identity_size(identity: str) -> int | None:
+    """The size in bytes an identity records (None if the filesystem did not say)."""
+    size = identity.split(":", 1)[0]
+    return int(size) if size.isdigit() else None
+
+
+def _members(fh: Any, uri: str, identity: str, read: bool,
+             max_member_bytes: int) -> Iterator[tuple[str, str, int, Any]]:
+    """(key, ext, size, bytes or None) per regular member, in tar order (headers read by ``tar_headers``, which
+    bounds every claim); ``size`` is -1 for a sparse member, which is never read. Bytes only when ``read`` and the
+    member is at most ``max_member_bytes``. Raises TarError naming the shard."""
+    size = identity_size(identity)
     with fh:
         try:
-            with tarfile.open(fileobj=fh, mode="r:" if not read else "r|") as tar:
-                for member in tar:
-                    if not member.isfile():  # links, folders, devices: never followed
-                        continue
-                    key, ext = _split(member.name)
-                    data = None
-                    if read and member.size <= max_member_bytes:
-                        data = tar.extractfile(member).read()
-                    yield key, ext, member.size, data
-        except tarfile.TarError as e:
+            for member, data in tar_members(fh, size, max_member_bytes if read else -1):
+                if member.kind == "other":  # links, folders, devices: never followed
+                    continue
+                key, ext = _split(member.name)
+                _check_key(key, member.name, uri)
+                yield key, ext, -1 if member.kind == "sparse" else member.size, data
+        except TarHeaderError as e:
             raise TarError(f"shard {uri} is not a valid tar: {e}") from None
         except TarError:
             raise
@@ -124,12 +142,31 @@ def _members(uri: str, options: dict[str, Any], read: bool, max_member_bytes: in
             raise TarError(f"cannot read shard: {describe_storage_error(uri, e)}") from None
 
 
-def _samples(uri: str, options: dict[str, Any], read: bool, max_member_bytes: int) -> Iterator[tuple[str, dict, list]]:
+# what an id may not hold: control characters (a newline would split line-based tools' records)
+BAD_ID_CHARS = r"[\x00-\x1f\x7f-\x9f]"
+_BAD_ID = re.compile(BAD_ID_CHARS)
+
+
+def _check_key(key: str, name: str, uri: str) -> None:
+    """A sample key becomes an id: non-empty, no blank stem, no spaces at its ends, no control characters."""
+    stem = key.rpartition("/")[2]
+    if not stem.strip() or key != key.strip() or _BAD_ID.search(key):
+        raise TarError(f"shard {uri}: member {name!r} gives the sample key {key!r}: expected a non-empty key "
+                       "without spaces at its ends or control characters (a key is the member name up to the "
+                       "first dot of its last part, and becomes the sample's id)")
+
+
+def _samples(uri: str, options: dict[str, Any], read: bool, max_member_bytes: int,
+             identity: list[str] | None = None) -> Iterator[tuple[str, dict, list]]:
     """(key, {modality: (label, size, bytes or None)}, [(ext, size) of every member]) per sample, in tar order:
-    a sample is a run of consecutive members with one key; its first member of each modality is the item."""
+    a sample is a run of consecutive members with one key; its first member of each modality is the item.
+    ``identity``: a list the shard's identity is appended to, once it is open."""
     claims = extension_modalities()
+    fh, found = _open(uri, options)
+    if identity is not None:
+        identity.append(found)
     key, items, members = None, {}, []
-    for k, ext, size, blob in _members(uri, options, read, max_member_bytes):
+    for k, ext, size, blob in _members(fh, uri, found, read, max_member_bytes):
         if k != key:
             if key is not None:
                 yield key, items, members
@@ -144,27 +181,30 @@ def _samples(uri: str, options: dict[str, Any], read: bool, max_member_bytes: in
 
 def index_shard(uri: str, options: dict[str, Any]) -> dict[str, Any]:
     """What planning needs of one shard, read from its member headers only (local: seeks over the data):
-    the sample keys in order, each modality's member per sample, the ignored extensions and a digest of
-    the member names and sizes, and the bytes the members hold."""
+    the sample keys in order, each modality's member per sample, the ignored extensions, a digest of the
+    member names and sizes, the bytes the members hold and the file's identity."""
     claims = extension_modalities()
     digest = hashlib.sha256(uri.encode())
     keys: list[str] = []
     names: dict[str, list[Any]] = {}
     ignored: set[str] = set()
-    total = 0
-    for key, items, members in _samples(uri, options, False, 0):
+    total, identity = 0, []
+    for key, items, members in _samples(uri, options, False, 0, identity):
         for ext, size in members:
             digest.update(f"{key}.{ext}\0{size}\n".encode())
-            total += size
-        ignored.update(ext or "(no extension)" for ext, _ in members if ext not in claims)
-        for modality in items:
-            names.setdefault(modality.value, [None] * len(keys))
+            total += max(size, 0)
+            if ext not in claims:
+                ignored.add(ext or "(no extension)")
+        for modality, (label, _, _) in items.items():
+            if modality.value not in names:  # a modality first seen here: its column so far is empty
+                names[modality.value] = [None] * len(keys)
+            names[modality.value].append(label)
         keys.append(key)
         for column in names.values():
-            column.append(None)
-        for modality, (label, _, _) in items.items():
-            names[modality.value][-1] = label
-    return {"keys": keys, "names": names, "ignored": sorted(ignored), "digest": digest.hexdigest(), "bytes": total}
+            if len(column) < len(keys):
+                column.append(None)
+    return {"keys": keys, "names": names, "ignored": sorted(ignored), "digest": digest.hexdigest(), "bytes": total,
+            "identity": identity[0] if identity else ""}
 
 
 def sidecar_of(uri: str) -> str:
@@ -193,32 +233,73 @@ def sidecar_index(uri: str, options: dict[str, Any], layout: dict[str, str] | No
     it, without reading the tar; None if there is none or it is not theirs (no ``key`` and ``status`` columns).
     Each sample it lists as downloaded gets a member per modality of ``layout`` (as the first shard's headers
     show it: ``{"video": "mp4", "text": "txt"}``, with its ``ignored`` extensions); without one, img2dataset's
-    default (``key.jpg``, and ``key.txt`` when it has captions; ``key.json`` ignored)."""
+    default (``key.jpg``, and ``key.txt`` when it has captions; ``key.json`` ignored).
+
+    The Parquet is trusted no further than its tar allows: a list of more downloaded samples than the tar's size
+    can hold (each member takes a 512-byte header) is refused before any key is read."""
     side = sidecar_of(uri)
     try:
         fs, path = filesystem(side, options)
         if not fs.exists(path):
             return None
+        identity = shard_identity(fs.info(filesystem(uri, options)[1]))
         with fs.open(path, "rb") as fh:
-            parquet = pq.ParquetFile(fh)
+            parquet = pq.ParquetFile(fh, read_dictionary=["key", "status"])
             if not {"key", "status"} <= set(parquet.schema_arrow.names):
                 return None
-            table = parquet.read(columns=["key", "status"])
             captions = "caption" in parquet.schema_arrow.names
-        size = fs.size(filesystem(uri, options)[1])
+            default = {m: e for m, e in IMG2DATASET_LAYOUT.items() if captions or m != Modality("text").value}
+            layout = default if layout is None else layout
+            stored = _downloaded(parquet.read(columns=["status"]).column("status"))
+            size = identity_size(identity)
+            # each member takes a 512-byte header, and each key is written in the tar at least once
+            _check_capacity(side, uri, size, int(pc.sum(stored).as_py() or 0),
+                            size // (512 * max(len(layout), 1)) if size is not None else None, "downloaded samples")
+            keys = parquet.read(columns=["key"]).column("key").filter(stored)
+            _check_capacity(side, uri, size, _expanded_bytes(keys), size, "bytes of keys")
+    except TarError:
+        raise
     except Exception as e:
         raise TarError(f"cannot read img2dataset's shard index {side}: {describe_storage_error(side, e)} "
                        "(tar_index: headers indexes the tars themselves)") from None
-    stored = pc.fill_null(pc.equal(table.column("status"), "success"), False)
-    keys = [str(k) for k in table.column("key").filter(stored).to_pylist() if k is not None]
-    default = {m: e for m, e in IMG2DATASET_LAYOUT.items() if captions or m != Modality("text").value}
-    layout = default if layout is None else layout
+    keys = [k for k in pc.cast(keys, pa.string()).to_pylist() if k is not None]
+    for key in keys:
+        _check_key(key, f"{key} (listed in {side})", uri)
     names = {m: [f"{uri}#{k}.{ext}" for k in keys] for m, ext in layout.items()}
     shape = captions if layout == default else sorted(layout.items())  # img2dataset's: the digest as it always was
     digest = hashlib.sha256(f"{uri}\0sidecar\0{size}\0{shape}\0".encode())
     digest.update("\0".join(keys).encode())
     return {"keys": keys, "names": names, "ignored": ["json"] if ignored is None else list(ignored),
-            "digest": digest.hexdigest(), "bytes": size}
+            "digest": digest.hexdigest(), "bytes": size or 0, "identity": identity}
+
+
+def _downloaded(status: pa.ChunkedArray) -> pa.Array:
+    """Rows whose status is ``success``, without expanding a dictionary column (a few bytes may encode millions)."""
+    status = status.combine_chunks() if status.num_chunks else pa.array([], pa.string())
+    if pa.types.is_dictionary(status.type):
+        wanted = pc.fill_null(pc.equal(pc.cast(status.dictionary, pa.string()), "success"), False)
+        return pc.fill_null(pc.array_take(wanted, status.indices), False)
+    return pc.fill_null(pc.equal(pc.cast(status, pa.string()), "success"), False)
+
+
+def _expanded_bytes(values: pa.ChunkedArray) -> int:
+    """The bytes a (possibly dictionary-encoded) string column holds once expanded, computed without expanding it."""
+    total = 0
+    for chunk in values.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            lengths = pc.binary_length(pc.cast(chunk.dictionary, pa.string()))
+            total += int(pc.sum(pc.array_take(lengths, chunk.indices)).as_py() or 0)
+        else:
+            total += int(pc.sum(pc.binary_length(pc.cast(chunk, pa.string()))).as_py() or 0)
+    return total
+
+
+def _check_capacity(side: str, uri: str, size: int | None, claimed: int, capacity: int | None, what: str) -> None:
+    """Refuse a sidecar that claims more ``what`` than its tar of ``size`` bytes can hold."""
+    if size is not None and capacity is not None and claimed > capacity:
+        raise TarError(f"img2dataset's shard index {side} lists {claimed} {what}, but {uri} ({size} bytes) can hold "
+                       f"at most {capacity}: the .parquet does not describe this tar (tar_index: headers indexes "
+                       "the tars themselves)")
 
 
 def samples_digest(table: pa.Table, mask: Any) -> str:
@@ -245,38 +326,51 @@ def index_table(index: dict[str, Any], first_row: int) -> pa.Table:
     return pa.table(cols).replace_schema_metadata({"ignored": json.dumps(index["ignored"])})
 
 
-def read_shard(uri: str, options: dict[str, Any], first_row: int, max_member_bytes: int) -> pa.Table:
-    """A shard's samples as a normalized table with the media bytes (``<m>:bytes``) and texts, streamed once."""
+def read_shard(uri: str, options: dict[str, Any], first_row: int, max_member_bytes: int) -> tuple[pa.Table, str]:
+    """A shard's samples as a normalized table with the media bytes (``<m>:bytes``) and texts, streamed once, and
+    the file's identity as it was opened (``shard_identity``)."""
     keys: list[str] = []
-    values: dict[str, list[Any]] = {}
-    data: dict[str, list[Any]] = {}
-    errors: dict[str, list[Any]] = {}
-    for key, items, _ in _samples(uri, options, True, max_member_bytes):
+    columns: dict[str, tuple[list, list, list]] = {}  # modality → (values, bytes, errors), a row per key
+    identity: list[str] = []
+    for key, items, _ in _samples(uri, options, True, max_member_bytes, identity):
         for modality in items:
-            for store in (values, data, errors):
-                store.setdefault(modality.value, [None] * len(keys))
+            if modality.value not in columns:  # first seen here: empty so far
+                columns[modality.value] = ([None] * len(keys), [None] * len(keys), [None] * len(keys))
         keys.append(key)
-        for column in (*values.values(), *data.values(), *errors.values()):
-            column.append(None)
+        for column in columns.values():
+            for store in column:
+                store.append(None)
         for modality, (label, size, blob) in items.items():
-            name = modality.value
-            values[name][-1] = label
-            if blob is None:
-                errors[name][-1] = f"tar member {label} is {size} bytes, over limits.max_file_bytes={max_member_bytes}"
-            elif modality.is_inline:
+            values, data, errors = columns[modality.value]
+            values[-1] = label
+            errors[-1] = _member_error(label, size, blob, max_member_bytes)
+            if errors[-1] is not None:
+                continue
+            if modality.is_inline:
                 try:
-                    values[name][-1] = blob.decode("utf-8")
+                    values[-1] = blob.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    errors[name][-1] = f"tar member {label} is not valid UTF-8 (byte 0x{blob[e.start]:02x} at {e.start})"
+                    errors[-1] = f"tar member {label} is not valid UTF-8 (byte 0x{blob[e.start]:02x} at {e.start})"
             else:
-                data[name][-1] = blob
+                data[-1] = blob
     n = len(keys)
     cols: dict[str, Any] = {"row": pa.array(np.arange(first_row, first_row + n, dtype=np.int64)),
                             "id": pa.array(keys, pa.string())}
     for m in Modality.all():
-        if m.value in values:
-            cols[m.value] = pa.array(values[m.value], pa.string())
-            cols[f"{m.value}:error"] = pa.array(errors[m.value], pa.string())
+        if m.value in columns:
+            values, data, errors = columns[m.value]
+            cols[m.value] = pa.array(values, pa.string())
+            cols[f"{m.value}:error"] = pa.array(errors, pa.string())
             if not m.is_inline:
-                cols[f"{m.value}:bytes"] = pa.array(data[m.value], pa.large_binary())
-    return pa.table(cols)
+                cols[f"{m.value}:bytes"] = pa.array(data, pa.large_binary())
+    return pa.table(cols), identity[0] if identity else ""
+
+
+def _member_error(label: str, size: int, blob: bytes | None, max_member_bytes: int) -> str | None:
+    """Why a member's bytes were not read (a sparse member, or one over the limit), or None."""
+    if size < 0:
+        return (f"tar member {label} is a sparse file: sparse members are not read (their declared size is not "
+                "their stored size)")
+    if blob is None:
+        return f"tar member {label} is {size} bytes, over limits.max_file_bytes={max_member_bytes}"
+    return None
