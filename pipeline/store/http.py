@@ -4,9 +4,10 @@ A URL is anyone's (a request's, a web-scraped corpus's), so every fetch is check
 probe it:
 - only http and https with a host; the host and port must pass the caller's allow-list;
 - the host is resolved here and refused when it resolves to a loopback, private, link-local (cloud
-  metadata), multicast or reserved address, unless private addresses are allowed; the connection then
-  goes to the checked address (no second lookup an attacker's DNS could answer differently), HTTPS
-  verifying the certificate for the host name;
+  metadata), multicast or reserved address, or to an IPv6 form that embeds one (NAT64, IPv4-mapped,
+  -compatible or -translated, 6to4, Teredo: ``is_public_address``), unless private addresses are allowed;
+  the connection then goes to the checked address (no second lookup an attacker's DNS could answer
+  differently), HTTPS verifying the certificate for the host name;
 - one deadline bounds connect, headers and body together (a server dribbling bytes is cut off);
 - the body is read up to ``max_bytes`` (a larger Content-Length is refused unread) and never
   decompressed (``Accept-Encoding: identity``); redirects are never followed here (``get`` returns
@@ -135,12 +136,45 @@ def _checked_address(host: str, port: int, allow_private: bool, setting: str) ->
     refused = []
     for info in infos:
         ip = ipaddress.ip_address(info[4][0].split("%")[0])
-        mapped = getattr(ip, "ipv4_mapped", None) or ip
-        if allow_private or (mapped.is_global and not mapped.is_multicast):
+        if allow_private or is_public_address(ip):
             return str(ip)
         refused.append(str(ip))
     raise FetchError(f"{host} resolves to {', '.join(refused)}, not a public address; such hosts are fetched "
                      f"only with {setting}.allow_private_addresses", "host_not_allowed")
+
+
+_LOW32 = 0xFFFF_FFFF
+# IPv6 forms that carry an IPv4 address: (prefix, the IPv4 address as an int from the IPv6 one as an int, whether
+# the IPv6 address must be global too). A carrier (mapped, translated, compatible, NAT64) leads to its IPv4
+# address, so that decides; a tunnel (6to4, Teredo) has two ends, so both must be public.
+_V4_IN_V6 = (
+    (ipaddress.ip_network("::ffff:0:0/96"), lambda n: n & _LOW32, False),     # IPv4-mapped (RFC 4291)
+    (ipaddress.ip_network("::ffff:0:0:0/96"), lambda n: n & _LOW32, False),   # IPv4-translated (RFC 2765)
+    (ipaddress.ip_network("64:ff9b::/96"), lambda n: n & _LOW32, False),      # NAT64, well-known prefix (RFC 6052)
+    (ipaddress.ip_network("::/96"), lambda n: n & _LOW32, False),             # IPv4-compatible (RFC 4291, deprecated)
+    (ipaddress.ip_network("2002::/16"), lambda n: (n >> 80) & _LOW32, True),  # 6to4 (RFC 3056): bits 16-47
+    (ipaddress.ip_network("2001::/32"), lambda n: ~n & _LOW32, True),         # Teredo (RFC 4380): client, inverted
+)
+# NAT64 local-use prefix (RFC 8215): where the IPv4 address sits is the operator's choice (/48 to /96), and the
+# block is for one network's own use, so no address in it is public
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a fetch may go to ``ip`` without ``allow_private_addresses``: a global unicast address and, for an
+    IPv6 form that embeds an IPv4 address (mapped, translated, compatible, NAT64, 6to4, Teredo), an embedded
+    IPv4 address that is global unicast too; nothing in 64:ff9b:1::/48 (local-use NAT64)."""
+    if ip.version == 6:
+        if ip in _LOCAL_NAT64:
+            return False
+        for network, inner, tunnel in _V4_IN_V6:
+            if ip in network:
+                return _global(ipaddress.IPv4Address(inner(int(ip)))) and (not tunnel or _global(ip))
+    return _global(ip)
+
+
+def _global(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return ip.is_global and not ip.is_multicast
 
 
 def _download(conn: http.client.HTTPConnection, parts: urllib.parse.SplitResult, deadline: float,
