@@ -74,12 +74,17 @@ class ItemEncoder:
         self.dtype, self.batch_size = np.dtype(dtype), batch_size
         self.frozen = FrozenEncoder(ref, enc)
 
-    def embed(self, raw: list[Any]) -> list[Encoded | ItemError]:
-        """Raw items (text, paths/URIs, bytes) → per item, in order, its Encoded or its ItemError."""
+    def embed(self, raw: list[Any], limits: list[dict[str, Any] | None] | None = None) -> list[Encoded | ItemError]:
+        """Raw items (text, paths/URIs, bytes) → per item, in order, its Encoded or its ItemError. ``limits``: per
+        item, limits that replace the settings' for that item alone (e.g. {"max_audio_seconds": 5.0}, a request's
+        share of its budget); None, or None for an item, keeps the settings'."""
         out: list[Any] = []
         for index, item in enumerate(raw):
+            tighter = limits[index] if limits else None
+            settings = (dataclasses.replace(self.settings, limits=self.settings.limits.model_copy(update=tighter))
+                        if tighter else self.settings)
             try:
-                out.append(decode_raw(item, self.settings, index))
+                out.append(decode_raw(item, settings, index))
             except ItemError as e:
                 out.append(e)
         good = [i for i, d in enumerate(out) if not isinstance(d, ItemError)]

@@ -19,6 +19,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipeline.config import ConfigError
+from serving.budget import explain_share, request_budget
 from serving.config import GATEWAY, SEARCH, ServeArgs, encoder_deployment, parse_args
 from serving.deployments import ModalityEncoder, SearchIndex
 from serving.inputs import APIError, Item, fetch, input_list, parse_json_body, resolve
@@ -115,19 +116,26 @@ class Gateway:
         return items
 
     async def _embed(self, items: list[Item]) -> list[dict[str, Any]]:
-        """Each item through its modality's batched deployment, concurrently; 4xx naming the first bad item."""
+        """Each item through its modality's batched deployment, concurrently, within the request's budgets
+        (``request_budget``); 4xx naming the first bad item, or the budget a request is over."""
         from ray.serve.exceptions import BackPressureError
 
-        calls = [self.encoders[it.modality].embed.remote(it.value) for it in items]
+        # the request's budgets, from headers (pixels) and shares (seconds) before anything is decoded; media
+        # headers are read off the event loop
+        media = any(isinstance(it.value, bytes) for it in items)
+        shares = (await asyncio.to_thread(request_budget, items, self.args.limits) if media
+                  else request_budget(items, self.args.limits))
+        calls = [self.encoders[it.modality].embed.remote(it.value, share) for it, share in zip(items, shares)]
         try:
             results = await asyncio.gather(*calls)
         except BackPressureError:
             for call in calls:
                 call.cancel()
             raise _overloaded("encoder") from None
-        for it, result in zip(items, results):
+        for it, result, share in zip(items, results, shares):
             if "error" in result:
-                raise APIError(400, f"input[{it.index}]: {it.modality}: {result['error']}", "invalid_input",
+                reason = explain_share(result["error"], share, items, self.args.limits)
+                raise APIError(400, f"input[{it.index}]: {it.modality}: {reason}", "invalid_input",
                                f"input[{it.index}]")
         return results
 

@@ -33,8 +33,21 @@ ServeLimits = create_model(
     **limit_fields(serving=True),
     max_items=(int, Field(64, ge=1, description="Inputs per request (the `input` list).")),
     max_request_bytes=(int, Field(32 * 2**20, ge=1, description="Largest request body, in bytes (413 above it).")),
+    # what one request may cost: small files can decode to much (a 40 MP lossless WebP of one colour is 38 bytes)
+    max_request_pixels=(int, Field(256_000_000, ge=1, description="Decoded pixels (width*height) per request, summed "
+                                   "over its images and depth maps from their headers before any is decoded (one whose "
+                                   "size is not found counts as max_image_pixels); over it is a 400.")),
+    max_request_audio_seconds=(float, Field(300.0, gt=0, description="Audio seconds per request: each of a request's n "
+                                            "audio items is decoded up to min(max_audio_seconds, this / n) seconds, so "
+                                            "their total never exceeds it; an item longer than its share is a 400.")),
+    max_request_video_seconds=(float, Field(300.0, gt=0, description="Video seconds per request: each of a request's n "
+                                            "videos may run min(max_video_seconds, this / n) seconds (their length is "
+                                            "read from packet timestamps before decoding); a longer one is a 400.")),
     max_k=(int, Field(100, ge=1, description="Largest `k` a search may ask for.")))
 ServeLimits.__doc__ = "Request and media limits of the server."
+# per-item limits whose request budget is shared out among the items that have them (a length is known only once
+# demuxed, so each item gets its share as its limit); pixels are summed from headers instead (max_request_pixels)
+SHARED_BUDGETS = {"max_audio_seconds": "max_request_audio_seconds", "max_video_seconds": "max_request_video_seconds"}
 
 
 class RemoteSettings(StrictModel):

@@ -47,18 +47,22 @@ class ModalityEncoder:
                  settings.max_batch_size, settings.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def embed(self, items: list[Any]) -> list[dict[str, Any]]:
-        """One result per item, in order: {"embedding", "tokens"} or {"error"} (bad items never fail the batch)."""
+    async def embed(self, items: list[Any], limits: list[dict[str, float] | None]) -> list[dict[str, Any]]:
+        """One result per item, in order: {"embedding", "tokens"} or {"error"} (bad items never fail the batch).
+        Called with one item and its request's per-item limits (``serving.budget.request_budget``), or None."""
         self.batch_sizes.append(len(items))
-        return await asyncio.to_thread(self._embed, items)
+        return await asyncio.to_thread(self._embed, items, limits)
 
-    def _embed(self, items: list[Any]) -> list[dict[str, Any]]:
+    def _embed(self, items: list[Any], limits: list[dict[str, float] | None] | None = None) -> list[dict[str, Any]]:
         """The model's one raw-item → vector path; an item that gives no vector (unreadable, undecodable, failing
-        the encoder, non-finite) becomes an {"error"} result without failing its batch-mates."""
+        the encoder, non-finite) becomes an {"error"} result without failing its batch-mates. ``limits``: per item,
+        limits tighter than this replica's for that item alone (never looser: each is capped at the replica's)."""
         from pipeline.item_encoder import ItemError
 
+        own = self.args.limits if limits and any(limits) else None
+        tighter = [{k: min(v, getattr(own, k)) for k, v in (lim or {}).items()} or None for lim in limits] if own else None
         return [{"error": r.reason} if isinstance(r, ItemError) else {"embedding": r.vector, "tokens": r.tokens}
-                for r in self.model.embed_items(items, self.modality)]
+                for r in self.model.embed_items(items, self.modality, tighter)]
 
     def stats(self) -> dict[str, Any]:
         """Observed batch sizes since start (for tests and tuning)."""

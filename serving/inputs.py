@@ -33,8 +33,95 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
-# a JSON value as the scan in parse_json_body sees it: a whole string, a bracket, a number or a literal
-_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]|-?[0-9][0-9.eE+-]*|true|false|null')
+# The scan in parse_json_body reads bodies of up to limits.max_request_bytes (32 MiB) before json builds anything,
+# in time linear in their length whatever the bytes: each token is matched where the last one ended (never searched
+# for, so no byte is tried twice); a string is followed once to its closing quote, and one that never closes ends
+# the scan, as does any byte that cannot start a token. Every regex match runs over at most _WINDOW bytes: a match
+# holds the GIL (and so the event loop) for milliseconds, however long the run it is part of.
+_WINDOW = 2**20
+_SEPARATORS = re.compile(rb"[ \t\n\r,:]*+")                      # json's whitespace; commas and colons
+_ESCAPED = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)  # string content from a backslash on
+_NUMBER = re.compile(rb"-?[0-9][0-9.eE+-]*+")                     # json.loads checks the grammar afterwards
+_LITERAL = re.compile(rb"true|false|null|NaN|-?Infinity")
+_MAX_NUMBER_CHARS = 1000
+_QUOTE, _PAIRS = ord('"'), {ord("]"): ord("["), ord("}"): ord("{")}
+
+
+def _invalid(message: str) -> APIError:
+    return APIError(400, f"request body is not valid JSON: {message}", "invalid_json")
+
+
+def _run_end(pattern: re.Pattern, body: bytes, pos: int) -> int:
+    """Where the run of single-byte ``pattern`` starting at ``pos`` ends, matched a window at a time."""
+    while True:
+        end = min(pos + _WINDOW, len(body))
+        pos = pattern.match(body, pos, end).end()
+        if pos < end or end == len(body):
+            return pos
+
+
+def _string_end(body: bytes, pos: int) -> int:
+    """Offset of the quote that closes the string whose content starts at ``pos`` (memchr over runs without
+    escapes, the regex from a backslash on, a window at a time); 400 if the string never closes."""
+    n = len(body)
+    while pos < n:
+        end = min(pos + _WINDOW, n)
+        quote, slash = body.find(b'"', pos, end), body.find(b"\\", pos, end)
+        if slash < 0 or 0 <= quote < slash:
+            if quote >= 0:
+                return quote
+            pos = end
+            continue
+        pos = _ESCAPED.match(body, slash, end).end()  # stops at a quote, at ``end``, or at a backslash at end - 1
+        if pos < end and body[pos] == _QUOTE:
+            return pos
+        if end == n:
+            break
+    raise _invalid("a string that never closes (no closing '\"')")
+
+
+def _scan(body: bytes, max_values: int, max_depth: int) -> None:
+    """Refuse (400) a body of more than ``max_values`` values (strings, numbers, literals, objects, arrays), nested
+    more than ``max_depth`` deep, or that cannot be JSON: a byte no token starts with, an unbalanced bracket, an
+    unclosed string, a number of over _MAX_NUMBER_CHARS characters, or NaN/Infinity. Linear; stops at the first fault."""
+    pos, values, opened = (3 if body.startswith(b"\xef\xbb\xbf") else 0), 0, []
+    while (pos := _run_end(_SEPARATORS, body, pos)) < len(body):
+        byte = body[pos]
+        if byte in _PAIRS:
+            if not opened or opened.pop() != _PAIRS[byte]:
+                raise _invalid(f"unbalanced {chr(byte)!r} at offset {pos}")
+            pos += 1
+            continue
+        values += 1
+        if values > max_values:
+            raise APIError(400, f"request JSON holds more than {max_values} values: expected a few fields and at "
+                                "most limits.max_items inputs", "request_too_complex")
+        if byte == _QUOTE:
+            pos = _string_end(body, pos + 1) + 1
+        elif byte in b"[{":
+            opened.append(byte)
+            if len(opened) > max_depth:
+                raise APIError(400, f"request JSON is nested more than {max_depth} levels deep", "invalid_json")
+            pos += 1
+        elif literal := _LITERAL.match(body, pos, pos + 9):
+            if literal.group() not in (b"true", b"false", b"null"):
+                raise _not_json(literal.group().decode())
+            pos = literal.end()
+        elif number := _NUMBER.match(body, pos, pos + _MAX_NUMBER_CHARS + 1):
+            if number.end() - pos > _MAX_NUMBER_CHARS:
+                raise _invalid(f"a number of more than {_MAX_NUMBER_CHARS} characters at offset {pos}")
+            pos = number.end()
+        else:
+            raise _invalid(f"unexpected byte {body[pos:pos + 1]!r} at offset {pos}: expected a JSON value (UTF-8)")
+
+
+def _not_json(constant: str) -> APIError:
+    return _invalid(f"{constant} is not JSON (JSON has no NaN or Infinity): send finite numbers, or null")
+
+
+def _refuse_constant(constant: str) -> None:
+    """json.loads' ``parse_constant``: Python's json accepts NaN and ±Infinity, which JSON has not."""
+    raise _not_json(constant)
 
 
 def parse_json_body(body: bytes, max_values: int, max_depth: int = 8) -> dict[str, Any]:
@@ -43,24 +130,13 @@ def parse_json_body(body: bytes, max_values: int, max_depth: int = 8) -> dict[st
 
     Our requests hold a few fields and at most ``max_items`` strings, so a body of a million tiny
     objects (which would expand about 25x in memory) or one nested a thousand deep (a RecursionError
-    in json) is refused by a scan that stops at the first excess. CPU-bound: call it off the event loop.
+    in json) is refused by a scan that stops at the first excess. The scan is linear in the body's length
+    whatever its bytes, and refuses what is not JSON on sight (see ``_scan``), NaN and Infinity included,
+    which json.loads would accept. CPU-bound: call it off the event loop.
     """
-    depth = values = 0
-    for match in _JSON_TOKEN.finditer(body):
-        first = match.group()[:1]
-        if first in b"]}":
-            depth -= 1
-            continue
-        values += 1
-        if values > max_values:
-            raise APIError(400, f"request JSON holds more than {max_values} values: expected a few fields and at "
-                                "most limits.max_items inputs", "request_too_complex")
-        if first in b"[{":
-            depth += 1
-            if depth > max_depth:
-                raise APIError(400, f"request JSON is nested more than {max_depth} levels deep", "invalid_json")
+    _scan(body, max_values, max_depth)
     try:
-        parsed = json.loads(body)
+        parsed = json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise APIError(400, f"request body is not valid JSON ({type(e).__name__}: {str(e)[:200]})", "invalid_json") from None
     if not isinstance(parsed, dict):
@@ -202,3 +278,4 @@ def fetch(item: Item, remote: RemoteSettings, limits: ServeLimits) -> Item:
     if not response.body:
         raise item_error(i, f"{url} returned an empty body", "fetch_failed")
     return Item(i, item.modality, response.body)
+

@@ -30,7 +30,7 @@ SHIPPED_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "servi
 TOKEN = "test-token-123"
 LIMITS = {"max_items": 8, "max_file_bytes": 400_000, "max_request_bytes": 1_000_000, "max_text_chars": 500,
           "max_image_pixels": 250_000, "max_audio_seconds": 3.0, "max_video_seconds": 3.0, "decode_timeout_s": 20,
-          "max_k": 50}
+          "max_k": 50, "max_request_pixels": 1_000_000, "max_request_audio_seconds": 4.0, "max_request_video_seconds": 4.0}
 
 
 def _free_port() -> int:
@@ -315,6 +315,70 @@ def test_oversized_body_is_413_and_the_server_stays_healthy(served):
     status = serve.status().applications[APP_NAME]
     assert status.status == "RUNNING"
     assert all(d.status == "HEALTHY" for d in status.deployments.values()), status.deployments
+
+
+def test_health_answers_while_hostile_bodies_are_scanned(served):
+    """Bodies as large as this server takes, each a string that never closes, full of escaped quotes (the old
+    scan's worst case: quadratic, about an hour at this size, /health stalled meanwhile): each is a 400, and
+    /health answers promptly all the while."""
+    url, _ = served
+    hostile = b'{"model": "oneencoder", "input": "' + b'\\"' * ((LIMITS["max_request_bytes"] - 40) // 2)
+    answers: list[requests.Response] = []
+    stop = threading.Event()
+
+    def post_until_stopped() -> None:
+        while not stop.is_set() and len(answers) < 200:
+            answers.append(_post(url, hostile))
+
+    poster = threading.Thread(target=post_until_stopped, daemon=True)
+    poster.start()
+    latencies = []
+    try:
+        for _ in range(10):
+            started = time.monotonic()
+            assert requests.get(url + "/health", timeout=5).status_code == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        poster.join(130)
+    assert answers and all(r.status_code == 400 and r.json()["error"]["code"] == "invalid_json" for r in answers), \
+        answers[-1].text
+    assert "never closes" in answers[0].json()["error"]["message"]
+    assert max(latencies) < 2, latencies
+
+
+def _webp(size: tuple[int, int]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (30, 120, 200)).save(buf, "WEBP", lossless=True)
+    return buf.getvalue()
+
+
+def test_a_request_over_its_budgets_is_a_400_naming_them(served, tmp_path):
+    """Pixels summed over a request (from the headers) and audio/video seconds shared out among its items: over a
+    budget is a 400 naming it and what to do; the same items in smaller requests pass."""
+    url, _ = served
+    picture = _data_uri("image/webp", _webp((500, 500)))  # at the per-item limit, 250,000 pixels
+    over = _post(url, {"model": "oneencoder", "input": [picture] * 8})
+    error = over.json()["error"]
+    assert over.status_code == 400 and error["code"] == "request_over_budget" and error["param"] == "input", over.text
+    assert ("8 image inputs decode to 2,000,000 pixels in all" in error["message"]
+            and "over limits.max_request_pixels=1,000,000 per request" in error["message"]), error["message"]
+    assert _post(url, {"model": "oneencoder", "input": [picture] * 4}).status_code == 200
+    clips = {"audio": _data_uri("audio/wav", _wav(2.5)), "video": _data_uri("video/mp4", _mp4(tmp_path, frames=10))}
+    for modality, clip in clips.items():  # each 2.5 s: alone under its 3 s; two share 4 s, 2 s each
+        r = _post(url, {"model": "oneencoder", "input": ["a caption", clip, clip]})
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == "input[1]", r.text
+        assert (f"limits.max_{modality}_seconds=2" in error["message"]
+                and f"share of limits.max_request_{modality}_seconds=4 s, split between the request's 2 {modality} items"
+                in error["message"] and f"send fewer or shorter {modality} items per request" in error["message"]), \
+            error["message"]
+        assert _post(url, {"model": "oneencoder", "input": ["a caption", clip]}).status_code == 200
+    short = _data_uri("audio/wav", _wav(1.5))
+    assert _post(url, {"model": "oneencoder", "input": [short, short]}).status_code == 200
 
 
 def test_bearer_auth(served):
