@@ -4,7 +4,8 @@
 A job's flags are its config's scalar fields (``--shard-size`` for ``shard_size``; nested blocks such as
 ``limits`` or ``encoders`` come from ``--config FILE``), each with the field's description as help, so a
 new field is a flag and a documented config key at once. Flags override the YAML. User errors (a bad
-config, manifest or artifact; a store made differently) exit 2 with one ``error:`` line, in one place.
+config, manifest or artifact; a store made differently, damaged or tampered with) exit 2 with one ``error:``
+line, in one place.
 """
 from __future__ import annotations
 
@@ -151,9 +152,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.artifact import ArtifactError
     from pipeline.config import ConfigError
     from pipeline.embed.job import ResumeMismatchError
+    from pipeline.store.features import StoreError
     from pipeline.store.manifest import ManifestError
 
-    return ConfigError, ManifestError, ResumeMismatchError, ArtifactError
+    return ConfigError, ManifestError, ResumeMismatchError, ArtifactError, StoreError
 
 
 def main(name: str, argv: list[str] | None = None) -> int:

@@ -275,7 +275,7 @@ def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
     """The model's modalities that have features in the store; refuses a store embedded with other
     encoders (or another K) than the model was trained on, naming both."""
     from pipeline.artifact import read_artifact
-    from pipeline.store.features import FeatureStore
+    from pipeline.store.features import FeatureStore, iter_features
 
     store = FeatureStore(args.features, args.storage.model_dump())
     found = [m for m in modalities if store.run_record(m) is not None]
@@ -286,6 +286,9 @@ def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
         mismatch = artifact.features_mismatch(store, m)
         if mismatch:
             raise ConfigError(f"features={args.features!r}: {mismatch}; index a store embedded with the model's encoders")
+    for m in found:  # a damaged or tampered shard (another schema, NaN rows) is named here, before Serve starts
+        for _ in iter_features(args.features, m, args.storage.model_dump()):
+            pass
     return found
 
 

@@ -17,14 +17,19 @@ A shard is the items of ``shard_size`` consecutive manifest rows (each modality 
 shape [K, D]); in Parquet it is a fixed-size list with the extension metadata, so plain pyarrow
 reads it back as a tensor (``to_numpy_ndarray()`` gives (N, K, D)) and pandas as flat arrays of
 K*D values. Every file appears atomically: nobody ever reads half a file.
+
+Every file is checked as it is read (``pipeline.store.integrity``): a store written by another tool, damaged or
+tampered with is a ``StoreError`` naming the file and what was expected. Only the store's own spelling of a
+shard's name (``shard-`` and at least five ASCII digits) names a shard.
 """
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +37,11 @@ import pyarrow.parquet as pq
 
 from pipeline.modality import Modality
 from pipeline.store.files import write_bytes_atomic
+from pipeline.store.integrity import ShardChecks, check_marker, json_object
+from pipeline.store.integrity import StoreError  # noqa: F401  (readers and the CLI take it from here)
 from pipeline.store.sources import filesystem
+
+log = logging.getLogger(__name__)
 
 ERROR_SCHEMA = pa.schema([("id", pa.string()), ("modality", pa.string()), ("uri", pa.string()),
                           ("stage", pa.string()), ("error", pa.string())])
@@ -78,6 +87,10 @@ class FeatureStore:
     def _p(self, *parts: str) -> str:
         return join(self.path, *parts)
 
+    def where(self, rel: str) -> str:
+        """``rel`` as messages name it: under the root the user gave (a local folder or s3:// URI)."""
+        return join(self.root, rel)
+
     def write_bytes_atomic(self, rel: str, data: bytes) -> None:
         """Make ``rel`` appear whole or not at all (local: temp + rename; S3: one PUT)."""
         target = self._p(rel)
@@ -93,10 +106,12 @@ class FeatureStore:
         self.write_bytes_atomic(rel, buf.getvalue())
 
     def read_json(self, rel: str) -> dict | None:
+        """The JSON object in ``rel``, or None when there is no such file; StoreError when it holds none."""
         try:
-            return json.loads(self.fs.cat_file(self._p(rel)))
+            data = self.fs.cat_file(self._p(rel))
         except FileNotFoundError:
             return None
+        return json_object(data, self.where(rel))
 
     def write_json(self, rel: str, obj: dict) -> None:
         self.write_bytes_atomic(rel, json.dumps(obj, indent=2, sort_keys=True).encode())
@@ -143,9 +158,10 @@ class FeatureStore:
 
     @staticmethod
     def shard_index(name: str) -> int | None:
-        """The shard number in a file name like ``shard-00012.json`` or ``image-shard-123456.parquet``."""
+        """The shard number in a file name like ``shard-00012.json`` or ``image-shard-123456.parquet``. Only ASCII
+        digits name a shard: ``str.isdigit`` and ``int`` also take other scripts' digits (``shard-٠٠٠١٢``)."""
         stem = name.rsplit("shard-", 1)[-1].split(".", 1)[0]
-        return int(stem) if "shard-" in name and stem.isdigit() else None
+        return int(stem) if "shard-" in name and stem.isascii() and stem.isdigit() else None
 
     def committed_indexes(self, modality: Modality | str) -> list[int]:
         """Numbers of the shards already committed, from a listing of their markers alone (a marker appears
@@ -159,16 +175,27 @@ class FeatureStore:
         paths = [self._p(f"_progress/{_name(modality)}/{name}") for name in names.values()]
         found = self.fs.cat(paths, on_error="omit") if paths else {}
         by_name = {os.path.basename(path.rstrip("/")): data for path, data in found.items()}
-        out = {index: json.loads(by_name[name]) for index, name in names.items() if name in by_name}
+        out = {}
+        for index, name in names.items():  # StoreError for a marker that is not one (not JSON, no counts)
+            if name in by_name:
+                where = self.where(f"_progress/{_name(modality)}/{name}")
+                out[index] = check_marker(json_object(by_name[name], where), where)
         return dict(sorted(out.items()))
 
     def _markers(self, modality: Modality | str) -> dict[int, str]:
-        """Shard index → its marker's file name."""
+        """Shard index → its marker's file name. A name only like one (``shard-12.json``, ``shard-٠٠٠١٢.json``)
+        names no shard: ignored with a warning, as if absent. Refused, a stray file would stop every reader; read
+        as shard 12's marker, it could stand in for the real one or make an uncommitted shard look committed."""
         out = {}
         for name in self.list(f"_progress/{_name(modality)}"):
+            if not name.startswith("shard-") or not name.endswith(".json"):
+                continue  # run.json, encoder.json, temp files
             index = self.shard_index(name)
-            if index is not None and name.endswith(".json") and not name.startswith("."):
-                out[index] = name
+            if index is None or name != f"{self.shard_name(index)}.json":
+                log.warning("%s: not a shard's marker name (expected shard- and 5 ASCII digits, e.g. "
+                            "shard-00012.json); ignored", self.where(f"_progress/{_name(modality)}/{name}"))
+                continue
+            out[index] = name
         return out
 
     def feature_file(self, modality: Modality | str, shard: int) -> str:
@@ -262,11 +289,27 @@ class FeatureStore:
 
 
 def read_features(root: str, modality: Modality | str, storage: dict[str, Any] | None = None) -> pa.Table:
-    """All feature rows of ``modality``'s committed shards under ``root`` as one table (plain pyarrow)."""
+    """All feature rows of ``modality``'s committed shards under ``root`` as one table (plain pyarrow).
+
+    Each shard is checked as it is read (``ShardChecks``): StoreError naming the file and what was expected when
+    a column is missing or of another type; when K, D, dtype or encoder name differ from what run.json,
+    encoder.json, its marker or the first shard say; when it has another row count than its marker says; or
+    when a row holds a NaN or Inf (the message names the first such id and how many).
+    """
+    tables = list(iter_features(root, modality, storage))
+    return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+
+def iter_features(root: str, modality: Modality | str, storage: dict[str, Any] | None = None) -> Iterator[pa.Table]:
+    """``modality``'s committed feature shards under ``root``, one checked table at a time (as ``read_features``
+    checks them): a whole store can be checked holding one shard."""
     store = FeatureStore(root, storage or {})
-    files = store.committed_files(modality, "features")
-    tables = [pq.read_table(store._p(f), filesystem=store.fs) for f in files]
-    return pa.concat_tables(tables) if tables else pa.table({})
+    name = _name(modality)
+    checks = ShardChecks(name, store.run_record(name), store.encoder_record(name), store.where(f"_progress/{name}"))
+    for shard, marker in store.committed_shards(name).items():
+        if marker["features"]:
+            rel, marker_rel = store.feature_file(name, shard), f"_progress/{name}/{store.shard_name(shard)}.json"
+            yield checks.read(store.fs, store._p(rel), store.where(rel), marker, store.where(marker_rel))
 
 
 def read_errors(root: str, storage: dict[str, Any] | None = None) -> pa.Table:
