@@ -152,10 +152,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.artifact import ArtifactError
     from pipeline.config import ConfigError
     from pipeline.embed.job import ResumeMismatchError
+    from pipeline.embed.waiting import ClusterBusyError
     from pipeline.store.features import StoreError
     from pipeline.store.manifest import ManifestError
 
-    return ConfigError, ManifestError, ResumeMismatchError, ArtifactError, StoreError
+    return ConfigError, ManifestError, ResumeMismatchError, ArtifactError, StoreError, ClusterBusyError
 
 
 def main(name: str, argv: list[str] | None = None) -> int:

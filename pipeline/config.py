@@ -150,6 +150,9 @@ class EmbedConfig(StrictModel):
     cache_dir: str | None = Field(None, description="Where built tiny/random-init models are saved; null = $ONEENCODER_CACHE or ~/.cache/oneencoder.")
     ffmpeg: str | None = Field(None, description="ffmpeg binary; null = $ONEENCODER_FFMPEG, else ffmpeg on PATH, else imageio-ffmpeg's.")
     no_progress_timeout_s: float = Field(1800.0, gt=0, description="Fail the job if Ray Data makes no progress for this long.")
+    wait_for_resources_s: float = Field(60.0, ge=0, description="How long the job waits for CPUs/GPUs that other work "
+                                        "on its Ray instance holds (e.g. a Serve app) when no autoscaler can add "
+                                        "nodes; it says at once what it waits for and who holds it, then fails.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="Fetching http(s) media URLs.")
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Size, duration and time limits on inputs.")

@@ -25,6 +25,8 @@ import numpy as np
 from pipeline.config import ConfigError, EmbedConfig, EncoderConfig, require_paths
 from pipeline.embed.stages import (CPU_CONCURRENT_BATCHES, EncodeActor, MediaLinks, commit_parts, decode_work,
                                    media_links, read_work)
+from pipeline.embed.waiting import Need, cluster_can_grow, wait_for_room
+from pipeline.embed.watch import PoolWatch
 from pipeline.encoders.frozen import read_input_spec
 from pipeline.encoders.presets import EncoderRef, resolve_encoder
 from pipeline.media.decode import DecodeSettings
@@ -53,7 +55,7 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     options = storage_options(cfg.storage)
     input_uri, output_uri = _absolute(cfg.input), _absolute(cfg.output)
     plan = plan_manifest(input_uri, options, cfg.shard_size, cfg.chunk_rows,
-                         index_map=lambda fn, args: _ray_map(fn, args, cfg.decode.read_num_cpus), tar_index=cfg.tar_index,
+                         index_map=lambda fn, args: _index_tasks(cfg, fn, args), tar_index=cfg.tar_index,
                          repeats=cfg.dedupe)
     planned = time.time() - started
     log.info("manifest %s: %d rows, %d chunks, planned in %.1f s", input_uri, plan.rows, len(plan.chunks), planned)
@@ -117,11 +119,17 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
 
     settings = {r.modality.value: r.settings for r in runs}
     pool = _pool([r.enc for r in runs])
-    _check_room(cfg, pool)
+    need = _check_room(cfg, pool)
+    # keeps watching while the pipeline runs: an encoder actor that finds no room is reported within seconds and,
+    # on a cluster that cannot grow, ends the run after wait_for_resources_s (not no_progress_timeout_s)
+    watch = PoolWatch(need, cfg.wait_for_resources_s, _task_shapes(cfg))
     ctx = DataContext.get_current()
-    previous = ctx.execution_no_progress_timeout_s, ctx.raise_original_map_exception
+    previous = (ctx.execution_no_progress_timeout_s, ctx.raise_original_map_exception,
+                ctx.custom_execution_callback_classes)
     ctx.execution_no_progress_timeout_s = cfg.no_progress_timeout_s
     ctx.raise_original_map_exception = True  # a read task's ManifestError arrives as itself (iter_records)
+    callback = watch.callback_class()
+    ctx.custom_execution_callback_classes = [*previous[2], *([callback] if callback else [])]
     try:
         branches, task_resources = [], cfg.decode.resources or None
         task_plan = dataclasses.replace(plan, repeats={})  # read tasks get their chunk's links, not all repeats
@@ -151,8 +159,21 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
         committer = _Committer(plan, runs, store, options)
         committer.consume(ds)
         return committer.received
+    except Exception as e:
+        if watch.failure is not None and e is not watch.failure:  # whatever Ray Data wrapped it in
+            raise watch.failure from None
+        raise
     finally:
-        ctx.execution_no_progress_timeout_s, ctx.raise_original_map_exception = previous
+        (ctx.execution_no_progress_timeout_s, ctx.raise_original_map_exception,
+         ctx.custom_execution_callback_classes) = previous
+
+
+def _index_tasks(cfg: EmbedConfig, fn: Any, args: list[tuple]) -> Iterator[Any]:
+    """Planning's tasks (indexing tar shards) once there is room for them: on a busy instance the job says what it
+    waits for and who holds it, and fails after ``wait_for_resources_s``, as for the pipeline itself."""
+    task = {"CPU": cfg.decode.read_num_cpus}
+    wait_for_room(Need({}, 0, (task,)), cfg.wait_for_resources_s)
+    yield from _ray_map(fn, args, cfg.decode.read_num_cpus)
 
 
 def _ray_map(fn: Any, args: list[tuple], num_cpus: float, window: int = 64):
@@ -194,30 +215,42 @@ def _pool(encs: list[EncoderConfig]) -> dict[str, Any]:
             "calls": max(asked) if asked else (1 if num_gpus > 0 else CPU_CONCURRENT_BATCHES), "resources": resources}
 
 
-def _check_room(cfg: EmbedConfig, pool: dict[str, Any]) -> None:
-    """Refuse an encoder pool that leaves the read and decode side no room. Ray Data starts the pool first; a
-    read, repartition (1 CPU, whatever ``decode.num_cpus`` says) or decode task then needs CPUs beside it, and
-    on a cluster that cannot grow the job would wait for them until ``no_progress_timeout_s``."""
+def _check_room(cfg: EmbedConfig, pool: dict[str, Any]) -> Need:
+    """Refuse an encoder pool that leaves the read and decode side no room, then wait until the cluster's FREE
+    resources hold the pool and a task beside it. Ray Data starts the pool first; a read, repartition (1 CPU,
+    whatever ``decode.num_cpus`` says) or decode task then needs CPUs beside it, and on a cluster that cannot grow
+    the job would wait for them until ``no_progress_timeout_s`` (whether its own pool holds them or other work,
+    such as a Serve app, does). Returns what the job needs (the watch uses it while the pipeline runs).
+
+    Raises ConfigError when the pool can never fit, ClusterBusyError when other work still holds the room after
+    ``wait_for_resources_s`` (see ``pipeline.embed.waiting``)."""
     import ray
 
     total = ray.cluster_resources().get("CPU", 0.0)
     held = pool["actors"] * pool["num_cpus"]
     need = max(1.0, cfg.decode.num_cpus, cfg.decode.read_num_cpus)
-    if held + need <= total + 1e-9:
-        return
-    message = (f"encoders: {pool['actors']} actor(s) x num_cpus {pool['num_cpus']:g} hold {held:g} of the cluster's "
-               f"{total:g} CPUs, and reading and decoding need {need:g} more beside them (Ray Data's repartition "
-               f"task takes 1 CPU): expected actors x num_cpus <= {max(total - need, 0):g} on this cluster "
-               "(lower encoders.<modality>.actors or num_cpus; torch_threads sets the threads an actor uses)")
-    try:  # Ray Data's own test of whether the cluster can add nodes (internal; if it moves, assume it can)
-        from ray.data._internal.cluster_autoscaler.util import is_autoscaling_enabled
+    grows = cluster_can_grow()
+    if held + need > total + 1e-9:
+        message = (f"encoders: {pool['actors']} actor(s) x num_cpus {pool['num_cpus']:g} hold {held:g} of the "
+                   f"cluster's {total:g} CPUs, and reading and decoding need {need:g} more beside them (Ray Data's "
+                   f"repartition task takes 1 CPU): expected actors x num_cpus <= {max(total - need, 0):g} on this "
+                   "cluster (lower encoders.<modality>.actors or num_cpus; torch_threads sets the threads an actor "
+                   "uses)")
+        if not grows:
+            raise ConfigError(message)
+        log.warning("%s; unless the autoscaler adds nodes, the job will stall", message)
+    actor = {"CPU": pool["num_cpus"], "GPU": pool["num_gpus"], **pool["resources"]}
+    decode = {"CPU": max(cfg.decode.num_cpus, cfg.decode.read_num_cpus), **cfg.decode.resources}
+    room = Need({k: v for k, v in actor.items() if v > 0}, pool["actors"],
+                ({"CPU": need},) + ((decode,) if cfg.decode.resources else ()))
+    wait_for_room(room, cfg.wait_for_resources_s, grows)
+    return room
 
-        grows = is_autoscaling_enabled()
-    except Exception:
-        grows = True
-    if not grows:
-        raise ConfigError(message)
-    log.warning("%s; unless the autoscaler adds nodes, the job will stall", message)
+
+def _task_shapes(cfg: EmbedConfig) -> list[dict[str, float]]:
+    """The resources of each kind of task the pipeline runs: read, decode, and Ray Data's repartition (1 CPU)."""
+    res = cfg.decode.resources
+    return [{"CPU": cfg.decode.read_num_cpus, **res}, {"CPU": cfg.decode.num_cpus, **res}, {"CPU": 1.0}]
 
 
 class _CommitActor:
