@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from typing import Any, Callable
 
@@ -27,9 +28,19 @@ class DemoConfig(StrictModel):
     overwrite: bool = Field(False, description="Replace an earlier demo run in the workdir (default: resume it).")
 
 
+class DemoIncomplete(RuntimeError):
+    """A step of the demo left work undone (a modality with shards missing, a stage not trained): exit 1."""
+
+
 def run(cfg: DemoConfig, args: object = None) -> int:
-    """`oneencoder demo`: the whole round trip on the local machine."""
-    run_demo(cfg.workdir or default_workdir(), cfg.samples, cfg.epochs, overwrite=cfg.overwrite)
+    """`oneencoder demo`: the whole round trip on the local machine; 1 when a step is incomplete (a rerun resumes)."""
+    from pipeline.embed.job import PipelineStalledError
+
+    try:
+        run_demo(cfg.workdir or default_workdir(), cfg.samples, cfg.epochs, overwrite=cfg.overwrite)
+    except (DemoIncomplete, PipelineStalledError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -100,6 +111,10 @@ def run_demo(workdir: str, samples: int = 96, epochs: int | None = None, say: Ca
     embed_cfg = load_embed_config(None, input=manifest, output=features, preset="tiny")
     summary = run_embed(embed_cfg)
     say(format_summary(summary))
+    missing = [m for m, record in summary["modalities"].items() if not record["complete"]]
+    if missing:
+        raise DemoIncomplete(f"embedding left {', '.join(missing)} incomplete (see the summary above); run the demo "
+                             "again to resume it")
 
     budget = (f"{epochs} epochs each" if epochs else
               "the training defaults: about 1500 steps each, stopped when validation loss stops falling")
@@ -108,6 +123,10 @@ def run_demo(workdir: str, samples: int = 96, epochs: int | None = None, say: Ca
     train_cfg = load_train_config(None, features=features, output=model, stages=parse_stage_list(STAGES, batch_size=16),
                                   epochs=epochs, val_fraction=0.2)
     trained = run_train(train_cfg)
+    done = [s["stage"] for s in trained["stages"]]
+    if len(done) != len(STAGES.split(",")):
+        raise DemoIncomplete(f"training finished {len(done)} of the stages {STAGES} ({', '.join(done) or 'none'}); "
+                             "run the demo again to resume it")
     for s in trained["stages"]:
         say(f"  stage {s['stage']}: best epoch {s['best_epoch']}/{s['epochs_run']}, "
             f"val recall@1 {s['best']['val/recall@1']:.3f}, {s['seconds']} s"
@@ -125,8 +144,6 @@ def run_demo(workdir: str, samples: int = 96, epochs: int | None = None, say: Ca
 
 
 if __name__ == "__main__":
-    import sys
-
     from jobs import registry
 
     sys.exit(registry.main("demo"))

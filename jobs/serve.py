@@ -51,7 +51,7 @@ def run(cfg: ServeArgs, args: argparse.Namespace) -> int:
     try:
         app, http = prepare(args.config, model=cfg.model, features=cfg.features)
     except ValueError as e:  # e.g. a deployment the model has no modality for, or a store of other encoders
-        raise ConfigError(str(e)) from None
+        raise ConfigError(f"{e} (Serve config: {args.config})") from None
     init_ray()
     url = deploy(app, http, host=args.host, port=args.port)
     print(f"serving {url}  (Ctrl-C stops)\n"

@@ -84,10 +84,14 @@ def _load(url: str, inputs: list[str], concurrency: int, requests_n: int, cap_s:
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _held_port() -> socket.socket:
+    """A free loopback port, bound (not listening) by the socket returned, held until Serve has bound it too (a port
+    picked and let go could be taken by another program first). Serve's proxy binds with SO_REUSEPORT (its
+    SERVE_SOCKET_REUSE_PORT_ENABLED, on by default), as this socket does; a program without it gets EADDRINUSE."""
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind(("127.0.0.1", 0))
+    return held
 
 
 def benchmark_serve(workdir: str, preset: str = "paper", levels: tuple[int, ...] = (1, 8, 32), requests_n: int = 96,
@@ -114,7 +118,8 @@ def benchmark_serve(workdir: str, preset: str = "paper", levels: tuple[int, ...]
                      "encoder-text": encoder, "encoder-image": encoder}
         return build_application({"model": model_dir, "torch_threads": 1}, overrides)
 
-    url = deploy(app(max_batch_size), {}, host="127.0.0.1", port=_free_port())
+    with _held_port() as held:
+        url = deploy(app(max_batch_size), {}, host="127.0.0.1", port=held.getsockname()[1])
     results: dict[str, Any] = {"preset": preset, "levels": list(levels), "max_batch_size": max_batch_size, "modalities": {}}
     try:
         for modality in ("text", "image"):

@@ -222,14 +222,17 @@ class Gateway:
         handles = {encoder_deployment(m): h for m, h in self.encoders.items()}
         if self.search_handle is not None:
             handles[SEARCH] = self.search_handle
-        pending = {name: h.ready.remote() for name, h in handles.items()}
-        status = {}
-        for name, call in pending.items():
+
+        async def check(call: Any) -> str:
             try:
                 await asyncio.wait_for(_resolve(call), timeout=5)
-                status[name] = "ready"
+                return "ready"
             except Exception as e:  # not started, restarting or overloaded
-                status[name] = f"not ready ({type(e).__name__})"
+                return f"not ready ({type(e).__name__})"
+
+        # waited for together: a probe gets its answer within one wait, not one wait per deployment not ready
+        states = await asyncio.gather(*(check(h.ready.remote()) for h in handles.values()))
+        status = dict(zip(handles, states))
         ready = all(v == "ready" for v in status.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "deployments": status},
                             status_code=200 if ready else 503)
@@ -257,8 +260,11 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
     overrides = dict(overrides or {})
     known = [GATEWAY] + [encoder_deployment(m) for m in info["modalities"]] + ([SEARCH] if parsed.features else [])
     unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise ValueError(f"Deployment {unknown[0]!r} does not exist. Available: {known}")
+    if unknown:  # (Serve's own words first, as `serve deploy` would say them)
+        raise ValueError(f"Deployment {unknown[0]!r} does not exist. Available: {known}: the model {parsed.model} has "
+                         f"the modalities {', '.join(info['modalities'])}"
+                         f"{'' if parsed.features else ' (and SearchIndex needs features)'}; remove {unknown[0]!r} "
+                         "from the Serve config's deployments")
 
     def opts(name: str) -> dict[str, Any]:
         return {"name": name, **overrides.get(name, {})}

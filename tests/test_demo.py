@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from jobs import embed as embed_job
 from jobs.cli import main
 
 
+@pytest.mark.slow
 def test_demo_runs_every_step_and_says_how_to_serve(ray_session, tmp_path, capsys):
     workdir = tmp_path / "demo"
     assert main(["demo", "--workdir", str(workdir), "--samples", "24", "--epochs", "1"]) == 0
@@ -70,3 +73,42 @@ def test_demo_writes_under_the_cache_not_the_current_folder(tmp_path, monkeypatc
     assert main(["demo", "--samples", "24", "--epochs", "1"]) == 2
     assert f"--workdir {cache / 'demo'} holds other output (features)" in capsys.readouterr().err
     assert os.listdir(cwd) == []
+
+
+def test_demo_fails_when_a_step_is_incomplete(tmp_path, monkeypatch, capsys):
+    """An embed run that leaves a modality's shards missing (a crashed read task, say) ends the demo with exit 1 and
+    the way to resume, before training on half the features."""
+    import pipeline.embed.job as embed
+
+    monkeypatch.setattr("pipeline.runtime.init_ray", lambda: None)
+    monkeypatch.setattr(embed, "run_embed", lambda cfg: {"modalities": {"image": {"complete": True},
+                                                                        "audio": {"complete": False}}})
+    monkeypatch.setattr(embed, "format_summary", lambda summary: "(summary)")
+    monkeypatch.setattr("pipeline.train.job.run_train", lambda cfg: pytest.fail("trained on incomplete features"))
+    assert main(["demo", "--workdir", str(tmp_path / "demo"), "--samples", "24", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "error: embedding left audio incomplete" in err and "run the demo again to resume it" in err
+
+
+@pytest.mark.slow  # a whole demo run (about a minute on 2 cores)
+def test_demo_overwrite_replaces_an_earlier_run(ray_session, tmp_path, capsys):
+    """`oneencoder demo --overwrite` over a workdir holding another run (other settings; its feature store made
+    differently, which a resumed embed would refuse): the old run is deleted and the demo runs through."""
+    workdir = tmp_path / "demo"
+    progress = workdir / "features" / "_progress" / "text"
+    progress.mkdir(parents=True)
+    (progress / "run.json").write_text(json.dumps({"format": "another run", "items": 48}))
+    (workdir / "model").mkdir()
+    (workdir / "model" / "stale.txt").write_text("from the earlier run")
+    (workdir / "demo.json").write_text(json.dumps({"samples": 48, "epochs": 1}))
+    assert main(["demo", "--workdir", str(workdir), "--samples", "24", "--epochs", "1"]) == 2  # without: refused
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["demo", "--workdir", str(workdir), "--samples", "24", "--epochs", "1", "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4] evaluating" in out and f"oneencoder serve --model {workdir / 'model'}" in out
+    assert json.loads((workdir / "demo.json").read_text()) == {"samples": 24, "epochs": 1}
+    assert not (workdir / "model" / "stale.txt").exists()
+    assert json.loads((progress / "run.json").read_text())["items"] == 24  # this run's store, not the old one
+    metrics = json.loads((workdir / "model" / "metrics.json").read_text())
+    assert [s["stage"] for s in metrics["stages"]] == ["1-image-text", "2-audio-text", "3-video-text"]
+    assert len(list((workdir / "corpus").glob("images/*"))) == 24

@@ -52,12 +52,14 @@ def mixed(session_dir, sample_corpus):
     add("img-ftp", "image", "ftp://example.com/a.png", "read", "unsupported URI scheme 'ftp'")
     add("img-dir", "image", "bad", "read", "not a regular file")
     add("aud-garbage", "audio", bad["garbage_audio"], "decode", "ffmpeg could not decode audio")
-    add("aud-empty", "audio", bad["empty_audio"], "read", "empty file")
+    add("aud-empty", "audio", bad["empty_audio"], "read", "empty file (0 bytes)")
     add("aud-long", "audio", bad["long_audio"], "decode", "longer than limits.max_audio_seconds=3")
     add("aud-missing", "audio", "nowhere/x.wav", "read", "file not found")
-    add("vid-garbage", "video", bad["garbage_video"], "decode", "ffmpeg could not")
-    add("vid-audio-only", "video", bad["audio_only_video"], "decode", "video")
-    add("vid-truncated", "video", bad["truncated_video"], "decode", "")
+    unreadable = "ffmpeg could not decode video: Error opening input files: Invalid data found when processing input"
+    add("vid-garbage", "video", bad["garbage_video"], "decode", unreadable)
+    # the container opens, but ffmpeg finds no video stream to read (its own words; the message says no more)
+    add("vid-audio-only", "video", bad["audio_only_video"], "decode", "ffmpeg could not decode video: Error opening output files")
+    add("vid-truncated", "video", bad["truncated_video"], "decode", unreadable)  # the mp4's index (moov atom) is cut off
     add("txt-empty", "text", "   ", "decode", "empty text")
     add("txt-long", "text", "word " * 300, "decode", "over limits.max_text_chars=1000")
     add("txt-wrong-type", "text", ["a", "list"], "read", "expected a string, got list")
@@ -81,12 +83,12 @@ def mixed(session_dir, sample_corpus):
 
 
 @pytest.fixture(scope="session")
-def mixed_run(ray_session, mixed, session_dir):
+def mixed_run(ray_session, mixed, session_dir, kept_as_built):
     manifest, expected = mixed
     out = os.path.join(session_dir, "mixed-out")
     cfg = EmbedConfig(input=manifest, output=out, shard_size=5, limits=LIMITS,
                       encoders={"image": {"tokens": 2, "dtype": "float32"}, "text": {"tokens": 1}})
-    return out, run_embed(cfg), expected, cfg
+    yield from kept_as_built((out, run_embed(cfg), expected, cfg), out)  # read-only for the tests that share it
 
 
 def all_rows(out):
@@ -168,8 +170,11 @@ def test_summary_counts_match_the_files(mixed_run):
     assert summary["items_this_run"] == len(expected)
 
 
-def test_rerun_resumes_to_a_no_op(mixed_run, ray_session):
-    out, _, _, cfg = mixed_run
+def test_rerun_resumes_to_a_no_op(mixed_run, ray_session, tmp_path):
+    import shutil
+
+    out = shutil.copytree(mixed_run[0], str(tmp_path / "out"))  # the rerun rewrites the summary: the shared run stays
+    cfg = mixed_run[3].model_copy(update={"output": out})
     before = {p: os.stat(os.path.join(r, p)).st_mtime_ns for r, _, fs in os.walk(out) for p in fs if p.endswith(".parquet")}
     summary = run_embed(cfg)
     after = {p: os.stat(os.path.join(r, p)).st_mtime_ns for r, _, fs in os.walk(out) for p in fs if p.endswith(".parquet")}
@@ -228,6 +233,7 @@ def test_each_unique_media_is_decoded_and_encoded_once_and_every_id_gets_its_row
             np.testing.assert_allclose(va[key].astype(np.float32), vb[key].astype(np.float32), atol=2e-3)
 
 
+@pytest.mark.slow
 def test_media_repeated_across_read_chunks_is_encoded_once_and_resumes(ray_session, coco_shaped, tmp_path,
                                                                       monkeypatch):
     """The COCO shape in read chunks of 5 rows (pieces of ~2 rows) and shards of 5: most repeats of a media are
@@ -355,3 +361,44 @@ def test_an_actor_works_on_two_batches_at_once_on_cpu_and_one_on_gpu():
     assert _pool([EncoderConfig(num_gpus=0.5, concurrent_batches=2)])["calls"] == 2
     with pytest.raises(ValueError, match="concurrent_batches"):
         EncoderConfig(concurrent_batches=0)
+
+
+
+@pytest.mark.slow
+def test_a_stalled_pipeline_fails_after_no_progress_timeout_s_saying_what_to_do(ray_session, sample_corpus, tmp_path,
+                                                                              capsys):
+    """A decoder that never returns (an ffmpeg that hangs, with its own time limit set longer than the job's) stalls
+    the pipeline: the job fails once it has made no progress for ``no_progress_timeout_s``, with one `error:` line
+    naming that setting, what was still running and what to do (Ray Data's own text names knobs a user of this job
+    does not have), not after decode_timeout_s and not never."""
+    import re
+    import stat
+    import time
+
+    from jobs import embed as embed_job
+
+    release, entered = tmp_path / "release", tmp_path / "entered"  # the hung decoders run on (and exit) once released
+    hung = tmp_path / "hung-ffmpeg"
+    hung.write_text(f"#!/bin/sh\ntouch {entered}\nwhile [ ! -e {release} ]; do sleep 0.1; done\n"
+                    f"exec {find_ffmpeg()} \"$@\"\n")
+    hung.chmod(hung.stat().st_mode | stat.S_IEXEC)
+    config = tmp_path / "stall.yaml"
+    config.write_text(f"ffmpeg: {hung}\nno_progress_timeout_s: 15\nlimits: {{decode_timeout_s: 3600}}\n")
+    started = time.monotonic()
+    try:
+        status = embed_job.main(["--input", sample_corpus, "--output", str(tmp_path / "out"), "--modalities", "audio",
+                                 "--config", str(config)])
+    finally:
+        release.touch()  # no ffmpeg of this test outlives it
+    took = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert entered.exists()  # the stall was the hung decoder's
+    assert status == 1 and took < 150, (status, took, err)  # not decode_timeout_s (an hour), nor a hang
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]  # (Ray's own log lines go there too)
+    assert "Traceback" not in err
+    assert line.startswith("error: the pipeline made no progress for no_progress_timeout_s = 15 s"), line
+    assert re.search(r"still running: .*MapBatches\(decode_work\): [1-9]\d* active task", line), line
+    for advice in ("a rerun resumes", "raise no_progress_timeout_s (--no-progress-timeout-s or the config)",
+                   "keep limits.decode_timeout_s below it"):
+        assert advice in line, (advice, line)
+    assert "ds.context" not in line and "DataContext" not in line  # Ray Data's knobs, not this job's

@@ -33,10 +33,15 @@ LIMITS = {"max_items": 8, "max_file_bytes": 400_000, "max_request_bytes": 1_000_
           "max_k": 50, "max_request_pixels": 1_000_000, "max_request_audio_seconds": 4.0, "max_request_video_seconds": 4.0}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _held_port() -> socket.socket:
+    """A free loopback port, bound (not listening) by the socket returned, to hold until the server has bound it too: a
+    port picked and let go could be taken by another program before the server binds it. Serve's proxy binds its
+    HTTP port with SO_REUSEPORT (Ray's SERVE_SOCKET_REUSE_PORT_ENABLED, on by default), as this socket does, so it
+    binds the held port; a program without it gets EADDRINUSE."""
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind(("127.0.0.1", 0))
+    return held
 
 
 def _config(tmp: str, name: str, args: dict, deployments: dict[str, dict] | None = None) -> str:
@@ -91,7 +96,8 @@ def served(ray_session, grown, feature_store, media_server, tmp_path_factory):
                                                                   "allow_hosts": [media_server.split("//")[1]]}},
                    {"Gateway": gateway, "encoder-text": {}, "encoder-image": {}, "encoder-audio": {}, "encoder-video": {},
                     "encoder-depth": {"ray_actor_options": {"num_cpus": 0.25}, "autoscaling_config": None, "num_replicas": 1}})
-    port = _free_port()
+    held = _held_port()
+    port = held.getsockname()[1]
     command = [os.path.join(os.path.dirname(sys.executable), "oneencoder"), "serve", "--config", path, "--port", str(port)]
     proc = subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_session, "ONEENCODER_TEST_KEY": TOKEN}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -109,12 +115,14 @@ def served(ray_session, grown, feature_store, media_server, tmp_path_factory):
         deadline = time.monotonic() + 600
         while not ready.wait(1):
             assert proc.poll() is None and time.monotonic() < deadline, "oneencoder serve did not start:\n" + "".join(lines[-40:])
+        held.close()  # serving: the server has the port now
         assert f"serving http://127.0.0.1:{port}" in "".join(lines)
         yield f"http://127.0.0.1:{port}", grown[1]
         proc.send_signal(signal.SIGINT)  # Ctrl-C, as the README says: the command shuts Serve down and exits
         assert proc.wait(120) == 0, "".join(lines[-40:])
         assert "shutting down" in "".join(lines)
     finally:
+        held.close()
         if proc.poll() is None:
             proc.kill()
         serve.shutdown()
@@ -227,20 +235,25 @@ def test_every_modality_through_data_uris(served, local_model, tmp_path):
         np.testing.assert_allclose(got[row], local_model.embed([raw], modality)[0], atol=1e-4, err_msg=modality)
     np.testing.assert_allclose(got[4], got[0], atol=1e-6)
     forced = _post(url, {"model": "oneencoder", "input": [_data_uri("image/png", png)], "modality": "image"})
-    assert forced.status_code == 200
+    assert forced.status_code == 200, forced.text
+    assert [d["modality"] for d in forced.json()["data"]] == ["image"]
+    np.testing.assert_allclose(forced.json()["data"][0]["embedding"], got[1], atol=1e-6)
     raw = _post(url, {"model": "oneencoder", "input": [_data_uri("image/png", png)], "encoding_format": "base64"})
     decoded = np.frombuffer(base64.b64decode(raw.json()["data"][0]["embedding"]), "<f4")
     np.testing.assert_allclose(decoded, got[1], atol=1e-6)
 
 
-def test_batching_really_batches_under_concurrency(served):
+def test_batching_really_batches_under_concurrency(served, local_model):
     from ray import serve
 
     url, _ = served
+    texts = [f"caption number {i}" for i in range(64)]
     with futures.ThreadPoolExecutor(32) as pool:
-        codes = list(pool.map(lambda i: _post(url, {"model": "oneencoder", "input": f"caption number {i}"}).status_code,
-                              range(64)))
-    assert codes == [200] * 64
+        answers = list(pool.map(lambda text: _post(url, {"model": "oneencoder", "input": text}), texts))
+    assert [r.status_code for r in answers] == [200] * 64, [r.text for r in answers if r.status_code != 200][:1]
+    # batched together, each request still gets the vector of its own text
+    got = np.array([r.json()["data"][0]["embedding"] for r in answers], np.float32)
+    np.testing.assert_allclose(got, local_model.embed(texts, "text"), atol=1e-4)
     handle = serve.get_deployment_handle("encoder-text", APP_NAME)
     try:
         stats = handle.stats.remote().result(timeout_s=30)
@@ -310,8 +323,11 @@ def test_oversized_body_is_413_and_the_server_stays_healthy(served):
     big = {"model": "oneencoder", "input": [_data_uri("image/png", b"\x00" * 300_000)] * 4}  # ~1.6 MB > 1 MB
     r = _post(url, big)
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
-    assert requests.get(url + "/health", timeout=30).status_code == 200
-    assert _post(url, {"model": "oneencoder", "input": "still fine"}).status_code == 200
+    health = requests.get(url + "/health", timeout=30)
+    assert health.status_code == 200 and health.json()["status"] == "ready", health.text
+    fine = _post(url, {"model": "oneencoder", "input": "still fine"})
+    assert fine.status_code == 200 and [d["modality"] for d in fine.json()["data"]] == ["text"], fine.text
+    assert len(fine.json()["data"][0]["embedding"]) == 256
     status = serve.status().applications[APP_NAME]
     assert status.status == "RUNNING"
     assert all(d.status == "HEALTHY" for d in status.deployments.values()), status.deployments
@@ -336,8 +352,9 @@ def test_health_answers_while_hostile_bodies_are_scanned(served):
     try:
         for _ in range(10):
             started = time.monotonic()
-            assert requests.get(url + "/health", timeout=5).status_code == 200
+            health = requests.get(url + "/health", timeout=5)
             latencies.append(time.monotonic() - started)
+            assert health.status_code == 200 and health.json()["status"] == "ready", health.text
             time.sleep(0.2)
     finally:
         stop.set()
@@ -366,7 +383,8 @@ def test_a_request_over_its_budgets_is_a_400_naming_them(served, tmp_path):
     assert over.status_code == 400 and error["code"] == "request_over_budget" and error["param"] == "input", over.text
     assert ("8 image inputs decode to 2,000,000 pixels in all" in error["message"]
             and "over limits.max_request_pixels=1,000,000 per request" in error["message"]), error["message"]
-    assert _post(url, {"model": "oneencoder", "input": [picture] * 4}).status_code == 200
+    half = _post(url, {"model": "oneencoder", "input": [picture] * 4})
+    assert half.status_code == 200 and [d["modality"] for d in half.json()["data"]] == ["image"] * 4, half.text
     clips = {"audio": _data_uri("audio/wav", _wav(2.5)), "video": _data_uri("video/mp4", _mp4(tmp_path, frames=10))}
     for modality, clip in clips.items():  # each 2.5 s: alone under its 3 s; two share 4 s, 2 s each
         r = _post(url, {"model": "oneencoder", "input": ["a caption", clip, clip]})
@@ -376,9 +394,11 @@ def test_a_request_over_its_budgets_is_a_400_naming_them(served, tmp_path):
                 and f"share of limits.max_request_{modality}_seconds=4 s, split between the request's 2 {modality} items"
                 in error["message"] and f"send fewer or shorter {modality} items per request" in error["message"]), \
             error["message"]
-        assert _post(url, {"model": "oneencoder", "input": ["a caption", clip]}).status_code == 200
+        alone = _post(url, {"model": "oneencoder", "input": ["a caption", clip]})
+        assert alone.status_code == 200 and [d["modality"] for d in alone.json()["data"]] == ["text", modality], alone.text
     short = _data_uri("audio/wav", _wav(1.5))
-    assert _post(url, {"model": "oneencoder", "input": [short, short]}).status_code == 200
+    both = _post(url, {"model": "oneencoder", "input": [short, short]})
+    assert both.status_code == 200 and [d["modality"] for d in both.json()["data"]] == ["audio", "audio"], both.text
 
 
 def test_bearer_auth(served):
@@ -387,15 +407,23 @@ def test_bearer_auth(served):
     for token in (None, "wrong"):
         r = _post(url, body, token=token)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-    assert requests.get(url + "/v1/models", timeout=30).status_code == 401
-    for page in ("/docs", "/openapi.json", "/redoc"):  # the API's description is behind the same token
-        assert requests.get(url + page, timeout=30).status_code in (401, 404), page
+    models = requests.get(url + "/v1/models", timeout=30)
+    assert models.status_code == 401 and models.json()["error"]["code"] == "invalid_api_key", models.text
+    for page in ("/docs", "/openapi.json"):  # the API's description is behind the same token
+        r = requests.get(url + page, timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (page, r.text)
+        assert r.headers["WWW-Authenticate"] == "Bearer" and "/v1/embeddings" not in r.text, page
+    for token in (None, TOKEN):  # FastAPI's ReDoc page is not served at all, with a token or without
+        redoc = requests.get(url + "/redoc", headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=30)
+        assert redoc.status_code == 404 and "/v1/embeddings" not in redoc.text, redoc.text
     spec = requests.get(url + "/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert spec.status_code == 200 and "/v1/embeddings" in spec.json()["paths"]
     docs = requests.get(url + "/docs", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert docs.status_code == 200 and "openapi.json" in docs.text
-    assert requests.get(url + "/health", timeout=30).status_code == 200  # probes need no token
-    assert _post(url, body).status_code == 200
+    health = requests.get(url + "/health", timeout=30)  # probes need no token
+    assert health.status_code == 200 and health.json()["status"] == "ready", health.text
+    ok = _post(url, body)
+    assert ok.status_code == 200 and [d["modality"] for d in ok.json()["data"]] == ["text"], ok.text
 
 
 def test_remote_urls_only_from_allowed_hosts(served, media_server, local_model):
@@ -461,6 +489,7 @@ def test_search_returns_the_true_pair(served, feature_store, local_model):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "target_modality"
 
 
+@pytest.mark.slow
 def test_overload_answers_503_and_batch_size_retunes_at_runtime(served, tmp_path):
     """A text-only app with one-deep queues: a burst gets 503s quickly, never a hang; user_config retunes batching."""
     from ray import serve
@@ -477,7 +506,8 @@ def test_overload_answers_503_and_batch_size_retunes_at_runtime(served, tmp_path
     app, _ = prepare(path)
     serve.run(app, name="tight", route_prefix="/tight", blocking=False)
     try:
-        assert _post(url, {"model": "oneencoder", "input": "warm"}, path="/tight/v1/embeddings", token=None).status_code == 200
+        warm = _post(url, {"model": "oneencoder", "input": "warm"}, path="/tight/v1/embeddings", token=None)
+        assert warm.status_code == 200 and [d["modality"] for d in warm.json()["data"]] == ["text"], warm.text
         with futures.ThreadPoolExecutor(48) as pool:
             codes = list(pool.map(lambda i: _post(url, {"model": "oneencoder", "input": f"text {i}"},
                                                   path="/tight/v1/embeddings", token=None).status_code, range(96)))
@@ -560,3 +590,134 @@ def test_depth_is_served_through_the_same_api(served, local_model, tmp_path):
     assert bad.status_code == 400 and "depth map has RGB pixels" in bad.json()["error"]["message"]
     wrong = _post(url, {"model": "oneencoder", "modality": "depth", "input": [_data_uri("image/jpeg", rgb.getvalue())]})
     assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "modality_mismatch"
+
+
+def test_health_is_503_naming_each_deployment_that_is_not_ready():
+    """/health (what a load balancer or `wait_until_ready` probes) while replicas are pending or stuck: one answer
+    within its 5 s wait, 503, naming each deployment and its state; 200 once every one answers."""
+    import asyncio
+    import types
+
+    from serving.app import Gateway
+
+    class Handle:  # a DeploymentHandle as /health uses it: `await handle.ready.remote()`
+        def __init__(self, answer):
+            self.ready = self
+            self.answer = answer
+
+        def remote(self):
+            return self.answer()
+
+    async def ready():
+        return None
+
+    async def never():  # a replica that is pending (no CPU free) or hung: the call never answers
+        await asyncio.Event().wait()
+
+    async def dead():
+        raise RuntimeError("the replica died")
+
+    # the Gateway's own health method, on a stand-in for the replica (its handles are all /health reads)
+    gateway = types.SimpleNamespace(encoders={"text": Handle(ready), "image": Handle(dead), "audio": Handle(never)},
+                                    search_handle=Handle(never))
+    started = time.monotonic()
+    response = asyncio.run(Gateway.func_or_class.health(gateway))
+    took = time.monotonic() - started
+    assert response.status_code == 503
+    assert json.loads(response.body) == {"status": "not ready", "deployments": {
+        "encoder-text": "ready", "encoder-image": "not ready (RuntimeError)", "encoder-audio": "not ready (TimeoutError)",
+        "SearchIndex": "not ready (TimeoutError)"}}
+    assert took < 8, took  # the stuck ones are waited for together: a probe gets its answer, not 5 s per deployment
+    gateway.encoders = {"text": Handle(ready), "audio": Handle(ready)}
+    gateway.search_handle = None
+    response = asyncio.run(Gateway.func_or_class.health(gateway))
+    assert response.status_code == 200
+    assert json.loads(response.body) == {"status": "ready", "deployments": {"encoder-text": "ready", "encoder-audio": "ready"}}
+
+
+def test_serve_refuses_a_deployment_the_model_lacks_before_starting_ray(trained, feature_store, tmp_path, monkeypatch,
+                                                                         capsys):
+    """The README's `oneencoder serve --model M` on the shipped config (which lists encoder-audio and encoder-video)
+    with a stage-1 model (image and text only): exit 2 with one `error:` line naming the deployment and what to do,
+    before Ray starts (no replica waits for a modality the model cannot embed)."""
+    import shutil
+
+    from jobs.cli import main
+    from pipeline.artifact import read_artifact
+    from pipeline.train.config import load_train_config
+    from pipeline.train.job import run_train
+    from tests.settings import SMALL_EPOCHS, VAL_FRACTION
+
+    # a stage-1 model: `train --stages image:text` over a copy of the fixture's run loads its first stage, as trained
+    model = shutil.copytree(trained[0], str(tmp_path / "stage1"))
+    run_train(load_train_config(None, epochs=SMALL_EPOCHS, features=feature_store, output=model, stages="image:text",
+                                val_fraction=VAL_FRACTION))
+    assert read_artifact(model).modalities == ["image", "text"]
+    monkeypatch.setattr("pipeline.runtime.init_ray", lambda: pytest.fail("Ray was started for a config refused"))
+    assert main(["serve", "--model", model, "--features", feature_store]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: Deployment 'encoder-audio' does not exist"), line
+    assert "'encoder-image'" in line and "'encoder-text'" in line, line  # what the model does have
+    assert (f"the model {model} has the modalities image, text; remove 'encoder-audio' from the Serve config's "
+            f"deployments (Serve config: {os.path.abspath(SHIPPED_CONFIG)})") in line, line
+
+
+@pytest.mark.slow
+def test_readme_serve_command_on_the_shipped_config(trained, feature_store, tmp_path):
+    """The README's `oneencoder serve --model M --features F` as a user runs it: no --config (the shipped
+    serving/serve_config.yaml, a deployment per modality: the fixture model has image, text, audio and video) and no
+    RAY_ADDRESS (a Ray instance of its own). It starts, /health names every deployment ready, it embeds, and Ctrl-C
+    stops it, its Ray instance included. --port: the shipped 8000 may be taken on this machine."""
+    import shutil
+    import tempfile
+
+    from tests.processes import ray_instance, stop_ray_instance
+
+    temp = tempfile.mkdtemp(prefix="oesrv-", dir="/tmp")  # the instance's temp dir names its processes (short: sockets)
+    env = {**os.environ, "RAY_TMPDIR": temp}
+    env.pop("RAY_ADDRESS", None)
+    held = _held_port()  # held until the server has bound it too (see _held_port)
+    port = held.getsockname()[1]
+    command = [os.path.join(os.path.dirname(sys.executable), "oneencoder"), "serve", "--model", trained[0],
+               "--features", feature_store, "--port", str(port)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def drain() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving http://"):
+                ready.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 480
+        while not ready.wait(1):
+            assert proc.poll() is None and time.monotonic() < deadline, "oneencoder serve did not start:\n" + "".join(lines[-40:])
+        held.close()
+        url = f"http://127.0.0.1:{port}"
+        assert f"serving {url}" in "".join(lines)
+        health = requests.get(url + "/health", timeout=30)
+        assert health.status_code == 200 and health.json() == {"status": "ready", "deployments": {
+            "encoder-image": "ready", "encoder-text": "ready", "encoder-audio": "ready", "encoder-video": "ready",
+            "SearchIndex": "ready"}}, health.text
+        embedded = requests.post(url + "/v1/embeddings", json={"model": "oneencoder", "input": "a red circle"}, timeout=60)
+        assert embedded.status_code == 200 and len(embedded.json()["data"][0]["embedding"]) == 256, embedded.text
+        assert ray_instance(temp), "not served from a Ray instance of its own"
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(120) == 0, "".join(lines[-40:])
+        assert "shutting down" in "".join(lines)
+        deadline = time.monotonic() + 60  # the instance it started goes with it
+        while ray_instance(temp) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not ray_instance(temp), "processes of its Ray instance outlived `oneencoder serve`"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url + "/health", timeout=10)
+    finally:
+        held.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        stop_ray_instance(temp)
+        shutil.rmtree(temp, ignore_errors=True)

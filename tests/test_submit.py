@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import signal
 import socket
 import io
 import subprocess
@@ -24,58 +24,31 @@ from pipeline.config import ConfigError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _ports(n: int) -> list[int]:
-    """``n`` distinct free ports (all held open together while they are picked, so none repeats)."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+def _held_port() -> socket.socket:
+    """A free port, bound on every address (not listening) by the socket returned, to hold until the server it is for
+    has bound it: no other program can take it in between. That server must bind with SO_REUSEPORT, as gRPC's do by
+    default (Ray's client server); a program without it gets EADDRINUSE."""
+    held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind(("0.0.0.0", 0))
+    return held
 
 
-def _node_args(temp_dir: str, ports: list[int]) -> list[str]:
-    """Every port a node opens (6 free ones), so this cluster never collides with the tests' own Ray."""
-    agent, grpc, metrics, runtime_env_port, manager, objects = ports
-    return [f"--temp-dir={temp_dir}", f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
-            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env_port}",
-            f"--node-manager-port={manager}", f"--object-manager-port={objects}"]
+def _start_node(args: list[str], env: dict) -> str:
+    """`ray start ARGS`: its output. Every port Ray can choose itself is left to it (0 or unset): a port picked here
+    and let go could be taken by another program (the tests' own Ray, a concurrent suite's) before the node binds it."""
+    proc = subprocess.run(["ray", "start", *args, "--dashboard-agent-listen-port=0"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
 
 
-def _cluster_pids(temp_dir: str, gcs_port: int) -> set[int]:
-    """This cluster's processes: those naming its temp dir or GCS address, and all their descendants
-    (agents rename their command line, e.g. ray::DashboardAgent, so they are found through their parent)."""
-    marks = (temp_dir.encode(), f":{gcs_port}".encode())
-    parents, found = {}, set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                cmd = fh.read()
-            with open(f"/proc/{pid}/stat") as fh:
-                parents[int(pid)] = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if any(m in cmd for m in marks):
-            found.add(int(pid))
-    grew = True
-    while grew:
-        more = {pid for pid, ppid in parents.items() if ppid in found} - found
-        found |= more
-        grew = bool(more)
-    return found - {os.getpid()}
+def _kill_cluster(*markers: str) -> None:
+    """Stop every process of this cluster only, named by its nodes' temp dirs and its GCS address (`ray stop` would
+    stop the tests' Ray too)."""
+    from tests.processes import stop_ray_instance
 
-
-def _kill_cluster(temp_dir: str, gcs_port: int) -> None:
-    """Stop every process of this cluster only (`ray stop` would stop the tests' Ray too)."""
-    pids = _cluster_pids(temp_dir, gcs_port)  # collected before anything dies and orphans its children
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids | _cluster_pids(temp_dir, gcs_port):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        time.sleep(2)
+    stop_ray_instance(*markers)
 
 
 @pytest.fixture(scope="module")
@@ -85,37 +58,52 @@ def two_node_cluster():
     # lost its current directory under it (its first torch call then died with "Intel oneMKL FATAL ERROR:
     # Cannot load libtorch_cpu.so"). Short paths: Ray's socket paths must stay < 108 bytes.
     head_dir, second_dir = (tempfile.mkdtemp(prefix="oe2n-", dir="/tmp") for _ in range(2))
-    # one draw for every port of both nodes: separate draws can hand out a port again (the head once got
-    # --port and --node-manager-port the same and failed to start)
-    gcs, dashboard, client, *nodes = _ports(15)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
+    gcs = None
     try:
-        subprocess.run(["ray", "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}",
-                        "--dashboard-host=127.0.0.1", f"--ray-client-server-port={client}", "--num-cpus=1",
-                        "--disable-usage-stats", '--resources={"decode_node": 4}', *_node_args(head_dir, nodes[:6])], env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run(["ray", "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", '--resources={"second_node": 4}',
-                        *_node_args(second_dir, nodes[6:])], env=env, check=True, capture_output=True, timeout=120)
-        yield f"http://127.0.0.1:{dashboard}"
+        # GCS and dashboard on ports of Ray's choosing (0), read back from what it reports; the client server's port
+        # cannot be 0 (Ray refuses it), so it is held here until the head has bound it
+        with _held_port() as client:
+            started = _start_node(["--head", "--port=0", "--dashboard-port=0", "--dashboard-host=127.0.0.1",
+                                   f"--ray-client-server-port={client.getsockname()[1]}", "--num-cpus=1",
+                                   "--disable-usage-stats", '--resources={"decode_node": 4}', f"--temp-dir={head_dir}"],
+                                  env)
+        with open(os.path.join(head_dir, "ray_current_cluster")) as fh:  # `ray start` records the GCS address there
+            gcs = fh.read().strip()
+        dashboard = re.search(r"RAY_API_SERVER_ADDRESS='(http://127\.0\.0\.1:\d+)'", started)
+        assert dashboard, started[-3000:]
+        _start_node([f"--address={gcs}", "--num-cpus=1", '--resources={"second_node": 4}', f"--temp-dir={second_dir}"],
+                    env)
+        yield dashboard.group(1)
     finally:
+        _kill_cluster(second_dir, head_dir, *([gcs] if gcs else []))
         for folder in (second_dir, head_dir):
-            _kill_cluster(folder, gcs)
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _submit_embed(address: str, config_text: str) -> subprocess.CompletedProcess:
-    config = os.path.join(ROOT, "jobs", "configs", "embed_two_node_test.yaml")
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> str:
+    """A copy of the project, as `oneencoder submit` uploads it (the working dir): a test's job configs go in there,
+    never into the checkout."""
+    from jobs.submit import EXCLUDES
+
+    copy = str(tmp_path_factory.mktemp("submit") / "project")
+    return shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(*(e.split("/")[-1] for e in EXCLUDES), "tests"))
+
+
+def _submit_embed(address: str, config_text: str, project: str) -> subprocess.CompletedProcess:
+    """`oneencoder submit embed --config C` run from ``project`` (a copy of the checkout), C written in there."""
+    config = os.path.join(project, "jobs", "configs", "embed_two_node_test.yaml")
     with open(config, "w") as fh:  # inside the project: it travels with the working dir
         fh.write(config_text)
-    try:
-        cmd = [sys.executable, "-m", "jobs.cli", "submit", "embed", "--address", address, "--config", config]
-        return subprocess.run(cmd, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
-                              timeout=420, cwd=ROOT)
-    finally:
-        os.remove(config)
+    cmd = [sys.executable, "-m", "jobs.cli", "submit", "embed", "--address", address, "--config", config]
+    return subprocess.run(cmd, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+                          timeout=420, cwd=project)  # `python -m jobs.cli` there: the copy is what is uploaded
 
 
-def test_embed_job_submitted_to_a_two_node_cluster(two_node_cluster, sample_corpus, tmp_path):
+@pytest.mark.slow
+def test_embed_job_submitted_to_a_two_node_cluster(two_node_cluster, project, sample_corpus, tmp_path):
     from ray.util.state import list_actors, list_nodes, list_tasks
 
     from pipeline.store.features import read_features
@@ -126,7 +114,7 @@ def test_embed_job_submitted_to_a_two_node_cluster(two_node_cluster, sample_corp
              "encoders:\n  image: {num_cpus: 0.25, resources: {second_node: 1}, tokens: %d}\n")
     output = tmp_path / "features"
     proc = _submit_embed(two_node_cluster, f"input: {sample_corpus}\noutput: {output}\npreset: tiny\n"
-                         "modalities: [image]\n" + place % 1)
+                         "modalities: [image]\n" + place % 1, project)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "SUCCEEDED" in proc.stdout and f"-> {output}" in proc.stdout  # the job's own summary came through the log tail
     small = read_features(str(output), "image")
@@ -152,7 +140,7 @@ def test_embed_job_submitted_to_a_two_node_cluster(two_node_cluster, sample_corp
                            for r in rows)
     output_big = tmp_path / "features-big"
     proc = _submit_embed(two_node_cluster, f"input: {bigger}\noutput: {output_big}\npreset: tiny\n"
-                         "modalities: [image]\ndedupe: false\n" + place % 4)
+                         "modalities: [image]\ndedupe: false\n" + place % 4, project)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     big = read_features(str(output_big), "image")
     assert big.num_rows == 48 and big.column("embedding").nbytes >= 15 * small.column("embedding").nbytes
@@ -210,6 +198,7 @@ class _FlakyHead:
         self.server.server_close()
 
 
+@pytest.mark.slow
 def test_submit_waits_for_the_job_agent_of_a_cluster_just_started(two_node_cluster):
     """A head just started answers submissions with 500 "No available agent" until its job agent is up (seen
     once with `ray start` followed at once by a submit). The submit waits and tries again, under one
@@ -267,3 +256,92 @@ def test_submit_refuses_what_cannot_run(tmp_path):
 
     args = parse_command_line(["submit", "embed", "--address", "http://HEAD:8265", "--", "--input", "s3://b/m.jsonl"])
     assert (args.job, args.address, args.args) == ("embed", "http://HEAD:8265", ["--input", "s3://b/m.jsonl"])
+
+
+def test_submit_runs_evaluate_and_tune_as_the_user_asked(monkeypatch):
+    """What `oneencoder submit evaluate|tune --config F -- ARGS` has the cluster run: the job's own module with the
+    config (relative to the uploaded working dir) and ARGS; run there, its main() gets the config the user meant
+    (for tune: the training job with the search on)."""
+    import importlib
+    import shlex
+
+    monkeypatch.chdir(ROOT)  # a submitted job starts in the uploaded project
+    configs = os.path.join(ROOT, "jobs", "configs")
+    evaluate = entrypoint("evaluate", os.path.join(configs, "evaluate_tiny.yaml"), ["--model", "models/m2", "--baseline"])
+    assert evaluate == "python -m jobs.evaluate --config jobs/configs/evaluate_tiny.yaml --model models/m2 --baseline"
+    tune = entrypoint("tune", os.path.join(configs, "train_tiny.yaml"), ["--trials", "3", "--features", "s3://b/f"])
+    assert tune == "python -m jobs.train --tune --config jobs/configs/train_tiny.yaml --trials 3 --features s3://b/f"
+    assert entrypoint("evaluate", None, ["--model", "m", "--features", "f"]) == "python -m jobs.evaluate --model m --features f"
+    received = {}
+    for module in ("jobs.evaluate", "jobs.train"):  # each job's run() gets the validated config instead of running it
+        monkeypatch.setattr(f"{module}.run", lambda cfg, args, module=module: received.setdefault(module, cfg) and 0)
+    for command in (evaluate, tune):
+        python, flag, module, *argv = shlex.split(command)
+        assert (python, flag) == ("python", "-m") and importlib.import_module(module).main(argv) == 0
+    ev = received["jobs.evaluate"]
+    assert (ev.model, ev.features, ev.baseline) == ("models/m2", "out/sample", True)  # the flag over the config's model
+    tu = received["jobs.train"]
+    assert tu.tune is not None and tu.tune.trials == 3 and tu.features == "s3://b/f"  # the search on, 3 trials
+    assert [s.new for s in tu.stages] == ["image", "audio", "video"]  # the config's curriculum
+
+
+def test_submit_failures_are_one_error_line(monkeypatch, capsys):
+    """No job API at the address (nothing listening, or a server that is no Ray head): exit 2 and one `error:` line
+    naming the address, no traceback; no address at all (no --address, no RAY_ADDRESS): the parser's usage error."""
+    from http.server import SimpleHTTPRequestHandler
+
+    from jobs.cli import main
+
+    with _held_port() as held:  # bound, never listening: a connection there is refused
+        closed = held.getsockname()[1]
+        assert main(["submit", "embed", "--address", f"http://127.0.0.1:{closed}", "--", "--help"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: cannot reach the Ray job API at http://127.0.0.1:{closed}: Failed to connect to Ray at address: "
+        f"http://127.0.0.1:{closed}."]
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    web = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)  # a web server, not a Ray dashboard
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{web.server_address[1]}")  # the address when no --address
+        assert main(["submit", "train"]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"error: cannot reach the Ray job API at http://127.0.0.1:{web.server_address[1]}: "
+                               "Version check returned 404"), line
+    finally:
+        web.shutdown()
+        web.server_close()
+    monkeypatch.delenv("RAY_ADDRESS")
+    with pytest.raises(SystemExit) as exited:
+        main(["submit", "evaluate"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith("usage: oneencoder")
+    assert err.splitlines()[-1] == "oneencoder: error: submit needs --address http://HEAD:8265 (or RAY_ADDRESS)"
+
+
+@pytest.mark.slow
+def test_train_job_submitted_to_a_two_node_cluster_and_a_failed_job_exits_1(two_node_cluster, project, feature_store,
+                                                                            tmp_path):
+    """`oneencoder submit train -- ARGS` (small epochs) trains on the cluster and writes the artifact, the job's own
+    report coming through the log tail; a job that fails there (no feature store at that path) makes submit exit 1,
+    after the job's `error:` line and its status."""
+    from pipeline.artifact import read_artifact
+
+    def submit_train(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "jobs.cli", "submit", "train", "--address", two_node_cluster, "--", *args]
+        return subprocess.run(cmd, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+                              timeout=420, cwd=project)
+
+    output = tmp_path / "model"
+    proc = submit_train("--features", feature_store, "--output", str(output), "--stages", "image:text", "--epochs", "2")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "SUCCEEDED" in proc.stdout and f"model artifact: {output}" in proc.stdout, proc.stdout[-4000:]
+    artifact = read_artifact(str(output))
+    assert artifact.modalities == ["image", "text"] and [s["epochs_run"] for s in artifact.stages] == [2]
+    missing = tmp_path / "no-features"
+    proc = submit_train("--features", str(missing), "--output", str(tmp_path / "m2"), "--stages", "image:text")
+    assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert f"error: feature store {missing}" in proc.stdout and "FAILED" in proc.stdout, proc.stdout[-4000:]
+    assert not os.path.exists(tmp_path / "m2")

@@ -45,6 +45,10 @@ class ResumeMismatchError(RuntimeError):
     """The output folder holds shards made from a different manifest or encoder setup."""
 
 
+class PipelineStalledError(RuntimeError):
+    """The pipeline made no progress for ``no_progress_timeout_s`` and was stopped; committed shards are kept."""
+
+
 def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     """Embed every item of the manifest ``cfg.input`` into the feature store ``cfg.output``.
 
@@ -116,6 +120,7 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
     bytes the driver received from the pipeline and the committer (commit records and markers)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
+    from ray.data.exceptions import ExecutionTimeoutError
 
     settings = {r.modality.value: r.settings for r in runs}
     pool = _pool([r.enc for r in runs])
@@ -162,10 +167,24 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
     except Exception as e:
         if watch.failure is not None and e is not watch.failure:  # whatever Ray Data wrapped it in
             raise watch.failure from None
+        if isinstance(e, ExecutionTimeoutError):  # Ray Data's no-progress guard: its text names Ray Data's knobs
+            raise PipelineStalledError(_stalled_message(cfg, str(e))) from None
         raise
     finally:
         (ctx.execution_no_progress_timeout_s, ctx.raise_original_map_exception,
          ctx.custom_execution_callback_classes) = previous
+
+
+def _stalled_message(cfg: EmbedConfig, report: str) -> str:
+    """One line for a run Ray Data stopped after ``no_progress_timeout_s`` without progress: what was still running
+    (from Ray Data's ``report``) and what to do, in this job's settings rather than Ray Data's."""
+    running = [line.strip(" -") for line in report.splitlines() if line.startswith("  - ")]
+    return (f"the pipeline made no progress for no_progress_timeout_s = {cfg.no_progress_timeout_s:g} s and was stopped"
+            + (f" (still running: {'; '.join(running)})" if running else "")
+            + ": a read, decode or encode call is stuck or that slow (a decoder that hangs, an input that never "
+            "answers, a task waiting for resources). Shards committed so far are kept and a rerun resumes; raise "
+            "no_progress_timeout_s (--no-progress-timeout-s or the config) if work this slow is expected, and keep "
+            "limits.decode_timeout_s below it so that a hung decoder becomes its item's error instead")
 
 
 def _index_tasks(cfg: EmbedConfig, fn: Any, args: list[tuple]) -> Iterator[Any]:
