@@ -50,6 +50,8 @@ def _held_cpus(n: int = 2):
         deadline = time.monotonic() + 30
         while ray.available_resources().get("CPU", 0.0) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
+        # the next test must find the session's CPUs free, not inherit holders still going
+        assert ray.available_resources().get("CPU", 0.0) >= 2, f"CPUs not given back in 30 s: {ray.available_resources()}"
 
 
 def _config(corpus: str, out: str, **fields) -> EmbedConfig:
@@ -159,6 +161,7 @@ def test_the_job_says_what_it_waits_for_and_starts_once_the_holders_let_go(ray_s
     assert summary["modalities"]["text"]["complete"]
 
 
+@pytest.mark.slow
 def test_an_encoder_actor_that_finds_no_room_once_running_is_reported_and_ends_the_run(ray_session, sample_corpus,
                                                                                      tmp_path, caplog, monkeypatch):
     """The CPUs are taken after the check before the start passed (here: the check skipped): the watch inside
@@ -185,6 +188,7 @@ def test_an_encoder_actor_that_finds_no_room_once_running_is_reported_and_ends_t
     assert not left, left  # the run took its waiting actor down with it: nothing grabs the CPUs once freed
 
 
+@pytest.mark.slow
 def test_tasks_that_find_no_room_once_running_are_reported_and_the_job_goes_on_once_freed(ray_session, sample_corpus,
                                                                                         tmp_path, caplog, monkeypatch):
     """The pool fits (0.25 CPU) but a read task (1 CPU here) finds no room beside the 1.5 CPUs other work holds: the
@@ -220,17 +224,13 @@ def test_tasks_that_find_no_room_once_running_are_reported_and_the_job_goes_on_o
 
 
 def _ray_processes(marker: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if marker.encode() in fh.read():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
+    """The processes of the Ray instance whose folder is ``marker``, its workers and agents included."""
+    from tests.processes import ray_instance
+
+    return sorted(ray_instance(marker))
 
 
+@pytest.mark.slow
 def test_the_command_line_starts_its_own_instance_beside_another_programs_but_joins_a_ray_start_cluster(
         ray_session, sample_corpus, tmp_path):
     """The session's instance stands for `oneencoder serve`'s, all its CPUs held: `oneencoder embed` (no
@@ -263,7 +263,7 @@ def test_the_command_line_starts_its_own_instance_beside_another_programs_but_jo
         assert joined.returncode == 0, joined.stderr[-3000:]
         assert joined.stdout.split()[-1] == ray_session
     finally:
-        for pid in _ray_processes(temp):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
+        from tests.processes import stop_ray_instance
+
+        stop_ray_instance(temp)
         shutil.rmtree(temp, ignore_errors=True)

@@ -212,6 +212,7 @@ def _stage_consistent(output: str, features: str) -> None:
     assert load_model(output).modalities == ["image", "text"]
 
 
+@pytest.mark.slow
 def test_every_stage_save_step_then_a_rerun_leaves_consistent_stages(ray_session, feature_store, tmp_path, monkeypatch):
     import pipeline.artifact as artifact
     import pipeline.train.job as train

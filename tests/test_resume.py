@@ -111,6 +111,7 @@ def interrupt_after_more_commits(cmd, env, sig, done_before: int, folder: Path) 
     return proc.returncode, log
 
 
+@pytest.mark.slow
 def test_interrupted_job_resumes_without_redoing_or_duplicating(ray_session, slow_audio, tmp_path):
     """Ctrl-C, then SIGKILL on the rerun, then a rerun to the end: each run keeps what the last committed."""
     manifest, config = slow_audio
@@ -137,20 +138,14 @@ def test_interrupted_job_resumes_without_redoing_or_duplicating(ray_session, slo
 
 
 def _encoder_actor_pids():
-    pids = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                cmd = fh.read().decode(errors="replace")
-        except OSError:
-            continue
-        if "MapBatches(EncodeActor)" in cmd:
-            pids.append(int(pid))
-    return pids
+    """This session's encoder actor processes (another Ray instance on the machine, a concurrent suite's, has actors
+    of its own that these tests must neither count nor kill)."""
+    from tests.processes import ray_workers, this_session
+
+    return ray_workers("MapBatches(EncodeActor)", this_session())
 
 
+@pytest.mark.slow
 def test_killed_encoder_worker_is_survived(ray_session, slow_audio, tmp_path):
     manifest, config_path = slow_audio
     out = str(tmp_path / "out")
