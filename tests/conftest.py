@@ -36,6 +36,37 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
+def _tree(folder: str) -> dict[str, tuple[int, str]]:
+    """Every file under ``folder``: relative path -> (size, sha256)."""
+    import hashlib
+
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as fh:
+                data = fh.read()
+            out[os.path.relpath(path, folder)] = (len(data), hashlib.sha256(data).hexdigest())
+    return out
+
+
+def _kept_as_built(value, folder: str):
+    """Yield a session fixture's ``value``, then fail (at the session's end) if a test changed ``folder``: the shared
+    corpora, stores and models are read-only for tests, and one that must change such an artifact works on a copy of
+    it (``shutil.copytree(folder, tmp_path / ...)``), so no test's verdict depends on which tests ran before it."""
+    before = _tree(folder)
+    yield value
+    after = _tree(folder)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, f"a test wrote into the shared fixture folder {folder}: {changed[:10]}"
+
+
+@pytest.fixture(scope="session")
+def kept_as_built():
+    """For a test module's shared fixture: ``yield from kept_as_built(value, folder)`` (see ``_kept_as_built``)."""
+    return _kept_as_built
+
+
 @pytest.fixture(scope="session")
 def session_dir():
     return _SESSION_DIR
@@ -59,11 +90,12 @@ def sample_corpus(session_dir):
     """12 paired samples in every listed format; returns the manifest path."""
     from jobs.corpus import write_sample_corpus
 
-    return write_sample_corpus(os.path.join(session_dir, "corpus"), n=12)
+    folder = os.path.join(session_dir, "corpus")
+    yield from _kept_as_built(write_sample_corpus(folder, n=12), folder)
 
 
 # --- a trained model on a generated concept corpus, shared by the training and evaluation tests ---
-from tests.settings import STAGES, VAL_FRACTION  # noqa: E402
+from tests.settings import SMALL_EPOCHS, STAGES, VAL_FRACTION  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +104,7 @@ def concept_store(session_dir):
     from jobs.quality import write_concept_store
 
     root = os.path.join(session_dir, "concept-features")
-    return root, write_concept_store(root, n=480, seed=0)
+    yield from _kept_as_built((root, write_concept_store(root, n=480, seed=0)), root)
 
 
 @pytest.fixture(scope="session")
@@ -80,18 +112,28 @@ def feature_store(concept_store):
     return concept_store[0]
 
 
-def _train_defaults(store: str, output: str):
-    """The curriculum with the training defaults (no budget flags): what `oneencoder train` gives a user."""
+def _train(store: str, output: str, epochs: int | None = None):
+    """The curriculum with the training defaults (no budget flags: what `oneencoder train` gives a user), or with
+    ``epochs`` per stage."""
     from pipeline.train.config import load_train_config
     from pipeline.train.job import run_train
 
-    cfg = load_train_config(None, features=store, output=output, stages=STAGES, val_fraction=VAL_FRACTION)
+    cfg = load_train_config(None, epochs=epochs, features=store, output=output, stages=STAGES, val_fraction=VAL_FRACTION)
     return output, run_train(cfg), cfg
 
 
 @pytest.fixture(scope="session")
 def trained(ray_session, feature_store, session_dir):
-    return _train_defaults(feature_store, os.path.join(session_dir, "model"))
+    """A model of the whole curriculum, SMALL_EPOCHS per stage: for the tests that need *a* trained artifact."""
+    output = os.path.join(session_dir, "model")
+    yield from _kept_as_built(_train(feature_store, output, SMALL_EPOCHS), output)
+
+
+@pytest.fixture(scope="session")
+def trained_defaults(ray_session, feature_store, session_dir):
+    """The curriculum trained with the defaults (automatic epochs, early stopping): the quality tests' model."""
+    output = os.path.join(session_dir, "model-defaults")
+    yield from _kept_as_built(_train(feature_store, output), output)
 
 
 @pytest.fixture(scope="session")
@@ -100,12 +142,14 @@ def other_concept_store(session_dir):
     from jobs.quality import write_concept_store
 
     root = os.path.join(session_dir, "other-concept-features")
-    return root, write_concept_store(root, n=480, seed=0, style="other")
+    yield from _kept_as_built((root, write_concept_store(root, n=480, seed=0, style="other")), root)
 
 
 @pytest.fixture(scope="session")
 def trained_other(ray_session, other_concept_store, session_dir):
-    return _train_defaults(other_concept_store[0], os.path.join(session_dir, "model-other"))
+    """The quality bar's second model: the defaults on the other corpus style."""
+    output = os.path.join(session_dir, "model-other")
+    yield from _kept_as_built(_train(other_concept_store[0], output), output)
 
 
 # --- the trained model grown by a fifth modality, depth (`oneencoder train --from`) ---
@@ -130,7 +174,7 @@ def depth_store(session_dir):
 
     root = os.path.join(session_dir, "depth-features")
     write_concept_store(root, n=240, seed=0, modalities=("image", "text", "depth"))
-    return root
+    yield from _kept_as_built(root, root)
 
 
 @pytest.fixture(scope="session")
@@ -143,4 +187,4 @@ def grown(ray_session, trained, depth_store, session_dir):
     output = os.path.join(session_dir, "model-depth")
     assert main(["--from", base, "--features", depth_store, "--stages", "depth:image", "--output", output]) == 0
     assert _digests(base) == before  # the model it grows is left as it was
-    return base, output
+    yield from _kept_as_built((base, output), output)

@@ -62,22 +62,21 @@ def test_reference_lists_every_field_with_a_description():
     assert all(not line.endswith(": None") for line in lines)
 
 
-def project_yaml_files() -> list[str]:
+def project_yaml_files(root: str = ROOT) -> list[str]:
     """The YAML files the project ships, relative to the checkout: those git tracks. Output written into the
     checkout (a demo or job run from there, a user's own configs) is not the project's to validate."""
-    listed = subprocess.run(["git", "-C", ROOT, "ls-files", "-z", "--", "*.yaml", "*.yml"], capture_output=True, text=True)
+    listed = subprocess.run(["git", "-C", root, "ls-files", "-z", "--", "*.yaml", "*.yml"], capture_output=True, text=True)
     assert listed.returncode == 0, f"this test lists the project's YAML files with git: {listed.stderr.strip()}"
     return sorted(f for f in listed.stdout.split("\0") if f)
 
 
 def test_yaml_files_written_into_the_checkout_are_not_the_projects(tmp_path):
-    stray = os.path.join(ROOT, "oneencoder-demo-stray-test.yaml")  # what a run inside the checkout could leave
-    with open(stray, "w", encoding="utf-8") as fh:
-        fh.write("labels: {}\n")
-    try:
-        files = project_yaml_files()
-    finally:
-        os.remove(stray)
+    checkout = str(tmp_path / "checkout")  # a clone of this one: the stray file is not written into the real checkout
+    cloned = subprocess.run(["git", "clone", "-q", "--shared", ROOT, checkout], capture_output=True, text=True)
+    assert cloned.returncode == 0, cloned.stderr
+    with open(os.path.join(checkout, "oneencoder-demo-stray-test.yaml"), "w", encoding="utf-8") as fh:
+        fh.write("labels: {}\n")  # what a run inside the checkout could leave
+    files = project_yaml_files(checkout)
     assert "oneencoder-demo-stray-test.yaml" not in files and "cluster.yaml" in files
 
 

@@ -42,7 +42,7 @@ def test_train_from_adds_depth_and_leaves_every_earlier_vector_bit_identical(gro
     assert np.array_equal(old.embed([png.getvalue()], "image"), new.embed([png.getvalue()], "image"))
 
 
-def test_the_grown_model_retrieves_depth_across_modalities(grown, depth_store):
+def test_the_grown_model_retrieves_depth_across_modalities(grown, depth_store, tmp_path):
     """On 150 concept samples never trained on: depth -> image and depth -> text find the concept far above
     chance, and `oneencoder evaluate` reports depth's pairs on the store."""
     from pipeline.eval.report import evaluate
@@ -55,16 +55,18 @@ def test_the_grown_model_retrieves_depth_across_modalities(grown, depth_store):
     to_image = concept_recall_at_1(vectors["depth"], vectors["image"], labels)
     to_text = concept_recall_at_1(vectors["depth"], vectors["text"], labels)
     assert to_image > 4 * CHANCE and to_text > 4 * CHANCE, (to_image, to_text)
-    report = evaluate(grown[1], depth_store, output=os.path.join(grown[1], "eval"))
+    report = evaluate(grown[1], depth_store, output=str(tmp_path / "eval"))  # not into the model test_serve serves
     assert {"depth-image", "depth-text", "image-text"} <= set(report["pairs"])
     assert report["pairs"]["depth-image"]["depth->image/recall@1"] > 4 / report["pairs"]["depth-image"]["n"]
 
 
 def test_train_from_refuses_what_would_change_or_mismatch_the_grown_model(trained, depth_store, feature_store, tmp_path):
+    import shutil
+
     from pipeline.train.config import load_train_config
     from pipeline.train.job import run_train
 
-    base = trained[0]
+    base = shutil.copytree(trained[0], str(tmp_path / "base"))  # a refusal that failed would write into it
 
     def train(stages: str, features: str = depth_store, output: str = str(tmp_path / "m")):
         return run_train(load_train_config(None, from_model=base, features=features, stages=stages, output=output))
@@ -83,3 +85,34 @@ def test_train_from_refuses_what_would_change_or_mismatch_the_grown_model(traine
     with pytest.raises(ConfigError, match="its image features keep K=2 tokens, but the model was trained on K=1"):
         train("depth:image", features=other)
     assert not os.path.exists(tmp_path / "m" / "config.json")
+
+
+def test_train_from_refuses_a_store_embedded_by_another_encoder(trained, tmp_path, monkeypatch, capsys):
+    """`oneencoder train --from MODEL` on a store whose image features come from another frozen encoder than MODEL's
+    (aligning depth to them would put it in another space): exit 2 before any training, one `error:` line naming
+    both encoders and where the model's is recorded."""
+    import shutil
+
+    import jobs.quality
+    from jobs import train as train_job
+    from pipeline.config import EmbedConfig
+    from pipeline.encoders.offline import ensure_built
+    from pipeline.encoders.presets import resolve_encoder
+
+    image = Modality("image")
+    other_model = shutil.copytree(ensure_built("tiny", image, EmbedConfig().resolved_cache_dir()), str(tmp_path / "vit"))
+    other = resolve_encoder(EmbedConfig(encoders={"image": {"model": other_model}}), image)  # a local model folder
+    tiny = resolve_encoder
+    monkeypatch.setattr(jobs.quality, "resolve_encoder", lambda cfg, m: other if m == image else tiny(cfg, m))
+    store = str(tmp_path / "features")
+    write_concept_store(store, n=48, seed=0, modalities=("image", "depth"))  # as `embed` with encoders.image.model
+    base, output = trained[0], str(tmp_path / "grown")
+    trained_on = read_artifact(base).encoders["image"]["name"]
+    assert other.name != trained_on
+    status = train_job.main(["--from", base, "--features", store, "--stages", "depth:image", "--output", output,
+                             "--epochs", "1"])
+    (line,) = capsys.readouterr().err.splitlines()
+    assert status == 2 and line.startswith("error: "), (status, line)
+    assert f"its image features come from encoder {other.name!r}, but the model was trained on {trained_on!r}" in line
+    assert f"see {base}/encoders.json" in line
+    assert not os.path.exists(output)  # refused before anything was written

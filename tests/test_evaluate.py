@@ -19,14 +19,28 @@ def labels_file(concept_store, tmp_path_factory):
 
 
 def test_report_pairs_gap_zero_shot_and_plots(trained, feature_store, labels_file, tmp_path):
+    import numpy as np
+
+    from pipeline.inference import load_model
+    from pipeline.store.pairs import load_features
+
     output, _, _ = trained
     report = evaluate(output, feature_store, labels_file, str(tmp_path))
     assert set(report["pairs"]) == {"audio-image", "audio-text", "audio-video", "image-text", "image-video", "text-video"}
     image_text = report["pairs"]["image-text"]
     assert image_text["n"] == 480
-    for direction in ("image->text", "text->image"):
-        assert 0 <= image_text[f"{direction}/recall@1"] <= image_text[f"{direction}/recall@5"] <= image_text[f"{direction}/recall@10"] <= 1
-        assert image_text[f"{direction}/median_rank"] >= 1
+    # the report's figures against ones computed here: the store's features projected by the model, each query's
+    # rank the number of other items scored above its own partner
+    model = load_model(output)
+    feats = {m: load_features(feature_store, m, {}) for m in ("image", "text")}
+    assert sorted(feats["image"]) == sorted(feats["text"])  # the same 480 ids, so row i of each is one pair
+    z = {m: model.project(np.stack([f[i] for i in sorted(f)]), m) for m, f in feats.items()}
+    for query, target in (("image", "text"), ("text", "image")):
+        sims = z[query] @ z[target].T
+        rank = (sims > np.diag(sims)[:, None]).sum(axis=1)  # 0 = the partner comes first
+        for k in (1, 5, 10):
+            assert image_text[f"{query}->{target}/recall@{k}"] == pytest.approx(np.mean(rank < k), abs=1e-9), (query, k)
+        assert image_text[f"{query}->{target}/median_rank"] == np.median(rank + 1)
     gap = report["gap"]["image-text"]
     assert gap["cosine_true_pairs"] > gap["cosine_random_pairs"]  # trained pairs sit closer than random ones
     zero = report["zero_shot"]
@@ -62,7 +76,15 @@ def test_cli_prints_a_table_and_rejects_bad_input(trained, feature_store, labels
 
 def test_baseline_shows_what_freezing_costs(trained, feature_store, tmp_path, capsys):
     """`--baseline`: each stage's pair against a jointly trained MLP pair on the same split, with the sign test."""
-    output, result, _ = trained
+    from math import comb
+
+    import numpy as np
+
+    from pipeline.eval.baseline import torch_threads
+    from pipeline.inference import load_model
+    from pipeline.store.pairs import is_validation, load_features
+
+    output, result, cfg = trained
     argv = ["--model", output, "--features", feature_store, "--output", str(tmp_path), "--baseline", "--baseline-epochs", "5"]
     assert evaluate_job.main(argv) == 0
     printed = capsys.readouterr().out
@@ -70,9 +92,24 @@ def test_baseline_shows_what_freezing_costs(trained, feature_store, tmp_path, ca
     with open(tmp_path / "report.json") as fh:
         baseline = json.load(fh)["baseline"]
     assert baseline["epochs"] == 5 and set(baseline["pairs"]) == {"image->text", "audio->text", "video->text"}
+    model = load_model(output)
+    feats = {m: load_features(feature_store, m, {}) for m in ("image", "text", "audio", "video")}
     for pair, r in baseline["pairs"].items():
-        assert r["val_items"] == result["stages"][0]["val_pairs"] and 0 <= r["p_worse"] <= 1, (pair, r)
-        assert 0 <= r["baseline"] <= 1 and 0 <= r["progressive"] <= 1
+        assert r["val_items"] == result["stages"][0]["val_pairs"], (pair, r)
+        # progressive: instance R@1 (new -> text) of the artifact on the ids its training held out, computed here
+        new = pair.split("->")[0]
+        held_out = [i for i in sorted(feats[new]) if i in feats["text"] and is_validation(i, cfg.val_fraction, cfg.seed)]
+        with torch_threads(1):  # as the comparison projects: items of one concept are near ties, decided by rounding
+            za = model.project(np.stack([feats[new][i] for i in held_out]), new)
+            zt = model.project(np.stack([feats["text"][i] for i in held_out]), "text")
+        sims = za @ zt.T
+        hits = (sims > np.diag(sims)[:, None]).sum(axis=1) == 0  # no other text scored above the item's own
+        assert r["progressive"] == pytest.approx(hits.mean(), abs=1e-9), (pair, r)
+        # the items only one of the two gets right account for the difference of their hit counts
+        assert (r["progressive"] - r["baseline"]) * r["val_items"] == pytest.approx(r["only_progressive"] - r["only_baseline"])
+        # p_worse: the chance of at least only_baseline heads in only_progressive + only_baseline fair coin flips
+        n = r["only_progressive"] + r["only_baseline"]
+        assert r["p_worse"] == pytest.approx(sum(comb(n, k) for k in range(r["only_baseline"], n + 1)) / 2 ** n)
         assert f"{pair:<16}{r['val_items']:>6}" in printed
     # instance R@1 of the progressive model is what the artifact gives on its own held-out pairs
     assert baseline["pairs"]["image->text"]["progressive"] > 5 * baseline["pairs"]["image->text"]["chance"]

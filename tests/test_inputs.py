@@ -221,6 +221,7 @@ def test_video2dataset_parquet_plans_the_shards_with_the_members_the_first_tar_h
     assert not mixed.sidecars and sorted(set(opened)) == sorted(paths)
 
 
+@pytest.mark.slow
 def test_img2dataset_shards_embed_as_their_headers_say_and_a_lying_parquet_is_named(ray_session, sample_corpus, tmp_path):
     folder = tmp_path / "shards"
     folder.mkdir()
@@ -293,7 +294,12 @@ def test_parquet_with_media_bytes_as_hugging_face_exports_them(ray_session, refe
         "audio": pa.array([{"bytes": media(r, "audio"), "path": None} for r in rows] + [None], struct),
         "video": pa.array([media(r, "video") for r in rows] + [None], pa.binary()),
     })
-    manifest = os.path.join(corpus, "embedded.parquet")  # beside the media, so row 10's path resolves
+    # the manifest in a folder of this test's own (not the shared corpus), with row 10's file beside it: its path
+    # is relative to the manifest
+    folder = tmp_path / "hf"
+    os.makedirs(folder / os.path.dirname(rows[10]["image"]))
+    shutil.copy(os.path.join(corpus, rows[10]["image"]), folder / rows[10]["image"])
+    manifest = str(folder / "embedded.parquet")
     pq.write_table(table, manifest, row_group_size=5)
     out = str(tmp_path / "out")
     summary = run_embed(EmbedConfig(input=manifest, output=out, shard_size=5))
@@ -304,7 +310,7 @@ def test_parquet_with_media_bytes_as_hugging_face_exports_them(ray_session, refe
         for key, vector in expected.items():
             np.testing.assert_allclose(got[key], vector, atol=2e-3, err_msg=f"{m} {key}")
     uris = dict(zip(read_features(out, "image").column("id").to_pylist(), read_features(out, "image").column("uri").to_pylist()))
-    assert uris["s00000"] == "00000.png" and uris["s00010"] == os.path.join(corpus, rows[10]["image"])
+    assert uris["s00000"] == "00000.png" and uris["s00010"] == os.path.join(folder, rows[10]["image"])
     audio_uris = read_features(out, "audio").column("uri").to_pylist()
     assert all(u.startswith(manifest + "#id=s000") for u in audio_uris)
     errors = read_errors(out).to_pylist()

@@ -141,12 +141,12 @@ def test_sign_test_flags_only_a_clearly_worse_model():
     assert worse_p_value(ref, ten_worse) == 1.0                 # better is never "worse"
 
 
-def _ddp_worker(rank: int, world: int, port: int, a: torch.Tensor, b: torch.Tensor, out) -> None:
+def _ddp_worker(rank: int, world: int, rendezvous: str, a: torch.Tensor, b: torch.Tensor, out) -> None:
     import torch.distributed as dist
 
     from pipeline.train.losses import info_nce_across_workers
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         half = len(a) // world
         mine_a = a[rank * half:(rank + 1) * half].clone().requires_grad_(True)
@@ -157,22 +157,19 @@ def _ddp_worker(rank: int, world: int, port: int, a: torch.Tensor, b: torch.Tens
         dist.destroy_process_group()
 
 
-def test_ddp_workers_contrast_against_every_workers_batch():
+def test_ddp_workers_contrast_against_every_workers_batch(tmp_path):
     """Two gloo workers, each with half the batch: the mean of their losses is InfoNCE over the whole batch,
     and each worker's rows get the gradient of that whole-batch loss (DDP averages)."""
-    import socket
-
     import numpy as np
     import torch.multiprocessing as mp
 
     torch.manual_seed(0)
     a, b = (nn.functional.normalize(torch.randn(8, 16), dim=-1) for _ in range(2))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # the workers meet through a file of this test's own: no port to pick, free it and hope no one takes it first
+    rendezvous = str(tmp_path / "rendezvous")
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, a, b, out)) for r in range(2)]
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, rendezvous, a, b, out)) for r in range(2)]
     for p in procs:
         p.start()
     results = sorted(out.get(timeout=120) for _ in procs)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,12 +19,10 @@ from pipeline.store.sources import storage_options
 def s3_endpoint():
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the port it bound, not one picked
+    server.start()                                                                # and freed for it to take (a race)
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
     server.stop()
 
 
@@ -49,11 +46,17 @@ def s3_corpus(s3_endpoint, sample_corpus):
     return fs
 
 
-def test_s3_manifest_media_and_output(ray_session, s3_endpoint, s3_corpus):
+@pytest.fixture(scope="module")
+def s3_run1(ray_session, s3_endpoint, s3_corpus):
+    """The embed command's run from the S3 manifest to s3://features/run1 (image and audio): its process."""
     env = {**os.environ, "RAY_ADDRESS": ray_session, "AWS_ENDPOINT_URL": s3_endpoint}
     cmd = [sys.executable, "-m", "jobs.embed", "--input", "s3://media/corpus/manifest.jsonl",
            "--output", "s3://features/run1", "--modalities", "image,audio"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_s3_manifest_media_and_output(s3_endpoint, s3_corpus, s3_run1):
+    proc = s3_run1
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "s3://features/run1/summary.json" in proc.stdout
     opts = storage_options(StorageConfig(endpoint_url=s3_endpoint))
@@ -77,12 +80,14 @@ def test_unreachable_endpoint_is_named():
         plan_manifest("s3://bucket/manifest.jsonl", opts, shard_size=4)
 
 
-def test_training_reads_the_feature_store_from_s3_and_stops_early(ray_session, s3_endpoint, tmp_path):
-    """Uses the store that test_s3_manifest_media_and_output wrote to s3://features/run1. A learning
+def test_training_reads_the_feature_store_from_s3_and_stops_early(ray_session, s3_endpoint, s3_run1, tmp_path):
+    """On the store the embed command wrote to s3://features/run1 (the s3_run1 fixture). A learning
     rate far too high makes the validation loss stop improving, so early stopping (patience 2) ends
     the stage and the lowest-validation-loss epoch is kept."""
     from pipeline.train.config import load_train_config
     from pipeline.train.job import run_train
+
+    assert s3_run1.returncode == 0, s3_run1.stdout + s3_run1.stderr[-3000:]  # the store this test reads was written
 
     config = tmp_path / "train.yaml"
     config.write_text(f"val_fraction: 0.25\nkeep_checkpoints: null\nstorage: {{endpoint_url: '{s3_endpoint}'}}\n"
@@ -101,6 +106,7 @@ def test_training_reads_the_feature_store_from_s3_and_stops_early(ray_session, s
     assert provenance["features"] == "s3://features/run1"
 
 
+@pytest.mark.slow
 def test_webdataset_shards_on_s3_by_brace_pattern(ray_session, s3_endpoint, s3_corpus, sample_corpus, tmp_path):
     from tests.media_factory import write_webdataset
 

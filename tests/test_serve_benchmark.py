@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from jobs import benchmark_serve
 
 
+@pytest.mark.slow
 def test_benchmark_serve_main_prints_its_ratios(ray_session, tmp_path, capsys):
     report = tmp_path / "serve.json"
     config = tmp_path / "benchmark_serve.yaml"
@@ -14,8 +17,23 @@ def test_benchmark_serve_main_prints_its_ratios(ray_session, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "batching on/off at concurrency 4:" in printed and "in-process p50" in printed
     figures = json.loads(report.read_text())
-    assert figures["levels"] == [1, 4]
+    assert figures["levels"] == [1, 4] and figures["preset"] == "tiny"
     for modality in ("text", "image"):
         m = figures["modalities"][modality]
-        assert m["batched"]["1"]["requests"] == 8 and m["unbatched"]["requests"] == 8
-        assert m["batching_ratio"] > 0 and m["in_process_p50_ms"] > 0
+        assert set(m["batched"]) == {"1", "4"}, m["batched"]  # every level measured, batching on
+        runs = {**{f"on at {c}": s for c, s in m["batched"].items()}, "off at 4": m["unbatched"]}
+        for name, s in runs.items():
+            assert s["requests"] == 8, (modality, name, s)  # every request sent was answered and counted
+            assert 0 < s["p50_ms"] <= s["p99_ms"], (modality, name, s)
+            # c threads each wait for their own requests: the run lasts at least 1/c of the summed latencies, of
+            # which half are at least p50, so req/s can be at most 2c / p50 (a rate in other units breaks this)
+            concurrency = 4 if name.endswith("4") else 1
+            assert 0 < s["rps"] <= 2 * concurrency * 1000 / s["p50_ms"], (modality, name, s)
+        # the ratio is batched over unbatched req/s at the top level, and the overhead Serve's p50 at 1 minus in-process
+        assert abs(m["batching_ratio"] - m["batched"]["4"]["rps"] / m["unbatched"]["rps"]) < 1e-9 * m["batching_ratio"]
+        assert m["in_process_p50_ms"] > 0
+        assert abs(m["serve_overhead_p50_ms"] - (m["batched"]["1"]["p50_ms"] - m["in_process_p50_ms"])) < 1e-9
+        # what is printed is what the report holds
+        assert f"batching on/off at concurrency 4: {m['batching_ratio']:.2f}x" in printed
+        assert f"in-process p50 {m['in_process_p50_ms']:.1f} ms; Serve p50 at concurrency 1 is " \
+               f"{m['serve_overhead_p50_ms']:+.1f} ms over it" in printed

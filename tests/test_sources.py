@@ -147,6 +147,11 @@ def test_pairs_join_leaves_out_rows_missing_a_modality_and_splits_by_id():
     many = [f"id{i}" for i in range(1000)]
     share = sum(is_validation(i, 0.2) for i in many) / 1000
     assert 0.15 < share < 0.25
-    assert [is_validation(i, 0.2) for i in many] == [is_validation(i, 0.2) for i in reversed(many)][::-1]
+    # the split is a function of the id and the seed alone, the same in every process and run: these ids are held out
+    assert [i for i in many[:40] if is_validation(i, 0.2)] == ["id13", "id15", "id24", "id36", "id39"]
+    assert [i for i in many[:40] if is_validation(i, 0.2, seed=1)] == ["id8", "id12", "id13", "id37"]
     (train_ids, _), (val_ids, _) = split(many, {"x": np.zeros((1000, 1))}, 0.2, seed=0)
     assert not set(train_ids) & set(val_ids) and len(train_ids) + len(val_ids) == 1000
+    assert [i for i in val_ids if i in many[:40]] == ["id13", "id15", "id24", "id36", "id39"]
+    (_, _), (reversed_val, _) = split(many[::-1], {"x": np.zeros((1000, 1))}, 0.2, seed=0)  # whatever the row order
+    assert sorted(reversed_val) == sorted(val_ids)
