@@ -2,7 +2,7 @@
 
 Drawn, captioned, sounded, animated and rendered as depth; features come from the tiny frozen encoders
 (pooled, K = 1 by default) and are written as a regular feature store, so the real training job runs on
-them. The quality bar's setting (tests/test_train.py, jobs/quality_sweep.py) is here too.
+them. The quality bar's setting (tests/train/test_train.py, jobs/quality_sweep.py) is here too.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pipeline.modality import Modality
 from pipeline.store.features import ERROR_SCHEMA, FeatureStore, features_table
 
 MODALITIES = ("image", "text", "audio", "video")  # the concept store's modalities by default (depth: on request)
-# the quality bar's setting (tests/test_train.py and jobs/quality_sweep.py)
+# the quality bar's setting (tests/train/test_train.py and jobs/quality_sweep.py)
 STAGES = "image:text,audio:text,video:text"  # the curriculum, trained with the defaults (no budget flags)
 BASELINE_EPOCHS = 100                         # epochs of the jointly trained pairwise baseline
 VAL_FRACTION = 0.2                            # share of ids held out for validation

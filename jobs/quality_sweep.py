@@ -6,7 +6,7 @@
 Each (style, seed, threads) run generates the concept corpus of that style with that seed, encodes it,
 trains the curriculum with the training defaults (Ray Train, ``cpus_per_worker`` = threads; ``--epochs``
 pins every stage instead) and trains the 2-layer MLP baseline, all on that many torch threads, then
-prints concept R@1 per pair and, at the end, the range of every figure over the runs of each style. The assertions of ``tests/test_train.py`` must hold over that whole range.
+prints concept R@1 per pair and, at the end, the range of every figure over the runs of each style. The assertions of ``tests/train/test_train.py`` must hold over that whole range.
 To imitate a machine with other vector units, run it under ``ATEN_CPU_CAPABILITY=default``.
 """
 from __future__ import annotations

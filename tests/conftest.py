@@ -1,8 +1,11 @@
 """Shared fixtures: one local Ray instance per session, tiny offline encoders, generated corpora."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -34,6 +37,35 @@ os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.p
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--shuffle", metavar="SEED", type=int, default=None,
+                     help="run the modules in an order shuffled from SEED, and each module's tests in a shuffled order: "
+                          "no test may depend on another having run before it")
+
+
+def pytest_report_header(config):
+    seed = config.getoption("--shuffle")
+    return None if seed is None else f"order shuffled with --shuffle {seed}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """``--shuffle SEED``: modules in a random order, then each module's tests (a module's fixtures still start once)."""
+    import random
+
+    seed = config.getoption("--shuffle")
+    if seed is None:
+        return
+    rng = random.Random(seed)
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    order = list(modules)
+    rng.shuffle(order)
+    for name in order:
+        rng.shuffle(modules[name])
+    items[:] = [item for name in order for item in modules[name]]
 
 
 def _tree(folder: str) -> dict[str, tuple[int, str]]:
@@ -188,3 +220,45 @@ def grown(ray_session, trained, depth_store, session_dir):
     assert main(["--from", base, "--features", depth_store, "--stages", "depth:image", "--output", output]) == 0
     assert _digests(base) == before  # the model it grows is left as it was
     yield from _kept_as_built((base, output), output)
+
+
+# --- S3: a local S3-compatible server (moto in server mode) and the embed command's run onto it ---------------
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the port it bound, not one picked
+    server.start()                                                                # and freed for it to take (a race)
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_corpus(s3_endpoint, sample_corpus):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("media")
+    fs.mkdir("features")
+    corpus = os.path.dirname(sample_corpus)
+    rows = []
+    with open(sample_corpus) as fh:
+        for line in fh:
+            row = json.loads(line)
+            for m in ("image", "audio"):
+                fs.put_file(os.path.join(corpus, row[m]), f"media/corpus/{row[m]}")
+            rows.append({"id": row["id"], "image": row["image"], "audio": row["audio"]})
+    rows.append({"id": "gone", "image": "images/missing.png", "audio": "s3://media/nothing/here.wav"})
+    fs.pipe_file("media/corpus/manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    return fs
+
+
+@pytest.fixture(scope="session")
+def s3_run1(ray_session, s3_endpoint, s3_corpus):
+    """The embed command's run from the S3 manifest to s3://features/run1 (image and audio): its process."""
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "AWS_ENDPOINT_URL": s3_endpoint}
+    cmd = [sys.executable, "-m", "jobs.embed", "--input", "s3://media/corpus/manifest.jsonl",
+           "--output", "s3://features/run1", "--modalities", "image,audio"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

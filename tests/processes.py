@@ -119,3 +119,14 @@ def stop_ray_instance(*markers: str, grace_s: float = 10) -> None:
     while time.monotonic() < deadline and left & set(processes()):
         time.sleep(0.1)
     assert not left & set(processes()), f"processes of the Ray instance at {markers} outlived SIGKILL: {left}"
+
+
+def train_worker_pids() -> list[int]:
+    """This session's Ray Train worker processes (another Ray instance on the machine has workers of its own, which
+    the kill tests must neither count nor kill)."""
+    return ray_workers("RayTrainWorker", this_session())
+
+
+def encoder_actor_pids() -> list[int]:
+    """This session's embed-job encoder actor processes (another Ray instance's are left alone, as above)."""
+    return ray_workers("MapBatches(EncodeActor)", this_session())

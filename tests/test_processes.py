@@ -10,7 +10,8 @@ import tempfile
 
 import pytest
 
-from tests.processes import ray_instance, signal_all, stop_ray_instance, this_session
+from tests.processes import (encoder_actor_pids, ray_instance, signal_all, stop_ray_instance, this_session,
+                             train_worker_pids)
 
 pytestmark = pytest.mark.slow  # starts a second Ray instance and SIGKILLs workers
 
@@ -38,8 +39,6 @@ print(*ray.get([a.pid.remote() for a in actors], timeout=60), flush=True)
 def test_kill_helpers_find_their_own_workers_and_spare_another_instances(ray_session, tmp_path):
     import ray
 
-    from tests.test_resume import _encoder_actor_pids
-    from tests.test_train import _train_worker_pids
 
     class Pid:  # defined here, so that Ray ships it by value (workers cannot import this test module)
         def pid(self) -> int:
@@ -58,13 +57,13 @@ def test_kill_helpers_find_their_own_workers_and_spare_another_instances(ray_ses
         own = ray.get([actor.pid.remote() for actor in mine], timeout=120)
 
         # each helper finds this session's actor of its title, and not the other instance's of the same title
-        assert _train_worker_pids() == [own[0]] and _encoder_actor_pids() == [own[1]], (own, theirs)
+        assert train_worker_pids() == [own[0]] and encoder_actor_pids() == [own[1]], (own, theirs)
         session = ray_instance(this_session())
         assert set(own) <= session and not set(theirs) & session
         # and the other instance's processes are found by its own folder, for a test that must stop it
         assert set(theirs) <= ray_instance(temp) and not ray_instance(temp) & session
 
-        signal_all(_train_worker_pids() + _encoder_actor_pids())  # what the kill tests do to their victims
+        signal_all(train_worker_pids() + encoder_actor_pids())  # what the kill tests do to their victims
         for actor in mine:
             with pytest.raises(ray.exceptions.RayActorError):
                 ray.get(actor.pid.remote(), timeout=60)

@@ -10,8 +10,9 @@ import os
 import shlex
 
 from jobs.cli import parse_command_line
+from tests.settings import ROOT
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README = os.path.join(ROOT, "README.md")
 
 
 def _readme_commands() -> list[str]:

@@ -15,46 +15,6 @@ from pipeline.store.manifest import ManifestError, plan_manifest
 from pipeline.store.sources import storage_options
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the port it bound, not one picked
-    server.start()                                                                # and freed for it to take (a race)
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def s3_corpus(s3_endpoint, sample_corpus):
-    import s3fs
-
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
-    fs.mkdir("media")
-    fs.mkdir("features")
-    corpus = os.path.dirname(sample_corpus)
-    rows = []
-    with open(sample_corpus) as fh:
-        for line in fh:
-            row = json.loads(line)
-            for m in ("image", "audio"):
-                fs.put_file(os.path.join(corpus, row[m]), f"media/corpus/{row[m]}")
-            rows.append({"id": row["id"], "image": row["image"], "audio": row["audio"]})
-    rows.append({"id": "gone", "image": "images/missing.png", "audio": "s3://media/nothing/here.wav"})
-    fs.pipe_file("media/corpus/manifest.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
-    return fs
-
-
-@pytest.fixture(scope="module")
-def s3_run1(ray_session, s3_endpoint, s3_corpus):
-    """The embed command's run from the S3 manifest to s3://features/run1 (image and audio): its process."""
-    env = {**os.environ, "RAY_ADDRESS": ray_session, "AWS_ENDPOINT_URL": s3_endpoint}
-    cmd = [sys.executable, "-m", "jobs.embed", "--input", "s3://media/corpus/manifest.jsonl",
-           "--output", "s3://features/run1", "--modalities", "image,audio"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_s3_manifest_media_and_output(s3_endpoint, s3_corpus, s3_run1):
     proc = s3_run1
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
@@ -78,32 +38,6 @@ def test_unreachable_endpoint_is_named():
     opts["config_kwargs"] = {"connect_timeout": 1, "retries": {"max_attempts": 1}}
     with pytest.raises(ManifestError, match="cannot reach the S3 endpoint"):
         plan_manifest("s3://bucket/manifest.jsonl", opts, shard_size=4)
-
-
-def test_training_reads_the_feature_store_from_s3_and_stops_early(ray_session, s3_endpoint, s3_run1, tmp_path):
-    """On the store the embed command wrote to s3://features/run1 (the s3_run1 fixture). A learning
-    rate far too high makes the validation loss stop improving, so early stopping (patience 2) ends
-    the stage and the lowest-validation-loss epoch is kept."""
-    from pipeline.train.config import load_train_config
-    from pipeline.train.job import run_train
-
-    assert s3_run1.returncode == 0, s3_run1.stdout + s3_run1.stderr[-3000:]  # the store this test reads was written
-
-    config = tmp_path / "train.yaml"
-    config.write_text(f"val_fraction: 0.25\nkeep_checkpoints: null\nstorage: {{endpoint_url: '{s3_endpoint}'}}\n"
-                      "stages: [{new: image, anchor: audio, epochs: 25, lr: 0.05, patience: 2, schedule: constant, "
-                      "warmup: 0}]\n")
-    cfg = load_train_config(str(config), features="s3://features/run1", output=str(tmp_path / "model"))
-    stage = run_train(cfg)["stages"][0]
-    assert stage["train_pairs"] + stage["val_pairs"] == 12
-    losses = [h["val/loss"] for h in stage["history"]]
-    assert [h["epoch"] for h in stage["history"]] == list(range(1, len(losses) + 1))
-    assert stage["epochs_run"] < 25, losses
-    best = min(range(len(losses)), key=lambda i: (losses[i], i))
-    assert stage["best_epoch"] == best + 1 and stage["epochs_run"] == best + 1 + 2, losses
-    assert stage["best"]["val/loss"] == losses[best]
-    provenance = json.loads((tmp_path / "model" / "provenance.json").read_text())
-    assert provenance["features"] == "s3://features/run1"
 
 
 @pytest.mark.slow

@@ -20,8 +20,7 @@ import pytest
 
 from jobs.submit import NO_AGENT, entrypoint, runtime_env, submit
 from pipeline.config import ConfigError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.settings import ROOT
 
 
 def _held_port() -> socket.socket:

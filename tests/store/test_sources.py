@@ -155,3 +155,12 @@ def test_pairs_join_leaves_out_rows_missing_a_modality_and_splits_by_id():
     assert [i for i in val_ids if i in many[:40]] == ["id13", "id15", "id24", "id36", "id39"]
     (_, _), (reversed_val, _) = split(many[::-1], {"x": np.zeros((1000, 1))}, 0.2, seed=0)  # whatever the row order
     assert sorted(reversed_val) == sorted(val_ids)
+
+
+def test_relative_s3_uris_resolve_like_local_paths():
+    from pipeline.store.sources import resolve_uri
+
+    assert resolve_uri("../img/x.png", "s3://bucket/data/set") == "s3://bucket/data/img/x.png"
+    assert resolve_uri("../img/x.png", "/data/set") == "/data/img/x.png"
+    with pytest.raises(ValueError, match="resolves above the bucket"):
+        resolve_uri("../../x.png", "s3://bucket/data")

@@ -25,8 +25,9 @@ from pipeline.config import ConfigError
 from pipeline.media.ffmpeg import find_ffmpeg
 from serving.config import APP_NAME
 from tests.media_factory import png_bytes
+from tests.settings import ROOT
 
-SHIPPED_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "serving", "serve_config.yaml")
+SHIPPED_CONFIG = os.path.join(ROOT, "serving", "serve_config.yaml")
 TOKEN = "test-token-123"
 LIMITS = {"max_items": 8, "max_file_bytes": 400_000, "max_request_bytes": 1_000_000, "max_text_chars": 500,
           "max_image_pixels": 250_000, "max_audio_seconds": 3.0, "max_video_seconds": 3.0, "decode_timeout_s": 20,

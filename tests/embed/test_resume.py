@@ -19,6 +19,7 @@ from pipeline.config import EmbedConfig
 from pipeline.embed.job import ResumeMismatchError, run_embed
 from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.store.features import FeatureStore, read_errors, read_features
+from tests.processes import encoder_actor_pids
 
 ITEMS = 20
 
@@ -137,14 +138,6 @@ def test_interrupted_job_resumes_without_redoing_or_duplicating(ray_session, slo
     assert not [n for r, _, fs in os.walk(out) for n in fs if n.startswith(".tmp-")]
 
 
-def _encoder_actor_pids():
-    """This session's encoder actor processes (another Ray instance on the machine, a concurrent suite's, has actors
-    of its own that these tests must neither count nor kill)."""
-    from tests.processes import ray_workers, this_session
-
-    return ray_workers("MapBatches(EncodeActor)", this_session())
-
-
 @pytest.mark.slow
 def test_killed_encoder_worker_is_survived(ray_session, slow_audio, tmp_path):
     manifest, config_path = slow_audio
@@ -156,9 +149,9 @@ def test_killed_encoder_worker_is_survived(ray_session, slow_audio, tmp_path):
     thread = threading.Thread(target=lambda: result.update(summary=run_embed(cfg)))
     thread.start()
     deadline = time.time() + 240
-    while not (markers(out) and _encoder_actor_pids()) and time.time() < deadline:
+    while not (markers(out) and encoder_actor_pids()) and time.time() < deadline:
         time.sleep(0.05)
-    victims = _encoder_actor_pids()
+    victims = encoder_actor_pids()
     assert victims, "no encoder actor process found"
     assert len(markers(out)) < ITEMS // 2, "the run ended before the worker could be killed"
     for pid in victims:
@@ -166,7 +159,7 @@ def test_killed_encoder_worker_is_survived(ray_session, slow_audio, tmp_path):
     thread.join(timeout=300)
     assert not thread.is_alive()
     assert result["summary"]["modalities"]["audio"]["complete"]
-    assert not set(victims) & set(_encoder_actor_pids())  # the rows after the kill came from a new actor
+    assert not set(victims) & set(encoder_actor_pids())  # the rows after the kill came from a new actor
     assert_complete_without_duplicates(out)
 
 

@@ -127,20 +127,6 @@ def test_extra_anchors_add_an_infonce_term_each_and_must_be_aligned():
         load_train_config(None, stages=[{"new": "image", "anchor": "text", "negatives": "bank"}])
 
 
-def test_sign_test_flags_only_a_clearly_worse_model():
-    import numpy as np
-
-    from pipeline.eval.baseline import worse_p_value
-
-    ref = np.ones(40, bool)
-    assert worse_p_value(ref, ref) == 1.0                       # identical: nothing to see
-    one_worse = ref.copy(); one_worse[0] = False                # noqa: E702
-    assert worse_p_value(one_worse, ref) == 0.5                 # one item: could be chance
-    ten_worse = ref.copy(); ten_worse[:10] = False              # noqa: E702
-    assert worse_p_value(ten_worse, ref) < 0.001                # ten items, none the other way: worse
-    assert worse_p_value(ref, ten_worse) == 1.0                 # better is never "worse"
-
-
 def _ddp_worker(rank: int, world: int, rendezvous: str, a: torch.Tensor, b: torch.Tensor, out) -> None:
     import torch.distributed as dist
 

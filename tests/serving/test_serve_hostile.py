@@ -1,5 +1,6 @@
 """The API's parts against an attacker, without Serve: request JSON, remote fetch, input resolution,
-the search index, per-item finiteness and error texts. (tests/test_serve.py runs them over HTTP.)"""
+the search index, the store check at start-up, what one request may cost. (tests/serving/test_serve.py runs them
+over HTTP; an item that breaks the encoder: tests/test_item_encoder.py.)"""
 from __future__ import annotations
 
 import http.server
@@ -20,6 +21,7 @@ import pytest
 from serving.config import RemoteSettings, ServeLimits
 from serving.inputs import APIError, Item, fetch, parse_json_body, resolve
 from tests.media_factory import png_bytes
+from tests.settings import ROOT
 
 
 @pytest.mark.parametrize("body,code", [
@@ -135,8 +137,7 @@ def test_the_scan_leaves_the_event_loop_free():
         bodies = [b'{"input": "' + b'\\\\"' * (LIMIT // 2 - 6), b'{"input": "' + b"\\\\\\\\" * (LIMIT // 2 - 6)]
         print(json.dumps([asyncio.run(stalls(body)) for body in bodies]))
     """)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     for run in json.loads(proc.stdout):
         assert run["code"] == "invalid_json" and run["scan_s"] < 5 and run["longest_stall_s"] < 0.5, run
@@ -321,7 +322,7 @@ def test_a_closed_port_is_a_400(loopback):
         _refused(f"http://127.0.0.1:{port}/x", [f"127.0.0.1:{port}"], "fetch_failed")
 
 
-# --- search index, finiteness, error texts --------------------------------------------------------
+# --- search index, the store at start-up ----------------------------------------------------------
 
 def _search_index(vectors: dict[str, np.ndarray]):
     from serving.deployments import SearchIndex
@@ -342,74 +343,7 @@ def test_search_names_each_target_once_and_an_empty_modality_finds_nothing():
     assert index.search(query, ["video"], 3) == []
 
 
-@pytest.fixture(scope="module")
-def model_dir(trained):
-    return trained[0]
-
-
-def test_non_finite_vectors_fail_their_item_only(model_dir, monkeypatch):
-    """The frozen encoder overflowing on one input (as fp16 on a GPU would): that item fails, in load_model and in
-    the Serve replica alike (the one raw-item → vector path), and its batch-mates get their vectors."""
-    from pipeline.inference import load_model
-    from pipeline.item_encoder import ItemError
-    from serving.deployments import ModalityEncoder
-
-    model = load_model(model_dir)
-    frozen = model.items("text").frozen
-    real = frozen.embed_counted
-
-    def overflowing(texts):
-        features, tokens = real(texts)
-        features[[i for i, t in enumerate(texts) if "overflow" in t]] = np.inf
-        return features, tokens
-
-    monkeypatch.setattr(frozen, "embed_counted", overflowing)
-    results = model.embed_items(["a red circle", "overflow", "a blue square"], "text")
-    assert isinstance(results[1], ItemError) and "non-finite" in results[1].reason and results[1].stage == "encode"
-    assert all(np.isfinite(r.vector).all() for r in (results[0], results[2]))
-    with pytest.raises(ValueError, match="item 1: text: the encoder gave non-finite values"):
-        model.embed(["a red circle", "overflow"], "text")
-    replica = object.__new__(ModalityEncoder.func_or_class)
-    replica.model, replica.modality = model, "text"
-    answers = replica._embed(["overflow", "a red circle"])
-    assert "non-finite" in answers[0]["error"] and np.isfinite(answers[1]["embedding"]).all()
-
-
-def test_an_item_that_breaks_the_encoder_fails_alone(model_dir, monkeypatch):
-    """A forward pass that raises is retried item by item: only the item that breaks it gets an error."""
-    from pipeline.inference import load_model
-    from pipeline.item_encoder import ItemError
-
-    model = load_model(model_dir)
-    frozen = model.items("text").frozen
-    real = frozen.embed_counted
-
-    def fragile(texts):
-        if any("boom" in t for t in texts):
-            raise RuntimeError("CUDA error: an illegal memory access")
-        return real(texts)
-
-    monkeypatch.setattr(frozen, "embed_counted", fragile)
-    results = model.embed_items(["a red circle", "boom", "a blue square", ""], "text")
-    assert [type(r).__name__ for r in results] == ["Encoded", "ItemError", "Encoded", "ItemError"]
-    assert results[1].stage == "encode" and "RuntimeError: CUDA error" in results[1].reason and results[1].index == 1
-    assert results[3].stage == "decode" and "empty text" in results[3].reason and results[3].index == 3
-    np.testing.assert_array_equal(results[0].vector, model.embed(["a red circle"], "text")[0])
-    assert isinstance(model.embed_items([b"bytes for text"], "text")[0], ItemError)
-
-
-def test_errors_about_posted_bytes_name_no_server_path(model_dir):
-    from pipeline.inference import load_model
-
-    model = load_model(model_dir)
-    for modality, data in (("audio", b""), ("audio", b"RIFF\x00\x00"), ("video", os.urandom(3000)),
-                           ("image", b"not an image")):
-        with pytest.raises(ValueError) as err:
-            model.embed([data], modality)
-        assert "/tmp" not in str(err.value) and "oneencoder-" not in str(err.value), str(err.value)
-
-
-def test_a_store_from_other_encoders_is_refused_at_start_up(model_dir, feature_store, tmp_path):
+def test_a_store_from_other_encoders_is_refused_at_start_up(trained, feature_store, tmp_path):
     from pipeline.config import ConfigError
     from pipeline.store.files import read_json, write_json
     from serving.app import _indexed_modalities
@@ -419,6 +353,7 @@ def test_a_store_from_other_encoders_is_refused_at_start_up(model_dir, feature_s
     shutil.copytree(feature_store, other)
     record = read_json(str(other / "_progress" / "image" / "encoder.json"))
     write_json(str(other / "_progress" / "image" / "encoder.json"), {**record, "name": "google/vit-base-patch16-224@main"})
+    model_dir = trained[0]
     args = ServeArgs(model=model_dir, features=str(other))
     with pytest.raises(ConfigError, match="image features come from encoder 'google/vit-base-patch16-224@main', but "
                                           "the model was trained on 'oneencoder/tiny-image@v1'"):

@@ -154,7 +154,7 @@ def _fuzz(fmt: str, tmp_path) -> dict:
               "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
               "def peak():\n"
               "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
-              "from tests.test_input_fuzz import run_cases\n"
+              "from tests.store.test_input_fuzz import run_cases\n"
               "base = peak()\n"
               f"result = run_cases({str(tmp_path)!r}, {fmt!r}, {CASES}, {SEED})\n"
               "result['grew_mb'] = (peak() - base) / 1024\n"

@@ -21,6 +21,7 @@ from pipeline.store.features import embeddings, read_features
 from pipeline.train.config import load_train_config
 from pipeline.train.job import run_train
 
+from tests.processes import train_worker_pids
 from tests.settings import BASELINE_EPOCHS, SMALL_EPOCHS, VAL_FRACTION
 
 
@@ -209,14 +210,6 @@ def test_bad_curricula_are_refused(feature_store, tmp_path):
         run_train(load_train_config(None, features=feature_store, output=str(tmp_path), stages="image:text,depth:text"))
 
 
-def _train_worker_pids():
-    """This session's Ray Train worker processes (another Ray instance on the machine, a concurrent suite's, has
-    workers of its own that these tests must neither count nor kill)."""
-    from tests.processes import ray_workers, this_session
-
-    return ray_workers("RayTrainWorker", this_session())
-
-
 def _wait_for_checkpoint(output: str, stages_finished: int, timeout_s: float = 300, alive=lambda: True) -> None:
     """Until the latest checkpoint *registered* by the run under ``output`` (in Ray Train's snapshot, which
     is what a restart resumes from) has ``stages_finished`` stages behind it and an epoch of the next."""
@@ -257,9 +250,9 @@ def test_a_rerun_after_a_killed_driver_resumes_mid_curriculum(ray_session, featu
     proc.kill()  # SIGKILL: no clean-up in the driver; Ray then stops the job's controller and workers
     proc.wait()
     deadline = time.time() + 60
-    while time.time() < deadline and _train_worker_pids():
+    while time.time() < deadline and train_worker_pids():
         time.sleep(0.2)
-    assert not _train_worker_pids(), "the killed driver's train workers still run 60 s later"
+    assert not train_worker_pids(), "the killed driver's train workers still run 60 s later"
     assert not (output / "stages" / "1-image-text" / "stage.json").exists()
     result = run_train(load_train_config(str(config), features=feature_store, output=str(output)))
     first, second = (s["history"] for s in result["stages"])
@@ -292,7 +285,7 @@ def test_two_ddp_workers_survive_a_killed_worker(ray_session, feature_store, tmp
     thread = threading.Thread(target=lambda: result.update(run_train(cfg)))
     thread.start()
     _wait_for_checkpoint(output, 0, alive=thread.is_alive)
-    victims = _train_worker_pids()
+    victims = train_worker_pids()
     assert len(victims) == 2, victims
     os.kill(victims[-1], signal.SIGKILL)
     thread.join(timeout=600)

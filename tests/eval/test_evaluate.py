@@ -113,3 +113,17 @@ def test_baseline_shows_what_freezing_costs(trained, feature_store, tmp_path, ca
         assert f"{pair:<16}{r['val_items']:>6}" in printed
     # instance R@1 of the progressive model is what the artifact gives on its own held-out pairs
     assert baseline["pairs"]["image->text"]["progressive"] > 5 * baseline["pairs"]["image->text"]["chance"]
+
+
+def test_sign_test_flags_only_a_clearly_worse_model():
+    import numpy as np
+
+    from pipeline.eval.baseline import worse_p_value
+
+    ref = np.ones(40, bool)
+    assert worse_p_value(ref, ref) == 1.0                       # identical: nothing to see
+    one_worse = ref.copy(); one_worse[0] = False                # noqa: E702
+    assert worse_p_value(one_worse, ref) == 0.5                 # one item: could be chance
+    ten_worse = ref.copy(); ten_worse[:10] = False              # noqa: E702
+    assert worse_p_value(ten_worse, ref) < 0.001                # ten items, none the other way: worse
+    assert worse_p_value(ref, ten_worse) == 1.0                 # better is never "worse"
