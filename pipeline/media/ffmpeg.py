@@ -176,6 +176,8 @@ def _failure(what: str, stderr: bytes, path: str, accepted: tuple[str, ...]) -> 
                 "image sequences and other formats are refused whatever the name or MIME type says")
     if re.search(r"Protocol '[^']*' not on whitelist|Unsafe file name", text):
         return f"the {what} container refers to other files or URLs, which are never opened"
+    if re.search(r"Stream map '[^']*' matches no streams|does not contain any stream", text):  # e.g. audio in a .mkv
+        return f"no {what} stream in the file: expected a file with a {what} stream"
     return f"ffmpeg could not decode {what}: {_last_line(text, path)}"
 
 

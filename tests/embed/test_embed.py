@@ -57,8 +57,8 @@ def mixed(session_dir, sample_corpus):
     add("aud-missing", "audio", "nowhere/x.wav", "read", "file not found")
     unreadable = "ffmpeg could not decode video: Error opening input files: Invalid data found when processing input"
     add("vid-garbage", "video", bad["garbage_video"], "decode", unreadable)
-    # the container opens, but ffmpeg finds no video stream to read (its own words; the message says no more)
-    add("vid-audio-only", "video", bad["audio_only_video"], "decode", "ffmpeg could not decode video: Error opening output files")
+    # the container opens, but holds no video stream to read
+    add("vid-audio-only", "video", bad["audio_only_video"], "decode", "no video stream in the file: expected a file with a video stream")
     add("vid-truncated", "video", bad["truncated_video"], "decode", unreadable)  # the mp4's index (moov atom) is cut off
     add("txt-empty", "text", "   ", "decode", "empty text")
     add("txt-long", "text", "word " * 300, "decode", "over limits.max_text_chars=1000")

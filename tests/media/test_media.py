@@ -110,12 +110,12 @@ def test_short_clip_repeats_frames(tmp_path):
 
 
 @pytest.mark.parametrize("kind,message", [
-    ("garbage_video", "ffmpeg could not"),
-    ("audio_only_video", "ffmpeg could not decode video|no video frames"),
-    ("truncated_video", "ffmpeg could not|no video frames"),
+    ("garbage_video", "ffmpeg could not decode video: Error opening input files: Invalid data found"),
+    ("audio_only_video", "no video stream in the file: expected a file with a video stream"),
+    ("truncated_video", "ffmpeg could not decode video: Error opening input files: Invalid data found"),
 ])
 def test_bad_video_raises_named_errors(bad, kind, message):
-    with pytest.raises(DecodeError, match=message):
+    with pytest.raises(DecodeError, match=f"^{message}"):
         decode_video(bad[kind], 4, (32, 32), max_seconds=10, timeout_s=30, ffmpeg=FFMPEG)
 
 
