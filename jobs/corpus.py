@@ -36,13 +36,13 @@ def concept(i: int) -> tuple[str, str]:
 
 
 def draw_shape(colour: str, shape: str, size: int = 96, offset: float = 0.0, rng: np.random.Generator | None = None,
-               scale: float = 0.3, vertical: bool = False) -> Image.Image:
-    """An RGB image of ``shape`` in ``colour`` on a light background, of radius ``scale`` x size, shifted by
-    ``offset`` in [0, 1) left to right (or top to bottom with ``vertical``)."""
+               scale: float = 0.3, vertical: bool = False, fill: tuple[int, int, int] | None = None) -> Image.Image:
+    """An RGB image of ``shape`` in ``colour`` (or the RGB ``fill`` given) on a light background, of radius
+    ``scale`` x size, shifted by ``offset`` in [0, 1) left to right (or top to bottom with ``vertical``)."""
     rng = rng or np.random.default_rng(0)
     bg = tuple(int(v) for v in rng.integers(200, 256, 3))
     img = Image.new("RGB", (size, size), bg)
-    _paint(ImageDraw.Draw(img), shape, *_placement(size, offset, scale, vertical), fill=COLOURS[colour])
+    paint_shape(ImageDraw.Draw(img), shape, *_placement(size, offset, scale, vertical), fill=fill or COLOURS[colour])
     return img
 
 
@@ -52,7 +52,7 @@ def depth_map(colour: str, shape: str, size: int = 96, offset: float = 0.0, scal
     front of it, nearer the earlier its colour is in COLOURS (so a map holds the colour as a distance)."""
     img = Image.new("I", (size, size), 4000)
     near = 1000 + 400 * list(COLOURS).index(colour)
-    _paint(ImageDraw.Draw(img), shape, *_placement(size, offset, scale, vertical), fill=near)
+    paint_shape(ImageDraw.Draw(img), shape, *_placement(size, offset, scale, vertical), fill=near)
     return np.asarray(img).astype(np.uint16)
 
 
@@ -62,7 +62,7 @@ def _placement(size: int, offset: float, scale: float, vertical: bool) -> tuple[
     return (cy, cx, size * scale) if vertical else (cx, cy, size * scale)
 
 
-def _paint(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+def paint_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
     if shape == "circle":
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif shape == "square":

@@ -1,6 +1,6 @@
 """Run the suite's quality bar under other seeds and torch thread counts: how far its figures move.
 
-    python -m jobs.quality_sweep [--seeds 0,1,2] [--threads 1,2] [--styles suite,other] [--samples 480]
+    python -m jobs.quality_sweep [--seeds 0,1,2] [--threads 1,2] [--styles hard,other] [--samples 480]
                                  [--epochs N] [--baseline-epochs 100] [--report FILE]
 
 Each (style, seed, threads) run generates the concept corpus of that style with that seed, encodes it,
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.quality_sweep", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2", help="corpus and training seeds, comma-separated (default 0,1,2)")
     p.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated (default 1,2)")
-    p.add_argument("--styles", default="suite,other", help=f"corpus styles, comma-separated (of {', '.join(STYLES)})")
+    p.add_argument("--styles", default="hard,other",
+                   help=f"corpus styles, comma-separated (of {', '.join(STYLES)}; default: the quality bar's, hard,other)")
     p.add_argument("--epochs", type=int, help="epochs of every stage (default: automatic, the training defaults)")
     p.add_argument("--baseline-epochs", type=int, default=BASELINE_EPOCHS, help=f"epochs of the baseline (default {BASELINE_EPOCHS})")
     p.add_argument("--samples", type=int, default=480, help="concept samples generated per run (default 480)")

@@ -162,10 +162,27 @@ def trained(ray_session, feature_store, session_dir):
 
 
 @pytest.fixture(scope="session")
+def hard_concept_store(session_dir):
+    """The quality bar's first corpus: 480 samples in the hard style (the concept harder to see in pictures and
+    clips, so that image and video retrieval stay below 1.0 and a worse model shows)."""
+    from jobs.quality import write_concept_store
+
+    root = os.path.join(session_dir, "hard-concept-features")
+    yield from _kept_as_built((root, write_concept_store(root, n=480, seed=0, style="hard")), root)
+
+
+@pytest.fixture(scope="session")
 def trained_defaults(ray_session, feature_store, session_dir):
     """The curriculum trained with the defaults (automatic epochs, early stopping): the quality tests' model."""
     output = os.path.join(session_dir, "model-defaults")
     yield from _kept_as_built(_train(feature_store, output), output)
+
+
+@pytest.fixture(scope="session")
+def trained_hard(ray_session, hard_concept_store, session_dir):
+    """The quality bar's model of the hard corpus: the defaults on it."""
+    output = os.path.join(session_dir, "model-hard")
+    yield from _kept_as_built(_train(hard_concept_store[0], output), output)
 
 
 @pytest.fixture(scope="session")

@@ -130,7 +130,7 @@ def test_quality_sweep_main_prints_each_run_and_the_ranges(ray_session, tmp_path
     assert "--seeds takes comma-separated integers >= 0, got '0,x'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         quality_sweep.main(["--styles", "suite,cartoon"])
-    assert "--styles takes comma-separated styles of suite, other, got 'suite,cartoon'" in capsys.readouterr().err
+    assert "--styles takes comma-separated styles of suite, other, hard, got 'suite,cartoon'" in capsys.readouterr().err
 
 
 def test_embed_main_exits_1_while_a_modality_is_incomplete(tmp_path, monkeypatch, capsys):

