@@ -10,7 +10,7 @@ Member names are only split, never opened as paths: reading a tar touches nothin
 over ``max_member_bytes`` is that item's read error and is skipped, not read.
 
 ``--input`` may name one ``.tar``, a folder of them, or a brace pattern (``shard-{000000..000099}.tar``,
-``{a,b}``), local or s3://.
+``{a,b}``, nested, with steps ``{0..6..2}`` or letters ``{a..c}``, expanded as bash expands it), local or s3://.
 
 Planning needs each shard's sample keys. Member headers sit between the members, so indexing a tar by its
 headers reads all of it (on S3). img2dataset writes a Parquet file beside each tar (``00000.parquet``: a
@@ -35,8 +35,10 @@ from pipeline.modality import Modality
 from pipeline.store.sources import describe_storage_error, filesystem
 from pipeline.store.tar_headers import TarHeaderError, members as tar_members
 
-_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
-_LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
+_BRACES = re.compile(r"\{[^{}]*(?:,|\.\.)[^{}]*\}")  # a {list,} or a {range..}: what makes a brace pattern
+_INT_RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?\}")
+MAX_SHARDS = 10_000_000  # what one pattern may name (its expansion is a list in memory)
+MAX_BRACE_DEPTH = 16     # braces nested deeper than this are refused (the expansion recurses once per level)
 
 
 class TarError(ValueError):
@@ -45,26 +47,62 @@ class TarError(ValueError):
 
 def is_webdataset(uri: str) -> bool:
     """Whether ``uri`` names tar shards by its form: a ``.tar`` name, or a brace pattern of them."""
-    return uri.lower().rstrip("/").endswith(".tar") or bool(_RANGE.search(uri) or _LIST.search(uri))
+    return uri.lower().rstrip("/").endswith(".tar") or bool(_BRACES.search(uri))
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """``a-{000..002}.tar`` → a-000.tar, a-001.tar, a-002.tar (zero padding as written); ``{x,y}`` → each."""
-    match = _RANGE.search(pattern)
-    if match:
-        lo, hi = match.group(1), match.group(2)
-        if int(hi) < int(lo):
-            raise TarError(f"brace range {match.group(0)} in {pattern!r} runs backwards: expected low..high")
-        if int(hi) - int(lo) >= 10_000_000:
-            raise TarError(f"brace range {match.group(0)} in {pattern!r} names over 10 million shards")
-        width = len(lo) if lo.startswith("0") else 0
-        head, tail = pattern[:match.start()], pattern[match.end():]
-        return [name for i in range(int(lo), int(hi) + 1) for name in expand_braces(f"{head}{i:0{width}d}{tail}")]
-    match = _LIST.search(pattern)
-    if match:
-        head, tail = pattern[:match.start()], pattern[match.end():]
-        return [name for option in match.group(1).split(",") for name in expand_braces(head + option + tail)]
-    return [pattern]
+    """The shard names of a brace pattern, as bash expands it (the ``braceexpand`` package): ``a-{000..002}.tar`` →
+    a-000.tar, a-001.tar, a-002.tar (zero padding as written), ``{x,y}`` → each, nested, ``{0..6..2}`` with a step,
+    ``{a..c}`` letters, ``{2..0}`` downwards; ``\\{`` is a literal brace. At most ``MAX_SHARDS`` names, each once."""
+    from itertools import islice
+
+    from braceexpand import UnbalancedBracesError, braceexpand
+
+    if _most_names(pattern) > MAX_SHARDS:  # refused before anything is built
+        raise TarError(f"brace pattern {pattern!r} names over {MAX_SHARDS:,} shards")
+    try:
+        names = list(islice(braceexpand(pattern), MAX_SHARDS + 1))
+    except UnbalancedBracesError:
+        raise TarError(f"brace pattern {pattern!r}: unbalanced braces (escape a literal brace as \\{{)") from None
+    if len(names) > MAX_SHARDS:
+        raise TarError(f"brace pattern {pattern!r} names over {MAX_SHARDS:,} shards")
+    seen: set[str] = set()
+    twice = next((n for n in names if n in seen or seen.add(n)), None)
+    if twice is not None:
+        raise TarError(f"brace pattern {pattern!r} names the shard {twice!r} more than once")
+    return names
+
+
+def _most_names(pattern: str) -> int:
+    """An upper bound of the names ``pattern`` expands to: the product, over its brace groups at every depth, of
+    each group's alternatives (a range's length, or its top-level commas + 1). Backslash escapes are skipped."""
+    bound, opened, commas = 1, [], []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            opened.append(i)
+            commas.append(0)
+            if len(opened) > MAX_BRACE_DEPTH:
+                raise TarError(f"brace pattern {pattern[:80]!r}...: braces nested over {MAX_BRACE_DEPTH} deep")
+        elif c == "," and commas:
+            commas[-1] += 1
+        elif c == "}" and opened:
+            group, n = pattern[opened.pop():i + 1], commas.pop()
+            ranged = _INT_RANGE.fullmatch(group)
+            if ranged:
+                lo, hi, step = int(ranged.group(1)), int(ranged.group(2)), int(ranged.group(3) or 1) or 1
+                n = abs(hi - lo) // step + 1
+            else:
+                n = 52 if re.fullmatch(r"\{[A-Za-z]\.\.[A-Za-z](\.\.-?\d+)?\}", group) else n + 1
+            bound *= max(n, 1)
+            if bound > MAX_SHARDS:
+                return bound
+        i += 1
+    return bound
 
 
 def list_shards(uri: str, options: dict[str, Any]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import tarfile
 import threading
@@ -109,8 +110,43 @@ def test_bad_tar_inputs_are_named(shards, tmp_path):
     shutil.copy(paths[0], twice / "b.tar")
     with pytest.raises(ManifestError, match="4 duplicate id.*'s00000'"):
         plan_manifest(str(twice), {}, shard_size=5)
-    with pytest.raises(ManifestError, match="runs backwards"):
-        plan_manifest(os.path.join(folder, "shard-{000002..000000}.tar"), {}, shard_size=5)
+    downwards = plan_manifest(os.path.join(folder, "shard-{000002..000000}.tar"), {}, shard_size=5)
+    assert downwards.sources == paths[:3][::-1]  # as bash counts down
+    with pytest.raises(ManifestError, match=r"names the shard '.*shard-000001\.tar' more than once"):
+        plan_manifest(os.path.join(folder, "shard-{000001,000001}.tar"), {}, shard_size=5)
+
+
+# patterns against what bash itself makes of them: order, nesting, steps, letters, downwards, padding, escapes
+BASH_PATTERNS = ["s-{000000..000002}.tar", "{a,b}-{0..1}.tar", "x-{a,{b,c}}.tar", "s-{0..6..2}.tar", "s-{a..c}.tar",
+                 "s-{3..1}.tar", "s-{08..11}.tar", "d/{x,y}/p-{1,2}.tar", "s-{a,b{1..2},c}.tar", "s-{-1..1}.tar",
+                 "s-\\{a,b\\}.tar", "s-{a,b}{c,d}{e,f}.tar", "s-{0..10..5}.tar"]
+
+
+@pytest.mark.parametrize("pattern", BASH_PATTERNS)
+def test_brace_patterns_expand_as_bash_expands_them(pattern):
+    import shlex
+    import subprocess
+
+    from pipeline.store.webdataset import expand_braces
+
+    bash = subprocess.run(["bash", "-c", f"printf '%s\\n' {pattern}"], capture_output=True, text=True, check=True)
+    assert expand_braces(pattern) == bash.stdout.splitlines(), shlex.quote(pattern)
+
+
+def test_brace_patterns_too_big_deep_or_unbalanced_are_refused_at_once():
+    import time
+
+    from pipeline.store.webdataset import TarError, expand_braces
+
+    started = time.monotonic()
+    for pattern, message in [("x-{0..99999999999}.tar", "names over 10,000,000 shards"),
+                             ("x-{0..9999}-{0..9999}.tar", "names over 10,000,000 shards"),
+                             ("x" + "{a,b}" * 30 + ".tar", "names over 10,000,000 shards"),
+                             ("x" + "{" * 2000 + "a,b" + "}" * 2000 + ".tar", "braces nested over 16 deep"),
+                             ("x-{a,b.tar", "unbalanced braces"), ("x-{a,a}.tar", "names the shard 'x-a.tar' more than once")]:
+        with pytest.raises(TarError, match=re.escape(message)):
+            expand_braces(pattern)
+    assert time.monotonic() - started < 1  # counted, not built: 2^30 names or 10^11 are never listed
 
 
 def _duplicated_images(sample_corpus, folder, n: int = 9, distinct: int = 3) -> tuple[str, list[dict]]:
