@@ -17,7 +17,7 @@ from pipeline.config import EncoderConfig
 from pipeline.encoders.presets import EncoderRef
 from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.media.errors import DecodeError
-from pipeline.store.sources import ReadError
+from pipeline.store.errors import ReadError
 
 
 class ItemError(ValueError):

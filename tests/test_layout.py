@@ -45,3 +45,75 @@ def test_the_tests_mirror_the_library():
     names = [name for _, _, files in os.walk(tests) for name in files if name.startswith("test_") and name.endswith(".py")]
     assert len(names) == len(set(names)), sorted(n for n in set(names) if names.count(n) > 1)
     assert not [f for f, _, files in os.walk(tests) if "__init__.py" in files]
+
+
+def _module_names() -> dict[str, str]:
+    """Every module of pipeline/ and serving/ by dotted name (a package by its own name) → its file."""
+    found = {}
+    for package in ("pipeline", "serving"):
+        for folder, _, files in os.walk(os.path.join(ROOT, package)):
+            for name in files:
+                if name.endswith(".py"):
+                    dotted = os.path.relpath(os.path.join(folder, name), ROOT)[:-3].replace(os.sep, ".")
+                    found[dotted.removesuffix(".__init__")] = os.path.join(folder, name)
+    return found
+
+
+def _runtime_imports(path: str, name: str, modules: dict[str, str]) -> set[str]:
+    """The library modules ``name`` imports when it runs: at module level or inside its functions (an import put in a
+    function to dodge a cycle is still an edge), not under ``if TYPE_CHECKING`` (annotations only); importing
+    ``a.b.c`` imports the packages ``a`` and ``a.b`` too, except those ``name`` itself belongs to."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for child in node.body for n in ast.walk(child)}
+    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            targets |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            targets |= {base} | {f"{base}.{a.name}" for a in node.names}
+    edges = set()
+    for target in targets:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        while target:
+            if target != name and not name.startswith(target + "."):
+                edges.add(target)
+            target = target.rpartition(".")[0]
+    return edges
+
+
+def test_the_library_has_no_import_cycle():
+    """No module of pipeline/ or serving/ needs itself through others: each layer can be read, tested and replaced
+    without the ones above it."""
+    modules = _module_names()
+    graph = {name: _runtime_imports(path, name, modules) for name, path in modules.items()}
+    assert graph["pipeline.store.sources"] >= {"pipeline.config", "pipeline.store.errors"}  # the check sees imports
+    assert "pipeline.store.http" in graph["pipeline.store.sources"]  # ... inside functions too
+    assert "pipeline.media.decode" not in graph["pipeline.modalities.base"]  # ... but not annotation-only ones
+
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def cycle_from(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [node, nxt] if nxt in path else [node, nxt]
+            if nxt not in state:
+                found = cycle_from(nxt, path + [node])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            cycle = cycle_from(start, [])
+            assert cycle is None, " -> ".join(cycle)

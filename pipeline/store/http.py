@@ -25,7 +25,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, NamedTuple
 
-from pipeline.store.sources import ReadError
+from pipeline.store.errors import ReadError
 
 REDIRECTS = (301, 302, 303, 307, 308)
 RETRIED = (408, 429)  # and every 5xx

@@ -8,12 +8,9 @@ from typing import Any
 import fsspec
 
 from pipeline.config import StorageConfig
+from pipeline.store.errors import ReadError
 
 _SCHEMES = ("s3://", "file://")
-
-
-class ReadError(OSError):
-    """A media file could not be read; the message names the URI and the cause."""
 
 
 def storage_options(storage: StorageConfig) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pipeline.store.pairs import join, load_features, split
 from pipeline.store.sources import storage_options
 from pipeline.train.config import StageConfig, TrainConfig, check_curriculum
 from pipeline.train.loop import train_loop
+from pipeline.train.tune import SEARCHED, search_stage, tuned_stage
 
 log = logging.getLogger(__name__)
 RUN_FORMAT = "oneencoder-run/2"  # checkpoint layout of a training run (pipeline/train/loop.RunState)
@@ -55,12 +56,26 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     os.makedirs(os.path.join(output, "stages"), exist_ok=True)
     search = None
     if cfg.tune:
-        from pipeline.train.tune import tune_curriculum
-
-        cfg, search = tune_curriculum(cfg, features, output, base)
+        cfg, search = _tune_curriculum(cfg, features, output, base)
     weights, records, model_config = train_curriculum(cfg, features, output, base)
     _write_artifact(cfg, output, features_uri, options, model_config, weights, records, search, base)
     return {"output": output, "stages": records, **({"tune": search} if search else {})}
+
+
+def _tune_curriculum(cfg: TrainConfig, features: dict, output: str, base=None) -> tuple[TrainConfig, dict[str, Any]]:
+    """Search each stage in order, training each with its best settings before the next is searched (stages
+    already trained with the same settings are reused). Returns the config with the tuned stages and the
+    search record. ``base``: the model artifact being grown (``from_model``), if any."""
+    stages, record = list(cfg.stages), {"settings": cfg.tune.model_dump(mode="json"), "stages": []}
+    for index in range(len(stages)):
+        entry = train_curriculum(cfg.model_copy(update={"stages": stages[:index]}), features, output, base)[0]
+        plans, _ = plan_curriculum(cfg.model_copy(update={"stages": stages[:index + 1]}), features, output, base)
+        result = search_stage(plans[index], entry, cfg.tune, cfg.seed, output)
+        stages[index] = tuned_stage(stages[index], result["best"])
+        record["stages"].append(result)
+        log.info("stage %s: best of %d trials: %s (val loss %.4f)", plans[index].label, len(result["trials"]),
+                 ", ".join(f"{k} {result['best'][k]:.3g}" for k in SEARCHED), result["best_val_loss"])
+    return cfg.model_copy(update={"stages": stages}), record
 
 
 def _base_model(cfg: TrainConfig, store: FeatureStore, output: str) -> Artifact:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.train.config import StageConfig, TrainConfig, TuneSettings
+from pipeline.train.config import StageConfig, TuneSettings
 
 log = logging.getLogger(__name__)
 SEARCHED = ("lr", "steps", "weight_decay", "temperature")
@@ -26,24 +26,6 @@ def tuned_stage(stage: StageConfig, best: dict[str, Any]) -> StageConfig:
     return stage.model_copy(update={"lr": float(best["lr"]), "steps": int(best["steps"]), "epochs": None,
                                     "weight_decay": float(best["weight_decay"]),
                                     "loss": stage.loss.model_copy(update={"temperature": float(best["temperature"])})})
-
-
-def tune_curriculum(cfg: TrainConfig, features: dict, output: str, base=None) -> tuple[TrainConfig, dict[str, Any]]:
-    """Search each stage in order, training each with its best settings before the next is searched (stages
-    already trained with the same settings are reused). Returns the config with the tuned stages and the
-    search record. ``base``: the model artifact being grown (``from_model``), if any."""
-    from pipeline.train.job import plan_curriculum, train_curriculum
-
-    stages, record = list(cfg.stages), {"settings": cfg.tune.model_dump(mode="json"), "stages": []}
-    for index in range(len(stages)):
-        entry = train_curriculum(cfg.model_copy(update={"stages": stages[:index]}), features, output, base)[0]
-        plans, _ = plan_curriculum(cfg.model_copy(update={"stages": stages[:index + 1]}), features, output, base)
-        result = search_stage(plans[index], entry, cfg.tune, cfg.seed, output)
-        stages[index] = tuned_stage(stages[index], result["best"])
-        record["stages"].append(result)
-        log.info("stage %s: best of %d trials: %s (val loss %.4f)", plans[index].label, len(result["trials"]),
-                 ", ".join(f"{k} {result['best'][k]:.3g}" for k in SEARCHED), result["best_val_loss"])
-    return cfg.model_copy(update={"stages": stages}), record
 
 
 def search_stage(plan, entry: bytes | None, settings: TuneSettings, seed: int, output: str) -> dict[str, Any]:

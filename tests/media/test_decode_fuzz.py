@@ -24,7 +24,7 @@ from pipeline.media.errors import DecodeError
 from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
-from pipeline.store.sources import ReadError
+from pipeline.store.errors import ReadError
 
 CASES = 300           # mutated inputs per modality in the slow tier's full pass
 FAST_CASES = 40       # the fast tier's pass: the same seeded cases, the first of them

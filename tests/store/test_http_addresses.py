@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from pipeline.store import http
-from pipeline.store.sources import ReadError
+from pipeline.store.errors import ReadError
 from serving.config import RemoteSettings, ServeLimits
 from serving.inputs import APIError, Item, fetch as serve_fetch
 

@@ -17,11 +17,11 @@ import pytest
 
 from pipeline.config import EmbedConfig, HttpConfig
 from pipeline.embed.job import run_embed
+from pipeline.modality import Modality
+from pipeline.store.errors import ReadError
 from pipeline.store.features import embeddings, read_errors, read_features
 from pipeline.store.http import fetch
-from pipeline.modality import Modality
 from pipeline.store.manifest import ManifestError, plan_manifest
-from pipeline.store.sources import ReadError
 from tests.media_factory import tar_add, write_img2dataset, write_webdataset
 
 MODALITIES = ("image", "text", "audio", "video")
