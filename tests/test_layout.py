@@ -117,3 +117,36 @@ def test_the_library_has_no_import_cycle():
         if start not in state:
             cycle = cycle_from(start, [])
             assert cycle is None, " -> ".join(cycle)
+
+
+def test_every_imported_package_is_declared():
+    """What the code imports, pyproject.toml declares: the library (pipeline/, serving/) in the dependencies, the
+    programs (jobs/) there or in the dev extra (the benchmarks' test servers), so an install never leans on what
+    another package happened to bring along."""
+    import re
+    import sys
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        project = tomllib.load(fh)["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+    main, dev = names(project["dependencies"]), names(project["optional-dependencies"]["dev"])
+    providers = packages_distributions()
+    missing = set()
+    for package, allowed in (("pipeline", main), ("serving", main), ("jobs", main | dev)):
+        for folder, _, files in os.walk(os.path.join(ROOT, package)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                for module in _imports(path):
+                    top = module.split(".")[0]
+                    if top in sys.stdlib_module_names or top in ("pipeline", "serving", "jobs", "__future__"):
+                        continue
+                    dists = {d.lower().replace("_", "-") for d in providers.get(top, [top])}
+                    if not dists & allowed:
+                        missing.add(f"{os.path.relpath(path, ROOT)}: {top} ({', '.join(sorted(dists))})")
+    assert not missing, sorted(missing)
+    assert {"torch", "ray", "pillow", "pyyaml"} <= main  # the check reads the declarations at all
