@@ -228,7 +228,7 @@ def depth_store(session_dir):
 
 @pytest.fixture(scope="session")
 def grown(ray_session, trained, depth_store, session_dir):
-    """(MODEL, MODEL2): the trained model, and it plus depth by the command the README gives."""
+    """(MODEL, MODEL2): the trained model, and it plus depth by the command the docs give."""
     from jobs.train import main
 
     base = trained[0]

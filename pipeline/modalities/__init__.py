@@ -2,7 +2,7 @@
 
 The embed job, ``load_model``, serving, config validation, evaluation and the demo corpus iterate
 ``REGISTRY``; a name not in it is an error everywhere. Adding a modality = one module here plus its
-line below (see README, "Adding a modality").
+line below (see docs/adding-a-modality.md).
 """
 from __future__ import annotations
 

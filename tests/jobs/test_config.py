@@ -129,11 +129,11 @@ def test_cli_bad_config_fails_before_starting_ray(tmp_path):
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout
 
 
-def test_readme_config_reference_matches_the_code():
+def test_docs_config_reference_matches_the_code():
     from jobs.registry import config_reference as job_config_reference
 
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    block = readme.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
+    page = open(os.path.join(ROOT, "docs", "configuration.md"), encoding="utf-8").read()
+    block = page.split("<!-- config-reference:start -->")[1].split("<!-- config-reference:end -->")[0]
     assert block.strip().strip("`").strip().splitlines() == job_config_reference()
 
 

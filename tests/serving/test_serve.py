@@ -86,7 +86,7 @@ def media_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(ray_session, grown, feature_store, media_server, tmp_path_factory):
-    """The README's command, `oneencoder serve --config F --port P`, as its own driver on the session's Ray, serving
+    """The docs' command, `oneencoder serve --config F --port P`, as its own driver on the session's Ray, serving
     the trained model grown by depth (`train --from`; its other modalities' vectors are the trained model's)."""
     from ray import serve
 
@@ -119,7 +119,7 @@ def served(ray_session, grown, feature_store, media_server, tmp_path_factory):
         held.close()  # serving: the server has the port now
         assert f"serving http://127.0.0.1:{port}" in "".join(lines)
         yield f"http://127.0.0.1:{port}", grown[1]
-        proc.send_signal(signal.SIGINT)  # Ctrl-C, as the README says: the command shuts Serve down and exits
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, as the docs say: the command shuts Serve down and exits
         assert proc.wait(120) == 0, "".join(lines[-40:])
         assert "shutting down" in "".join(lines)
     finally:
@@ -173,21 +173,21 @@ def test_health_and_models(served):
     assert sorted(model["modalities"]) == ["audio", "depth", "image", "text", "video"]
 
 
-def _readme_commands(prefix: str) -> list[str]:
-    """The README's shell commands starting with ``prefix``, continuation lines joined."""
-    readme = open(os.path.join(os.path.dirname(SHIPPED_CONFIG), "..", "README.md"), encoding="utf-8").read()
+def _doc_commands(prefix: str) -> list[str]:
+    """The serving docs' shell commands starting with ``prefix``, continuation lines joined."""
+    page = open(os.path.join(ROOT, "docs", "serving.md"), encoding="utf-8").read()
     commands = []
-    for block in readme.split("```bash\n")[1:]:
+    for block in page.split("```bash\n")[1:]:
         joined = block.split("```")[0].replace("\\\n", " ")
         commands += [line.strip() for line in joined.splitlines() if line.strip().startswith(prefix)]
     return commands
 
 
-def test_readme_curl_commands(served, local_model, tmp_path):
-    """The README's curl lines, run by bash as written (this app wants a token: one header is added)."""
+def test_docs_curl_commands(served, local_model, tmp_path):
+    """The serving docs' curl lines, run by bash as written (this app wants a token: one header is added)."""
     url, _ = served
     (tmp_path / "red.png").write_bytes(png_bytes((64, 48), (220, 20, 20)))
-    embed_cmd, search_cmd = _readme_commands("curl -s localhost:8000/v1/")
+    embed_cmd, search_cmd = _doc_commands("curl -s localhost:8000/v1/")
     outputs = []
     for command in (embed_cmd, search_cmd):
         command = command.replace("curl -s localhost:8000", f"curl -s -H 'Authorization: Bearer {TOKEN}' {url}", 1)
@@ -638,7 +638,7 @@ def test_health_is_503_naming_each_deployment_that_is_not_ready():
 
 def test_serve_refuses_a_deployment_the_model_lacks_before_starting_ray(trained, feature_store, tmp_path, monkeypatch,
                                                                          capsys):
-    """The README's `oneencoder serve --model M` on the shipped config (which lists encoder-audio and encoder-video)
+    """The docs' `oneencoder serve --model M` on the shipped config (which lists encoder-audio and encoder-video)
     with a stage-1 model (image and text only): exit 2 with one `error:` line naming the deployment and what to do,
     before Ray starts (no replica waits for a modality the model cannot embed)."""
     import shutil
