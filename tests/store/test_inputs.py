@@ -439,7 +439,7 @@ def test_fetch_refuses_private_addresses_and_other_hosts_by_default(web):
         fetch("http://169.254.169.254/latest/meta-data/", defaults, 1 << 20)
     with pytest.raises(ReadError, match="localhost:80 is not on the allow-list"):
         fetch("http://localhost/x.png", HttpConfig(allow_hosts=["images.example.org"]).model_dump(), 1 << 20)
-    with pytest.raises(ReadError, match="expected an http\(s\) URL"):
+    with pytest.raises(ReadError, match=r"expected an http\(s\) URL"):
         fetch("gopher://127.0.0.1/x", defaults, 1 << 20)
     assert hits == before  # refused before any connection
     allowed = {**defaults, "allow_private_addresses": True}
