@@ -98,7 +98,7 @@ class LoadedModel:
             raise ValueError(str(bad[0]))
         if not results:
             return np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64)
-        return np.stack([r.vector for r in results]), np.array([r.tokens for r in results], np.int64)
+        return np.stack([r.vector for r in results]), np.array([r.input_tokens for r in results], np.int64)
 
     def warm(self, modality: str) -> None:
         """Load the frozen encoder of ``modality`` now rather than on first use."""

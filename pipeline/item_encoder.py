@@ -33,10 +33,12 @@ class ItemError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Encoded:
-    """One item's vector: the (K*D) frozen features, or the (d,) projected unit vector; and its encoder tokens."""
+    """One item's vector: the (K*D) frozen features, or the (d,) projected unit vector; and how many input tokens
+    its frozen encoder read (what the API reports as usage; not K, the vectors kept per item, called ``tokens`` in
+    the configs)."""
 
     vector: np.ndarray
-    tokens: int
+    input_tokens: int
 
 
 def decode_raw(raw: Any, settings: DecodeSettings, index: int = -1) -> Any:

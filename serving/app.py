@@ -160,7 +160,7 @@ class Gateway:
             vector = np.asarray(result["embedding"], dtype="<f4")
             embedding = base64.b64encode(vector.tobytes()).decode() if fmt == "base64" else vector.tolist()
             data.append({"object": "embedding", "index": it.index, "embedding": embedding, "modality": it.modality})
-        tokens = sum(r["tokens"] for r in results)
+        tokens = sum(r["input_tokens"] for r in results)
         return JSONResponse({"object": "list", "data": data, "model": self.args.model_name,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 

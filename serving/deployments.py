@@ -48,7 +48,7 @@ class ModalityEncoder:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def embed(self, items: list[Any], limits: list[dict[str, float] | None]) -> list[dict[str, Any]]:
-        """One result per item, in order: {"embedding", "tokens"} or {"error"} (bad items never fail the batch).
+        """One result per item, in order: {"embedding", "input_tokens"} or {"error"} (bad items never fail the batch).
         Called with one item and its request's per-item limits (``serving.budget.request_budget``), or None."""
         self.batch_sizes.append(len(items))
         return await asyncio.to_thread(self._embed, items, limits)
@@ -61,7 +61,7 @@ class ModalityEncoder:
 
         own = self.args.limits if limits and any(limits) else None
         tighter = [{k: min(v, getattr(own, k)) for k, v in (lim or {}).items()} or None for lim in limits] if own else None
-        return [{"error": r.reason} if isinstance(r, ItemError) else {"embedding": r.vector, "tokens": r.tokens}
+        return [{"error": r.reason} if isinstance(r, ItemError) else {"embedding": r.vector, "input_tokens": r.input_tokens}
                 for r in self.model.embed_items(items, self.modality, tighter)]
 
     def stats(self) -> dict[str, Any]:

@@ -84,6 +84,57 @@ def media_server(tmp_path_factory):
     server.shutdown()
 
 
+class _ServeCommand:
+    """`oneencoder serve ARGS --port P` started as a user runs it (``env``), on a loopback port held until the
+    server has bound it too (see _held_port): ``url`` once the command says it is serving, its output in ``lines``.
+    On leaving, a server still running is killed."""
+
+    def __init__(self, args: list[str], env: dict[str, str], timeout_s: float):
+        self.held = _held_port()
+        port = self.held.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        command = [os.path.join(os.path.dirname(sys.executable), "oneencoder"), "serve", *args, "--port", str(port)]
+        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.timeout_s = timeout_s
+
+    def _drain(self) -> None:  # keep the pipe flowing; note when the command says it is serving
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith("serving http://"):
+                self._ready.set()
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def __enter__(self) -> "_ServeCommand":
+        try:
+            deadline = time.monotonic() + self.timeout_s
+            while not self._ready.wait(1):
+                assert self.proc.poll() is None and time.monotonic() < deadline, \
+                    "oneencoder serve did not start:\n" + "".join(self.lines[-40:])
+            self.held.close()  # serving: the server has the port now
+            assert f"serving {self.url}" in self.output()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Ctrl-C, as the docs say: the command shuts Serve down and exits 0."""
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.wait(120) == 0, "".join(self.lines[-40:])
+        assert "shutting down" in self.output()
+
+    def __exit__(self, *exc) -> None:
+        self.held.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
 @pytest.fixture(scope="module")
 def served(ray_session, grown, feature_store, media_server, tmp_path_factory):
     """The docs' command, `oneencoder serve --config F --port P`, as its own driver on the session's Ray, serving
@@ -97,35 +148,12 @@ def served(ray_session, grown, feature_store, media_server, tmp_path_factory):
                                                                   "allow_hosts": [media_server.split("//")[1]]}},
                    {"Gateway": gateway, "encoder-text": {}, "encoder-image": {}, "encoder-audio": {}, "encoder-video": {},
                     "encoder-depth": {"ray_actor_options": {"num_cpus": 0.25}, "autoscaling_config": None, "num_replicas": 1}})
-    held = _held_port()
-    port = held.getsockname()[1]
-    command = [os.path.join(os.path.dirname(sys.executable), "oneencoder"), "serve", "--config", path, "--port", str(port)]
-    proc = subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_session, "ONEENCODER_TEST_KEY": TOKEN}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def drain() -> None:  # keep the pipe flowing; note when the command says it is serving
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("serving http://"):
-                ready.set()
-
-    threading.Thread(target=drain, daemon=True).start()
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "ONEENCODER_TEST_KEY": TOKEN}
     try:
-        deadline = time.monotonic() + 600
-        while not ready.wait(1):
-            assert proc.poll() is None and time.monotonic() < deadline, "oneencoder serve did not start:\n" + "".join(lines[-40:])
-        held.close()  # serving: the server has the port now
-        assert f"serving http://127.0.0.1:{port}" in "".join(lines)
-        yield f"http://127.0.0.1:{port}", grown[1]
-        proc.send_signal(signal.SIGINT)  # Ctrl-C, as the docs say: the command shuts Serve down and exits
-        assert proc.wait(120) == 0, "".join(lines[-40:])
-        assert "shutting down" in "".join(lines)
+        with _ServeCommand(["--config", path], env, timeout_s=600) as server:
+            yield server.url, grown[1]
+            server.stop()
     finally:
-        held.close()
-        if proc.poll() is None:
-            proc.kill()
         serve.shutdown()
 
 
@@ -677,38 +705,18 @@ def test_readme_serve_command_on_the_shipped_config(trained, feature_store, tmp_
     temp = tempfile.mkdtemp(prefix="oesrv-", dir="/tmp")  # the instance's temp dir names its processes (short: sockets)
     env = {**os.environ, "RAY_TMPDIR": temp}
     env.pop("RAY_ADDRESS", None)
-    held = _held_port()  # held until the server has bound it too (see _held_port)
-    port = held.getsockname()[1]
-    command = [os.path.join(os.path.dirname(sys.executable), "oneencoder"), "serve", "--model", trained[0],
-               "--features", feature_store, "--port", str(port)]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def drain() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("serving http://"):
-                ready.set()
-
-    threading.Thread(target=drain, daemon=True).start()
     try:
-        deadline = time.monotonic() + 480
-        while not ready.wait(1):
-            assert proc.poll() is None and time.monotonic() < deadline, "oneencoder serve did not start:\n" + "".join(lines[-40:])
-        held.close()
-        url = f"http://127.0.0.1:{port}"
-        assert f"serving {url}" in "".join(lines)
-        health = requests.get(url + "/health", timeout=30)
-        assert health.status_code == 200 and health.json() == {"status": "ready", "deployments": {
-            "encoder-image": "ready", "encoder-text": "ready", "encoder-audio": "ready", "encoder-video": "ready",
-            "SearchIndex": "ready"}}, health.text
-        embedded = requests.post(url + "/v1/embeddings", json={"model": "oneencoder", "input": "a red circle"}, timeout=60)
-        assert embedded.status_code == 200 and len(embedded.json()["data"][0]["embedding"]) == 256, embedded.text
-        assert ray_instance(temp), "not served from a Ray instance of its own"
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert proc.wait(120) == 0, "".join(lines[-40:])
-        assert "shutting down" in "".join(lines)
+        with _ServeCommand(["--model", trained[0], "--features", feature_store], env, timeout_s=480) as server:
+            url = server.url
+            health = requests.get(url + "/health", timeout=30)
+            assert health.status_code == 200 and health.json() == {"status": "ready", "deployments": {
+                "encoder-image": "ready", "encoder-text": "ready", "encoder-audio": "ready", "encoder-video": "ready",
+                "SearchIndex": "ready"}}, health.text
+            embedded = requests.post(url + "/v1/embeddings", json={"model": "oneencoder", "input": "a red circle"},
+                                     timeout=60)
+            assert embedded.status_code == 200 and len(embedded.json()["data"][0]["embedding"]) == 256, embedded.text
+            assert ray_instance(temp), "not served from a Ray instance of its own"
+            server.stop()
         deadline = time.monotonic() + 60  # the instance it started goes with it
         while ray_instance(temp) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -716,9 +724,5 @@ def test_readme_serve_command_on_the_shipped_config(trained, feature_store, tmp_
         with pytest.raises(requests.ConnectionError):
             requests.get(url + "/health", timeout=10)
     finally:
-        held.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
         stop_ray_instance(temp)
         shutil.rmtree(temp, ignore_errors=True)
