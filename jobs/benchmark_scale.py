@@ -128,7 +128,7 @@ def write_manifest(folder: str, modality: str, rows: int, repeat: int = 1) -> st
 def ceiling(cfg: BenchmarkScaleConfig, folder: str) -> tuple[float, int]:
     """The tiny encoder's items/s in-process on decoded items, with 1 torch thread and with every core: the
     better of the two, and its threads."""
-    from pipeline.config import EmbedConfig
+    from pipeline.embed.config import EmbedConfig
     from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
     from pipeline.encoders.presets import resolve_encoder
     from pipeline.media.decode import DecodeSettings, decode_item

@@ -21,7 +21,8 @@ from pydantic import Field, field_validator, model_validator
 
 from jobs.corpus import concept, draw_shape
 from jobs.cpu_trace import CpuTrace, format_windows
-from pipeline.config import EmbedConfig, StrictModel
+from pipeline.config import StrictModel
+from pipeline.embed.config import EmbedConfig
 from pipeline.embed.job import run_embed
 from pipeline.embed.stages import CPU_CONCURRENT_BATCHES, cpu_threads_per_batch
 from pipeline.encoders.frozen import FrozenEncoder, read_input_spec

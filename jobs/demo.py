@@ -88,7 +88,7 @@ def run_demo(workdir: str, samples: int = 96, epochs: int | None = None, say: Ca
     finished stages are skipped), then connects to Ray or starts a local instance (``init_ray``).
     """
     from jobs.corpus import concept, write_sample_corpus
-    from pipeline.config import load_embed_config
+    from pipeline.embed.config import load_embed_config
     from pipeline.embed.job import format_summary, run_embed
     from pipeline.eval.report import evaluate, format_report
     from pipeline.runtime import init_ray

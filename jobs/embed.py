@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from jobs import registry
-from pipeline.config import EmbedConfig, require_paths
+from pipeline.embed.config import EmbedConfig, require_paths
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.corpus import CAPTIONS, COLOURS, SHAPES, clip, concept, depth_map, draw_shape, paint_shape, tone
-from pipeline.config import EmbedConfig, EncoderConfig
+from pipeline.config import EncoderConfig
+from pipeline.embed.config import EmbedConfig
 from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
 from pipeline.encoders.presets import resolve_encoder
 from pipeline.modality import Modality
@@ -121,6 +122,6 @@ def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str |
         flat = pa.FixedSizeListArray.from_arrays(pa.array(arr.astype(np.float16).ravel()), k * dim)
         table = features_table(ids, modality.value, [None] * n, ref.name, flat, k, dim)
         store.start_run(modality, {"items": n, "encoder": ref.name, "tokens": k, "dtype": "float16"},
-                        encoder_record(ref, enc, read_input_spec(ref, enc)))
+                        encoder_record(ref, enc, read_input_spec(ref, enc)).to_json())
         store.commit_shard(modality, 0, table, ERROR_SCHEMA.empty_table(), dim)
     return {i: "{} {}".format(*concept(k)) for k, i in enumerate(ids)}

@@ -42,7 +42,7 @@ class Job:
 
 JOBS: dict[str, Job] = {job.name: job for job in (
     Job("embed", ("jobs.embed",), "embed a manifest into a Parquet feature store (Ray Data)",
-        "pipeline.config:EmbedConfig", "jobs.embed:run", "python -m jobs.embed --config FILE"),
+        "pipeline.embed.config:EmbedConfig", "jobs.embed:run", "python -m jobs.embed --config FILE"),
     Job("train", ("jobs.train",), "train the projection progressively on a feature store (Ray Train)",
         "pipeline.train.config:TrainConfig", "jobs.train:run", "python -m jobs.train --config FILE",
         names={"from_model": "--from"}, extra="jobs.train:add_flags", load="jobs.train:load"),

@@ -26,7 +26,7 @@ def write_untrained_artifact(folder: str, preset: str, modalities: tuple[str, ..
     from safetensors.torch import save
 
     from pipeline.artifact import write_artifact
-    from pipeline.config import EmbedConfig
+    from pipeline.embed.config import EmbedConfig
     from pipeline.embed.job import encoder_record
     from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
     from pipeline.encoders.presets import resolve_encoder

@@ -25,12 +25,41 @@ class ArtifactError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class EncoderRecord:
+    """How one modality's features were made, and what rebuilds that frozen encoder and its inputs: the embed job
+    writes it into the feature store (``_progress/<modality>/encoder.json``), training copies it into the artifact
+    (``encoders.json``) and ``load_model`` reads it back. Written and parsed only here."""
+
+    modality: str
+    name: str                  # the "model@revision" identity written beside every feature
+    source: str                # what ``from_pretrained`` loads: a hub id or a local folder
+    revision: str | None
+    build: str | None          # the offline build ("tiny"/"paper") that recreates ``source`` where it is missing
+    encoder: dict[str, Any]    # the EncoderConfig fields the features were made with (``tokens`` = K, dtype, ...)
+    input: dict[str, Any]      # the InputSpec its decoders targeted (image size, sample rate, frames)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "EncoderRecord":
+        """The record in ``data`` (a parsed encoder.json); ArtifactError naming ``where`` and what it lacks."""
+        fields = [f.name for f in dataclasses.fields(cls)]
+        missing = fields if not isinstance(data, dict) else [name for name in fields if name not in data]
+        if missing:
+            raise ArtifactError(f"{where}: the encoder record has no {', '.join(missing)}")
+        if not isinstance(data["encoder"], dict) or not isinstance(data["input"], dict):
+            raise ArtifactError(f"{where}: the encoder record's 'encoder' and 'input' must be objects")
+        return cls(**{name: data[name] for name in fields})
+
+
+@dataclasses.dataclass(frozen=True)
 class Artifact:
     """What a model artifact folder holds (weights stay on disk until asked for)."""
 
     path: str
     model: dict[str, Any]              # ModelConfig fields: d, layers, heads, ff, dropout, in_dims, tokens
-    encoders: dict[str, dict[str, Any]]
+    encoders: dict[str, EncoderRecord]
     stages: list[dict[str, Any]]
     provenance: dict[str, Any]
 
@@ -51,7 +80,7 @@ class Artifact:
         (another frozen encoder, another K), or None when they are. Indexing them (serving) or aligning a new
         modality to them (``train --from``) would otherwise mix spaces."""
         record, run = store.encoder_record(modality) or {}, store.run_record(modality) or {}
-        trained, k = self.encoders[modality]["name"], self.model["tokens"][modality]
+        trained, k = self.encoders[modality].name, self.model["tokens"][modality]
         if record.get("name") != trained:
             return f"its {modality} features come from encoder {record.get('name')!r}, but the model was trained on {trained!r}"
         if run.get("tokens", k) != k:
@@ -82,12 +111,14 @@ def read_artifact(path: str) -> Artifact:
     missing = [m for m in config["model"]["in_dims"] if m not in encoders]
     if missing:
         raise ArtifactError(f"model artifact {path}: encoders.json has no record for {', '.join(missing)}")
+    records = {m: EncoderRecord.from_json(record, f"model artifact {path}: encoders.json {m!r}")
+               for m, record in encoders.items()}
     optional = {name: _read(path, f"{name}.json") if os.path.exists(os.path.join(path, f"{name}.json")) else {}
                 for name in ("metrics", "provenance")}
-    return Artifact(path, config["model"], encoders, optional["metrics"].get("stages", []), optional["provenance"])
+    return Artifact(path, config["model"], records, optional["metrics"].get("stages", []), optional["provenance"])
 
 
-def write_artifact(path: str, model: dict[str, Any], weights: bytes, encoders: dict[str, dict[str, Any]],
+def write_artifact(path: str, model: dict[str, Any], weights: bytes, encoders: dict[str, EncoderRecord],
                    stages: list[dict[str, Any]], provenance: dict[str, Any]) -> None:
     """Write a whole artifact at ``path``: config.json is removed first and written last, so a reader never
     takes a half-written folder for a model."""
@@ -96,7 +127,7 @@ def write_artifact(path: str, model: dict[str, Any], weights: bytes, encoders: d
     if os.path.exists(marker):
         os.remove(marker)
     write_bytes_atomic(os.path.join(path, "model.safetensors"), weights)
-    write_json(os.path.join(path, "encoders.json"), encoders)
+    write_json(os.path.join(path, "encoders.json"), {m: record.to_json() for m, record in encoders.items()})
     write_json(os.path.join(path, "metrics.json"), {"stages": stages})
     write_json(os.path.join(path, "provenance.json"), provenance)
     write_json(marker, {"format": FORMAT, "model": model})

@@ -61,10 +61,10 @@ class LoadedModel:
             if modality not in self.encoders_spec:
                 raise ValueError(f"modality {modality!r} is not in this model (it has {', '.join(self.modalities)})")
             record = self.encoders_spec[modality]
-            m = Modality(record["modality"])
-            ref = EncoderRef(m, record["source"], record["revision"], record["name"], record["build"])
-            enc = EncoderConfig(**{**record["encoder"], **self.encoder_overrides})
-            spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["input"].items()})
+            m = Modality(record.modality)
+            ref = EncoderRef(m, record.source, record.revision, record.name, record.build)
+            enc = EncoderConfig(**{**record.encoder, **self.encoder_overrides})
+            spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.input.items()})
             settings = DecodeSettings(m, spec, self.limits, {}, find_ffmpeg() if m.spec.reads == "file" else "")
             self._items[modality] = ItemEncoder(ref, enc, settings, project=lambda f: self.project(f, modality),
                                                 batch_size=self.batch_size)

@@ -22,7 +22,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.config import ConfigError, EmbedConfig, EncoderConfig, require_paths
+from pipeline.artifact import EncoderRecord
+from pipeline.config import ConfigError, EncoderConfig
+from pipeline.embed.config import EmbedConfig, require_paths
 from pipeline.embed.stages import (CPU_CONCURRENT_BATCHES, EncodeActor, MediaLinks, commit_parts, decode_work,
                                    media_links, read_work)
 from pipeline.embed.waiting import Need, cluster_can_grow, wait_for_room
@@ -98,7 +100,8 @@ def _prepare(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, store: Fe
     store.remove_parts(modality)
     enc, ref = cfg.encoder(modality), resolve_encoder(cfg, modality)
     spec = read_input_spec(ref, enc)
-    _guard_resume(store, modality, run_fingerprint(cfg, modality, plan, ref, spec), encoder_record(ref, enc, spec))
+    _guard_resume(store, modality, run_fingerprint(cfg, modality, plan, ref, spec),
+                  encoder_record(ref, enc, spec).to_json())
     counts = plan.shard_items(modality)
     todo = counts > 0
     done = [s for s in store.committed_indexes(modality) if s < len(todo)]
@@ -440,10 +443,10 @@ class _Committer:
                          self.items / max(now - self.started, 1e-9))
 
 
-def encoder_record(ref: EncoderRef, enc: EncoderConfig, spec: InputSpec) -> dict[str, Any]:
+def encoder_record(ref: EncoderRef, enc: EncoderConfig, spec: InputSpec) -> EncoderRecord:
     """What a model artifact needs to rebuild this modality's frozen encoder and its inputs."""
-    return {"modality": ref.modality.value, "name": ref.name, "source": ref.source, "revision": ref.revision,
-            "build": ref.build, "encoder": enc.model_dump(mode="json"), "input": dataclasses.asdict(spec)}
+    return EncoderRecord(ref.modality.value, ref.name, ref.source, ref.revision, ref.build,
+                         enc.model_dump(mode="json"), _as_json(dataclasses.asdict(spec)))
 
 
 RUN_FORMAT = 3  # version of run.json: a store made by another version is not resumed blindly (3: shards of rows)

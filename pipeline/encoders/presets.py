@@ -5,7 +5,7 @@ import dataclasses
 import hashlib
 import os
 
-from pipeline.config import EmbedConfig
+from pipeline.embed.config import EmbedConfig
 from pipeline.encoders.offline import BUILD_VERSION, ensure_built
 from pipeline.modality import Modality
 

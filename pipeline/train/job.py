@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.artifact import Artifact, read_artifact, write_artifact
+from pipeline.artifact import Artifact, ArtifactError, EncoderRecord, read_artifact, write_artifact
 from pipeline.config import ConfigError
 from pipeline.model import ModelConfig
 from pipeline.store.features import FeatureStore
@@ -49,6 +49,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     options = storage_options(cfg.storage)
     base = _base_model(cfg, FeatureStore(features_uri, options), output) if cfg.from_model else None
     names = sorted({n for s in cfg.stages for n in s.modalities})
+    _store_encoders(FeatureStore(features_uri, options), [n for n in names if not base or n not in base.encoders])
     try:
         features = {n: load_features(features_uri, n, options) for n in names}
     except ValueError as e:
@@ -76,6 +77,21 @@ def _tune_curriculum(cfg: TrainConfig, features: dict, output: str, base=None) -
         log.info("stage %s: best of %d trials: %s (val loss %.4f)", plans[index].label, len(result["trials"]),
                  ", ".join(f"{k} {result['best'][k]:.3g}" for k in SEARCHED), result["best_val_loss"])
     return cfg.model_copy(update={"stages": stages}), record
+
+
+def _store_encoders(store: FeatureStore, names: list[str]) -> dict[str, EncoderRecord]:
+    """The encoder record of each of ``names`` in ``store`` (what the artifact keeps to rebuild its encoders);
+    ConfigError naming the store, the modality and what is missing."""
+    out = {}
+    for name in names:
+        record = store.encoder_record(name)
+        if record is None:
+            raise ConfigError(f"feature store {store.root} has no encoder record for {name!r} (re-run the embed job)")
+        try:
+            out[name] = EncoderRecord.from_json(record, f"feature store {store.root}: {name}")
+        except ArtifactError as e:
+            raise ConfigError(f"{e} (re-run the embed job)") from None
+    return out
 
 
 def _base_model(cfg: TrainConfig, store: FeatureStore, output: str) -> Artifact:
@@ -308,13 +324,9 @@ def _write_artifact(cfg: TrainConfig, output: str, features_uri: str, options: d
     import ray
     import torch
 
-    store = FeatureStore(features_uri, options)
     encoders = dict(base.encoders) if base else {}
-    for name in model_config.in_dims:
-        record = encoders.get(name) or store.encoder_record(name)
-        if record is None:
-            raise ConfigError(f"feature store {features_uri} has no encoder record for {name!r} (re-run the embed job)")
-        encoders[name] = record
+    encoders.update(_store_encoders(FeatureStore(features_uri, options), [n for n in model_config.in_dims
+                                                                          if n not in encoders]))
     provenance = {"features": features_uri, "config": cfg.model_dump(mode="json"), "seed": cfg.seed,
                   "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   **({"tune": search} if search else {}), **({"from": base.path} if base else {}),

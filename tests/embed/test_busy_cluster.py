@@ -17,7 +17,7 @@ import time
 import pytest
 import ray
 
-from pipeline.config import EmbedConfig
+from pipeline.embed.config import EmbedConfig
 from pipeline.embed.job import run_embed
 from pipeline.embed.waiting import ClusterBusyError
 from tests.settings import ROOT

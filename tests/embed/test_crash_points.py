@@ -18,7 +18,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import EmbedConfig
+from pipeline.embed.config import EmbedConfig
 from pipeline.embed.job import run_embed
 from pipeline.store.features import FeatureStore, embeddings, read_errors, read_features
 from tests.crashes import Crash, crash_on_write

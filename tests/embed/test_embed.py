@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.corpus import DEPTH_FORMATS, concept, depth_map, draw_shape, write_depth
-from pipeline.config import EmbedConfig
+from pipeline.embed.config import EmbedConfig
 from pipeline.embed.job import run_embed
 from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.store.features import embeddings, read_errors, read_features

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from jobs.corpus import AUDIO_FORMATS
-from pipeline.config import EmbedConfig
+from pipeline.embed.config import EmbedConfig
 from pipeline.embed.job import ResumeMismatchError, run_embed
 from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.store.features import FeatureStore, read_errors, read_features
@@ -142,7 +142,7 @@ def test_interrupted_job_resumes_without_redoing_or_duplicating(ray_session, slo
 def test_killed_encoder_worker_is_survived(ray_session, slow_audio, tmp_path):
     manifest, config_path = slow_audio
     out = str(tmp_path / "out")
-    from pipeline.config import load_embed_config
+    from pipeline.embed.config import load_embed_config
 
     cfg = load_embed_config(config_path, input=manifest, output=out)
     result = {}

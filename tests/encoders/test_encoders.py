@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from jobs.corpus import clip, draw_shape, tone
-from pipeline.config import EmbedConfig, EncoderConfig
+from pipeline.config import EncoderConfig
+from pipeline.embed.config import EmbedConfig
 from pipeline.encoders.frozen import FrozenEncoder, Serialized, pool_tokens, read_input_spec
 from pipeline.encoders.offline import ensure_built
 from pipeline.encoders.presets import resolve_encoder

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from pipeline.config import ConfigError, EmbedConfig, config_reference, load_embed_config, require_paths
+from pipeline.config import ConfigError, config_reference
+from pipeline.embed.config import EmbedConfig, load_embed_config, require_paths
 from pipeline.modality import Modality
 from tests.settings import ROOT
 
@@ -56,7 +57,7 @@ def test_missing_paths_are_named():
 
 
 def test_reference_lists_every_field_with_a_description():
-    lines = config_reference()
+    lines = config_reference(EmbedConfig)
     assert any(line.startswith("limits.max_image_pixels (default 60000000)") for line in lines)
     assert any(line.startswith("encoders.<modality>.tokens (default 1)") for line in lines)
     assert all(not line.endswith(": None") for line in lines)
@@ -82,7 +83,8 @@ def test_yaml_files_written_into_the_checkout_are_not_the_projects(tmp_path):
 
 def test_every_yaml_in_the_repo_validates():
     """Job configs with their loaders, the Serve config with Ray's schema + ServeArgs, cluster.yaml with
-    Ray's cluster-launcher schema; each opens with a comment showing the command that uses it."""
+    Ray's cluster-launcher schema, mkdocs.yml with mkdocs'; each opens with a comment showing the command that uses
+    it."""
     import yaml
     from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -114,11 +116,15 @@ def test_every_yaml_in_the_repo_validates():
         elif rel == "cluster.yaml":
             with open(path) as fh:
                 validate_config(prepare_config(yaml.safe_load(fh)))
+        elif rel == "mkdocs.yml":
+            from mkdocs.config import load_config as load_mkdocs_config
+
+            load_mkdocs_config(path)  # mkdocs' own schema: an unknown or bad option raises
         else:
             raise AssertionError(f"{rel}: no validator for this YAML; add one here")
         checked.add(rel)
     assert {"cluster.yaml", "serving/serve_config.yaml", "jobs/configs/embed_tiny.yaml", "jobs/configs/train_tiny.yaml",
-            "jobs/configs/evaluate_tiny.yaml", "jobs/configs/benchmark_serve_paper.yaml"} <= checked
+            "jobs/configs/evaluate_tiny.yaml", "jobs/configs/benchmark_serve_paper.yaml", "mkdocs.yml"} <= checked
 
 
 def test_cli_bad_config_fails_before_starting_ray(tmp_path):

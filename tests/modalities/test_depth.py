@@ -30,7 +30,7 @@ def test_train_from_adds_depth_and_leaves_every_earlier_vector_bit_identical(gro
     assert [s["stage"] for s in model2.stages] == [s["stage"] for s in base.stages] + ["4-depth-image"]
     assert model2.stages[:-1] == base.stages and model2.provenance["from"] == base_dir
     assert {m: model2.encoders[m] for m in base.modalities} == base.encoders
-    assert model2.encoders["depth"]["name"].startswith("oneencoder/tiny-depth@")
+    assert model2.encoders["depth"].name.startswith("oneencoder/tiny-depth@")
     old, new = load_model(base_dir), load_model(grown_dir)
     sample = [concept_inputs(i, np.random.default_rng(100 + i)) for i in range(8)]
     for name in base.modalities:
@@ -95,7 +95,7 @@ def test_train_from_refuses_a_store_embedded_by_another_encoder(trained, tmp_pat
 
     import jobs.quality
     from jobs import train as train_job
-    from pipeline.config import EmbedConfig
+    from pipeline.embed.config import EmbedConfig
     from pipeline.encoders.offline import ensure_built
     from pipeline.encoders.presets import resolve_encoder
 
@@ -107,7 +107,7 @@ def test_train_from_refuses_a_store_embedded_by_another_encoder(trained, tmp_pat
     store = str(tmp_path / "features")
     write_concept_store(store, n=48, seed=0, modalities=("image", "depth"))  # as `embed` with encoders.image.model
     base, output = trained[0], str(tmp_path / "grown")
-    trained_on = read_artifact(base).encoders["image"]["name"]
+    trained_on = read_artifact(base).encoders["image"].name
     assert other.name != trained_on
     status = train_job.main(["--from", base, "--features", store, "--stages", "depth:image", "--output", output,
                              "--epochs", "1"])

@@ -11,7 +11,8 @@ from PIL import Image
 
 from jobs.corpus import depth_map, draw_shape, tone, write_depth
 from pipeline import modalities
-from pipeline.config import ConfigError, EmbedConfig, EncoderConfig, LimitsConfig, load_embed_config
+from pipeline.config import ConfigError, EncoderConfig, LimitsConfig
+from pipeline.embed.config import EmbedConfig, load_embed_config
 from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
 from pipeline.encoders.presets import EncoderRef, resolve_encoder
 from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import EmbedConfig, HttpConfig
+from pipeline.config import HttpConfig
+from pipeline.embed.config import EmbedConfig
 from pipeline.embed.job import run_embed
 from pipeline.modality import Modality
 from pipeline.store.errors import ReadError

@@ -39,7 +39,7 @@ def store(tmp_path) -> str:
     fs = FeatureStore(root, {})
     for modality in DIMS:
         fs.start_run(modality, {"items": 2 * ROWS, "encoder": f"enc-{modality}", "tokens": 1, "dtype": "float16"},
-                     {"modality": modality, "name": f"enc-{modality}", "encoder": {"tokens": 1, "dtype": "float16"}})
+                     _encoder_record(modality))
         for shard in range(2):
             fs.commit_shard(modality, shard, _table(modality, shard, _vectors(modality, shard)),
                             ERROR_SCHEMA.empty_table(), DIMS[modality])
@@ -83,13 +83,19 @@ def test_a_nan_row_stops_training_naming_the_shard_and_the_id(store, tmp_path, m
     assert not os.path.exists(os.path.join(output, "config.json"))
 
 
+def _encoder_record(modality: str) -> dict:
+    """A whole encoder record (pipeline.artifact.EncoderRecord) naming the store's encoder of ``modality``."""
+    return {"modality": modality, "name": f"enc-{modality}", "source": f"enc-{modality}", "revision": None,
+            "build": None, "encoder": {"tokens": 1, "dtype": "float16"}, "input": {}}
+
+
 def _base_model(path: str) -> str:
     """A model artifact aligning image only (what `train --from` grows; its weights are never read here)."""
     os.makedirs(path)
     with open(os.path.join(path, "config.json"), "w") as fh:
         json.dump({"format": "oneencoder-artifact/1", "model": {"in_dims": {"image": 8}, "tokens": {"image": 1}}}, fh)
     with open(os.path.join(path, "encoders.json"), "w") as fh:
-        json.dump({"image": {"name": "enc-image"}}, fh)
+        json.dump({"image": _encoder_record("image")}, fh)
     open(os.path.join(path, "model.safetensors"), "wb").close()
     return path
 
@@ -143,7 +149,7 @@ def test_serve_refuses_a_damaged_store_before_ray_starts(store, tmp_path, monkey
         json.dump({"format": "oneencoder-artifact/1",
                    "model": {"d": 4, "in_dims": dict(DIMS), "tokens": {m: 1 for m in DIMS}}}, fh)
     with open(os.path.join(model, "encoders.json"), "w") as fh:
-        json.dump({m: {"name": f"enc-{m}"} for m in DIMS}, fh)
+        json.dump({m: _encoder_record(m) for m in DIMS}, fh)
     open(os.path.join(model, "model.safetensors"), "wb").close()
     _with_bad_rows(store, "image", 0, {1: np.nan})
     monkeypatch.setattr("pipeline.runtime.init_ray", lambda: pytest.fail("Ray started for a store refused"))
@@ -292,3 +298,33 @@ def test_the_embed_job_refuses_to_resume_over_a_run_record_that_is_not_json(ray_
     assert embed_job.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: {run}: not JSON (JSONDecodeError"), err[-3:]
+
+
+def test_an_encoder_record_is_whole_or_named_incomplete(store, tmp_path, capsys):
+    """The record a model rebuilds its frozen encoders from (pipeline.artifact.EncoderRecord) round-trips through
+    an artifact; an artifact whose record lacks a field is refused naming the file, the modality and the field, and
+    training from a store whose encoder.json lacks one says which (not a KeyError at load time)."""
+    from jobs.train import main as train_main
+    from pipeline.artifact import ArtifactError, EncoderRecord, read_artifact, write_artifact
+
+    record = EncoderRecord.from_json(_encoder_record("image"), "here")
+    assert record.name == "enc-image" and record.encoder == {"tokens": 1, "dtype": "float16"}
+    model = str(tmp_path / "model")
+    write_artifact(model, {"in_dims": {"image": 8}, "tokens": {"image": 1}}, b"", {"image": record}, [], {})
+    assert read_artifact(model).encoders == {"image": record}
+    with open(os.path.join(model, "encoders.json"), "w") as fh:
+        json.dump({"image": {k: v for k, v in _encoder_record("image").items() if k != "source"}}, fh)
+    with pytest.raises(ArtifactError, match=f"model artifact {model}: encoders.json 'image': the encoder record "
+                                            "has no source"):
+        read_artifact(model)
+
+    path = os.path.join(store, "_progress", "text", "encoder.json")
+    with open(path) as fh:
+        written = json.load(fh)
+    assert EncoderRecord.from_json(written, path).modality == "text"
+    with open(path, "w") as fh:
+        json.dump({k: v for k, v in written.items() if k not in ("input", "build")}, fh)
+    status = train_main(["--features", store, "--output", str(tmp_path / "m2"), "--stages", "image:text",
+                         "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert status == 2 and f"feature store {store}: text: the encoder record has no build, input" in err, err
