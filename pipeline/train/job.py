@@ -49,11 +49,12 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     options = storage_options(cfg.storage)
     base = _base_model(cfg, FeatureStore(features_uri, options), output) if cfg.from_model else None
     names = sorted({n for s in cfg.stages for n in s.modalities})
-    _store_encoders(FeatureStore(features_uri, options), [n for n in names if not base or n not in base.encoders])
     try:
         features = {n: load_features(features_uri, n, options) for n in names}
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    # the records the artifact will keep, checked before any training rather than after the last stage
+    _store_encoders(FeatureStore(features_uri, options), [n for n in names if not base or n not in base.encoders])
     os.makedirs(os.path.join(output, "stages"), exist_ok=True)
     search = None
     if cfg.tune:
