@@ -33,14 +33,9 @@ class DemoIncomplete(RuntimeError):
 
 
 def run(cfg: DemoConfig, args: object = None) -> int:
-    """`oneencoder demo`: the whole round trip on the local machine; 1 when a step is incomplete (a rerun resumes)."""
-    from pipeline.embed.job import PipelineStalledError
-
-    try:
-        run_demo(cfg.workdir or default_workdir(), cfg.samples, cfg.epochs, overwrite=cfg.overwrite)
-    except (DemoIncomplete, PipelineStalledError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    """`oneencoder demo`: the whole round trip on the local machine. A step left incomplete (DemoIncomplete, or a
+    stalled embed) ends it with exit status 1 (``registry.execute``); a rerun resumes."""
+    run_demo(cfg.workdir or default_workdir(), cfg.samples, cfg.epochs, overwrite=cfg.overwrite)
     return 0
 
 

@@ -24,17 +24,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(cfg: EmbedConfig, args: argparse.Namespace) -> int:
     """Embed, print the summary; exit 1 when some shard is still missing (a rerun resumes), or when the pipeline
-    stalled for ``no_progress_timeout_s`` (one `error:` line saying what to do)."""
-    from pipeline.embed.job import PipelineStalledError, format_summary, run_embed
+    stalled for ``no_progress_timeout_s`` (PipelineStalledError: one `error:` line saying what to do, from
+    ``registry.execute``)."""
+    from pipeline.embed.job import format_summary, run_embed
     from pipeline.runtime import init_ray
 
     require_paths(cfg)
     init_ray()
-    try:
-        summary = run_embed(cfg)
-    except PipelineStalledError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    summary = run_embed(cfg)
     print(format_summary(summary))
     return 0 if all(m["complete"] for m in summary["modalities"].values()) else 1
 

@@ -136,7 +136,8 @@ def load_config(job: Job, args: argparse.Namespace) -> BaseModel:
 
 
 def execute(job: Job, args: argparse.Namespace) -> int:
-    """Validate ``job``'s config from ``args`` and run it; a user error is one `error:` line and exit status 2."""
+    """Validate ``job``'s config from ``args`` and run it; a user error is one `error:` line and exit status 2, a run
+    that stopped with work left to do (a rerun resumes it) one `error:` line and exit status 1."""
     from pipeline.runtime import setup_logging
 
     setup_logging(getattr(args, "verbose", False))
@@ -145,6 +146,9 @@ def execute(job: Job, args: argparse.Namespace) -> int:
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except incomplete_runs() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -157,6 +161,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.store.manifest import ManifestError
 
     return ConfigError, ManifestError, ResumeMismatchError, ArtifactError, StoreError, ClusterBusyError
+
+
+def incomplete_runs() -> tuple[type[BaseException], ...]:
+    """Errors that stop a run with its finished work kept, for a rerun to resume (exit 1, no traceback)."""
+    from jobs.demo import DemoIncomplete
+    from pipeline.embed.job import PipelineStalledError
+
+    return PipelineStalledError, DemoIncomplete
 
 
 def main(name: str, argv: list[str] | None = None) -> int:
