@@ -53,14 +53,15 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         features = {n: load_features(features_uri, n, options) for n in names}
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    # the records the artifact will keep, checked before any training rather than after the last stage
-    _store_encoders(FeatureStore(features_uri, options), [n for n in names if not base or n not in base.encoders])
+    # the records the artifact will keep, read and checked before any training rather than after the last stage
+    kept = base.encoders if base else {}
+    encoders = {**kept, **_store_encoders(FeatureStore(features_uri, options), [n for n in names if n not in kept])}
     os.makedirs(os.path.join(output, "stages"), exist_ok=True)
     search = None
     if cfg.tune:
         cfg, search = _tune_curriculum(cfg, features, output, base)
     weights, records, model_config = train_curriculum(cfg, features, output, base)
-    _write_artifact(cfg, output, features_uri, options, model_config, weights, records, search, base)
+    _write_artifact(cfg, output, features_uri, model_config, weights, records, encoders, search, base)
     return {"output": output, "stages": records, **({"tune": search} if search else {})}
 
 
@@ -319,15 +320,12 @@ def _tensor(array: np.ndarray):
     return ArrowTensorArray.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
-def _write_artifact(cfg: TrainConfig, output: str, features_uri: str, options: dict, model_config: ModelConfig,
-                    weights: bytes, stages: list[dict[str, Any]], search: dict[str, Any] | None = None,
-                    base: Artifact | None = None) -> None:
+def _write_artifact(cfg: TrainConfig, output: str, features_uri: str, model_config: ModelConfig, weights: bytes,
+                    stages: list[dict[str, Any]], encoders: dict[str, EncoderRecord],
+                    search: dict[str, Any] | None = None, base: Artifact | None = None) -> None:
     import ray
     import torch
 
-    encoders = dict(base.encoders) if base else {}
-    encoders.update(_store_encoders(FeatureStore(features_uri, options), [n for n in model_config.in_dims
-                                                                          if n not in encoders]))
     provenance = {"features": features_uri, "config": cfg.model_dump(mode="json"), "seed": cfg.seed,
                   "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   **({"tune": search} if search else {}), **({"from": base.path} if base else {}),
