@@ -120,7 +120,7 @@ def ray_session(session_dir):
 @pytest.fixture(scope="session")
 def sample_corpus(session_dir):
     """12 paired samples in every listed format; returns the manifest path."""
-    from jobs.corpus import write_sample_corpus
+    from pipeline.synthetic.corpus import write_sample_corpus
 
     folder = os.path.join(session_dir, "corpus")
     yield from _kept_as_built(write_sample_corpus(folder, n=12), folder)
@@ -133,7 +133,7 @@ from tests.settings import SMALL_EPOCHS, STAGES, VAL_FRACTION  # noqa: E402
 @pytest.fixture(scope="session")
 def concept_store(session_dir):
     """480 concept samples (24 concepts) encoded by the tiny encoders into a feature store."""
-    from jobs.quality import write_concept_store
+    from pipeline.synthetic.concept_store import write_concept_store
 
     root = os.path.join(session_dir, "concept-features")
     yield from _kept_as_built((root, write_concept_store(root, n=480, seed=0)), root)
@@ -165,7 +165,7 @@ def trained(ray_session, feature_store, session_dir):
 def hard_concept_store(session_dir):
     """The quality bar's first corpus: 480 samples in the hard style (the concept harder to see in pictures and
     clips, so that image and video retrieval stay below 1.0 and a worse model shows)."""
-    from jobs.quality import write_concept_store
+    from pipeline.synthetic.concept_store import write_concept_store
 
     root = os.path.join(session_dir, "hard-concept-features")
     yield from _kept_as_built((root, write_concept_store(root, n=480, seed=0, style="hard")), root)
@@ -188,7 +188,7 @@ def trained_hard(ray_session, hard_concept_store, session_dir):
 @pytest.fixture(scope="session")
 def other_concept_store(session_dir):
     """The quality bar's second corpus: 480 samples in the other style (captions, voice, clips)."""
-    from jobs.quality import write_concept_store
+    from pipeline.synthetic.concept_store import write_concept_store
 
     root = os.path.join(session_dir, "other-concept-features")
     yield from _kept_as_built((root, write_concept_store(root, n=480, seed=0, style="other")), root)
@@ -219,7 +219,7 @@ def _digests(folder: str) -> dict[str, str]:
 def depth_store(session_dir):
     """240 concept samples' image, text and depth features (the same tiny encoders as the trained model's store),
     as `oneencoder embed` would write them."""
-    from jobs.quality import write_concept_store
+    from pipeline.synthetic.concept_store import write_concept_store
 
     root = os.path.join(session_dir, "depth-features")
     write_concept_store(root, n=240, seed=0, modalities=("image", "text", "depth"))

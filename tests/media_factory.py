@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from jobs.corpus import clip, draw_shape, encode_audio, encode_video, tone
+from pipeline.synthetic.draw import clip, draw_shape, encode_audio, encode_video, tone
 
 
 def png_bytes(size=(96, 64), colour=(200, 30, 30)) -> bytes:

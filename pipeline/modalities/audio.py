@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.media.audio import decode_audio
-from pipeline.modalities.base import InputSpec, Limit, ModalitySpec
+from pipeline.modalities.base import InputSpec, Limit, ModalitySpec, Synthetic
 
 
 def decode(source: str | bytes, settings: Any):
@@ -70,9 +70,34 @@ def build_paper(dest: str) -> None:
     Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=False).save_pretrained(dest)
 
 
+
+def write_sample(scene: Any, rng: Any, path: str | None) -> None:
+    """A one-second tone of ``scene`` (16 kHz mono; ``scene.vary``: detuned and noisy) in ``path``'s format."""
+    import numpy as np
+
+    from pipeline.media.ffmpeg import find_ffmpeg
+    from pipeline.synthetic.draw import encode_audio, tone
+
+    wave = tone(scene.colour, scene.shape, detune=float(rng.normal(1.0, 0.02)) if scene.vary else 1.0)
+    if scene.vary:
+        wave = wave + rng.normal(0, 0.02, wave.shape).astype(np.float32)
+    encode_audio(path, wave, "" if path.endswith(".wav") else find_ffmpeg())
+
+
+def draw_sample(scene: Any, rng: Any):
+    """The decoded tone of ``scene``: float32, one second at 16 kHz, in its style's voice and noise."""
+    import numpy as np
+
+    from pipeline.synthetic.draw import tone
+
+    wave = tone(scene.colour, scene.shape, detune=scene.detune, base=scene.base, harmonics=scene.harmonics)
+    return (wave + rng.normal(0, scene.noise, wave.shape)).astype(np.float32)
+
+
 SPEC = ModalitySpec(
     name="audio", inline=False, reads="file", decode=decode, forward=forward, processor="AutoFeatureExtractor",
     tower="audio", paper_model="facebook/wav2vec2-base-960h", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("audio/*",), extensions=(".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".aiff", ".mka"),
     input_spec=input_spec, decoded_dtype="float32",
-    limits={"max_audio_seconds": Limit(float, 60.0, 30.0, "Longest audio accepted; longer is an error, not silently cut.")})
+    limits={"max_audio_seconds": Limit(float, 60.0, 30.0, "Longest audio accepted; longer is an error, not silently cut.")},
+    synthetic=Synthetic(write_sample, draw_sample, folder="audio", formats=("wav", "flac", "mp3", "ogg", "m4a")))

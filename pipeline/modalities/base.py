@@ -5,8 +5,11 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 if TYPE_CHECKING:  # annotations only: this module stays free of torch, transformers and Ray
+    import numpy as np
+
     from pipeline.encoders.frozen import FrozenEncoder
     from pipeline.media.decode import DecodeSettings
+    from pipeline.synthetic.draw import Scene
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +40,28 @@ IMAGE_PIXELS = Limit(int, 60_000_000, 40_000_000, "Largest image or depth map (w
 
 
 @dataclasses.dataclass(frozen=True)
+class Synthetic:
+    """How a modality renders a generated sample's concept (``pipeline.synthetic.draw.Scene``: a colour and a
+    shape, and how this sample varies), for the demo and sample corpora, the test fixtures and the quality
+    experiments, which loop over the registry (``pipeline.synthetic.corpus``).
+
+    ``write(scene, rng, path)`` writes the sample as a file at ``path`` (its extension picks the format, one of
+    ``formats``) and returns None; an inline modality is given no path and returns the manifest's value.
+    ``draw(scene, rng)`` returns the decoded input (what ``decode`` would produce) in the scene's style. Both
+    draw any randomness from ``rng`` (one generator shared by a sample's modalities, in registry order).
+    """
+
+    write: Callable[["Scene", "np.random.Generator", str | None], str | None]
+    draw: Callable[["Scene", "np.random.Generator"], Any]
+    folder: str = ""                            # sub-folder of a written corpus ("" for an inline modality)
+    formats: tuple[str, ...] = ()               # file formats a written corpus cycles through, by sample index
+
+    def file_name(self, index: int) -> str:
+        """Sample ``index``'s file, relative to the corpus: ``folder/NNNNN.format`` (formats cycled)."""
+        return f"{self.folder}/{index:05d}.{self.formats[index % len(self.formats)]}"
+
+
+@dataclasses.dataclass(frozen=True)
 class ModalitySpec:
     """Everything about one modality; the embed job, ``load_model``, serving, configs and the demo corpus
     read it from here (``pipeline.modalities.REGISTRY``) instead of branching on the modality's name.
@@ -64,6 +89,7 @@ class ModalitySpec:
     input_spec: Callable[[dict, dict, Any], InputSpec] | None = None  # (preprocessor json, config json, EncoderConfig)
     decoded_dtype: str = "uint8"                # numpy dtype of a decoded array ("str" for text)
     limits: dict[str, Limit] = dataclasses.field(default_factory=dict)  # its decoder's limits, by config field name
+    synthetic: Synthetic | None = None          # generated samples of a concept (None: not in generated corpora)
 
     def accepts_mime(self, mime: str) -> bool:
         """Whether a data: URI of type ``mime`` (lower case, no parameters) may hold this modality."""

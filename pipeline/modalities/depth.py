@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.media.errors import DecodeError
 from pipeline.media.image import check_pixels, pillow_errors
-from pipeline.modalities.base import IMAGE_PIXELS, ModalitySpec, forward_pixels, image_input_spec
+from pipeline.modalities.base import IMAGE_PIXELS, ModalitySpec, Synthetic, forward_pixels, image_input_spec
 
 FORMATS = ("PNG", "TIFF")                       # the only Pillow formats a depth map may be read as
 MODES = ("I;16", "I;16B", "I;16L", "I", "F", "L")  # single-channel integer or float pixels
@@ -115,9 +115,28 @@ def build_paper(dest: str) -> None:
     ViTImageProcessorPil(size={"height": 224, "width": 224}).save_pretrained(dest)
 
 
+
+def write_sample(scene: Any, rng: Any, path: str | None) -> None:
+    """The depth map of ``scene``'s picture (``draw_shape``'s, 96x96): 16-bit PNG or .npy in millimetres, float
+    TIFF in metres, by ``path``'s extension."""
+    from pipeline.synthetic.draw import depth_map, write_depth
+
+    write_depth(path, depth_map(scene.colour, scene.shape))
+
+
+def draw_sample(scene: Any, rng: Any) -> np.ndarray:
+    """The decoded depth map of ``scene``'s picture: float32 (64, 64), depths over the largest (draws nothing)."""
+    from pipeline.synthetic.draw import depth_map
+
+    millimetres = depth_map(scene.colour, scene.shape, size=64, offset=scene.offset, scale=scene.scale,
+                            vertical=scene.vertical)
+    return (millimetres / millimetres.max()).astype(np.float32)
+
+
 SPEC = ModalitySpec(
     name="depth", inline=False, reads="bytes", decode=decode, forward=forward, processor="AutoImageProcessor",
     tower="vision", paper_model="google/vit-base-patch16-224", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("image/png", "image/tiff", "application/x-npy"), routes_mime=False,  # a PNG is an image unless named
     extensions=(".png", ".tif", ".tiff", ".npy"), input_spec=image_input_spec, decoded_dtype="float32",
-    limits={"max_image_pixels": IMAGE_PIXELS})
+    limits={"max_image_pixels": IMAGE_PIXELS},
+    synthetic=Synthetic(write_sample, draw_sample, folder="depth", formats=("png", "npy", "tiff")))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.media.image import decode_image
-from pipeline.modalities.base import IMAGE_PIXELS, ModalitySpec, forward_pixels, image_input_spec
+from pipeline.modalities.base import IMAGE_PIXELS, ModalitySpec, Synthetic, forward_pixels, image_input_spec
 
 
 def decode(data: bytes, settings: Any):
@@ -33,8 +33,24 @@ def build_paper(dest: str) -> None:
     ViTImageProcessorPil(size={"height": 224, "width": 224}).save_pretrained(dest)
 
 
+
+def write_sample(scene: Any, rng: Any, path: str | None) -> None:
+    """A generated sample corpus's picture of ``scene``: 96x96, PNG or JPEG by ``path``'s extension."""
+    from pipeline.synthetic.draw import draw_shape
+
+    draw_shape(scene.colour, scene.shape, rng=rng).save(path)
+
+
+def draw_sample(scene: Any, rng: Any):
+    """The decoded picture of ``scene``: RGB uint8 (64, 64, 3)."""
+    from pipeline.synthetic.draw import pictures
+
+    return pictures(scene, 64, [scene.offset], rng)[0]
+
+
 SPEC = ModalitySpec(
     name="image", inline=False, reads="bytes", decode=decode, forward=forward, processor="AutoImageProcessor",
     tower="vision", paper_model="google/vit-base-patch16-224", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("image/*",), extensions=(".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"),
-    input_spec=image_input_spec, limits={"max_image_pixels": IMAGE_PIXELS})
+    input_spec=image_input_spec, limits={"max_image_pixels": IMAGE_PIXELS},
+    synthetic=Synthetic(write_sample, draw_sample, folder="images", formats=("png", "jpg")))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.media.errors import DecodeError
-from pipeline.modalities.base import Limit, ModalitySpec
+from pipeline.modalities.base import Limit, ModalitySpec, Synthetic
 
 
 def decode(value: str, settings: Any) -> str:
@@ -52,8 +52,21 @@ def build_paper(dest: str) -> None:
     _tokenizer(max_length=512).save_pretrained(dest)
 
 
+
+def write_sample(scene: Any, rng: Any, path: str | None) -> str:
+    """A caption of ``scene``: the first template, or (``scene.vary``) one of them at random."""
+    template = scene.captions[int(rng.integers(len(scene.captions)))] if scene.vary else scene.captions[0]
+    return template.format(c=scene.colour, s=scene.shape)
+
+
+def draw_sample(scene: Any, rng: Any) -> str:
+    """A caption of ``scene`` from one of its style's templates, at random."""
+    return scene.captions[int(rng.integers(len(scene.captions)))].format(c=scene.colour, s=scene.shape)
+
+
 SPEC = ModalitySpec(
     name="text", inline=True, reads="inline", decode=decode, forward=forward, processor="AutoTokenizer",
     tower="text", paper_model="bert-base-uncased", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("text/plain",), extensions=(".txt",), decoded_dtype="str",
-    limits={"max_text_chars": Limit(int, 100_000, 20_000, "Longest text accepted, in characters.", {"ge": 1})})
+    limits={"max_text_chars": Limit(int, 100_000, 20_000, "Longest text accepted, in characters.", {"ge": 1})},
+    synthetic=Synthetic(write_sample, draw_sample))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.media.video import decode_video
-from pipeline.modalities.base import InputSpec, Limit, ModalitySpec, forward_pixels, processor_hw
+from pipeline.modalities.base import InputSpec, Limit, ModalitySpec, Synthetic, forward_pixels, processor_hw
 
 
 def decode(source: str | bytes, settings: Any):
@@ -38,9 +38,26 @@ def build_paper(dest: str) -> None:
     VideoMAEImageProcessorPil().save_pretrained(dest)
 
 
+
+def write_sample(scene: Any, rng: Any, path: str | None) -> None:
+    """A one-second clip of ``scene``'s shape sliding left to right (8 frames of 64x64) in ``path``'s format."""
+    from pipeline.media.ffmpeg import find_ffmpeg
+    from pipeline.synthetic.draw import clip, encode_video
+
+    encode_video(path, clip(scene.colour, scene.shape, rng=rng), 8, find_ffmpeg())
+
+
+def draw_sample(scene: Any, rng: Any):
+    """The decoded clip of ``scene``: uint8 (4, 32, 32, 3), the shape moving along its axis."""
+    from pipeline.synthetic.draw import pictures
+
+    return pictures(scene, 32, [f / 3 for f in range(4)], rng)
+
+
 SPEC = ModalitySpec(
     name="video", inline=False, reads="file", decode=decode, forward=forward, processor="AutoImageProcessor",
     tower="video", paper_model="MCG-NJU/videomae-base", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("video/*",), extensions=(".mp4", ".webm", ".mkv", ".mov", ".avi", ".ts", ".ogv"),
     input_spec=input_spec,
-    limits={"max_video_seconds": Limit(float, 300.0, 60.0, "Longest video accepted; longer is an error.")})
+    limits={"max_video_seconds": Limit(float, 300.0, 60.0, "Longest video accepted; longer is an error.")},
+    synthetic=Synthetic(write_sample, draw_sample, folder="video", formats=("mp4", "webm", "mkv")))

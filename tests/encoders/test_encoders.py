@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.corpus import clip, draw_shape, tone
 from pipeline.config import EncoderConfig
 from pipeline.embed.config import EmbedConfig
 from pipeline.encoders.frozen import FrozenEncoder, Serialized, pool_tokens, read_input_spec
@@ -19,6 +18,7 @@ from pipeline.encoders.offline import ensure_built
 from pipeline.encoders.presets import resolve_encoder
 from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
+from pipeline.synthetic.draw import clip, draw_shape, tone
 
 
 @pytest.fixture(scope="module")

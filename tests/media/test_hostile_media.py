@@ -56,7 +56,7 @@ def test_a_banner_line_in_the_metadata_does_not_shorten_a_long_clip(hostile):
 
 
 def test_ffmpeg_output_is_capped_whatever_the_input_claims(tmp_path):
-    from jobs.corpus import clip, encode_video
+    from pipeline.synthetic.draw import clip, encode_video
 
     path = str(tmp_path / "clip.mp4")
     encode_video(path, clip("red", "circle", frames=16, size=64), 8, FFMPEG)

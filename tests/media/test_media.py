@@ -7,13 +7,17 @@ import stat
 import numpy as np
 import pytest
 
-from jobs.corpus import AUDIO_FORMATS, VIDEO_FORMATS, clip, encode_audio, encode_video, tone
 from pipeline.media.audio import decode_audio
 from pipeline.media.errors import DecodeError
 from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.media.image import decode_image
 from pipeline.media.video import decode_video
+from pipeline.modality import Modality
+from pipeline.synthetic.draw import clip, encode_audio, encode_video, tone
 from tests.media_factory import jpeg_with_orientation, png_bytes, write_bad_media
+
+AUDIO_FORMATS = Modality("audio").spec.synthetic.formats
+VIDEO_FORMATS = Modality("video").spec.synthetic.formats
 
 FFMPEG = find_ffmpeg()
 

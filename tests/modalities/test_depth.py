@@ -12,13 +12,14 @@ import os
 import numpy as np
 import pytest
 
-from jobs.corpus import concept, draw_shape
-from jobs.quality import concept_inputs, write_concept_store
 from pipeline.artifact import read_artifact
 from pipeline.config import ConfigError
 from pipeline.eval.baseline import concept_recall_at_1
 from pipeline.inference import load_model
 from pipeline.modality import Modality
+from pipeline.synthetic.concept_store import write_concept_store
+from pipeline.synthetic.corpus import concept_inputs
+from pipeline.synthetic.draw import concept, draw_shape
 
 CHANCE = 1 / 24  # 24 concepts (6 colours x 4 shapes)
 
@@ -93,7 +94,7 @@ def test_train_from_refuses_a_store_embedded_by_another_encoder(trained, tmp_pat
     both encoders and where the model's is recorded."""
     import shutil
 
-    import jobs.quality
+    import pipeline.synthetic.concept_store
     from jobs import train as train_job
     from pipeline.embed.config import EmbedConfig
     from pipeline.encoders.offline import ensure_built
@@ -103,7 +104,7 @@ def test_train_from_refuses_a_store_embedded_by_another_encoder(trained, tmp_pat
     other_model = shutil.copytree(ensure_built("tiny", image, EmbedConfig().resolved_cache_dir()), str(tmp_path / "vit"))
     other = resolve_encoder(EmbedConfig(encoders={"image": {"model": other_model}}), image)  # a local model folder
     tiny = resolve_encoder
-    monkeypatch.setattr(jobs.quality, "resolve_encoder", lambda cfg, m: other if m == image else tiny(cfg, m))
+    monkeypatch.setattr(pipeline.synthetic.concept_store, "resolve_encoder", lambda cfg, m: other if m == image else tiny(cfg, m))
     store = str(tmp_path / "features")
     write_concept_store(store, n=48, seed=0, modalities=("image", "depth"))  # as `embed` with encoders.image.model
     base, output = trained[0], str(tmp_path / "grown")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.corpus import depth_map, draw_shape, tone, write_depth
 from pipeline import modalities
 from pipeline.config import ConfigError, EncoderConfig, LimitsConfig
 from pipeline.embed.config import EmbedConfig, load_embed_config
@@ -19,6 +18,7 @@ from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.media.errors import DecodeError
 from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
+from pipeline.synthetic.draw import depth_map, draw_shape, tone, write_depth
 from serving.config import ServeLimits
 from serving.inputs import APIError, resolve
 

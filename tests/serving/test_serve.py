@@ -20,9 +20,9 @@ import pytest
 import requests
 import yaml
 
-from jobs.corpus import SAMPLE_RATE, clip, encode_video, write_wav
 from pipeline.config import ConfigError
 from pipeline.media.ffmpeg import find_ffmpeg
+from pipeline.synthetic.draw import SAMPLE_RATE, clip, encode_video, write_wav
 from serving.config import APP_NAME
 from tests.media_factory import png_bytes
 from tests.settings import ROOT
@@ -486,8 +486,8 @@ def test_remote_fetching_is_off_unless_enabled():
 
 
 def test_search_returns_the_true_pair(served, feature_store, local_model):
-    from jobs.quality import concept_inputs
     from pipeline.store.features import embeddings, read_features
+    from pipeline.synthetic.corpus import concept_inputs
     from PIL import Image
 
     url, _ = served
@@ -600,7 +600,7 @@ def test_serve_cli_refuses_bad_arguments_before_starting_ray(capsys):
 def test_depth_is_served_through_the_same_api(served, local_model, tmp_path):
     """`modality: "depth"` with a 16-bit PNG gives the vector load_model gives; the same PNG without a modality is an
     image, as every PNG was before depth existed; a colour picture sent as depth is a 400 naming why."""
-    from jobs.corpus import depth_map, draw_shape, write_depth
+    from pipeline.synthetic.draw import depth_map, draw_shape, write_depth
 
     url, _ = served
     path = tmp_path / "d.png"

@@ -429,10 +429,10 @@ def test_audio_and_video_budgets_are_shared_out_among_the_items():
 
 def _decoding_only(modality: str, limits):
     """A modality's ItemEncoder that decodes for real and 'encodes' to a constant (no model needed)."""
-    from pipeline.modalities import InputSpec
     from pipeline.item_encoder import Encoded, ItemEncoder
     from pipeline.media.decode import DecodeSettings
     from pipeline.media.ffmpeg import find_ffmpeg
+    from pipeline.modalities import InputSpec
     from pipeline.modality import Modality
 
     encoder = object.__new__(ItemEncoder)
@@ -446,9 +446,9 @@ def _decoding_only(modality: str, limits):
 def test_an_item_longer_than_its_share_is_refused_naming_both_limits(tmp_path):
     """Each item is decoded with its share as its limit: a 2 s clip passes alone and fails as one of three sharing
     4 s, before its frames are decoded; the Gateway's message says where the share came from and what to do."""
-    from jobs.corpus import SAMPLE_RATE, clip, encode_video, write_wav
     from pipeline.item_encoder import Encoded, ItemError
     from pipeline.media.ffmpeg import find_ffmpeg
+    from pipeline.synthetic.draw import SAMPLE_RATE, clip, encode_video, write_wav
     from serving.budget import explain_share, request_budget
 
     limits = ServeLimits(max_audio_seconds=3, max_request_audio_seconds=4, max_video_seconds=3,

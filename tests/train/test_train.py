@@ -109,9 +109,9 @@ def test_load_model_embeds_raw_inputs_into_the_shared_space(trained, feature_sto
 
     from PIL import Image
 
-    from jobs.corpus import encode_audio
-    from jobs.quality import concept_inputs
     from pipeline.media.ffmpeg import find_ffmpeg
+    from pipeline.synthetic.corpus import concept_inputs
+    from pipeline.synthetic.draw import encode_audio
 
     output, _, _ = trained
     model = load_model(output)
@@ -413,9 +413,10 @@ def test_tune_searches_each_stage_then_trains_it_with_the_best_settings(ray_sess
 def test_k_token_features_train_and_embed_end_to_end(ray_session, tmp_path):
     """K = 3 token vectors per item: stored as (K, D), trained through the Universal Projection over K tokens,
     and a raw input embedded through the artifact's encoders pooled to the same K."""
-    from jobs.quality import concept_inputs, write_concept_store
     from pipeline.store.features import FeatureStore
     from pipeline.store.files import read_json
+    from pipeline.synthetic.concept_store import write_concept_store
+    from pipeline.synthetic.corpus import concept_inputs
 
     store = str(tmp_path / "k3")
     write_concept_store(store, n=96, seed=0, tokens=3)
