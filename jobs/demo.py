@@ -82,11 +82,13 @@ def run_demo(workdir: str, samples: int = 96, epochs: int | None = None, say: Ca
     Checks the workdir first (``prepare_workdir``; a rerun with the same settings resumes, embedding and
     finished stages are skipped), then connects to Ray or starts a local instance (``init_ray``).
     """
-    from jobs.corpus import concept, write_sample_corpus
     from pipeline.embed.config import load_embed_config
-    from pipeline.embed.job import format_summary, run_embed
+    from pipeline.embed.job import run_embed
+    from pipeline.embed.resume import format_summary
     from pipeline.eval.report import evaluate, format_report
     from pipeline.runtime import init_ray
+    from pipeline.synthetic.corpus import write_sample_corpus
+    from pipeline.synthetic.draw import concept
     from pipeline.train.config import load_train_config, parse_stage_list
     from pipeline.train.job import run_train
 

@@ -26,7 +26,8 @@ def run(cfg: EmbedConfig, args: argparse.Namespace) -> int:
     """Embed, print the summary; exit 1 when some shard is still missing (a rerun resumes), or when the pipeline
     stalled for ``no_progress_timeout_s`` (PipelineStalledError: one `error:` line saying what to do, from
     ``registry.execute``)."""
-    from pipeline.embed.job import format_summary, run_embed
+    from pipeline.embed.job import run_embed
+    from pipeline.embed.resume import format_summary
     from pipeline.runtime import init_ray
 
     require_paths(cfg)

@@ -155,10 +155,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean the user's input is wrong (exit 2, no traceback); anything else is a bug (a traceback)."""
     from pipeline.artifact import ArtifactError
     from pipeline.config import ConfigError
-    from pipeline.embed.job import ResumeMismatchError
+    from pipeline.embed.resume import ResumeMismatchError
     from pipeline.embed.waiting import ClusterBusyError
+    from pipeline.store.errors import ManifestError
     from pipeline.store.features import StoreError
-    from pipeline.store.manifest import ManifestError
 
     return ConfigError, ManifestError, ResumeMismatchError, ArtifactError, StoreError, ClusterBusyError
 

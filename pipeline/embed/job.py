@@ -7,44 +7,38 @@ encoder actors (holding every modality's encoder, so start-up is paid once) enco
 rows as part files. The driver only gathers small commit records; when all of a shard's items have
 arrived it has the run's committer actor turn the parts into the shard's files, then writes the shard's
 marker (the commit point). A rerun skips committed shards, so an interrupted job resumes without redoing or duplicating work.
+
+This module runs the job: the plan, each modality's preparation and the one execution, with the checks that the
+cluster has room for it. The stages are ``pipeline.embed.stages``, the driver's committer
+``pipeline.embed.committer``, the run records a rerun must match and the summary ``pipeline.embed.resume``.
 """
 from __future__ import annotations
 
-import array
 import dataclasses
-import json
 import logging
 import os
-import resource
-import threading
 import time
 from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.artifact import EncoderRecord
 from pipeline.config import ConfigError, EncoderConfig
+from pipeline.embed.committer import Committer
 from pipeline.embed.config import EmbedConfig, require_paths
-from pipeline.embed.stages import (CPU_CONCURRENT_BATCHES, EncodeActor, MediaLinks, commit_parts, decode_work,
-                                   media_links, read_work)
+from pipeline.embed.resume import encoder_record, guard_resume, run_fingerprint, write_summary
+from pipeline.embed.stages import CPU_CONCURRENT_BATCHES, EncodeActor, MediaLinks, decode_work, media_links, read_work
 from pipeline.embed.waiting import Need, cluster_can_grow, wait_for_room
 from pipeline.embed.watch import PoolWatch
 from pipeline.encoders.frozen import read_input_spec
 from pipeline.encoders.presets import EncoderRef, resolve_encoder
 from pipeline.media.decode import DecodeSettings
 from pipeline.media.ffmpeg import find_ffmpeg
-from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
-from pipeline.store.features import STAGES, FeatureStore
-from pipeline.store.manifest import ManifestPlan, input_errors, plan_manifest
+from pipeline.store.features import FeatureStore
+from pipeline.store.manifest import ManifestPlan, plan_manifest
 from pipeline.store.sources import storage_options
 
 log = logging.getLogger(__name__)
-MAX_COMMITS_IN_FLIGHT = 8
-
-
-class ResumeMismatchError(RuntimeError):
-    """The output folder holds shards made from a different manifest or encoder setup."""
 
 
 class PipelineStalledError(RuntimeError):
@@ -78,11 +72,11 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
     runs = [r for r in runs if r.todo.any()]
     processed = sum(int(plan.shard_items(r.modality)[r.todo].sum()) for r in runs)
     received = _execute(cfg, plan, runs, store, options) if runs else 0
-    return _write_summary(store, input_uri, output_uri, time.time() - started, processed, received, planned)
+    return write_summary(store, input_uri, output_uri, time.time() - started, processed, received, planned)
 
 
 @dataclasses.dataclass
-class _ModalityRun:
+class ModalityRun:
     modality: Modality
     ref: EncoderRef
     enc: EncoderConfig
@@ -92,7 +86,7 @@ class _ModalityRun:
 
 
 def _prepare(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, store: FeatureStore, options: dict[str, Any],
-             ffmpeg: str) -> _ModalityRun:
+             ffmpeg: str) -> ModalityRun:
     """Resume guard, leftovers removed, the shards still to embed."""
     if cfg.overwrite:
         store.remove_modality(modality)
@@ -100,8 +94,8 @@ def _prepare(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, store: Fe
     store.remove_parts(modality)
     enc, ref = cfg.encoder(modality), resolve_encoder(cfg, modality)
     spec = read_input_spec(ref, enc)
-    _guard_resume(store, modality, run_fingerprint(cfg, modality, plan, ref, spec),
-                  encoder_record(ref, enc, spec).to_json())
+    guard_resume(store, modality, run_fingerprint(cfg, modality, plan, ref, spec),
+                 encoder_record(ref, enc, spec).to_json())
     counts = plan.shard_items(modality)
     todo = counts > 0
     done = [s for s in store.committed_indexes(modality) if s < len(todo)]
@@ -114,10 +108,10 @@ def _prepare(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, store: Fe
                  modality.value, len(links.followers))
     http = cfg.http.model_dump(mode="json") if cfg.http.enabled else None
     settings = DecodeSettings(modality, spec, cfg.limits, options, ffmpeg, http, cfg.decode.ffmpeg_threads)
-    return _ModalityRun(modality, ref, enc, settings, todo, links)
+    return ModalityRun(modality, ref, enc, settings, todo, links)
 
 
-def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], store: FeatureStore,
+def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[ModalityRun], store: FeatureStore,
              options: dict[str, Any]) -> int:
     """One Ray Data execution for every modality still to embed; commits shards as they complete. Returns the
     bytes the driver received from the pipeline and the committer (commit records and markers)."""
@@ -135,7 +129,7 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
     previous = (ctx.execution_no_progress_timeout_s, ctx.raise_original_map_exception,
                 ctx.custom_execution_callback_classes)
     ctx.execution_no_progress_timeout_s = cfg.no_progress_timeout_s
-    ctx.raise_original_map_exception = True  # a read task's ManifestError arrives as itself (iter_records)
+    ctx.raise_original_map_exception = True  # a read task's ManifestError arrives as itself (committer.iter_records)
     callback = watch.callback_class()
     ctx.custom_execution_callback_classes = [*previous[2], *([callback] if callback else [])]
     try:
@@ -164,7 +158,7 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[_ModalityRun], sto
                                                       enable_true_multi_threading=pool["calls"] > 1),
                             num_cpus=pool["num_cpus"],
                             num_gpus=pool["num_gpus"], resources=pool["resources"] or None)
-        committer = _Committer(plan, runs, store, options)
+        committer = Committer(plan, runs, store, options)
         committer.consume(ds)
         return committer.received
     except Exception as e:
@@ -210,13 +204,6 @@ def _ray_map(fn: Any, args: list[tuple], num_cpus: float, window: int = 64):
             yield ray.get(pending.pop(0))
     for ref in pending:
         yield ray.get(ref)
-
-
-def iter_records(ds) -> Iterator[Any]:
-    """The pipeline's output blocks (pyarrow), fetched one at a time; a read task's ManifestError (the input
-    changed or turned out unreadable after planning) is raised as itself, not as Ray's wrapper (exit 2)."""
-    with input_errors():
-        yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)
 
 
 def _shards_of(plan: ManifestPlan, chunk) -> slice:
@@ -273,273 +260,6 @@ def _task_shapes(cfg: EmbedConfig) -> list[dict[str, float]]:
     """The resources of each kind of task the pipeline runs: read, decode, and Ray Data's repartition (1 CPU)."""
     res = cfg.decode.resources
     return [{"CPU": cfg.decode.read_num_cpus, **res}, {"CPU": cfg.decode.num_cpus, **res}, {"CPU": 1.0}]
-
-
-class _CommitActor:
-    """Runs ``commit_parts`` for the driver (a complete shard's parts → its files); holds nothing between calls."""
-
-    def commit(self, *args: Any) -> dict[str, Any]:
-        return commit_parts(*args)
-
-
-class _Committer:
-    """The driver's side: gathers commit records per (modality, shard), commits each shard once complete.
-
-    Holds two bitmaps of ``shard_size`` bits per shard in flight (rows with their id, linked rows with their
-    vector), 24 bytes per piece of those shards (part number, offset, length), and per part file still holding
-    pieces of shards not yet marked its path and count (the part is deleted when it reaches 0); nothing per
-    item. (Scattered repeats are the exception: a shard then waits for pieces from many calls, up to one per row.)
-    """
-
-    def __init__(self, plan: ManifestPlan, runs: list[_ModalityRun], store: FeatureStore, options: dict[str, Any]):
-        import ray
-
-        self.plan, self.store, self.options = plan, store, options
-        self.runs = {r.modality.value: r for r in runs}
-        self.expected = {r.modality.value: plan.shard_items(r.modality) for r in runs}
-        self.linked = {r.modality.value: r.links.per_shard for r in runs}
-        self.total = {name: int(r.todo.sum()) for name, r in self.runs.items()}
-        # per shard in flight: its bitmaps and its pieces, (part number, offset, length) each
-        self.pending: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, array.array]] = {}
-        self.in_flight: dict[Any, tuple[str, int, list[int]]] = {}  # shared with the marker writer, under self.lock
-        # the part files with pieces not yet in a marked shard (or ignored), under self.lock: path → number,
-        # number → [path, pieces left]; numbers are never reused (parts_seen is the next one)
-        self.numbers: dict[str, int] = {}
-        self.live: dict[int, list] = {}
-        self.parts_seen = 0
-        # changed: notified when a commit is handed over, a marker written or the writer fails
-        self.lock, self.failure = threading.Lock(), None
-        self.changed = threading.Condition(self.lock)
-        self.done = {name: 0 for name in self.runs}
-        self.items = self.received = 0  # received: bytes of records and markers that reached the driver
-        self.started = self.last_log = time.time()
-        # one long-lived committer, started beside the pipeline's workers: a task per shard would wait for a
-        # fresh worker process whenever the CPUs are busy (on 2 cores, commits lagged the encoder by a minute)
-        self.actor = ray.remote(_CommitActor).options(num_cpus=0, max_concurrency=MAX_COMMITS_IN_FLIGHT,
-                                                      max_restarts=-1, max_task_retries=3).remote()
-
-    def consume(self, ds) -> None:
-        """Hand each complete shard to the committer while the pipeline runs; a thread writes each marker as
-        soon as its commit returns (not when the next batch arrives: a slow or idle pipeline would hold
-        committed shards unmarked, to be redone after a crash)."""
-        import ray
-
-        stop = threading.Event()
-        watcher = threading.Thread(target=self._watch, args=(stop,), name="commit-markers", daemon=True)
-        watcher.start()
-        try:
-            for batch in iter_records(ds):
-                self._check()
-                with self.lock:
-                    self.received += batch.nbytes
-                for record in batch.to_pylist():  # one per part file written, not per item
-                    self._add(record)
-            self._wait_for_commits(0)
-        finally:  # no commit of this run may write after it stops (a rerun rewrites its shards)
-            with self.changed:
-                stop.set()
-                self.changed.notify_all()
-            watcher.join()
-            ray.kill(self.actor)
-        for name in self.runs:  # parts of a failed actor call (retried) whose records never came
-            self.store.remove_parts(name)
-        if self.pending:
-            missing = sorted(self.pending)[:10]
-            raise RuntimeError(f"the pipeline ended before these (modality, shard)s were complete: {missing}")
-
-    def _add(self, record: dict[str, Any]) -> None:
-        key = (record["modality"], record["shard"])
-        run = self.runs[key[0]]
-        with self.lock:
-            number = self.numbers.get(record["part"])
-            if number is None:
-                number = self.numbers[record["part"]] = self.parts_seen
-                self.parts_seen += 1
-                self.live[number] = [record["part"], record["pieces"]]
-        if not run.todo[key[1]]:  # a retried actor call resent rows of a shard already handed to the committer
-            self._release([number])
-            return
-        if key not in self.pending:
-            size = -(-self.plan.shard_size // 8)
-            self.pending[key] = (np.zeros(size, np.uint8), np.zeros(size, np.uint8), array.array("q"))
-        bits, vbits, pieces = self.pending[key]
-        np.bitwise_or(bits, np.frombuffer(record["bits"], np.uint8), out=bits)
-        np.bitwise_or(vbits, np.frombuffer(record["vbits"], np.uint8), out=vbits)
-        pieces.extend((number, record["offset"], record["length"]))
-        if (int(np.unpackbits(bits).sum()) == self.expected[key[0]][key[1]]
-                and int(np.unpackbits(vbits).sum()) == self.linked[key[0]][key[1]]):  # its items, and linked vectors
-            self._wait_for_commits(MAX_COMMITS_IN_FLIGHT - 1)
-            run.todo[key[1]] = False
-            numbers = pieces[0::3].tolist()
-            with self.lock:
-                named = [(self.live[n][0], o, length) for n, o, length in zip(numbers, pieces[1::3], pieces[2::3])]
-            ref = self.actor.commit.remote(self.store.root, self.options, key[0], key[1], named, run.ref.name,
-                                           run.enc.tokens)
-            with self.changed:
-                self.in_flight[ref] = (*key, numbers)
-                self.changed.notify_all()
-            del self.pending[key]
-
-    def _release(self, numbers: list[int]) -> None:
-        """One piece of each of the parts ``numbers`` is done with (its shard marked, or its record ignored); delete
-        the parts left with none. A part that cannot be deleted now is only disk: the run's end and the next run
-        remove it."""
-        with self.lock:
-            freed = []
-            for number in numbers:
-                self.live[number][1] -= 1
-                if not self.live[number][1]:
-                    freed.append(self.live.pop(number)[0])
-                    del self.numbers[freed[-1]]
-        try:
-            self.store.remove_files(freed)
-        except Exception as e:
-            log.warning("could not delete %d part files now (removed at the end of the run): %s", len(freed), e)
-
-    def _wait_for_commits(self, at_most: int) -> None:
-        """Until at most ``at_most`` commits are in flight (the watcher writes their markers); its error, if any."""
-        with self.changed:
-            self.changed.wait_for(lambda: self.failure is not None or len(self.in_flight) <= at_most)
-        self._check()
-
-    def _check(self) -> None:
-        if self.failure is not None:
-            raise self.failure
-
-    def _watch(self, stop: threading.Event) -> None:
-        """The marker writer: waits on the commits in flight, writes each one's marker as it returns."""
-        import ray
-
-        while not stop.is_set():
-            with self.changed:  # idle until a commit is handed over (or consume stops it)
-                self.changed.wait_for(lambda: self.in_flight or stop.is_set())
-                refs = list(self.in_flight)
-            if not refs:
-                continue
-            try:
-                ready, _ = ray.wait(refs, num_returns=1, timeout=0.2)
-                for ref in ready:
-                    marker = ray.get(ref)
-                    with self.lock:
-                        name, shard, parts = self.in_flight[ref]
-                    self.store.write_marker(name, shard, marker)
-                    self._release(parts)
-                    with self.changed:  # out of flight once its marker is written: the run's end waits for it
-                        del self.in_flight[ref]
-                        self.changed.notify_all()
-                        self.received += len(json.dumps(marker))
-                        self.done[name] += 1
-                        self.items += int(self.expected[name][shard])
-            except BaseException as e:  # a failed commit or marker write: consume raises it
-                with self.changed:
-                    self.failure = e
-                    self.changed.notify_all()
-                return
-            now = time.time()
-            if ready and (now - self.last_log > 5 or not (self.in_flight or self.pending)):
-                self.last_log = now
-                progress = ", ".join(f"{n} {self.done[n]}/{self.total[n]}" for n in self.runs)
-                log.info("committed shards this run: %s; %d items, %.1f items/s", progress, self.items,
-                         self.items / max(now - self.started, 1e-9))
-
-
-def encoder_record(ref: EncoderRef, enc: EncoderConfig, spec: InputSpec) -> EncoderRecord:
-    """What a model artifact needs to rebuild this modality's frozen encoder and its inputs."""
-    return EncoderRecord(ref.modality.value, ref.name, ref.source, ref.revision, ref.build,
-                         enc.model_dump(mode="json"), _as_json(dataclasses.asdict(spec)))
-
-
-RUN_FORMAT = 3  # version of run.json: a store made by another version is not resumed blindly (3: shards of rows)
-
-
-def run_fingerprint(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, ref: EncoderRef,
-                    spec: InputSpec) -> dict[str, Any]:
-    """Everything a modality's rows depend on; a rerun resumes only when all of it is unchanged.
-
-    Runtime settings that do not change the rows (actors, batch sizes, CPUs/GPUs, threads) are left out.
-    """
-    enc = cfg.encoder(modality)
-    return _as_json({"format": RUN_FORMAT, "manifest": plan.uri, "manifest_sha256": plan.digest,
-            "items": plan.items(modality),
-            "shard_size": cfg.shard_size, "encoder": ref.name, "tokens": enc.tokens, "dtype": enc.dtype,
-            "precision": enc.precision, "num_frames": enc.num_frames, "max_text_tokens": enc.max_text_tokens,
-            "input": dataclasses.asdict(spec), "limits": cfg.limits.model_dump(mode="json")})
-
-
-def _as_json(obj: dict[str, Any]) -> dict[str, Any]:
-    """``obj`` as it reads back from JSON (tuples become lists), so a stored record compares equal."""
-    return json.loads(json.dumps(obj))
-
-
-def _guard_resume(store: FeatureStore, modality: Modality, fingerprint: dict[str, Any], encoder: dict[str, Any]) -> None:
-    """Refuse to mix rows made differently; record a new run (its encoder once, with the fingerprint)."""
-    existing = store.run_record(modality)
-    if existing is not None and existing != fingerprint:
-        detail = "; ".join(f"{k}: was {was!r}, now {now!r}" for k, was, now in _differences(existing, fingerprint))
-        raise ResumeMismatchError(
-            f"{store.root} already holds {modality.value} features made differently ({detail}). "
-            "Pass --overwrite to start over, or choose another --output.")
-    if existing is None:
-        store.start_run(modality, fingerprint, encoder)
-
-
-def _differences(was: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, old, new) for every leaf that differs, e.g. ("limits.max_audio_seconds", 60.0, 30.0)."""
-    out = []
-    for key in sorted(set(was) | set(now)):
-        a, b = was.get(key), now.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append((prefix + key, a, b))
-    return out
-
-
-def _write_summary(store: FeatureStore, input_uri: str, output_uri: str, elapsed: float, processed: int,
-                   received: int, planned: float) -> dict[str, Any]:
-    per_modality = {}
-    for modality in Modality.all():
-        run = store.run_record(modality)
-        if run is None:
-            continue
-        markers = store.committed_shards(modality)
-        errors = {s: sum(m["errors"].get(s, 0) for m in markers.values()) for s in STAGES}
-        features = sum(m["features"] for m in markers.values())
-        dims = {m.get("dim") for m in markers.values()}
-        unique = [m.get("unique") for m in markers.values()]
-        per_modality[modality.value] = {
-            "items": run["items"], "unique": sum(unique) if None not in unique else None,
-            "features": features, "errors": errors, "encoder": run["encoder"],
-            "tokens": run["tokens"], "dim": dims.pop() if len(dims) == 1 else None, "dtype": run["dtype"],
-            "shards_committed": len(markers), "complete": features + sum(errors.values()) == run["items"]}
-    summary = {"input": input_uri, "output": output_uri, "modalities": per_modality,
-               "elapsed_s": round(elapsed, 3), "plan_s": round(planned, 3), "items_this_run": processed,
-               "driver_received_bytes": received,
-               "driver_cpu_s": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 3),
-               "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               "items_per_s": round(processed / elapsed, 3) if elapsed > 0 else None}
-    store.write_json("summary.json", summary)
-    return summary
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The one-screen summary printed at the end of a run."""
-    lines = [f"embedded {summary['input']} -> {summary['output']}", "",
-             f"{'modality':<9}{'items':>8}{'unique':>8}{'features':>10}{'read':>7}{'decode':>8}{'encode':>8}   "
-             "K x D      dtype    encoder"]
-    for name, m in summary["modalities"].items():
-        e = m["errors"]
-        unique = "?" if m["unique"] is None else m["unique"]
-        lines.append(f"{name:<9}{m['items']:>8}{unique:>8}{m['features']:>10}{e['read']:>7}{e['decode']:>8}{e['encode']:>8}   "
-                     f"{m['tokens']} x {m['dim']!s:<6} {m['dtype']:<8} {m['encoder']}"
-                     + ("" if m["complete"] else "   (incomplete: rerun to resume)"))
-    lines += ["", f"this run: {summary['items_this_run']} items in {summary['elapsed_s']:.1f} s"
-              + (f" ({summary['items_per_s']:.1f} items/s)" if summary["items_this_run"] else " (all shards were already committed)"),
-              "unique = media decoded and encoded once for every row that names them (same URI, same text, or same "
-              "bytes held in the input)",
-              f"errors (read/decode/encode) are rows in {summary['output'].rstrip('/')}/errors/*.parquet; "
-              f"summary: {summary['output'].rstrip('/')}/summary.json"]
-    return "\n".join(lines)
 
 
 def _absolute(uri: str) -> str:

@@ -1,4 +1,4 @@
-"""The embed job's Ray Data stages and its commit task, thin adapters over ``pipeline.item_encoder``.
+"""The embed job's Ray Data stages, thin adapters over ``pipeline.item_encoder``.
 
 read tasks     a manifest chunk (one ranged read) → work rows: one per distinct media (or text) of a
                modality in the chunk, naming every (row, id, uri) that references it, plus the rows of
@@ -8,10 +8,11 @@ encode actors  every requested modality's frozen encoder, loaded once per actor;
                vector out to the rows that reference it, write one *part* file per call and modality (a
                *piece* per shard its rows fall in) and return only small commit records (part path, the
                piece's byte range, which rows of the shard it holds)
-commit task    a complete shard's pieces (one ranged read each) → its feature and error files (the driver
-               then writes the marker, and deletes a part once every shard with a piece in it is marked)
 
-No feature byte passes through the driver: it sees commit records (a path, a range and a bitmap per piece).
+The part files, and the commit that turns a complete shard's pieces into its feature and error files, are the
+store's (``pipeline.store.parts``); the driver's committer (``pipeline.embed.committer``) gathers the records
+and runs the commits. No feature byte passes through the driver: it sees commit records (a path, a range and a
+bitmap per piece).
 """
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ from pipeline.encoders.presets import EncoderRef
 from pipeline.item_encoder import ItemEncoder, ItemError, decode_raw
 from pipeline.media.decode import DecodeSettings
 from pipeline.modality import Modality
-from pipeline.store.features import ERROR_SCHEMA, STAGES, FeatureStore, features_table
-from pipeline.store.manifest import ManifestPlan, embedded_bytes, item_mask, read_chunk
+from pipeline.store.features import FeatureStore
+from pipeline.store.manifest import ManifestPlan, read_chunk
+from pipeline.store.parts import pack_pieces, part_schema, positions
+from pipeline.store.rows import embedded_bytes, item_mask
 from pipeline.store.sources import resolve_uri
 
 log = logging.getLogger(__name__)
@@ -120,15 +123,6 @@ def read_work(batch: dict[str, Any], plan: ManifestPlan, options: dict[str, Any]
     return pa.concat_tables(tables) if tables else WORK_SCHEMA.empty_table()
 
 
-def _find(values: np.ndarray, wanted: np.ndarray) -> np.ndarray | None:
-    """The position in ``values`` (unique) of each of ``wanted``; None if any is not there."""
-    if not len(values):
-        return None
-    order = np.argsort(values, kind="stable")
-    at = order[np.minimum(np.searchsorted(values[order], wanted), len(values) - 1)]
-    return at if (values[at] == wanted).all() else None
-
-
 def _int64s(batch: dict[str, Any], name: str, i: int) -> np.ndarray:
     return np.frombuffer(batch[name][i], np.int64) if name in batch else np.zeros(0, np.int64)
 
@@ -141,7 +135,7 @@ def _send(work: pa.Table, leads: np.ndarray, followers: np.ndarray) -> pa.Table:
     lengths = pc.list_value_length(work.column("rows")).to_numpy(zero_copy_only=False)
     parent = np.repeat(np.arange(work.num_rows), lengths)
     rows = pc.list_flatten(work.column("rows")).to_numpy()
-    at = _find(rows, leads)
+    at = positions(rows, leads)
     if at is None:
         missing = leads[~np.isin(leads, rows)]
         raise RuntimeError(f"read task: lead rows {missing[:5].tolist()} of linked media are not in their chunk's work")
@@ -299,15 +293,6 @@ def unpack(payload: bytes, shape: list[int], dtype: str) -> Any:
 
 
 # --- encoder actors ------------------------------------------------------------------------------------
-def part_schema(k: int, dim: int, dtype: str) -> pa.Schema:
-    """A piece's rows: one per (row, id), with its vector (null for an error row). A *linked* row has its id
-    and no outcome, a row with a null id the outcome of another chunk's linked row: the commit joins them."""
-    value = pa.float16() if dtype == "float16" else pa.float32()
-    return pa.schema([("id", pa.string()), ("uri", pa.string()), ("row", pa.int64()), ("first", pa.bool_()),
-                      ("ok", pa.bool_()), ("stage", pa.string()), ("error", pa.string()),
-                      ("embedding", pa.list_(value, k * dim)), ("linked", pa.bool_())])
-
-
 CPU_CONCURRENT_BATCHES = 2  # an encoder actor's batches at once on CPU when concurrent_batches is null
 
 
@@ -397,85 +382,3 @@ class EncodeActor:
         bits = np.zeros(self.shard_size, bool)
         bits[rows % self.shard_size] = True
         return np.packbits(bits).tobytes()
-
-
-# --- part files ----------------------------------------------------------------------------------------
-def pack_pieces(tables: list[pa.Table]) -> tuple[bytes, list[tuple[int, int]]]:
-    """Tables → one part file's bytes and each table's (offset, length) in it. Each piece is an Arrow IPC stream
-    of its own (schema, batch, end), so a commit reads its shard's piece with one ranged read and nothing else
-    of the file. Uncompressed: vectors barely compress, and LZ4 made reading a 1-row piece 20x slower (0.17 ms)."""
-    sink, ranges = pa.BufferOutputStream(), []
-    for table in tables:
-        start = sink.tell()
-        with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=None)) as writer:
-            writer.write_table(table)  # closing the writer ends its stream, not the sink
-        ranges.append((start, sink.tell() - start))
-    return sink.getvalue().to_pybytes(), ranges
-
-
-def read_pieces(store: FeatureStore, pieces: list[tuple[str, int, int]]) -> list[pa.Table]:
-    """The (part, offset, length) pieces as tables: one ranged read each (concurrent on S3)."""
-    paths = [store._p(part) for part, _, _ in pieces]
-    try:
-        blobs = store.fs.cat_ranges(paths, [o for _, o, _ in pieces], [o + n for _, o, n in pieces], on_error="raise")
-    except FileNotFoundError as e:
-        raise RuntimeError(f"commit: a part file of the shard is gone ({e}): deleted before all its shards committed, "
-                           "or by another run writing to the same output") from e
-    tables = []
-    for (part, offset, length), blob in zip(pieces, blobs):
-        if len(blob) != length:
-            raise RuntimeError(f"commit: part {part} holds {len(blob)} bytes at offset {offset}, expected {length} "
-                               "(a part file changed or was cut short while its shards were in flight)")
-        tables.append(pa.ipc.open_stream(pa.py_buffer(blob)).read_all())
-    return tables
-
-
-# --- the commit task -----------------------------------------------------------------------------------
-def _first_copies(rows: pa.Table) -> pa.Table:
-    """The first copy of each row (sorted by row): a retried actor call may have written a row twice."""
-    numbers = rows.column("row").to_numpy()
-    keep = np.concatenate([[True], numbers[1:] != numbers[:-1]]) if len(numbers) else np.zeros(0, bool)
-    return rows.filter(pa.array(keep))
-
-
-def _joined(rows: pa.Table, outcomes: pa.Table) -> pa.Table:
-    """Each linked row (its id, no outcome) given the outcome its lead's work row sent it (id null)."""
-    linked = rows.column("linked").to_numpy(zero_copy_only=False)
-    if not linked.any():
-        return rows
-    wanted = rows.column("row").to_numpy()[linked]
-    at = _find(outcomes.column("row").to_numpy(), wanted)
-    if at is None:
-        raise RuntimeError(f"commit: linked rows {wanted[:5].tolist()} have no outcome among the shard's parts")
-    sent = outcomes.take(pa.array(at))
-    mine = rows.filter(pa.array(linked))
-    joined = pa.table({"id": mine.column("id"), "uri": mine.column("uri"), "row": mine.column("row"),
-                       "first": pa.array(np.zeros(len(at), bool)), **{c: sent.column(c) for c in
-                                                                       ("ok", "stage", "error", "embedding")},
-                       "linked": mine.column("linked")}, schema=rows.schema)
-    return pa.concat_tables([rows.filter(pa.array(~linked)), joined]).sort_by("row")
-
-
-def commit_parts(output: str, storage: dict[str, Any], modality: str, shard: int, pieces: list[tuple[str, int, int]],
-                 encoder: str, k: int) -> dict[str, Any]:
-    """A complete shard: its pieces ((part, offset, length)) → the shard's feature and error files (each row
-    once); the marker's counts.
-
-    Pieces may repeat rows (a retried actor call); the first copy of each row is kept. The driver writes the
-    marker, the commit point, and deletes the part files once no shard in flight has a piece in them.
-    """
-    store = FeatureStore(output, storage)
-    rows = pa.concat_tables(read_pieces(store, pieces)).sort_by("row")
-    named = pc.is_valid(rows.column("id"))
-    rows = _joined(_first_copies(rows.filter(named)), _first_copies(rows.filter(pc.invert(named))))
-    good = rows.filter(rows.column("ok"))
-    bad = rows.filter(pc.invert(rows.column("ok")))
-    dim = rows.schema.field("embedding").type.list_size // k
-    features = features_table(good.column("id").to_pylist(), modality, good.column("uri").to_pylist(), encoder,
-                              good.column("embedding").combine_chunks(), k, dim)
-    errors = pa.Table.from_arrays([bad.column("id"), pa.array([modality] * bad.num_rows, pa.string()), bad.column("uri"),
-                                   bad.column("stage"), bad.column("error")], schema=ERROR_SCHEMA)
-    store.write_shard_files(modality, shard, features, errors)
-    stages = errors.column("stage").to_pylist()
-    return {"features": features.num_rows, "errors": {s: stages.count(s) for s in STAGES}, "dim": dim,
-            "unique": int(pc.sum(rows.column("first")).as_py() or 0)}

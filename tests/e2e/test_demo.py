@@ -79,11 +79,12 @@ def test_demo_fails_when_a_step_is_incomplete(tmp_path, monkeypatch, capsys):
     """An embed run that leaves a modality's shards missing (a crashed read task, say) ends the demo with exit 1 and
     the way to resume, before training on half the features."""
     import pipeline.embed.job as embed
+    import pipeline.embed.resume as resume
 
     monkeypatch.setattr("pipeline.runtime.init_ray", lambda: None)
     monkeypatch.setattr(embed, "run_embed", lambda cfg: {"modalities": {"image": {"complete": True},
                                                                         "audio": {"complete": False}}})
-    monkeypatch.setattr(embed, "format_summary", lambda summary: "(summary)")
+    monkeypatch.setattr(resume, "format_summary", lambda summary: "(summary)")
     monkeypatch.setattr("pipeline.train.job.run_train", lambda cfg: pytest.fail("trained on incomplete features"))
     assert main(["demo", "--workdir", str(tmp_path / "demo"), "--samples", "24", "--epochs", "1"]) == 1
     err = capsys.readouterr().err

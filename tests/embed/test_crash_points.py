@@ -138,7 +138,7 @@ def test_shard_numbers_past_99999_and_temp_files_of_other_modalities(tmp_path):
 
 def test_resume_refuses_settings_that_change_the_rows_and_keeps_the_first_encoder_record(ray_session, sample_corpus,
                                                                                          tmp_path):
-    from pipeline.embed.job import ResumeMismatchError
+    from pipeline.embed.resume import ResumeMismatchError
 
     out = str(tmp_path / "out")
     base = dict(input=sample_corpus, output=out, modalities=["text"], shard_size=4)
@@ -158,7 +158,7 @@ def test_resume_refuses_settings_that_change_the_rows_and_keeps_the_first_encode
 
 def write_part(store, name, tables):
     """A part file of ``tables`` (one piece each) as an encoder actor writes it; each piece's (part, offset, length)."""
-    from pipeline.embed.stages import pack_pieces
+    from pipeline.store.parts import pack_pieces
 
     part = f"{store.parts_dir('image')}/{name}.arrows"
     data, ranges = pack_pieces(tables)
@@ -172,7 +172,7 @@ def test_a_shard_whose_pieces_repeat_rows_commits_each_row_once(tmp_path):
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.embed.stages import commit_parts, part_schema
+    from pipeline.store.parts import commit_parts, part_schema
 
     store = FeatureStore(str(tmp_path), {})
     schema = part_schema(1, 4, "float32")
@@ -214,7 +214,7 @@ def test_a_shard_with_linked_rows_joins_each_to_the_outcome_its_lead_sent(tmp_pa
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.embed.stages import commit_parts, part_schema
+    from pipeline.store.parts import commit_parts, part_schema
 
     store = FeatureStore(str(tmp_path), {})
     schema = part_schema(1, 2, "float32")
@@ -252,7 +252,8 @@ def test_a_record_for_a_shard_already_handed_to_the_committer_is_ignored(ray_ses
     must not reopen the shard (it would wait forever for rows that never come and end the run incomplete)."""
     import numpy as np
 
-    from pipeline.embed.job import _Committer, _ModalityRun
+    from pipeline.embed.committer import Committer
+    from pipeline.embed.job import ModalityRun
     from pipeline.embed.stages import media_links
     from pipeline.modality import Modality
     from pipeline.store.manifest import plan_manifest
@@ -262,8 +263,8 @@ def test_a_record_for_a_shard_already_handed_to_the_committer_is_ignored(ray_ses
     plan = plan_manifest(str(manifest), {}, shard_size=4)  # shard 0: rows 0-3, shard 1: rows 4-5
     text = Modality("text")
     todo = np.array([False, True])  # shard 0 handed over already
-    run = _ModalityRun(text, None, None, None, todo, media_links(plan, text, todo))
-    committer = _Committer(plan, [run], FeatureStore(str(tmp_path / "out"), {}), {})
+    run = ModalityRun(text, None, None, None, todo, media_links(plan, text, todo))
+    committer = Committer(plan, [run], FeatureStore(str(tmp_path / "out"), {}), {})
     try:
         bits = np.packbits(np.array([1, 1, 1, 1], bool)).tobytes()
         late = {"modality": "text", "shard": 0, "bits": bits, "vbits": bytes(1), "part": "_parts/text/late.arrows",
@@ -291,11 +292,13 @@ def test_a_shard_is_marked_as_soon_as_its_commit_returns_not_when_the_next_batch
     import pyarrow as pa
 
     from pipeline.config import EncoderConfig
-    from pipeline.embed.job import _Committer, _ModalityRun
-    from pipeline.embed.stages import RECORD_SCHEMA, media_links, pack_pieces, part_schema
+    from pipeline.embed.committer import Committer
+    from pipeline.embed.job import ModalityRun
+    from pipeline.embed.stages import RECORD_SCHEMA, media_links
     from pipeline.encoders.presets import resolve_encoder
     from pipeline.modality import Modality
     from pipeline.store.manifest import plan_manifest
+    from pipeline.store.parts import pack_pieces, part_schema
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"id": f"t{i}", "text": f"caption {i}"}) + "\n" for i in range(4)))
@@ -309,9 +312,9 @@ def test_a_shard_is_marked_as_soon_as_its_commit_returns_not_when_the_next_batch
          "embedding": [[float(i)] * 2 for i in range(4)], "linked": [False] * 4}, schema=part_schema(1, 2, "float32"))])
     store.write_bytes_atomic(part, data)
     todo = np.array([True])
-    run = _ModalityRun(text, resolve_encoder(EmbedConfig(preset="tiny"), text), EncoderConfig(), None, todo,
+    run = ModalityRun(text, resolve_encoder(EmbedConfig(preset="tiny"), text), EncoderConfig(), None, todo,
                        media_links(plan, text, todo))
-    committer = _Committer(plan, [run], store, {})
+    committer = Committer(plan, [run], store, {})
     marker = os.path.join(store.root, "_progress", "text", "shard-00000.json")
     seen = {}
 

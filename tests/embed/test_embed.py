@@ -10,12 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.corpus import DEPTH_FORMATS, concept, depth_map, draw_shape, write_depth
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.job import run_embed
 from pipeline.media.ffmpeg import find_ffmpeg
+from pipeline.modality import Modality
 from pipeline.store.features import embeddings, read_errors, read_features
+from pipeline.synthetic.draw import concept, depth_map, draw_shape, write_depth
 from tests.media_factory import jpeg_with_orientation, write_bad_media
+
+DEPTH_FORMATS = Modality("depth").spec.synthetic.formats
 
 LIMITS = {"max_file_bytes": 200_000, "max_image_pixels": 1_000_000, "max_audio_seconds": 3,
           "max_video_seconds": 10, "max_text_chars": 1000, "decode_timeout_s": 60}
@@ -283,12 +286,13 @@ def test_an_encoder_call_writes_one_part_however_many_shards_its_rows_fall_in(tm
     """COCO-shaped rows in one call: 4 captions, each named by rows scattered over 12 shards of 2. The actor writes
     one part file (not one per shard: at corpus scale that was ~260 files of 1-2 rows per call), a record per
     shard with its own byte range; each shard's commit reads only its piece and gets its 2 rows."""
-    from pipeline.embed.stages import EncodeActor, commit_parts, decode_work, work_rows
+    from pipeline.embed.stages import EncodeActor, decode_work, work_rows
     from pipeline.encoders.frozen import read_input_spec
     from pipeline.encoders.presets import resolve_encoder
     from pipeline.media.decode import DecodeSettings
     from pipeline.modality import Modality
     from pipeline.store.features import FeatureStore
+    from pipeline.store.parts import commit_parts
 
     text, cfg = Modality("text"), EmbedConfig(preset="tiny")
     enc, ref = cfg.encoder(text), resolve_encoder(cfg, text)

@@ -14,12 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from jobs.corpus import AUDIO_FORMATS
 from pipeline.embed.config import EmbedConfig
-from pipeline.embed.job import ResumeMismatchError, run_embed
+from pipeline.embed.job import run_embed
+from pipeline.embed.resume import ResumeMismatchError
 from pipeline.media.ffmpeg import find_ffmpeg
+from pipeline.modality import Modality
 from pipeline.store.features import FeatureStore, read_errors, read_features
 from tests.processes import encoder_actor_pids
+
+AUDIO_FORMATS = Modality("audio").spec.synthetic.formats
 
 ITEMS = 20
 

@@ -17,14 +17,17 @@ import pytest
 from PIL import Image
 
 from pipeline.config import LimitsConfig
-from jobs.corpus import (AUDIO_FORMATS, DEPTH_FORMATS, VIDEO_FORMATS, clip, depth_map, draw_shape, encode_audio,
-                             encode_video, tone, write_depth)
 from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.media.errors import DecodeError
 from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
 from pipeline.store.errors import ReadError
+from pipeline.synthetic.draw import clip, depth_map, draw_shape, encode_audio, encode_video, tone, write_depth
+
+AUDIO_FORMATS = Modality("audio").spec.synthetic.formats
+DEPTH_FORMATS = Modality("depth").spec.synthetic.formats
+VIDEO_FORMATS = Modality("video").spec.synthetic.formats
 
 CASES = 300           # mutated inputs per modality in the slow tier's full pass
 FAST_CASES = 40       # the fast tier's pass: the same seeded cases, the first of them

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.store.manifest import ManifestError, plan_manifest, read_chunk
+from pipeline.store.errors import ManifestError
+from pipeline.store.manifest import plan_manifest, read_chunk
 from pipeline.store.tar_headers import interpreter_note, tarfile_is_affected
 from tests.settings import ROOT
 from tests.tar_factory import archive, gnu_sparse, header, member, negative_size, pax
@@ -111,7 +112,7 @@ def test_member_sizes_past_the_end_gzip_and_garbage_are_named(tmp_path):
         plan_manifest(packed, {}, shard_size=4)
 
 
-def test_a_member_name_that_is_not_utf8_names_its_shard(tmp_path, capsys):
+def test_a_member_name_that_is_not_utf8_names_its_shard(ray_session, tmp_path, capsys):  # the job joins the session's Ray
     from jobs.cli import main
 
     path = _write(tmp_path / "latin.tar", archive(member(b"caf\xe9.txt", b"x")))
@@ -200,7 +201,8 @@ def test_a_sidecar_listing_more_samples_than_its_tar_can_hold_is_refused_before_
     _sidecar(tmp_path / "00001.parquet", ["000010"] * 3_000_000, caption=pa.array(["c"] * 3_000_000).dictionary_encode())
     assert os.path.getsize(tmp_path / "00001.parquet") < 100_000
     result = bounded(f"""
-from pipeline.store.manifest import ManifestError, plan_manifest
+from pipeline.store.errors import ManifestError
+from pipeline.store.manifest import plan_manifest
 try:
     plan_manifest({str(tmp_path)!r}, {{}}, shard_size=4)
 except ManifestError as e:

@@ -123,7 +123,8 @@ def mutate_parquet(base: bytes, rng: random.Random) -> bytes:
 
 def run_cases(folder: str, fmt: str, cases: int, seed: int) -> dict:
     """Each case planned and read; returns how they ended, the slowest case, and any unexpected exception."""
-    from pipeline.store.manifest import ManifestError, plan_manifest, read_chunk
+    from pipeline.store.errors import ManifestError
+    from pipeline.store.manifest import plan_manifest, read_chunk
 
     rng = random.Random(seed)
     base = base_tar() if fmt == "tar" else base_parquet()

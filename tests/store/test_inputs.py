@@ -19,10 +19,10 @@ from pipeline.config import HttpConfig
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.job import run_embed
 from pipeline.modality import Modality
-from pipeline.store.errors import ReadError
+from pipeline.store.errors import ManifestError, ReadError
 from pipeline.store.features import embeddings, read_errors, read_features
 from pipeline.store.http import fetch
-from pipeline.store.manifest import ManifestError, plan_manifest
+from pipeline.store.manifest import plan_manifest
 from tests.media_factory import tar_add, write_img2dataset, write_webdataset
 
 MODALITIES = ("image", "text", "audio", "video")
@@ -170,7 +170,8 @@ def _duplicated_images(sample_corpus, folder, n: int = 9, distinct: int = 3) -> 
 def test_media_held_in_the_input_is_grouped_by_content_each_row_keeping_its_name(sample_corpus, tmp_path):
     from pipeline.embed.stages import work_rows
     from pipeline.modality import Modality
-    from pipeline.store.manifest import item_mask, read_chunk
+    from pipeline.store.manifest import read_chunk
+    from pipeline.store.rows import item_mask
 
     path, rows = _duplicated_images(sample_corpus, str(tmp_path))
     plan = plan_manifest(path, {}, shard_size=4)

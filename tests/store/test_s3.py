@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from pipeline.config import StorageConfig
+from pipeline.store.errors import ManifestError
 from pipeline.store.features import embeddings, read_errors, read_features
-from pipeline.store.manifest import ManifestError, plan_manifest
+from pipeline.store.manifest import plan_manifest
 from pipeline.store.sources import storage_options
 
 
@@ -99,8 +100,8 @@ def test_a_shard_commits_from_ranged_reads_of_part_files_on_s3_and_parts_are_del
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.embed.stages import commit_parts, pack_pieces, part_schema
     from pipeline.store.features import FeatureStore
+    from pipeline.store.parts import commit_parts, pack_pieces, part_schema
 
     opts = storage_options(StorageConfig(endpoint_url=s3_endpoint))
     store = FeatureStore("s3://features/pieces", opts)

@@ -10,7 +10,9 @@ import pytest
 from pipeline.config import StorageConfig
 from pipeline.embed.stages import work_rows
 from pipeline.modality import Modality
-from pipeline.store.manifest import ManifestError, item_mask, plan_manifest, read_chunk
+from pipeline.store.errors import ManifestError
+from pipeline.store.manifest import plan_manifest, read_chunk
+from pipeline.store.rows import item_mask
 from pipeline.store.sources import resolve_uri, storage_options
 
 
