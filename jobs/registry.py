@@ -34,44 +34,37 @@ class Job:
     load: str | None = None                     # "module:function"(config class, args) -> config; default YAML + flags
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)  # parser defaults (e.g. tune forces the search)
     submit: bool = True                         # may run on a cluster through `oneencoder submit`
+    extras: tuple[str, ...] = ()                # the package extras it needs beyond the core install (see EXTRAS)
     config_help: str = "YAML config; flags override its fields (see `oneencoder config-reference`)"
 
     def config_class(self) -> type[BaseModel]:
         return _resolve(self.config)
 
 
+# What each extra of pyproject.toml adds that its jobs import: a missing one means the extra is not installed.
+EXTRAS: dict[str, tuple[str, ...]] = {"train": ("tensorboardX",), "serve": ("fastapi", "uvicorn", "starlette"),
+                                      "eval": ("matplotlib",)}
+
 JOBS: dict[str, Job] = {job.name: job for job in (
     Job("embed", ("jobs.embed",), "embed a manifest into a Parquet feature store (Ray Data)",
         "pipeline.embed.config:EmbedConfig", "jobs.embed:run", "python -m jobs.embed --config FILE"),
     Job("train", ("jobs.train",), "train the projection progressively on a feature store (Ray Train)",
         "pipeline.train.config:TrainConfig", "jobs.train:run", "python -m jobs.train --config FILE",
-        names={"from_model": "--from"}, extra="jobs.train:add_flags", load="jobs.train:load"),
+        names={"from_model": "--from"}, extra="jobs.train:add_flags", load="jobs.train:load", extras=("train",)),
     Job("tune", ("jobs.train", "--tune"), "search each stage's training settings (Ray Tune, ASHA) on the cached "
         "features, then train with the best (like train)", "pipeline.train.config:TrainConfig", "jobs.train:run",
         "python -m jobs.train --tune --config FILE (a `tune:` block)", names={"from_model": "--from"},
-        extra="jobs.train:add_flags", load="jobs.train:load", defaults={"tune": True}),
+        extra="jobs.train:add_flags", load="jobs.train:load", defaults={"tune": True}, extras=("train",)),
     Job("evaluate", ("jobs.evaluate",), "retrieval, zero-shot and modality-gap report of a model artifact",
         "pipeline.eval.report:EvaluateConfig", "jobs.evaluate:run", "python -m jobs.evaluate --config FILE",
-        extra="jobs.evaluate:add_flags", load="jobs.evaluate:load"),
+        extra="jobs.evaluate:add_flags", load="jobs.evaluate:load", extras=("eval",)),
     Job("serve", ("jobs.serve",), "serve a model artifact over HTTP on Ray Serve (OpenAI-compatible)",
         "serving.config:ServeArgs", "jobs.serve:run", "applications[].args of a Serve config (serving/serve_config.yaml)",
-        flags=("model", "features"), extra="jobs.serve:add_flags", load="jobs.serve:load",
+        flags=("model", "features"), extra="jobs.serve:add_flags", load="jobs.serve:load", extras=("serve",),
         config_help="Ray Serve config YAML (default: serving/serve_config.yaml); its applications[0].args hold these "
                     "fields, the flags override them"),
-    Job("benchmark-embed", ("jobs.benchmark_embed",), "the embed pipeline's throughput against its ceiling",
-        "jobs.benchmarks:BenchmarkEmbedConfig", "jobs.benchmark_embed:run", "python -m jobs.benchmark_embed --config FILE"),
-    Job("benchmark-scale", ("jobs.benchmark_scale",), "the embed job's per-item cost and driver memory as the "
-        "manifest grows", "jobs.benchmark_scale:BenchmarkScaleConfig", "jobs.benchmark_scale:run",
-        "python -m jobs.benchmark_scale --config FILE"),
-    Job("benchmark-decode", ("jobs.benchmark_decode",), "media decoding from S3 (requests, items/s, CPU per "
-        "item) before and after issue 14's read path", "jobs.benchmark_decode:BenchmarkDecodeConfig", "jobs.benchmark_decode:run",
-        "python -m jobs.benchmark_decode --config FILE"),
-    Job("benchmark-train", ("jobs.benchmark_train",), "training on cached features against end-to-end training",
-        "jobs.benchmarks:BenchmarkTrainConfig", "jobs.benchmark_train:run", "python -m jobs.benchmark_train --config FILE"),
-    Job("benchmark-serve", ("jobs.benchmark_serve",), "the Serve application's req/s and latency, batching on and off",
-        "jobs.benchmarks:BenchmarkServeConfig", "jobs.benchmark_serve:run", "python -m jobs.benchmark_serve --config FILE"),
     Job("demo", ("jobs.demo",), "generate a corpus, embed, train 3 stages, evaluate (offline, local Ray, a few minutes)",
-        "jobs.demo:DemoConfig", "jobs.demo:run", "oneencoder demo (flags)", submit=False),
+        "jobs.demo:DemoConfig", "jobs.demo:run", "oneencoder demo (flags)", submit=False, extras=("train", "eval")),
     Job("sample-corpus", ("jobs.corpus",), "write a small generated paired corpus and its manifest",
         "jobs.corpus:SampleCorpusConfig", "jobs.corpus:run", "oneencoder sample-corpus (flags)", positional=("dest",),
         submit=False),
@@ -141,6 +134,12 @@ def execute(job: Job, args: argparse.Namespace) -> int:
     from pipeline.runtime import setup_logging
 
     setup_logging(getattr(args, "verbose", False))
+    missing = missing_extras(job)
+    if missing:
+        print(f"error: `oneencoder {job.name}` needs the {' and '.join(missing)} extra{'s' * (len(missing) > 1)} "
+              f"(no module {', '.join(dict.fromkeys(m for e in missing for m in EXTRAS[e] if not _importable(m)))}): "
+              f"pip install 'oneencoder-ray[{','.join(missing)}]' (or [all])", file=sys.stderr)
+        return 2
     try:
         return int(_resolve(job.run)(load_config(job, args), args))
     except user_errors() as e:
@@ -149,6 +148,17 @@ def execute(job: Job, args: argparse.Namespace) -> int:
     except incomplete_runs() as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def missing_extras(job: Job) -> list[str]:
+    """The extras ``job`` needs that are not installed."""
+    return [extra for extra in job.extras if not all(_importable(m) for m in EXTRAS[extra])]
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -1,4 +1,5 @@
-"""The library stays apart from the programs: nothing in pipeline/ or serving/ imports from jobs/."""
+"""The library stays apart from the programs and the benchmarks: nothing in pipeline/ or serving/ imports from jobs/
+or benchmarks/, and no program imports a benchmark."""
 from __future__ import annotations
 
 import ast
@@ -20,12 +21,13 @@ def _imports(path: str) -> set[str]:
 
 def test_no_library_module_imports_a_program():
     offenders = []
-    for package in ("pipeline", "serving"):
+    for package, apart in (("pipeline", ("jobs", "benchmarks")), ("serving", ("jobs", "benchmarks")),
+                           ("jobs", ("benchmarks",))):
         for folder, _, files in os.walk(os.path.join(ROOT, package)):
             for name in files:
                 if name.endswith(".py"):
                     path = os.path.join(folder, name)
-                    programs = sorted(m for m in _imports(path) if m == "jobs" or m.startswith("jobs."))
+                    programs = sorted(m for m in _imports(path) if m.split(".")[0] in apart)
                     if programs:
                         offenders.append(f"{os.path.relpath(path, ROOT)}: {', '.join(programs)}")
     assert not offenders, offenders
@@ -34,13 +36,13 @@ def test_no_library_module_imports_a_program():
 
 def test_the_tests_mirror_the_library():
     """A module's tests are found by its path: tests/<part>/ for each part of the library (pipeline/<part>/,
-    serving/, the programs in jobs/, and e2e for runs across them), and each test module's name is unique, since
-    pytest imports the folders' modules by their base names (no __init__.py)."""
+    serving/, the programs in jobs/, the benchmarks, and e2e for runs across them), and each test module's name is
+    unique, since pytest imports the folders' modules by their base names (no __init__.py)."""
     tests = os.path.join(ROOT, "tests")
     library = {name for name in os.listdir(os.path.join(ROOT, "pipeline"))
                if os.path.isfile(os.path.join(ROOT, "pipeline", name, "__init__.py"))}
     folders = {name for name in os.listdir(tests) if os.path.isdir(os.path.join(tests, name)) and name != "__pycache__"}
-    assert folders - library <= {"serving", "jobs", "e2e"}, sorted(folders - library)
+    assert folders - library <= {"serving", "jobs", "benchmarks", "e2e"}, sorted(folders - library)
     assert not library - folders, sorted(library - folders)  # each library part has its folder
     names = [name for _, _, files in os.walk(tests) for name in files if name.startswith("test_") and name.endswith(".py")]
     assert len(names) == len(set(names)), sorted(n for n in set(names) if names.count(n) > 1)
@@ -120,8 +122,9 @@ def test_the_library_has_no_import_cycle():
 
 
 def test_every_imported_package_is_declared():
-    """What the code imports, pyproject.toml declares: the library (pipeline/, serving/) in the dependencies, the
-    programs (jobs/) there or in the dev extra (the benchmarks' test servers), so an install never leans on what
+    """What the code imports, pyproject.toml declares: the library (pipeline/, serving/) and the programs (jobs/) in
+    the dependencies or the user-facing extras (train, serve, eval: which code may use them is checked below), the
+    benchmarks there or in the dev extra (their test servers), so an install never leans on what
     another package happened to bring along."""
     import re
     import sys
@@ -134,19 +137,83 @@ def test_every_imported_package_is_declared():
     def names(requirements: list[str]) -> set[str]:
         return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
 
-    main, dev = names(project["dependencies"]), names(project["optional-dependencies"]["dev"])
+    optional = project["optional-dependencies"]
+    extras = names([r for extra in ("train", "serve", "eval") for r in optional[extra]])
+    main, dev = names(project["dependencies"]) | extras, names(optional["dev"])
     providers = packages_distributions()
     missing = set()
-    for package, allowed in (("pipeline", main), ("serving", main), ("jobs", main | dev)):
+    for package, allowed in (("pipeline", main), ("serving", main), ("jobs", main), ("benchmarks", main | dev)):
         for folder, _, files in os.walk(os.path.join(ROOT, package)):
             for name in (f for f in files if f.endswith(".py")):
                 path = os.path.join(folder, name)
                 for module in _imports(path):
                     top = module.split(".")[0]
-                    if top in sys.stdlib_module_names or top in ("pipeline", "serving", "jobs", "__future__"):
+                    if top in sys.stdlib_module_names or top in ("pipeline", "serving", "jobs", "benchmarks", "__future__"):
                         continue
                     dists = {d.lower().replace("_", "-") for d in providers.get(top, [top])}
                     if not dists & allowed:
                         missing.add(f"{os.path.relpath(path, ROOT)}: {top} ({', '.join(sorted(dists))})")
     assert not missing, sorted(missing)
     assert {"torch", "ray", "pillow", "pyyaml"} <= main  # the check reads the declarations at all
+
+
+# what only an extra brings, and the only places of the code that may import it
+EXTRA_ONLY = {"train": (("ray.train", "ray.tune", "tensorboardX"), ("pipeline/train/",)),
+              "serve": (("ray.serve", "fastapi", "starlette", "uvicorn"), ("serving/",)),
+              "eval": (("matplotlib",), ("pipeline/eval/report.py",))}
+
+
+def test_the_core_install_imports_no_extra():
+    """`pip install oneencoder-ray` (no extra) embeds and loads models: outside the training package, the server and
+    the evaluation report, nothing imports Ray Train / Tune, Ray Serve, FastAPI or matplotlib, even in a function."""
+    offenders = []
+    for package in ("pipeline", "serving", "jobs"):
+        for folder, _, files in os.walk(os.path.join(ROOT, package)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                rel = os.path.relpath(path, ROOT).replace(os.sep, "/")
+                tree = ast.parse(open(path, encoding="utf-8").read(), path)
+                imported = set()
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.Import):
+                        imported |= {a.name for a in node.names}
+                    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                        imported |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                for extra, (modules, places) in EXTRA_ONLY.items():
+                    if rel.startswith(places) or rel.startswith("jobs/"):  # a program names its extra (registry)
+                        continue
+                    bad = sorted(m for m in imported if any(m == x or m.startswith(x + ".") for x in modules))
+                    if bad:
+                        offenders.append(f"{rel}: {', '.join(bad)} (the {extra} extra)")
+    assert not offenders, offenders
+
+
+def test_the_extras_the_jobs_check_are_the_ones_pyproject_declares():
+    """Each extra a job may need is declared in pyproject.toml, and the modules the job checks for come with it
+    (through a dependency's own extra where it is one, e.g. tensorboardX with ray[train])."""
+    import importlib.metadata as metadata
+    import re
+    import tomllib
+
+    from jobs.registry import EXTRAS, JOBS
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
+        optional = tomllib.load(fh)["project"]["optional-dependencies"]
+    assert set(EXTRAS) <= set(optional) and {"all", "dev"} <= set(optional)
+    assert {e for job in JOBS.values() for e in job.extras} == set(EXTRAS)
+    assert JOBS["demo"].extras == ("train", "eval") and JOBS["serve"].extras == ("serve",)
+    providers = metadata.packages_distributions()
+    norm = lambda name: name.lower().replace("_", "-")  # noqa: E731
+
+    for extra, modules in EXTRAS.items():
+        brings = set()
+        for requirement in optional[extra]:
+            name, _, rest = re.match(r"([\w.-]+)(\[([\w,]+)\])?", requirement).groups()
+            brings.add(norm(name))
+            for sub in (rest or "").split(","):
+                for dep in metadata.requires(name) or []:
+                    if sub and re.search(rf"extra == \"{sub}\"", dep):
+                        brings.add(norm(re.match(r"[\w.-]+", dep).group(0)))
+        for module in modules:
+            dists = {norm(d) for d in providers.get(module, [module])}
+            assert dists & brings, f"{module} ({dists}) does not come with the {extra} extra: {sorted(brings)}"

@@ -35,9 +35,9 @@ def test_config_reference(capsys):
     printed = capsys.readouterr().out
     for line in ("[embed] python -m jobs.embed --config FILE", "encoders.<modality>.batch_size (default 16)",
                  "[train] python -m jobs.train --config FILE", "stages[].epochs (default None)", "stages[].new (required)",
-                 "[serve] applications[].args", "[benchmark-serve] python -m jobs.benchmark_serve --config FILE",
-                 "levels (default [1, 8, 32])"):
+                 "[serve] applications[].args"):
         assert line in printed
+    assert "[benchmark" not in printed  # the benchmarks are not jobs: `python -m benchmarks.<name> --help`
     assert cli.main(["config-reference", "evaluate"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("[evaluate]") and "model (default None)" in printed and "[embed]" not in printed
@@ -81,3 +81,20 @@ def test_a_flag_from_a_config_field_is_validated_like_the_config(capsys):
     assert "n = 0: Input should be greater than or equal to 1" in capsys.readouterr().err
     assert cli.main(["demo", "--samples", "10"]) == 2
     assert "samples = 10" in capsys.readouterr().err
+
+
+def test_a_job_whose_extra_is_missing_says_what_to_install(tmp_path, monkeypatch, capsys):
+    """The core install embeds; `oneencoder evaluate` without the eval extra (matplotlib) stops before any work with
+    the pip command that adds it."""
+    from jobs import registry
+
+    monkeypatch.setitem(registry.EXTRAS, "eval", ("matplotlib", "oneencoder_no_such_module"))
+    assert cli.main(["evaluate", "--model", str(tmp_path / "m"), "--features", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("error: `oneencoder evaluate` needs the eval extra (no module oneencoder_no_such_module): "
+                           "pip install 'oneencoder-ray[eval]' (or [all])")
+    monkeypatch.setitem(registry.EXTRAS, "train", ("oneencoder_no_such_module",))
+    assert cli.main(["demo", "--workdir", str(tmp_path / "d")]) == 2
+    assert "needs the train and eval extras (no module oneencoder_no_such_module): pip install 'oneencoder-ray[train,eval]'" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

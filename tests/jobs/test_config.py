@@ -88,17 +88,17 @@ def test_every_yaml_in_the_repo_validates():
     import yaml
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    from jobs import benchmarks
+    from benchmarks.embed import BenchmarkEmbedConfig
+    from benchmarks.serve import BenchmarkServeConfig
+    from benchmarks.train import BenchmarkTrainConfig
     from pipeline.config import load_config
     from pipeline.eval.report import EvaluateConfig
     from pipeline.train.config import load_train_config
     from serving.config import ServeArgs, load_serve_config
 
     loaders = {"embed": load_embed_config, "train": load_train_config,
-               "evaluate": lambda f: load_config(EvaluateConfig, f),
-               "benchmark_embed": lambda f: load_config(benchmarks.BenchmarkEmbedConfig, f),
-               "benchmark_train": lambda f: load_config(benchmarks.BenchmarkTrainConfig, f),
-               "benchmark_serve": lambda f: load_config(benchmarks.BenchmarkServeConfig, f)}
+               "evaluate": lambda f: load_config(EvaluateConfig, f)}
+    benchmark_loaders = {"embed": BenchmarkEmbedConfig, "train": BenchmarkTrainConfig, "serve": BenchmarkServeConfig}
     checked = set()
     for rel in project_yaml_files():
         path = os.path.join(ROOT, rel)
@@ -111,6 +111,11 @@ def test_every_yaml_in_the_repo_validates():
             assert kind, f"{rel}: job config names start with one of {sorted(loaders)} and _"
             assert f"--config {rel}" in header, f"{rel}: its opening comment must show the command that runs it"
             loaders[kind](path)
+        elif rel.startswith("benchmarks/configs/"):
+            kind = os.path.basename(path).split("_")[0]
+            assert kind in benchmark_loaders, f"{rel}: benchmark config names start with one of {sorted(benchmark_loaders)}"
+            assert f"python -m benchmarks.{kind} --config {rel}" in header, f"{rel}: its opening comment must show its command"
+            load_config(benchmark_loaders[kind], path)
         elif rel == "serving/serve_config.yaml":
             ServeArgs(**load_serve_config(path)["args"])
         elif rel == "cluster.yaml":
@@ -124,7 +129,7 @@ def test_every_yaml_in_the_repo_validates():
             raise AssertionError(f"{rel}: no validator for this YAML; add one here")
         checked.add(rel)
     assert {"cluster.yaml", "serving/serve_config.yaml", "jobs/configs/embed_tiny.yaml", "jobs/configs/train_tiny.yaml",
-            "jobs/configs/evaluate_tiny.yaml", "jobs/configs/benchmark_serve_paper.yaml", "mkdocs.yml"} <= checked
+            "jobs/configs/evaluate_tiny.yaml", "benchmarks/configs/serve_paper.yaml", "mkdocs.yml"} <= checked
 
 
 def test_cli_bad_config_fails_before_starting_ray(tmp_path):
@@ -147,6 +152,7 @@ def test_ci_runs_the_readme_commands_in_order():
     """.ci/run runs the README's two commands as lines of its own, demo first, as a new user would."""
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read().splitlines()
-    commands = ["pip install -e . && oneencoder demo", 'pip install -e ".[dev]" && python -m pytest -q']
+    commands = ['pip install -c constraints.txt -e ".[all]" && oneencoder demo',
+                'pip install -c constraints.txt -e ".[dev]" && python -m pytest -q']
     assert all(c in readme for c in commands) and readme.index(commands[0]) < readme.index(commands[1])
     assert all(c in ci for c in commands) and ci.index(commands[0]) < ci.index(commands[1])

@@ -1,32 +1,32 @@
-"""Benchmark media decoding from S3 (images, audio, video), the read and decode path before and after issue 14.
+"""Media decoding from S3 (images, audio, video): the embed job's read and decode path against a naive one.
 
-    python -m jobs.benchmark_decode [--items 24] [--seconds 10] [--formats jpg,flac,mp3,webm,mp4] [--report FILE]
+    python -m benchmarks.decode [--items 24] [--seconds 10] [--formats jpg,flac,mp3,webm,mp4] [--report FILE]
 
 In one run: generates one item per format, stores ``items`` copies of it as distinct objects on a local S3-compatible
 server (moto in server mode, from the test extras) whose requests are counted, then decodes them with a
 pool of ``workers`` processes (the decode tasks of the embed job, side by side) two ways:
 
-- before: the path as of commit 17c0af2, composed of the same library functions: a HEAD (``check_file``)
+- naive: what a straightforward reader does, composed of the same library functions: a HEAD (``check_file``)
   and a GET, then for audio and video a temporary file per object and ffmpeg at its own thread count (one
   per core);
-- after: ``decode_item`` as the embed job calls it now: one ranged GET, the bytes on ffmpeg's stdin where
+- job: ``decode_item`` as the embed job calls it: one ranged GET, the bytes on ffmpeg's stdin where
   the container needs no seeking (FLAC, WAV, WebM, ...; MP4 and MP3 still go through a temporary file),
   ``decode.ffmpeg_threads`` threads per ffmpeg run (default 1).
 
 For each format and path it prints items/s, CPU seconds per item (the worker and its ffmpeg processes) and
-S3 requests per item. Targets are the paper's encoders: images at 224x224 (ViT), audio at 48 kHz (CLAP),
-video as 16 frames at 224x224 (VideoMAE). Images were and are decoded from memory (Pillow): only their reads
-changed. With ``job_items`` it also runs the embed job on S3 and counts its requests per item. With
+S3 requests per item. Targets are what large encoders take: images at 224x224 (ViT), audio at 48 kHz (CLAP's
+rate; the paper preset's wav2vec2 takes 16 kHz),
+video as 16 frames at 224x224 (VideoMAE). Images are decoded from memory (Pillow) both ways: only their reads
+differ. With ``job_items`` it also runs the embed job on S3 and counts its requests per item. With
 ``plan_shards`` it plans img2dataset-shaped tar shards on S3 both ways (every tar's member headers; the
 ``.parquet`` img2dataset writes beside each tar) and counts the requests and bytes each reads per shard,
 beside the shard's size (what indexing by headers cannot avoid reading on S3). With ``markers`` it writes
 that many commit markers and times what a resume and a summary read of them, with ``marker_latency_ms``
 added to every request (S3's first-byte latency; the local server answers in about 5 ms): one GET after
-another (as before) against the listing alone (a resume) and one ``cat`` call (the summary).
+another (the naive way) against the listing alone (a resume) and one ``cat`` call (the summary).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import resource
@@ -40,8 +40,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from jobs import registry
-from jobs.benchmarks import REPORT_HELP, report_figures
+from benchmarks.common import REPORT_HELP, benchmark, cli, finish
 from pipeline.config import StrictModel
 
 FORMATS = {"jpg": "image", "flac": "audio", "mp3": "audio", "wav": "audio", "webm": "video", "mp4": "video", "mkv": "video"}
@@ -53,7 +52,7 @@ class BenchmarkDecodeConfig(StrictModel):
     formats: list[str] = Field(["jpg", "flac", "mp3", "webm", "mp4"], min_length=1,
                                description=f"Clip formats, from {sorted(FORMATS)} (a list, or 'flac,webm').")
     workers: int | None = Field(None, ge=1, description="Decode processes side by side; null = one per CPU.")
-    ffmpeg_threads: int = Field(1, ge=0, description="The after path's decode.ffmpeg_threads.")
+    ffmpeg_threads: int = Field(1, ge=0, description="The job path's decode.ffmpeg_threads.")
     rounds: int = Field(2, ge=1, description="Timed passes per path (interleaved); the best is reported.")
     job_items: int = Field(256, ge=0, description="Also run the embed job (tiny preset) on this many objects of the "
                            "first format, manifest and output on the same S3 server, and count its requests per "
@@ -80,15 +79,11 @@ class BenchmarkDecodeConfig(StrictModel):
         return value
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    return registry.build_parser(registry.JOBS["benchmark-decode"], parser)
+JOB = benchmark("decode", "media decoding from S3: requests, items/s and CPU per item, a naive read path "
+                "against the job's", "benchmarks.decode:BenchmarkDecodeConfig")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return registry.main("benchmark-decode", argv)
-
-
-def run(cfg: BenchmarkDecodeConfig, args: argparse.Namespace) -> int:
+def run(cfg: BenchmarkDecodeConfig, args: object = None) -> int:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # moto takes any; Ray's workers inherit them
         os.environ.setdefault(name, "bench")
     address = None
@@ -100,7 +95,7 @@ def run(cfg: BenchmarkDecodeConfig, args: argparse.Namespace) -> int:
         init_ray()
         address = ray.get_runtime_context().gcs_address
     result = benchmark_decode(cfg, address)
-    return report_figures(format_decode(result), result, cfg.report)
+    return finish("decode", cfg, result, format_decode)
 
 
 class CountingS3:
@@ -153,13 +148,13 @@ def write_clip(folder: str, fmt: str, seconds: float) -> str:
     """One generated item: a 640x480 JPEG, a tone as 16 kHz audio, or a sliding shape as 25 fps 320x240 video."""
     import numpy as np
 
-    from jobs.corpus import clip, encode_audio, encode_video, tone
     from pipeline.media.ffmpeg import find_ffmpeg
+    from pipeline.synthetic.draw import clip, encode_audio, encode_video, tone
 
     path = os.path.join(folder, f"clip.{fmt}")
     ffmpeg = find_ffmpeg()
     if FORMATS[fmt] == "image":
-        from jobs.corpus import draw_shape
+        from pipeline.synthetic.draw import draw_shape
 
         draw_shape("green", "triangle", size=480, rng=np.random.default_rng(0)).resize((640, 480)).save(path, quality=90)
     elif FORMATS[fmt] == "audio":
@@ -183,8 +178,8 @@ def _settings(modality: str, endpoint: str, threads: int):
     return DecodeSettings(Modality(modality), spec, LimitsConfig(), options, find_ffmpeg(), None, threads)
 
 
-def _decode_before(uri: str, s) -> Any:
-    """The decode path as of 17c0af2 for an S3 object: HEAD, GET, then Pillow on the bytes, or ffmpeg (at its own
+def _decode_naive(uri: str, s) -> Any:
+    """The naive decode path for an S3 object: HEAD, GET, then Pillow on the bytes, or ffmpeg (at its own
     threads) on a temporary file."""
     from pipeline.media.decode import _temp_copy
     from pipeline.store.sources import check_file
@@ -202,10 +197,10 @@ def _decode_chunk(uris: list[str], modality: str, endpoint: str, path: str, thre
     """Decode ``uris`` in this worker: CPU seconds spent (this process and the ffmpeg runs it waited for)."""
     from pipeline.media.decode import decode_item
 
-    s = _settings(modality, endpoint, 0 if path == "before" else threads)
+    s = _settings(modality, endpoint, 0 if path == "naive" else threads)
     before = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     for uri in uris:
-        out = _decode_before(uri, s) if path == "before" else decode_item(uri, s)
+        out = _decode_naive(uri, s) if path == "naive" else decode_item(uri, s)
         if out is None or len(out) == 0:
             raise RuntimeError(f"nothing decoded from {uri}")
     after = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -234,10 +229,10 @@ def benchmark_decode(cfg: BenchmarkDecodeConfig, address: str | None = None) -> 
                 chunks = [uris[w::workers] for w in range(workers)]
                 # warm-up: each worker imports and decodes one item before anything is timed
                 list(pool.map(_decode_chunk, [uris[:1]] * workers, [modality] * workers, [s3.endpoint] * workers,
-                              ["after"] * workers, [cfg.ffmpeg_threads] * workers))
+                              ["job"] * workers, [cfg.ffmpeg_threads] * workers))
                 best: dict[str, dict[str, float]] = {}
                 for _ in range(cfg.rounds):
-                    for path in ("before", "after"):
+                    for path in ("naive", "job"):
                         requests = s3.total()
                         start = time.perf_counter()
                         done = list(pool.map(_decode_chunk, chunks, [modality] * workers, [s3.endpoint] * workers,
@@ -250,7 +245,7 @@ def benchmark_decode(cfg: BenchmarkDecodeConfig, address: str | None = None) -> 
                             best[path] = figure
                 rows.append({"format": fmt, "modality": modality, "bytes": len(data), **{
                     f"{path}_{k}": v for path, fig in best.items() for k, v in fig.items()},
-                    "speedup": best["after"]["items_per_s"] / best["before"]["items_per_s"]})
+                    "speedup": best["job"]["items_per_s"] / best["naive"]["items_per_s"]})
                 if fmt == cfg.formats[0] and cfg.job_items:
                     fs.pipe_file(f"decode-bench/job/{fmt}.{fmt}", data)
         job = job_requests(cfg, s3, fs, address) if cfg.job_items else None
@@ -264,7 +259,7 @@ def benchmark_decode(cfg: BenchmarkDecodeConfig, address: str | None = None) -> 
 
 
 def marker_reads(cfg: BenchmarkDecodeConfig, s3: CountingS3) -> dict[str, Any]:
-    """``markers`` commit markers on S3: seconds to read them one GET after another (the old way), to list them
+    """``markers`` commit markers on S3: seconds to read them one GET after another (the naive way), to list them
     (what a resume needs) and to read them in one ``cat`` call (the summary), with ``marker_latency_ms`` added."""
     from pipeline.store.features import FeatureStore
 
@@ -377,15 +372,15 @@ def job_requests(cfg: BenchmarkDecodeConfig, s3: CountingS3, fs, address: str) -
 
 def format_decode(r: dict[str, Any]) -> str:
     lines = [f"decode benchmark: {r['items']} S3 objects per format, {r['seconds']:g} s clips, {r['workers']} decode "
-             f"processes on {r['cpus']} CPUs, best of {r['rounds']}; before = HEAD + GET + temp file + ffmpeg's "
-             f"threads, after = ranged GET + stdin where possible + {r['ffmpeg_threads'] or 'all'} ffmpeg thread(s)",
-             f"{'format':>7} {'KB':>6} {'before/s':>9} {'after/s':>8} {'after/before':>13} "
-             f"{'CPU s/item before':>18} {'after':>6} {'requests/item before':>21} {'after':>6}"]
+             f"processes on {r['cpus']} CPUs, best of {r['rounds']}; naive = HEAD + GET + temp file + ffmpeg's "
+             f"threads, job = ranged GET + stdin where possible + {r['ffmpeg_threads'] or 'all'} ffmpeg thread(s)",
+             f"{'format':>7} {'KB':>6} {'naive/s':>9} {'job/s':>8} {'job/naive':>13} "
+             f"{'CPU s/item naive':>18} {'job':>6} {'requests/item naive':>21} {'job':>6}"]
     for f in r["formats"]:
-        lines.append(f"{f['format']:>7} {f['bytes'] / 1024:6.0f} {f['before_items_per_s']:9.1f} "
-                     f"{f['after_items_per_s']:8.1f} {f['speedup']:13.2f} {f['before_cpu_s_per_item']:18.3f} "
-                     f"{f['after_cpu_s_per_item']:6.3f} {f['before_requests_per_item']:21.1f} "
-                     f"{f['after_requests_per_item']:6.1f}")
+        lines.append(f"{f['format']:>7} {f['bytes'] / 1024:6.0f} {f['naive_items_per_s']:9.1f} "
+                     f"{f['job_items_per_s']:8.1f} {f['speedup']:13.2f} {f['naive_cpu_s_per_item']:18.3f} "
+                     f"{f['job_cpu_s_per_item']:6.3f} {f['naive_requests_per_item']:21.1f} "
+                     f"{f['job_requests_per_item']:6.1f}")
     if r["job"]:
         j = r["job"]
         by_method = ", ".join(f"{m} {n}" for m, n in sorted(j["requests"].items()))
@@ -411,6 +406,11 @@ def format_decode(r: dict[str, Any]) -> str:
                      f"({m['one_by_one_s'] / m['list_s']:.0f}x less); the summary reads them in one cat call: "
                      f"{m['cat_s']:.2f} s ({m['one_by_one_s'] / m['cat_s']:.1f}x less)")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.decode``: exit 2 with one `error:` line for a bad config."""
+    return cli(JOB, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Train with the defaults on an unseen corpus style; compare on a separate test corpus with a jointly trained baseline.
 
-    python -m jobs.quality_unseen [--train 500] [--test 150] [--seeds 0] [--style other]
+    python -m benchmarks.quality_unseen [--train 500] [--test 150] [--seeds 0] [--style other]
                                   [--baseline-epochs 100] [--config TRAIN_YAML] [--report FILE]
 
 What a new user gets: a concept corpus in another style than the suite's (other caption templates, voice
@@ -24,13 +24,15 @@ import time
 
 import numpy as np
 
-from jobs.quality import STAGES, STYLES
+from benchmarks.common import RESULTS
+from pipeline.synthetic.concept_store import STAGES
+from pipeline.synthetic.draw import STYLES
 
 DIRECTIONS = (("image", "text"), ("text", "image"), ("audio", "text"), ("video", "text"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.quality_unseen", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality_unseen", description=__doc__.splitlines()[0])
     p.add_argument("--train", type=int, default=500, help="training samples (default 500)")
     p.add_argument("--test", type=int, default=150, help="test samples, generated apart (default 150)")
     p.add_argument("--seeds", default="0", help="corpus and training seeds, comma-separated (default 0)")
@@ -39,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=1, help="K token vectors per item from each frozen encoder (default 1)")
     p.add_argument("--baseline-epochs", type=int, default=100, help="epochs of the baseline (default 100)")
     p.add_argument("--config", help="train config YAML instead of the defaults (features/output/stages set here)")
-    p.add_argument("--report", help="also write every run's figures as JSON to this file")
+    p.add_argument("--report", default=os.path.join(RESULTS, "quality_unseen.json"),
+                   help="where every run's figures go as JSON (default benchmarks/results/quality_unseen.json)")
     p.add_argument("--workdir", help="keep stores and models here (default: a temporary folder); a rerun reuses the "
                                      "stores and every leading stage trained with the same settings")
     return p
@@ -73,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def unseen_run(root: str, seed: int, args: argparse.Namespace) -> dict:
     """One run: training store, no-flag training, test corpus through the artifact, baseline per pair."""
-    from jobs.quality import concept_inputs
-    from jobs.quality import write_concept_store
     from pipeline.config import read_yaml_mapping
     from pipeline.eval.baseline import concept_hits, fit_baseline, torch_threads, worse_p_value
     from pipeline.inference import load_model
     from pipeline.store.pairs import load_features
+    from pipeline.synthetic.concept_store import write_concept_store
+    from pipeline.synthetic.corpus import concept_inputs
     from pipeline.train.config import load_train_config
     from pipeline.train.job import run_train
 
@@ -123,7 +126,7 @@ def unseen_run(root: str, seed: int, args: argparse.Namespace) -> dict:
 
 
 def _concept(i: int) -> tuple[str, str]:
-    from jobs.corpus import concept
+    from pipeline.synthetic.draw import concept
 
     return concept(i)
 

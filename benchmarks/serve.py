@@ -4,7 +4,12 @@ levels, batching on vs off, and Serve's overhead over the same model called in-p
 The model artifact is built here from the chosen preset with an untrained projection (throughput and
 latency do not depend on the weights). Bounded: each level sends at most ``requests`` requests and
 stops after ``level_cap_s`` seconds.
+
+    python -m benchmarks.serve [--preset paper|tiny] [--requests 96] [--levels 1,8,32] [--report FILE]
+    python -m benchmarks.serve --config benchmarks/configs/serve_paper.yaml
 """
+from __future__ import annotations
+
 import base64
 import concurrent.futures as futures
 import io
@@ -16,8 +21,38 @@ import time
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from benchmarks.common import PRESET_HELP, REPORT_HELP, Preset, benchmark, cli, finish, split_ints
+from pipeline.config import StrictModel
 
 log = logging.getLogger(__name__)
+
+
+class BenchmarkServeConfig(StrictModel):
+    preset: Preset = Field("paper", description=PRESET_HELP)
+    requests: int = Field(96, ge=1, description="Most requests per concurrency level.")
+    levels: list[int] = Field([1, 8, 32], min_length=1, description="Concurrency levels (a list, or '1,8,32' on the command line).")
+    level_cap_s: float = Field(30.0, gt=0, description="Time cap per concurrency level, in seconds.")
+    report: str | None = Field(None, description=REPORT_HELP)
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _split_levels(cls, value):
+        return split_ints(value, "1,8,32")
+
+    @field_validator("levels")
+    @classmethod
+    def _sorted_levels(cls, value: list[int]) -> list[int]:
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _levels_fit(self) -> "BenchmarkServeConfig":
+        if min(self.levels) < 1:
+            raise ValueError(f"levels = {self.levels}: expected concurrency levels of at least 1")
+        if self.requests < max(self.levels):
+            raise ValueError(f"requests = {self.requests}: expected at least the largest level ({max(self.levels)})")
+        return self
 
 
 def write_untrained_artifact(folder: str, preset: str, modalities: tuple[str, ...] = ("text", "image")) -> str:
@@ -27,7 +62,7 @@ def write_untrained_artifact(folder: str, preset: str, modalities: tuple[str, ..
 
     from pipeline.artifact import write_artifact
     from pipeline.embed.config import EmbedConfig
-    from pipeline.embed.job import encoder_record
+    from pipeline.embed.resume import encoder_record
     from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
     from pipeline.encoders.presets import resolve_encoder
     from pipeline.modality import Modality
@@ -49,7 +84,7 @@ def write_untrained_artifact(folder: str, preset: str, modalities: tuple[str, ..
 
 
 def _png_data_uri(size: int = 224) -> str:
-    from jobs.corpus import draw_shape
+    from pipeline.synthetic.draw import draw_shape
 
     buf = io.BytesIO()
     draw_shape("red", "circle", size=size, rng=np.random.default_rng(0)).save(buf, "PNG")
@@ -167,3 +202,29 @@ def format_serve_benchmark(r: dict[str, Any]) -> str:
         lines.append(f"  in-process p50 {m['in_process_p50_ms']:.1f} ms; Serve p50 at concurrency 1 is "
                      f"{m['serve_overhead_p50_ms']:+.1f} ms over it (target <= 15 ms)")
     return "\n".join(lines)
+
+
+JOB = benchmark("serve", "the Serve application's req/s and latency, batching on and off, against in-process",
+                "benchmarks.serve:BenchmarkServeConfig")
+
+
+def run(cfg: BenchmarkServeConfig, args: object = None) -> int:
+    import tempfile
+
+    from pipeline.runtime import init_ray
+
+    init_ray()
+    with tempfile.TemporaryDirectory(prefix="oneencoder-serve-bench-") as workdir:
+        result = benchmark_serve(workdir, cfg.preset, tuple(cfg.levels), cfg.requests, cfg.level_cap_s)
+    return finish("serve", cfg, result, format_serve_benchmark)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.serve``: exit 2 with one `error:` line for a bad config."""
+    return cli(JOB, argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

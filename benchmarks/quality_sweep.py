@@ -1,6 +1,6 @@
 """Run the suite's quality bar under other seeds and torch thread counts: how far its figures move.
 
-    python -m jobs.quality_sweep [--seeds 0,1,2] [--threads 1,2] [--styles hard,other] [--samples 480]
+    python -m benchmarks.quality_sweep [--seeds 0,1,2] [--threads 1,2] [--styles hard,other] [--samples 480]
                                  [--epochs N] [--baseline-epochs 100] [--report FILE]
 
 Each (style, seed, threads) run generates the concept corpus of that style with that seed, encodes it,
@@ -17,11 +17,13 @@ import os
 import sys
 import tempfile
 
-from jobs.quality import BASELINE_EPOCHS, STYLES
+from benchmarks.common import RESULTS
+from pipeline.synthetic.concept_store import BASELINE_EPOCHS
+from pipeline.synthetic.draw import STYLES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.quality_sweep", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality_sweep", description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2", help="corpus and training seeds, comma-separated (default 0,1,2)")
     p.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated (default 1,2)")
     p.add_argument("--styles", default="hard,other",
@@ -29,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs of every stage (default: automatic, the training defaults)")
     p.add_argument("--baseline-epochs", type=int, default=BASELINE_EPOCHS, help=f"epochs of the baseline (default {BASELINE_EPOCHS})")
     p.add_argument("--samples", type=int, default=480, help="concept samples generated per run (default 480)")
-    p.add_argument("--report", help="also write every run's figures as JSON to this file")
+    p.add_argument("--report", default=os.path.join(RESULTS, "quality_sweep.json"),
+                   help="where every run's figures go as JSON (default benchmarks/results/quality_sweep.json)")
     return p
 
 
@@ -75,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 def sweep_run(root: str, seed: int, threads: int, epochs: int | None, samples: int, style: str = "suite",
               baseline_epochs: int = BASELINE_EPOCHS) -> dict:
     """One quality-bar run: concept store of ``style``, curriculum and baseline with this seed on ``threads`` threads."""
-    from jobs.quality import STAGES, VAL_FRACTION, write_concept_store
     from pipeline.eval.baseline import compare
+    from pipeline.synthetic.concept_store import STAGES, VAL_FRACTION, write_concept_store
     from pipeline.train.config import load_train_config
     from pipeline.train.job import run_train
 

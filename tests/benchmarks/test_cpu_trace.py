@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from jobs.cpu_trace import CpuTrace, format_windows, process_label
+from benchmarks.cpu_trace import CpuTrace, format_windows, process_label
 
 
 def test_process_labels_drop_the_call_and_keep_the_actor():

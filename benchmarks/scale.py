@@ -1,6 +1,6 @@
-"""Benchmark the embed job's cost per item and on the driver as the manifest grows (tiny encoders).
+"""The embed job's cost per item and on the driver as the manifest grows (tiny encoders).
 
-    python -m jobs.benchmark_scale [--modality text|image] [--rows 20000,200000] [--repeat 5] [--report FILE]
+    python -m benchmarks.scale [--modality text|image] [--rows 20000,200000] [--repeat 5] [--report FILE]
 
 For each manifest size, in one run on this machine: the embed job as users run it (`python -m
 jobs.embed`, its own driver process, on the Ray instance this benchmark starts), its steady-state
@@ -15,7 +15,6 @@ repeat, in whatever read chunk, shared its first row's work).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -27,8 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from jobs import registry
-from jobs.benchmarks import REPORT_HELP, report_figures, split_ints, steady_rate
+from benchmarks.common import REPORT_HELP, benchmark, cli, finish, split_ints, steady_rate
 from pipeline.config import StrictModel
 
 
@@ -69,15 +67,11 @@ class BenchmarkScaleConfig(StrictModel):
         return self
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    return registry.build_parser(registry.JOBS["benchmark-scale"], parser)
+JOB = benchmark("scale", "the embed job's per-item cost and driver memory as the manifest grows",
+                "benchmarks.scale:BenchmarkScaleConfig")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return registry.main("benchmark-scale", argv)
-
-
-def run(cfg: BenchmarkScaleConfig, args: argparse.Namespace) -> int:
+def run(cfg: BenchmarkScaleConfig, args: object = None) -> int:
     import ray
 
     from pipeline.runtime import init_ray
@@ -85,11 +79,11 @@ def run(cfg: BenchmarkScaleConfig, args: argparse.Namespace) -> int:
     init_ray()
     address = ray.get_runtime_context().gcs_address
     result = benchmark_scale(cfg, cfg.workdir or tempfile.mkdtemp(prefix="oneencoder-scale-"), address)
-    return report_figures(format_scale(result), result, cfg.report)
+    return finish("scale", cfg, result, format_scale)
 
 
 def _texts(start: int, n: int) -> list[str]:
-    from jobs.corpus import CAPTIONS, concept
+    from pipeline.synthetic.draw import CAPTIONS, concept
 
     return [CAPTIONS[i % len(CAPTIONS)].format(c=concept(i)[0], s=concept(i)[1]) + f", number {i}"
             for i in range(start, start + n)]
@@ -103,7 +97,7 @@ def write_manifest(folder: str, modality: str, rows: int, repeat: int = 1) -> st
     path = os.path.join(folder, f"{modality}-{rows}" + (f"-x{repeat}" if repeat > 1 else "") + ".jsonl")
     names = np.random.default_rng(1).permutation(rows) // repeat if repeat > 1 else None  # row -> image number
     if modality == "image":
-        from jobs.corpus import concept, draw_shape
+        from pipeline.synthetic.draw import concept, draw_shape
 
         rng = np.random.default_rng(0)
         images = os.path.join(folder, "images")
@@ -206,7 +200,7 @@ def benchmark_scale(cfg: BenchmarkScaleConfig, workdir: str, address: str) -> di
 
 def startup_once(workdir: str, samples: int, address: str) -> dict[str, Any]:
     """Wall time of one embed run over image, text, audio and video, and of one run per modality."""
-    from jobs.corpus import write_sample_corpus
+    from pipeline.synthetic.corpus import write_sample_corpus
 
     manifest = write_sample_corpus(os.path.join(workdir, "startup-corpus"), n=samples)
     env = {**os.environ, "RAY_ADDRESS": address}
@@ -249,6 +243,11 @@ def format_scale(r: dict[str, Any]) -> str:
         lines.append(f"start-up: image+text+audio+video of {st['samples']} samples in one run {st['together_s']:.1f} s; "
                      f"one run each {st['apart_sum_s']:.1f} s ({apart}); ratio {st['together_vs_apart']:.2f}")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.scale``: exit 2 with one `error:` line for a bad config."""
+    return cli(JOB, argv)
 
 
 if __name__ == "__main__":

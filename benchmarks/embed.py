@@ -1,4 +1,7 @@
-"""Benchmark of the embed job against its ceiling and a naive loop, measured in one run.
+"""The embed job against its ceiling and a naive loop, measured in one run (paper architectures, random init).
+
+    python -m benchmarks.embed [--images 192] [--batch-size 16] [--preset paper|tiny] [--trace-cpu] [--report FILE]
+    python -m benchmarks.embed --config benchmarks/configs/embed_paper.yaml
 
 (a) ceiling: the frozen encoder's throughput on pre-decoded images, in-process;
 (a') the same with two batches at once in threads (the shape of the embed job's actors on CPU);
@@ -13,14 +16,13 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from pydantic import Field, field_validator, model_validator
-
-from jobs.corpus import concept, draw_shape
-from jobs.cpu_trace import CpuTrace, format_windows
+from benchmarks.common import PRESET_HELP, REPORT_HELP, Preset, benchmark, cli, finish, steady_rate
+from benchmarks.cpu_trace import CpuTrace, format_windows
 from pipeline.config import StrictModel
 from pipeline.embed.config import EmbedConfig
 from pipeline.embed.job import run_embed
@@ -30,12 +32,10 @@ from pipeline.encoders.presets import resolve_encoder
 from pipeline.media.image import decode_image
 from pipeline.modality import Modality
 from pipeline.store.features import FeatureStore
+from pipeline.synthetic.draw import concept, draw_shape
 
 log = logging.getLogger(__name__)
 
-Preset = Literal["paper", "tiny"]
-PRESET_HELP = "paper = the paper's architectures at random init (offline); tiny = the test-sized encoders."
-REPORT_HELP = "Also write the figures as JSON to this file; null = console only."
 
 
 class BenchmarkEmbedConfig(StrictModel):
@@ -52,56 +52,6 @@ class BenchmarkEmbedConfig(StrictModel):
         if self.images < 4 * self.batch_size:  # the steady rate skips the first and last shard
             raise ValueError(f"images = {self.images}: expected at least 4 x batch_size ({4 * self.batch_size})")
         return self
-
-
-class BenchmarkTrainConfig(StrictModel):
-    samples: int = Field(64, ge=2, description="Generated image-text pairs.")
-    batch_size: int = Field(16, ge=2, description="Training batch size.")
-    epochs: int = Field(1, ge=1, description="Epochs timed for each approach.")
-    preset: Preset = Field("paper", description=PRESET_HELP)
-    report: str | None = Field(None, description=REPORT_HELP)
-
-    @model_validator(mode="after")
-    def _one_batch(self) -> "BenchmarkTrainConfig":
-        if self.samples < self.batch_size:
-            raise ValueError(f"samples = {self.samples}: expected at least batch_size ({self.batch_size})")
-        return self
-
-
-class BenchmarkServeConfig(StrictModel):
-    preset: Preset = Field("paper", description=PRESET_HELP)
-    requests: int = Field(96, ge=1, description="Most requests per concurrency level.")
-    levels: list[int] = Field([1, 8, 32], min_length=1, description="Concurrency levels (a list, or '1,8,32' on the command line).")
-    level_cap_s: float = Field(30.0, gt=0, description="Time cap per concurrency level, in seconds.")
-    report: str | None = Field(None, description=REPORT_HELP)
-
-    @field_validator("levels", mode="before")
-    @classmethod
-    def _split_levels(cls, value):
-        return split_ints(value, "1,8,32")
-
-    @field_validator("levels")
-    @classmethod
-    def _sorted_levels(cls, value: list[int]) -> list[int]:
-        return sorted(set(value))
-
-    @model_validator(mode="after")
-    def _levels_fit(self) -> "BenchmarkServeConfig":
-        if min(self.levels) < 1:
-            raise ValueError(f"levels = {self.levels}: expected concurrency levels of at least 1")
-        if self.requests < max(self.levels):
-            raise ValueError(f"requests = {self.requests}: expected at least the largest level ({max(self.levels)})")
-        return self
-
-
-def split_ints(value: Any, example: str) -> Any:
-    """A list field given as "1,8,32" on the command line → [1, 8, 32] (other values pass to pydantic)."""
-    if isinstance(value, str):
-        try:
-            return [int(x) for x in value.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"expected comma-separated integers, e.g. {example}, got {value!r}") from None
-    return value
 
 
 def write_image_corpus(folder: str, n: int) -> str:
@@ -175,22 +125,6 @@ def benchmark_embed(workdir: str, n: int = 96, batch_size: int = 16, preset: str
             "pipeline_vs_naive": n / elapsed / naive, "pipeline_cpu_by_process": cpu}
 
 
-def report_figures(text: str, result: dict[str, Any], report: str | None) -> int:
-    """What every benchmark ends with: the figures on the console and, with ``report``, as JSON."""
-    print(text)
-    if report:
-        with open(report, "w") as fh:
-            json.dump(result, fh, indent=2)
-    return 0
-
-
-def steady_rate(commits: list[float], shard_size: int) -> float | None:
-    """Items/s between the second and the second-to-last shard commit (start-up and drain excluded)."""
-    if len(commits) < 4 or commits[-2] <= commits[1]:
-        return None
-    return shard_size * (len(commits) - 3) / (commits[-2] - commits[1])
-
-
 def format_benchmark(r: dict[str, Any]) -> str:
     """The benchmark's printed report."""
     steady = r["pipeline_steady_per_s"]
@@ -212,61 +146,27 @@ def format_benchmark(r: dict[str, Any]) -> str:
     ])
 
 
-def benchmark_train(n: int = 64, batch_size: int = 16, epochs: int = 1, preset: str = "paper") -> dict[str, Any]:
-    """Epoch time of stage-1 training on cached features vs running the frozen encoders in every step.
-
-    Same projection model, batch size, samples and optimizer; paper architectures at random init.
-    """
-    import torch
-
-    from jobs.corpus import CAPTIONS
-    from pipeline.model import ModelConfig, OneEncoder
-    from pipeline.train.losses import ContrastiveLoss, LossConfig
-
-    cfg = EmbedConfig(preset=preset, random_init=preset == "paper")
-    encoders = {m: FrozenEncoder(resolve_encoder(cfg, m), cfg.encoder(m)) for m in (Modality("image"), Modality("text"))}
-    rng = np.random.default_rng(0)
-    images = [np.asarray(draw_shape(*concept(i), size=224, rng=rng)) for i in range(n)]
-    texts = [CAPTIONS[i % len(CAPTIONS)].format(c=concept(i)[0], s=concept(i)[1]) for i in range(n)]
-    raw = {Modality("image"): images, Modality("text"): texts}
-
-    start = time.perf_counter()
-    cached = {m: torch.from_numpy(np.concatenate([encoders[m].embed(raw[m][i:i + batch_size]) for i in range(0, n, batch_size)]))
-              for m in raw}
-    embed_once = time.perf_counter() - start
-
-    def epoch_time(features_of) -> float:
-        torch.manual_seed(0)
-        dims = {m.value: int(cached[m].shape[-1]) for m in cached}
-        model = OneEncoder(ModelConfig(in_dims=dims, tokens={m: 1 for m in dims}))
-        loss = ContrastiveLoss(LossConfig())
-        opt = torch.optim.AdamW([*model.parameters(), *loss.parameters()], lr=1e-3)
-        start = time.perf_counter()
-        for _ in range(epochs):
-            for i in range(0, n, batch_size):
-                a = model("image", features_of(Modality("image"), i))
-                b = model("text", features_of(Modality("text"), i))
-                terms = loss(a, b)
-                opt.zero_grad()
-                terms["loss"].backward()
-                opt.step()
-        return (time.perf_counter() - start) / epochs
-
-    log.info("training on cached features")
-    on_cache = epoch_time(lambda m, i: cached[m][i:i + batch_size])
-    log.info("training with the frozen encoders inside every step")
-    in_loop = epoch_time(lambda m, i: torch.from_numpy(encoders[m].embed(raw[m][i:i + batch_size])))
-    return {"samples": n, "batch_size": batch_size, "epochs": epochs, "embed_once_s": embed_once,
-            "encoders": f"{encoders['image'].model.config.model_type} + {encoders['text'].model.config.model_type}",
-            "epoch_cached_s": on_cache, "epoch_encoders_in_loop_s": in_loop, "speedup": in_loop / on_cache}
+JOB = benchmark("embed", "the embed pipeline's throughput against its ceiling and a naive loop",
+                "benchmarks.embed:BenchmarkEmbedConfig")
 
 
-def format_train_benchmark(r: dict[str, Any]) -> str:
-    return "\n".join([
-        f"train benchmark: {r['samples']} image-text pairs, batch {r['batch_size']}, encoders {r['encoders']}, "
-        f"stage-1 projection model",
-        f"epoch on cached features:              {r['epoch_cached_s']:.3f} s",
-        f"epoch with encoders in every step:     {r['epoch_encoders_in_loop_s']:.3f} s",
-        f"one-time embedding of the same pairs:  {r['embed_once_s']:.3f} s",
-        f"speed-up per epoch: {r['speedup']:.0f}x",
-    ])
+def run(cfg: BenchmarkEmbedConfig, args: object = None) -> int:
+    import tempfile
+
+    from pipeline.runtime import init_ray
+
+    init_ray()
+    result = benchmark_embed(cfg.workdir or tempfile.mkdtemp(prefix="oneencoder-bench-"), cfg.images, cfg.batch_size,
+                             cfg.preset, cfg.trace_cpu)
+    return finish("embed", cfg, result, format_benchmark)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.embed``: exit 2 with one `error:` line for a bad config."""
+    return cli(JOB, argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""What every benchmark shares: its command line (a config class, read as the jobs' are), the JSON result it
+writes under ``benchmarks/results/``, and the description of the machine it ran on."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from typing import Any, Callable, Literal
+
+from jobs.registry import Job, build_parser, execute
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+Preset = Literal["paper", "tiny"]
+PRESET_HELP = "paper = the paper's architectures at random init (offline); tiny = the test-sized encoders."
+REPORT_HELP = ("Where the JSON result goes; null = benchmarks/results/<benchmark>.json, from which "
+               "`python -m benchmarks.report` makes docs/benchmarks.md's table.")
+
+
+def benchmark(name: str, summary: str, config: str) -> Job:
+    """The command line of ``python -m benchmarks.<name>``: ``config``'s fields as flags (as a job's), run by
+    the module's ``run(cfg, args)``. Not an `oneencoder` sub-command."""
+    return Job(name, (f"benchmarks.{name}",), summary, config, f"benchmarks.{name}:run",
+               f"python -m benchmarks.{name} --config FILE", submit=False)
+
+
+def cli(job: Job, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` with ``job``'s flags and run it: exit 2 with one `error:` line for a bad config."""
+    return execute(job, build_parser(job).parse_args(argv))
+
+
+def finish(name: str, cfg: Any, result: dict[str, Any], text: Callable[[dict[str, Any]], str]) -> int:
+    """What every benchmark ends with: its figures on the console, and as JSON (``cfg.report``, or
+    ``benchmarks/results/<name>.json``) with its config and the machine it ran on."""
+    print(text(result))
+    path = cfg.report or os.path.join(RESULTS, f"{name}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    record = {"benchmark": name, "command": command(name, cfg),
+              "config": cfg.model_dump(mode="json", exclude={"report", "workdir"}), "machine": machine(),
+              "result": result}
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(record, fh, indent=1, sort_keys=False)
+        fh.write("\n")
+    print(f"result written to {path}")
+    return 0
+
+
+def command(name: str, cfg: Any) -> str:
+    """The command line that reruns ``cfg``: its fields that differ from their defaults as flags."""
+    words = [f"python -m benchmarks.{name}"]
+    for field, info in type(cfg).model_fields.items():
+        value = getattr(cfg, field)
+        if field in ("report", "workdir") or info.is_required() or value == info.get_default(call_default_factory=True):
+            continue
+        flag = "--" + field.replace("_", "-")
+        if isinstance(value, bool):
+            words += [flag] if value else []
+        else:
+            words += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return " ".join(words)
+
+
+def machine() -> dict[str, Any]:
+    """This machine as a benchmark table names it: CPU model and cores, memory, GPU, and the versions that
+    matter (Python, torch, Ray)."""
+    import ray
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        memory_gib = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"system": f"{platform.system()} {platform.machine()}", "cpu": cpu, "cores": os.cpu_count(),
+            "memory_gib": round(memory_gib, 1) if memory_gib else None, "gpu": gpu,
+            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__}
+
+
+def describe(m: dict[str, Any]) -> str:
+    """One line naming a result's machine."""
+    memory = f", {m['memory_gib']:g} GiB RAM" if m.get("memory_gib") else ""
+    return (f"{m['system']}, {m['cpu']}, {m['cores']} cores{memory}, {m['gpu'] or 'no GPU'}; "
+            f"Python {m['python']}, torch {m['torch']}, Ray {m['ray']}")
+
+
+def split_ints(value: Any, example: str) -> Any:
+    """A list field given as "1,8,32" on the command line → [1, 8, 32] (other values pass to pydantic)."""
+    if isinstance(value, str):
+        try:
+            return [int(x) for x in value.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"expected comma-separated integers, e.g. {example}, got {value!r}") from None
+    return value
+
+
+def steady_rate(commits: list[float], shard_size: int) -> float | None:
+    """Items/s between the second and the second-to-last shard commit (start-up and drain excluded)."""
+    if len(commits) < 4 or commits[-2] <= commits[1]:
+        return None
+    return shard_size * (len(commits) - 3) / (commits[-2] - commits[1])

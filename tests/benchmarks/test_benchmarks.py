@@ -1,0 +1,115 @@
+"""Every benchmark and measurement script runs through its real main() (tiny preset, small sizes), writes its JSON
+result, and refuses a bad config before any work."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from benchmarks import decode as decode_bench
+from benchmarks import embed as embed_bench
+from benchmarks import quality_sweep
+from benchmarks import scale as scale_bench
+from benchmarks import serve as serve_bench
+from benchmarks import train as train_bench
+
+
+@pytest.mark.slow
+def test_benchmark_mains_print_their_ratios(ray_session, tmp_path, capsys):
+    out = tmp_path / "train.json"
+    config = tmp_path / "benchmark_train.yaml"
+    config.write_text(f"preset: tiny\nsamples: 16\nbatch_size: 4\nreport: {out}\n")
+    assert train_bench.main(["--config", str(config), "--batch-size", "8"]) == 0
+    assert "speed-up per epoch" in capsys.readouterr().out
+    figures = json.loads(out.read_text())["result"]
+    assert figures["speedup"] > 0 and figures["batch_size"] == 8
+    embed = tmp_path / "embed.json"
+    assert embed_bench.main(["--preset", "tiny", "--images", "32", "--batch-size", "8", "--workdir", str(tmp_path / "b"),
+                                 "--trace-cpu", "--report", str(embed)]) == 0
+    printed = capsys.readouterr().out
+    assert "(b)/(a) = " in printed and "(b)/(a') = " in printed and "(b)/(c) = " in printed
+    assert f"two batches at once in threads of {max(1, (os.cpu_count() or 1) // 2)} torch thread(s)" in printed
+    assert "(b) CPU seconds by process" in printed
+    windows = json.loads(embed.read_text())["result"]["pipeline_cpu_by_process"]
+    assert windows[0]["from_s"] == 0 and windows[-1]["to_s"] > 0  # the job's own processes, under their Ray names
+    actor = [name for w in windows for name in w["processes"] if name.startswith("ray::MapWorker(") and "EncodeActor" in name]
+    assert actor, windows  # ray::MapWorker(MapBatches(EncodeActor)), or with decode fused in when both reserve the same CPUs
+    assert any(w["processes"].get("driver (this process)", 0) > 0 for w in windows)
+    scale = tmp_path / "scale.json"
+    argv = ["--rows", "96,64", "--shard-size", "16", "--ceiling-items", "64", "--startup-samples", "0",
+            "--workdir", str(tmp_path / "s"), "--report", str(scale)]
+    assert scale_bench.main(argv) == 0
+    assert "x ceiling" in capsys.readouterr().out
+    figures = json.loads(scale.read_text())["result"]
+    assert [r["rows"] for r in figures["runs"]] == [64, 96] and all(r["complete"] for r in figures["runs"])
+    assert figures["runs"][0]["driver_rss_vs_smallest"] == 1 and figures["runs"][1]["driver_peak_rss_mb"] > 50
+    assert all(r["bytes_per_item"] > 32 and r["driver_received_bytes"] > 0 for r in figures["runs"])
+    argv = ["--modality", "image", "--repeat", "4", "--rows", "64", "--shard-size", "16", "--ceiling-items", "64",
+            "--startup-samples", "0", "--workdir", str(tmp_path / "coco"), "--report", str(scale)]
+    assert scale_bench.main(argv) == 0  # COCO's shape: each image named by 4 scattered rows
+    assert "each named by 4 scattered rows" in capsys.readouterr().out
+    run = json.loads(scale.read_text())["result"]["runs"][0]
+    assert run["complete"] and run["unique"] == 16  # encoded once per image, every row written
+
+
+@pytest.mark.slow
+def test_benchmark_decode_counts_one_request_per_object_on_the_jobs_path(ray_session, tmp_path, capsys):
+    report = tmp_path / "decode.json"
+    argv = ["--items", "2", "--seconds", "1", "--formats", "flac,mp4", "--rounds", "1", "--workers", "1",
+            "--job-items", "6", "--shard-size", "4", "--plan-shards", "3", "--plan-samples", "8", "--markers", "12", "--marker-latency-ms", "5",
+            "--report", str(report)]
+    assert decode_bench.main(argv) == 0
+    assert "job/naive" in capsys.readouterr().out
+    figures = json.loads(report.read_text())["result"]
+    assert [f["format"] for f in figures["formats"]] == ["flac", "mp4"]
+    for f in figures["formats"]:  # the job: one ranged GET; the naive path: a HEAD (or two) and a GET
+        assert f["job_requests_per_item"] == 1 and f["naive_requests_per_item"] > 1, f
+        assert f["job_items_per_s"] > 0 and f["job_cpu_s_per_item"] > 0
+    job = figures["job"]  # the embed job reads each object once, in one GET, and writes per shard
+    assert job["shards"] == 2 and job["requests"]["media GET"] == 6 and job["media_requests_per_item"] == 1
+    assert job["requests"]["output PUT"] >= 2 * 3  # each shard's features, errors and marker at least
+    plan = figures["plan"]  # headers: every tar read whole; img2dataset's .parquet: the first tar only (the check)
+    assert plan["headers"]["tars_read"] == 3 and plan["headers"]["tar_bytes_read"] == 3 * plan["tar_bytes"]
+    assert plan["auto"]["sidecars"] and plan["auto"]["tars_read"] == 1 and plan["auto"]["parquet_bytes_per_shard"] > 0
+    assert plan["headers"]["rows"] == plan["auto"]["rows"] == 24
+    markers = figures["markers"]  # read both ways (and checked equal by the benchmark itself)
+    assert markers["markers"] == 12 and markers["one_by_one_s"] > markers["list_s"] > 0
+
+
+def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("preset: tiny\nsamples: 4\nbatch_size: 8\n")
+    assert train_bench.main(["--config", str(config)]) == 2
+    assert "samples = 4: expected at least batch_size (8)" in capsys.readouterr().err
+    assert embed_bench.main(["--images", "16"]) == 2
+    assert "images = 16: expected at least 4 x batch_size (64)" in capsys.readouterr().err
+    assert scale_bench.main(["--rows", "20000,10"]) == 2
+    assert "rows = [20000, 10]: expected sizes of at least 64" in capsys.readouterr().err
+    assert scale_bench.main(["--repeat", "5"]) == 2
+    assert "repeat = 5 with modality text: expected repeat 1, or modality image" in capsys.readouterr().err
+    assert decode_bench.main(["--formats", "flac,avi"]) == 2
+    assert "formats = ['flac', 'avi']: ['avi'] not among" in capsys.readouterr().err
+    assert serve_bench.main(["--levels", "1,x"]) == 2
+    assert "expected comma-separated integers, e.g. 1,8,32, got '1,x'" in capsys.readouterr().err
+    assert serve_bench.main(["--levels", "1,64", "--requests", "32"]) == 2
+    assert "requests = 32: expected at least the largest level (64)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quality_sweep_main_prints_each_run_and_the_ranges(ray_session, tmp_path, capsys):
+    report = tmp_path / "sweep.json"
+    argv = ["--seeds", "5", "--threads", "1", "--styles", "other", "--epochs", "1", "--baseline-epochs", "1",
+            "--samples", "48", "--report", str(report)]
+    assert quality_sweep.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "other seed 5 threads 1 audio->text: progressive" in printed and "other corpus, over 1 runs (min .. max):" in printed
+    (run,) = json.loads(report.read_text())
+    assert (run["style"], run["seed"], run["threads"]) == ("other", 5, 1)
+    assert set(run["pairs"]) == {"image->text", "audio->text", "video->text"}
+    with pytest.raises(SystemExit):
+        quality_sweep.main(["--seeds", "0,x"])
+    assert "--seeds takes comma-separated integers >= 0, got '0,x'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quality_sweep.main(["--styles", "suite,cartoon"])
+    assert "--styles takes comma-separated styles of suite, other, hard, got 'suite,cartoon'" in capsys.readouterr().err
