@@ -12,8 +12,9 @@ from jobs.registry import Job, build_parser, execute
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 Preset = Literal["paper", "tiny"]
 PRESET_HELP = "paper = the paper's architectures at random init (offline); tiny = the test-sized encoders."
-REPORT_HELP = ("Where the JSON result goes; null = benchmarks/results/<benchmark>.json, from which "
-               "`python -m benchmarks.report` makes docs/benchmarks.md's table.")
+REPORT_HELP = ("Where the JSON result goes (a path, or a URI such as s3://bucket/result.json for a run on a "
+               "cluster); null = benchmarks/results/<benchmark>.json, from which `python -m benchmarks.report` "
+               "makes docs/benchmarks.md's table.")
 
 
 def benchmark(name: str, summary: str, config: str) -> Job:
@@ -32,16 +33,30 @@ def finish(name: str, cfg: Any, result: dict[str, Any], text: Callable[[dict[str
     """What every benchmark ends with: its figures on the console, and as JSON (``cfg.report``, or
     ``benchmarks/results/<name>.json``) with its config and the machine it ran on."""
     print(text(result))
-    path = cfg.report or os.path.join(RESULTS, f"{name}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    record = {"benchmark": name, "command": command(name, cfg),
-              "config": cfg.model_dump(mode="json", exclude={"report", "workdir"}), "machine": machine(),
+    config = cfg.model_dump(mode="json", exclude={"report", "workdir"})
+    write_result(name, command(name, cfg), config, result, cfg.report)
+    return 0
+
+
+RESULT_FORMAT = 1  # version of a result file's layout (benchmarks/report.py refuses another)
+
+
+def write_result(name: str, how: str, config: dict[str, Any], result: Any, path: str | None = None) -> str:
+    """Write benchmark ``name``'s ``result`` with the command that reran it (``how``), its ``config`` and this
+    machine (and its Ray cluster's resources) to ``path``: a local file, or a URI such as s3://bucket/key.json
+    (so a run submitted to a cluster keeps its result); default ``benchmarks/results/<name>.json``."""
+    import fsspec
+
+    path = path or os.path.join(RESULTS, f"{name}.json")
+    record = {"format": RESULT_FORMAT, "benchmark": name, "command": how, "config": config, "machine": machine(),
               "result": result}
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(record, fh, indent=1, sort_keys=False)
+    if "://" not in path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with fsspec.open(path, "w", encoding="utf-8") as fh:
+        json.dump(record, fh, indent=1)
         fh.write("\n")
     print(f"result written to {path}")
-    return 0
+    return path
 
 
 def command(name: str, cfg: Any) -> str:
@@ -76,15 +91,21 @@ def machine() -> dict[str, Any]:
     except (ValueError, OSError, AttributeError):
         memory_gib = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    cluster = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")} \
+        if ray.is_initialized() else None  # where the work ran, when that is more than this machine
     return {"system": f"{platform.system()} {platform.machine()}", "cpu": cpu, "cores": os.cpu_count(),
             "memory_gib": round(memory_gib, 1) if memory_gib else None, "gpu": gpu,
-            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__}
+            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
+            "cluster": cluster}
 
 
 def describe(m: dict[str, Any]) -> str:
-    """One line naming a result's machine."""
+    """One line naming a result's machine (and its Ray cluster, when that had more CPUs or GPUs than it)."""
     memory = f", {m['memory_gib']:g} GiB RAM" if m.get("memory_gib") else ""
-    return (f"{m['system']}, {m['cpu']}, {m['cores']} cores{memory}, {m['gpu'] or 'no GPU'}; "
+    cluster = m.get("cluster") or {}
+    more = cluster.get("CPU", 0) > (m["cores"] or 0) or cluster.get("GPU", 0) > (1 if m["gpu"] else 0)
+    on = f" (Ray cluster: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs)" if more else ""
+    return (f"{m['system']}, {m['cpu']}, {m['cores']} cores{memory}, {m['gpu'] or 'no GPU'}{on}; "
             f"Python {m['python']}, torch {m['torch']}, Ray {m['ray']}")
 
 

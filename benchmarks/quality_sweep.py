@@ -12,12 +12,11 @@ To imitate a machine with other vector units, run it under ``ATEN_CPU_CAPABILITY
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 
-from benchmarks.common import RESULTS
+from benchmarks.common import write_result
 from pipeline.synthetic.concept_store import BASELINE_EPOCHS
 from pipeline.synthetic.draw import STYLES
 
@@ -31,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs of every stage (default: automatic, the training defaults)")
     p.add_argument("--baseline-epochs", type=int, default=BASELINE_EPOCHS, help=f"epochs of the baseline (default {BASELINE_EPOCHS})")
     p.add_argument("--samples", type=int, default=480, help="concept samples generated per run (default 480)")
-    p.add_argument("--report", default=os.path.join(RESULTS, "quality_sweep.json"),
-                   help="where every run's figures go as JSON (default benchmarks/results/quality_sweep.json)")
+    p.add_argument("--report", help="where every run's figures go as JSON, with the command and machine (a path or "
+                                    "a URI such as s3://...; default benchmarks/results/quality_sweep.json)")
     return p
 
 
@@ -69,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(format_sweep(runs[-1:]), flush=True)
     for style in styles:
         print(format_sweep([r for r in runs if r["style"] == style], ranges=True))
-    if args.report:
-        with open(args.report, "w", encoding="utf-8") as fh:
-            json.dump(runs, fh, indent=2)
+    argv_used = sys.argv[1:] if argv is None else argv
+    write_result("quality_sweep", " ".join(["python -m benchmarks.quality_sweep", *argv_used]),
+                 {k: v for k, v in vars(args).items() if k not in ("report", "workdir")}, runs, args.report)
     return 0
 
 
@@ -111,6 +110,13 @@ def format_sweep(runs: list[dict], ranges: bool = False) -> str:
                      f"baseline - progressive {min(gap):.3f} .. {max(gap):.3f}  p(worse) {span('p_worse')}  "
                      f"chance {rows[0]['chance']:.3f}")
     return "\n".join(lines)
+
+
+def format_result(runs: list[dict]) -> str:
+    """The sweep's table: every run's figures, then their range per corpus style."""
+    styles = list(dict.fromkeys(r["style"] for r in runs))
+    return "\n".join([format_sweep(runs), *(format_sweep([r for r in runs if r["style"] == s], ranges=True)
+                                              for s in styles)])
 
 
 if __name__ == "__main__":

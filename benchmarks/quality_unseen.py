@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import RESULTS
+from benchmarks.common import write_result
 from pipeline.synthetic.concept_store import STAGES
 from pipeline.synthetic.draw import STYLES
 
@@ -41,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=1, help="K token vectors per item from each frozen encoder (default 1)")
     p.add_argument("--baseline-epochs", type=int, default=100, help="epochs of the baseline (default 100)")
     p.add_argument("--config", help="train config YAML instead of the defaults (features/output/stages set here)")
-    p.add_argument("--report", default=os.path.join(RESULTS, "quality_unseen.json"),
-                   help="where every run's figures go as JSON (default benchmarks/results/quality_unseen.json)")
+    p.add_argument("--report", help="where every run's figures go as JSON, with the command and machine (a path or "
+                                    "a URI such as s3://...; default benchmarks/results/quality_unseen.json)")
     p.add_argument("--workdir", help="keep stores and models here (default: a temporary folder); a rerun reuses the "
                                      "stores and every leading stage trained with the same settings")
     return p
@@ -68,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(runs[-1]), flush=True)
     if len(runs) > 1:
         print(format_ranges(runs))
-    if args.report:
-        with open(args.report, "w", encoding="utf-8") as fh:
-            json.dump(runs, fh, indent=2)
+    argv_used = sys.argv[1:] if argv is None else argv
+    write_result("quality_unseen", " ".join(["python -m benchmarks.quality_unseen", *argv_used]),
+                 {k: v for k, v in vars(args).items() if k not in ("report", "workdir")}, runs, args.report)
     return 0
 
 
@@ -161,6 +160,11 @@ def format_ranges(runs: list[dict]) -> str:
                      f"{max(r['progressive'] for r in rows):.3f}  baseline {min(r['baseline'] for r in rows):.3f} .. "
                      f"{max(r['baseline'] for r in rows):.3f}  baseline - progressive {min(gaps):+.3f} .. {max(gaps):+.3f}")
     return "\n".join(lines)
+
+
+def format_result(runs: list[dict]) -> str:
+    """The table of every seed's run, and the ranges over them when there are several."""
+    return "\n".join([*(format_table(r) for r in runs), *([format_ranges(runs)] if len(runs) > 1 else [])])
 
 
 if __name__ == "__main__":

@@ -16,15 +16,18 @@ import os
 import re
 import sys
 
-from benchmarks.common import RESULTS, describe
+from benchmarks.common import RESULT_FORMAT, RESULTS, describe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join(ROOT, "docs", "benchmarks.md")
 # benchmark -> the function printing its table (module:function)
 TABLES = {"embed": "benchmarks.embed:format_benchmark", "scale": "benchmarks.scale:format_scale",
           "decode": "benchmarks.decode:format_decode", "train": "benchmarks.train:format_train_benchmark",
-          "serve": "benchmarks.serve:format_serve_benchmark"}
-BLOCK = re.compile(r"<!-- results: (?P<name>[a-z_]+) -->\n.*?<!-- /results -->", re.S)
+          "serve": "benchmarks.serve:format_serve_benchmark",
+          "quality_unseen": "benchmarks.quality_unseen:format_result",
+          "quality_sweep": "benchmarks.quality_sweep:format_result"}
+# a block: its opening line, then anything but another opening line, then its closing line
+BLOCK = re.compile(r"<!-- results: (?P<name>[a-z_]+) -->\n(?:(?!<!-- results: ).)*?<!-- /results -->", re.S)
 
 
 def block(name: str, results: str = RESULTS) -> str:
@@ -38,6 +41,9 @@ def block(name: str, results: str = RESULTS) -> str:
     else:
         with open(path, encoding="utf-8") as fh:
             record = json.load(fh)
+        if not isinstance(record, dict) or record.get("format") != RESULT_FORMAT or record.get("benchmark") != name:
+            raise ValueError(f"{path} is not a result of benchmark {name} in format {RESULT_FORMAT}: rerun "
+                             f"`python -m benchmarks.{name}`")
         module, _, function = TABLES[name].partition(":")
         table = getattr(importlib.import_module(module), function)(record["result"])
         lines += [f"Latest run: `{record['command']}` on {describe(record['machine'])}.", "", "```text", table, "```"]
@@ -47,20 +53,32 @@ def block(name: str, results: str = RESULTS) -> str:
 def render(page: str, results: str = RESULTS, every: bool = True) -> str:
     """``page`` with every generated block replaced by its current content; ValueError if a benchmark has no block
     (with ``every``) or a block names no benchmark."""
-    missing = [name for name in TABLES if f"<!-- results: {name} -->" not in page] if every else []
+    found = [m.group("name") for m in BLOCK.finditer(page)]
+    if len(re.findall(r"<!-- results: ", page)) != len(found) or len(set(found)) != len(found):
+        raise ValueError("docs/benchmarks.md has a results block that is not closed, or one benchmark's block "
+                         "twice: expected '<!-- results: NAME -->' ... '<!-- /results -->' once per benchmark")
+    missing = [name for name in TABLES if name not in found] if every else []
     if missing:
         raise ValueError(f"docs/benchmarks.md has no results block for {', '.join(missing)}: expected a line "
                          f"'<!-- results: NAME -->' and one '<!-- /results -->' in each benchmark's section")
     return BLOCK.sub(lambda m: block(m.group("name"), results), page)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check that the page matches the results")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     with open(PAGE, encoding="utf-8") as fh:
         page = fh.read()
-    fresh = render(page)
+    try:
+        fresh = render(page)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.check:
         if fresh != page:
             print("docs/benchmarks.md does not match benchmarks/results/: run `python -m benchmarks.report`",

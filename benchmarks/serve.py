@@ -60,9 +60,8 @@ def write_untrained_artifact(folder: str, preset: str, modalities: tuple[str, ..
     import torch
     from safetensors.torch import save
 
-    from pipeline.artifact import write_artifact
+    from pipeline.artifact import EncoderRecord, write_artifact
     from pipeline.embed.config import EmbedConfig
-    from pipeline.embed.resume import encoder_record
     from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
     from pipeline.encoders.presets import resolve_encoder
     from pipeline.modality import Modality
@@ -75,7 +74,7 @@ def write_untrained_artifact(folder: str, preset: str, modalities: tuple[str, ..
         m = Modality.parse(name)
         ref, enc = resolve_encoder(cfg, m), cfg.encoder(m)
         dims[name] = FrozenEncoder(ref, enc).dim
-        records[name] = encoder_record(ref, enc, read_input_spec(ref, enc))
+        records[name] = EncoderRecord.of(ref, enc, read_input_spec(ref, enc))
     torch.manual_seed(0)
     config = ModelConfig(in_dims=dims, tokens={n: 1 for n in dims})
     write_artifact(folder, config.model_dump(), save(OneEncoder(config).state_dict()), records, [],

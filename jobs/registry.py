@@ -41,7 +41,8 @@ class Job:
         return _resolve(self.config)
 
 
-# What each extra of pyproject.toml adds that its jobs import: a missing one means the extra is not installed.
+# A module each extra of pyproject.toml brings (Ray Train's tensorboardX; Ray Serve's web stack; matplotlib):
+# one missing means the extra is not installed, and the job stops before any work saying how to add it.
 EXTRAS: dict[str, tuple[str, ...]] = {"train": ("tensorboardX",), "serve": ("fastapi", "uvicorn", "starlette"),
                                       "eval": ("matplotlib",)}
 
@@ -136,7 +137,7 @@ def execute(job: Job, args: argparse.Namespace) -> int:
     setup_logging(getattr(args, "verbose", False))
     missing = missing_extras(job)
     if missing:
-        print(f"error: `oneencoder {job.name}` needs the {' and '.join(missing)} extra{'s' * (len(missing) > 1)} "
+        print(f"error: the {job.name} job needs the {' and '.join(missing)} extra{'s' * (len(missing) > 1)} "
               f"(no module {', '.join(dict.fromkeys(m for e in missing for m in EXTRAS[e] if not _importable(m)))}): "
               f"pip install 'oneencoder-ray[{','.join(missing)}]' (or [all])", file=sys.stderr)
         return 2

@@ -13,9 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.store.files import write_bytes_atomic, write_json
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.config import EncoderConfig
+    from pipeline.encoders.presets import EncoderRef
+    from pipeline.modalities import InputSpec
 
 FORMAT = "oneencoder-artifact/1"
 
@@ -40,6 +45,13 @@ class EncoderRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def of(cls, ref: "EncoderRef", enc: "EncoderConfig", spec: "InputSpec") -> "EncoderRecord":
+        """What a model artifact needs to rebuild modality ``ref``'s frozen encoder (``enc``) and its inputs
+        (``spec``), as it reads back from JSON (tuples become lists), so a stored record compares equal."""
+        return cls(ref.modality.value, ref.name, ref.source, ref.revision, ref.build, enc.model_dump(mode="json"),
+                   json.loads(json.dumps(dataclasses.asdict(spec))))
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> "EncoderRecord":

@@ -43,6 +43,9 @@ def _parse(command: str) -> str | None:
     args = shlex.split(command, comments=True)
     if any(a.startswith("[") or a in ("...", "…", "\\") or "|" in a for a in args):
         return None
+    for flag, value in zip(args, args[1:]):  # a config the command names is in the repository
+        if flag == "--config" and value.endswith((".yaml", ".yml")) and "/" in value and not value.isupper():
+            assert os.path.exists(os.path.join(ROOT, value)), f"{command}: {value} does not exist"
     if args[0] == "oneencoder":
         parse_command_line(args[1:])
         return args[1]
@@ -51,10 +54,8 @@ def _parse(command: str) -> str | None:
         from jobs.registry import build_parser
 
         build_parser(module.JOB).parse_args(args[3:])
-    elif hasattr(module, "build_parser"):
+    else:
         module.build_parser().parse_args(args[3:])
-    else:  # a script with its own main (the report): --help exits 0 if it exists
-        assert args[3:] in ([], ["--check"]), command
     return args[2]
 
 

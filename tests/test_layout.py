@@ -8,7 +8,9 @@ import os
 from tests.settings import ROOT
 
 
-def _imports(path: str) -> set[str]:
+def _imports(path: str, members: bool = False) -> set[str]:
+    """The absolute imports of ``path`` (in functions too); with ``members``, ``from a import b`` also gives ``a.b``
+    (``from ray import serve`` imports ray.serve)."""
     tree = ast.parse(open(path, encoding="utf-8").read(), path)
     names = set()
     for node in ast.walk(tree):
@@ -16,6 +18,8 @@ def _imports(path: str) -> set[str]:
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            if members:
+                names |= {f"{node.module}.{a.name}" for a in node.names}
     return names
 
 
@@ -164,28 +168,35 @@ EXTRA_ONLY = {"train": (("ray.train", "ray.tune", "tensorboardX"), ("pipeline/tr
 
 
 def test_the_core_install_imports_no_extra():
-    """`pip install oneencoder-ray` (no extra) embeds and loads models: outside the training package, the server and
-    the evaluation report, nothing imports Ray Train / Tune, Ray Serve, FastAPI or matplotlib, even in a function."""
+    """`pip install oneencoder-ray` (no extra) embeds and loads models: only pipeline/train/, serving/ and the
+    evaluation report import what an extra brings (Ray Train / Tune, Ray Serve, FastAPI, matplotlib), even inside a
+    function, and nothing the embed job, `load_model` or the generated corpora run reaches those modules."""
+    def extra_only(imported: set[str]) -> list[str]:
+        return sorted(f"{m} (the {extra} extra)" for m in imported for extra, (names, _) in EXTRA_ONLY.items()
+                      if any(m == x or m.startswith(x + ".") for x in names))
+
     offenders = []
-    for package in ("pipeline", "serving", "jobs"):
+    for package in ("pipeline", "serving"):
         for folder, _, files in os.walk(os.path.join(ROOT, package)):
             for name in (f for f in files if f.endswith(".py")):
                 path = os.path.join(folder, name)
                 rel = os.path.relpath(path, ROOT).replace(os.sep, "/")
-                tree = ast.parse(open(path, encoding="utf-8").read(), path)
-                imported = set()
-                for node in ast.walk(tree):
-                    if isinstance(node, ast.Import):
-                        imported |= {a.name for a in node.names}
-                    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                        imported |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-                for extra, (modules, places) in EXTRA_ONLY.items():
-                    if rel.startswith(places) or rel.startswith("jobs/"):  # a program names its extra (registry)
-                        continue
-                    bad = sorted(m for m in imported if any(m == x or m.startswith(x + ".") for x in modules))
-                    if bad:
-                        offenders.append(f"{rel}: {', '.join(bad)} (the {extra} extra)")
+                places = tuple(p for _, ps in EXTRA_ONLY.values() for p in ps)
+                if not rel.startswith(places):
+                    offenders += [f"{rel}: {m}" for m in extra_only(_imports(path, members=True))]
     assert not offenders, offenders
+
+    modules = _module_names()
+    graph = {name: _runtime_imports(path, name, modules) for name, path in modules.items()}
+    reached, todo = set(), ["pipeline.embed.job", "pipeline.inference", "pipeline.synthetic.corpus"]
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo += graph[name]
+    assert "pipeline.encoders.frozen" in reached and "pipeline.store.parts" in reached  # the walk sees imports
+    beyond = sorted(m for m in reached if m.startswith(("pipeline.train", "serving")) or m == "pipeline.eval.report")
+    assert not beyond, f"the core install's code reaches modules of an extra: {beyond}"
 
 
 def test_the_extras_the_jobs_check_are_the_ones_pyproject_declares():

@@ -22,10 +22,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline.artifact import EncoderRecord
 from pipeline.config import ConfigError, EncoderConfig
 from pipeline.embed.committer import Committer
 from pipeline.embed.config import EmbedConfig, require_paths
-from pipeline.embed.resume import encoder_record, guard_resume, run_fingerprint, write_summary
+from pipeline.embed.resume import guard_resume, run_fingerprint, write_summary
 from pipeline.embed.stages import CPU_CONCURRENT_BATCHES, EncodeActor, MediaLinks, decode_work, media_links, read_work
 from pipeline.embed.waiting import Need, cluster_can_grow, wait_for_room
 from pipeline.embed.watch import PoolWatch
@@ -95,7 +96,7 @@ def _prepare(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, store: Fe
     enc, ref = cfg.encoder(modality), resolve_encoder(cfg, modality)
     spec = read_input_spec(ref, enc)
     guard_resume(store, modality, run_fingerprint(cfg, modality, plan, ref, spec),
-                 encoder_record(ref, enc, spec).to_json())
+                 EncoderRecord.of(ref, enc, spec).to_json())
     counts = plan.shard_items(modality)
     todo = counts > 0
     done = [s for s in store.committed_indexes(modality) if s < len(todo)]

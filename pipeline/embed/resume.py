@@ -9,8 +9,6 @@ import json
 import resource
 from typing import Any
 
-from pipeline.artifact import EncoderRecord
-from pipeline.config import EncoderConfig
 from pipeline.embed.config import EmbedConfig
 from pipeline.encoders.presets import EncoderRef
 from pipeline.modalities import InputSpec
@@ -21,12 +19,6 @@ from pipeline.store.manifest import ManifestPlan
 
 class ResumeMismatchError(RuntimeError):
     """The output folder holds shards made from a different manifest or encoder setup."""
-
-
-def encoder_record(ref: EncoderRef, enc: EncoderConfig, spec: InputSpec) -> EncoderRecord:
-    """What a model artifact needs to rebuild this modality's frozen encoder and its inputs."""
-    return EncoderRecord(ref.modality.value, ref.name, ref.source, ref.revision, ref.build,
-                         enc.model_dump(mode="json"), _as_json(dataclasses.asdict(spec)))
 
 
 RUN_FORMAT = 3  # version of run.json: a store made by another version is not resumed blindly (3: shards of rows)

@@ -48,7 +48,10 @@ class Synthetic:
     ``write(scene, rng, path)`` writes the sample as a file at ``path`` (its extension picks the format, one of
     ``formats``) and returns None; an inline modality is given no path and returns the manifest's value.
     ``draw(scene, rng)`` returns the decoded input (what ``decode`` would produce) in the scene's style. Both
-    draw any randomness from ``rng`` (one generator shared by a sample's modalities, in registry order).
+    draw any randomness from ``rng``: one generator shared by a sample's modalities in registry order, and by
+    the samples one after another. A modality added to the registry whose ``draw`` takes numbers from it
+    therefore changes every later sample of the modalities before it, and the quality bar's corpora with them:
+    a new modality's ``draw`` should take none (as depth's), or its own generator seeded from the scene.
     """
 
     write: Callable[["Scene", "np.random.Generator", str | None], str | None]
@@ -90,6 +93,18 @@ class ModalitySpec:
     decoded_dtype: str = "uint8"                # numpy dtype of a decoded array ("str" for text)
     limits: dict[str, Limit] = dataclasses.field(default_factory=dict)  # its decoder's limits, by config field name
     synthetic: Synthetic | None = None          # generated samples of a concept (None: not in generated corpora)
+
+    def __post_init__(self) -> None:
+        synth = self.synthetic
+        if synth is None:
+            return
+        if bool(synth.folder) == self.inline or bool(synth.formats) == self.inline:
+            raise ValueError(f"modality {self.name!r}: synthetic samples of an inline modality have no folder or "
+                             "formats, those of a media modality both")
+        unknown = [f for f in synth.formats if f".{f}" not in self.extensions]
+        if unknown:
+            raise ValueError(f"modality {self.name!r}: synthetic formats {unknown} are not among its extensions "
+                             f"{list(self.extensions)}")
 
     def accepts_mime(self, mime: str) -> bool:
         """Whether a data: URI of type ``mime`` (lower case, no parameters) may hold this modality."""

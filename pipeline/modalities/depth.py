@@ -116,18 +116,41 @@ def build_paper(dest: str) -> None:
 
 
 
+# --- generated samples ---------------------------------------------------------------------------------
+def depth_map(colour: str, shape: str, size: int = 96, offset: float = 0.0, scale: float = 0.3,
+              vertical: bool = False) -> np.ndarray:
+    """A depth map of ``draw_shape``'s scene, uint16 millimetres (size, size): a wall 4 m away and the shape in
+    front of it, nearer the earlier its colour is in COLOURS (so a map holds the colour as a distance)."""
+    from PIL import Image, ImageDraw
+
+    from pipeline.synthetic.draw import COLOURS, paint_shape, placement
+
+    img = Image.new("I", (size, size), 4000)
+    near = 1000 + 400 * list(COLOURS).index(colour)
+    paint_shape(ImageDraw.Draw(img), shape, *placement(size, offset, scale, vertical), fill=near)
+    return np.asarray(img).astype(np.uint16)
+
+
+def write_depth(path: str, millimetres: np.ndarray) -> None:
+    """Save a uint16 depth map as ``path``'s format: 16-bit PNG or .npy in millimetres, float32 TIFF in metres."""
+    from PIL import Image
+
+    if path.endswith(".npy"):
+        np.save(path, millimetres)
+    elif path.endswith((".tif", ".tiff")):
+        Image.fromarray(millimetres.astype(np.float32) / 1000, mode="F").save(path)
+    else:
+        Image.fromarray(millimetres).save(path)  # uint16 -> mode I;16 -> a 16-bit greyscale PNG
+
+
 def write_sample(scene: Any, rng: Any, path: str | None) -> None:
     """The depth map of ``scene``'s picture (``draw_shape``'s, 96x96): 16-bit PNG or .npy in millimetres, float
     TIFF in metres, by ``path``'s extension."""
-    from pipeline.synthetic.draw import depth_map, write_depth
-
     write_depth(path, depth_map(scene.colour, scene.shape))
 
 
 def draw_sample(scene: Any, rng: Any) -> np.ndarray:
     """The decoded depth map of ``scene``'s picture: float32 (64, 64), depths over the largest (draws nothing)."""
-    from pipeline.synthetic.draw import depth_map
-
     millimetres = depth_map(scene.colour, scene.shape, size=64, offset=scene.offset, scale=scene.scale,
                             vertical=scene.vertical)
     return (millimetres / millimetres.max()).astype(np.float32)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from pipeline.artifact import EncoderRecord
 from pipeline.config import EncoderConfig
 from pipeline.embed.config import EmbedConfig
 from pipeline.encoders.frozen import FrozenEncoder, read_input_spec
@@ -31,7 +32,6 @@ def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str |
     """Encode ``n`` concept samples of ``style`` with the tiny encoders (``threads`` torch threads, ``tokens`` K
     vectors per item) into a feature store at ``root``, one modality of ``modalities`` after another; return
     id → concept."""
-    from pipeline.embed.resume import encoder_record
 
     rng = np.random.default_rng(seed)
     samples = [concept_inputs(i, rng, style) for i in range(n)]
@@ -46,6 +46,6 @@ def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str |
         flat = pa.FixedSizeListArray.from_arrays(pa.array(arr.astype(np.float16).ravel()), k * dim)
         table = features_table(ids, modality.value, [None] * n, ref.name, flat, k, dim)
         store.start_run(modality, {"items": n, "encoder": ref.name, "tokens": k, "dtype": "float16"},
-                        encoder_record(ref, enc, read_input_spec(ref, enc)).to_json())
+                        EncoderRecord.of(ref, enc, read_input_spec(ref, enc)).to_json())
         store.commit_shard(modality, 0, table, ERROR_SCHEMA.empty_table(), dim)
     return {i: "{} {}".format(*concept(k)) for k, i in enumerate(ids)}

@@ -21,8 +21,7 @@ def synthetic_modalities() -> list[Modality]:
 def _synthetic(modality: str):
     spec = REGISTRY[Modality(modality).value]
     if spec.synthetic is None:
-        raise ValueError(f"modality {spec.name!r} cannot generate samples: expected one of "
-                         f"{', '.join(synthetic_modalities())}")
+        raise ValueError(f"{spec.name} cannot generate samples: expected some of {', '.join(synthetic_modalities())}")
     return spec.synthetic
 
 
@@ -48,7 +47,7 @@ def write_sample_corpus(dest: str, n: int = 24, seed: int = 0, modalities: tuple
         sample = Scene(*concept(i), vary=vary)  # nothing drawn up front: each modality draws as it writes
         row: dict[str, str] = {"id": f"s{i:05d}"}
         for modality, synth in chosen:
-            if synth.folder:
+            if not modality.is_inline:
                 name = synth.file_name(i)
                 synth.write(sample, rng, os.path.join(dest, name))
                 row[modality.value] = name

@@ -33,21 +33,11 @@ def draw_shape(colour: str, shape: str, size: int = 96, offset: float = 0.0, rng
     rng = rng or np.random.default_rng(0)
     bg = tuple(int(v) for v in rng.integers(200, 256, 3))
     img = Image.new("RGB", (size, size), bg)
-    paint_shape(ImageDraw.Draw(img), shape, *_placement(size, offset, scale, vertical), fill=fill or COLOURS[colour])
+    paint_shape(ImageDraw.Draw(img), shape, *placement(size, offset, scale, vertical), fill=fill or COLOURS[colour])
     return img
 
 
-def depth_map(colour: str, shape: str, size: int = 96, offset: float = 0.0, scale: float = 0.3,
-              vertical: bool = False) -> np.ndarray:
-    """A depth map of ``draw_shape``'s scene, uint16 millimetres (size, size): a wall 4 m away and the shape in
-    front of it, nearer the earlier its colour is in COLOURS (so a map holds the colour as a distance)."""
-    img = Image.new("I", (size, size), 4000)
-    near = 1000 + 400 * list(COLOURS).index(colour)
-    paint_shape(ImageDraw.Draw(img), shape, *_placement(size, offset, scale, vertical), fill=near)
-    return np.asarray(img).astype(np.uint16)
-
-
-def _placement(size: int, offset: float, scale: float, vertical: bool) -> tuple[float, float, float]:
+def placement(size: int, offset: float, scale: float, vertical: bool) -> tuple[float, float, float]:
     """(centre x, centre y, radius) of a shape shifted by ``offset`` in [0, 1) along its axis."""
     cx, cy = size * (0.3 + 0.4 * offset), size * 0.5
     return (cy, cx, size * scale) if vertical else (cx, cy, size * scale)
@@ -119,17 +109,6 @@ def clip(colour: str, shape: str, frames: int = 8, size: int = 64, rng: np.rando
          **draw) -> np.ndarray:
     """A short clip of the shape sliding left to right (``draw``: draw_shape's scale, vertical): uint8 (frames, size, size, 3)."""
     return np.stack([np.asarray(draw_shape(colour, shape, size, f / max(frames - 1, 1), rng, **draw)) for f in range(frames)])
-
-
-def write_depth(path: str, millimetres: np.ndarray) -> None:
-    """Save a uint16 depth map as ``path``'s format: 16-bit PNG or .npy in millimetres, float32 TIFF in metres."""
-    if path.endswith(".npy"):
-        np.save(path, millimetres)
-    elif path.endswith((".tif", ".tiff")):
-        Image.fromarray(millimetres.astype(np.float32) / 1000, mode="F").save(path)
-    else:
-        Image.fromarray(millimetres).save(path)  # uint16 -> mode I;16 -> a 16-bit greyscale PNG
-
 
 
 

@@ -1,5 +1,5 @@
-"""Every benchmark and measurement script runs through its real main() (tiny preset, small sizes), writes its JSON
-result, and refuses a bad config before any work."""
+"""The benchmarks and the quality sweep run through their real main() (tiny preset, small sizes), write their JSON
+result, and refuse a bad config before any work."""
 from __future__ import annotations
 
 import json
@@ -104,7 +104,9 @@ def test_quality_sweep_main_prints_each_run_and_the_ranges(ray_session, tmp_path
     assert quality_sweep.main(argv) == 0
     printed = capsys.readouterr().out
     assert "other seed 5 threads 1 audio->text: progressive" in printed and "other corpus, over 1 runs (min .. max):" in printed
-    (run,) = json.loads(report.read_text())
+    record = json.loads(report.read_text())
+    assert record["command"] == "python -m benchmarks.quality_sweep " + " ".join(argv) and record["machine"]["cores"]
+    (run,) = record["result"]
     assert (run["style"], run["seed"], run["threads"]) == ("other", 5, 1)
     assert set(run["pairs"]) == {"image->text", "audio->text", "video->text"}
     with pytest.raises(SystemExit):

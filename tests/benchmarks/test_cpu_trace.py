@@ -1,4 +1,4 @@
-"""The benchmark's CPU accounting per process (jobs.cpu_trace): names, windows, a real busy process."""
+"""The benchmark's CPU accounting per process (benchmarks.cpu_trace): names, windows, a real busy process."""
 import os
 import subprocess
 import sys

@@ -15,7 +15,8 @@ from pipeline.embed.job import run_embed
 from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.modality import Modality
 from pipeline.store.features import embeddings, read_errors, read_features
-from pipeline.synthetic.draw import concept, depth_map, draw_shape, write_depth
+from pipeline.modalities.depth import depth_map, write_depth
+from pipeline.synthetic.draw import concept, draw_shape
 from tests.media_factory import jpeg_with_orientation, write_bad_media
 
 DEPTH_FORMATS = Modality("depth").spec.synthetic.formats

@@ -91,7 +91,7 @@ def test_a_job_whose_extra_is_missing_says_what_to_install(tmp_path, monkeypatch
     monkeypatch.setitem(registry.EXTRAS, "eval", ("matplotlib", "oneencoder_no_such_module"))
     assert cli.main(["evaluate", "--model", str(tmp_path / "m"), "--features", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == ("error: `oneencoder evaluate` needs the eval extra (no module oneencoder_no_such_module): "
+    assert err.strip() == ("error: the evaluate job needs the eval extra (no module oneencoder_no_such_module): "
                            "pip install 'oneencoder-ray[eval]' (or [all])")
     monkeypatch.setitem(registry.EXTRAS, "train", ("oneencoder_no_such_module",))
     assert cli.main(["demo", "--workdir", str(tmp_path / "d")]) == 2

@@ -23,7 +23,8 @@ from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
 from pipeline.store.errors import ReadError
-from pipeline.synthetic.draw import clip, depth_map, draw_shape, encode_audio, encode_video, tone, write_depth
+from pipeline.modalities.depth import depth_map, write_depth
+from pipeline.synthetic.draw import clip, draw_shape, encode_audio, encode_video, tone
 
 AUDIO_FORMATS = Modality("audio").spec.synthetic.formats
 DEPTH_FORMATS = Modality("depth").spec.synthetic.formats

@@ -18,7 +18,8 @@ from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.media.errors import DecodeError
 from pipeline.modalities import InputSpec
 from pipeline.modality import Modality
-from pipeline.synthetic.draw import depth_map, draw_shape, tone, write_depth
+from pipeline.modalities.depth import depth_map, write_depth
+from pipeline.synthetic.draw import draw_shape, tone
 from serving.config import ServeLimits
 from serving.inputs import APIError, resolve
 

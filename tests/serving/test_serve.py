@@ -22,6 +22,7 @@ import yaml
 
 from pipeline.config import ConfigError
 from pipeline.media.ffmpeg import find_ffmpeg
+from pipeline.modalities.depth import depth_map, write_depth
 from pipeline.synthetic.draw import SAMPLE_RATE, clip, encode_video, write_wav
 from serving.config import APP_NAME
 from tests.media_factory import png_bytes
@@ -600,7 +601,7 @@ def test_serve_cli_refuses_bad_arguments_before_starting_ray(capsys):
 def test_depth_is_served_through_the_same_api(served, local_model, tmp_path):
     """`modality: "depth"` with a 16-bit PNG gives the vector load_model gives; the same PNG without a modality is an
     image, as every PNG was before depth existed; a colour picture sent as depth is a 400 naming why."""
-    from pipeline.synthetic.draw import depth_map, draw_shape, write_depth
+    from pipeline.synthetic.draw import draw_shape
 
     url, _ = served
     path = tmp_path / "d.png"

@@ -75,3 +75,26 @@ def test_a_new_modality_joins_every_generated_corpus_without_an_edit(tmp_path, m
     assert main(["sample-corpus", str(tmp_path / "c"), "--modalities", "text,smell"]) == 2
     assert "smell cannot generate samples: expected some of image, text, audio, video, depth" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_the_last_modality_draws_nothing_from_the_shared_generator():
+    """Depth was added after the others: its draw takes no number from the sample's generator, so the corpora of
+    the modalities before it (and the quality bar's settings measured on them) are as they were without it."""
+    from pipeline.synthetic.draw import scene
+
+    rng = np.random.default_rng(3)
+    sample = scene(5, rng, "other")
+    before = rng.bit_generator.state
+    drawn = Modality.all()[-1].spec.synthetic.draw(sample, rng)
+    assert Modality.all()[-1] == "depth" and drawn.shape == (64, 64)
+    assert rng.bit_generator.state == before
+
+
+def test_a_synthetic_entry_must_fit_its_modality():
+    with pytest.raises(ValueError, match="synthetic samples of an inline modality have no folder or formats"):
+        dataclasses.replace(REGISTRY["image"], synthetic=Synthetic(write=print, draw=print))
+    with pytest.raises(ValueError, match=r"synthetic formats \['avi'\] are not among its extensions"):
+        dataclasses.replace(REGISTRY["image"], synthetic=Synthetic(print, print, folder="images", formats=("png", "avi")))
+    with pytest.raises(ValueError, match="inline modality have no folder"):
+        dataclasses.replace(REGISTRY["text"], synthetic=Synthetic(print, print, folder="texts", formats=("txt",)))
+

@@ -157,7 +157,7 @@ ABOVE_CHANCE_ONLY = {("hard", "audio->text")}
 @pytest.mark.parametrize("corpus", list(QUALITY_CORPORA))
 def test_progressive_model_against_the_baseline(corpus, request, capsys):
     """The defaults against the jointly trained pairwise baseline, on three corpus styles. What holds on every
-    machine, as measured by `python -m jobs.quality_sweep` over seeds 0-3, torch thread counts 1 and 2, and
+    machine, as measured by `python -m benchmarks.quality_sweep` over seeds 0-3, torch thread counts 1 and 2, and
     PyTorch's plain (non-vector) kernels (8 or 9 runs per style; docs/evaluation.md, Quality bar), not on one run.
     Every thread count is pinned (encode 2, train 1, baseline 1), so the remaining spread is the CPU's."""
     from pipeline.eval.baseline import compare
