@@ -99,7 +99,7 @@ def unseen_run(root: str, seed: int, args: argparse.Namespace) -> dict:
     labels = ["{} {}".format(*_concept(i)) for i in range(args.test)]
     names = sorted({n for pair in DIRECTIONS for n in pair} & set(model.modalities))
     ours = {n: model.encode([t[_modality(n)] for t in test], n)[0] for n in names}
-    raw = {n: model._encoder(n)[0] for n in names}
+    raw = {n: model.items(n).frozen for n in names}  # the artifact's own frozen encoders
     test_features = {n: np.concatenate([raw[n].embed([t[_modality(n)] for t in test[i:i + 64]])
                                         for i in range(0, len(test), 64)]) for n in names}
     train_features = {n: load_features(store, n, {}) for n in names}

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import decode as decode_bench
 from benchmarks import embed as embed_bench
-from benchmarks import quality_sweep
+from benchmarks import quality_sweep, quality_unseen
 from benchmarks import scale as scale_bench
 from benchmarks import serve as serve_bench
 from benchmarks import train as train_bench
@@ -115,3 +115,23 @@ def test_quality_sweep_main_prints_each_run_and_the_ranges(ray_session, tmp_path
     with pytest.raises(SystemExit):
         quality_sweep.main(["--styles", "suite,cartoon"])
     assert "--styles takes comma-separated styles of suite, other, hard, got 'suite,cartoon'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quality_unseen_main_compares_the_defaults_with_the_baseline(ray_session, tmp_path, capsys):
+    """The unseen-corpus run end to end on a small corpus (one epoch a stage): every direction of the curriculum
+    is measured against the baseline on a test corpus embedded through the artifact's own encoders."""
+    config = tmp_path / "train.yaml"
+    config.write_text("stages:\n" + "".join(f"  - {{new: {m}, anchor: text, epochs: 1}}\n" for m in ("image", "audio", "video")))
+    report = tmp_path / "unseen.json"
+    argv = ["--train", "48", "--test", "24", "--seeds", "2", "--baseline-epochs", "1", "--config", str(config),
+            "--workdir", str(tmp_path / "work"), "--report", str(report)]
+    assert quality_unseen.main(argv) == 0
+    printed = capsys.readouterr().out
+    (run,) = json.loads(report.read_text())["result"]
+    assert (run["seed"], run["train"], run["test"]) == (2, 48, 24)
+    assert set(run["directions"]) == {"image->text", "text->image", "audio->text", "video->text"}
+    for name, d in run["directions"].items():
+        assert 0 <= d["progressive"] <= 1 and 0 <= d["baseline"] <= 1 and 0 <= d["p_worse"] <= 1, (name, d)
+    assert quality_unseen.format_table(run) in printed  # what is printed is what the result holds
+
