@@ -10,6 +10,7 @@ from typing import Any, Callable, Literal
 from jobs.registry import Job, build_parser, execute
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+UNRECORDED = {"report", "workdir"}  # settings of where a run writes, not of what it measures
 Preset = Literal["paper", "tiny"]
 PRESET_HELP = "paper = the paper's architectures at random init (offline); tiny = the test-sized encoders."
 REPORT_HELP = ("Where the JSON result goes (a path, or a URI such as s3://bucket/result.json for a run on a "
@@ -33,7 +34,7 @@ def finish(name: str, cfg: Any, result: dict[str, Any], text: Callable[[dict[str
     """What every benchmark ends with: its figures on the console, and as JSON (``cfg.report``, or
     ``benchmarks/results/<name>.json``) with its config and the machine it ran on."""
     print(text(result))
-    config = cfg.model_dump(mode="json", exclude={"report", "workdir"})
+    config = cfg.model_dump(mode="json", exclude=UNRECORDED)
     write_result(name, command(name, cfg), config, result, cfg.report)
     return 0
 
@@ -64,7 +65,7 @@ def command(name: str, cfg: Any) -> str:
     words = [f"python -m benchmarks.{name}"]
     for field, info in type(cfg).model_fields.items():
         value = getattr(cfg, field)
-        if field in ("report", "workdir") or info.is_required() or value == info.get_default(call_default_factory=True):
+        if field in UNRECORDED or info.is_required() or value == info.get_default(call_default_factory=True):
             continue
         flag = "--" + field.replace("_", "-")
         if isinstance(value, bool):

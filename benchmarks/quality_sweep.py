@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 
-from benchmarks.common import write_result
+from benchmarks.common import UNRECORDED, write_result
 from pipeline.synthetic.concept_store import BASELINE_EPOCHS
 from pipeline.synthetic.draw import STYLES
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_sweep([r for r in runs if r["style"] == style], ranges=True))
     argv_used = sys.argv[1:] if argv is None else argv
     write_result("quality_sweep", " ".join(["python -m benchmarks.quality_sweep", *argv_used]),
-                 {k: v for k, v in vars(args).items() if k not in ("report", "workdir")}, runs, args.report)
+                 {k: v for k, v in vars(args).items() if k not in UNRECORDED}, runs, args.report)
     return 0
 
 

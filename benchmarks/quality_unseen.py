@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import write_result
+from benchmarks.common import UNRECORDED, write_result
 from pipeline.synthetic.concept_store import STAGES
 from pipeline.synthetic.draw import STYLES
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_ranges(runs))
     argv_used = sys.argv[1:] if argv is None else argv
     write_result("quality_unseen", " ".join(["python -m benchmarks.quality_unseen", *argv_used]),
-                 {k: v for k, v in vars(args).items() if k not in ("report", "workdir")}, runs, args.report)
+                 {k: v for k, v in vars(args).items() if k not in UNRECORDED}, runs, args.report)
     return 0
 
 

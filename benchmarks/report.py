@@ -10,13 +10,13 @@ prose around the blocks (the method) is written by hand; the figures never are.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import re
 import sys
 
 from benchmarks.common import RESULT_FORMAT, RESULTS, describe
+from jobs.registry import resolve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join(ROOT, "docs", "benchmarks.md")
@@ -44,8 +44,7 @@ def block(name: str, results: str = RESULTS) -> str:
         if not isinstance(record, dict) or record.get("format") != RESULT_FORMAT or record.get("benchmark") != name:
             raise ValueError(f"{path} is not a result of benchmark {name} in format {RESULT_FORMAT}: rerun "
                              f"`python -m benchmarks.{name}`")
-        module, _, function = TABLES[name].partition(":")
-        table = getattr(importlib.import_module(module), function)(record["result"])
+        table = resolve(TABLES[name])(record["result"])
         lines += [f"Latest run: `{record['command']}` on {describe(record['machine'])}.", "", "```text", table, "```"]
     return "\n".join(lines + ["<!-- /results -->"])
 

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from pipeline.config import StrictModel
 from pipeline.modality import Modality
-from pipeline.synthetic.corpus import SAMPLE_MODALITIES, synthetic_modalities, write_sample_corpus
+from pipeline.synthetic.corpus import SAMPLE_MODALITIES, synthetic_entries, write_sample_corpus
 
 
 class SampleCorpusConfig(StrictModel):
@@ -26,10 +26,7 @@ class SampleCorpusConfig(StrictModel):
     @field_validator("modalities")
     @classmethod
     def _can_generate(cls, value: list[Modality]) -> list[Modality]:
-        able = synthetic_modalities()
-        missing = [m for m in value if m not in able]
-        if missing:
-            raise ValueError(f"{', '.join(missing)} cannot generate samples: expected some of {', '.join(able)}")
+        synthetic_entries(value)  # ValueError naming each modality that cannot
         return value
 
 

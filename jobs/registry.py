@@ -38,7 +38,7 @@ class Job:
     config_help: str = "YAML config; flags override its fields (see `oneencoder config-reference`)"
 
     def config_class(self) -> type[BaseModel]:
-        return _resolve(self.config)
+        return resolve(self.config)
 
 
 # A module each extra of pyproject.toml brings (Ray Train's tensorboardX; Ray Serve's web stack; matplotlib):
@@ -72,7 +72,8 @@ JOBS: dict[str, Job] = {job.name: job for job in (
 )}
 
 
-def _resolve(ref: str) -> Any:
+def resolve(ref: str) -> Any:
+    """The object a "module:name" reference names (imported when asked for)."""
     module, _, name = ref.partition(":")
     return getattr(importlib.import_module(module), name)
 
@@ -98,7 +99,7 @@ def build_parser(job: Job, parser: argparse.ArgumentParser | None = None) -> arg
     p.add_argument("--config", help=job.config_help)
     p.add_argument("--verbose", action="store_true", help="debug logging")
     if job.extra:
-        _resolve(job.extra)(p)
+        resolve(job.extra)(p)
     p.set_defaults(**job.defaults)
     return p
 
@@ -123,7 +124,7 @@ def _flag_kind(annotation: Any) -> dict[str, Any] | None:
 def load_config(job: Job, args: argparse.Namespace) -> BaseModel:
     """The job's config: its YAML (``--config``), then every flag given, validated once. Raises ConfigError."""
     if job.load:
-        return _resolve(job.load)(job.config_class(), args)
+        return resolve(job.load)(job.config_class(), args)
     from pipeline.config import config_from_args
 
     return config_from_args(job.config_class(), args)
@@ -138,11 +139,11 @@ def execute(job: Job, args: argparse.Namespace) -> int:
     missing = missing_extras(job)
     if missing:
         print(f"error: the {job.name} job needs the {' and '.join(missing)} extra{'s' * (len(missing) > 1)} "
-              f"(no module {', '.join(dict.fromkeys(m for e in missing for m in EXTRAS[e] if not _importable(m)))}): "
+              f"(no module {', '.join(dict.fromkeys(m for ms in missing.values() for m in ms))}): "
               f"pip install 'oneencoder-ray[{','.join(missing)}]' (or [all])", file=sys.stderr)
         return 2
     try:
-        return int(_resolve(job.run)(load_config(job, args), args))
+        return int(resolve(job.run)(load_config(job, args), args))
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -151,15 +152,12 @@ def execute(job: Job, args: argparse.Namespace) -> int:
         return 1
 
 
-def missing_extras(job: Job) -> list[str]:
-    """The extras ``job`` needs that are not installed."""
-    return [extra for extra in job.extras if not all(_importable(m) for m in EXTRAS[extra])]
-
-
-def _importable(module: str) -> bool:
+def missing_extras(job: Job) -> dict[str, list[str]]:
+    """The extras ``job`` needs that are not installed, each with the modules of it that are absent."""
     import importlib.util
 
-    return importlib.util.find_spec(module) is not None
+    absent = {extra: [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None] for extra in job.extras}
+    return {extra: modules for extra, modules in absent.items() if modules}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 
 from pipeline.modalities import REGISTRY
 from pipeline.modality import Modality
-from pipeline.synthetic.draw import STYLES, Scene, concept, scene
+from pipeline.synthetic.draw import Scene, concept, scene
 
 SAMPLE_MODALITIES = ("image", "text", "audio", "video")  # a sample corpus's columns by default (depth: on request)
 
@@ -18,11 +19,15 @@ def synthetic_modalities() -> list[Modality]:
     return [Modality(name) for name, spec in REGISTRY.items() if spec.synthetic is not None]
 
 
-def _synthetic(modality: str):
-    spec = REGISTRY[Modality(modality).value]
-    if spec.synthetic is None:
-        raise ValueError(f"{spec.name} cannot generate samples: expected some of {', '.join(synthetic_modalities())}")
-    return spec.synthetic
+def synthetic_entries(modalities) -> list[tuple[Modality, Any]]:
+    """``(modality, its Synthetic entry)`` of each of ``modalities``, in registry order; ValueError naming every one
+    that cannot generate samples."""
+    wanted = {Modality(m) for m in modalities}
+    missing = [m for m in Modality.all() if m in wanted and m.spec.synthetic is None]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} cannot generate samples: expected some of "
+                         f"{', '.join(synthetic_modalities())}")
+    return [(m, m.spec.synthetic) for m in Modality.all() if m in wanted]
 
 
 def write_sample_corpus(dest: str, n: int = 24, seed: int = 0, modalities: tuple[str, ...] = SAMPLE_MODALITIES,
@@ -36,11 +41,10 @@ def write_sample_corpus(dest: str, n: int = 24, seed: int = 0, modalities: tuple
     concept is rendered one way.
     """
     rng = np.random.default_rng(seed)
-    wanted = {Modality(m) for m in modalities}
-    chosen = [(m, _synthetic(m)) for m in Modality.all() if m in wanted]
+    chosen = synthetic_entries(modalities)
     os.makedirs(dest, exist_ok=True)
-    for _, synth in chosen:
-        if synth.folder:
+    for modality, synth in chosen:
+        if not modality.is_inline:
             os.makedirs(os.path.join(dest, synth.folder), exist_ok=True)
     rows = []
     for i in range(n):
@@ -63,7 +67,5 @@ def write_sample_corpus(dest: str, n: int = 24, seed: int = 0, modalities: tuple
 def concept_inputs(i: int, rng: np.random.Generator, style: str = "suite") -> dict[Modality, object]:
     """Decoded inputs of sample ``i`` in every synthetic modality (what the decoders would produce), varied per
     sample, in one of ``STYLES``: the scene's variation first, then each modality in registry order."""
-    if style not in STYLES:
-        raise ValueError(f"style {style!r}: expected one of {', '.join(STYLES)}")
-    sample = scene(i, rng, style)
+    sample = scene(i, rng, style)  # ValueError naming the styles for another
     return {m: m.spec.synthetic.draw(sample, rng) for m in synthetic_modalities()}
