@@ -35,8 +35,10 @@ class BenchmarkScaleConfig(StrictModel):
     rows: list[int] = Field([20_000, 200_000], min_length=1, description="Manifest sizes (a list, or '20000,200000').")
     shard_size: int = Field(1024, ge=1, description="The embed job's shard_size.")
     batch_size: int = Field(16, ge=1, description="Encoder batch size (the job's and the ceiling's).")
-    decode_batch_size: int = Field(64, ge=1, description="The embed job's decode.batch_size (media items per decode task).")
-    actor_batch_rows: int = Field(64, ge=1, description="The embed job's actor_batch_rows (rows per encoder actor call).")
+    decode_batch_size: int | None = Field(None, ge=1, description="The embed job's decode.batch_size (media items per "
+                                          "decode task); null = its default (sized by decoded bytes).")
+    actor_batch_rows: int | None = Field(None, ge=1, description="The embed job's actor_batch_rows (rows per encoder "
+                                         "actor call); null = its default (each decode block as it comes).")
     torch_threads: int | None = Field(None, ge=1, description="The job's encoder torch threads per batch; null = the "
                                       "job's default (the node's cores / the actor's concurrent batches).")
     repeat: int = Field(1, ge=1, description="Images only: rows naming each image, scattered over the manifest "
@@ -224,7 +226,7 @@ def format_scale(r: dict[str, Any]) -> str:
     lines = [f"embed scale benchmark: {r['modality']}"
              + (f" (each named by {r['repeat']} scattered rows)" if r["repeat"] > 1 else "")
              + f", tiny preset, shard_size {r['shard_size']}, batch {r['batch_size']}, "
-             f"decode batch {r['decode_batch_size']}, actor calls of {r['actor_batch_rows']} rows, job torch threads {r['job_torch_threads'] or 'default'}, "
+             f"decode batch {r['decode_batch_size'] or 'default'}, actor calls of {r['actor_batch_rows'] or 'default'} rows, job torch threads {r['job_torch_threads'] or 'default'}, "
              f"{r['cpus']} CPUs; ceiling at {r['torch_threads']} torch threads",
              f"ceiling, in-process encoder on decoded items (best of 1 and all threads): {r['ceiling_per_s']:.0f} items/s",
              f"{'rows':>9} {'unique':>8} {'job s':>8} {'steady/s':>9} {'x ceiling':>10} {'driver MB':>10} {'x smallest':>11} "

@@ -31,7 +31,7 @@ def run(cfg: EmbedConfig, args: argparse.Namespace) -> int:
     from pipeline.runtime import init_ray
 
     require_paths(cfg)
-    init_ray()
+    init_ray(dashboard=False)
     summary = run_embed(cfg)
     print(format_summary(summary))
     return 0 if all(m["complete"] for m in summary["modalities"].values()) else 1

@@ -71,10 +71,11 @@ class ItemEncoder:
                  project: Callable[[np.ndarray], np.ndarray] | None = None, dtype: Any = np.float32,
                  batch_size: int = 16):
         from pipeline.encoders.frozen import FrozenEncoder
+        from pipeline.encoders.null import NullEncoder
 
         self.modality, self.settings, self.project = ref.modality, settings, project
         self.dtype, self.batch_size = np.dtype(dtype), batch_size
-        self.frozen = FrozenEncoder(ref, enc)
+        self.frozen = NullEncoder(ref, enc) if ref.null else FrozenEncoder(ref, enc)
 
     def embed(self, raw: list[Any], limits: list[dict[str, Any] | None] | None = None) -> list[Encoded | ItemError]:
         """Raw items (text, paths/URIs, bytes) → per item, in order, its Encoded or its ItemError. ``limits``: per

@@ -18,7 +18,7 @@ def setup_logging(verbose: bool = False) -> None:
 TRAIN_POLL_S = "0.25"
 
 
-def init_ray() -> None:
+def init_ray(dashboard: bool = True) -> None:
     """Connect to the Ray cluster a job is meant to run on, else start a Ray instance of the job's own.
 
     In this order:
@@ -72,7 +72,7 @@ def init_ray() -> None:
     # keeps Ray from handing the job the workers it prestarted and starts every new worker through the
     # runtime-env agent: about 2-3 s more before the first embedding on 2 cores (measured). The dashboard serves
     # the State API that Ray Train's clean-up polls (else it logs failures).
-    ray.init(address="local")
+    ray.init(address="local", include_dashboard=dashboard)
 
 
 def _started_cluster() -> str | None:

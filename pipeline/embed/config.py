@@ -13,8 +13,13 @@ from pipeline.modality import Modality
 
 
 class DecodeConfig(StrictModel):
-    batch_size: int = Field(64, ge=1, description="Media items per decode task (each task costs tens of ms to "
-                            "schedule on a small machine; lower it for long videos to bound memory).")
+    batch_size: int | None = Field(None, ge=1, description="Media items per decode task; null = as many as 8 x "
+                                   "batch_bytes hold at the largest decoded size (from the encoder's input size), at "
+                                   "most 2048, and no more than spread the run's items over four tasks per CPU of the "
+                                   "cluster. Each task costs tens of ms to schedule: small batches leave cores idle.")
+    batch_bytes: int = Field(64 << 20, ge=1 << 16, description="Decoded bytes per block: a decode task hands its "
+                             "items on (to an encoder-actor call, by default) each time they reach this much, which "
+                             "bounds the memory of long videos and audio.")
     inline_batch_size: int = Field(1024, ge=1, description="Text items per decode task (cheap to decode: large batches "
                                    "keep the per-task cost small).")
     num_cpus: float = Field(0.5, gt=0, description="Logical CPUs reserved per decode task.")
@@ -48,8 +53,9 @@ class EmbedConfig(StrictModel):
                          "own row. Media URIs: the same string anywhere in the manifest (planning holds a 16-byte "
                          "digest per item), or the same resolved URI within a read chunk; text: the same string, and "
                          "media held in the input: the same bytes (SHA-256), within a read chunk.")
-    actor_batch_rows: int = Field(64, ge=1, description="Rows per encoder-actor call (each modality's encoder "
-                                  "runs its own batch_size within it); lower it for long videos to bound memory.")
+    actor_batch_rows: int | None = Field(None, ge=1, description="Rows per encoder-actor call; null = each decode "
+                                         "task's output as it comes (decode.batch_size rows, batch_bytes decoded), "
+                                         "with no re-cutting. Each modality's encoder runs its own batch_size within it.")
     cache_dir: str | None = Field(None, description="Where built tiny/random-init models are saved; null = $ONEENCODER_CACHE or ~/.cache/oneencoder.")
     ffmpeg: str | None = Field(None, description="ffmpeg binary; null = $ONEENCODER_FFMPEG, else ffmpeg on PATH, else imageio-ffmpeg's.")
     no_progress_timeout_s: float = Field(1800.0, gt=0, description="Fail the job if Ray Data makes no progress for this long.")

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -46,10 +46,13 @@ class PipelineStalledError(RuntimeError):
     """The pipeline made no progress for ``no_progress_timeout_s`` and was stopped; committed shards are kept."""
 
 
-def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
+def run_embed(cfg: EmbedConfig, resolve: Callable[[EmbedConfig, Modality], EncoderRef] = resolve_encoder
+              ) -> dict[str, Any]:
     """Embed every item of the manifest ``cfg.input`` into the feature store ``cfg.output``.
 
     Returns the summary (also written to OUT/summary.json). Needs ``ray.init()`` done by the caller.
+    ``resolve``: each modality's encoder (benchmarks and tests of the pipeline alone pass
+    ``pipeline.encoders.null.null_encoders``).
     """
     require_paths(cfg)
     started = time.time()
@@ -69,7 +72,7 @@ def run_embed(cfg: EmbedConfig) -> dict[str, Any]:
         log.info("manifest columns ignored (not id or a modality): %s", ", ".join(plan.ignored_columns))
     ffmpeg = find_ffmpeg(cfg.ffmpeg) if any(m.spec.reads == "file" for m in modalities) else ""
     store = FeatureStore(output_uri, options)
-    runs = [_prepare(cfg, m, plan, store, options, ffmpeg) for m in modalities]
+    runs = [_prepare(cfg, m, plan, store, options, ffmpeg, resolve) for m in modalities]
     runs = [r for r in runs if r.todo.any()]
     processed = sum(int(plan.shard_items(r.modality)[r.todo].sum()) for r in runs)
     received = _execute(cfg, plan, runs, store, options) if runs else 0
@@ -87,13 +90,13 @@ class ModalityRun:
 
 
 def _prepare(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, store: FeatureStore, options: dict[str, Any],
-             ffmpeg: str) -> ModalityRun:
+             ffmpeg: str, resolve: Callable[[EmbedConfig, Modality], EncoderRef]) -> ModalityRun:
     """Resume guard, leftovers removed, the shards still to embed."""
     if cfg.overwrite:
         store.remove_modality(modality)
     store.remove_stale_temp_files(modality)
     store.remove_parts(modality)
-    enc, ref = cfg.encoder(modality), resolve_encoder(cfg, modality)
+    enc, ref = cfg.encoder(modality), resolve(cfg, modality)
     spec = read_input_spec(ref, enc)
     guard_resume(store, modality, run_fingerprint(cfg, modality, plan, ref, spec),
                  EncoderRecord.of(ref, enc, spec).to_json())
@@ -135,6 +138,7 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[ModalityRun], stor
     ctx.custom_execution_callback_classes = [*previous[2], *([callback] if callback else [])]
     try:
         branches, task_resources = [], cfg.decode.resources or None
+        cpus = ray.cluster_resources().get("CPU", 1.0)
         task_plan = dataclasses.replace(plan, repeats={})  # read tasks get their chunk's links, not all repeats
         for r in runs:  # per modality: read its items, cut them into decode tasks of its size, decode
             chunks = [c.index for c in plan.chunks if r.todo[_shards_of(plan, c)].any()]
@@ -145,9 +149,12 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[ModalityRun], stor
                                            "todo": r.todo.copy(),
                                            "dedupe": cfg.dedupe, "max_bytes": cfg.limits.max_file_bytes,
                                            "http": cfg.http.enabled})
-            rows = cfg.decode.inline_batch_size if r.modality.is_inline else cfg.decode.batch_size
+            rows = decode_rows(cfg, r, int(plan.shard_items(r.modality)[r.todo].sum()), cpus)
+            log.info("%s: %d items per decode task", r.modality.value, rows)
             ds = ds.repartition(target_num_rows_per_block=rows)
-            branches.append(ds.map_batches(decode_work, fn_kwargs={"settings": settings}, batch_size=None,
+            block_bytes = None if r.modality.is_inline else cfg.decode.batch_bytes
+            branches.append(ds.map_batches(decode_work, fn_kwargs={"settings": settings, "block_bytes": block_bytes},
+                                           batch_size=None,
                                            batch_format="pyarrow", num_cpus=cfg.decode.num_cpus,
                                            resources=task_resources))
         ds = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
@@ -171,6 +178,28 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[ModalityRun], stor
     finally:
         (ctx.execution_no_progress_timeout_s, ctx.raise_original_map_exception,
          ctx.custom_execution_callback_classes) = previous
+
+
+MAX_DECODE_ROWS = 2048  # media items per decode task when decode.batch_size is null
+BLOCKS_PER_TASK = 8     # and at most this many blocks of decode.batch_bytes of the largest decoded items
+TASKS_PER_CPU = 4       # and no fewer tasks than this per CPU
+
+
+def decode_rows(cfg: EmbedConfig, run: ModalityRun, items: int, cpus: float) -> int:
+    """Media items per decode task (see DecodeConfig.batch_size): ``decode.batch_size``, else as many as
+    BLOCKS_PER_TASK blocks of ``decode.batch_bytes`` hold when every item decodes to its modality's largest size
+    (a task yields a block each time its items reach ``batch_bytes``: most inputs decode smaller), at most
+    MAX_DECODE_ROWS, and no more than spread ``items`` over TASKS_PER_CPU tasks per CPU of the cluster (``cpus``), so
+    that a small run still uses every core and hands its first blocks on early."""
+    if run.modality.is_inline:
+        return cfg.decode.inline_batch_size
+    if cfg.decode.batch_size:
+        return cfg.decode.batch_size
+    size = run.modality.spec.decoded_bytes
+    largest = size(run.settings.spec, run.settings.limits) if size else 1
+    by_bytes = BLOCKS_PER_TASK * cfg.decode.batch_bytes // max(1, largest)
+    spread = -(-items // max(1, int(TASKS_PER_CPU * cpus)))
+    return max(1, min(MAX_DECODE_ROWS, by_bytes, spread))
 
 
 def _stalled_message(cfg: EmbedConfig, report: str) -> str:

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import os
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -247,15 +247,22 @@ def _singletons(table: pa.Table) -> pa.Table:
 
 
 # --- decode tasks --------------------------------------------------------------------------------------
-def decode_work(batch: pa.Table, settings: dict[str, DecodeSettings]) -> pa.Table:
-    """Work rows → DECODED_SCHEMA rows: the decoded item packed as bytes, or the read/decode error."""
+def decode_work(batch: pa.Table, settings: dict[str, DecodeSettings], block_bytes: int | None = None
+                ) -> Iterator[pa.Table]:
+    """Work rows → DECODED_SCHEMA rows: the decoded item packed as bytes, or the read/decode error. Yields a block
+    each time the decoded bytes reach ``block_bytes`` (None: one block), so a task of many rows holds at most about
+    that much."""
     n = batch.num_rows
-    ok, stage, error, payload, shape, dtype = [], [], [], [], [], []
+    if not n:
+        yield DECODED_SCHEMA.empty_table()
+        return
+    ok, stage, error, payload, shape, dtype = [], [], [], [], [], []  # payload: each item's bytes, as a uint8 array
     linked = batch.column("linked").to_pylist()
+    first, held = 0, 0
     for i, (modality, value, pre_error, data) in enumerate(zip(
             batch.column("modality").to_pylist(), batch.column("value").to_pylist(),
             batch.column("pre_error").to_pylist(), batch.column("data").to_pylist())):
-        packed, failed, why = (b"", [], ""), "", None
+        packed, failed, why = (_EMPTY, [], ""), "", None
         if linked[i]:  # its vector (or error) comes from its lead's work row: not decoded, not ok, no error
             pass       # (the actor writes it without an outcome; the commit joins it to the lead's)
         elif pre_error is not None:
@@ -271,25 +278,60 @@ def decode_work(batch: pa.Table, settings: dict[str, DecodeSettings]) -> pa.Tabl
         payload.append(packed[0])
         shape.append(packed[1])
         dtype.append(packed[2])
-    return pa.table({"modality": batch.column("modality"), "rows": batch.column("rows"), "ids": batch.column("ids"),
-                     "uris": batch.column("uris"), "ok": pa.array(ok, pa.bool_()), "stage": pa.array(stage, pa.string()),
-                     "error": pa.array(error, pa.string()), "payload": pa.array(payload, pa.large_binary()),
-                     "shape": pa.array(shape, pa.list_(pa.int32())), "dtype": pa.array(dtype, pa.string()),
-                     "linked": batch.column("linked")}, schema=DECODED_SCHEMA) if n else DECODED_SCHEMA.empty_table()
+        held += len(packed[0])
+        if (block_bytes and held >= block_bytes) or i == n - 1:
+            part = batch.slice(first, i + 1 - first)
+            yield pa.table({"modality": part.column("modality"), "rows": part.column("rows"), "ids": part.column("ids"),
+                            "uris": part.column("uris"), "ok": pa.array(ok, pa.bool_()),
+                            "stage": pa.array(stage, pa.string()), "error": pa.array(error, pa.string()),
+                            "payload": _binary(payload), "shape": pa.array(shape, pa.list_(pa.int32())),
+                            "dtype": pa.array(dtype, pa.string()), "linked": part.column("linked")},
+                           schema=DECODED_SCHEMA)
+            first, held = i + 1, 0
+            ok, stage, error, payload, shape, dtype = [], [], [], [], [], []
 
 
-def _pack(array: Any) -> tuple[bytes, list[int], str]:
+_EMPTY = np.zeros(0, np.uint8)
+
+
+def _pack(array: Any) -> tuple[np.ndarray, list[int], str]:
+    """A decoded item as (its bytes as a flat uint8 view, shape, dtype); text as its UTF-8 bytes and "str"."""
     if isinstance(array, str):
-        return array.encode("utf-8"), [], "str"
+        return np.frombuffer(array.encode("utf-8"), np.uint8), [], "str"
     array = np.ascontiguousarray(array)
-    return array.tobytes(), list(array.shape), array.dtype.str
+    return array.reshape(-1).view(np.uint8), list(array.shape), array.dtype.str
 
 
-def unpack(payload: bytes, shape: list[int], dtype: str) -> Any:
-    """Inverse of the decode stage's packing: str for text, the decoded array otherwise."""
-    if dtype == "str":
-        return payload.decode("utf-8")
-    return np.frombuffer(payload, dtype=np.dtype(dtype)).reshape(shape)
+def _binary(parts: list[np.ndarray]) -> pa.Array:
+    """Items' bytes as one large_binary column: one copy into one buffer (not a Python bytes object per item). The
+    buffer comes from Arrow's memory pool, which keeps freed memory for the next block: a fresh allocation of tens
+    of MB is mapped anew each time, and its page faults cost more than the copy (measured: 7 ms vs 11-80 ms)."""
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([len(p) for p in parts], out=offsets[1:])
+    data = pa.allocate_buffer(int(offsets[-1]))
+    if parts:
+        np.concatenate(parts, out=np.frombuffer(data, np.uint8))
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(parts), [None, pa.py_buffer(offsets), data])
+
+
+def unpack_column(payload: pa.ChunkedArray | pa.Array, shape: pa.ChunkedArray | pa.Array,
+                  dtype: pa.ChunkedArray | pa.Array, rows: list[int]) -> list[Any]:
+    """Inverse of the decode stage's packing for ``rows`` of a block: str for text, else the decoded array, a
+    read-only view of the block's buffer (no copy)."""
+    if isinstance(payload, pa.ChunkedArray):  # a block's column is one chunk: taken as it is (combining copies)
+        payload = payload.chunk(0) if payload.num_chunks == 1 else payload.combine_chunks()
+    offsets = np.frombuffer(payload.buffers()[1], np.int64)[payload.offset:payload.offset + len(payload) + 1]
+    data = payload.buffers()[2]
+    values = np.frombuffer(data, np.uint8) if data is not None else _EMPTY
+    shapes, dtypes = shape.to_pylist(), dtype.to_pylist()
+    out = []
+    for i in rows:
+        raw = values[offsets[i]:offsets[i + 1]]
+        if dtypes[i] == "str":
+            out.append(raw.tobytes().decode("utf-8"))
+        else:
+            out.append(raw.view(np.dtype(dtypes[i])).reshape(shapes[i]))
+    return out
 
 
 # --- encoder actors ------------------------------------------------------------------------------------
@@ -336,7 +378,7 @@ class EncodeActor:
         ok = rows.column("ok").to_pylist()
         todo = [i for i, good in enumerate(ok) if good]
         payload, shape, dtype = rows.column("payload"), rows.column("shape"), rows.column("dtype")
-        decoded = [unpack(payload[i].as_py(), shape[i].as_py(), dtype[i].as_py()) for i in todo]
+        decoded = unpack_column(payload, shape, dtype, todo)
         flat = np.zeros((rows.num_rows, width), items.dtype)
         valid = np.zeros(rows.num_rows, bool)
         stage, error = rows.column("stage").to_pylist(), rows.column("error").to_pylist()

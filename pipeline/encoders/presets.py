@@ -25,6 +25,7 @@ class EncoderRef:
     name: str
     build: str | None = None
     cache_dir: str | None = None
+    null: bool = False  # the null encoder (pipeline.encoders.null): benchmarks and tests of the pipeline alone
 
     def materialize(self) -> str:
         """The ``from_pretrained`` argument, rebuilding an offline build on this node if needed."""

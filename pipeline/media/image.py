@@ -14,6 +14,7 @@ from pipeline.media.errors import DecodeError
 # the Pillow formats an image may be read as: never EPS/PS (Pillow hands those to Ghostscript) nor
 # the long tail of legacy formats nobody sends us (JPEG includes the MPO files of many cameras)
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+ORIENTATION = 0x0112  # the EXIF tag saying how to turn the picture upright
 
 
 def decode_image(data: bytes, max_pixels: int, target_hw: tuple[int, int]) -> np.ndarray:
@@ -32,7 +33,10 @@ def decode_image(data: bytes, max_pixels: int, target_hw: tuple[int, int]) -> np
         bound = (2 * target_hw[1], 2 * target_hw[0])
         img.draft("RGB", bound)  # JPEG: decode at reduced scale when much larger than needed
         img.load()
-        img = ImageOps.exif_transpose(img).convert("RGB")
+        if img.getexif().get(ORIENTATION, 1) != 1:  # most images need no turn: no copy for them
+            img = ImageOps.exif_transpose(img)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
         if img.width > bound[0] or img.height > bound[1]:
             img.thumbnail(bound, Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.uint8)

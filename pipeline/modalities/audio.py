@@ -99,5 +99,6 @@ SPEC = ModalitySpec(
     tower="audio", paper_model="facebook/wav2vec2-base-960h", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("audio/*",), extensions=(".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".aiff", ".mka"),
     input_spec=input_spec, decoded_dtype="float32",
+    decoded_bytes=lambda spec, limits: int(4 * spec.sample_rate * limits.max_audio_seconds),
     limits={"max_audio_seconds": Limit(float, 60.0, 30.0, "Longest audio accepted; longer is an error, not silently cut.")},
     synthetic=Synthetic(write_sample, draw_sample, folder="audio", formats=("wav", "flac", "mp3", "ogg", "m4a")))

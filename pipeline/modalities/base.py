@@ -91,6 +91,8 @@ class ModalitySpec:
     extensions: tuple[str, ...] = ()            # file extensions of the accepted formats (docs, corpus, listings)
     input_spec: Callable[[dict, dict, Any], InputSpec] | None = None  # (preprocessor json, config json, EncoderConfig)
     decoded_dtype: str = "uint8"                # numpy dtype of a decoded array ("str" for text)
+    decoded_bytes: Callable[[InputSpec, Any], int] | None = None  # (input spec, LimitsConfig) → the most one decoded
+                                                # item takes (sizes decode batches by bytes; None: inline, small)
     limits: dict[str, Limit] = dataclasses.field(default_factory=dict)  # its decoder's limits, by config field name
     synthetic: Synthetic | None = None          # generated samples of a concept (None: not in generated corpora)
 

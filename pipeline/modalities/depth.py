@@ -161,5 +161,5 @@ SPEC = ModalitySpec(
     tower="vision", paper_model="google/vit-base-patch16-224", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("image/png", "image/tiff", "application/x-npy"), routes_mime=False,  # a PNG is an image unless named
     extensions=(".png", ".tif", ".tiff", ".npy"), input_spec=image_input_spec, decoded_dtype="float32",
-    limits={"max_image_pixels": IMAGE_PIXELS},
+    decoded_bytes=lambda spec, limits: 16 * spec.image_hw[0] * spec.image_hw[1], limits={"max_image_pixels": IMAGE_PIXELS},
     synthetic=Synthetic(write_sample, draw_sample, folder="depth", formats=("png", "npy", "tiff")))

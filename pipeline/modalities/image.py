@@ -52,5 +52,6 @@ SPEC = ModalitySpec(
     name="image", inline=False, reads="bytes", decode=decode, forward=forward, processor="AutoImageProcessor",
     tower="vision", paper_model="google/vit-base-patch16-224", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("image/*",), extensions=(".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"),
-    input_spec=image_input_spec, limits={"max_image_pixels": IMAGE_PIXELS},
+    input_spec=image_input_spec, decoded_bytes=lambda spec, limits: 12 * spec.image_hw[0] * spec.image_hw[1],
+    limits={"max_image_pixels": IMAGE_PIXELS},
     synthetic=Synthetic(write_sample, draw_sample, folder="images", formats=("png", "jpg")))

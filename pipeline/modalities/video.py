@@ -58,6 +58,6 @@ SPEC = ModalitySpec(
     name="video", inline=False, reads="file", decode=decode, forward=forward, processor="AutoImageProcessor",
     tower="video", paper_model="MCG-NJU/videomae-base", builds={"tiny": build_tiny, "paper": build_paper},
     mime_types=("video/*",), extensions=(".mp4", ".webm", ".mkv", ".mov", ".avi", ".ts", ".ogv"),
-    input_spec=input_spec,
+    input_spec=input_spec, decoded_bytes=lambda spec, limits: 3 * spec.num_frames * spec.image_hw[0] * spec.image_hw[1],
     limits={"max_video_seconds": Limit(float, 300.0, 60.0, "Longest video accepted; longer is an error.")},
     synthetic=Synthetic(write_sample, draw_sample, folder="video", formats=("mp4", "webm", "mkv")))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from typing import Any
 
 import fsspec
@@ -81,15 +82,35 @@ def read_limited(uri: str, options: dict[str, Any], max_bytes: int, http: dict[s
         if http is None:
             raise ReadError(f"cannot fetch {uri}: http(s) URLs are not fetched here")
         return fetch(uri, http, max_bytes)
-    if local_path(uri) is None:
+    path = local_path(uri)
+    if path is None:
         return _read_range(uri, options, max_bytes)
-    fs, path = check_file(uri, options, max_bytes)
-    try:
-        with fs.open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
+    try:  # not through fsspec: its resolution and info() cost more than reading a small image
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # a FIFO must not block open
     except Exception as e:
         raise ReadError(describe_storage_error(uri, e)) from None
+    try:
+        _check_stat(uri, os.fstat(fd), max_bytes)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            data = fh.read(max_bytes + 1)
+        except Exception as e:
+            raise ReadError(describe_storage_error(uri, e)) from None
     return _bounded(data, uri, max_bytes, f"file grew past limits.max_file_bytes={max_bytes} while reading")
+
+
+def _check_stat(uri: str, st: os.stat_result, max_bytes: int) -> None:
+    """``check_file``'s checks on a local file's stat: a regular file, not empty, at most ``max_bytes``."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = "directory" if stat.S_ISDIR(st.st_mode) else "FIFO" if stat.S_ISFIFO(st.st_mode) else "special file"
+        raise ReadError(f"not a regular file: {uri} is a {kind}")
+    if st.st_size > max_bytes:
+        raise ReadError(f"file is {st.st_size} bytes, over limits.max_file_bytes={max_bytes}: {uri}")
+    if st.st_size == 0:
+        raise ReadError(f"empty file (0 bytes): {uri}")
 
 
 def _read_range(uri: str, options: dict[str, Any], max_bytes: int) -> bytes:

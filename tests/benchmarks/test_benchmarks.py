@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import decode as decode_bench
 from benchmarks import embed as embed_bench
+from benchmarks import pipeline as pipeline_bench
 from benchmarks import quality_sweep, quality_unseen
 from benchmarks import scale as scale_bench
 from benchmarks import serve as serve_bench
@@ -88,12 +89,36 @@ def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
     assert "rows = [20000, 10]: expected sizes of at least 64" in capsys.readouterr().err
     assert scale_bench.main(["--repeat", "5"]) == 2
     assert "repeat = 5 with modality text: expected repeat 1, or modality image" in capsys.readouterr().err
+    assert pipeline_bench.main(["--cases", "jpg96,bmp"]) == 2
+    assert "unknown case(s) ['bmp']: expected some of png96, jpg96" in capsys.readouterr().err
     assert decode_bench.main(["--formats", "flac,avi"]) == 2
     assert "formats = ['flac', 'avi']: ['avi'] not among" in capsys.readouterr().err
     assert serve_bench.main(["--levels", "1,x"]) == 2
     assert "expected comma-separated integers, e.g. 1,8,32, got '1,x'" in capsys.readouterr().err
     assert serve_bench.main(["--levels", "1,64", "--requests", "32"]) == 2
     assert "requests = 32: expected at least the largest level (64)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_benchmark_pipeline_sets_the_null_encoder_job_beside_the_decoders(ray_session, tmp_path, capsys):
+    report = tmp_path / "pipeline.json"
+    argv = ["--preset", "tiny", "--cases", "jpg96,audio", "--s3-cases", "png96", "--images", "32", "--s3-images", "16",
+            "--clips", "16", "--end-to-end", "48", "--workdir", str(tmp_path / "w"), "--report", str(report)]
+    assert pipeline_bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "embed pipeline alone (null encoder), tiny input sizes" in printed and "x pool" in printed
+    assert "tiny encoder, 48 256x256 JPEGs: oneencoder embed" in printed
+    figures = json.loads(report.read_text())["result"]
+    rows = {(r["case"], r["storage"]): r for r in figures["rows"]}
+    assert list(rows) == [("jpg96", "local"), ("audio", "local"), ("png96", "s3")]
+    assert rows["jpg96", "local"]["decoded_bytes"] == 64 * 64 * 3  # 96 px shrunk to twice the tiny encoder's 32
+    assert rows["audio", "local"]["decoded_bytes"] == 4 * 16000 * 10  # 10 s at the encoder's 16 kHz, float32
+    for row in rows.values():  # every figure measured, each run complete (the benchmark checks every item embedded)
+        assert row["one_core_per_s"] > 0 and row["all_cores_per_s"] > 0 and row["decode_cpu_ms"] > 0
+        assert row["first_commit_s"] > 0 and row["wall_s"] > 0 and row["items"] in (32, 16)
+    assert rows["audio", "local"]["target"] == 0.9 and rows["png96", "s3"]["target"] == 0.6
+    e2e = figures["end_to_end"]
+    assert e2e["items"] == 48 and e2e["job_s"] > 0 and e2e["naive_s"] > 0 and e2e["decode_ms"] > 0 and e2e["encode_ms"] > 0
 
 
 @pytest.mark.slow

@@ -303,7 +303,8 @@ def test_an_encoder_call_writes_one_part_however_many_shards_its_rows_fall_in(tm
     work = work_rows(items, text, str(tmp_path), dedupe=True)
     assert work.num_rows == 4
     actor = EncodeActor({"text": (ref, enc)}, settings, str(tmp_path), {}, shard_size=2)
-    records = actor(decode_work(work, settings)).to_pylist()
+    (block,) = decode_work(work, settings)  # one block: no block_bytes
+    records = actor(block).to_pylist()
     parts = os.listdir(tmp_path / "_parts" / "text")
     assert len(parts) == 1 and {r["part"] for r in records} == {f"_parts/text/{parts[0]}"}
     assert sorted(r["shard"] for r in records) == list(range(12)) and {r["pieces"] for r in records} == {12}

@@ -45,7 +45,7 @@ def test_embed_main_exits_1_while_a_modality_is_incomplete(tmp_path, monkeypatch
                     "text": {**row, "features": 12, "complete": True},
                     "audio": {**row, "features": audio_features, "complete": audio_features == 12}}}
 
-    monkeypatch.setattr("pipeline.runtime.init_ray", lambda: None)
+    monkeypatch.setattr("pipeline.runtime.init_ray", lambda dashboard=True: None)
     argv = ["--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "out")]
     monkeypatch.setattr(embed, "run_embed", lambda cfg: summary(audio_features=8))
     assert embed_job.main(argv) == 1
