@@ -67,7 +67,7 @@ class BenchmarkPipelineConfig(StrictModel):
     images: int = Field(16000, ge=16, description="Items per image case from local files (copies of one file under "
                         "distinct names).")
     s3_images: int = Field(2000, ge=16, description="Items per image case from S3.")
-    clips: int = Field(256, ge=16, description="Items per audio and video case.")
+    clips: int = Field(512, ge=16, description="Items per audio and video case (fewer leave their rate to run-to-run noise).")
     end_to_end: int = Field(20000, ge=0, description="256x256 JPEGs for the tiny-encoder end-to-end comparison (0 = skip).")
     workdir: str | None = Field(None, description="Scratch folder; null = a new temp folder.")
     report: str | None = Field(None, description=REPORT_HELP)
@@ -85,6 +85,7 @@ def run(cfg: BenchmarkPipelineConfig, args: object = None) -> int:
     from pipeline.runtime import init_ray
 
     workdir = cfg.workdir or tempfile.mkdtemp(prefix="oneencoder-pipeline-")
+    os.makedirs(workdir, exist_ok=True)
     end_to_end = tiny_end_to_end(cfg.end_to_end, workdir) if cfg.end_to_end else None  # before Ray: its own
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # moto takes any; Ray's workers inherit them
         os.environ.setdefault(name, "bench")
