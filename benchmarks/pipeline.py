@@ -236,8 +236,6 @@ class BusyCpu:
 def null_job(preset: str, manifest_path: str, out: str, items: int, endpoint: str | None) -> dict[str, Any]:
     """The embed job (defaults) with the null encoder over ``manifest_path``: its steady items/s (second to
     second-to-last shard commit, shards of items / 16) and the machine's CPU per item in that window."""
-    import json
-
     from pipeline.embed.config import EmbedConfig
     from pipeline.embed.job import run_embed
     from pipeline.encoders.null import null_encoders
@@ -252,14 +250,19 @@ def null_job(preset: str, manifest_path: str, out: str, items: int, endpoint: st
     m = next(iter(summary["modalities"].values()))
     if not m["complete"] or any(m["errors"].values()):
         raise RuntimeError(f"null-encoder run over {manifest_path} did not embed every item: {summary}")
-    progress = os.path.join(out, "_progress", next(iter(summary["modalities"])))
-    commits = sorted(json.load(open(os.path.join(progress, f)))["committed_at"]
-                     for f in os.listdir(progress) if f.startswith("shard-"))
+    commits = commit_times(out, next(iter(summary["modalities"])))
     steady = steady_rate(commits, shard_size)
     steady_items = shard_size * (len(commits) - 3)
     return {"wall_s": wall, "end_to_end_per_s": items / wall, "first_commit_s": commits[0] - start,
             "job_per_s": steady,
             "cpu_ms_per_item": 1000 * cpu.between(commits[1], commits[-2]) / steady_items if steady else None}
+
+
+def commit_times(out: str, modality: str) -> list[float]:
+    """When each shard of ``modality`` in the feature store ``out`` was committed (its markers), in order."""
+    from pipeline.store.features import FeatureStore
+
+    return sorted(m["committed_at"] for m in FeatureStore(out, {}).committed_shards(modality).values())
 
 
 def s3_server() -> tuple[subprocess.Popen, str]:
@@ -332,8 +335,6 @@ for i in range(0, len(files), 256):
 def tiny_end_to_end(n: int, workdir: str) -> dict[str, Any]:
     """``oneencoder embed`` (defaults, tiny preset) on ``n`` 256x256 JPEGs against a plain process's loop, and
     the job's steady rate against the in-process decode + encode limit."""
-    import json
-
     import numpy as np
 
     from benchmarks.serve import write_untrained_artifact
@@ -361,10 +362,7 @@ def tiny_end_to_end(n: int, workdir: str) -> dict[str, Any]:
                     "--overwrite"], check=True, env=env, capture_output=True,
                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     job = time.time() - start
-    progress = os.path.join(out, "_progress", "image")
-    commits = sorted(json.load(open(os.path.join(progress, f)))["committed_at"]
-                     for f in os.listdir(progress) if f.startswith("shard-"))
-    steady = steady_rate(commits, EmbedConfig().shard_size)  # the job ran with its defaults
+    steady = steady_rate(commit_times(out, "image"), EmbedConfig().shard_size)  # the job ran with its defaults
     decode_ms, encode_ms = tiny_rates(uris[:2000])
     limit = (os.cpu_count() or 1) * 1000 / (decode_ms + encode_ms)
     return {"items": n, "naive_s": naive, "job_s": job, "job_vs_naive": naive / job, "steady_per_s": steady,

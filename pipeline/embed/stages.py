@@ -316,8 +316,8 @@ def _binary(parts: list[np.ndarray]) -> pa.Array:
 
 def unpack_column(payload: pa.ChunkedArray | pa.Array, shape: pa.ChunkedArray | pa.Array,
                   dtype: pa.ChunkedArray | pa.Array, rows: list[int]) -> list[Any]:
-    """Inverse of the decode stage's packing for ``rows`` of a block: str for text, else the decoded array, a
-    read-only view of the block's buffer (no copy)."""
+    """Inverse of the decode stage's packing for ``rows`` of a block: str for text, else the decoded array, a view
+    of the block's buffer (no copy; read-only when the block came through the object store)."""
     if isinstance(payload, pa.ChunkedArray):  # a block's column is one chunk: taken as it is (combining copies)
         payload = payload.chunk(0) if payload.num_chunks == 1 else payload.combine_chunks()
     offsets = np.frombuffer(payload.buffers()[1], np.int64)[payload.offset:payload.offset + len(payload) + 1]
