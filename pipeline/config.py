@@ -93,16 +93,22 @@ class EncoderConfig(StrictModel):
     tokens: int = Field(1, ge=1, le=4096, description="K: token vectors kept per item (adaptive average pooling; 1 = pooled vector).")
     dtype: Literal["float16", "float32"] = Field("float16", description="Storage dtype of the embedding column.")
     batch_size: int = Field(16, ge=1, description="Items per encoder forward pass.")
-    actors: int = Field(1, ge=1, description="Encoder actors (each loads the model once).")
-    num_cpus: float = Field(1.0, gt=0, description="Logical CPUs reserved per encoder actor.")
+    actors: int | None = Field(None, ge=1, description="Encoder actors (each loads the model once); null = 1, or, "
+                               "when the actors also decode (decode.fused), as many as the cluster has CPUs, started "
+                               "as free CPUs allow.")
+    num_cpus: float | None = Field(None, gt=0, description="Logical CPUs reserved per encoder actor; null = 1, or, "
+                                   "when the actors also decode, the cluster's CPUs less one (for reading) shared "
+                                   "among them.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per encoder actor (0 = CPU).")
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per encoder actor "
                                         "(e.g. {encoder_node: 1} to place encoders on a worker group that has it).")
     concurrent_batches: int | None = Field(None, ge=1, description="Batches each encoder actor works on at once, in "
                                            "threads sharing its one model (one is unpacked or written while "
-                                           "another computes); null = 2 on CPU, 1 on GPU.")
+                                           "another computes); null = 2 on CPU, 1 on GPU or when the actors "
+                                           "also decode.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per batch; null = the node's cores "
-                                      "/ concurrent_batches in the embed job, all cores elsewhere, when on CPU.")
+                                      "/ concurrent_batches in the embed job (the actor's num_cpus / concurrent_batches when it also decodes), all "
+                                      "cores elsewhere, when on CPU.")
     precision: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Compute precision on GPU (CPU always runs float32).")
     num_frames: int | None = Field(None, ge=1, description="Video: frames sampled per clip; null = the model's num_frames.")
     max_text_tokens: int | None = Field(None, ge=1, description="Text: tokenizer truncation length; null = the model's maximum.")

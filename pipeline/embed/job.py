@@ -124,7 +124,12 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[ModalityRun], stor
     from ray.data.exceptions import ExecutionTimeoutError
 
     settings = {r.modality.value: r.settings for r in runs}
-    pool = _pool([r.enc for r in runs])
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    pool = _pool(cfg, [r.enc for r in runs], cpus, ffmpeg=any(r.modality.spec.reads == "file" for r in runs))
+    log.info("%s; %d encoder actor(s)%s x %g CPU%s", "decoding in the encoder actors" if pool["fused"] else
+             "decoding in decode tasks", pool["actors"], f" (at least {pool['min_actors']})"
+             if pool["min_actors"] < pool["actors"] else "", pool["num_cpus"],
+             f", {pool['num_gpus']:g} GPU" if pool["num_gpus"] else "")
     need = _check_room(cfg, pool)
     # keeps watching while the pipeline runs: an encoder actor that finds no room is reported within seconds and,
     # on a cluster that cannot grow, ends the run after wait_for_resources_s (not no_progress_timeout_s)
@@ -138,7 +143,6 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[ModalityRun], stor
     ctx.custom_execution_callback_classes = [*previous[2], *([callback] if callback else [])]
     try:
         branches, task_resources = [], cfg.decode.resources or None
-        cpus = ray.cluster_resources().get("CPU", 1.0)
         task_plan = dataclasses.replace(plan, repeats={})  # read tasks get their chunk's links, not all repeats
         for r in runs:  # per modality: read its items, cut them into decode tasks of its size, decode
             chunks = [c.index for c in plan.chunks if r.todo[_shards_of(plan, c)].any()]
@@ -152,8 +156,11 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[ModalityRun], stor
             rows = decode_rows(cfg, r, int(plan.shard_items(r.modality)[r.todo].sum()), cpus)
             log.info("%s: %d items per decode task", r.modality.value, rows)
             ds = ds.repartition(target_num_rows_per_block=rows)
-            block_bytes = None if r.modality.is_inline else cfg.decode.batch_bytes
-            branches.append(ds.map_batches(decode_work, fn_kwargs={"settings": settings, "block_bytes": block_bytes},
+            if pool["fused"]:  # the encoder actors decode each block of work rows themselves
+                branches.append(ds)
+                continue
+            branches.append(ds.map_batches(decode_work,
+                                           fn_kwargs={"settings": settings, "block_bytes": cfg.decode.batch_bytes},
                                            batch_size=None,
                                            batch_format="pyarrow", num_cpus=cfg.decode.num_cpus,
                                            resources=task_resources))
@@ -161,8 +168,12 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[ModalityRun], stor
         ds = ds.map_batches(EncodeActor, batch_size=cfg.actor_batch_rows, batch_format="pyarrow",
                             fn_constructor_kwargs={"encoders": {r.modality.value: (r.ref, r.enc) for r in runs},
                                                    "settings": settings, "output": store.root, "storage": options,
-                                                   "shard_size": plan.shard_size, "calls": pool["calls"]},
-                            compute=ActorPoolStrategy(size=pool["actors"], max_concurrent_calls_per_actor=pool["calls"],
+                                                   "shard_size": plan.shard_size, "calls": pool["calls"],
+                                                   "threads": pool["threads"],
+                                                   "block_bytes": cfg.decode.batch_bytes if pool["fused"] else None},
+                            compute=ActorPoolStrategy(min_size=pool["min_actors"], max_size=pool["actors"],
+                                                      initial_size=_startable(pool, need),
+                                                      max_concurrent_calls_per_actor=pool["calls"],
                                                       enable_true_multi_threading=pool["calls"] > 1),
                             num_cpus=pool["num_cpus"],
                             num_gpus=pool["num_gpus"], resources=pool["resources"] or None)
@@ -240,18 +251,58 @@ def _shards_of(plan: ManifestPlan, chunk) -> slice:
     return slice(chunk.first_row // plan.shard_size, (chunk.first_row + chunk.rows - 1) // plan.shard_size + 1)
 
 
-def _pool(encs: list[EncoderConfig]) -> dict[str, Any]:
-    """The one actor pool's size, resources and batches per actor at once: the largest any requested modality
-    asks for (concurrent_batches null: 2 on CPU, where one batch computes while another is unpacked or written,
-    1 on GPU)."""
+def _pool(cfg: EmbedConfig, encs: list[EncoderConfig], cpus: float, ffmpeg: bool = False) -> dict[str, Any]:
+    """The one actor pool: whether its actors also decode (``fused``), its size, resources, batches per actor at once
+    and torch threads per batch; the largest any requested modality asks for.
+
+    Decode tasks (on GPU, or ``decode.fused`` false): ``actors`` and ``num_cpus`` null mean 1; ``concurrent_batches``
+    null means 2 on CPU (one batch computes while another is unpacked or written), 1 on GPU; torch threads null
+    mean the node's cores / concurrent batches (the actor's own choice). Fused (``decode.fused`` true, or null with
+    every encoder on CPU, no ``decode.resources`` and no modality decoded by ffmpeg (``ffmpeg``: its subprocesses
+    measured not reliably faster from the actors)): every actor decodes and encodes one batch at a time (threads would contend for the GIL while decoding), so there
+    are as many as the cluster's ``cpus`` (at least 1 started, more as free CPUs allow), sharing the CPUs that
+    reading leaves (``_read_room``), each with that share of torch threads."""
     resources: dict[str, float] = {}
     for e in encs:
         for key, amount in e.resources.items():
             resources[key] = max(resources.get(key, 0.0), amount)
     num_gpus = max(e.num_gpus for e in encs)
-    asked = [e.concurrent_batches for e in encs if e.concurrent_batches]
-    return {"actors": max(e.actors for e in encs), "num_cpus": max(e.num_cpus for e in encs), "num_gpus": num_gpus,
-            "calls": max(asked) if asked else (1 if num_gpus > 0 else CPU_CONCURRENT_BATCHES), "resources": resources}
+    fused = cfg.decode.fused if cfg.decode.fused is not None else (
+        num_gpus == 0 and not cfg.decode.resources and not ffmpeg)
+    asked_actors = [e.actors for e in encs if e.actors]
+    asked_cpus = [e.num_cpus for e in encs if e.num_cpus]
+    asked_calls = [e.concurrent_batches for e in encs if e.concurrent_batches]
+    if fused:
+        actors = max(asked_actors) if asked_actors else max(1, int(cpus))
+        share = max(0.01, round((cpus - _read_room(cfg, True)) / actors, 2))
+        num_cpus = max(asked_cpus) if asked_cpus else share
+        calls = max(asked_calls) if asked_calls else 1
+        threads = max(1, int(num_cpus) // calls) if num_gpus == 0 else None
+        min_actors = actors if asked_actors else 1
+    else:
+        actors = max(asked_actors) if asked_actors else 1
+        num_cpus = max(asked_cpus) if asked_cpus else 1.0
+        calls = max(asked_calls) if asked_calls else (1 if num_gpus > 0 else CPU_CONCURRENT_BATCHES)
+        threads, min_actors = None, actors
+    return {"fused": fused, "actors": actors, "min_actors": min_actors, "num_cpus": num_cpus, "num_gpus": num_gpus,
+            "calls": calls, "threads": threads, "resources": resources}
+
+
+def _startable(pool: dict[str, Any], need: Need) -> int:
+    """Actors to start with: all of an autoscaling pool's that the cluster's free CPUs hold now beside the read
+    side (at least its minimum, which ``_check_room`` waited for), so a run does not wait for Ray Data to add them
+    one by one (each loads the encoders)."""
+    import ray
+
+    if pool["min_actors"] >= pool["actors"] or pool["num_gpus"] or pool["resources"]:
+        return pool["min_actors"]
+    free = ray.available_resources().get("CPU", 0.0) - max(s.get("CPU", 0.0) for s in need.beside)
+    return max(pool["min_actors"], min(pool["actors"], int(free / pool["num_cpus"] + 1e-9)))
+
+
+def _read_room(cfg: EmbedConfig, fused: bool) -> float:
+    """CPUs the job needs beside the encoder pool: one read, repartition (Ray Data's: 1 CPU) or decode task at once."""
+    return max(1.0, cfg.decode.read_num_cpus, 0.0 if fused else cfg.decode.num_cpus)
 
 
 def _check_room(cfg: EmbedConfig, pool: dict[str, Any]) -> Need:
@@ -266,11 +317,11 @@ def _check_room(cfg: EmbedConfig, pool: dict[str, Any]) -> Need:
     import ray
 
     total = ray.cluster_resources().get("CPU", 0.0)
-    held = pool["actors"] * pool["num_cpus"]
-    need = max(1.0, cfg.decode.num_cpus, cfg.decode.read_num_cpus)
+    held = pool["min_actors"] * pool["num_cpus"]
+    need = _read_room(cfg, pool["fused"])
     grows = cluster_can_grow()
     if held + need > total + 1e-9:
-        message = (f"encoders: {pool['actors']} actor(s) x num_cpus {pool['num_cpus']:g} hold {held:g} of the "
+        message = (f"encoders: {pool['min_actors']} actor(s) x num_cpus {pool['num_cpus']:g} hold {held:g} of the "
                    f"cluster's {total:g} CPUs, and reading and decoding need {need:g} more beside them (Ray Data's "
                    f"repartition task takes 1 CPU): expected actors x num_cpus <= {max(total - need, 0):g} on this "
                    "cluster (lower encoders.<modality>.actors or num_cpus; torch_threads sets the threads an actor "
@@ -280,7 +331,7 @@ def _check_room(cfg: EmbedConfig, pool: dict[str, Any]) -> Need:
         log.warning("%s; unless the autoscaler adds nodes, the job will stall", message)
     actor = {"CPU": pool["num_cpus"], "GPU": pool["num_gpus"], **pool["resources"]}
     decode = {"CPU": max(cfg.decode.num_cpus, cfg.decode.read_num_cpus), **cfg.decode.resources}
-    room = Need({k: v for k, v in actor.items() if v > 0}, pool["actors"],
+    room = Need({k: v for k, v in actor.items() if v > 0}, pool["min_actors"],
                 ({"CPU": need},) + ((decode,) if cfg.decode.resources else ()))
     wait_for_room(room, cfg.wait_for_resources_s, grows)
     return room

@@ -250,15 +250,15 @@ def _singletons(table: pa.Table) -> pa.Table:
 def decode_work(batch: pa.Table, settings: dict[str, DecodeSettings], block_bytes: int | None = None
                 ) -> Iterator[pa.Table]:
     """Work rows → DECODED_SCHEMA rows: the decoded item packed as bytes, or the read/decode error. Yields a block
-    each time the decoded bytes reach ``block_bytes`` (None: one block), so a task of many rows holds at most about
-    that much."""
+    before its decoded bytes would pass ``block_bytes`` (None: one block; an item larger than that alone is a block
+    of its own), so a task of many rows holds at most about that much."""
     n = batch.num_rows
     if not n:
         yield DECODED_SCHEMA.empty_table()
         return
-    ok, stage, error, payload, shape, dtype = [], [], [], [], [], []  # payload: each item's bytes, as a uint8 array
+    block = _Block(block_bytes)
     linked = batch.column("linked").to_pylist()
-    first, held = 0, 0
+    first = 0
     for i, (modality, value, pre_error, data) in enumerate(zip(
             batch.column("modality").to_pylist(), batch.column("value").to_pylist(),
             batch.column("pre_error").to_pylist(), batch.column("data").to_pylist())):
@@ -272,23 +272,56 @@ def decode_work(batch: pa.Table, settings: dict[str, DecodeSettings], block_byte
                 packed = _pack(decode_raw(value if data is None else data, settings[modality]))
             except ItemError as e:
                 failed, why = e.stage, e.reason
-        ok.append(why is None and not linked[i])
-        stage.append(failed)
-        error.append(None if why is None else f"{modality}: {why}")
-        payload.append(packed[0])
-        shape.append(packed[1])
-        dtype.append(packed[2])
-        held += len(packed[0])
-        if (block_bytes and held >= block_bytes) or i == n - 1:
-            part = batch.slice(first, i + 1 - first)
-            yield pa.table({"modality": part.column("modality"), "rows": part.column("rows"), "ids": part.column("ids"),
-                            "uris": part.column("uris"), "ok": pa.array(ok, pa.bool_()),
-                            "stage": pa.array(stage, pa.string()), "error": pa.array(error, pa.string()),
-                            "payload": _binary(payload), "shape": pa.array(shape, pa.list_(pa.int32())),
-                            "dtype": pa.array(dtype, pa.string()), "linked": part.column("linked")},
-                           schema=DECODED_SCHEMA)
-            first, held = i + 1, 0
-            ok, stage, error, payload, shape, dtype = [], [], [], [], [], []
+        if block_bytes and block.rows and block.used + len(packed[0]) > block_bytes:
+            yield block.table(batch.slice(first, i - first))
+            first, block = i, _Block(block_bytes)
+        block.add(packed, why is None and not linked[i], failed, None if why is None else f"{modality}: {why}")
+        packed = None  # the decoded array is freed now, so the next item's reuses its memory
+    yield block.table(batch.slice(first, n - first))
+
+
+class _Block:
+    """A block of decoded rows being filled: each item's bytes copied into one buffer as it is decoded (one copy,
+    and the item's own array freed at once, so the next decode reuses that memory instead of faulting in fresh
+    pages). The buffer comes from Arrow's memory pool, which keeps freed memory for the next block: a fresh
+    allocation of tens of MB is mapped anew each time, and its page faults cost more than the copy (measured: 7 ms
+    vs 11-80 ms); of its ``capacity`` only the pages written are ever touched."""
+
+    def __init__(self, capacity: int | None):
+        self.buffer = pa.allocate_buffer(capacity or 1 << 20, resizable=True)
+        self.view = np.frombuffer(self.buffer, np.uint8)
+        self.offsets, self.used = [0], 0
+        self.ok, self.stage, self.error, self.shape, self.dtype = [], [], [], [], []
+
+    @property
+    def rows(self) -> int:
+        return len(self.ok)
+
+    def add(self, packed: tuple[np.ndarray, list[int], str], ok: bool, stage: str, error: str | None) -> None:
+        item = packed[0]
+        end = self.used + len(item)
+        if end > self.buffer.size:  # one item larger than a block, or text past 1 MB in a block without a size
+            self.buffer.resize(max(end, 2 * self.buffer.size))
+            self.view = np.frombuffer(self.buffer, np.uint8)
+        self.view[self.used:end] = item
+        self.offsets.append(end)
+        self.used = end
+        self.ok.append(ok)
+        self.stage.append(stage)
+        self.error.append(error)
+        self.shape.append(packed[1])
+        self.dtype.append(packed[2])
+
+    def table(self, part: pa.Table) -> pa.Table:
+        """The block as DECODED_SCHEMA rows, ``part`` being its work rows."""
+        payload = pa.LargeBinaryArray.from_buffers(pa.large_binary(), self.rows, [
+            None, pa.py_buffer(np.array(self.offsets, np.int64)), self.buffer.slice(0, self.used)])
+        return pa.table({"modality": part.column("modality"), "rows": part.column("rows"), "ids": part.column("ids"),
+                         "uris": part.column("uris"), "ok": pa.array(self.ok, pa.bool_()),
+                         "stage": pa.array(self.stage, pa.string()), "error": pa.array(self.error, pa.string()),
+                         "payload": payload, "shape": pa.array(self.shape, pa.list_(pa.int32())),
+                         "dtype": pa.array(self.dtype, pa.string()), "linked": part.column("linked")},
+                        schema=DECODED_SCHEMA)
 
 
 _EMPTY = np.zeros(0, np.uint8)
@@ -300,18 +333,6 @@ def _pack(array: Any) -> tuple[np.ndarray, list[int], str]:
         return np.frombuffer(array.encode("utf-8"), np.uint8), [], "str"
     array = np.ascontiguousarray(array)
     return array.reshape(-1).view(np.uint8), list(array.shape), array.dtype.str
-
-
-def _binary(parts: list[np.ndarray]) -> pa.Array:
-    """Items' bytes as one large_binary column: one copy into one buffer (not a Python bytes object per item). The
-    buffer comes from Arrow's memory pool, which keeps freed memory for the next block: a fresh allocation of tens
-    of MB is mapped anew each time, and its page faults cost more than the copy (measured: 7 ms vs 11-80 ms)."""
-    offsets = np.zeros(len(parts) + 1, np.int64)
-    np.cumsum([len(p) for p in parts], out=offsets[1:])
-    data = pa.allocate_buffer(int(offsets[-1]))
-    if parts:
-        np.concatenate(parts, out=np.frombuffer(data, np.uint8))
-    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(parts), [None, pa.py_buffer(offsets), data])
 
 
 def unpack_column(payload: pa.ChunkedArray | pa.Array, shape: pa.ChunkedArray | pa.Array,
@@ -345,26 +366,35 @@ def cpu_threads_per_batch(calls: int) -> int:
 
 class EncodeActor:
     """Loads every requested modality's ItemEncoder once (in ``__init__``); each call encodes the decoded rows
-    of a batch, writes them as part files and returns their commit records. Ray Data runs up to ``calls`` calls
-    at once in threads (the model is shared; nothing else is kept between calls); on CPU, each gets the node's
-    cores / ``calls`` torch threads unless ``torch_threads`` says otherwise."""
+    of a batch (or, with ``block_bytes``, decodes a batch of work rows first, a block of that many decoded bytes at
+    a time: decode.fused), writes them as part files and returns their commit records. Ray Data runs up to
+    ``calls`` calls at once in threads (the model is shared; nothing else is kept between calls); on CPU, each gets
+    ``threads`` torch threads (null: the node's cores / ``calls``) unless ``torch_threads`` says otherwise."""
 
     def __init__(self, encoders: dict[str, tuple[EncoderRef, EncoderConfig]], settings: dict[str, DecodeSettings],
-                 output: str, storage: dict[str, Any], shard_size: int, calls: int = 1):
+                 output: str, storage: dict[str, Any], shard_size: int, calls: int = 1, threads: int | None = None,
+                 block_bytes: int | None = None):
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # this worker's console: no per-load reports or bars
         hf_logging.disable_progress_bar()
         self.store, self.shard_size = FeatureStore(output, storage), shard_size
+        self.settings, self.block_bytes = settings, block_bytes
         self.items, self.schemas = {}, {}
         for name, (ref, enc) in encoders.items():
             if enc.torch_threads is None and enc.num_gpus == 0:
-                enc = enc.model_copy(update={"torch_threads": cpu_threads_per_batch(calls)})
+                enc = enc.model_copy(update={"torch_threads": threads or cpu_threads_per_batch(calls)})
             dtype = np.float16 if enc.dtype == "float16" else np.float32
             self.items[name] = ItemEncoder(ref, enc, settings[name], dtype=dtype, batch_size=enc.batch_size)
             self.schemas[name] = part_schema(enc.tokens, self.items[name].frozen.dim, enc.dtype)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.block_bytes is None:  # decoded rows, from decode tasks
+            return self._encode_and_write(batch)
+        # fused (decode.fused): work rows, decoded here a block of ``block_bytes`` at a time
+        return pa.concat_tables([self._encode_and_write(b) for b in decode_work(batch, self.settings, self.block_bytes)])
+
+    def _encode_and_write(self, batch: pa.Table) -> pa.Table:
         records = []
         for name in pc.unique(batch.column("modality")).to_pylist():
             rows = batch.filter(pc.equal(batch.column("modality"), name))

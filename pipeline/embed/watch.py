@@ -10,6 +10,7 @@ from pipeline.embed.waiting import (REPEAT_S, ActorInfo, ClusterBusyError, Clust
                                     cluster_can_grow, explain, list_actors, place, restrict, shape_text, snapshot)
 
 log = logging.getLogger(__name__)
+ENCODER_ACTOR = "EncodeActor"  # in the class name Ray Data gives the encoder pool's actors
 WARN_AFTER_S = 3.0  # an actor waits this long before the watch speaks (its worker can take a second or two to start)
 TASKS_IDLE_S = 10.0  # no progress for this long while the job's tasks wait for resources: the watch speaks
 
@@ -77,9 +78,14 @@ class PoolWatch:
             log.info("the job's actors and tasks got their resources: going on")
 
     def _stuck(self) -> tuple[list[ActorInfo], ClusterView | None]:
-        """This job's actors waiting for resources that no node has free (and a look at the cluster, if any)."""
+        """This job's actors waiting for resources that no node has free (and a look at the cluster, if any). None
+        while as many encoder actors as the pool needs (``need.actors``) run: an autoscaling pool's extra actor that
+        lost a race for free CPUs is no reason to stop the job (Ray Data gives up on it)."""
         pending = [a for a in list_actors(("PENDING_CREATION",), self.job) if a.waiting and a.shape]
         if not pending:
+            return [], None
+        running = [a for a in list_actors(("ALIVE",), self.job) if ENCODER_ACTOR in a.label]
+        if len(running) >= self.need.actors:
             return [], None
         view = snapshot(self.need.keys())
         keys = self.need.keys()

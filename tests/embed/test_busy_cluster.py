@@ -80,7 +80,7 @@ def test_a_job_whose_cpus_other_work_holds_fails_after_the_grace_period_naming_t
     waits = [r.created for r in caplog.records if "waiting for room" in r.getMessage() and r.created < failed]
     assert waits and waits[0] >= started  # it said so at once (after planning, and building the model once) ...
     assert failed - waits[0] < 15, failed - waits[0]  # ... and failed after 3 s, not no_progress_timeout_s (120 s)
-    assert "it needs 1 encoder actor x 1 CPU, and 1 CPU beside it for reading and decoding" in message
+    assert "it needs 1 encoder actor x 0.5 CPU, and 1 CPU beside it for reading and decoding" in message
     assert "0 of the cluster's 2 CPU free, held by: Holder x2 (2)" in message
     assert "no autoscaler can add nodes" in message and "oneencoder serve" in message
     assert "wait_for_resources_s" in message and "num_cpus" in message
@@ -115,7 +115,7 @@ def test_without_the_actor_table_the_error_still_says_what_is_needed_and_free(ra
     with _held_cpus(2), pytest.raises(ClusterBusyError) as raised:
         run_embed(_config(sample_corpus, str(tmp_path / "out"), wait_for_resources_s=1))
     message = str(raised.value)
-    assert "it needs 1 encoder actor x 1 CPU, and 1 CPU beside it for reading and decoding" in message
+    assert "it needs 1 encoder actor x 0.5 CPU, and 1 CPU beside it for reading and decoding" in message
     assert "0 of the cluster's 2 CPU free, held by: unknown (the GCS actor table could not be read: no actor table " \
            "here)" in message
 
@@ -269,3 +269,23 @@ def test_the_command_line_starts_its_own_instance_beside_another_programs_but_jo
 
         stop_ray_instance(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_an_extra_actor_of_an_autoscaling_pool_that_finds_no_room_is_not_a_stuck_job(ray_session, monkeypatch):
+    """When the actors decode (on CPU), the pool starts one actor and adds more while CPUs are free: an added actor
+    that lost the CPUs to other work waits, but the job runs on at its minimum. Only a pool below its minimum is
+    stuck (and fails after wait_for_resources_s)."""
+    import pipeline.embed.watch as watch_module
+    from pipeline.embed.waiting import ActorInfo, Need
+
+    job = ray.get_runtime_context().get_job_id()
+    pending = ActorInfo("MapWorker(MapBatches(EncodeActor))", job, True, {"CPU": 64.0}, "")  # no node holds 64
+    alive: list[ActorInfo] = []
+    monkeypatch.setattr(watch_module, "list_actors",
+                        lambda states, job=None: [pending] if "PENDING_CREATION" in states else alive)
+    watch = watch_module.PoolWatch(Need({"CPU": 0.5}, 1, ({"CPU": 1.0},)), 5.0, [])
+    stuck, _ = watch._stuck()
+    assert stuck == [pending]  # none running: below the minimum of 1
+    alive.append(ActorInfo("MapWorker(MapBatches(EncodeActor))", job, False, {"CPU": 0.5}, ""))
+    alive.append(ActorInfo("_CommitActor", job, False, {"CPU": 0.0}, ""))
+    assert watch._stuck() == ([], None)  # the minimum runs: the extra one may wait

@@ -162,6 +162,29 @@ def test_pipeline_vectors_match_the_encoder_called_directly(mixed_run):
         np.testing.assert_allclose(embeddings(table)[row].astype(np.float32), direct, atol=2e-3, rtol=2e-3)
 
 
+def test_fused_actors_give_the_rows_and_vectors_decode_tasks_give(mixed_run, ray_session, tmp_path):
+    """The mixed corpus (audio and video among its modalities, so decode tasks by default) embedded again with the
+    encoder actors decoding (decode.fused true, the default for runs without ffmpeg modalities on CPU): the same
+    feature rows, the same error rows (stage and message) and the same vectors."""
+    from pipeline.embed.job import _pool
+
+    out, summary, _, cfg = mixed_run
+    assert not _pool(cfg, [cfg.encoder(m) for m in summary["modalities"]], 2.0, ffmpeg=True)["fused"]
+    fused_out = str(tmp_path / "fused")
+    fused = run_embed(cfg.model_copy(update={"output": fused_out, "decode": cfg.decode.model_copy(
+        update={"fused": True})}))
+    assert {m: s["items"] for m, s in fused["modalities"].items()} == \
+        {m: s["items"] for m, s in summary["modalities"].items()}
+    assert sorted(all_rows(fused_out), key=str) == sorted(all_rows(out), key=str)
+    for m in ("image", "text", "audio", "video", "depth"):
+        a, b = read_features(out, m), read_features(fused_out, m)
+        va = dict(zip(a.column("id").to_pylist(), embeddings(a).astype(np.float32)))
+        vb = dict(zip(b.column("id").to_pylist(), embeddings(b).astype(np.float32)))
+        assert va.keys() == vb.keys()
+        for key in va:
+            np.testing.assert_allclose(va[key], vb[key], atol=2e-3, rtol=2e-3)
+
+
 def test_summary_counts_match_the_files(mixed_run):
     out, summary, expected, _ = mixed_run
     with open(os.path.join(out, "summary.json")) as fh:
@@ -355,16 +378,31 @@ def test_an_encoder_pool_that_leaves_decoding_no_cpu_is_refused_before_it_stalls
     assert fits["modalities"]["text"]["complete"]  # 1 CPU for the pool, 1 for the rest: it runs
 
 
-def test_an_actor_works_on_two_batches_at_once_on_cpu_and_one_on_gpu():
-    """concurrent_batches null: 2 on CPU (one batch computes while another is unpacked or written; measured
-    in benchmark_embed), 1 on GPU; the pool takes the largest any modality asks for."""
+def test_the_encoder_pool_decodes_itself_on_cpu_and_leaves_decoding_to_tasks_on_gpu():
+    """decode.fused null: the actors decode when every encoder runs on CPU (no trip through the object store; as
+    many actors as the cluster's CPUs, at least one started, sharing what reading leaves, one batch each: threads
+    would contend for the GIL while decoding), decode tasks when an encoder has a GPU, decode.resources places
+    decoding or a modality is decoded by ffmpeg. With decode tasks, concurrent_batches null: 2 on CPU (one batch computes while another is unpacked
+    or written; measured in benchmark_embed), 1 on GPU; the pool takes the largest any modality asks for."""
     from pipeline.config import EncoderConfig
     from pipeline.embed.job import _pool
 
-    assert _pool([EncoderConfig()])["calls"] == 2
-    assert _pool([EncoderConfig(num_gpus=1)])["calls"] == 1
-    assert _pool([EncoderConfig(), EncoderConfig(concurrent_batches=3)])["calls"] == 3
-    assert _pool([EncoderConfig(num_gpus=0.5, concurrent_batches=2)])["calls"] == 2
+    fused = _pool(EmbedConfig(), [EncoderConfig()], 8.0)
+    assert (fused["fused"], fused["actors"], fused["min_actors"], fused["calls"]) == (True, 8, 1, 1)
+    assert fused["num_cpus"] == 0.88 and fused["threads"] == 1  # 7 CPUs beside the read side, shared by 8
+    assert _pool(EmbedConfig(), [EncoderConfig()], 2.0)["num_cpus"] == 0.5
+    asked = _pool(EmbedConfig(), [EncoderConfig(actors=2, num_cpus=4, concurrent_batches=2)], 16.0)
+    assert (asked["actors"], asked["min_actors"], asked["num_cpus"], asked["threads"]) == (2, 2, 4, 2)
+    gpu = _pool(EmbedConfig(), [EncoderConfig(), EncoderConfig(num_gpus=1)], 8.0)
+    assert (gpu["fused"], gpu["actors"], gpu["num_cpus"], gpu["calls"], gpu["threads"]) == (False, 1, 1.0, 1, None)
+    placed = EmbedConfig(decode={"resources": {"decode_node": 0.01}})
+    assert not _pool(placed, [EncoderConfig()], 8.0)["fused"]
+    assert not _pool(EmbedConfig(), [EncoderConfig()], 8.0, ffmpeg=True)["fused"]  # audio, video: decode tasks
+    tasks = EmbedConfig(decode={"fused": False})
+    assert _pool(tasks, [EncoderConfig()], 8.0)["calls"] == 2
+    assert _pool(tasks, [EncoderConfig(), EncoderConfig(concurrent_batches=3)], 8.0)["calls"] == 3
+    assert _pool(tasks, [EncoderConfig(num_gpus=0.5, concurrent_batches=2)], 8.0)["calls"] == 2
+    assert _pool(EmbedConfig(decode={"fused": True}), [EncoderConfig(num_gpus=1)], 8.0)["fused"]  # asked for
     with pytest.raises(ValueError, match="concurrent_batches"):
         EncoderConfig(concurrent_batches=0)
 
