@@ -125,3 +125,10 @@ def steady_rate(commits: list[float], shard_size: int) -> float | None:
     if len(commits) < 4 or commits[-2] <= commits[1]:
         return None
     return shard_size * (len(commits) - 3) / (commits[-2] - commits[1])
+
+
+def commit_times(out: str, modality: str) -> list[float]:
+    """When each shard of ``modality`` in the feature store ``out`` was committed (its markers), in order."""
+    from pipeline.store.features import FeatureStore
+
+    return sorted(m["committed_at"] for m in FeatureStore(out, {}).committed_shards(modality).values())

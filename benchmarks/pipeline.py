@@ -8,15 +8,19 @@ S3-compatible server (moto), in one run on this machine:
 
 - in-process: the decoders alone (``decode_item``, as the decode tasks call it: read, size checks, decode at the
   encoder's input size) in one plain process (items/s, CPU ms per item), and in a pool of one process per core;
+  the pool is timed before and after the jobs and its mean is the ceiling (``pool/s``), since on a small
+  machine one timing moves by a fifth from run to run;
 - the pipeline: the embed job (``run_embed``, defaults) on the same files with the null encoder
   (``pipeline.encoders.null``: a fixed vector, nothing computed), so its items/s is the pipeline's: read,
-  decode, hand-over, write, commit. ``job/s`` is its steady rate (second to second-to-last of 16 shard
-  commits: what a corpus 100 times larger runs at, start-up and drain left out; ``1st commit`` says when the
-  first shard committed), and against the pool's rate it is the ratio the targets name. CPU per item over the
-  same window (the machine's busy time from /proc/stat, every process counted: Ray, ffmpeg, the S3 server)
-  splits into decode (the in-process CPU per item) and overhead (the rest: Ray, Ray Data, our stages);
-  ``decoded B`` is what each item moves through the object store from its decode task to the encoder. The S3
-  server runs in a process of its own.
+  decode, hand-over, write, commit; in both of its arrangements: ``fused`` (the encoder actors decode, the
+  default on CPU for images, text and depth) and ``tasks`` (decode tasks hand decoded items to the actors through
+  the object store: the default on GPU nodes, whose CPU budget it sets, and for audio and video). Each rate is the
+  job's steady one (second to second-to-last of 16 shard commits: what a corpus 100 times larger runs at,
+  start-up and drain left out), and against the pool's rate it is the ratio the targets name (for the
+  arrangement this machine runs by default, marked ``*``). CPU per item over the same window (``CPU ms``: the machine's busy time
+  from /proc/stat, every process counted: Ray, ffmpeg, the S3 server) is decode (``decode``, the in-process
+  CPU per item) plus the pipeline's overhead; ``decoded B`` is what each item moves through the object store
+  from a decode task to the encoder in the tasks arrangement. The S3 server runs in a process of its own.
 
 With ``end_to_end`` (tiny preset, 256x256 JPEGs): ``oneencoder embed`` from its start to its summary against
 ``load_model(...).embed`` in one plain process (both timed as a user would, imports and start-up included), and
@@ -36,7 +40,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from benchmarks.common import PRESET_HELP, REPORT_HELP, Preset, benchmark, cli, finish, steady_rate
+from benchmarks.common import PRESET_HELP, REPORT_HELP, Preset, benchmark, cli, commit_times, finish, steady_rate
 from pipeline.config import StrictModel
 
 # name: (modality, format, (height, width) for images | seconds for clips)
@@ -233,16 +237,33 @@ class BusyCpu:
         return float(np.interp(t1, times, busy) - np.interp(t0, times, busy))
 
 
-def null_job(preset: str, manifest_path: str, out: str, items: int, endpoint: str | None) -> dict[str, Any]:
-    """The embed job (defaults) with the null encoder over ``manifest_path``: its steady items/s (second to
-    second-to-last shard commit, shards of items / 16) and the machine's CPU per item in that window."""
+ARRANGEMENTS = ("fused", "tasks")  # decode.fused true, false
+
+
+def default_arrangement(modality: str) -> str:
+    """How the job decodes ``modality`` by default with its encoder on CPU (as here): see decode.fused."""
+    from pipeline.embed.config import EmbedConfig
+    from pipeline.embed.job import _pool
+    from pipeline.modality import Modality
+
+    cfg = EmbedConfig()
+    fused = _pool(cfg, [cfg.encoder(Modality(modality))], 2.0, ffmpeg=Modality(modality).spec.reads == "file")
+    return "fused" if fused["fused"] else "tasks"
+
+
+def null_job(preset: str, manifest_path: str, out: str, items: int, endpoint: str | None, fused: bool
+             ) -> dict[str, Any]:
+    """The embed job (defaults but ``decode.fused``) with the null encoder over ``manifest_path``: its steady
+    items/s (second to second-to-last shard commit, shards of items / 16) and the machine's CPU per item in that
+    window."""
     from pipeline.embed.config import EmbedConfig
     from pipeline.embed.job import run_embed
     from pipeline.encoders.null import null_encoders
 
     shard_size = max(1, items // 16)
     cfg = EmbedConfig(input=manifest_path, output=out, preset=preset, random_init=preset == "paper",
-                      overwrite=True, shard_size=shard_size, storage={"endpoint_url": endpoint})
+                      overwrite=True, shard_size=shard_size, storage={"endpoint_url": endpoint},
+                      decode={"fused": fused})
     with BusyCpu() as cpu:
         start = time.time()
         summary = run_embed(cfg, resolve=null_encoders)
@@ -256,13 +277,6 @@ def null_job(preset: str, manifest_path: str, out: str, items: int, endpoint: st
     return {"wall_s": wall, "end_to_end_per_s": items / wall, "first_commit_s": commits[0] - start,
             "job_per_s": steady,
             "cpu_ms_per_item": 1000 * cpu.between(commits[1], commits[-2]) / steady_items if steady else None}
-
-
-def commit_times(out: str, modality: str) -> list[float]:
-    """When each shard of ``modality`` in the feature store ``out`` was committed (its markers), in order."""
-    from pipeline.store.features import FeatureStore
-
-    return sorted(m["committed_at"] for m in FeatureStore(out, {}).committed_shards(modality).values())
 
 
 def s3_server() -> tuple[subprocess.Popen, str]:
@@ -305,15 +319,21 @@ def null_pipeline(cfg: BenchmarkPipelineConfig, workdir: str) -> list[dict[str, 
                 at = endpoint if storage == "s3" else None
                 uris = copies(source, case, n, workdir, fs if storage == "s3" else None)
                 print(f"{case} ({storage}): {n} items", flush=True)
-                alone = in_process(cfg.preset, modality, uris, at, pool, workers)
-                job = null_job(cfg.preset, manifest(workdir, f"{case}-{storage}", modality, uris),
-                               os.path.join(workdir, f"out-{case}-{storage}"), n, at)
+                before = in_process(cfg.preset, modality, uris, at, pool, workers)
+                listed = manifest(workdir, f"{case}-{storage}", modality, uris)
+                jobs = {arrangement: null_job(cfg.preset, listed, os.path.join(workdir, f"out-{case}-{storage}"), n,
+                                              at, fused=arrangement == "fused") for arrangement in ARRANGEMENTS}
+                after = in_process(cfg.preset, modality, uris, at, pool, workers)
+                alone = {key: (before[key] + after[key]) / 2 for key in before}
+                alone["decoded_bytes"], alone["pool_timings_per_s"] = before["decoded_bytes"], [
+                    before["all_cores_per_s"], after["all_cores_per_s"]]
+                for job in jobs.values():
+                    job["ratio"] = job["job_per_s"] / alone["all_cores_per_s"] if job["job_per_s"] else None
+                    job["overhead_cpu_ms"] = (job["cpu_ms_per_item"] - alone["decode_cpu_ms"]
+                                              if job["cpu_ms_per_item"] is not None else None)
                 rows.append({"case": case, "storage": storage, "modality": modality, "items": n,
-                             "file_bytes": os.path.getsize(source), **alone, **job,
-                             "ratio": job["job_per_s"] / alone["all_cores_per_s"] if job["job_per_s"] else None,
-                             "target": TARGETS.get(case),
-                             "overhead_cpu_ms": (job["cpu_ms_per_item"] - alone["decode_cpu_ms"]
-                                                 if job["cpu_ms_per_item"] is not None else None)})
+                             "file_bytes": os.path.getsize(source), **alone, "target": TARGETS.get(case),
+                             "default": default_arrangement(modality), **jobs})
     finally:
         if server:
             server.kill()
@@ -399,14 +419,19 @@ def _f(value: float | None, spec: str, width: int) -> str:
 
 def format_pipeline(r: dict[str, Any]) -> str:
     lines = [f"embed pipeline alone (null encoder), {r['preset']} input sizes, {r['cpus']} cores; in-process "
-             f"decoders: one process, and a pool of one per core",
-             f"{'case':>8} {'from':>5} {'items':>6} {'1 core/s':>9} {'pool/s':>8} {'job/s':>8} {'x pool':>7} "
-             f"{'target':>7} {'CPU ms':>7} {'decode':>7} {'overhead':>9} {'decoded B':>10} {'1st commit':>8}"]
+             f"decoders: one process, and a pool of one per core (mean of a timing before and one after the jobs); "
+             f"the job with its encoder actors decoding (fused) and with decode tasks; * = this machine's default",
+             f"{'case':>8} {'from':>5} {'items':>6} {'1 core/s':>9} {'pool/s':>8} {'decode':>7} {'fused/s':>8} "
+             f"{'x pool':>7} {'CPU ms':>7} {'tasks/s':>8} {'x pool':>7} {'CPU ms':>7} {'target':>7} {'decoded B':>10}"]
     for row in r["rows"]:
+        cells = []
+        for arrangement in ("fused", "tasks"):
+            job, mark = row[arrangement], "*" if row.get("default") == arrangement else " "
+            cells.append(f"{_f(job['job_per_s'], '.0f', 8)} {_f(job['ratio'], '.2f', 6)}{mark} "
+                         f"{_f(job['cpu_ms_per_item'], '.2f', 7)}")
         lines.append(f"{row['case']:>8} {row['storage']:>5} {row['items']:>6} {row['one_core_per_s']:9.0f} "
-                     f"{row['all_cores_per_s']:8.0f} {_f(row['job_per_s'], '.0f', 8)} {_f(row['ratio'], '.2f', 7)} "
-                     f"{_f(row['target'], '.1f', 7)} {_f(row['cpu_ms_per_item'], '.2f', 7)} {row['decode_cpu_ms']:7.2f} "
-                     f"{_f(row['overhead_cpu_ms'], '.2f', 9)} {row['decoded_bytes']:10d} {row['first_commit_s']:8.1f}")
+                     f"{row['all_cores_per_s']:8.0f} {row['decode_cpu_ms']:7.2f} {' '.join(cells)} "
+                     f"{_f(row['target'], '.1f', 7)} {row['decoded_bytes']:10d}")
     e = r.get("end_to_end")
     if e:
         lines.append(f"tiny encoder, {e['items']} 256x256 JPEGs: oneencoder embed {e['job_s']:.1f} s, plain "

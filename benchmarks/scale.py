@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from benchmarks.common import REPORT_HELP, benchmark, cli, finish, split_ints, steady_rate
+from benchmarks.common import REPORT_HELP, benchmark, cli, commit_times, finish, split_ints, steady_rate
 from pipeline.config import StrictModel
 
 
@@ -172,14 +172,13 @@ def benchmark_scale(cfg: BenchmarkScaleConfig, workdir: str, address: str) -> di
             raise RuntimeError(f"embed of {rows} rows failed ({done.returncode}):\n{done.stderr[-3000:]}")
         with open(os.path.join(out, "summary.json")) as fh:
             summary = json.load(fh)
-        markers = [json.load(open(os.path.join(out, "_progress", cfg.modality, name)))
-                   for name in os.listdir(os.path.join(out, "_progress", cfg.modality)) if name.startswith("shard-")]
-        steady = steady_rate(sorted(m["committed_at"] for m in markers), cfg.shard_size)
+        commits = commit_times(out, cfg.modality)
+        steady = steady_rate(commits, cfg.shard_size)
         written = sum(os.path.getsize(os.path.join(d, f)) for sub in ("features", "errors")
                       for d, _, files in os.walk(os.path.join(out, sub)) for f in files)
         runs.append({"rows": rows, "wall_s": wall, "job_s": summary["elapsed_s"], "end_to_end_per_s": rows / wall,
                      "steady_per_s": steady, "steady_vs_ceiling": steady / per_s if steady else None,
-                     "shards": len(markers), "bytes_per_item": written / rows, "plan_s": summary["plan_s"],
+                     "shards": len(commits), "bytes_per_item": written / rows, "plan_s": summary["plan_s"],
                      "unique": summary["modalities"][cfg.modality]["unique"],
                      "driver_cpu_s": summary["driver_cpu_s"], "driver_received_bytes": summary["driver_received_bytes"],
                      "driver_peak_rss_mb": summary["driver_peak_rss_mb"],

@@ -106,7 +106,8 @@ def test_benchmark_pipeline_sets_the_null_encoder_job_beside_the_decoders(ray_se
             "--clips", "16", "--end-to-end", "48", "--workdir", str(tmp_path / "w"), "--report", str(report)]
     assert pipeline_bench.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "embed pipeline alone (null encoder), tiny input sizes" in printed and "x pool" in printed
+    assert "embed pipeline alone (null encoder), tiny input sizes" in printed
+    assert "fused/s" in printed and "tasks/s" in printed and "x pool" in printed
     assert "tiny encoder, 48 256x256 JPEGs: oneencoder embed" in printed
     figures = json.loads(report.read_text())["result"]
     rows = {(r["case"], r["storage"]): r for r in figures["rows"]}
@@ -115,8 +116,12 @@ def test_benchmark_pipeline_sets_the_null_encoder_job_beside_the_decoders(ray_se
     assert rows["audio", "local"]["decoded_bytes"] == 4 * 16000 * 10  # 10 s at the encoder's 16 kHz, float32
     for row in rows.values():  # every figure measured, each run complete (the benchmark checks every item embedded)
         assert row["one_core_per_s"] > 0 and row["all_cores_per_s"] > 0 and row["decode_cpu_ms"] > 0
-        assert row["first_commit_s"] > 0 and row["wall_s"] > 0 and row["items"] in (32, 16)
+        assert len(row["pool_timings_per_s"]) == 2 and row["items"] in (32, 16)  # timed before and after the jobs
+        for arrangement in ("fused", "tasks"):  # both ways the job decodes, each run to the end
+            job = row[arrangement]
+            assert job["first_commit_s"] > 0 and job["wall_s"] > 0 and job["job_per_s"] > 0
     assert rows["audio", "local"]["target"] == 0.9 and rows["png96", "s3"]["target"] == 0.6
+    assert rows["jpg96", "local"]["default"] == "fused" and rows["audio", "local"]["default"] == "tasks"
     e2e = figures["end_to_end"]
     assert e2e["items"] == 48 and e2e["job_s"] > 0 and e2e["naive_s"] > 0 and e2e["decode_ms"] > 0 and e2e["encode_ms"] > 0
 
