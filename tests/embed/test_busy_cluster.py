@@ -182,7 +182,8 @@ def test_an_encoder_actor_that_finds_no_room_once_running_is_reported_and_ends_t
     waits = [r for r in caplog.records if r.levelno == logging.WARNING and "encoder actor" in r.getMessage()]
     assert waits, [r.getMessage() for r in caplog.records]
     first = waits[0].getMessage()
-    assert "1 of the job's 1 encoder actor(s)" in first and "wait(s) for 1 CPU that no node has free" in first
+    # the pool's first actor (of one per CPU, as the actors decode the text themselves): half a CPU of the two
+    assert "1 of the job's 1 encoder actor(s)" in first and "wait(s) for 0.5 CPU that no node has free" in first
     assert "Holder x2 (2)" in first and "the job fails in" in first
     # within seconds of the actor's wait (WARN_AFTER_S = 3 s), well before the run ends (8 s of waiting); measured
     # from the end, since the start of a session's first pipeline takes seconds of its own on a loaded machine
