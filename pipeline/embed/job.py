@@ -154,7 +154,7 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[ModalityRun], stor
                                            "dedupe": cfg.dedupe, "max_bytes": cfg.limits.max_file_bytes,
                                            "http": cfg.http.enabled})
             rows = decode_rows(cfg, r, int(plan.shard_items(r.modality)[r.todo].sum()), cpus)
-            log.info("%s: %d items per decode task", r.modality.value, rows)
+            log.info("%s: %d items per %s", r.modality.value, rows, "actor call" if pool["fused"] else "decode task")
             ds = ds.repartition(target_num_rows_per_block=rows)
             if pool["fused"]:  # the encoder actors decode each block of work rows themselves
                 branches.append(ds)
@@ -259,9 +259,10 @@ def _pool(cfg: EmbedConfig, encs: list[EncoderConfig], cpus: float, ffmpeg: bool
     null means 2 on CPU (one batch computes while another is unpacked or written), 1 on GPU; torch threads null
     mean the node's cores / concurrent batches (the actor's own choice). Fused (``decode.fused`` true, or null with
     every encoder on CPU, no ``decode.resources`` and no modality decoded by ffmpeg (``ffmpeg``: its subprocesses
-    measured not reliably faster from the actors)): every actor decodes and encodes one batch at a time (threads would contend for the GIL while decoding), so there
-    are as many as the cluster's ``cpus`` (at least 1 started, more as free CPUs allow), sharing the CPUs that
-    reading leaves (``_read_room``), each with that share of torch threads."""
+    measured not reliably faster from the actors)): every actor decodes and encodes one batch at a time (threads
+    would contend for the GIL while decoding), so there are as many as the cluster's ``cpus`` (at least 1 started,
+    more as free CPUs allow), sharing the CPUs that reading leaves (``_read_room``), each with that share of torch
+    threads."""
     resources: dict[str, float] = {}
     for e in encs:
         for key, amount in e.resources.items():
