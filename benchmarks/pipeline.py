@@ -247,7 +247,7 @@ def default_arrangement(modality: str) -> str:
     from pipeline.modality import Modality
 
     cfg = EmbedConfig()
-    fused = _pool(cfg, [cfg.encoder(Modality(modality))], 2.0, ffmpeg=Modality(modality).spec.reads == "file")
+    fused = _pool(cfg, [cfg.encoder(Modality(modality))], 2.0)
     return "fused" if fused["fused"] else "tasks"
 
 

@@ -30,10 +30,9 @@ class DecodeConfig(StrictModel):
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per read and decode "
                                         "task (e.g. {decode_node: 0.01} to keep decoding on nodes that have it).")
     fused: bool | None = Field(None, description="Decode in the encoder actors instead of in decode tasks; null = "
-                               "when every requested encoder runs on CPU (num_gpus 0), decode.resources is empty and "
-                               "no requested modality is decoded by ffmpeg (audio, video: not reliably faster "
-                               "in the actors). It spares each decoded item a trip through the object store; on "
-                               "GPU nodes decode tasks keep the GPU actor free to encode.")
+                               "when every requested encoder runs on CPU (num_gpus 0) and decode.resources is empty. "
+                               "It spares each decoded item a trip through the object store; on GPU nodes decode "
+                               "tasks keep the GPU actor free to encode.")
 
 
 class EmbedConfig(StrictModel):

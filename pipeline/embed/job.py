@@ -125,7 +125,7 @@ def _execute(cfg: EmbedConfig, plan: ManifestPlan, runs: list[ModalityRun], stor
 
     settings = {r.modality.value: r.settings for r in runs}
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    pool = _pool(cfg, [r.enc for r in runs], cpus, ffmpeg=any(r.modality.spec.reads == "file" for r in runs))
+    pool = _pool(cfg, [r.enc for r in runs], cpus)
     log.info("%s; %d encoder actor(s)%s x %g CPU%s", "decoding in the encoder actors" if pool["fused"] else
              "decoding in decode tasks", pool["actors"], f" (at least {pool['min_actors']})"
              if pool["min_actors"] < pool["actors"] else "", pool["num_cpus"],
@@ -251,15 +251,14 @@ def _shards_of(plan: ManifestPlan, chunk) -> slice:
     return slice(chunk.first_row // plan.shard_size, (chunk.first_row + chunk.rows - 1) // plan.shard_size + 1)
 
 
-def _pool(cfg: EmbedConfig, encs: list[EncoderConfig], cpus: float, ffmpeg: bool = False) -> dict[str, Any]:
+def _pool(cfg: EmbedConfig, encs: list[EncoderConfig], cpus: float) -> dict[str, Any]:
     """The one actor pool: whether its actors also decode (``fused``), its size, resources, batches per actor at once
     and torch threads per batch; the largest any requested modality asks for.
 
     Decode tasks (on GPU, or ``decode.fused`` false): ``actors`` and ``num_cpus`` null mean 1; ``concurrent_batches``
     null means 2 on CPU (one batch computes while another is unpacked or written), 1 on GPU; torch threads null
     mean the node's cores / concurrent batches (the actor's own choice). Fused (``decode.fused`` true, or null with
-    every encoder on CPU, no ``decode.resources`` and no modality decoded by ffmpeg (``ffmpeg``: its subprocesses
-    measured not reliably faster from the actors)): every actor decodes and encodes one batch at a time (threads
+    every encoder on CPU and no ``decode.resources``): every actor decodes and encodes one batch at a time (threads
     would contend for the GIL while decoding), so there are as many as the cluster's ``cpus`` (at least 1 started,
     more as free CPUs allow), sharing the CPUs that reading leaves (``_read_room``), each with that share of torch
     threads."""
@@ -269,7 +268,7 @@ def _pool(cfg: EmbedConfig, encs: list[EncoderConfig], cpus: float, ffmpeg: bool
             resources[key] = max(resources.get(key, 0.0), amount)
     num_gpus = max(e.num_gpus for e in encs)
     fused = cfg.decode.fused if cfg.decode.fused is not None else (
-        num_gpus == 0 and not cfg.decode.resources and not ffmpeg)
+        num_gpus == 0 and not cfg.decode.resources)
     asked_actors = [e.actors for e in encs if e.actors]
     asked_cpus = [e.num_cpus for e in encs if e.num_cpus]
     asked_calls = [e.concurrent_batches for e in encs if e.concurrent_batches]

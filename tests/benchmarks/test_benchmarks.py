@@ -121,7 +121,7 @@ def test_benchmark_pipeline_sets_the_null_encoder_job_beside_the_decoders(ray_se
             job = row[arrangement]
             assert job["first_commit_s"] > 0 and job["wall_s"] > 0 and job["job_per_s"] > 0
     assert rows["audio", "local"]["target"] == 0.9 and rows["png96", "s3"]["target"] == 0.6
-    assert rows["jpg96", "local"]["default"] == "fused" and rows["audio", "local"]["default"] == "tasks"
+    assert {row["default"] for row in rows.values()} == {"fused"}  # the encoders on CPU: the actors decode
     e2e = figures["end_to_end"]
     assert e2e["items"] == 48 and e2e["job_s"] > 0 and e2e["naive_s"] > 0 and e2e["decode_ms"] > 0 and e2e["encode_ms"] > 0
 

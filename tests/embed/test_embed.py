@@ -163,21 +163,21 @@ def test_pipeline_vectors_match_the_encoder_called_directly(mixed_run):
 
 
 def test_fused_actors_give_the_rows_and_vectors_decode_tasks_give(mixed_run, ray_session, tmp_path):
-    """The mixed corpus (audio and video among its modalities, so decode tasks by default) embedded again with the
-    encoder actors decoding (decode.fused true, the default for runs without ffmpeg modalities on CPU): the same
+    """The mixed corpus (every modality, ffmpeg's included) as the defaults embed it on CPU (the encoder actors
+    decoding: decode.fused null), embedded again with decode tasks (decode.fused false, as on GPU nodes): the same
     feature rows, the same error rows (stage and message) and the same vectors."""
     from pipeline.embed.job import _pool
 
     out, summary, _, cfg = mixed_run
-    assert not _pool(cfg, [cfg.encoder(m) for m in summary["modalities"]], 2.0, ffmpeg=True)["fused"]
-    fused_out = str(tmp_path / "fused")
-    fused = run_embed(cfg.model_copy(update={"output": fused_out, "decode": cfg.decode.model_copy(
-        update={"fused": True})}))
-    assert {m: s["items"] for m, s in fused["modalities"].items()} == \
+    assert _pool(cfg, [cfg.encoder(m) for m in summary["modalities"]], 2.0)["fused"]
+    tasks_out = str(tmp_path / "tasks")
+    tasks = run_embed(cfg.model_copy(update={"output": tasks_out, "decode": cfg.decode.model_copy(
+        update={"fused": False})}))
+    assert {m: s["items"] for m, s in tasks["modalities"].items()} == \
         {m: s["items"] for m, s in summary["modalities"].items()}
-    assert sorted(all_rows(fused_out), key=str) == sorted(all_rows(out), key=str)
+    assert sorted(all_rows(tasks_out), key=str) == sorted(all_rows(out), key=str)
     for m in ("image", "text", "audio", "video", "depth"):
-        a, b = read_features(out, m), read_features(fused_out, m)
+        a, b = read_features(out, m), read_features(tasks_out, m)
         va = dict(zip(a.column("id").to_pylist(), embeddings(a).astype(np.float32)))
         vb = dict(zip(b.column("id").to_pylist(), embeddings(b).astype(np.float32)))
         assert va.keys() == vb.keys()
@@ -381,8 +381,8 @@ def test_an_encoder_pool_that_leaves_decoding_no_cpu_is_refused_before_it_stalls
 def test_the_encoder_pool_decodes_itself_on_cpu_and_leaves_decoding_to_tasks_on_gpu():
     """decode.fused null: the actors decode when every encoder runs on CPU (no trip through the object store; as
     many actors as the cluster's CPUs, at least one started, sharing what reading leaves, one batch each: threads
-    would contend for the GIL while decoding), decode tasks when an encoder has a GPU, decode.resources places
-    decoding or a modality is decoded by ffmpeg. With decode tasks, concurrent_batches null: 2 on CPU (one batch computes while another is unpacked
+    would contend for the GIL while decoding), decode tasks when an encoder has a GPU or decode.resources places
+    decoding. With decode tasks, concurrent_batches null: 2 on CPU (one batch computes while another is unpacked
     or written; measured in benchmark_embed), 1 on GPU; the pool takes the largest any modality asks for."""
     from pipeline.config import EncoderConfig
     from pipeline.embed.job import _pool
@@ -397,7 +397,6 @@ def test_the_encoder_pool_decodes_itself_on_cpu_and_leaves_decoding_to_tasks_on_
     assert (gpu["fused"], gpu["actors"], gpu["num_cpus"], gpu["calls"], gpu["threads"]) == (False, 1, 1.0, 1, None)
     placed = EmbedConfig(decode={"resources": {"decode_node": 0.01}})
     assert not _pool(placed, [EncoderConfig()], 8.0)["fused"]
-    assert not _pool(EmbedConfig(), [EncoderConfig()], 8.0, ffmpeg=True)["fused"]  # audio, video: decode tasks
     tasks = EmbedConfig(decode={"fused": False})
     assert _pool(tasks, [EncoderConfig()], 8.0)["calls"] == 2
     assert _pool(tasks, [EncoderConfig(), EncoderConfig(concurrent_batches=3)], 8.0)["calls"] == 3
