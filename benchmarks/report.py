@@ -23,7 +23,7 @@ PAGE = os.path.join(ROOT, "docs", "benchmarks.md")
 # benchmark -> the function printing its table (module:function)
 TABLES = {"embed": "benchmarks.embed:format_benchmark", "scale": "benchmarks.scale:format_scale",
           "decode": "benchmarks.decode:format_decode", "pipeline": "benchmarks.pipeline:format_pipeline", "train": "benchmarks.train:format_train_benchmark",
-          "serve": "benchmarks.serve:format_serve_benchmark",
+          "serve": "benchmarks.serve:format_serve_benchmark", "index": "benchmarks.index:format_index",
           "quality_unseen": "benchmarks.quality_unseen:format_result",
           "quality_sweep": "benchmarks.quality_sweep:format_result"}
 # a block: its opening line, then anything but another opening line, then its closing line

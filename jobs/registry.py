@@ -59,9 +59,12 @@ JOBS: dict[str, Job] = {job.name: job for job in (
     Job("evaluate", ("jobs.evaluate",), "retrieval, zero-shot and modality-gap report of a model artifact",
         "pipeline.eval.report:EvaluateConfig", "jobs.evaluate:run", "python -m jobs.evaluate --config FILE",
         extra="jobs.evaluate:add_flags", load="jobs.evaluate:load", extras=("eval",)),
+    Job("index", ("jobs.index",), "project a feature store through a model: aligned vectors (Parquet) and ANN "
+        "segments for search (Ray Data)", "pipeline.index.config:IndexConfig", "jobs.index:run",
+        "python -m jobs.index --config FILE", load="jobs.index:load"),
     Job("serve", ("jobs.serve",), "serve a model artifact over HTTP on Ray Serve (OpenAI-compatible)",
         "serving.config:ServeArgs", "jobs.serve:run", "applications[].args of a Serve config (serving/serve_config.yaml)",
-        flags=("model", "features"), extra="jobs.serve:add_flags", load="jobs.serve:load", extras=("serve",),
+        flags=("model", "features", "index"), extra="jobs.serve:add_flags", load="jobs.serve:load", extras=("serve",),
         config_help="Ray Serve config YAML (default: serving/serve_config.yaml); its applications[0].args hold these "
                     "fields, the flags override them"),
     Job("demo", ("jobs.demo",), "generate a corpus, embed, train 3 stages, evaluate (offline, local Ray, a few minutes)",
@@ -166,10 +169,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.config import ConfigError
     from pipeline.embed.resume import ResumeMismatchError
     from pipeline.embed.waiting import ClusterBusyError
+    from pipeline.index.segments import IndexMismatchError
     from pipeline.store.errors import ManifestError
     from pipeline.store.features import StoreError
 
-    return ConfigError, ManifestError, ResumeMismatchError, ArtifactError, StoreError, ClusterBusyError
+    return (ConfigError, ManifestError, ResumeMismatchError, ArtifactError, StoreError, ClusterBusyError,
+            IndexMismatchError)
 
 
 def incomplete_runs() -> tuple[type[BaseException], ...]:

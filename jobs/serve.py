@@ -1,6 +1,6 @@
 """Serve a model artifact on Ray Serve: OpenAI-compatible /v1/embeddings, /v1/search, /v1/models, /health.
 
-    python -m jobs.serve --model models/sample [--features out/sample] [--config serving/serve_config.yaml] [--host --port]
+    python -m jobs.serve --model models/sample [--features out/sample | --index out/sample-index] [--config serving/serve_config.yaml] [--host --port]
     serve deploy serving/serve_config.yaml -a http://HEAD:8265     (on a cluster; set args.model there)
 """
 from __future__ import annotations
@@ -34,7 +34,8 @@ def load(model: type[ServeArgs], args: argparse.Namespace) -> ServeArgs:
 
     if args.port is not None and not 0 < args.port < 65536:
         raise ConfigError(f"--port = {args.port}: expected 1-65535")
-    flags = {k: v for k, v in (("model", args.model), ("features", args.features)) if v is not None}
+    flags = {k: v for k, v in (("model", args.model), ("features", args.features),
+                                               ("index", args.index)) if v is not None}
     return parse_args({**load_serve_config(args.config)["args"], **flags}, args.config)
 
 
@@ -49,7 +50,7 @@ def run(cfg: ServeArgs, args: argparse.Namespace) -> int:
     from serving.local import deploy, prepare
 
     try:
-        app, http = prepare(args.config, model=cfg.model, features=cfg.features)
+        app, http = prepare(args.config, model=cfg.model, features=cfg.features, index=cfg.index)
     except ValueError as e:  # e.g. a deployment the model has no modality for, or a store of other encoders
         raise ConfigError(f"{e} (Serve config: {args.config})") from None
     init_ray()

@@ -25,6 +25,7 @@ from serving.deployments import ModalityEncoder, SearchIndex
 from serving.inputs import APIError, Item, fetch, input_list, parse_json_body, resolve
 
 log = logging.getLogger("serving")
+MAX_ID_PREFIX = 256  # characters of /v1/search's id_prefix
 # FastAPI's own /docs and /openapi.json would answer without auth: the Gateway serves them behind it
 api = FastAPI(title="OneEncoder", description="Multimodal embeddings in one shared space (OpenAI-compatible).",
               docs_url=None, redoc_url=None, openapi_url=None)
@@ -171,7 +172,8 @@ class Gateway:
         body = await self._json(request)
         self._check_model(body, required=False)
         if self.search_handle is None:
-            raise APIError(404, "search is not enabled: start the server with `features` (a feature store to index)",
+            raise APIError(404, "search is not enabled: start the server with `index` (a folder from `oneencoder index`) "
+                                "or `features` (a feature store)",
                            "search_disabled")
         raw = input_list(body, self.args.limits, field="query")
         if len(raw) != 1:
@@ -188,10 +190,18 @@ class Gateway:
                                     or any(t not in indexed for t in targets)):
             raise APIError(400, f"target_modality {body.get('target_modality')!r}: expected one or more of "
                                 f"{', '.join(indexed)} (the indexed modalities)", "unsupported_modality", "target_modality")
+        prefix = body.get("id_prefix")
+        if prefix is not None and (not isinstance(prefix, str) or not 0 < len(prefix) <= MAX_ID_PREFIX):
+            raise APIError(400, f"id_prefix: expected a string of 1 to {MAX_ID_PREFIX} characters, got "
+                                f"{type(prefix).__name__}{' of length %d' % len(prefix) if isinstance(prefix, str) else ''}",
+                           "invalid_id_prefix", "id_prefix")
+        exact = body.get("exact", False)
+        if not isinstance(exact, bool):
+            raise APIError(400, f"exact={exact!r}: expected true or false", "invalid_exact", "exact")
         items = await self._items(raw, self._modality_field(body, "modality"))
         query = (await self._embed(items))[0]
         try:
-            hits = await self.search_handle.search.remote(np.asarray(query["embedding"]), targets, k)
+            hits = await self.search_handle.search.remote(np.asarray(query["embedding"]), targets, k, exact, prefix)
         except BackPressureError:
             raise _overloaded("search index") from None
         return JSONResponse({"object": "list", "data": hits, "model": self.args.model_name,
@@ -258,12 +268,13 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
     plain = parsed.model_dump(mode="json")
     info = _model_info(parsed)
     overrides = dict(overrides or {})
-    known = [GATEWAY] + [encoder_deployment(m) for m in info["modalities"]] + ([SEARCH] if parsed.features else [])
+    searched = bool(parsed.features or parsed.index)
+    known = [GATEWAY] + [encoder_deployment(m) for m in info["modalities"]] + ([SEARCH] if searched else [])
     unknown = sorted(set(overrides) - set(known))
     if unknown:  # (Serve's own words first, as `serve deploy` would say them)
         raise ValueError(f"Deployment {unknown[0]!r} does not exist. Available: {known}: the model {parsed.model} has "
                          f"the modalities {', '.join(info['modalities'])}"
-                         f"{'' if parsed.features else ' (and SearchIndex needs features)'}; remove {unknown[0]!r} "
+                         f"{'' if searched else ' (and SearchIndex needs features or index)'}; remove {unknown[0]!r} "
                          "from the Serve config's deployments")
 
     def opts(name: str) -> dict[str, Any]:
@@ -271,9 +282,10 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
 
     encoders = {m: ModalityEncoder.options(**opts(encoder_deployment(m))).bind(plain, m) for m in info["modalities"]}
     search = None
-    if parsed.features:
+    if searched:
+        info["index"] = (_index_folder_modalities(parsed) if parsed.index
+                         else _indexed_modalities(parsed, info["modalities"]))
         search = SearchIndex.options(**opts(SEARCH)).bind(plain)
-        info["index"] = _indexed_modalities(parsed, info["modalities"])
     return Gateway.options(**opts(GATEWAY)).bind(plain, info, encoders, search)
 
 
@@ -296,6 +308,21 @@ def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
         for _ in iter_features(args.features, m, args.storage.model_dump()):
             pass
     return found
+
+
+def _index_folder_modalities(args: ServeArgs) -> list[str]:
+    """The modalities the index folder holds (searchable whichever encoders are served: a text-only server finds
+    images); refuses an index of another model, naming both."""
+    from pipeline.index.segments import IndexMismatchError, check_model, read_record
+
+    try:
+        record = read_record(args.index, args.storage.model_dump())
+        check_model(record, args.index, args.model)
+    except IndexMismatchError as e:
+        raise ConfigError(f"index={args.index!r}: {e}") from None
+    if not record["modalities"]:
+        raise ConfigError(f"index={args.index!r} holds no modality")
+    return list(record["modalities"])
 
 
 def build_app(args: dict[str, Any]):

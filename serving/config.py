@@ -68,8 +68,9 @@ class ServeArgs(StrictModel):
     model: str | None = Field(None, description="Model artifact folder written by `oneencoder train` (required).")
     model_name: str = Field("oneencoder", min_length=1, description="Model id clients pass as `model` and /v1/models lists.")
     modalities: list[Modality] | None = Field(None, description="Modalities to serve (each gets an encoder deployment); null = all of the model's.")
-    features: str | None = Field(None, description="Feature store (local or s3://) indexed for /v1/search at start-up; null = no search.")
-    storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access for the feature store.")
+    features: str | None = Field(None, description="Feature store (local or s3://) projected and searched exactly for /v1/search at start-up (small stores); null = no search unless `index`.")
+    index: str | None = Field(None, description="Index folder written by `oneencoder index` (local, or s3:// copied to the cache once), memory-mapped for /v1/search instead of projecting a store; null = `features`, or no search.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access for the feature store or index.")
     limits: ServeLimits = Field(default_factory=ServeLimits, description="Request and media limits.")
     remote: RemoteSettings = Field(default_factory=RemoteSettings, description="Fetching remote media URLs.")
     api_key_env: str | None = Field(None, description="Environment variable holding the bearer token clients must send; null = no auth.")
@@ -94,6 +95,9 @@ def parse_args(args: dict[str, Any] | None, source: str = "serve args") -> Serve
     if not is_artifact(parsed.model):
         raise ConfigError(f"{source}: model={parsed.model!r} is not a model artifact (no config.json); "
                           "expected the folder written by `oneencoder train`")
+    if parsed.features and parsed.index:
+        raise ConfigError(f"{source}: give `features` (a store projected at start-up) or `index` (an index folder from "
+                          f"`oneencoder index`), not both: features={parsed.features!r}, index={parsed.index!r}")
     if parsed.remote.enabled and not parsed.remote.allow_hosts:
         raise ConfigError(f"{source}: remote.enabled is true but remote.allow_hosts is empty; list the hosts that may be fetched")
     if parsed.api_key_env and not os.environ.get(parsed.api_key_env):

@@ -78,45 +78,50 @@ class ModalityEncoder:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256)
 class SearchIndex:
-    """Exact inner-product search over a feature store projected through the model at start-up."""
+    """/v1/search's index: an index folder from `oneencoder index` (memory-mapped segments, HNSW above their size
+    threshold), or a feature store projected through the model at start-up and searched exactly (small stores)."""
 
     def __init__(self, args: dict[str, Any]):
-        from pipeline.inference import load_model
-        from pipeline.store.features import FeatureStore, embeddings, read_features
+        from pipeline.index.segments import Segment, VectorIndex
 
         self.args = ServeArgs(**args)
-        model = load_model(self.args.model)
-        storage = self.args.storage.model_dump()
-        self.vectors: dict[str, np.ndarray] = {}
-        self.ids: dict[str, list[str]] = {}
-        self.uris: dict[str, list[str | None]] = {}
-        store = FeatureStore(self.args.features, storage)
-        for modality in self.args.modalities or model.modalities:
-            if store.run_record(modality) is None:  # a modality the embed job did not write
-                continue
-            table = read_features(self.args.features, modality, storage)
-            # a modality with no rows stays indexed, empty: searching it finds nothing (the Gateway lists it)
-            self.vectors[modality] = (model.project(embeddings(table).astype(np.float32), modality) if table.num_rows
-                                      else np.zeros((0, model.dim), np.float32))
-            self.ids[modality] = table.column("id").to_pylist() if table.num_rows else []
-            self.uris[modality] = table.column("uri").to_pylist() if table.num_rows else []
-        if not any(len(v) for v in self.vectors.values()):
-            raise ValueError(f"feature store {self.args.features} has no features for any modality of the model "
-                             f"({', '.join(model.modalities)})")
-        log.info("search index: %s", ", ".join(f"{m} {len(v)}" for m, v in self.vectors.items()))
+        if self.args.index:
+            index = VectorIndex(self.args.index, self.args.storage.model_dump())
+            index.check_model(self.args.model)
+            self.segments = index.segments  # every indexed modality, whichever encoders are served
+        else:
+            import pyarrow as pa
+
+            from pipeline.inference import load_model
+            from pipeline.store.features import FeatureStore, embeddings, read_features
+
+            model = load_model(self.args.model)
+            storage = self.args.storage.model_dump()
+            store = FeatureStore(self.args.features, storage)
+            self.segments = {}
+            for modality in self.args.modalities or model.modalities:
+                if store.run_record(modality) is None:  # a modality the embed job did not write
+                    continue
+                table = read_features(self.args.features, modality, storage)
+                # a modality with no rows stays indexed, empty: searching it finds nothing (the Gateway lists it)
+                vectors = (model.project(embeddings(table).astype(np.float32), modality) if table.num_rows
+                           else np.zeros((0, model.dim), np.float32))
+                ids = (table.select(["id", "uri"]) if table.num_rows
+                       else pa.table({"id": pa.array([], pa.string()), "uri": pa.array([], pa.string())}))
+                self.segments[modality] = [Segment(modality, "store", vectors, ids.combine_chunks())]
+            if not any(len(seg) for segs in self.segments.values() for seg in segs):
+                raise ValueError(f"feature store {self.args.features} has no features for any modality of the model "
+                                 f"({', '.join(model.modalities)})")
+        log.info("search index: %s", ", ".join(f"{m} {sum(len(s) for s in segs)}" for m, segs in self.segments.items()))
 
     def ready(self) -> bool:
         return True
 
-    def search(self, query: np.ndarray, targets: list[str] | None, k: int) -> list[dict[str, Any]]:
-        """Top ``k`` items by cosine similarity over the ``targets`` modalities (all when None)."""
-        targets = targets or list(self.vectors)
-        hits: list[tuple[float, str, int]] = []
-        for m in dict.fromkeys(targets):
-            scores = self.vectors[m] @ query.astype(np.float32)
-            if not len(scores):
-                continue
-            top = np.argpartition(-scores, min(k, len(scores)) - 1)[:k] if len(scores) > k else np.arange(len(scores))
-            hits.extend((float(scores[i]), m, int(i)) for i in top)
-        hits.sort(key=lambda h: (-h[0], h[1], self.ids[h[1]][h[2]]))
-        return [{"id": self.ids[m][i], "modality": m, "uri": self.uris[m][i], "score": s} for s, m, i in hits[:k]]
+    def search(self, query: np.ndarray, targets: list[str] | None, k: int, exact: bool = False,
+               id_prefix: str | None = None) -> list[dict[str, Any]]:
+        """Top ``k`` items by cosine similarity over the ``targets`` modalities (all when None); ``exact`` scans every
+        vector instead of asking the graphs; ``id_prefix`` keeps ids that start with it."""
+        from pipeline.index.segments import search_segments
+
+        hits = search_segments(self.segments, query, targets or list(self.segments), k, exact, id_prefix)
+        return [{"id": i, "modality": m, "uri": u, "score": s} for s, m, i, u in hits]

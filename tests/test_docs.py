@@ -62,10 +62,10 @@ def _parse(command: str) -> str | None:
 def test_every_command_in_the_readme_and_the_docs_parses():
     parsed = {os.path.relpath(path, ROOT): [_parse(c) for c in _commands(path)] for path in PAGES}
     front = set(parsed["README.md"])
-    for expected in ("demo", "sample-corpus", "embed", "train", "evaluate", "serve", "submit"):
+    for expected in ("demo", "sample-corpus", "embed", "train", "evaluate", "index", "serve", "submit"):
         assert expected in front, f"the README no longer shows a runnable `{expected}` command"
     everywhere = {job for jobs in parsed.values() for job in jobs}
-    for expected in ("jobs.embed", "jobs.serve", "benchmarks.embed", "benchmarks.scale", "benchmarks.decode",
+    for expected in ("jobs.embed", "jobs.index", "jobs.serve", "benchmarks.embed", "benchmarks.index", "benchmarks.scale", "benchmarks.decode",
                      "benchmarks.train", "benchmarks.serve", "benchmarks.quality_sweep", "benchmarks.quality_unseen"):
         assert expected in everywhere, f"the docs no longer show a runnable `{expected}` command"
 

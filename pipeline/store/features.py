@@ -182,6 +182,14 @@ class FeatureStore:
                 out[index] = check_marker(json_object(by_name[name], where), where)
         return dict(sorted(out.items()))
 
+    def shard_marker(self, modality: Modality | str, shard: int) -> dict:
+        """Shard ``shard``'s commit marker; StoreError when it has none (not committed) or it is not one."""
+        rel = f"_progress/{_name(modality)}/{self.shard_name(shard)}.json"
+        data = self.read_json(rel)
+        if data is None:
+            raise StoreError(f"{self.where(rel)}: missing (shard {shard} of {_name(modality)} is not committed)")
+        return check_marker(data, self.where(rel))
+
     def _markers(self, modality: Modality | str) -> dict[int, str]:
         """Shard index → its marker's file name. A name only like one (``shard-12.json``, ``shard-٠٠٠١٢.json``)
         names no shard: ignored with a warning, as if absent. Refused, a stray file would stop every reader; read
@@ -310,6 +318,15 @@ def iter_features(root: str, modality: Modality | str, storage: dict[str, Any] |
         if marker["features"]:
             rel, marker_rel = store.feature_file(name, shard), f"_progress/{name}/{store.shard_name(shard)}.json"
             yield checks.read(store.fs, store._p(rel), store.where(rel), marker, store.where(marker_rel))
+
+
+def read_shard(store: FeatureStore, modality: Modality | str, shard: int) -> tuple[pa.Table, dict]:
+    """One committed feature shard, checked as ``read_features`` checks each, and its marker."""
+    name = _name(modality)
+    marker = store.shard_marker(name, shard)
+    checks = ShardChecks(name, store.run_record(name), store.encoder_record(name), store.where(f"_progress/{name}"))
+    rel, marker_rel = store.feature_file(name, shard), f"_progress/{name}/{store.shard_name(shard)}.json"
+    return checks.read(store.fs, store._p(rel), store.where(rel), marker, store.where(marker_rel)), marker
 
 
 def read_errors(root: str, storage: dict[str, Any] | None = None) -> pa.Table:

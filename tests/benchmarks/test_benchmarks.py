@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import decode as decode_bench
 from benchmarks import embed as embed_bench
+from benchmarks import index as index_bench
 from benchmarks import pipeline as pipeline_bench
 from benchmarks import quality_sweep, quality_unseen
 from benchmarks import scale as scale_bench
@@ -97,6 +98,20 @@ def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
     assert "expected comma-separated integers, e.g. 1,8,32, got '1,x'" in capsys.readouterr().err
     assert serve_bench.main(["--levels", "1,64", "--requests", "32"]) == 2
     assert "requests = 32: expected at least the largest level (64)" in capsys.readouterr().err
+    assert index_bench.main(["--libraries", "annoy"]) == 2
+    assert "annoy: expected some of faiss, usearch" in capsys.readouterr().err
+
+
+def test_benchmark_index_measures_both_libraries_against_exact_search(tmp_path, capsys):
+    report = tmp_path / "index.json"
+    assert index_bench.main(["--vectors", "3000", "--queries", "30", "--clusters", "50", "--report", str(report)]) == 0
+    assert "| faiss HNSW |" in capsys.readouterr().out
+    figures = json.loads(report.read_text())["result"]
+    assert set(figures["libraries"]) == {"faiss", "usearch"}
+    for lib in figures["libraries"].values():  # each raised its ef until the recall target, and timed there
+        assert lib["reached"] and lib["recall"] >= 0.95 and lib["p50_ms"] > 0 and lib["bytes_per_vector"] > 256 * 4
+        assert [c["recall"] >= 0.95 for c in lib["curve"]] == [False] * (len(lib["curve"]) - 1) + [True]
+    assert set(figures["open"]["seconds"]) == {"300", "3000"} and figures["growth"]["added"] > 0
 
 
 @pytest.mark.slow

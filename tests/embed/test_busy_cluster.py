@@ -131,6 +131,7 @@ def test_a_pool_no_node_could_ever_hold_is_refused_at_once(ray_session, sample_c
     assert time.monotonic() - started < 30  # not wait_for_resources_s (60 s), not no_progress_timeout_s
 
 
+@pytest.mark.slow
 def test_the_job_says_what_it_waits_for_and_starts_once_the_holders_let_go(ray_session, sample_corpus, tmp_path,
                                                                           caplog):
     caplog.set_level(logging.INFO, logger="pipeline")

@@ -162,6 +162,7 @@ def test_pipeline_vectors_match_the_encoder_called_directly(mixed_run):
         np.testing.assert_allclose(embeddings(table)[row].astype(np.float32), direct, atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_fused_actors_give_the_rows_and_vectors_decode_tasks_give(mixed_run, ray_session, tmp_path):
     """The mixed corpus (every modality, ffmpeg's included) as the defaults embed it on CPU (the encoder actors
     decoding: decode.fused null), embedded again with decode tasks (decode.fused false, as on GPU nodes): the same
@@ -229,6 +230,7 @@ def coco_shaped(session_dir, sample_corpus, tmp_path_factory):
     return str(manifest), rows, str(wrapper), calls, [os.path.join(corpus, s["audio"]) for s in samples]
 
 
+@pytest.mark.slow
 def test_each_unique_media_is_decoded_and_encoded_once_and_every_id_gets_its_row(ray_session, coco_shaped, tmp_path):
     manifest, rows, wrapper, calls, clips = coco_shaped
     runs = {}

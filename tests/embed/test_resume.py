@@ -166,6 +166,7 @@ def test_killed_encoder_worker_is_survived(ray_session, slow_audio, tmp_path):
     assert_complete_without_duplicates(out)
 
 
+@pytest.mark.slow
 def test_changed_settings_refuse_to_mix_and_overwrite_starts_over(ray_session, sample_corpus, tmp_path):
     out = str(tmp_path / "out")
     base = dict(input=sample_corpus, output=out, modalities=["text"], shard_size=4)

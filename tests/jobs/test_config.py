@@ -93,11 +93,12 @@ def test_every_yaml_in_the_repo_validates():
     from benchmarks.train import BenchmarkTrainConfig
     from pipeline.config import load_config
     from pipeline.eval.report import EvaluateConfig
+    from pipeline.index.config import IndexConfig
     from pipeline.train.config import load_train_config
     from serving.config import ServeArgs, load_serve_config
 
     loaders = {"embed": load_embed_config, "train": load_train_config,
-               "evaluate": lambda f: load_config(EvaluateConfig, f)}
+               "evaluate": lambda f: load_config(EvaluateConfig, f), "index": lambda f: load_config(IndexConfig, f)}
     benchmark_loaders = {"embed": BenchmarkEmbedConfig, "train": BenchmarkTrainConfig, "serve": BenchmarkServeConfig}
     checked = set()
     for rel in project_yaml_files():
@@ -129,7 +130,7 @@ def test_every_yaml_in_the_repo_validates():
             raise AssertionError(f"{rel}: no validator for this YAML; add one here")
         checked.add(rel)
     assert {"cluster.yaml", "serving/serve_config.yaml", "jobs/configs/embed_tiny.yaml", "jobs/configs/train_tiny.yaml",
-            "jobs/configs/evaluate_tiny.yaml", "benchmarks/configs/serve_paper.yaml", "mkdocs.yml"} <= checked
+            "jobs/configs/evaluate_tiny.yaml", "jobs/configs/index_tiny.yaml", "benchmarks/configs/serve_paper.yaml", "mkdocs.yml"} <= checked
 
 
 def test_cli_bad_config_fails_before_starting_ray(tmp_path):

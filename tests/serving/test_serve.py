@@ -517,6 +517,11 @@ def test_search_returns_the_true_pair(served, feature_store, local_model):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "k"
     bad = _post(url, {"query": "a", "target_modality": "smell"}, path="/v1/search")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "target_modality"
+    some = _post(url, {"query": "a red circle", "k": 5, "id_prefix": "c0001"}, path="/v1/search").json()["data"]
+    assert len(some) == 5 and all(h["id"].startswith("c0001") for h in some)
+    for field, value in (("id_prefix", 7), ("id_prefix", ""), ("id_prefix", "c" * 257), ("exact", "yes")):
+        bad = _post(url, {"query": "a red circle", field: value}, path="/v1/search")
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == field, (field, value, bad.text)
 
 
 @pytest.mark.slow
@@ -727,3 +732,4 @@ def test_readme_serve_command_on_the_shipped_config(trained, feature_store, tmp_
     finally:
         stop_ray_instance(temp)
         shutil.rmtree(temp, ignore_errors=True)
+

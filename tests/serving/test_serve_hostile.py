@@ -325,12 +325,15 @@ def test_a_closed_port_is_a_400(loopback):
 # --- search index, the store at start-up ----------------------------------------------------------
 
 def _search_index(vectors: dict[str, np.ndarray]):
+    import pyarrow as pa
+
+    from pipeline.index.segments import Segment
     from serving.deployments import SearchIndex
 
     index = object.__new__(SearchIndex.func_or_class)
-    index.vectors = vectors
-    index.ids = {m: [f"{m}{i}" for i in range(len(v))] for m, v in vectors.items()}
-    index.uris = {m: [None] * len(v) for m, v in vectors.items()}
+    index.segments = {m: [Segment(m, "store", v, pa.table({"id": pa.array([f"{m}{i}" for i in range(len(v))], pa.string()),
+                                                           "uri": pa.nulls(len(v), pa.string())}))]
+                      for m, v in vectors.items()}
     return index
 
 

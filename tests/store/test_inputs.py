@@ -190,6 +190,7 @@ def test_media_held_in_the_input_is_grouped_by_content_each_row_keeping_its_name
     assert text.num_rows == 9  # distinct captions: nothing to share
 
 
+@pytest.mark.slow
 def test_duplicate_media_in_tars_is_embedded_once_per_content(ray_session, reference, sample_corpus, tmp_path):
     """img2dataset-style shards often hold one image under several keys: one encode per content, a row per key."""
     path, rows = _duplicated_images(sample_corpus, str(tmp_path))
@@ -311,6 +312,7 @@ def test_a_manifest_that_changes_after_planning_is_a_user_error(ray_session, tmp
     assert not [name for name in os.listdir(out / "_progress" / "text") if name.startswith("shard-")]
 
 
+@pytest.mark.slow
 def test_parquet_with_media_bytes_as_hugging_face_exports_them(ray_session, reference, sample_corpus, tmp_path):
     corpus = os.path.dirname(sample_corpus)
     with open(sample_corpus) as fh:
@@ -403,6 +405,7 @@ def web(sample_corpus):
     server.server_close()
 
 
+@pytest.mark.slow
 def test_url_manifest_is_fetched_with_limits_retries_and_per_row_errors(ray_session, reference, sample_corpus, web, tmp_path):
     base, hits = web
     with open(sample_corpus) as fh:

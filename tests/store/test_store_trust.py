@@ -131,7 +131,7 @@ def test_the_search_index_refuses_a_nan_row_at_start_up(store, monkeypatch):
     monkeypatch.setattr("pipeline.inference.load_model", lambda *a, **k: _FakeModel())
     build = SearchIndex.func_or_class
     index = build({"model": "unused", "features": store})  # the clean store first: the index is built
-    assert {m: len(v) for m, v in index.vectors.items()} == {"image": 2 * ROWS, "text": 2 * ROWS}
+    assert {m: sum(len(s) for s in segs) for m, segs in index.segments.items()} == {"image": 2 * ROWS, "text": 2 * ROWS}
     _with_bad_rows(store, "text", 1, {6: np.nan})
     with pytest.raises(StoreError, match=f"{_shard_path(store, 'text', 1)}: 1 rows hold non-finite embedding values "
                                          r"\(NaN or Inf\), the first id 'c00014'"):

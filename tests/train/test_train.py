@@ -410,6 +410,7 @@ def test_tune_searches_each_stage_then_trains_it_with_the_best_settings(ray_sess
         load_train_config(None, tune={"lr": [0.01, 0.001]})
 
 
+@pytest.mark.slow
 def test_k_token_features_train_and_embed_end_to_end(ray_session, tmp_path):
     """K = 3 token vectors per item: stored as (K, D), trained through the Universal Projection over K tokens,
     and a raw input embedded through the artifact's encoders pooled to the same K."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
+
+@pytest.mark.slow
 def test_training_reads_the_feature_store_from_s3_and_stops_early(ray_session, s3_endpoint, s3_run1, tmp_path):
     """On the store the embed command wrote to s3://features/run1 (the s3_run1 fixture). A learning
     rate far too high makes the validation loss stop improving, so early stopping (patience 2) ends

@@ -1,0 +1,286 @@
+"""An index folder: the aligned vectors as Parquet, and search segments over them.
+
+Layout under the index folder OUT::
+
+    index.json                                   the model and feature store it was built from (fingerprints),
+                                                 the width, and each modality's segments (written last)
+    vectors/<modality>/shard-00012.parquet       id, uri, vector (float32 [d], unit length): one per feature shard
+    _progress/<modality>/shard-00012.json        the shard's projection marker (written after its vectors)
+    segments/<modality>/segment-00003/           the shards one run added:
+        vectors.npy                              float32 (N, d), memory-mapped by readers
+        ids.arrow                                id, uri (Arrow IPC file, memory-mapped)
+        hnsw.faiss                               the HNSW graph (faiss IndexHNSWFlat, inner product; its vectors
+                                                 memory-mapped, its links in memory), or none when the segment
+                                                 is searched exactly
+        segment.json                             its shards, rows and parameters (written last)
+
+A rerun projects only the store's new shards and adds them as one new segment; a search asks every segment
+of the modality and merges. The Parquet files are the user's vectors (pyarrow, pandas, duckdb read them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+log = logging.getLogger(__name__)
+
+FORMAT = "oneencoder-index/1"
+
+
+class IndexMismatchError(ValueError):
+    """An index folder built from another model or feature store than the one it is used with."""
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """sha256 of the artifact's weights and model config: what makes its vectors what they are."""
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        with open(os.path.join(model_dir, name), "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def store_fingerprint(run: dict | None, encoder: dict | None) -> str:
+    """sha256 of a modality's run.json and encoder.json: which encoder, settings and manifest its shards come from."""
+    text = json.dumps({"run": run, "encoder": encoder}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def vector_schema(dim: int) -> pa.Schema:
+    return pa.schema([("id", pa.string()), ("uri", pa.string()), ("vector", pa.list_(pa.float32(), dim))])
+
+
+def vectors_table(ids: pa.Array, uris: pa.Array, vectors: np.ndarray) -> pa.Table:
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors, np.float32).ravel()),
+                                             vectors.shape[1])
+    return pa.Table.from_arrays([ids, uris, flat], schema=vector_schema(vectors.shape[1]))
+
+
+def table_vectors(table: pa.Table) -> np.ndarray:
+    """The ``vector`` column of a vectors table as float32 (N, d)."""
+    column = table.column("vector").combine_chunks()
+    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+
+
+def segment_name(number: int) -> str:
+    return f"segment-{number:05d}"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, np.float32))
+    return buf.getvalue()
+
+
+def arrow_file_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+GRAPH = "hnsw.faiss"
+
+
+def build_graph(vectors: np.ndarray, params: dict[str, Any], threads: int) -> bytes:
+    """An HNSW graph over ``vectors`` (labels = row numbers), serialised (faiss's own format, no pickle)."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    index = faiss.IndexHNSWFlat(vectors.shape[1], params["connectivity"], faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = params["expansion_add"]
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, np.float32))
+    return faiss.serialize_index(index).tobytes()
+
+
+def open_graph(path: str, expansion_search: int) -> Any:
+    """A graph file opened for search: its vectors memory-mapped, its links read; one thread per query (a server
+    answers many queries at once, each on its own)."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    graph = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    graph.hnsw.efSearch = expansion_search
+    return graph
+
+
+@dataclasses.dataclass
+class Segment:
+    """One segment, opened for search: its vectors and ids memory-mapped, its graph (if any) viewed from disk."""
+
+    modality: str
+    name: str
+    vectors: np.ndarray           # float32 (N, d), memory-mapped
+    ids: pa.Table                 # id, uri
+    graph: Any = None             # faiss IndexHNSWFlat (memory-mapped vectors) or None: exact search
+    expansion_search: int = 64
+
+    @classmethod
+    def open(cls, folder: str, modality: str, record: dict[str, Any]) -> "Segment":
+        vectors = np.load(os.path.join(folder, "vectors.npy"), mmap_mode="r")
+        ids = pa.ipc.open_file(pa.memory_map(os.path.join(folder, "ids.arrow"))).read_all()
+        if len(vectors) != ids.num_rows or len(vectors) != record["rows"]:
+            raise IndexMismatchError(f"{folder}: {len(vectors)} vectors and {ids.num_rows} ids, but segment.json "
+                                     f"says {record['rows']} rows")
+        graph = None
+        if record["ann"]["kind"] == "hnsw":
+            graph = open_graph(os.path.join(folder, GRAPH), record["ann"]["expansion_search"])
+        return cls(modality, os.path.basename(folder), vectors, ids, graph, record["ann"].get("expansion_search", 64))
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def search(self, query: np.ndarray, k: int, exact: bool = False, id_prefix: str | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` rows by inner product with ``query`` (d,): (scores, row numbers), best first.
+
+        With ``id_prefix`` only rows whose id starts with it: a selective prefix (at most a tenth of the rows) is
+        searched exactly over those rows; a broad one through the graph, asking for more until ``k`` pass."""
+        n = len(self.vectors)
+        if not n or k <= 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        allowed = None
+        if id_prefix:
+            allowed = np.flatnonzero(pc.starts_with(self.ids.column("id"), id_prefix).to_numpy(zero_copy_only=False))
+            if not len(allowed):
+                return np.zeros(0, np.float32), np.zeros(0, np.int64)
+            if len(allowed) <= n // 10 or exact or self.graph is None:
+                return _top(np.asarray(self.vectors[allowed]) @ query, k, allowed)
+        if exact or self.graph is None:
+            return _top(np.asarray(self.vectors) @ query, k)
+        want = k
+        while True:
+            count = min(n, want if allowed is None else want * 4)
+            scores, rows = self.graph.search(np.ascontiguousarray(query, np.float32)[None], count)
+            scores, rows = scores[0], rows[0]
+            scores, rows = scores[rows >= 0], rows[rows >= 0]  # -1: fewer found than asked
+            if allowed is not None:
+                keep = np.isin(rows, allowed)
+                rows, scores = rows[keep], scores[keep]
+            if len(rows) >= k or count >= n:
+                return scores[:k], rows[:k]
+            want *= 4
+
+
+def _top(scores: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of ``scores`` (ties by row number), with their rows (``rows`` maps positions to rows)."""
+    top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
+    top = top[np.lexsort((top, -scores[top]))]
+    return scores[top].astype(np.float32), (top if rows is None else rows[top]).astype(np.int64)
+
+
+def read_record(uri: str, storage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The index.json of the index folder ``uri`` (local or s3://); IndexMismatchError when there is none, or it is
+    not a OneEncoder index's."""
+    from pipeline.store.features import FeatureStore
+    from pipeline.store.integrity import StoreError
+
+    folder = FeatureStore(uri, storage or {})
+    try:
+        record = folder.read_json("index.json")
+    except StoreError as e:
+        raise IndexMismatchError(str(e)) from None
+    if record is None:
+        raise IndexMismatchError(f"no index at {uri}: expected index.json written by `oneencoder index`")
+    if record.get("format") != FORMAT:
+        raise IndexMismatchError(f"{folder.where('index.json')}: not a OneEncoder index (format "
+                                 f"{record.get('format')!r}, expected {FORMAT!r})")
+    return record
+
+
+def check_model(record: dict[str, Any], uri: str, model_dir: str) -> None:
+    """IndexMismatchError naming both when ``model_dir`` is not the model the index ``record`` was built from."""
+    built, given = record["model"], model_fingerprint(model_dir)
+    if built["sha256"] != given:
+        raise IndexMismatchError(
+            f"index {uri} was built from model {built['path']} (sha256 {built['sha256'][:12]}), not from "
+            f"{model_dir} (sha256 {given[:12]}): its vectors are in another space. Build an index for this model "
+            f"with `oneencoder index --model {model_dir} --features STORE --output DIR`")
+
+
+def local_copy(uri: str, storage: dict[str, Any] | None = None) -> str:
+    """A local folder holding the index ``uri``: itself when local; an S3 index is copied once into a cache folder
+    named by its location and index.json (a rebuilt index is copied again)."""
+    if not uri.startswith("s3://"):
+        return uri
+    from pipeline.config import cache_root
+    from pipeline.store.features import FeatureStore
+
+    record = read_record(uri, storage)
+    key = hashlib.sha256((uri + json.dumps(record, sort_keys=True)).encode()).hexdigest()[:16]
+    dest = os.path.join(cache_root(), "index", key)
+    if not os.path.exists(os.path.join(dest, "index.json")):
+        folder = FeatureStore(uri, storage or {})
+        tmp = dest + f".tmp-{os.getpid()}"
+        for modality, entry in record["modalities"].items():
+            for name in entry["segments"]:
+                rel = f"segments/{modality}/{name}"
+                folder.fs.get(folder._p(rel) + "/", os.path.join(tmp, rel) + "/", recursive=True)
+        with open(os.path.join(tmp, "index.json"), "w", encoding="utf-8") as fh:
+            json.dump(record, fh)
+        if not os.path.exists(dest):
+            os.replace(tmp, dest)
+        else:  # another replica finished the same copy first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+class VectorIndex:
+    """An index folder opened for search: its segments memory-mapped (an S3 index from a local copy)."""
+
+    def __init__(self, uri: str, storage: dict[str, Any] | None = None):
+        self.uri, self.record = uri, read_record(uri, storage)
+        root = local_copy(uri, storage)
+        self.dim = int(self.record["dim"])
+        self.segments: dict[str, list[Segment]] = {}
+        for modality, entry in self.record["modalities"].items():
+            self.segments[modality] = []
+            for name in entry["segments"]:
+                folder = os.path.join(root, "segments", modality, name)
+                with open(os.path.join(folder, "segment.json"), encoding="utf-8") as fh:
+                    self.segments[modality].append(Segment.open(folder, modality, json.load(fh)))
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.segments)
+
+    def size(self, modality: str) -> int:
+        return sum(len(s) for s in self.segments.get(modality, []))
+
+    def check_model(self, model_dir: str) -> None:
+        """IndexMismatchError naming both when ``model_dir`` is not the model this index was built from."""
+        check_model(self.record, self.uri, model_dir)
+
+    def search(self, query: np.ndarray, modalities: list[str] | None, k: int, exact: bool = False,
+               id_prefix: str | None = None) -> list[tuple[float, str, str, str | None]]:
+        """The top ``k`` over ``modalities`` (all when None): (score, modality, id, uri), best first."""
+        return search_segments(self.segments, query, modalities, k, exact, id_prefix)
+
+
+def search_segments(segments: dict[str, list[Segment]], query: np.ndarray, modalities: list[str] | None, k: int,
+                    exact: bool = False, id_prefix: str | None = None) -> list[tuple[float, str, str, str | None]]:
+    """The top ``k`` of ``segments`` over ``modalities`` (all when None): (score, modality, id, uri), best first
+    (ties: modality, then id)."""
+    query = np.asarray(query, np.float32)
+    hits: list[tuple[float, str, str, str | None]] = []
+    for m in dict.fromkeys(modalities or list(segments)):
+        for seg in segments.get(m, []):
+            scores, rows = seg.search(query, k, exact, id_prefix)
+            taken = seg.ids.take(pa.array(rows, pa.int64()))
+            hits.extend((float(s), m, i, u) for s, i, u in
+                        zip(scores, taken.column("id").to_pylist(), taken.column("uri").to_pylist()))
+    hits.sort(key=lambda h: (-h[0], h[1], h[2]))
+    return hits[:k]

@@ -1,0 +1,291 @@
+"""The index job: aligned vectors on disk, segments searched by ANN against exact search, resume, refusals."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from pipeline.config import ConfigError
+from pipeline.index.config import AnnConfig, IndexConfig
+from pipeline.index.segments import IndexMismatchError, VectorIndex
+from pipeline.store.features import ERROR_SCHEMA, FeatureStore, embeddings, read_features
+from serving.local import prepare
+
+MODALITIES = ("image", "text", "audio")
+SHARDS = 4  # the concept store's 480 rows per modality, re-cut into 4 shards of 120
+
+
+@pytest.fixture(scope="module")
+def sharded_store(feature_store, tmp_path_factory):
+    """The concept store's image, text and audio features, cut into SHARDS shards per modality."""
+    root = str(tmp_path_factory.mktemp("sharded"))
+    source, store = FeatureStore(feature_store, {}), FeatureStore(root, {})
+    for m in MODALITIES:
+        table = read_features(feature_store, m)
+        store.start_run(m, source.run_record(m), source.encoder_record(m))
+        step = table.num_rows // SHARDS
+        for shard in range(SHARDS):
+            dim = table.schema.field("embedding").type.shape[-1]
+            store.commit_shard(m, shard, table.slice(shard * step, step), ERROR_SCHEMA.empty_table(), dim)
+    return root
+
+
+def _index(model: str, features: str, output: str, **ann) -> dict:
+    from pipeline.index.job import run_index
+
+    return run_index(IndexConfig(model=model, features=features, output=output, ann=AnnConfig(**ann)))
+
+
+def _hide(store: str, modality: str, shard: int) -> str:
+    """Make shard ``shard`` look uncommitted (its marker moved aside); returns where the marker went."""
+    marker = os.path.join(store, "_progress", modality, f"shard-{shard:05d}.json")
+    os.rename(marker, marker + ".hidden")
+    return marker
+
+
+@pytest.fixture(scope="module")
+def built(ray_session, trained, sharded_store, tmp_path_factory):
+    """The sharded store indexed with graphs (forced: the store is below the exact-search threshold)."""
+    out = str(tmp_path_factory.mktemp("index") / "index")
+    return out, _index(trained[0], sharded_store, out, kind="hnsw", connectivity=8, expansion_add=64,
+                       expansion_search=32)
+
+
+def test_index_writes_the_models_vectors_and_its_graph_finds_what_exact_search_finds(trained, sharded_store, built):
+    from pipeline.inference import load_model
+
+    out, record = built
+    model = load_model(trained[0])
+    for m in MODALITIES:
+        # the user's vectors: one Parquet per feature shard, ids in store order, exactly the model's projection
+        files = sorted(os.listdir(os.path.join(out, "vectors", m)))
+        assert files == [f"shard-{s:05d}.parquet" for s in range(SHARDS)]
+        table = pq.read_table(os.path.join(out, "vectors", m))
+        features = read_features(sharded_store, m)
+        assert table.column_names == ["id", "uri", "vector"]
+        assert table.column("id").to_pylist() == features.column("id").to_pylist()
+        vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
+        np.testing.assert_allclose(vectors, model.project(embeddings(features).astype(np.float32), m), atol=1e-5)
+        assert record["modalities"][m]["rows"] == features.num_rows
+
+    index = VectorIndex(out)
+    assert {m: index.size(m) for m in MODALITIES} == {m: 480 for m in MODALITIES}
+    assert all(seg.graph is not None for m in MODALITIES for seg in index.segments[m])
+    queries = np.stack(pq.read_table(os.path.join(out, "vectors", "text")).column("vector").to_numpy(
+        zero_copy_only=False))[:100]
+    found = total = 0
+    for q in queries:
+        approx = index.search(q, ["image"], 10)
+        exact = index.search(q, ["image"], 10, exact=True)
+        assert [h[0] for h in exact] == sorted((h[0] for h in exact), reverse=True)
+        found += len({h[2] for h in approx} & {h[2] for h in exact})
+        total += len(exact)
+    assert found / total >= 0.95, f"recall@10 of the graph against exact search: {found / total:.3f}"
+    # exact search is the brute-force ranking of the stored vectors
+    image = np.stack(pq.read_table(os.path.join(out, "vectors", "image")).column("vector").to_numpy(
+        zero_copy_only=False))
+    ids = pq.read_table(os.path.join(out, "vectors", "image")).column("id").to_pylist()
+    best = np.argsort(-(image @ queries[0]), kind="stable")[:10]
+    assert [h[2] for h in index.search(queries[0], ["image"], 10, exact=True)] == [ids[i] for i in best]
+
+
+def test_filters_by_modality_and_id_prefix(built):
+    index = VectorIndex(built[0])
+    q = index.segments["text"][0].vectors[0]
+    merged = index.search(q, None, 20)
+    assert {h[1] for h in merged} <= set(MODALITIES) and len(merged) == 20
+    assert [h[0] for h in merged] == sorted((h[0] for h in merged), reverse=True)
+    # a selective prefix (c0001x: 10 ids) is searched over those rows only, through any modality asked for
+    hits = index.search(q, ["image", "audio"], 30, id_prefix="c0001")
+    assert len(hits) == 20 and {h[2][:5] for h in hits} == {"c0001"} and {h[1] for h in hits} == {"image", "audio"}
+    # a broad prefix (c000: 100 of 480 ids) goes through the graph and still returns k hits that all match
+    hits = index.search(q, ["image"], 10, id_prefix="c000")
+    assert len(hits) == 10 and all(h[2].startswith("c000") for h in hits)
+    assert index.search(q, ["image"], 10, id_prefix="nope") == []
+
+
+def test_a_rerun_projects_only_new_shards_into_a_new_segment(ray_session, trained, sharded_store, built, tmp_path):
+    store = str(tmp_path / "store")
+    import shutil
+
+    shutil.copytree(sharded_store, store)
+    hidden = [_hide(store, m, SHARDS - 1) for m in MODALITIES]
+    out = str(tmp_path / "index")
+    first = _index(trained[0], store, out)
+    assert {m: first["modalities"][m]["rows"] for m in MODALITIES} == {m: 360 for m in MODALITIES}
+    stamps = {f: os.stat(os.path.join(out, "vectors", "image", f)).st_mtime_ns
+              for f in os.listdir(os.path.join(out, "vectors", "image"))}
+    for marker in hidden:  # the embed job committed the last shard since
+        os.rename(marker + ".hidden", marker)
+    second = _index(trained[0], store, out)
+    for m in MODALITIES:
+        assert second["modalities"][m]["segments"] == ["segment-00000", "segment-00001"]
+        assert second["modalities"][m]["segment_shards"] == [[0, 1, 2], [3]]
+        assert second["modalities"][m]["rows"] == 480
+    assert {f: os.stat(os.path.join(out, "vectors", "image", f)).st_mtime_ns for f in stamps} == stamps
+    # the two segments (exact: below the threshold) searched together rank as one index built at once
+    grown, once = VectorIndex(out), VectorIndex(built[0])
+    assert all(seg.graph is None for seg in grown.segments["image"])
+    for q in once.segments["text"][0].vectors[:20]:
+        assert ([h[2] for h in grown.search(q, ["image", "audio"], 10)]
+                == [h[2] for h in once.search(q, ["image", "audio"], 10, exact=True)])
+    third = _index(trained[0], store, out)  # nothing new: nothing added
+    assert third["modalities"]["image"]["segments"] == ["segment-00000", "segment-00001"]
+    # a shard committed again since it was projected (its vectors would be stale), then a store re-embedded with
+    # other settings: both refused, naming the files
+    marker = os.path.join(store, "_progress", "audio", "shard-00001.json")
+    with open(marker) as fh:
+        counts = json.load(fh)
+    with open(marker, "w") as fh:
+        json.dump({**counts, "committed_at": counts["committed_at"] + 1}, fh)
+    with pytest.raises(IndexMismatchError, match="shard-00001.parquet was committed again"):
+        _index(trained[0], store, out)
+    run = os.path.join(store, "_progress", "image", "run.json")
+    with open(run) as fh:
+        record = json.load(fh)
+    with open(run, "w") as fh:
+        json.dump({**record, "items": record["items"] + 1}, fh)
+    with pytest.raises(IndexMismatchError, match="image vectors come from another embed run"):
+        _index(trained[0], store, out)
+
+
+@pytest.mark.slow
+def test_an_index_on_s3_is_written_there_and_searched_from_a_local_copy(ray_session, trained, sharded_store, built,
+                                                                       s3_endpoint, tmp_path, monkeypatch):
+    """Output on the S3-compatible server: the vectors and segments land there; a reader copies the segments into
+    the cache once and ranks as the local index does."""
+    import s3fs
+
+    from pipeline.config import StorageConfig
+    from pipeline.index.job import run_index
+    from pipeline.store.sources import storage_options
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.mkdir("index")
+    storage = StorageConfig(endpoint_url=s3_endpoint)
+    run_index(IndexConfig(model=trained[0], features=sharded_store, output="s3://index/v1", storage=storage,
+                          modalities=["image", "text"]))
+    assert fs.ls("index/v1/vectors/image", detail=False) == [f"index/v1/vectors/image/shard-{s:05d}.parquet"
+                                                             for s in range(SHARDS)]
+    monkeypatch.setenv("ONEENCODER_CACHE", str(tmp_path / "cache"))
+    remote, local = VectorIndex("s3://index/v1", storage_options(storage)), VectorIndex(built[0])
+    assert remote.size("image") == 480 and os.listdir(tmp_path / "cache" / "index")
+    for q in local.segments["text"][0].vectors[:5]:
+        assert ([h[2] for h in remote.search(q, ["image"], 10)]
+                == [h[2] for h in local.search(q, ["image"], 10, exact=True)])
+
+
+def test_a_run_cuts_its_new_shards_into_segments_of_at_most_segment_rows():
+    from pipeline.index.job import _segments_of
+
+    rows = {0: 5, 1: 5, 2: 5, 3: 20, 4: 1}
+    assert _segments_of([0, 1, 2, 3, 4], rows, 10) == [[0, 1], [2], [3], [4]]
+    assert _segments_of([0, 1, 2, 3, 4], rows, 100) == [[0, 1, 2, 3, 4]]
+    assert _segments_of([], rows, 10) == []
+
+
+def test_the_index_command_names_what_is_missing_before_starting_ray(capsys, monkeypatch):
+    import pipeline.runtime
+    from jobs.cli import main
+
+    monkeypatch.setattr(pipeline.runtime, "init_ray", lambda dashboard=True: pytest.fail("Ray started"))
+    assert main(["index", "--model", "m", "--features", "f"]) == 2
+    assert "output is missing: expected the index folder" in capsys.readouterr().err
+    assert main(["index", "--model", "/nowhere", "--features", "f", "--output", "o", "--modalities", "smell"]) == 2
+    assert "smell" in capsys.readouterr().err
+    assert main(["index", "--model", "/nowhere", "--features", "f", "--output", "o"]) == 2
+    assert "no model artifact at /nowhere" in capsys.readouterr().err
+
+
+def _retrained(model_dir: str, dest: str) -> str:
+    """A copy of the artifact at ``model_dir`` with one weight changed: another model, the same architecture."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(model_dir, dest)
+    weights = load_file(os.path.join(dest, "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + np.float32(0.01)
+    save_file(weights, os.path.join(dest, "model.safetensors"))
+    return dest
+
+
+def test_an_index_refuses_another_model_naming_both(trained, sharded_store, built, tmp_path):
+    out, other = built[0], _retrained(trained[0], str(tmp_path / "other-model"))
+    index = VectorIndex(out)
+    index.check_model(trained[0])
+    with pytest.raises(IndexMismatchError) as e:
+        index.check_model(other)
+    assert trained[0] in str(e.value) and other in str(e.value)
+    with pytest.raises(IndexMismatchError) as e:  # a rerun into the same folder with another model
+        _index(other, sharded_store, out)
+    assert trained[0] in str(e.value) and other in str(e.value)
+    with pytest.raises(ConfigError) as e:  # and the server refuses it before Ray starts
+        prepare(None, model=other, index=out)
+    assert trained[0] in str(e.value) and other in str(e.value)
+
+
+def test_the_search_deployment_ranks_an_index_as_it_ranks_the_store(trained, sharded_store, built):
+    """SearchIndex over the index folder (memory-mapped) and over the store (projected at start-up) give the same
+    exact ranking; the graph path agrees on most of it; filters reach both."""
+    from serving.deployments import SearchIndex
+
+    from_index = SearchIndex.func_or_class({"model": trained[0], "index": built[0]})
+    from_store = SearchIndex.func_or_class({"model": trained[0], "features": sharded_store})
+    def ranking(hits):
+        return [(h["modality"], h["id"]) for h in hits]
+
+    queries = VectorIndex(built[0]).segments["text"][0].vectors[:10]
+    for q in queries:
+        exact, store = from_index.search(q, ["image", "audio"], 10, exact=True), from_store.search(q, ["image", "audio"], 10)
+        assert ranking(exact) == ranking(store)
+        np.testing.assert_allclose([h["score"] for h in exact], [h["score"] for h in store], atol=1e-5)
+        approx = from_index.search(q, ["image", "audio"], 10)
+        assert len(set(ranking(approx)) & set(ranking(exact))) >= 8
+        prefixed = from_store.search(q, None, 5, False, "c0002")
+        assert ranking(from_index.search(q, None, 5, True, "c0002")) == ranking(prefixed)
+        assert len(prefixed) == 5 and all(h["id"].startswith("c0002") for h in prefixed)
+
+
+@pytest.mark.slow
+def test_serve_with_an_index_searches_it_over_http(ray_session, trained, feature_store, tmp_path):
+    """`oneencoder serve --index DIR`: /v1/search answers from the index folder (no store projected), with the
+    id_prefix and exact fields."""
+    from pipeline.index.config import IndexConfig
+    from pipeline.index.job import run_index
+    from pipeline.index.segments import VectorIndex
+    from pipeline.inference import load_model
+    from ray import serve
+
+    from tests.serving.test_serve import _ServeCommand, _config, _post
+
+    index = str(tmp_path / "index")
+    run_index(IndexConfig(model=trained[0], features=feature_store, output=index, modalities=["image", "text"]))
+    path = _config(str(tmp_path), "index.yaml", {"model": trained[0], "index": index, "modalities": ["text"]},
+                   {"Gateway": {"ray_actor_options": {"num_cpus": 0.1}}, "encoder-text": {}, "SearchIndex": {}})
+    env = {**os.environ, "RAY_ADDRESS": ray_session}
+    try:
+        with _ServeCommand(["--config", path], env, timeout_s=300) as server:
+            health = requests.get(server.url + "/health", timeout=30).json()
+            assert health["deployments"]["SearchIndex"] == "ready", health
+            body = {"query": "a red circle", "target_modality": ["image", "text"], "k": 10}
+            hits = _post(server.url, body, path="/v1/search", token=None).json()["data"]
+            query = load_model(trained[0]).embed(["a red circle"], "text")[0]
+            expected = VectorIndex(index).search(query, ["image", "text"], 10, exact=True)
+            assert [(h["modality"], h["id"]) for h in hits] == [(m, i) for _, m, i, _ in expected]
+            exact = _post(server.url, {**body, "exact": True}, path="/v1/search", token=None).json()["data"]
+            assert exact == hits
+            some = _post(server.url, {**body, "id_prefix": "c0001"}, path="/v1/search", token=None).json()["data"]
+            assert len(some) == 10 and all(h["id"].startswith("c0001") for h in some)
+            bad = _post(server.url, {**body, "id_prefix": 7}, path="/v1/search", token=None)
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "id_prefix"
+            bad = _post(server.url, {**body, "exact": "yes"}, path="/v1/search", token=None)
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == "exact"
+            server.stop()
+    finally:
+        serve.shutdown()
