@@ -94,6 +94,7 @@ def test_each_commit_step_then_a_redo_split_differently(tmp_path, monkeypatch, w
     assert not os.path.exists(tmp_path / "errors" / "image-shard-00001.parquet")
 
 
+@pytest.mark.slow
 def test_a_job_stopped_mid_commit_and_mid_summary_then_rerun_keeps_each_item_exactly_once(ray_session, images, tmp_path,
                                                                                            monkeypatch):
     manifest, restore = images

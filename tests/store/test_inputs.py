@@ -59,6 +59,7 @@ def shards(sample_corpus, tmp_path_factory):
     return str(folder), paths + [bad]
 
 
+@pytest.mark.slow
 def test_tar_shards_give_the_manifest_s_vectors_with_one_row_per_key(ray_session, reference, shards, tmp_path):
     folder, paths = shards
     out = str(tmp_path / "out")
