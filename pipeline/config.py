@@ -35,6 +35,15 @@ class StorageConfig(StrictModel):
     anon: bool = Field(False, description="Read S3 without credentials (public buckets).")
 
 
+def split_modalities(cls: Any, value: Any) -> Any:
+    """A modalities field's validator (mode "before"): "image,text" from a flag → ["image", "text"]."""
+    if isinstance(value, str):
+        from pipeline.modality import Modality
+
+        return [m.value for m in Modality.parse_list(value)]
+    return value
+
+
 def check_hosts(cls: Any, value: list[str]) -> list[str]:
     """An allow-list field's validator: host names (or [IPv6] addresses) with an optional port, lower-cased."""
     bad = [h for h in value if not re.fullmatch(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?", h)]

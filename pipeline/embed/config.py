@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from pipeline.config import (EncoderConfig, HttpConfig, LimitsConfig, StorageConfig, StrictModel, cache_root,
+                             split_modalities,
                              load_config, require_fields)
 from pipeline.modality import Modality
 
@@ -72,12 +73,7 @@ class EmbedConfig(StrictModel):
     decode: DecodeConfig = Field(default_factory=DecodeConfig, description="Decode stage resources.")
     encoders: dict[Modality, EncoderConfig] = Field(default_factory=dict, description="Per-modality encoder settings.")
 
-    @field_validator("modalities", mode="before")
-    @classmethod
-    def _split_modalities(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [m.value for m in Modality.parse_list(value)]
-        return value
+    _split_modalities = field_validator("modalities", mode="before")(split_modalities)
 
     def encoder(self, modality: Modality) -> EncoderConfig:
         """The encoder settings for ``modality`` (defaults where the config names none)."""

@@ -1,11 +1,11 @@
 """The index job's config (``oneencoder index``, ``python -m jobs.index``)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
 
-from pipeline.config import StorageConfig, StrictModel
+from pipeline.config import StorageConfig, StrictModel, split_modalities
 from pipeline.modality import Modality
 
 
@@ -50,9 +50,4 @@ class IndexConfig(StrictModel):
     ann: AnnConfig = Field(default_factory=AnnConfig, description="Nearest-neighbour index of each segment.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access to the store and the output.")
 
-    @field_validator("modalities", mode="before")
-    @classmethod
-    def _split_modalities(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [m.value for m in Modality.parse_list(value)]
-        return value
+    _split_modalities = field_validator("modalities", mode="before")(split_modalities)
