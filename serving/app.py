@@ -198,14 +198,25 @@ class Gateway:
         exact = body.get("exact", False)
         if not isinstance(exact, bool):
             raise APIError(400, f"exact={exact!r}: expected true or false", "invalid_exact", "exact")
+        hubness = body.get("hubness", False)
+        if not isinstance(hubness, bool):
+            raise APIError(400, f"hubness={hubness!r}: expected true or false", "invalid_hubness", "hubness")
+        min_match = body.get("min_match")
+        if min_match is not None and (not isinstance(min_match, (int, float)) or isinstance(min_match, bool)
+                                      or not 0 <= min_match <= 1):
+            raise APIError(400, f"min_match={min_match!r}: expected a number from 0 to 1 (the calibrated probability "
+                                "that a hit is the query's partner)", "invalid_min_match", "min_match")
         items = await self._items(raw, self._modality_field(body, "modality"))
         query = (await self._embed(items))[0]
         try:
-            hits = await self.search_handle.search.remote(np.asarray(query["embedding"]), targets, k, exact, prefix)
+            found = await self.search_handle.search.remote(np.asarray(query["embedding"]), items[0].modality, targets,
+                                                           k, exact, prefix, hubness, min_match)
         except BackPressureError:
             raise _overloaded("search index") from None
-        return JSONResponse({"object": "list", "data": hits, "model": self.args.model_name,
-                             "query_modality": items[0].modality})
+        if "error" in found:
+            raise APIError(400, found["error"], f"uncalibrated_{found['param']}", found["param"])
+        return JSONResponse({"object": "list", "data": found["hits"], "model": self.args.model_name,
+                             "query_modality": items[0].modality, "ranking": found["ranking"]})
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:

@@ -89,6 +89,7 @@ class SearchIndex:
             index = VectorIndex(self.args.index, self.args.storage.model_dump())
             index.check_model(self.args.model)
             self.segments = index.segments  # every indexed modality, whichever encoders are served
+            self.calibration = index.calibration
         else:
             import pyarrow as pa
 
@@ -112,16 +113,44 @@ class SearchIndex:
             if not any(len(seg) for segs in self.segments.values() for seg in segs):
                 raise ValueError(f"feature store {self.args.features} has no features for any modality of the model "
                                  f"({', '.join(model.modalities)})")
+            self.calibration = _calibrate(self.args.model, self.segments)
         log.info("search index: %s", ", ".join(f"{m} {sum(len(s) for s in segs)}" for m, segs in self.segments.items()))
 
     def ready(self) -> bool:
         return True
 
-    def search(self, query: np.ndarray, targets: list[str] | None, k: int, exact: bool = False,
-               id_prefix: str | None = None) -> list[dict[str, Any]]:
-        """Top ``k`` items by cosine similarity over the ``targets`` modalities (all when None); ``exact`` scans every
-        vector instead of asking the graphs; ``id_prefix`` keeps ids that start with it."""
+    def search(self, query: np.ndarray, query_modality: str, targets: list[str] | None, k: int, exact: bool = False,
+               id_prefix: str | None = None, hubness: bool = False, min_match: float | None = None) -> dict[str, Any]:
+        """Top ``k`` items over the ``targets`` modalities (all when None), by cosine, or by calibrated match when
+        several are searched; ``exact`` scans every vector instead of asking the graphs; ``id_prefix`` keeps ids
+        that start with it; ``hubness`` applies the query bank's correction; ``min_match`` drops hits less likely
+        to be the query's partner. ``{"hits", "ranking"}``, or ``{"error", "param"}`` for a request the index
+        cannot answer (no calibration for a pair)."""
         from pipeline.index.segments import search_segments
 
-        hits = search_segments(self.segments, query, targets or list(self.segments), k, exact, id_prefix)
-        return [{"id": i, "modality": m, "uri": u, "score": s} for s, m, i, u in hits]
+        targets = targets or list(self.segments)
+        cal = self.calibration
+        if hubness and (cal is None or query_modality not in cal.banks):
+            return {"param": "hubness", "error": f"hubness: the index has no query bank of {query_modality} (an index "
+                    "built before calibration existed, or no sample of that modality); search without it"}
+        missing = [t for t in targets if cal is None or not cal.has(query_modality, t, hubness)]
+        if min_match is not None and missing:
+            return {"param": "min_match", "error": f"min_match: the index has no calibration for {query_modality} -> "
+                    f"{missing[0]} (its calibration sample shares too few ids of the two modalities); search without it"}
+        hits = search_segments(self.segments, query, targets, k, exact, id_prefix, query_modality=query_modality,
+                               calibration=cal, hubness=hubness)
+        if min_match is not None:
+            hits = [h for h in hits if h.match >= min_match]
+        ranking = "match" if len(targets) > 1 and not missing else "score"
+        return {"ranking": ranking, "hits": [{"id": h.id, "modality": h.modality, "uri": h.uri, "score": h.score,
+                                              **({"match": h.match} if h.match is not None else {})} for h in hits]}
+
+
+def _calibrate(model_dir: str, segments: dict[str, list[Any]]) -> Any:
+    """The calibration of a store projected at start-up, fitted as the index job fits it (the model's held-out ids)."""
+    from pipeline.artifact import read_artifact
+    from pipeline.index.calibration import fit_held_out
+
+    config = read_artifact(model_dir).provenance.get("config", {})
+    projected = {m: (segs[0].ids.column("id").to_pylist(), np.asarray(segs[0].vectors)) for m, segs in segments.items()}
+    return fit_held_out(projected, float(config.get("val_fraction", 0.0)), int(config.get("seed", 0)))

@@ -13,6 +13,7 @@ from pydantic import Field
 from pipeline.artifact import read_artifact
 from pipeline.config import ConfigError, StorageConfig, StrictModel
 from pipeline.eval.metrics import both_directions, retrieval
+from pipeline.eval.search import format_search, search_quality
 from pipeline.inference import load_model
 from pipeline.store.files import write_json
 from pipeline.store.pairs import load_features
@@ -58,6 +59,7 @@ def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, 
             continue
         report["pairs"][f"{a}-{b}"] = {"n": n, **both_directions(za, zb, a, b)}
         report["gap"][f"{a}-{b}"] = modality_gap(za, zb)
+    report["search"] = search_quality(projected)
     if labels_path:
         report["zero_shot"] = zero_shot(model, projected, labels_path)
     if baseline_epochs:
@@ -85,6 +87,7 @@ def format_report(report: dict[str, Any]) -> str:
         for pair, r in base["pairs"].items():
             lines.append(f"{pair:<16}{r['val_items']:>6}  {r['progressive']:>11.3f}  {r['baseline']:>8.3f}  "
                          f"{r['only_progressive']:>7} / {r['only_baseline']:<7}  {r['p_worse']:.3f}")
+    lines += format_search(report.get("search"))
     for name, z in (report.get("zero_shot") or {}).items():
         if isinstance(z, dict):
             lines.append(f"zero-shot {name}: accuracy {z['accuracy']:.3f} (top-5 {z['top5']:.3f}) over {z['n']} items")

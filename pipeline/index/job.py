@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.artifact import read_artifact
@@ -34,7 +35,7 @@ PROGRESS_S = 10.0  # how often the projection reports its progress
 class Projector:
     """A projection actor: the model's adapters and Universal Projection (no frozen encoder is loaded)."""
 
-    def __init__(self, model: str, features: str, output: str, options: dict[str, Any]):
+    def __init__(self, model: str, features: str, output: str, options: dict[str, Any], sample: dict[str, Any]):
         import torch
 
         from pipeline.inference import load_model
@@ -42,21 +43,54 @@ class Projector:
         torch.set_num_threads(1)
         self.model = load_model(model)
         self.store, self.out = FeatureStore(features, options), FeatureStore(output, options)
+        self.sample = sample
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [project_shard(self.model, self.store, self.out, str(m), int(s))
+        rows = [project_shard(self.model, self.store, self.out, str(m), int(s), self.sample)
                 for m, s in zip(batch["modality"], batch["shard"])]
         return {"modality": batch["modality"], "shard": batch["shard"], "rows": np.array(rows, np.int64)}
 
 
-def project_shard(model: Any, store: FeatureStore, out: FeatureStore, modality: str, shard: int) -> int:
-    """Project feature shard ``shard`` of ``modality``: write its vectors, then its marker. Returns its rows."""
+def project_shard(model: Any, store: FeatureStore, out: FeatureStore, modality: str, shard: int,
+                  sample: dict[str, Any]) -> int:
+    """Project feature shard ``shard`` of ``modality``: write its vectors and its calibration sample (the rows whose
+    id hash is below ``sample["fractions"][modality]``, seed ``sample["seed"]``), then its marker. Returns its rows."""
+    from pipeline.index.calibration import id_fractions
+
     table, marker = read_shard(store, modality, shard)
     vectors = model.project(embeddings(table).astype(np.float32), modality)
-    out.write_table(vector_file(modality, shard), vectors_table(table.column("id").combine_chunks(),
-                                                                 table.column("uri").combine_chunks(), vectors))
+    vt = vectors_table(table.column("id").combine_chunks(), table.column("uri").combine_chunks(), vectors)
+    out.write_table(vector_file(modality, shard), vt)
+    drawn = id_fractions(vt.column("id").to_pylist(), sample["seed"])
+    keep = np.flatnonzero(drawn < sample["fractions"][modality])
+    out.write_table(sample_file(modality, shard),
+                    vt.take(pa.array(keep, pa.int64())).append_column("fraction", pa.array(drawn[keep], pa.float64())))
     out.write_json(marker_file(modality, shard), {"rows": table.num_rows, "source_committed_at": marker["committed_at"]})
     return table.num_rows
+
+
+def sample_file(modality: str, shard: int) -> str:
+    return f"sample/{modality}/{FeatureStore.shard_name(shard)}.parquet"
+
+
+def calibrate(output: str, options: dict[str, Any], fractions: dict[str, float]) -> dict[str, Any]:
+    """Fit the calibration and the query banks on the sample files (each modality's rows below its current
+    fraction: a store that grew samples less), write ``bank/<modality>.npy``; returns index.json's ``calibration``."""
+    from pipeline.index.calibration import fit
+
+    out = FeatureStore(output, options)
+    sample = {}
+    for m, fraction in fractions.items():
+        files = [out._p(f"sample/{m}/{name}") for name in sorted(out.list(f"sample/{m}")) if name.endswith(".parquet")]
+        if not files:
+            continue
+        table = pa.concat_tables([pq.read_table(f, filesystem=out.fs) for f in files])
+        table = table.filter(pc.less(table.column("fraction"), fraction))
+        sample[m] = (table.column("id").to_pylist(), table_vectors(table))
+    cal = fit(sample)
+    for m, bank in cal.banks.items():
+        out.write_bytes_atomic(f"bank/{m}.npy", npy_bytes(bank))
+    return {**cal.record(), "sample": {m: len(ids) for m, (ids, _) in sample.items()}}
 
 
 def vector_file(modality: str, shard: int) -> str:
@@ -100,6 +134,7 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
     record = _record(cfg, out, store, modalities)
     out.write_json("index.json", record)
 
+    sample = _sample_plan(artifact, store, modalities)
     pending = [(m, s) for m in modalities for s in _todo(store, out, m)]
     cpus = int(ray.cluster_resources().get("CPU", 1))
     if pending:
@@ -109,7 +144,7 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
         ds = ray.data.from_items([{"modality": m, "shard": s} for m, s in pending])
         ds = ds.map_batches(Projector, batch_size=1, num_cpus=1, compute=ActorPoolStrategy(min_size=1, max_size=actors),
                             fn_constructor_kwargs={"model": cfg.model, "features": cfg.features, "output": cfg.output,
-                                                   "options": options})
+                                                   "options": options, "sample": sample})
         done = rows = 0
         last = time.time()
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -138,9 +173,26 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
             entry["segment_shards"].append(group)
             entry["rows"] += seg["rows"]
             out.write_json("index.json", record)  # each segment is listed once it is whole
+    if pending or "calibration" not in record:
+        record["calibration"] = ray.get(ray.remote(calibrate).remote(cfg.output, options, sample["fractions"]))
+        pairs = record["calibration"]["pairs"]
+        log.info("calibrated %d modality pairs on %s sample items%s", len(pairs),
+                 ", ".join(f"{m} {n}" for m, n in record["calibration"]["sample"].items()),
+                 "" if pairs else " (no pair shares enough sample ids: merged searches rank by cosine)")
     record["seconds"] = round(time.time() - started, 3)
     out.write_json("index.json", record)
     return record
+
+
+def _sample_plan(artifact: Any, store: FeatureStore, modalities: list[str]) -> dict[str, Any]:
+    """Which ids each modality's calibration sample holds: those the model held out of training (its val_fraction
+    and seed), thinned by the same hash to about SAMPLE_ROWS of the modality's committed rows."""
+    from pipeline.index.calibration import sample_fraction
+
+    config = artifact.provenance.get("config", {})
+    held, seed = float(config.get("val_fraction", 0.0)), int(config.get("seed", 0))
+    rows = {m: sum(int(marker["features"]) for marker in store.committed_shards(m).values()) for m in modalities}
+    return {"seed": seed, "fractions": {m: sample_fraction(held, rows[m]) for m in modalities}}
 
 
 def _modalities(cfg: IndexConfig, artifact: Any, store: FeatureStore) -> list[str]:
@@ -241,6 +293,10 @@ def format_summary(record: dict[str, Any]) -> str:
     for m, entry in record["modalities"].items():
         lines.append(f"  {m}: {entry['rows']} vectors in {len(entry['segments'])} segment"
                      f"{'s' * (len(entry['segments']) != 1)}")
+    cal = record.get("calibration")
+    if cal:
+        lines.append(f"  calibrated {len(cal['pairs'])} modality pairs on "
+                     + ", ".join(f"{n} {m}" for m, n in cal["sample"].items()) + " held-out items")
     if "seconds" in record:
         lines.append(f"  done in {record['seconds']:.1f} s")
     return "\n".join(lines)

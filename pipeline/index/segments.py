@@ -5,7 +5,10 @@ Layout under the index folder OUT::
     index.json                                   the model and feature store it was built from (fingerprints),
                                                  the width, and each modality's segments (written last)
     vectors/<modality>/shard-00012.parquet       id, uri, vector (float32 [d], unit length): one per feature shard
+    sample/<modality>/shard-00012.parquet        the shard's calibration sample: its rows whose id hash falls below
+                                                 the sample fraction (held-out ids of the model, ~4k per modality)
     _progress/<modality>/shard-00012.json        the shard's projection marker (written after its vectors)
+    bank/<modality>.npy                          the modality's query bank for the hubness correction
     segments/<modality>/segment-00003/           the shards one run added:
         vectors.npy                              float32 (N, d), memory-mapped by readers
         ids.arrow                                id, uri (Arrow IPC file, memory-mapped)
@@ -15,7 +18,8 @@ Layout under the index folder OUT::
         segment.json                             its shards, rows and parameters (written last)
 
 A rerun projects only the store's new shards and adds them as one new segment; a search asks every segment
-of the modality and merges. The Parquet files are the user's vectors (pyarrow, pandas, duckdb read them).
+of the modality and merges. index.json's ``calibration`` holds each modality pair's match map
+(``pipeline.index.calibration``). The Parquet files are the user's vectors (pyarrow, pandas, duckdb read them).
 """
 from __future__ import annotations
 
@@ -227,6 +231,9 @@ def local_copy(uri: str, storage: dict[str, Any] | None = None) -> str:
             for name in entry["segments"]:
                 rel = f"segments/{modality}/{name}"
                 folder.fs.get(folder._p(rel) + "/", os.path.join(tmp, rel) + "/", recursive=True)
+        for modality in (record.get("calibration") or {}).get("banks", {}):
+            os.makedirs(os.path.join(tmp, "bank"), exist_ok=True)
+            folder.fs.get(folder._p(f"bank/{modality}.npy"), os.path.join(tmp, "bank", f"{modality}.npy"))
         with open(os.path.join(tmp, "index.json"), "w", encoding="utf-8") as fh:
             json.dump(record, fh)
         if not os.path.exists(dest):
@@ -252,6 +259,7 @@ class VectorIndex:
                 folder = os.path.join(root, "segments", modality, name)
                 with open(os.path.join(folder, "segment.json"), encoding="utf-8") as fh:
                     self.segments[modality].append(Segment.open(folder, modality, json.load(fh)))
+        self.calibration = open_calibration(self.record.get("calibration"), root)
 
     @property
     def modalities(self) -> list[str]:
@@ -265,22 +273,61 @@ class VectorIndex:
         check_model(self.record, self.uri, model_dir)
 
     def search(self, query: np.ndarray, modalities: list[str] | None, k: int, exact: bool = False,
-               id_prefix: str | None = None) -> list[tuple[float, str, str, str | None]]:
-        """The top ``k`` over ``modalities`` (all when None): (score, modality, id, uri), best first."""
-        return search_segments(self.segments, query, modalities, k, exact, id_prefix)
+               id_prefix: str | None = None, query_modality: str | None = None, hubness: bool = False) -> list[Hit]:
+        """The top ``k`` over ``modalities`` (all when None), best first: see ``search_segments``."""
+        return search_segments(self.segments, query, modalities, k, exact, id_prefix,
+                               query_modality=query_modality, calibration=self.calibration, hubness=hubness)
+
+
+def open_calibration(record: dict[str, Any] | None, root: str) -> Any:
+    """The index's Calibration (its match maps and query banks, memory-mapped), or None for an index without one."""
+    from pipeline.index.calibration import Calibration
+
+    if not record:
+        return None
+    banks = {m: np.load(os.path.join(root, "bank", f"{m}.npy"), mmap_mode="r") for m in record.get("banks", {})}
+    return Calibration(record["pairs"], banks, record["temperature"])
+
+
+@dataclasses.dataclass
+class Hit:
+    """One search result: ``score`` the cosine (hubness-corrected when asked), ``match`` the calibrated probability
+    that it is the query's partner (None where the pair is not calibrated)."""
+
+    score: float
+    modality: str
+    id: str
+    uri: str | None
+    match: float | None = None
 
 
 def search_segments(segments: dict[str, list[Segment]], query: np.ndarray, modalities: list[str] | None, k: int,
-                    exact: bool = False, id_prefix: str | None = None) -> list[tuple[float, str, str, str | None]]:
-    """The top ``k`` of ``segments`` over ``modalities`` (all when None): (score, modality, id, uri), best first
-    (ties: modality, then id)."""
+                    exact: bool = False, id_prefix: str | None = None, *, query_modality: str | None = None,
+                    calibration: Any = None, hubness: bool = False) -> list[Hit]:
+    """The top ``k`` of ``segments`` over ``modalities`` (all when None), best first.
+
+    With ``hubness`` (needs the query's bank in ``calibration``), each segment's best HUBNESS_FETCH·k candidates are
+    rescored with the inverted-softmax correction and the best ``k`` kept. Where ``calibration`` maps
+    (query_modality → target), hits carry ``match``; a search over several modalities ranks by ``match`` when all
+    of them are calibrated, else by score (ties: modality, then id)."""
+    from pipeline.index.calibration import HUBNESS_FETCH, corrected
+
     query = np.asarray(query, np.float32)
-    hits: list[tuple[float, str, str, str | None]] = []
-    for m in dict.fromkeys(modalities or list(segments)):
+    targets = list(dict.fromkeys(modalities or list(segments)))
+    bank = calibration.banks.get(query_modality) if calibration is not None and hubness else None
+    hits: list[Hit] = []
+    for m in targets:
+        mapped = calibration is not None and calibration.has(query_modality, m, hubness=bank is not None)
         for seg in segments.get(m, []):
-            scores, rows = seg.search(query, k, exact, id_prefix)
+            scores, rows = seg.search(query, k if bank is None else max(k * HUBNESS_FETCH, 40), exact, id_prefix)
+            if bank is not None and len(rows):
+                scores = corrected(scores, bank, np.asarray(seg.vectors[rows]), calibration.temperature)
+                best = np.lexsort((rows, -scores))[:k]
+                scores, rows = scores[best], rows[best]
+            matches = calibration.match(query_modality, m, scores, bank is not None) if mapped else [None] * len(rows)
             taken = seg.ids.take(pa.array(rows, pa.int64()))
-            hits.extend((float(s), m, i, u) for s, i, u in
-                        zip(scores, taken.column("id").to_pylist(), taken.column("uri").to_pylist()))
-    hits.sort(key=lambda h: (-h[0], h[1], h[2]))
+            hits.extend(Hit(float(s), m, i, u, None if p is None else float(p)) for s, i, u, p in
+                        zip(scores, taken.column("id").to_pylist(), taken.column("uri").to_pylist(), matches))
+    by_match = len(targets) > 1 and all(h.match is not None for h in hits)
+    hits.sort(key=lambda h: ((-h.match,) if by_match else ()) + (-h.score, h.modality, h.id))
     return hits[:k]

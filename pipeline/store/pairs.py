@@ -41,10 +41,15 @@ def join(features: dict[str, dict[str, np.ndarray]], names: list[str]) -> tuple[
     return ids, {n: np.stack([features[n][i] for i in ids]) for n in names}
 
 
+def id_fraction(item_id: str, seed: int = 0) -> float:
+    """The id's deterministic place in [0, 1) (a hash): the same in every modality, whatever the row order."""
+    digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def is_validation(item_id: str, fraction: float, seed: int = 0) -> bool:
     """Deterministic split: the same id is always on the same side, whatever the row order."""
-    digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
+    return id_fraction(item_id, seed) < fraction
 
 
 def split(ids: list[str], arrays: dict[str, np.ndarray], fraction: float, seed: int):

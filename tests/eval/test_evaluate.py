@@ -41,6 +41,21 @@ def test_report_pairs_gap_zero_shot_and_plots(trained, feature_store, labels_fil
         for k in (1, 5, 10):
             assert image_text[f"{query}->{target}/recall@{k}"] == pytest.approx(np.mean(rank < k), abs=1e-9), (query, k)
         assert image_text[f"{query}->{target}/median_rank"] == np.median(rank + 1)
+    # search: calibration fitted on half the ids, measured on the other half (raw recall there as computed here)
+    from pipeline.index.calibration import id_fractions
+
+    search = report["search"]
+    ids = sorted(feats["image"])
+    test = id_fractions(ids, 2) >= 0.5
+    assert search["test_items"]["image"] == test.sum() and search["fit_items"]["image"] == (~test).sum()
+    sims = z["text"][test] @ z["image"][test].T
+    rank = (sims > np.diag(sims)[:, None]).sum(axis=1)
+    assert search["pairs"]["text->image"]["raw"] == {"recall@1": np.mean(rank < 1), "recall@10": np.mean(rank < 10)}
+    assert 0 <= search["pairs"]["text->image"]["hubness"]["recall@1"] <= 1
+    merged = search["merged"]["text"]
+    assert set(merged["targets"]) == {"image", "audio", "video"}
+    for ranking in ("raw", "calibrated", "calibrated_hubness"):
+        assert sum(merged[ranking]["top10_share"].values()) == pytest.approx(1.0)
     gap = report["gap"]["image-text"]
     assert gap["cosine_true_pairs"] > gap["cosine_random_pairs"]  # trained pairs sit closer than random ones
     zero = report["zero_shot"]

@@ -81,8 +81,8 @@ def test_index_writes_the_models_vectors_and_its_graph_finds_what_exact_search_f
     for q in queries:
         approx = index.search(q, ["image"], 10)
         exact = index.search(q, ["image"], 10, exact=True)
-        assert [h[0] for h in exact] == sorted((h[0] for h in exact), reverse=True)
-        found += len({h[2] for h in approx} & {h[2] for h in exact})
+        assert [h.score for h in exact] == sorted((h.score for h in exact), reverse=True)
+        found += len({h.id for h in approx} & {h.id for h in exact})
         total += len(exact)
     assert found / total >= 0.95, f"recall@10 of the graph against exact search: {found / total:.3f}"
     # exact search is the brute-force ranking of the stored vectors
@@ -90,22 +90,53 @@ def test_index_writes_the_models_vectors_and_its_graph_finds_what_exact_search_f
         zero_copy_only=False))
     ids = pq.read_table(os.path.join(out, "vectors", "image")).column("id").to_pylist()
     best = np.argsort(-(image @ queries[0]), kind="stable")[:10]
-    assert [h[2] for h in index.search(queries[0], ["image"], 10, exact=True)] == [ids[i] for i in best]
+    assert [h.id for h in index.search(queries[0], ["image"], 10, exact=True)] == [ids[i] for i in best]
 
 
 def test_filters_by_modality_and_id_prefix(built):
     index = VectorIndex(built[0])
     q = index.segments["text"][0].vectors[0]
     merged = index.search(q, None, 20)
-    assert {h[1] for h in merged} <= set(MODALITIES) and len(merged) == 20
-    assert [h[0] for h in merged] == sorted((h[0] for h in merged), reverse=True)
+    assert {h.modality for h in merged} <= set(MODALITIES) and len(merged) == 20
+    assert [h.score for h in merged] == sorted((h.score for h in merged), reverse=True)
     # a selective prefix (c0001x: 10 ids) is searched over those rows only, through any modality asked for
     hits = index.search(q, ["image", "audio"], 30, id_prefix="c0001")
-    assert len(hits) == 20 and {h[2][:5] for h in hits} == {"c0001"} and {h[1] for h in hits} == {"image", "audio"}
+    assert len(hits) == 20 and {h.id[:5] for h in hits} == {"c0001"} and {h.modality for h in hits} == {"image", "audio"}
     # a broad prefix (c000: 100 of 480 ids) goes through the graph and still returns k hits that all match
     hits = index.search(q, ["image"], 10, id_prefix="c000")
-    assert len(hits) == 10 and all(h[2].startswith("c000") for h in hits)
+    assert len(hits) == 10 and all(h.id.startswith("c000") for h in hits)
     assert index.search(q, ["image"], 10, id_prefix="nope") == []
+
+
+def test_the_index_is_calibrated_on_the_models_held_out_ids_as_a_served_store_is(trained, sharded_store, built):
+    from pipeline.index.calibration import fit_held_out
+    from pipeline.inference import load_model
+    from pipeline.store.pairs import is_validation
+    from tests.settings import VAL_FRACTION
+
+    out, record = built
+    cal = record["calibration"]
+    assert set(cal["pairs"]) == {f"{q}->{t}" for q in MODALITIES for t in MODALITIES}
+    held = [i for i in read_features(sharded_store, "image").column("id").to_pylist() if is_validation(i, VAL_FRACTION)]
+    assert cal["sample"] == {m: len(held) for m in MODALITIES} and cal["pairs"]["text->image"]["n"] == len(held)
+    index = VectorIndex(out)
+    assert {m: b.shape for m, b in index.calibration.banks.items()} == {m: (len(held) // 2, record["dim"]) for m in MODALITIES}
+    # the same maps as a store projected in memory (serving `features`) gets
+    model = load_model(trained[0])
+    projected = {}
+    for m in MODALITIES:
+        table = read_features(sharded_store, m)
+        projected[m] = (table.column("id").to_pylist(), model.project(embeddings(table).astype(np.float32), m))
+    in_memory = fit_held_out(projected, VAL_FRACTION, 0).pairs
+    assert in_memory.keys() == index.calibration.pairs.keys()
+    for pair, maps in in_memory.items():
+        for kind in ("raw", "hubness"):
+            np.testing.assert_allclose(maps[kind], index.calibration.pairs[pair][kind], atol=1e-5, err_msg=pair)
+    # a text query over image and audio: one list ranked by match; a threshold keeps the likely partners only
+    q = projected["text"][1][0]
+    hits = index.search(q, ["image", "audio"], 20, query_modality="text")
+    assert [h.match for h in hits] == sorted((h.match for h in hits), reverse=True)
+    assert all(h.match == pytest.approx(index.calibration.match("text", h.modality, h.score)) for h in hits)
 
 
 def test_a_rerun_projects_only_new_shards_into_a_new_segment(ray_session, trained, sharded_store, built, tmp_path):
@@ -131,8 +162,8 @@ def test_a_rerun_projects_only_new_shards_into_a_new_segment(ray_session, traine
     grown, once = VectorIndex(out), VectorIndex(built[0])
     assert all(seg.graph is None for seg in grown.segments["image"])
     for q in once.segments["text"][0].vectors[:20]:
-        assert ([h[2] for h in grown.search(q, ["image", "audio"], 10)]
-                == [h[2] for h in once.search(q, ["image", "audio"], 10, exact=True)])
+        assert ([h.id for h in grown.search(q, ["image", "audio"], 10)]
+                == [h.id for h in once.search(q, ["image", "audio"], 10, exact=True)])
     third = _index(trained[0], store, out)  # nothing new: nothing added
     assert third["modalities"]["image"]["segments"] == ["segment-00000", "segment-00001"]
     # a shard committed again since it was projected (its vectors would be stale), then a store re-embedded with
@@ -175,8 +206,8 @@ def test_an_index_on_s3_is_written_there_and_searched_from_a_local_copy(ray_sess
     remote, local = VectorIndex("s3://index/v1", storage_options(storage)), VectorIndex(built[0])
     assert remote.size("image") == 480 and os.listdir(tmp_path / "cache" / "index")
     for q in local.segments["text"][0].vectors[:5]:
-        assert ([h[2] for h in remote.search(q, ["image"], 10)]
-                == [h[2] for h in local.search(q, ["image"], 10, exact=True)])
+        assert ([h.id for h in remote.search(q, ["image"], 10)]
+                == [h.id for h in local.search(q, ["image"], 10, exact=True)])
 
 
 def test_a_run_cuts_its_new_shards_into_segments_of_at_most_segment_rows():
@@ -237,19 +268,23 @@ def test_the_search_deployment_ranks_an_index_as_it_ranks_the_store(trained, sha
 
     from_index = SearchIndex.func_or_class({"model": trained[0], "index": built[0]})
     from_store = SearchIndex.func_or_class({"model": trained[0], "features": sharded_store})
-    def ranking(hits):
-        return [(h["modality"], h["id"]) for h in hits]
+    def ranking(found):
+        return [(h["modality"], h["id"]) for h in found["hits"]]
 
     queries = VectorIndex(built[0]).segments["text"][0].vectors[:10]
     for q in queries:
-        exact, store = from_index.search(q, ["image", "audio"], 10, exact=True), from_store.search(q, ["image", "audio"], 10)
-        assert ranking(exact) == ranking(store)
-        np.testing.assert_allclose([h["score"] for h in exact], [h["score"] for h in store], atol=1e-5)
-        approx = from_index.search(q, ["image", "audio"], 10)
+        exact = from_index.search(q, "text", ["image", "audio"], 10, exact=True)
+        store = from_store.search(q, "text", ["image", "audio"], 10)
+        assert ranking(exact) == ranking(store) and exact["ranking"] == store["ranking"] == "match"
+        for field in ("score", "match"):
+            np.testing.assert_allclose([h[field] for h in exact["hits"]], [h[field] for h in store["hits"]], atol=1e-5)
+        approx = from_index.search(q, "text", ["image", "audio"], 10)
         assert len(set(ranking(approx)) & set(ranking(exact))) >= 8
-        prefixed = from_store.search(q, None, 5, False, "c0002")
-        assert ranking(from_index.search(q, None, 5, True, "c0002")) == ranking(prefixed)
-        assert len(prefixed) == 5 and all(h["id"].startswith("c0002") for h in prefixed)
+        prefixed = from_store.search(q, "text", None, 5, False, "c0002")
+        assert ranking(from_index.search(q, "text", None, 5, True, "c0002")) == ranking(prefixed)
+        assert len(prefixed["hits"]) == 5 and all(h["id"].startswith("c0002") for h in prefixed["hits"])
+        hubness = from_index.search(q, "text", ["image"], 10, exact=True, hubness=True)
+        assert ranking(hubness) == ranking(from_store.search(q, "text", ["image"], 10, hubness=True))
 
 
 @pytest.mark.slow
@@ -274,10 +309,14 @@ def test_serve_with_an_index_searches_it_over_http(ray_session, trained, feature
             health = requests.get(server.url + "/health", timeout=30).json()
             assert health["deployments"]["SearchIndex"] == "ready", health
             body = {"query": "a red circle", "target_modality": ["image", "text"], "k": 10}
-            hits = _post(server.url, body, path="/v1/search", token=None).json()["data"]
+            found = _post(server.url, body, path="/v1/search", token=None).json()
+            hits = found["data"]
             query = load_model(trained[0]).embed(["a red circle"], "text")[0]
-            expected = VectorIndex(index).search(query, ["image", "text"], 10, exact=True)
-            assert [(h["modality"], h["id"]) for h in hits] == [(m, i) for _, m, i, _ in expected]
+            expected = VectorIndex(index).search(query, ["image", "text"], 10, exact=True, query_modality="text")
+            assert [(h["modality"], h["id"]) for h in hits] == [(h.modality, h.id) for h in expected]
+            assert found["ranking"] == "match" and [h["match"] for h in hits] == pytest.approx([h.match for h in expected])
+            sure = _post(server.url, {**body, "min_match": hits[0]["match"]}, path="/v1/search", token=None).json()
+            assert sure["data"] and all(h["match"] >= hits[0]["match"] for h in sure["data"])
             exact = _post(server.url, {**body, "exact": True}, path="/v1/search", token=None).json()["data"]
             assert exact == hits
             some = _post(server.url, {**body, "id_prefix": "c0001"}, path="/v1/search", token=None).json()["data"]

@@ -511,15 +511,27 @@ def test_search_returns_the_true_pair(served, feature_store, local_model):
     assert served_ids[:5] == expected[:5] and "c00000" in served_ids, (served_ids, expected)
     twice = _post(url, {"query": "a red circle", "target_modality": ["image", "image"], "k": 10}, path="/v1/search")
     assert len({h["id"] for h in twice.json()["data"]}) == 10  # a target named twice is searched once
-    everywhere = _post(url, {"query": "a red circle", "k": 5}, path="/v1/search").json()["data"]
-    assert len(everywhere) == 5 and all(h["score"] <= everywhere[0]["score"] for h in everywhere)
+    # several modalities, each pair calibrated on the model's held-out ids: one list ranked by match
+    everywhere = _post(url, {"query": "a red circle", "k": 5}, path="/v1/search").json()
+    matches = [h["match"] for h in everywhere["data"]]
+    assert everywhere["ranking"] == "match" and len(matches) == 5 and matches == sorted(matches, reverse=True)
+    assert all(0 <= m <= 1 for m in matches)
+    every = _post(url, {"query": "a red circle", "k": 50}, path="/v1/search").json()["data"]
+    some = _post(url, {"query": "a red circle", "k": 50, "min_match": matches[2]}, path="/v1/search").json()["data"]
+    assert some == [h for h in every if h["match"] >= matches[2]] and len(some) >= 3  # below the threshold: dropped
+    one = _post(url, {"query": "a red circle", "target_modality": "image", "k": 5}, path="/v1/search").json()
+    assert one["ranking"] == "score" and all("match" in h for h in one["data"])
+    fixed = _post(url, {"query": "a red circle", "target_modality": "image", "k": 5, "hubness": True},
+                  path="/v1/search").json()["data"]
+    assert len(fixed) == 5 and [h["score"] for h in fixed] == sorted((h["score"] for h in fixed), reverse=True)
     bad = _post(url, {"query": "a red circle", "k": 0}, path="/v1/search")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "k"
     bad = _post(url, {"query": "a", "target_modality": "smell"}, path="/v1/search")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "target_modality"
     some = _post(url, {"query": "a red circle", "k": 5, "id_prefix": "c0001"}, path="/v1/search").json()["data"]
     assert len(some) == 5 and all(h["id"].startswith("c0001") for h in some)
-    for field, value in (("id_prefix", 7), ("id_prefix", ""), ("id_prefix", "c" * 257), ("exact", "yes")):
+    for field, value in (("id_prefix", 7), ("id_prefix", ""), ("id_prefix", "c" * 257), ("exact", "yes"),
+                         ("min_match", 1.5), ("min_match", "high"), ("min_match", True), ("hubness", 1)):
         bad = _post(url, {"query": "a red circle", field: value}, path="/v1/search")
         assert bad.status_code == 400 and bad.json()["error"]["param"] == field, (field, value, bad.text)
 

@@ -334,6 +334,7 @@ def _search_index(vectors: dict[str, np.ndarray]):
     index.segments = {m: [Segment(m, "store", v, pa.table({"id": pa.array([f"{m}{i}" for i in range(len(v))], pa.string()),
                                                            "uri": pa.nulls(len(v), pa.string())}))]
                       for m, v in vectors.items()}
+    index.calibration = None
     return index
 
 
@@ -341,9 +342,13 @@ def test_search_names_each_target_once_and_an_empty_modality_finds_nothing():
     rng = np.random.default_rng(0)
     index = _search_index({"image": rng.normal(size=(5, 8)).astype(np.float32), "video": np.zeros((0, 8), np.float32)})
     query = rng.normal(size=8).astype(np.float32)
-    hits = index.search(query, ["image", "image", "video"], 10)
-    assert len(hits) == 5 and len({h["id"] for h in hits}) == 5
-    assert index.search(query, ["video"], 3) == []
+    found = index.search(query, "text", ["image", "image", "video"], 10)
+    assert len(found["hits"]) == 5 and len({h["id"] for h in found["hits"]}) == 5 and found["ranking"] == "score"
+    assert index.search(query, "text", ["video"], 3)["hits"] == []
+    # an index without calibration (built before it existed) answers, but neither thresholds nor corrects
+    refused = index.search(query, "text", ["image"], 3, min_match=0.5)
+    assert refused["param"] == "min_match" and "no calibration for text -> image" in refused["error"]
+    assert index.search(query, "text", ["image"], 3, hubness=True)["param"] == "hubness"
 
 
 def test_a_store_from_other_encoders_is_refused_at_start_up(trained, feature_store, tmp_path):
