@@ -33,6 +33,9 @@ class LoadedModel:
         self.model = OneEncoder(ModelConfig(**artifact.model)).eval()
         self.model.load_weights(load_file(artifact.weights_path))
         self.encoders_spec = artifact.encoders
+        config = artifact.provenance.get("config", {})
+        # the ids training held out (by id hash): what search calibration is fitted on
+        self.held_out = (float(config.get("val_fraction", 0.0)), int(config.get("seed", 0)))
         self._items: dict[str, ItemEncoder] = {}
         self.torch = torch
 

@@ -113,7 +113,7 @@ class SearchIndex:
             if not any(len(seg) for segs in self.segments.values() for seg in segs):
                 raise ValueError(f"feature store {self.args.features} has no features for any modality of the model "
                                  f"({', '.join(model.modalities)})")
-            self.calibration = _calibrate(self.args.model, self.segments)
+            self.calibration = _calibrate(model, self.segments)
         log.info("search index: %s", ", ".join(f"{m} {sum(len(s) for s in segs)}" for m, segs in self.segments.items()))
 
     def ready(self) -> bool:
@@ -146,11 +146,9 @@ class SearchIndex:
                                               **({"match": h.match} if h.match is not None else {})} for h in hits]}
 
 
-def _calibrate(model_dir: str, segments: dict[str, list[Any]]) -> Any:
+def _calibrate(model: Any, segments: dict[str, list[Any]]) -> Any:
     """The calibration of a store projected at start-up, fitted as the index job fits it (the model's held-out ids)."""
-    from pipeline.artifact import read_artifact
     from pipeline.index.calibration import fit_held_out
 
-    config = read_artifact(model_dir).provenance.get("config", {})
     projected = {m: (segs[0].ids.column("id").to_pylist(), np.asarray(segs[0].vectors)) for m, segs in segments.items()}
-    return fit_held_out(projected, float(config.get("val_fraction", 0.0)), int(config.get("seed", 0)))
+    return fit_held_out(projected, *model.held_out)

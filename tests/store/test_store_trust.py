@@ -118,8 +118,9 @@ def test_train_from_refuses_a_damaged_store(store, tmp_path, monkeypatch, capsys
 
 
 class _FakeModel:
-    """What the search index and evaluation use of a model: its modalities and a projection (the first 4 values)."""
-    modalities, dim = ["image", "text"], 4
+    """What the search index and evaluation use of a model: its modalities, a projection (the first 4 values) and
+    the share of ids training held out (calibration's sample)."""
+    modalities, dim, held_out = ["image", "text"], 4, (0.2, 0)
 
     def project(self, features: np.ndarray, modality: str) -> np.ndarray:
         return features.reshape(len(features), -1)[:, :4].astype(np.float32)
