@@ -79,6 +79,15 @@ class Artifact:
     def modalities(self) -> list[str]:
         return list(self.model["in_dims"])
 
+    def widths(self, modality: str) -> list[int]:
+        """The vector widths ``modality`` was trained for: the full width, and the Matryoshka prefixes of the stage
+        that trained it (the first stage naming it: a modality is trained once, as a stage's new one or as the first
+        stage's anchor). A ``dimensions`` below the full width is only meaningful at one of these."""
+        for stage in self.stages:
+            if modality in (stage.get("new"), stage.get("anchor")):
+                return sorted(set(stage.get("matryoshka", [])) | {int(self.model["d"])})
+        return [int(self.model["d"])]
+
     @property
     def weights_path(self) -> str:
         return os.path.join(self.path, "model.safetensors")

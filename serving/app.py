@@ -26,6 +26,7 @@ from serving.inputs import APIError, Item, fetch, input_list, parse_json_body, r
 
 log = logging.getLogger("serving")
 MAX_ID_PREFIX = 256  # characters of /v1/search's id_prefix
+ENCODING_FORMATS = ("float", "base64", "int8", "binary")  # /v1/embeddings' encoding_format (pipeline.index.compact)
 # FastAPI's own /docs and /openapi.json would answer without auth: the Gateway serves them behind it
 api = FastAPI(title="OneEncoder", description="Multimodal embeddings in one shared space (OpenAI-compatible).",
               docs_url=None, redoc_url=None, openapi_url=None)
@@ -145,21 +146,36 @@ class Gateway:
     async def embeddings(self, request: Request) -> JSONResponse:
         body = await self._json(request)
         self._check_model(body, required=True)
+        from pipeline.index.compact import binary, int8, prefix
+
         fmt = body.get("encoding_format") or "float"
-        if fmt not in ("float", "base64"):
-            raise APIError(400, f"encoding_format {fmt!r} is not supported: expected 'float' or 'base64'",
-                           "invalid_encoding_format", "encoding_format")
-        dims = body.get("dimensions")
-        if dims is not None and dims != self.info["dimensions"]:
-            raise APIError(400, f"dimensions={dims!r}: this model only produces {self.info['dimensions']}-dimensional "
-                                "embeddings", "unsupported_dimensions", "dimensions")
+        if fmt not in ENCODING_FORMATS:
+            raise APIError(400, f"encoding_format {fmt!r} is not supported: expected one of "
+                                f"{', '.join(map(repr, ENCODING_FORMATS))}", "invalid_encoding_format", "encoding_format")
+        full = self.info["dimensions"]
+        dims = body.get("dimensions", full)
+        if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= full:
+            raise APIError(400, f"dimensions={dims!r}: expected an integer from 1 to {full} (the model's width)",
+                           "unsupported_dimensions", "dimensions")
+        if fmt == "binary" and dims % 8:
+            raise APIError(400, f"dimensions={dims}: binary vectors pack 8 bits to a byte, expected a multiple of 8",
+                           "unsupported_dimensions", "dimensions")
         forced = self._modality_field(body, "modality")
         items = await self._items(input_list(body, self.args.limits), forced)
+        for it in items:
+            if dims not in self.info["widths"][it.modality]:
+                raise APIError(400, f"dimensions={dims}: the model's {it.modality} vectors were trained for widths "
+                                    f"{', '.join(map(str, self.info['widths'][it.modality]))} only (train with "
+                                    "stages[].loss.matryoshka to cut them shorter)", "unsupported_dimensions",
+                               "dimensions")
         results = await self._embed(items)
         data = []
         for it, result in zip(items, results):
             vector = np.asarray(result["embedding"], dtype="<f4")
-            embedding = base64.b64encode(vector.tobytes()).decode() if fmt == "base64" else vector.tolist()
+            vector = vector if dims == full else prefix(vector, dims).astype("<f4")
+            embedding = (base64.b64encode(vector.tobytes()).decode() if fmt == "base64" else
+                         int8(vector).tolist() if fmt == "int8" else binary(vector).tolist() if fmt == "binary"
+                         else vector.tolist())
             data.append({"object": "embedding", "index": it.index, "embedding": embedding, "modality": it.modality})
         tokens = sum(r["input_tokens"] for r in results)
         return JSONResponse({"object": "list", "data": data, "model": self.args.model_name,
@@ -223,7 +239,8 @@ class Gateway:
         self._authorize(request)
         return JSONResponse({"object": "list", "data": [{
             "id": self.args.model_name, "object": "model", "created": self.info["created"], "owned_by": "oneencoder",
-            "modalities": self.modalities, "dimensions": self.info["dimensions"], "search_index": self.info["index"]}]})
+            "modalities": self.modalities, "dimensions": self.info["dimensions"], "search_index": self.info["index"],
+            "widths": self.info["widths"]}]})
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> JSONResponse:
@@ -270,7 +287,8 @@ def _model_info(args: ServeArgs) -> dict[str, Any]:
             raise ConfigError(f"modalities={args.modalities!r}: expected a non-empty subset of the model's "
                               f"modalities ({', '.join(modalities)})")
         modalities = list(dict.fromkeys(args.modalities))
-    return {"modalities": modalities, "dimensions": int(artifact.model["d"]), "created": int(artifact.created), "index": []}
+    return {"modalities": modalities, "dimensions": int(artifact.model["d"]), "created": int(artifact.created), "index": [],
+            "widths": {m: artifact.widths(m) for m in modalities}}
 
 
 def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str, Any]] | None = None):

@@ -14,6 +14,7 @@ from pipeline.artifact import read_artifact
 from pipeline.config import ConfigError, StorageConfig, StrictModel
 from pipeline.eval.metrics import both_directions, retrieval
 from pipeline.eval.search import format_search, search_quality
+from pipeline.index.compact import PRECISIONS, recall_at_widths
 from pipeline.inference import load_model
 from pipeline.store.files import write_json
 from pipeline.store.pairs import load_features
@@ -52,20 +53,24 @@ def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, 
         projected[name] = (ids, model.project(np.stack([feats[i] for i in ids]), name))
     if len(projected) < 2:
         raise ConfigError(f"need features of two modalities of the model ({', '.join(model.modalities)}) in {features_uri}")
-    report: dict[str, Any] = {"model": os.path.abspath(model_dir), "features": features_uri, "pairs": {}, "gap": {}}
+    artifact = read_artifact(model_dir)
+    report: dict[str, Any] = {"model": os.path.abspath(model_dir), "features": features_uri, "pairs": {}, "gap": {},
+                              "compact": {}}
     for a, b in itertools.combinations(sorted(projected), 2):
         za, zb, n = _paired(projected[a], projected[b])
         if n < 2:
             continue
         report["pairs"][f"{a}-{b}"] = {"n": n, **both_directions(za, zb, a, b)}
         report["gap"][f"{a}-{b}"] = modality_gap(za, zb)
+        widths = sorted(set(artifact.widths(a)) & set(artifact.widths(b)))
+        report["compact"][f"{a}-{b}"] = recall_at_widths(za, zb, widths)
     report["search"] = search_quality(projected)
     if labels_path:
         report["zero_shot"] = zero_shot(model, projected, labels_path)
     if baseline_epochs:
         report["baseline"] = baseline_comparison(model_dir, features_uri, storage or {}, baseline_epochs, set(projected))
     write_json(os.path.join(output, "report.json"), report)
-    report["plots"] = plot({"stages": read_artifact(model_dir).stages}, report, output)
+    report["plots"] = plot({"stages": artifact.stages}, report, output)
     write_json(os.path.join(output, "report.json"), report)
     return report
 
@@ -87,12 +92,26 @@ def format_report(report: dict[str, Any]) -> str:
         for pair, r in base["pairs"].items():
             lines.append(f"{pair:<16}{r['val_items']:>6}  {r['progressive']:>11.3f}  {r['baseline']:>8.3f}  "
                          f"{r['only_progressive']:>7} / {r['only_baseline']:<7}  {r['p_worse']:.3f}")
+    lines += format_compact(report.get("compact"))
     lines += format_search(report.get("search"))
     for name, z in (report.get("zero_shot") or {}).items():
         if isinstance(z, dict):
             lines.append(f"zero-shot {name}: accuracy {z['accuracy']:.3f} (top-5 {z['top5']:.3f}) over {z['n']} items")
     lines.append("report: " + report["plots"][0].rsplit("/", 1)[0] + "/report.json; plots: " + ", ".join(report["plots"]))
     return "\n".join(lines)
+
+
+def format_compact(compact: dict[str, Any] | None) -> list[str]:
+    """Console lines: R@1 / R@10 (both directions averaged) per pair at each trained width and precision."""
+    if not compact:
+        return []
+    lines = ["", "compact vectors: R@1 / R@10 (both directions) per trained width and precision",
+             f"{'pair':<14}{'width':>6}  " + "  ".join(f"{p:>13}" for p in PRECISIONS)]
+    for pair, by_width in compact.items():
+        for width, r in by_width.items():
+            lines.append(f"{pair:<14}{width:>6}  " + "  ".join(
+                f"{r[p]['recall@1']:.3f} / {r[p]['recall@10']:.3f}" for p in PRECISIONS))
+    return lines
 
 
 def baseline_comparison(model_dir: str, features_uri: str, storage: dict[str, Any], epochs: int,

@@ -21,6 +21,17 @@ class LossConfig(StrictModel):
     temperature: float = Field(0.07, gt=0, description="Initial temperature (learnable).")
     min_temperature: float = Field(0.01, gt=0, description="Lower bound of the temperature.")
     max_temperature: float = Field(1.0, gt=0, description="Upper bound of the temperature.")
+    matryoshka: list[int] = Field(default_factory=list, description="Nested prefix widths trained besides the full one "
+                                  "(Matryoshka: InfoNCE averaged over each prefix, renormalised, and the whole vector), "
+                                  "e.g. [64, 128]: multiples of 8 below model.d, so `dimensions` can cut the vectors "
+                                  "there; [] = the full width only.")
+
+    @field_validator("matryoshka")
+    @classmethod
+    def _nested_widths(cls, value: list[int]) -> list[int]:
+        if any(w < 8 or w % 8 for w in value) or value != sorted(set(value)):
+            raise ValueError(f"loss.matryoshka={value}: expected increasing widths, each a multiple of 8 from 8 on")
+        return value
 
     @model_validator(mode="after")
     def _temperature_inside(self) -> "LossConfig":
@@ -160,6 +171,10 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _curriculum(self) -> "TrainConfig":
+        for k, stage in enumerate(self.stages):
+            if any(w >= self.model.d for w in stage.loss.matryoshka):
+                raise ValueError(f"stages[{k}].loss.matryoshka={stage.loss.matryoshka}: every width must be below "
+                                 f"model.d={self.model.d} (the full width is always trained)")
         if self.from_model is None:  # else checked against the grown model's modalities (check_curriculum)
             check_curriculum(self.stages, None)
         elif not self.stages:

@@ -288,7 +288,8 @@ def _save_stage(plan: StagePlan, done: dict[str, Any], weights: bytes) -> dict[s
     record = {"stage": plan.label, "new": plan.stage.new, "anchor": plan.stage.anchor, "epochs": plan.stage.epochs,
               "epochs_run": len(history),
               "best_epoch": best + 1, "best": history[best], "history": history, "train_pairs": plan.pairs("train"),
-              "val_pairs": plan.pairs("val"), "seconds": done["seconds"], "still_improving": improving}
+              "val_pairs": plan.pairs("val"), "seconds": done["seconds"], "still_improving": improving,
+              "matryoshka": list(plan.stage.loss.matryoshka)}
     if improving:
         log.warning("stage %s ended while validation loss was still falling (best epoch %d of %d): more epochs "
                     "would likely give a better model (stages[].epochs or --epochs)", plan.label, best + 1, len(history))

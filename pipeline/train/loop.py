@@ -43,7 +43,8 @@ class StagePair(nn.Module):
         c = self.model(s.third, batch[s.third]) if s.third else None
         terms = self.loss(a, b, c, bank=self.bank)
         for name in s.extra_anchors:  # the new modality aligned to each further (frozen) aligned modality too
-            terms[f"infonce/{name}"] = info_nce(a, self.model(name, batch[name]), self.loss.temperature)
+            terms[f"infonce/{name}"] = self.loss.nested(lambda x, y, _: info_nce(x, y, self.loss.temperature), a,
+                                                        self.model(name, batch[name]))
             terms["loss"] = terms["loss"] + self.loss.config.infonce * terms[f"infonce/{name}"]
         return terms
 

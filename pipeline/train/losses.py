@@ -34,8 +34,8 @@ class ContrastiveLoss(nn.Module):
         further negatives of a → b (see ``info_nce_bank``). Returns each term and ``loss``."""
         cfg, terms = self.config, {}
         if cfg.infonce:
-            terms["infonce"] = (info_nce_across_workers(a, b, self.temperature) if bank is None
-                                else info_nce_bank(a, b, bank, self.temperature))
+            terms["infonce"] = self.nested(lambda x, y, m: info_nce_across_workers(x, y, self.temperature) if m is None
+                                           else info_nce_bank(x, y, m, self.temperature), a, b, bank)
         if cfg.align:
             terms["align"] = (a - b).pow(2).sum(dim=1).mean()
         if cfg.uniform:
@@ -45,6 +45,19 @@ class ContrastiveLoss(nn.Module):
         weights = {"infonce": cfg.infonce, "align": cfg.align, "uniform": cfg.uniform, "symile": cfg.symile}
         terms["loss"] = sum(weights[k] * v for k, v in terms.items())
         return terms
+
+    def nested(self, term, a: torch.Tensor, b: torch.Tensor, bank: torch.Tensor | None = None) -> torch.Tensor:
+        """``term(a, b, bank)`` on the whole vectors, averaged with the same term on each ``matryoshka`` prefix
+        (renormalised): the prefixes become embeddings of their own."""
+        values = [term(a, b, bank)]
+        for w in self.config.matryoshka:
+            values.append(term(prefix(a, w), prefix(b, w), None if bank is None else prefix(bank, w)))
+        return sum(values) / len(values)
+
+
+def prefix(x: torch.Tensor, width: int) -> torch.Tensor:
+    """The first ``width`` components of each row, renormalised to unit length."""
+    return nn.functional.normalize(x[..., :width], dim=-1)
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:

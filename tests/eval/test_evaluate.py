@@ -56,6 +56,16 @@ def test_report_pairs_gap_zero_shot_and_plots(trained, feature_store, labels_fil
     assert set(merged["targets"]) == {"image", "audio", "video"}
     for ranking in ("raw", "calibrated", "calibrated_hubness"):
         assert sum(merged[ranking]["top10_share"].values()) == pytest.approx(1.0)
+    # compact vectors: a model trained without Matryoshka prefixes is measured at its full width only, in each
+    # precision; int8 loses little against float, binary more
+    from pipeline.index.compact import int8
+
+    compact = report["compact"]["image-text"]
+    assert list(compact) == ["256"] and set(compact["256"]) == {"float", "int8", "binary"}
+    floats = (image_text["image->text/recall@1"] + image_text["text->image/recall@1"]) / 2
+    assert compact["256"]["float"]["recall@1"] <= floats  # ties count against the partner here
+    assert abs(compact["256"]["int8"]["recall@10"] - compact["256"]["float"]["recall@10"]) < 0.05
+    assert np.abs(int8(z["image"])).max() == 127
     gap = report["gap"]["image-text"]
     assert gap["cosine_true_pairs"] > gap["cosine_random_pairs"]  # trained pairs sit closer than random ones
     zero = report["zero_shot"]

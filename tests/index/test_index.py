@@ -139,6 +139,7 @@ def test_the_index_is_calibrated_on_the_models_held_out_ids_as_a_served_store_is
     assert all(h.match == pytest.approx(index.calibration.match("text", h.modality, h.score)) for h in hits)
 
 
+@pytest.mark.slow
 def test_a_rerun_projects_only_new_shards_into_a_new_segment(ray_session, trained, sharded_store, built, tmp_path):
     store = str(tmp_path / "store")
     import shutil

@@ -271,6 +271,13 @@ def test_every_modality_through_data_uris(served, local_model, tmp_path):
     raw = _post(url, {"model": "oneencoder", "input": [_data_uri("image/png", png)], "encoding_format": "base64"})
     decoded = np.frombuffer(base64.b64decode(raw.json()["data"][0]["embedding"]), "<f4")
     np.testing.assert_allclose(decoded, got[1], atol=1e-6)
+    # compact encodings of the same vector: int8 (largest component ±127), binary (sign bits, 8 to a byte)
+    body = {"model": "oneencoder", "input": [_data_uri("image/png", png)], "dimensions": 256}
+    small = _post(url, {**body, "encoding_format": "int8"}).json()["data"][0]["embedding"]
+    assert max(map(abs, small)) == 127 and len(small) == 256
+    np.testing.assert_allclose(np.array(small) / 127, got[1] / np.abs(got[1]).max(), atol=0.5 / 127 + 1e-6)
+    bits = _post(url, {**body, "encoding_format": "binary"}).json()["data"][0]["embedding"]
+    assert len(bits) == 32 and np.array_equal(np.unpackbits(np.array(bits, np.uint8)).astype(bool), got[1] > 0)
 
 
 def test_batching_really_batches_under_concurrency(served, local_model):
@@ -321,9 +328,14 @@ BAD_REQUESTS = [
     ("media modality with a plain string", {"model": "oneencoder", "input": ["a cat"], "modality": "image"}, 400,
      "invalid_input", "input[0]"),
     ("unknown modality", {"model": "oneencoder", "input": ["a"], "modality": "smell"}, 400, "unsupported_modality", "modality"),
-    ("bad encoding_format", {"model": "oneencoder", "input": ["a"], "encoding_format": "int8"}, 400,
+    ("bad encoding_format", {"model": "oneencoder", "input": ["a"], "encoding_format": "int4"}, 400,
      "invalid_encoding_format", "encoding_format"),
-    ("other dimensions", {"model": "oneencoder", "input": ["a"], "dimensions": 64}, 400, "unsupported_dimensions", "dimensions"),
+    ("dimensions the model was not trained for", {"model": "oneencoder", "input": ["a"], "dimensions": 64}, 400,
+     "unsupported_dimensions", "dimensions"),
+    ("dimensions above the width", {"model": "oneencoder", "input": ["a"], "dimensions": 512}, 400,
+     "unsupported_dimensions", "dimensions"),
+    ("dimensions not a number", {"model": "oneencoder", "input": ["a"], "dimensions": "64"}, 400,
+     "unsupported_dimensions", "dimensions"),
     ("unknown model", {"model": "nope", "input": ["a"]}, 404, "model_not_found", "model"),
     ("deeply nested JSON", b'{"model": "oneencoder", "input": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400,
      "invalid_json", None),

@@ -51,6 +51,27 @@ def test_symile_and_weighted_terms():
     torch.testing.assert_close(terms["loss"], expected)
 
 
+def test_matryoshka_averages_infonce_over_the_whole_vector_and_each_renormalised_prefix():
+    a, b = unit(torch.randn(16, 32)), unit(torch.randn(16, 32))
+    loss = ContrastiveLoss(LossConfig(matryoshka=[8, 16]))
+    t = loss.temperature
+    expected = sum(info_nce(unit(a[:, :w]), unit(b[:, :w]), t) for w in (8, 16, 32)) / 3
+    torch.testing.assert_close(loss(a, b)["infonce"], expected)
+    bank = unit(torch.randn(40, 32))
+    expected = sum(info_nce_bank(unit(a[:, :w]), unit(b[:, :w]), unit(bank[:, :w]), t) for w in (8, 16, 32)) / 3
+    torch.testing.assert_close(loss(a, b, bank=bank)["infonce"], expected)
+    for bad in ([16, 8], [12], [4], [8, 8]):
+        with pytest.raises(ValueError, match="increasing widths, each a multiple of 8"):
+            LossConfig(matryoshka=bad)
+
+
+def test_matryoshka_widths_must_be_below_the_model_width():
+    from pipeline.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"matryoshka=\[64, 256\]: every width must be below model.d=256"):
+        TrainConfig(stages=[{"new": "image", "anchor": "text", "loss": {"matryoshka": [64, 256]}}])
+
+
 def test_early_stopping_counts_epochs_since_the_best():
     hist = [{"val/loss": v} for v in (2.0, 1.5, 1.7, 1.5, 1.6)]  # lower is better; ties keep the first
     assert _epochs_since_best(hist) == 3

@@ -1,0 +1,96 @@
+"""Compact vectors: renormalised prefixes, int8 and binary encodings, recall per width and precision."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.index.compact import binary, int8, prefix, recall_at_widths, scores
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def test_prefix_int8_and_binary_encode_what_they_say():
+    v = _unit(np.random.default_rng(0).normal(size=(5, 32)))
+    p = prefix(v, 8)
+    assert p.shape == (5, 8) and np.allclose(np.linalg.norm(p, axis=1), 1)
+    assert np.allclose(p * np.linalg.norm(v[:, :8], axis=1, keepdims=True), v[:, :8], atol=1e-6)
+    q = int8(v)
+    assert q.dtype == np.int8 and np.all(np.abs(q).max(1) == 127) and np.all(np.sign(q) == np.sign(np.rint(v * 127 / np.abs(v).max(1, keepdims=True))))
+    b = binary(v)
+    assert b.dtype == np.uint8 and b.shape == (5, 4)
+    assert np.array_equal(np.unpackbits(b, axis=1).astype(bool), v > 0)  # most significant bit = component 0
+    hamming = np.unpackbits(b[:, None] ^ b[None], axis=2).sum(2).astype(int)
+    assert np.array_equal(scores(v, v, "binary"), 32 - 2 * hamming)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        binary(v[:, :12])
+    with pytest.raises(ValueError, match="precision 'fp4'"):
+        scores(v, v, "fp4")
+
+
+def test_recall_per_width_and_precision_counts_ties_against_the_partner():
+    rng = np.random.default_rng(1)
+    a = _unit(rng.normal(size=(200, 64)))
+    b = _unit(a + 0.3 * rng.normal(size=(200, 64)) / 8)
+    r = recall_at_widths(a, b, [16, 64])
+    assert set(r) == {"16", "64"} and r["64"]["float"]["recall@1"] == 1.0
+    assert r["16"]["float"]["recall@1"] <= r["64"]["float"]["recall@1"]
+    assert r["64"]["int8"]["recall@1"] >= 0.95 and r["64"]["binary"]["recall@10"] >= 0.9
+    same = np.ones((3, 8), np.float32) / np.sqrt(8)  # every score tied: no partner is found first
+    assert recall_at_widths(same, same, [8])["8"]["float"]["recall@1"] == 0.0
+
+
+@pytest.mark.slow
+def test_a_matryoshka_model_serves_its_prefixes_and_refuses_other_widths(ray_session, feature_store, trained, tmp_path):
+    """Stage 1 trained with loss.matryoshka [16, 64]: the artifact lists the widths, its 16-wide prefix retrieves
+    better than the same prefix of a model trained without it, and /v1/embeddings cuts vectors there (a
+    renormalised prefix, in any encoding) and nowhere else."""
+    import requests
+    from ray import serve
+
+    from pipeline.artifact import read_artifact
+    from pipeline.inference import load_model
+    from pipeline.store.pairs import is_validation, load_features
+    from pipeline.train.config import load_train_config
+    from pipeline.train.job import run_train
+    from tests.serving.test_serve import _config, _post, _ServeCommand
+    from tests.settings import SMALL_EPOCHS, VAL_FRACTION
+
+    output = str(tmp_path / "model")
+    stage = {"new": "image", "anchor": "text", "epochs": SMALL_EPOCHS, "loss": {"matryoshka": [16, 64]}}
+    run_train(load_train_config(None, features=feature_store, output=output, stages=[stage], val_fraction=VAL_FRACTION))
+    artifact = read_artifact(output)
+    assert artifact.widths("image") == artifact.widths("text") == [16, 64, 256]
+    assert read_artifact(trained[0]).widths("image") == [256]
+
+    def held_out_recall(model_dir):
+        model = load_model(model_dir)
+        z = {}
+        for m in ("image", "text"):
+            feats = load_features(feature_store, m, {})
+            ids = sorted(i for i in feats if is_validation(i, VAL_FRACTION))
+            z[m] = model.project(np.stack([feats[i] for i in ids]), m)
+        return recall_at_widths(z["image"], z["text"], [16])["16"]["float"]["recall@10"]
+
+    assert held_out_recall(output) > held_out_recall(trained[0])
+
+    path = _config(str(tmp_path), "serve.yaml", {"model": output, "modalities": ["text"]},
+                   {"Gateway": {"ray_actor_options": {"num_cpus": 0.1}}, "encoder-text": {}})
+    try:
+        with _ServeCommand(["--config", path], {**os.environ, "RAY_ADDRESS": ray_session}, timeout_s=300) as server:
+            body = {"model": "oneencoder", "input": ["a red circle"]}
+            full = np.array(_post(server.url, body, token=None).json()["data"][0]["embedding"], np.float32)
+            cut = _post(server.url, {**body, "dimensions": 64}, token=None).json()["data"][0]["embedding"]
+            np.testing.assert_allclose(cut, prefix(full, 64), atol=1e-6)
+            bits = _post(server.url, {**body, "dimensions": 16, "encoding_format": "binary"}, token=None).json()
+            assert bits["data"][0]["embedding"] == binary(prefix(full, 16)).tolist()
+            bad = _post(server.url, {**body, "dimensions": 48}, token=None)
+            assert bad.status_code == 400 and "trained for widths 16, 64, 256 only" in bad.json()["error"]["message"]
+            models = requests.get(server.url + "/v1/models", timeout=30).json()["data"][0]
+            assert models["widths"] == {"text": [16, 64, 256]}
+            server.stop()
+    finally:
+        serve.shutdown()
