@@ -214,6 +214,12 @@ class Gateway:
         exact = body.get("exact", False)
         if not isinstance(exact, bool):
             raise APIError(400, f"exact={exact!r}: expected true or false", "invalid_exact", "exact")
+        width = self.info["search_width"]
+        dims = body.get("dimensions", width)
+        if dims != width or isinstance(dims, bool):
+            raise APIError(400, f"dimensions={dims!r}: this server searches {width}-dimensional vectors (the index's "
+                                "width: build one with `oneencoder index --width N` to search at another)",
+                           "unsupported_dimensions", "dimensions")
         hubness = body.get("hubness", False)
         if not isinstance(hubness, bool):
             raise APIError(400, f"hubness={hubness!r}: expected true or false", "invalid_hubness", "hubness")
@@ -312,8 +318,10 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
     encoders = {m: ModalityEncoder.options(**opts(encoder_deployment(m))).bind(plain, m) for m in info["modalities"]}
     search = None
     if searched:
-        info["index"] = (_index_folder_modalities(parsed) if parsed.index
-                         else _indexed_modalities(parsed, info["modalities"]))
+        if parsed.index:
+            info["index"], info["search_width"] = _index_folder_modalities(parsed)
+        else:
+            info["index"], info["search_width"] = _indexed_modalities(parsed, info["modalities"]), info["dimensions"]
         search = SearchIndex.options(**opts(SEARCH)).bind(plain)
     return Gateway.options(**opts(GATEWAY)).bind(plain, info, encoders, search)
 
@@ -339,9 +347,9 @@ def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
     return found
 
 
-def _index_folder_modalities(args: ServeArgs) -> list[str]:
+def _index_folder_modalities(args: ServeArgs) -> tuple[list[str], int]:
     """The modalities the index folder holds (searchable whichever encoders are served: a text-only server finds
-    images); refuses an index of another model, naming both."""
+    images) and the width it searches; refuses an index of another model, naming both."""
     from pipeline.index.segments import IndexMismatchError, check_model, read_record
 
     try:
@@ -351,7 +359,7 @@ def _index_folder_modalities(args: ServeArgs) -> list[str]:
         raise ConfigError(f"index={args.index!r}: {e}") from None
     if not record["modalities"]:
         raise ConfigError(f"index={args.index!r} holds no modality")
-    return list(record["modalities"])
+    return list(record["modalities"]), int(record.get("width", record["dim"]))
 
 
 def build_app(args: dict[str, Any]):

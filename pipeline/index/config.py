@@ -47,6 +47,9 @@ class IndexConfig(StrictModel):
                                               "model that the store holds.")
     actors: int | None = Field(None, ge=1, description="Projection actors (each reads, checks and projects whole "
                                "feature shards); null = one per cluster CPU.")
+    width: int | None = Field(None, ge=8, description="Width of the searched vectors: a Matryoshka prefix the model was "
+                              "trained for (renormalised), e.g. 64 for a quarter of the memory per vector; null = "
+                              "the model's full width. The Parquet vectors keep the full width either way.")
     ann: AnnConfig = Field(default_factory=AnnConfig, description="Nearest-neighbour index of each segment.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access to the store and the output.")
 

@@ -73,7 +73,13 @@ def sample_file(modality: str, shard: int) -> str:
     return f"sample/{modality}/{FeatureStore.shard_name(shard)}.parquet"
 
 
-def calibrate(output: str, options: dict[str, Any], fractions: dict[str, float]) -> dict[str, Any]:
+def _at_width(vectors: np.ndarray, width: int) -> np.ndarray:
+    from pipeline.index.compact import prefix
+
+    return vectors if vectors.shape[1] == width else prefix(vectors, width)
+
+
+def calibrate(output: str, options: dict[str, Any], fractions: dict[str, float], width: int) -> dict[str, Any]:
     """Fit the calibration and the query banks on the sample files (each modality's rows below its current
     fraction: a store that grew samples less), write ``bank/<modality>.npy``; returns index.json's ``calibration``."""
     from pipeline.index.calibration import fit
@@ -86,7 +92,7 @@ def calibrate(output: str, options: dict[str, Any], fractions: dict[str, float])
             continue
         table = pa.concat_tables([pq.read_table(f, filesystem=out.fs) for f in files])
         table = table.filter(pc.less(table.column("fraction"), fraction))
-        sample[m] = (table.column("id").to_pylist(), table_vectors(table))
+        sample[m] = (table.column("id").to_pylist(), _at_width(table_vectors(table), width))
     cal = fit(sample)
     for m, bank in cal.banks.items():
         out.write_bytes_atomic(f"bank/{m}.npy", npy_bytes(bank))
@@ -102,12 +108,13 @@ def marker_file(modality: str, shard: int) -> str:
 
 
 def build_segment(output: str, options: dict[str, Any], modality: str, number: int, shards: list[int],
-                  ann: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Segment ``number`` of ``modality`` over ``shards``' vectors: its files, then segment.json. Returns the record."""
+                  ann: dict[str, Any], threads: int, width: int) -> dict[str, Any]:
+    """Segment ``number`` of ``modality`` over ``shards``' vectors (cut to ``width``, renormalised): its files, then
+    segment.json. Returns the record."""
     out = FeatureStore(output, options)
     tables = [pq.read_table(out._p(vector_file(modality, s)), filesystem=out.fs) for s in shards]
     table = pa.concat_tables(tables)
-    vectors = table_vectors(table)
+    vectors = _at_width(table_vectors(table), width)
     params = dict(ann)
     folder = f"segments/{modality}/{segment_name(number)}"
     started = time.time()
@@ -166,7 +173,7 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
         for group in _segments_of(new, {s: markers[s]["rows"] for s in new}, cfg.ann.segment_rows):
             number = len(entry["segments"])
             params = cfg.ann.chosen(sum(markers[s]["rows"] for s in group))
-            seg = ray.get(build.remote(cfg.output, options, m, number, group, params, threads))
+            seg = ray.get(build.remote(cfg.output, options, m, number, group, params, threads, record["width"]))
             log.info("%s: segment %s, %d vectors (%s) built in %.1f s", m, segment_name(number), seg["rows"],
                      params["kind"], seg["build_s"])
             entry["segments"].append(segment_name(number))
@@ -174,7 +181,8 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
             entry["rows"] += seg["rows"]
             out.write_json("index.json", record)  # each segment is listed once it is whole
     if pending or "calibration" not in record:
-        record["calibration"] = ray.get(ray.remote(calibrate).remote(cfg.output, options, sample["fractions"]))
+        record["calibration"] = ray.get(ray.remote(calibrate).remote(cfg.output, options, sample["fractions"],
+                                                                     record["width"]))
         pairs = record["calibration"]["pairs"]
         log.info("calibrated %d modality pairs on %s sample items%s", len(pairs),
                  ", ".join(f"{m} {n}" for m, n in record["calibration"]["sample"].items()),
@@ -208,6 +216,9 @@ def _modalities(cfg: IndexConfig, artifact: Any, store: FeatureStore) -> list[st
         why = artifact.features_mismatch(store, m)
         if why:
             raise IndexMismatchError(f"feature store {cfg.features} cannot be indexed for model {cfg.model}: {why}")
+        if cfg.width is not None and cfg.width not in artifact.widths(m):
+            raise ConfigError(f"width={cfg.width}: model {cfg.model}'s {m} vectors were trained for widths "
+                              f"{', '.join(map(str, artifact.widths(m)))} only (stages[].loss.matryoshka when training)")
     if not wanted:
         raise ConfigError(f"feature store {cfg.features} has no features of any modality of model {cfg.model} "
                           f"({', '.join(artifact.modalities)})")
@@ -221,6 +232,7 @@ def _record(cfg: IndexConfig, out: FeatureStore, store: FeatureStore, modalities
     old = out.read_json("index.json")
     if old is None:
         return {"format": FORMAT, "model": model, "features": cfg.features, "dim": _dim(cfg.model),
+                "width": cfg.width or _dim(cfg.model),
                 "modalities": {m: {"store": sources[m], "segments": [], "segment_shards": [], "rows": 0}
                                for m in modalities}}
     where = out.where("index.json")
@@ -231,6 +243,10 @@ def _record(cfg: IndexConfig, out: FeatureStore, store: FeatureStore, modalities
         raise IndexMismatchError(f"{where} was built from model {old['model']['path']} (sha256 "
                                  f"{old['model']['sha256'][:12]}), not {cfg.model} (sha256 {model['sha256'][:12]}): "
                                  "choose another --output for this model's index")
+    width = cfg.width or _dim(cfg.model)
+    if old.get("width", old["dim"]) != width:
+        raise IndexMismatchError(f"{where} searches {old.get('width', old['dim'])}-wide vectors, not {width} (width): "
+                                 "choose another --output for an index at another width")
     for m in modalities:
         entry = old["modalities"].setdefault(m, {"store": sources[m], "segments": [], "segment_shards": [], "rows": 0})
         if entry["store"] != sources[m]:
@@ -289,7 +305,9 @@ def _todo(store: FeatureStore, out: FeatureStore, modality: str) -> list[int]:
 
 
 def format_summary(record: dict[str, Any]) -> str:
-    lines = [f"index of model {record['model']['path']} over {record['features']} ({record['dim']}-d vectors):"]
+    width = record.get("width", record["dim"])
+    lines = [f"index of model {record['model']['path']} over {record['features']} ({record['dim']}-d vectors"
+             + (f", searched at their first {width}" if width != record["dim"] else "") + "):"]
     for m, entry in record["modalities"].items():
         lines.append(f"  {m}: {entry['rows']} vectors in {len(entry['segments'])} segment"
                      f"{'s' * (len(entry['segments']) != 1)}")

@@ -3,7 +3,8 @@
 Layout under the index folder OUT::
 
     index.json                                   the model and feature store it was built from (fingerprints),
-                                                 the width, and each modality's segments (written last)
+                                                 the model's width (dim), the searched width (width: a Matryoshka
+                                                 prefix, or dim), and each modality's segments (written last)
     vectors/<modality>/shard-00012.parquet       id, uri, vector (float32 [d], unit length): one per feature shard
     sample/<modality>/shard-00012.parquet        the shard's calibration sample: its rows whose id hash falls below
                                                  the sample fraction (held-out ids of the model, ~4k per modality)
@@ -252,6 +253,7 @@ class VectorIndex:
         self.uri, self.record = uri, read_record(uri, storage)
         root = local_copy(uri, storage)
         self.dim = int(self.record["dim"])
+        self.width = int(self.record.get("width", self.dim))  # what the segments hold: the first `width`, renormalised
         self.segments: dict[str, list[Segment]] = {}
         for modality, entry in self.record["modalities"].items():
             self.segments[modality] = []
@@ -311,8 +313,12 @@ def search_segments(segments: dict[str, list[Segment]], query: np.ndarray, modal
     (query_modality → target), hits carry ``match``; a search over several modalities ranks by ``match`` when all
     of them are calibrated, else by score (ties: modality, then id)."""
     from pipeline.index.calibration import HUBNESS_FETCH, corrected
+    from pipeline.index.compact import prefix
 
     query = np.asarray(query, np.float32)
+    width = next((seg.vectors.shape[1] for segs in segments.values() for seg in segs), len(query))
+    if len(query) > width:  # an index built at a Matryoshka width: the query's prefix, renormalised
+        query = prefix(query, width)
     targets = list(dict.fromkeys(modalities or list(segments)))
     bank = calibration.banks.get(query_modality) if calibration is not None and hubness else None
     hits: list[Hit] = []

@@ -77,8 +77,26 @@ def test_a_matryoshka_model_serves_its_prefixes_and_refuses_other_widths(ray_ses
 
     assert held_out_recall(output) > held_out_recall(trained[0])
 
-    path = _config(str(tmp_path), "serve.yaml", {"model": output, "modalities": ["text"]},
-                   {"Gateway": {"ray_actor_options": {"num_cpus": 0.1}}, "encoder-text": {}})
+    # an index at the 16-wide prefix: its segments hold the renormalised prefixes, searched with the query's own
+    from pipeline.index.config import IndexConfig
+    from pipeline.index.job import run_index
+    from pipeline.index.segments import VectorIndex
+
+    index = str(tmp_path / "index")
+    run_index(IndexConfig(model=output, features=feature_store, output=index, width=16))
+    narrow = VectorIndex(index)
+    image = narrow.segments["image"][0].vectors
+    assert narrow.width == 16 and image.shape == (480, 16)
+    np.testing.assert_allclose(np.linalg.norm(image, axis=1), 1, atol=1e-5)
+    query = load_model(output).embed(["a red circle"], "text")[0]
+    hits = narrow.search(query, ["image"], 5, exact=True)
+    ids = narrow.segments["image"][0].ids.column("id").to_pylist()
+    assert [h.id for h in hits] == [ids[i] for i in np.argsort(-(image @ prefix(query, 16)), kind="stable")[:5]]
+    with pytest.raises(Exception, match="searches 16-wide vectors, not 64"):  # a rerun at another width
+        run_index(IndexConfig(model=output, features=feature_store, output=index, width=64))
+
+    path = _config(str(tmp_path), "serve.yaml", {"model": output, "modalities": ["text"], "index": index},
+                   {"Gateway": {"ray_actor_options": {"num_cpus": 0.1}}, "encoder-text": {}, "SearchIndex": {}})
     try:
         with _ServeCommand(["--config", path], {**os.environ, "RAY_ADDRESS": ray_session}, timeout_s=300) as server:
             body = {"model": "oneencoder", "input": ["a red circle"]}
@@ -89,6 +107,11 @@ def test_a_matryoshka_model_serves_its_prefixes_and_refuses_other_widths(ray_ses
             assert bits["data"][0]["embedding"] == binary(prefix(full, 16)).tolist()
             bad = _post(server.url, {**body, "dimensions": 48}, token=None)
             assert bad.status_code == 400 and "trained for widths 16, 64, 256 only" in bad.json()["error"]["message"]
+            found = _post(server.url, {"query": "a red circle", "target_modality": "image", "k": 5, "exact": True},
+                          path="/v1/search", token=None).json()["data"]
+            assert [h["id"] for h in found] == [h.id for h in hits]
+            bad = _post(server.url, {"query": "a red circle", "dimensions": 64}, path="/v1/search", token=None)
+            assert bad.status_code == 400 and "searches 16-dimensional vectors" in bad.json()["error"]["message"]
             models = requests.get(server.url + "/v1/models", timeout=30).json()["data"][0]
             assert models["widths"] == {"text": [16, 64, 256]}
             server.stop()

@@ -34,10 +34,10 @@ def sharded_store(feature_store, tmp_path_factory):
     return root
 
 
-def _index(model: str, features: str, output: str, **ann) -> dict:
+def _index(model: str, features: str, output: str, width: int | None = None, **ann) -> dict:
     from pipeline.index.job import run_index
 
-    return run_index(IndexConfig(model=model, features=features, output=output, ann=AnnConfig(**ann)))
+    return run_index(IndexConfig(model=model, features=features, output=output, width=width, ann=AnnConfig(**ann)))
 
 
 def _hide(store: str, modality: str, shard: int) -> str:
@@ -260,6 +260,9 @@ def test_an_index_refuses_another_model_naming_both(trained, sharded_store, buil
     with pytest.raises(ConfigError) as e:  # and the server refuses it before Ray starts
         prepare(None, model=other, index=out)
     assert trained[0] in str(e.value) and other in str(e.value)
+    # a width the model was not trained for (no Matryoshka prefixes): refused naming the widths it has
+    with pytest.raises(ConfigError, match=r"width=64: model .*'s \w+ vectors were trained for widths 256 only"):
+        _index(trained[0], sharded_store, str(tmp_path / "narrow"), width=64)
 
 
 def test_the_search_deployment_ranks_an_index_as_it_ranks_the_store(trained, sharded_store, built):
