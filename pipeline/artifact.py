@@ -79,6 +79,13 @@ class Artifact:
     def modalities(self) -> list[str]:
         return list(self.model["in_dims"])
 
+    @property
+    def held_out(self) -> tuple[float, int]:
+        """(val_fraction, seed) of the training run: which ids it held out (by id hash), what search calibration is
+        fitted on; (0.0, 0) for an artifact without a recorded config."""
+        config = self.provenance.get("config", {})
+        return float(config.get("val_fraction", 0.0)), int(config.get("seed", 0))
+
     def widths(self, modality: str) -> list[int]:
         """The vector widths ``modality`` was trained for: the full width, and the Matryoshka prefixes of the stage
         that trained it (the first stage naming it: a modality is trained once, as a stage's new one or as the first

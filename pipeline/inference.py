@@ -33,9 +33,7 @@ class LoadedModel:
         self.model = OneEncoder(ModelConfig(**artifact.model)).eval()
         self.model.load_weights(load_file(artifact.weights_path))
         self.encoders_spec = artifact.encoders
-        config = artifact.provenance.get("config", {})
-        # the ids training held out (by id hash): what search calibration is fitted on
-        self.held_out = (float(config.get("val_fraction", 0.0)), int(config.get("seed", 0)))
+        self.held_out = artifact.held_out  # the ids training held out: what search calibration is fitted on
         self._items: dict[str, ItemEncoder] = {}
         self.torch = torch
 

@@ -91,9 +91,9 @@ def fit(sample: dict[str, tuple[list[str], np.ndarray]], temperature: float = TE
         bank_rows: int = BANK_ROWS) -> Calibration:
     """Calibration from sample vectors per modality (ids, (n, d) unit vectors): every modality its query bank (the
     first ``bank_rows`` of its sample in id-hash order, at most half of it), every ordered pair of modalities with at
-    least MIN_PAIRS shared ids its maps (a modality with itself too: a search over several modalities that
-    include the query's own ranks its hits by how likely they are the query's item itself). The hubness map is fitted on the shared ids outside the query's bank, as a
-    real query is not in the bank."""
+    least MIN_PAIRS shared ids its maps (a modality with itself too: a search over several modalities that include
+    the query's own ranks its hits by how likely they are the query's item itself). The hubness map is fitted on
+    the shared ids outside the query's bank, as a real query is not in the bank."""
     banks, in_bank = {}, {}
     for m, (ids, z) in sample.items():
         first = np.argsort(id_fractions(ids, seed=1), kind="stable")[:min(bank_rows, len(ids) // 2)]

@@ -197,8 +197,7 @@ def _sample_plan(artifact: Any, store: FeatureStore, modalities: list[str]) -> d
     and seed), thinned by the same hash to about SAMPLE_ROWS of the modality's committed rows."""
     from pipeline.index.calibration import sample_fraction
 
-    config = artifact.provenance.get("config", {})
-    held, seed = float(config.get("val_fraction", 0.0)), int(config.get("seed", 0))
+    held, seed = artifact.held_out
     rows = {m: sum(int(marker["features"]) for marker in store.committed_shards(m).values()) for m in modalities}
     return {"seed": seed, "fractions": {m: sample_fraction(held, rows[m]) for m in modalities}}
 
