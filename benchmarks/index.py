@@ -6,8 +6,9 @@ Synthetic unit vectors shaped like embeddings (``clusters`` directions, each ite
 queries drawn the same way) stand in for a corpus. The ground truth is exact search (a matrix product). For each
 library it builds an HNSW graph with the same parameters (``connectivity``, ``expansion_add``, on every CPU),
 then raises the search width ef until recall@k against the ground truth reaches ``recall_target``, and at that
-ef times single queries (p50 / p99, one thread: a request's latency). It also reports bytes per vector (the
-serialised index over the vector count), exact search's own p50 over the same vectors, and the time to open a
+ef times single queries (p50 / p99, one thread: a request's latency). The index job's compact graphs (int8 and
+binary codes, candidates rescored from the float vectors on disk) are measured the same way, through its own
+segment code. It also reports bytes per vector (the serialised index, or compact graph, over the vector count), exact search's own p50 over the same vectors, and the time to open a
 segment folder as ``oneencoder serve --index`` does (memory-mapped) at a tenth of the vectors and at all of them,
 and what a rerun that adds a tenth more costs as a second segment against appending to the graph.
 """
@@ -40,6 +41,8 @@ class BenchmarkIndexConfig(StrictModel):
     recall_target: float = Field(0.95, gt=0, le=1, description="Recall@k each library's ef is raised to reach.")
     libraries: list[str] = Field(["faiss", "usearch"], min_length=1, description="Libraries compared (faiss, the "
                                  "index job's, always runs: the segment timings use its graph).")
+    precisions: list[str] = Field(["int8", "binary"], description="Compact graphs of the index job (ann.precision) "
+                                  "also measured, each with its default rescoring; [] = none.")
     seed: int = Field(0, description="Random seed.")
     report: str | None = Field(None, description=REPORT_HELP)
 
@@ -53,6 +56,16 @@ class BenchmarkIndexConfig(StrictModel):
         unknown = [v for v in value if v not in LIBRARIES] if isinstance(value, list) else []
         if unknown:
             raise ValueError(f"{', '.join(map(str, unknown))}: expected some of {', '.join(LIBRARIES)}")
+        return value
+
+    @field_validator("precisions", mode="before")
+    @classmethod
+    def _precisions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [v for v in value if v not in ("int8", "binary")] if isinstance(value, list) else []
+        if bad:
+            raise ValueError(f"{', '.join(map(str, bad))}: expected some of int8, binary")
         return value
 
 
@@ -159,6 +172,47 @@ class Faiss:
         return len(self.serialized())
 
 
+class Compact:
+    """The index job's segment with an int8 or binary graph (``ann.precision``): built by ``build_graph`` into a
+    folder, searched through ``Segment.search`` (candidates rescored from the memory-mapped float vectors)."""
+
+    def __init__(self, dim: int, m: int, ef_add: int, precision: str):
+        from pipeline.index.config import RESCORE
+
+        self.folder = tempfile.TemporaryDirectory()
+        self.params = {"kind": "hnsw", "connectivity": m, "expansion_add": ef_add, "expansion_search": 64,
+                       "precision": precision, "rescore": RESCORE[precision]}
+        self.name = f"faiss {precision} (rescore {RESCORE[precision]}k)"
+
+    def build(self, vectors: np.ndarray, threads: int) -> None:
+        import pyarrow as pa
+
+        from pipeline.index.segments import GRAPH, Segment, arrow_file_bytes, build_graph
+
+        graph = build_graph(vectors, self.params, threads)
+        self.graph_bytes = len(graph)
+        ids = pa.table({"id": pa.array(np.arange(len(vectors)).astype(str)), "uri": pa.nulls(len(vectors), pa.string())})
+        np.save(os.path.join(self.folder.name, "vectors.npy"), vectors)
+        for name, data in (("ids.arrow", arrow_file_bytes(ids)), (GRAPH, graph)):
+            with open(os.path.join(self.folder.name, name), "wb") as fh:
+                fh.write(data)
+        record = {"rows": len(vectors), "ann": self.params}
+        self.segment = Segment.open(self.folder.name, "image", record)
+
+    def set_ef(self, ef: int) -> None:
+        self.segment.graph.hnsw.efSearch = ef
+
+    def batch(self, queries: np.ndarray, k: int, threads: int) -> np.ndarray:
+        return np.stack([self.segment.search(q, k)[1] for q in queries])
+
+    def one(self, k: int):
+        return lambda q: self.segment.search(q, k)
+
+    def size(self) -> int:
+        """The graph (codes and links: what stays in memory); the float vectors it rescores from stay on disk."""
+        return self.graph_bytes
+
+
 LIBRARIES = {"faiss": Faiss, "usearch": Usearch}
 
 
@@ -177,8 +231,12 @@ def run(cfg: BenchmarkIndexConfig, args: object = None) -> int:
                               "exact": {"p50_ms": exact_p50, "p99_ms": exact_p99, "batch_s": exact_s,
                                         "bytes_per_vector": cfg.dim * 4},
                               "libraries": {}}
-    for name in cfg.libraries:
-        lib = LIBRARIES[name](cfg.dim, cfg.connectivity, cfg.expansion_add)
+    builders = [(name, lambda name=name: LIBRARIES[name](cfg.dim, cfg.connectivity, cfg.expansion_add))
+                for name in cfg.libraries]
+    builders += [(f"faiss-{p}", lambda p=p: Compact(cfg.dim, cfg.connectivity, cfg.expansion_add, p))
+                 for p in cfg.precisions]
+    for name, make in builders:
+        lib = make()
         t = time.perf_counter()
         lib.build(vectors, threads)
         build_s = time.perf_counter() - t
@@ -195,7 +253,8 @@ def run(cfg: BenchmarkIndexConfig, args: object = None) -> int:
         p50, p99 = latencies(lib.one(cfg.k), queries)
         if name == "faiss":
             whole = lib.serialized()
-        result["libraries"][name] = {"build_s": build_s, "ef": chosen["ef"], "recall": chosen["recall"],
+        result["libraries"][name] = {"label": getattr(lib, "name", name) + " HNSW",
+                                     "build_s": build_s, "ef": chosen["ef"], "recall": chosen["recall"],
                                      "reached": chosen["recall"] >= cfg.recall_target, "p50_ms": p50, "p99_ms": p99,
                                      "bytes_per_vector": lib.size() / cfg.vectors, "curve": curve}
         del lib
@@ -275,7 +334,7 @@ def format_index(r: dict[str, Any]) -> str:
              f"{r['exact']['bytes_per_vector']:.0f} |"]
     for name, lib in r["libraries"].items():
         mark = "" if lib["reached"] else " (target not reached)"
-        lines.append(f"| {name} HNSW | {lib['build_s']:.1f} | {lib['ef']} | {lib['recall']:.3f}{mark} | "
+        lines.append(f"| {lib.get('label', name + ' HNSW')} | {lib['build_s']:.1f} | {lib['ef']} | {lib['recall']:.3f}{mark} | "
                      f"{lib['p50_ms']:.3f} | {lib['p99_ms']:.3f} | {lib['bytes_per_vector']:.0f} |")
     seconds = r["open"]["seconds"]
     sizes = sorted(seconds, key=int)

@@ -23,6 +23,14 @@ class AnnConfig(StrictModel):
                                       "null = 128.")
     expansion_search: int | None = Field(None, ge=8, description="HNSW candidates kept while searching (ef); null = 64 "
                                          "(recall rises and speed falls as it grows).")
+    precision: Literal["float", "int8", "binary"] = Field(
+        "float", description="What the HNSW graph holds per vector: float (4 bytes a dimension), int8 (1 byte: "
+        "faiss's 8-bit scalar quantiser) or binary (the sign bits: 1/32 of float, Hamming distance). The graph's "
+        "candidates are rescored from the float vectors on disk (memory-mapped, read for rescore·k rows a query), "
+        "so scores stay cosines; see docs/search.md for recall and bytes per vector of each.")
+    rescore: int | None = Field(None, ge=1, le=100, description="Candidates an int8 or binary graph is asked for, "
+                                "as a multiple of k, before rescoring; null = 2 for int8, 8 for binary (1 for float: "
+                                "its scores are exact).")
     segment_rows: int = Field(2_000_000, ge=1, description="Most vectors in one segment: a run that adds more builds "
                               "several (a graph is built in one task's memory: ~1 KB per 256-d vector with its "
                               "edges); each query asks every segment.")
@@ -34,8 +42,16 @@ class AnnConfig(StrictModel):
         kind = self.kind if self.kind != "auto" else ("exact" if vectors < self.exact_below else "hnsw")
         if kind == "exact":
             return {"kind": "exact"}
-        return {"kind": "hnsw", "connectivity": self.connectivity or (16 if vectors < 1_000_000 else 32),
-                "expansion_add": self.expansion_add or 128, "expansion_search": self.expansion_search or 64}
+        params: dict[str, int | str] = {"kind": "hnsw",
+                                        "connectivity": self.connectivity or (16 if vectors < 1_000_000 else 32),
+                                        "expansion_add": self.expansion_add or 128,
+                                        "expansion_search": self.expansion_search or 64}
+        if self.precision != "float":
+            params.update(precision=self.precision, rescore=self.rescore or RESCORE[self.precision])
+        return params
+
+
+RESCORE = {"float": 1, "int8": 2, "binary": 8}
 
 
 class IndexConfig(StrictModel):

@@ -175,7 +175,7 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
             params = cfg.ann.chosen(sum(markers[s]["rows"] for s in group))
             seg = ray.get(build.remote(cfg.output, options, m, number, group, params, threads, record["width"]))
             log.info("%s: segment %s, %d vectors (%s) built in %.1f s", m, segment_name(number), seg["rows"],
-                     params["kind"], seg["build_s"])
+                     " ".join(str(params[k]) for k in ("kind", "precision") if k in params), seg["build_s"])
             entry["segments"].append(segment_name(number))
             entry["segment_shards"].append(group)
             entry["rows"] += seg["rows"]

@@ -13,9 +13,11 @@ Layout under the index folder OUT::
     segments/<modality>/segment-00003/           the shards one run added:
         vectors.npy                              float32 (N, d), memory-mapped by readers
         ids.arrow                                id, uri (Arrow IPC file, memory-mapped)
-        hnsw.faiss                               the HNSW graph (faiss IndexHNSWFlat, inner product; its vectors
-                                                 memory-mapped, its links in memory), or none when the segment
-                                                 is searched exactly
+        hnsw.faiss                               the HNSW graph (faiss, inner product; its codes memory-mapped,
+                                                 its links in memory): float vectors (IndexHNSWFlat), int8
+                                                 (IndexHNSWSQ, 8-bit per dimension) or sign bits (IndexBinaryHNSW,
+                                                 Hamming), whose candidates are rescored from vectors.npy; none
+                                                 when the segment is searched exactly
         segment.json                             its shards, rows and parameters (written last)
 
 A rerun projects only the store's new shards and adds them as one new segment; a search asks every segment
@@ -98,24 +100,40 @@ GRAPH = "hnsw.faiss"
 
 
 def build_graph(vectors: np.ndarray, params: dict[str, Any], threads: int) -> bytes:
-    """An HNSW graph over ``vectors`` (labels = row numbers), serialised (faiss's own format, no pickle)."""
+    """An HNSW graph over ``vectors`` (labels = row numbers) at ``params["precision"]`` (``ANN_PRECISIONS``),
+    serialised (faiss's own format, no pickle)."""
     import faiss
 
     faiss.omp_set_num_threads(threads)
-    index = faiss.IndexHNSWFlat(vectors.shape[1], params["connectivity"], faiss.METRIC_INNER_PRODUCT)
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    precision = params.get("precision", "float")
+    if precision == "binary":
+        index = faiss.IndexBinaryHNSW(vectors.shape[1], params["connectivity"])
+    elif precision == "int8":
+        index = faiss.IndexHNSWSQ(vectors.shape[1], faiss.ScalarQuantizer.QT_8bit, params["connectivity"],
+                                  faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexHNSWFlat(vectors.shape[1], params["connectivity"], faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = params["expansion_add"]
+    if precision == "binary":
+        if len(vectors):
+            index.add(np.packbits(vectors > 0, axis=1))
+        return faiss.serialize_index_binary(index).tobytes()
     if len(vectors):
-        index.add(np.ascontiguousarray(vectors, np.float32))
+        if not index.is_trained:
+            index.train(vectors)  # the scalar quantiser's range per dimension, from the segment's own vectors
+        index.add(vectors)
     return faiss.serialize_index(index).tobytes()
 
 
-def open_graph(path: str, expansion_search: int) -> Any:
-    """A graph file opened for search: its vectors memory-mapped, its links read; one thread per query (a server
+def open_graph(path: str, expansion_search: int, precision: str = "float") -> Any:
+    """A graph file opened for search: its codes memory-mapped, its links read; one thread per query (a server
     answers many queries at once, each on its own)."""
     import faiss
 
     faiss.omp_set_num_threads(1)
-    graph = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    read = faiss.read_index_binary if precision == "binary" else faiss.read_index
+    graph = read(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
     graph.hnsw.efSearch = expansion_search
     return graph
 
@@ -128,8 +146,10 @@ class Segment:
     name: str
     vectors: np.ndarray           # float32 (N, d), memory-mapped
     ids: pa.Table                 # id, uri
-    graph: Any = None             # faiss IndexHNSWFlat (memory-mapped vectors) or None: exact search
+    graph: Any = None             # faiss HNSW graph (float, int8 or binary codes) or None: exact search
     expansion_search: int = 64
+    precision: str = "float"      # the graph's codes: candidates from an int8 or binary graph are rescored
+    rescore: int = 1              # ... from ``vectors``, the graph asked for rescore·k of them
 
     @classmethod
     def open(cls, folder: str, modality: str, record: dict[str, Any]) -> "Segment":
@@ -138,10 +158,12 @@ class Segment:
         if len(vectors) != ids.num_rows or len(vectors) != record["rows"]:
             raise IndexMismatchError(f"{folder}: {len(vectors)} vectors and {ids.num_rows} ids, but segment.json "
                                      f"says {record['rows']} rows")
-        graph = None
-        if record["ann"]["kind"] == "hnsw":
-            graph = open_graph(os.path.join(folder, GRAPH), record["ann"]["expansion_search"])
-        return cls(modality, os.path.basename(folder), vectors, ids, graph, record["ann"].get("expansion_search", 64))
+        ann, graph = record["ann"], None
+        precision = ann.get("precision", "float")
+        if ann["kind"] == "hnsw":
+            graph = open_graph(os.path.join(folder, GRAPH), ann["expansion_search"], precision)
+        return cls(modality, os.path.basename(folder), vectors, ids, graph, ann.get("expansion_search", 64),
+                   precision, ann.get("rescore", 1))
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -164,16 +186,22 @@ class Segment:
                 return _top(np.asarray(self.vectors[allowed]) @ query, k, allowed)
         if exact or self.graph is None:
             return _top(np.asarray(self.vectors) @ query, k)
-        want = k
+        want = k * self.rescore
+        asked = np.ascontiguousarray(query, np.float32)[None]
+        if self.precision == "binary":
+            asked = np.packbits(asked > 0, axis=1)
         while True:
             count = min(n, want if allowed is None else want * 4)
-            scores, rows = self.graph.search(np.ascontiguousarray(query, np.float32)[None], count)
+            scores, rows = self.graph.search(asked, count)
             scores, rows = scores[0], rows[0]
             scores, rows = scores[rows >= 0], rows[rows >= 0]  # -1: fewer found than asked
             if allowed is not None:
                 keep = np.isin(rows, allowed)
                 rows, scores = rows[keep], scores[keep]
             if len(rows) >= k or count >= n:
+                if self.precision != "float":  # the codes' order is approximate: the float vectors decide
+                    rows = np.sort(rows)  # in file order: fewer pages touched
+                    return _top(np.asarray(self.vectors[rows]) @ query, k, rows)
                 return scores[:k], rows[:k]
             want *= 4
 

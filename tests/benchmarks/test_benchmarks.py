@@ -100,17 +100,26 @@ def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
     assert "requests = 32: expected at least the largest level (64)" in capsys.readouterr().err
     assert index_bench.main(["--libraries", "annoy"]) == 2
     assert "annoy: expected some of faiss, usearch" in capsys.readouterr().err
+    assert index_bench.main(["--precisions", "fp16"]) == 2
+    assert "fp16: expected some of int8, binary" in capsys.readouterr().err
 
 
 def test_benchmark_index_measures_both_libraries_against_exact_search(tmp_path, capsys):
     report = tmp_path / "index.json"
     assert index_bench.main(["--vectors", "3000", "--queries", "30", "--clusters", "50", "--report", str(report)]) == 0
-    assert "| faiss HNSW |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| faiss HNSW |" in printed
     figures = json.loads(report.read_text())["result"]
-    assert set(figures["libraries"]) == {"faiss", "usearch"}
-    for lib in figures["libraries"].values():  # each raised its ef until the recall target, and timed there
-        assert lib["reached"] and lib["recall"] >= 0.95 and lib["p50_ms"] > 0 and lib["bytes_per_vector"] > 256 * 4
+    libs = figures["libraries"]
+    assert set(libs) == {"faiss", "usearch", "faiss-int8", "faiss-binary"}
+    for lib in libs.values():  # each raised its ef until the recall target, and timed there
+        assert lib["reached"] and lib["recall"] >= 0.95 and lib["p50_ms"] > 0
         assert [c["recall"] >= 0.95 for c in lib["curve"]] == [False] * (len(lib["curve"]) - 1) + [True]
+    assert libs["faiss"]["bytes_per_vector"] > 256 * 4 and libs["usearch"]["bytes_per_vector"] > 256 * 4
+    # the compact graphs hold a byte (int8) or a bit (binary) a dimension besides the same links
+    assert libs["faiss-int8"]["bytes_per_vector"] < libs["faiss"]["bytes_per_vector"] - 256 * 3 + 8
+    assert libs["faiss-binary"]["bytes_per_vector"] < libs["faiss"]["bytes_per_vector"] - 256 * 31 / 8 + 8
+    assert "| faiss binary (rescore 8k) HNSW |" in printed
     assert set(figures["open"]["seconds"]) == {"300", "3000"} and figures["growth"]["added"] > 0
 
 

@@ -211,6 +211,26 @@ def test_an_index_on_s3_is_written_there_and_searched_from_a_local_copy(ray_sess
                 == [h.id for h in local.search(q, ["image"], 10, exact=True)])
 
 
+@pytest.mark.slow
+def test_an_index_with_binary_graphs_finds_what_exact_search_finds(ray_session, trained, sharded_store, tmp_path):
+    """ann.precision binary through the job: each segment's graph holds sign bits (its record says so) and the
+    rescored hits are the exact top 10."""
+    out = str(tmp_path / "index")
+    _index(trained[0], sharded_store, out, kind="hnsw", connectivity=8, precision="binary")
+    index = VectorIndex(out)
+    with open(os.path.join(out, "segments", "image", "segment-00000", "segment.json")) as fh:
+        ann = json.load(fh)["ann"]
+    assert (ann["kind"], ann["precision"], ann["rescore"]) == ("hnsw", "binary", 8)
+    seg = index.segments["image"][0]
+    assert seg.precision == "binary" and type(seg.graph).__name__ == "IndexBinaryHNSW"
+    found = 0
+    for q in index.segments["text"][0].vectors[:50]:
+        approx, exact = index.search(q, ["image"], 10), index.search(q, ["image"], 10, exact=True)
+        assert [h.score for h in approx] == sorted((h.score for h in approx), reverse=True)
+        found += len({h.id for h in approx} & {h.id for h in exact})
+    assert found / 500 >= 0.95
+
+
 def test_a_run_cuts_its_new_shards_into_segments_of_at_most_segment_rows():
     from pipeline.index.job import _segments_of
 
