@@ -65,11 +65,18 @@ class LoadedModel:
             m = Modality(record.modality)
             ref = EncoderRef(m, record.source, record.revision, record.name, record.build)
             enc = EncoderConfig(**{**record.encoder, **self.encoder_overrides})
-            spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.input.items()})
-            settings = DecodeSettings(m, spec, self.limits, {}, find_ffmpeg() if m.spec.reads == "file" else "")
+            settings = self.decode_settings(modality)
             self._items[modality] = ItemEncoder(ref, enc, settings, project=lambda f: self.project(f, modality),
                                                 batch_size=self.batch_size)
         return self._items[modality]
+
+    def decode_settings(self, modality: str, storage: dict[str, Any] | None = None) -> DecodeSettings:
+        """How ``modality``'s raw items are decoded for this model's frozen encoder (its input sizes, the limits);
+        ``storage``: S3 access for s3:// items. http(s) items are refused."""
+        record = self.encoders_spec[modality]
+        m = Modality(record.modality)
+        spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.input.items()})
+        return DecodeSettings(m, spec, self.limits, storage or {}, find_ffmpeg() if m.spec.reads == "file" else "")
 
     def embed(self, items: Iterable[Any], modality: str) -> np.ndarray:
         """Embed text strings, or media file paths/URIs or bytes → float32 (N, d), L2-normalised.

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from pipeline.artifact import read_artifact
 from pipeline.config import ConfigError, StorageConfig, StrictModel
+from pipeline.eval.examples import MediaSource, pick, render, text_ids
 from pipeline.eval.metrics import both_directions, retrieval
 from pipeline.eval.search import format_search, search_quality
 from pipeline.index.compact import PRECISIONS, recall_at_widths
@@ -34,7 +35,8 @@ class EvaluateConfig(StrictModel):
 
 def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, output: str | None = None,
              storage: dict[str, Any] | None = None, baseline_epochs: int | None = None) -> dict[str, Any]:
-    """Evaluate every modality pair present in both the model and the store; write report.json and PNGs.
+    """Evaluate every modality pair present in both the model and the store; write report.json and PNGs (the
+    training curves, recall bars, and the retrieval-examples sheets: ``pipeline.eval.examples``).
 
     With ``baseline_epochs``, also ``baseline_comparison``. Returns the report. ``output`` defaults to
     MODEL_DIR/eval.
@@ -69,8 +71,12 @@ def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, 
         report["zero_shot"] = zero_shot(model, projected, labels_path)
     if baseline_epochs:
         report["baseline"] = baseline_comparison(model_dir, features_uri, storage or {}, baseline_epochs, set(projected))
+    report["examples"] = pick(projected, artifact.held_out)
     write_json(os.path.join(output, "report.json"), report)
+    media = MediaSource(model, features_uri, storage)
+    texts = text_ids(report["examples"])
     report["plots"] = plot({"stages": artifact.stages}, report, output)
+    report["plots"] += render(report["examples"], lambda m, item: media.get(m, item, texts), output)
     write_json(os.path.join(output, "report.json"), report)
     return report
 
