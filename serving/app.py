@@ -53,6 +53,34 @@ def _overloaded(what: str) -> APIError:
                     kind="server_error", headers={"Retry-After": "1"})
 
 
+def _where(where: Any, columns: list[str]) -> dict[str, list[str]] | None:
+    """/v1/search's ``where`` ({column: value or [values]}, every column must match) as the index compares it
+    (text); APIError 400 naming what is wrong. (Above Gateway, as every helper it calls: Serve pickles the class
+    as it is declared.)"""
+    from pipeline.index.metadata import MAX_VALUES, as_text
+
+    if where is None:
+        return None
+    if not columns:
+        raise APIError(400, "where: this index keeps no metadata columns (build it with `oneencoder index "
+                            "--metadata COLUMN,...` to filter by manifest columns)", "invalid_where", "where")
+    if not isinstance(where, dict) or not where:
+        raise APIError(400, f"where: expected an object of column: value (or a list of values), e.g. "
+                            f"{{\"{columns[0]}\": \"...\"}}, got {type(where).__name__}", "invalid_where", "where")
+    out = {}
+    for column, value in where.items():
+        if column not in columns:
+            raise APIError(400, f"where: {str(column)[:64]!r} is not a metadata column of this index (it keeps "
+                                f"{', '.join(columns)})", "invalid_where", "where")
+        values = value if isinstance(value, list) else [value]
+        if not values or len(values) > MAX_VALUES or not all(
+                isinstance(v, (str, int, float, bool)) and len(str(v)) <= MAX_ID_PREFIX for v in values):
+            raise APIError(400, f"where.{column}: expected a string, number or boolean (at most {MAX_ID_PREFIX} "
+                                f"characters), or a list of 1 to {MAX_VALUES} of them", "invalid_where", "where")
+        out[column] = [as_text(v) for v in values]
+    return out
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128, max_queued_requests=256,
                   autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32})
 @serve.ingress(api)
@@ -228,11 +256,12 @@ class Gateway:
                                       or not 0 <= min_match <= 1):
             raise APIError(400, f"min_match={min_match!r}: expected a number from 0 to 1 (the calibrated probability "
                                 "that a hit is the query's partner)", "invalid_min_match", "min_match")
+        where = _where(body.get("where"), self.info.get("search_metadata", []))
         items = await self._items(raw, self._modality_field(body, "modality"))
         query = (await self._embed(items))[0]
         try:
             found = await self.search_handle.search.remote(np.asarray(query["embedding"]), items[0].modality, targets,
-                                                           k, exact, prefix, hubness, min_match)
+                                                           k, exact, prefix, hubness, min_match, where)
         except BackPressureError:
             raise _overloaded("search index") from None
         if "error" in found:
@@ -246,6 +275,7 @@ class Gateway:
         return JSONResponse({"object": "list", "data": [{
             "id": self.args.model_name, "object": "model", "created": self.info["created"], "owned_by": "oneencoder",
             "modalities": self.modalities, "dimensions": self.info["dimensions"], "search_index": self.info["index"],
+            "search_metadata": self.info.get("search_metadata", []),
             "widths": self.info["widths"]}]})
 
     @api.get("/openapi.json", include_in_schema=False)
@@ -318,8 +348,9 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
     encoders = {m: ModalityEncoder.options(**opts(encoder_deployment(m))).bind(plain, m) for m in info["modalities"]}
     search = None
     if searched:
+        info["search_metadata"] = []
         if parsed.index:
-            info["index"], info["search_width"] = _index_folder_modalities(parsed)
+            info["index"], info["search_width"], info["search_metadata"] = _index_folder_modalities(parsed)
         else:
             info["index"], info["search_width"] = _indexed_modalities(parsed, info["modalities"]), info["dimensions"]
         search = SearchIndex.options(**opts(SEARCH)).bind(plain)
@@ -347,9 +378,9 @@ def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
     return found
 
 
-def _index_folder_modalities(args: ServeArgs) -> tuple[list[str], int]:
+def _index_folder_modalities(args: ServeArgs) -> tuple[list[str], int, list[str]]:
     """The modalities the index folder holds (searchable whichever encoders are served: a text-only server finds
-    images) and the width it searches; refuses an index of another model, naming both."""
+    images), the width it searches and its metadata columns; refuses an index of another model, naming both."""
     from pipeline.index.segments import IndexMismatchError, check_model, read_record
 
     try:
@@ -359,7 +390,7 @@ def _index_folder_modalities(args: ServeArgs) -> tuple[list[str], int]:
         raise ConfigError(f"index={args.index!r}: {e}") from None
     if not record["modalities"]:
         raise ConfigError(f"index={args.index!r} holds no modality")
-    return list(record["modalities"]), int(record.get("width", record["dim"]))
+    return list(record["modalities"]), int(record.get("width", record["dim"])), list(record.get("metadata", []))
 
 
 def build_app(args: dict[str, Any]):

@@ -120,12 +120,14 @@ class SearchIndex:
         return True
 
     def search(self, query: np.ndarray, query_modality: str, targets: list[str] | None, k: int, exact: bool = False,
-               id_prefix: str | None = None, hubness: bool = False, min_match: float | None = None) -> dict[str, Any]:
+               id_prefix: str | None = None, hubness: bool = False, min_match: float | None = None,
+               where: dict[str, list[str]] | None = None) -> dict[str, Any]:
         """Top ``k`` items over the ``targets`` modalities (all when None), by cosine, or by calibrated match when
         several are searched; ``exact`` scans every vector instead of asking the graphs; ``id_prefix`` keeps ids
-        that start with it; ``hubness`` applies the query bank's correction; ``min_match`` drops hits less likely
-        to be the query's partner. ``{"hits", "ranking"}``, or ``{"error", "param"}`` for a request the index
-        cannot answer (no calibration for a pair)."""
+        that start with it; ``where`` keeps rows whose metadata columns hold one of the listed values; ``hubness``
+        applies the query bank's correction; ``min_match`` drops hits less likely to be the query's partner.
+        ``{"hits", "ranking"}``, or ``{"error", "param"}`` for a request the index cannot answer (no calibration for
+        a pair)."""
         from pipeline.index.segments import search_segments
 
         targets = targets or list(self.segments)
@@ -138,12 +140,14 @@ class SearchIndex:
             return {"param": "min_match", "error": f"min_match: the index has no calibration for {query_modality} -> "
                     f"{missing[0]} (its calibration sample shares too few ids of the two modalities); search without it"}
         hits = search_segments(self.segments, query, targets, k, exact, id_prefix, query_modality=query_modality,
-                               calibration=cal, hubness=hubness)
+                               calibration=cal, hubness=hubness, where=where)
         if min_match is not None:
             hits = [h for h in hits if h.match >= min_match]
         ranking = "match" if len(targets) > 1 and not missing else "score"
         return {"ranking": ranking, "hits": [{"id": h.id, "modality": h.modality, "uri": h.uri, "score": h.score,
-                                              **({"match": h.match} if h.match is not None else {})} for h in hits]}
+                                              **({"match": h.match} if h.match is not None else {}),
+                                              **({"metadata": h.metadata} if h.metadata is not None else {})}
+                                             for h in hits]}
 
 
 def _calibrate(model: Any, segments: dict[str, list[Any]]) -> Any:

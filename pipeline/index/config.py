@@ -66,7 +66,19 @@ class IndexConfig(StrictModel):
     width: int | None = Field(None, ge=8, description="Width of the searched vectors: a Matryoshka prefix the model was "
                               "trained for (renormalised), e.g. 64 for a quarter of the memory per vector; null = "
                               "the model's full width. The Parquet vectors keep the full width either way.")
+    metadata: list[str] | None = Field(None, max_length=16, description="Manifest columns kept with each vector (read "
+                                       "from the JSONL, CSV or Parquet manifest the store was embedded from, as "
+                                       "text) for /v1/search's `where` filter, e.g. [split, year]; null = none.")
     ann: AnnConfig = Field(default_factory=AnnConfig, description="Nearest-neighbour index of each segment.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 access to the store and the output.")
 
     _split_modalities = field_validator("modalities", mode="before")(split_modalities)
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _split_metadata(cls, value: object) -> object:
+        if isinstance(value, str):  # --metadata split,year
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError(f"{value}: a column named twice")
+        return value

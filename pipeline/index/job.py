@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from pipeline.artifact import read_artifact
 from pipeline.config import ConfigError
 from pipeline.index.config import IndexConfig
+from pipeline.index.metadata import check_columns, read_metadata
 from pipeline.index.segments import (FORMAT, GRAPH, IndexMismatchError, arrow_file_bytes, build_graph, model_fingerprint,
                                      npy_bytes, segment_name, store_fingerprint, table_vectors, vectors_table)
 from pipeline.store.features import FeatureStore, embeddings, read_shard
@@ -108,9 +109,11 @@ def marker_file(modality: str, shard: int) -> str:
 
 
 def build_segment(output: str, options: dict[str, Any], modality: str, number: int, shards: list[int],
-                  ann: dict[str, Any], threads: int, width: int) -> dict[str, Any]:
+                  ann: dict[str, Any], threads: int, width: int, metadata: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
     """Segment ``number`` of ``modality`` over ``shards``' vectors (cut to ``width``, renormalised): its files, then
-    segment.json. Returns the record."""
+    segment.json. Returns the record. ``metadata`` ({"manifest", "columns"}): columns read from the manifest for
+    the segment's ids, kept in ids.arrow."""
     out = FeatureStore(output, options)
     tables = [pq.read_table(out._p(vector_file(modality, s)), filesystem=out.fs) for s in shards]
     table = pa.concat_tables(tables)
@@ -119,7 +122,12 @@ def build_segment(output: str, options: dict[str, Any], modality: str, number: i
     folder = f"segments/{modality}/{segment_name(number)}"
     started = time.time()
     out.write_bytes_atomic(f"{folder}/vectors.npy", npy_bytes(vectors))
-    out.write_bytes_atomic(f"{folder}/ids.arrow", arrow_file_bytes(table.select(["id", "uri"]).combine_chunks()))
+    ids = table.select(["id", "uri"]).combine_chunks()
+    if metadata:
+        extra = read_metadata(metadata["manifest"], metadata["columns"], ids.column("id").combine_chunks(), options)
+        for name in extra.column_names:
+            ids = ids.append_column(name, extra.column(name))
+    out.write_bytes_atomic(f"{folder}/ids.arrow", arrow_file_bytes(ids))
     if params["kind"] == "hnsw":
         out.write_bytes_atomic(f"{folder}/{GRAPH}", build_graph(vectors, params, threads))
     record = {"shards": shards, "rows": int(table.num_rows), "ann": params, "build_s": round(time.time() - started, 3)}
@@ -173,7 +181,10 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
         for group in _segments_of(new, {s: markers[s]["rows"] for s in new}, cfg.ann.segment_rows):
             number = len(entry["segments"])
             params = cfg.ann.chosen(sum(markers[s]["rows"] for s in group))
-            seg = ray.get(build.remote(cfg.output, options, m, number, group, params, threads, record["width"]))
+            metadata = ({"manifest": store.run_record(m)["manifest"], "columns": list(cfg.metadata)}
+                        if cfg.metadata else None)
+            seg = ray.get(build.remote(cfg.output, options, m, number, group, params, threads, record["width"],
+                                       metadata))
             log.info("%s: segment %s, %d vectors (%s) built in %.1f s", m, segment_name(number), seg["rows"],
                      " ".join(str(params[k]) for k in ("kind", "precision") if k in params), seg["build_s"])
             entry["segments"].append(segment_name(number))
@@ -218,6 +229,11 @@ def _modalities(cfg: IndexConfig, artifact: Any, store: FeatureStore) -> list[st
         if cfg.width is not None and cfg.width not in artifact.widths(m):
             raise ConfigError(f"width={cfg.width}: model {cfg.model}'s {m} vectors were trained for widths "
                               f"{', '.join(map(str, artifact.widths(m)))} only (stages[].loss.matryoshka when training)")
+    for m in wanted if cfg.metadata else []:
+        manifest = (store.run_record(m) or {}).get("manifest")
+        if not manifest:
+            raise ConfigError(f"metadata: feature store {cfg.features}'s {m} run names no manifest to read columns from")
+        check_columns(manifest, cfg.metadata, storage_options(cfg.storage))
     if not wanted:
         raise ConfigError(f"feature store {cfg.features} has no features of any modality of model {cfg.model} "
                           f"({', '.join(artifact.modalities)})")
@@ -231,7 +247,7 @@ def _record(cfg: IndexConfig, out: FeatureStore, store: FeatureStore, modalities
     old = out.read_json("index.json")
     if old is None:
         return {"format": FORMAT, "model": model, "features": cfg.features, "dim": _dim(cfg.model),
-                "width": cfg.width or _dim(cfg.model),
+                "width": cfg.width or _dim(cfg.model), "metadata": list(cfg.metadata or []),
                 "modalities": {m: {"store": sources[m], "segments": [], "segment_shards": [], "rows": 0}
                                for m in modalities}}
     where = out.where("index.json")
@@ -246,6 +262,10 @@ def _record(cfg: IndexConfig, out: FeatureStore, store: FeatureStore, modalities
     if old.get("width", old["dim"]) != width:
         raise IndexMismatchError(f"{where} searches {old.get('width', old['dim'])}-wide vectors, not {width} (width): "
                                  "choose another --output for an index at another width")
+    if old.get("metadata", []) != list(cfg.metadata or []):
+        raise IndexMismatchError(f"{where} keeps metadata columns {old.get('metadata', [])}, not "
+                                 f"{list(cfg.metadata or [])} (metadata): its segments would differ; choose another "
+                                 "--output, or rerun with the same columns")
     for m in modalities:
         entry = old["modalities"].setdefault(m, {"store": sources[m], "segments": [], "segment_shards": [], "rows": 0})
         if entry["store"] != sources[m]:

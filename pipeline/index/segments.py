@@ -12,7 +12,8 @@ Layout under the index folder OUT::
     bank/<modality>.npy                          the modality's query bank for the hubness correction
     segments/<modality>/segment-00003/           the shards one run added:
         vectors.npy                              float32 (N, d), memory-mapped by readers
-        ids.arrow                                id, uri (Arrow IPC file, memory-mapped)
+        ids.arrow                                id, uri and the metadata columns asked for (Arrow IPC file,
+                                                 memory-mapped)
         hnsw.faiss                               the HNSW graph (faiss, inner product; its codes memory-mapped,
                                                  its links in memory): float vectors (IndexHNSWFlat), int8
                                                  (IndexHNSWSQ, 8-bit per dimension) or sign bits (IndexBinaryHNSW,
@@ -168,18 +169,24 @@ class Segment:
     def __len__(self) -> int:
         return len(self.vectors)
 
-    def search(self, query: np.ndarray, k: int, exact: bool = False, id_prefix: str | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: np.ndarray, k: int, exact: bool = False, id_prefix: str | None = None,
+               where: dict[str, list[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The top ``k`` rows by inner product with ``query`` (d,): (scores, row numbers), best first.
 
-        With ``id_prefix`` only rows whose id starts with it: a selective prefix (at most a tenth of the rows) is
-        searched exactly over those rows; a broad one through the graph, asking for more until ``k`` pass."""
+        With ``id_prefix`` only rows whose id starts with it, with ``where`` only rows whose metadata columns hold
+        one of the listed values (``pipeline.index.metadata``): a selective filter (at most a tenth of the rows)
+        is searched exactly over those rows; a broad one through the graph, asking for more until ``k`` pass."""
+        from pipeline.index.metadata import where_mask
+
         n = len(self.vectors)
         if not n or k <= 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        allowed = None
+        allowed, mask = None, where_mask(self.ids, where or {})
         if id_prefix:
-            allowed = np.flatnonzero(pc.starts_with(self.ids.column("id"), id_prefix).to_numpy(zero_copy_only=False))
+            prefixed = pc.starts_with(self.ids.column("id"), id_prefix).to_numpy(zero_copy_only=False)
+            mask = prefixed if mask is None else mask & prefixed
+        if mask is not None:
+            allowed = np.flatnonzero(mask)
             if not len(allowed):
                 return np.zeros(0, np.float32), np.zeros(0, np.int64)
             if len(allowed) <= n // 10 or exact or self.graph is None:
@@ -191,12 +198,12 @@ class Segment:
         if self.precision == "binary":
             asked = np.packbits(asked > 0, axis=1)
         while True:
-            count = min(n, want if allowed is None else want * 4)
+            count = min(n, want if mask is None else want * 4)
             scores, rows = self.graph.search(asked, count)
             scores, rows = scores[0], rows[0]
             scores, rows = scores[rows >= 0], rows[rows >= 0]  # -1: fewer found than asked
-            if allowed is not None:
-                keep = np.isin(rows, allowed)
+            if mask is not None:
+                keep = mask[rows]
                 rows, scores = rows[keep], scores[keep]
             if len(rows) >= k or count >= n:
                 if self.precision != "float":  # the codes' order is approximate: the float vectors decide
@@ -303,10 +310,11 @@ class VectorIndex:
         check_model(self.record, self.uri, model_dir)
 
     def search(self, query: np.ndarray, modalities: list[str] | None, k: int, exact: bool = False,
-               id_prefix: str | None = None, query_modality: str | None = None, hubness: bool = False) -> list[Hit]:
+               id_prefix: str | None = None, query_modality: str | None = None, hubness: bool = False,
+               where: dict[str, list[str]] | None = None) -> list[Hit]:
         """The top ``k`` over ``modalities`` (all when None), best first: see ``search_segments``."""
-        return search_segments(self.segments, query, modalities, k, exact, id_prefix,
-                               query_modality=query_modality, calibration=self.calibration, hubness=hubness)
+        return search_segments(self.segments, query, modalities, k, exact, id_prefix, query_modality=query_modality,
+                               calibration=self.calibration, hubness=hubness, where=where)
 
 
 def open_calibration(record: dict[str, Any] | None, root: str) -> Any:
@@ -329,11 +337,13 @@ class Hit:
     id: str
     uri: str | None
     match: float | None = None
+    metadata: dict[str, str | None] | None = None  # the index's metadata columns, where it keeps some
 
 
 def search_segments(segments: dict[str, list[Segment]], query: np.ndarray, modalities: list[str] | None, k: int,
                     exact: bool = False, id_prefix: str | None = None, *, query_modality: str | None = None,
-                    calibration: Any = None, hubness: bool = False) -> list[Hit]:
+                    calibration: Any = None, hubness: bool = False, where: dict[str, list[str]] | None = None
+                    ) -> list[Hit]:
     """The top ``k`` of ``segments`` over ``modalities`` (all when None), best first.
 
     With ``hubness`` (needs the query's bank in ``calibration``), each segment's best HUBNESS_FETCH·k candidates are
@@ -353,15 +363,18 @@ def search_segments(segments: dict[str, list[Segment]], query: np.ndarray, modal
     for m in targets:
         mapped = calibration is not None and calibration.has(query_modality, m, hubness=bank is not None)
         for seg in segments.get(m, []):
-            scores, rows = seg.search(query, k if bank is None else max(k * HUBNESS_FETCH, 40), exact, id_prefix)
+            scores, rows = seg.search(query, k if bank is None else max(k * HUBNESS_FETCH, 40), exact, id_prefix,
+                                      where)
             if bank is not None and len(rows):
                 scores = corrected(scores, bank, np.asarray(seg.vectors[rows]), calibration.temperature)
                 best = np.lexsort((rows, -scores))[:k]
                 scores, rows = scores[best], rows[best]
             matches = calibration.match(query_modality, m, scores, bank is not None) if mapped else [None] * len(rows)
             taken = seg.ids.take(pa.array(rows, pa.int64()))
-            hits.extend(Hit(float(s), m, i, u, None if p is None else float(p)) for s, i, u, p in
-                        zip(scores, taken.column("id").to_pylist(), taken.column("uri").to_pylist(), matches))
+            extra = [c for c in taken.column_names if c not in ("id", "uri")]
+            metadata = taken.select(extra).to_pylist() if extra else [None] * len(rows)
+            hits.extend(Hit(float(s), m, i, u, None if p is None else float(p), meta) for s, i, u, p, meta in
+                        zip(scores, taken.column("id").to_pylist(), taken.column("uri").to_pylist(), matches, metadata))
     by_match = len(targets) > 1 and all(h.match is not None for h in hits)
     hits.sort(key=lambda h: ((-h.match,) if by_match else ()) + (-h.score, h.modality, h.id))
     return hits[:k]

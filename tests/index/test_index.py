@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import requests
@@ -21,12 +22,17 @@ SHARDS = 4  # the concept store's 480 rows per modality, re-cut into 4 shards of
 
 @pytest.fixture(scope="module")
 def sharded_store(feature_store, tmp_path_factory):
-    """The concept store's image, text and audio features, cut into SHARDS shards per modality."""
+    """The concept store's image, text and audio features, cut into SHARDS shards per modality; their run records
+    name a manifest with a split (every fourth item "test") and a year (2020 + i % 3) per id."""
     root = str(tmp_path_factory.mktemp("sharded"))
     source, store = FeatureStore(feature_store, {}), FeatureStore(root, {})
+    manifest = os.path.join(root, "manifest.jsonl")  # what the store's run records name: its metadata columns
+    with open(manifest, "w") as fh:
+        for i, item in enumerate(read_features(feature_store, "image").column("id").to_pylist()):
+            fh.write(json.dumps({"id": item, "split": "test" if i % 4 == 0 else "train", "year": 2020 + i % 3}) + "\n")
     for m in MODALITIES:
         table = read_features(feature_store, m)
-        store.start_run(m, source.run_record(m), source.encoder_record(m))
+        store.start_run(m, dict(source.run_record(m), manifest=manifest), source.encoder_record(m))
         step = table.num_rows // SHARDS
         for shard in range(SHARDS):
             dim = table.schema.field("embedding").type.shape[-1]
@@ -34,10 +40,12 @@ def sharded_store(feature_store, tmp_path_factory):
     return root
 
 
-def _index(model: str, features: str, output: str, width: int | None = None, **ann) -> dict:
+def _index(model: str, features: str, output: str, width: int | None = None, metadata: list[str] | None = None,
+           **ann) -> dict:
     from pipeline.index.job import run_index
 
-    return run_index(IndexConfig(model=model, features=features, output=output, width=width, ann=AnnConfig(**ann)))
+    return run_index(IndexConfig(model=model, features=features, output=output, width=width, metadata=metadata,
+                                 ann=AnnConfig(**ann)))
 
 
 def _hide(store: str, modality: str, shard: int) -> str:
@@ -49,10 +57,11 @@ def _hide(store: str, modality: str, shard: int) -> str:
 
 @pytest.fixture(scope="module")
 def built(ray_session, trained, sharded_store, tmp_path_factory):
-    """The sharded store indexed with graphs (forced: the store is below the exact-search threshold)."""
+    """The sharded store indexed with graphs (forced: the store is below the exact-search threshold), keeping the
+    manifest's split and year."""
     out = str(tmp_path_factory.mktemp("index") / "index")
-    return out, _index(trained[0], sharded_store, out, kind="hnsw", connectivity=8, expansion_add=64,
-                       expansion_search=32)
+    return out, _index(trained[0], sharded_store, out, metadata=["split", "year"], kind="hnsw", connectivity=8,
+                       expansion_add=64, expansion_search=32)
 
 
 def test_index_writes_the_models_vectors_and_its_graph_finds_what_exact_search_finds(trained, sharded_store, built):
@@ -106,6 +115,31 @@ def test_filters_by_modality_and_id_prefix(built):
     hits = index.search(q, ["image"], 10, id_prefix="c000")
     assert len(hits) == 10 and all(h.id.startswith("c000") for h in hits)
     assert index.search(q, ["image"], 10, id_prefix="nope") == []
+
+
+def test_filters_by_the_manifests_metadata_columns(sharded_store, built):
+    """where: each hit holds the manifest's values (as text); a selective filter (year 2021 and split test: 40 of
+    480) and a broad one (split train: 360) both return the exact top k among the rows that match, and combine
+    with id_prefix."""
+    index = VectorIndex(built[0])
+    ids = index.segments["image"][0].ids
+    assert ids.column_names == ["id", "uri", "split", "year"]
+    image = np.concatenate([np.asarray(seg.vectors) for seg in index.segments["image"]])
+    rows = pa.concat_tables([seg.ids for seg in index.segments["image"]]).to_pylist()
+    q = index.segments["text"][0].vectors[3]
+    for where, keep in (({"split": ["test"], "year": ["2021"]}, lambda r: r["split"] == "test" and r["year"] == "2021"),
+                        ({"split": ["train"]}, lambda r: r["split"] == "train")):
+        hits = index.search(q, ["image"], 10, where=where)
+        allowed = [n for n, r in enumerate(rows) if keep(r)]
+        best = [rows[allowed[j]]["id"] for j in np.argsort(-(image[allowed] @ q), kind="stable")[:10]]
+        assert len(hits) == 10 and all(keep(h.metadata) for h in hits)
+        assert len({h.id for h in hits} & set(best)) >= 9, (where, [h.id for h in hits], best)
+    with open(os.path.join(sharded_store, "manifest.jsonl")) as fh:
+        manifest = {r["id"]: r for r in map(json.loads, fh)}
+    assert all((r["split"], r["year"]) == (manifest[r["id"]]["split"], str(manifest[r["id"]]["year"])) for r in rows)
+    both = index.search(q, ["image", "audio"], 30, id_prefix="c000", where={"year": ["2022", "2020"]})
+    assert both and all(h.id.startswith("c000") and h.metadata["year"] in ("2020", "2022") for h in both)
+    assert index.search(q, ["image"], 10, where={"split": ["nope"]}) == []
 
 
 def test_the_index_is_calibrated_on_the_models_held_out_ids_as_a_served_store_is(trained, sharded_store, built):
@@ -312,9 +346,9 @@ def test_the_search_deployment_ranks_an_index_as_it_ranks_the_store(trained, sha
 
 
 @pytest.mark.slow
-def test_serve_with_an_index_searches_it_over_http(ray_session, trained, feature_store, tmp_path):
+def test_serve_with_an_index_searches_it_over_http(ray_session, trained, sharded_store, tmp_path):
     """`oneencoder serve --index DIR`: /v1/search answers from the index folder (no store projected), with the
-    id_prefix and exact fields."""
+    id_prefix, exact and where fields."""
     from pipeline.index.config import IndexConfig
     from pipeline.index.job import run_index
     from pipeline.index.segments import VectorIndex
@@ -324,7 +358,8 @@ def test_serve_with_an_index_searches_it_over_http(ray_session, trained, feature
     from tests.serving.test_serve import _ServeCommand, _config, _post
 
     index = str(tmp_path / "index")
-    run_index(IndexConfig(model=trained[0], features=feature_store, output=index, modalities=["image", "text"]))
+    run_index(IndexConfig(model=trained[0], features=sharded_store, output=index, modalities=["image", "text"],
+                          metadata=["split"]))
     path = _config(str(tmp_path), "index.yaml", {"model": trained[0], "index": index, "modalities": ["text"]},
                    {"Gateway": {"ray_actor_options": {"num_cpus": 0.1}}, "encoder-text": {}, "SearchIndex": {}})
     env = {**os.environ, "RAY_ADDRESS": ray_session}
@@ -334,6 +369,7 @@ def test_serve_with_an_index_searches_it_over_http(ray_session, trained, feature
             assert health["deployments"]["SearchIndex"] == "ready", health
             body = {"query": "a red circle", "target_modality": ["image", "text"], "k": 10}
             found = _post(server.url, body, path="/v1/search", token=None).json()
+            assert "data" in found, found
             hits = found["data"]
             query = load_model(trained[0]).embed(["a red circle"], "text")[0]
             expected = VectorIndex(index).search(query, ["image", "text"], 10, exact=True, query_modality="text")
@@ -345,6 +381,10 @@ def test_serve_with_an_index_searches_it_over_http(ray_session, trained, feature
             assert exact == hits
             some = _post(server.url, {**body, "id_prefix": "c0001"}, path="/v1/search", token=None).json()["data"]
             assert len(some) == 10 and all(h["id"].startswith("c0001") for h in some)
+            tests = _post(server.url, {**body, "where": {"split": "test"}}, path="/v1/search", token=None).json()
+            assert len(tests["data"]) == 10 and {h["metadata"]["split"] for h in tests["data"]} == {"test"}
+            bad = _post(server.url, {**body, "where": {"colour": "red"}}, path="/v1/search", token=None)
+            assert bad.status_code == 400 and "it keeps split" in bad.json()["error"]["message"]
             bad = _post(server.url, {**body, "id_prefix": 7}, path="/v1/search", token=None)
             assert bad.status_code == 400 and bad.json()["error"]["param"] == "id_prefix"
             bad = _post(server.url, {**body, "exact": "yes"}, path="/v1/search", token=None)

@@ -543,7 +543,8 @@ def test_search_returns_the_true_pair(served, feature_store, local_model):
     some = _post(url, {"query": "a red circle", "k": 5, "id_prefix": "c0001"}, path="/v1/search").json()["data"]
     assert len(some) == 5 and all(h["id"].startswith("c0001") for h in some)
     for field, value in (("id_prefix", 7), ("id_prefix", ""), ("id_prefix", "c" * 257), ("exact", "yes"),
-                         ("min_match", 1.5), ("min_match", "high"), ("min_match", True), ("hubness", 1)):
+                         ("min_match", 1.5), ("min_match", "high"), ("min_match", True), ("hubness", 1),
+                         ("where", {"split": "test"})):  # a store keeps no metadata columns
         bad = _post(url, {"query": "a red circle", field: value}, path="/v1/search")
         assert bad.status_code == 400 and bad.json()["error"]["param"] == field, (field, value, bad.text)
 
