@@ -8,9 +8,12 @@ library it builds an HNSW graph with the same parameters (``connectivity``, ``ex
 then raises the search width ef until recall@k against the ground truth reaches ``recall_target``, and at that
 ef times single queries (p50 / p99, one thread: a request's latency). The index job's compact graphs (int8 and
 binary codes, candidates rescored from the float vectors on disk) are measured the same way, through its own
-segment code. It also reports bytes per vector (the serialised index, or compact graph, over the vector count), exact search's own p50 over the same vectors, and the time to open a
-segment folder as ``oneencoder serve --index`` does (memory-mapped) at a tenth of the vectors and at all of them,
-and what a rerun that adds a tenth more costs as a second segment against appending to the graph.
+segment code, and so is faiss IVF-PQ (about 4·√N lists, ``ivf_pq_bytes`` of codes a vector, nprobe raised in
+place of ef, rescored alike): the alternative autofaiss would pick at this size. It also reports bytes per vector
+(the serialised index, or compact graph, over the vector count), exact search's own p50 over the same vectors,
+the time to open a segment folder as ``oneencoder serve --index`` does (memory-mapped) at a tenth of the vectors
+and at all of them, and what a rerun that adds a tenth more costs as a second segment against appending to the
+graph.
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ class BenchmarkIndexConfig(StrictModel):
                                  "index job's, always runs: the segment timings use its graph).")
     precisions: list[str] = Field(["int8", "binary"], description="Compact graphs of the index job (ann.precision) "
                                   "also measured, each with its default rescoring; [] = none.")
+    ivf_pq_bytes: int = Field(32, ge=0, description="Also measure faiss IVF-PQ with codes of this many bytes a "
+                              "vector (rescored as the compact graphs are); 0 = not.")
     seed: int = Field(0, description="Random seed.")
     report: str | None = Field(None, description=REPORT_HELP)
 
@@ -213,6 +218,48 @@ class Compact:
         return self.graph_bytes
 
 
+class IvfPq:
+    """The alternative to a compact graph at this size, as autofaiss would choose it: faiss IVF (about 4·√N lists,
+    k-means on a sample) with product-quantised codes (``pq_bytes`` a vector), its ``nprobe`` raised in place of ef,
+    candidates rescored from the float vectors as the index job's compact graphs are."""
+
+    def __init__(self, dim: int, n: int, pq_bytes: int, rescore: int = 8):
+        import faiss
+
+        self.faiss, self.rescore = faiss, rescore
+        self.lists = max(16, int(4 * np.sqrt(n)) // 16 * 16)
+        self.quantizer = faiss.IndexFlatIP(dim)  # kept: the IVF index does not own it
+        self.index = faiss.IndexIVFPQ(self.quantizer, dim, self.lists, pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
+        self.name = f"faiss IVF{self.lists},PQ{pq_bytes} (rescore {rescore}k)"
+
+    def build(self, vectors: np.ndarray, threads: int) -> None:
+        self.faiss.omp_set_num_threads(threads)
+        sample = vectors[np.random.default_rng(0).choice(len(vectors), min(len(vectors), 39 * self.lists), False)]
+        self.index.train(sample)
+        self.index.add(vectors)
+        self.vectors = vectors
+
+    def set_ef(self, ef: int) -> None:
+        self.index.nprobe = ef
+
+    def _one(self, q: np.ndarray, k: int) -> np.ndarray:
+        rows = self.index.search(q[None], k * self.rescore)[1][0]
+        rows = np.sort(rows[rows >= 0])
+        return rows[np.argsort(-(self.vectors[rows] @ q), kind="stable")[:k]]
+
+    def batch(self, queries: np.ndarray, k: int, threads: int) -> np.ndarray:
+        self.faiss.omp_set_num_threads(threads)
+        return np.stack([self._one(q, k) for q in queries])
+
+    def one(self, k: int):
+        self.faiss.omp_set_num_threads(1)
+        return lambda q: self._one(q, k)
+
+    def size(self) -> int:
+        """Codes, ids and centroids (what stays in memory); the float vectors it rescores from stay on disk."""
+        return len(self.faiss.serialize_index(self.index))
+
+
 LIBRARIES = {"faiss": Faiss, "usearch": Usearch}
 
 
@@ -235,6 +282,8 @@ def run(cfg: BenchmarkIndexConfig, args: object = None) -> int:
                 for name in cfg.libraries]
     builders += [(f"faiss-{p}", lambda p=p: Compact(cfg.dim, cfg.connectivity, cfg.expansion_add, p))
                  for p in cfg.precisions]
+    if cfg.ivf_pq_bytes:
+        builders.append(("faiss-ivfpq", lambda: IvfPq(cfg.dim, cfg.vectors, cfg.ivf_pq_bytes)))
     for name, make in builders:
         lib = make()
         t = time.perf_counter()
@@ -253,7 +302,8 @@ def run(cfg: BenchmarkIndexConfig, args: object = None) -> int:
         p50, p99 = latencies(lib.one(cfg.k), queries)
         if name == "faiss":
             whole = lib.serialized()
-        result["libraries"][name] = {"label": getattr(lib, "name", name) + " HNSW",
+        label = getattr(lib, "name", name)
+        result["libraries"][name] = {"label": label if "IVF" in label else label + " HNSW",
                                      "build_s": build_s, "ef": chosen["ef"], "recall": chosen["recall"],
                                      "reached": chosen["recall"] >= cfg.recall_target, "p50_ms": p50, "p99_ms": p99,
                                      "bytes_per_vector": lib.size() / cfg.vectors, "curve": curve}
@@ -328,7 +378,7 @@ def _growth(vectors: np.ndarray, queries: np.ndarray, cfg: BenchmarkIndexConfig)
 def format_index(r: dict[str, Any]) -> str:
     lines = [f"{r['vectors']} x {r['dim']} unit vectors, recall@{r['k']} against exact search, {r['threads']} threads "
              "building; latency = one query, one thread",
-             "| search | build s | ef | recall | p50 ms | p99 ms | bytes/vector |",
+             "| search | build s | ef (IVF: nprobe) | recall | p50 ms | p99 ms | bytes/vector |",
              "|---|---|---|---|---|---|---|",
              f"| exact (numpy) | - | - | 1.000 | {r['exact']['p50_ms']:.2f} | {r['exact']['p99_ms']:.2f} | "
              f"{r['exact']['bytes_per_vector']:.0f} |"]

@@ -24,6 +24,8 @@ PAGE = os.path.join(ROOT, "docs", "benchmarks.md")
 TABLES = {"embed": "benchmarks.embed:format_benchmark", "scale": "benchmarks.scale:format_scale",
           "decode": "benchmarks.decode:format_decode", "pipeline": "benchmarks.pipeline:format_pipeline", "train": "benchmarks.train:format_train_benchmark",
           "serve": "benchmarks.serve:format_serve_benchmark", "index": "benchmarks.index:format_index",
+          "search": "benchmarks.search:format_search",
+          "search_quality": "benchmarks.search_quality:format_search_quality",
           "quality_unseen": "benchmarks.quality_unseen:format_result",
           "quality_sweep": "benchmarks.quality_sweep:format_result"}
 # a block: its opening line, then anything but another opening line, then its closing line

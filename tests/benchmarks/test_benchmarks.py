@@ -13,6 +13,8 @@ from benchmarks import index as index_bench
 from benchmarks import pipeline as pipeline_bench
 from benchmarks import quality_sweep, quality_unseen
 from benchmarks import scale as scale_bench
+from benchmarks import search as search_bench
+from benchmarks import search_quality as search_quality_bench
 from benchmarks import serve as serve_bench
 from benchmarks import train as train_bench
 
@@ -100,6 +102,10 @@ def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
     assert "requests = 32: expected at least the largest level (64)" in capsys.readouterr().err
     assert index_bench.main(["--libraries", "annoy"]) == 2
     assert "annoy: expected some of faiss, usearch" in capsys.readouterr().err
+    assert search_bench.main(["--sizes", "100000,x"]) == 2
+    assert "expected comma-separated integers, e.g. 100000,1000000, got '100000,x'" in capsys.readouterr().err
+    assert search_quality_bench.main(["--samples", "10"]) == 2
+    assert "samples" in capsys.readouterr().err
     assert index_bench.main(["--precisions", "fp16"]) == 2
     assert "fp16: expected some of int8, binary" in capsys.readouterr().err
 
@@ -111,7 +117,7 @@ def test_benchmark_index_measures_both_libraries_against_exact_search(tmp_path, 
     assert "| faiss HNSW |" in printed
     figures = json.loads(report.read_text())["result"]
     libs = figures["libraries"]
-    assert set(libs) == {"faiss", "usearch", "faiss-int8", "faiss-binary"}
+    assert set(libs) == {"faiss", "usearch", "faiss-int8", "faiss-binary", "faiss-ivfpq"}
     for lib in libs.values():  # each raised its ef until the recall target, and timed there
         assert lib["reached"] and lib["recall"] >= 0.95 and lib["p50_ms"] > 0
         assert [c["recall"] >= 0.95 for c in lib["curve"]] == [False] * (len(lib["curve"]) - 1) + [True]
@@ -119,8 +125,49 @@ def test_benchmark_index_measures_both_libraries_against_exact_search(tmp_path, 
     # the compact graphs hold a byte (int8) or a bit (binary) a dimension besides the same links
     assert libs["faiss-int8"]["bytes_per_vector"] < libs["faiss"]["bytes_per_vector"] - 256 * 3 + 8
     assert libs["faiss-binary"]["bytes_per_vector"] < libs["faiss"]["bytes_per_vector"] - 256 * 31 / 8 + 8
-    assert "| faiss binary (rescore 8k) HNSW |" in printed
+    assert "| faiss binary (rescore 8k) HNSW |" in printed and "| faiss IVF208,PQ32 (rescore 8k) |" in printed
+    # codes and ids a vector, and the coarse centroids and codebooks (208 + 256 of 256 floats) spread over 3,000
+    assert libs["faiss-ivfpq"]["bytes_per_vector"] < 32 + 8 + (208 + 256) * 256 * 4 / 3000 + 8
     assert set(figures["open"]["seconds"]) == {"300", "3000"} and figures["growth"]["added"] > 0
+
+
+@pytest.mark.slow
+def test_benchmark_search_times_start_up_from_the_index_and_both_endpoints(ray_session, tmp_path, capsys):
+    report = tmp_path / "search.json"
+    argv = ["--sizes", "3000,1000", "--shard-rows", "1000", "--requests", "20", "--report", str(report)]
+    assert search_bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(report.read_text())["result"]
+    assert set(r["sizes"]) == {"1000", "3000"}
+    for n, size in r["sizes"].items():
+        assert size["segments"] == 1 and 0 < size["in_process_p50_ms"] <= size["in_process_p99_ms"]
+        for start in (size["from_index"], size["from_store"]):  # each replica answered its first query
+            assert start["hits"] == 10 and start["seconds"] > 0
+    ratio = r["sizes"]["3000"]["from_index"]["seconds"] / r["sizes"]["1000"]["from_index"]["seconds"]
+    assert abs(r["startup_ratio"]["index"] - ratio) < 1e-9
+    http = r["http"]
+    assert http["size"] == 1000 and http["search"]["requests"] == http["embeddings"]["requests"] == 20  # + 10 warm-up
+    assert abs(http["difference_p50_ms"] - (http["search"]["p50_ms"] - http["embeddings"]["p50_ms"])) < 1e-9
+    assert f"Start-up at 3,000 over 1,000 vectors: x{ratio:.2f} from the index" in printed
+    assert f"{http['difference_p50_ms']:+.1f} ms (target <= 3 ms)" in printed
+
+
+@pytest.mark.slow
+def test_benchmark_search_quality_compares_matryoshka_and_the_merged_rankings(ray_session, tmp_path, capsys):
+    report = tmp_path / "search_quality.json"
+    assert search_quality_bench.main(["--samples", "96", "--widths", "32", "--gap-items", "400",
+                                      "--report", str(report)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(report.read_text())["result"]
+    assert set(r["compact"]) == {"image-text", "audio-text", "video-text"}
+    for pair in r["compact"].values():
+        for name in ("plain", "matryoshka"):
+            assert set(pair[name]) == {"32", "256"} and set(pair[name]["32"]) == {"float", "int8", "binary"}
+    gap = r["merged"]["modality gap"]["text"]
+    assert gap["targets"] == ["image", "audio"]
+    assert gap["calibrated"]["true_in_top10"] > gap["raw"]["true_in_top10"]  # the known gap, undone
+    assert set(r["merged"]["concept store"]) >= {"text"}
+    assert "| modality gap (n " in printed and "| image-text (n " in printed
 
 
 @pytest.mark.slow

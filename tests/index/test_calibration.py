@@ -8,26 +8,18 @@ import pytest
 from pipeline.eval.search import search_quality
 from pipeline.index.calibration import corrected, fit, fit_held_out, isotonic
 from pipeline.index.segments import Segment, search_segments
+from pipeline.synthetic.vectors import gapped, unit
 
 D = 64
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+    return unit(x)
 
 
 def _gapped(n: int = 800, seed: int = 0, noise: float = 2.5) -> dict[str, tuple[list[str], np.ndarray]]:
-    """text, image and audio of ``n`` paired items: text finds its image and its audio alike (the same noise), but
-    every text-image cosine sits higher (a shared offset direction), so a list merged by raw cosine holds only
-    images."""
-    rng = np.random.default_rng(seed)
-    base = rng.normal(size=(n, D))
-    offset = np.zeros(D)
-    offset[0] = 8.0
-    ids = [f"i{k:05d}" for k in range(n)]
-    return {"text": (ids, _unit(base + offset)),
-            "image": (ids, _unit(base + noise * rng.normal(size=(n, D)) + offset)),
-            "audio": (ids, _unit(base + noise * rng.normal(size=(n, D))))}
+    """text, image and audio of ``n`` paired items; every text-image cosine sits higher (``gapped``)."""
+    return gapped(n, seed, noise, D)
 
 
 def test_calibration_turns_a_merged_list_filled_by_one_modality_into_one_ranking():
