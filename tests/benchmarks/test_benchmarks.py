@@ -125,7 +125,11 @@ def test_benchmark_index_measures_both_libraries_against_exact_search(tmp_path, 
     # the compact graphs hold a byte (int8) or a bit (binary) a dimension besides the same links
     assert libs["faiss-int8"]["bytes_per_vector"] < libs["faiss"]["bytes_per_vector"] - 256 * 3 + 8
     assert libs["faiss-binary"]["bytes_per_vector"] < libs["faiss"]["bytes_per_vector"] - 256 * 31 / 8 + 8
-    assert "| faiss binary (rescore 8k) HNSW |" in printed and "| faiss IVF208,PQ32 (rescore 8k) |" in printed
+    assert "| faiss binary HNSW, rescored |" in printed and "| faiss IVF208,PQ32, rescored |" in printed
+    for name in ("faiss-int8", "faiss-binary", "faiss-ivfpq"):  # compact codes raise their rescoring, not ef
+        assert [c["rescore"] for c in libs[name]["curve"]] == [1, 2, 4, 8, 16, 32, 64, 128][:len(libs[name]["curve"])]
+        assert libs[name]["rescore"] == libs[name]["curve"][-1]["rescore"]
+        assert f"| {libs[name]['ef']} / {libs[name]['rescore']}k |" in printed
     # codes and ids a vector, and the coarse centroids and codebooks (208 + 256 of 256 floats) spread over 3,000
     assert libs["faiss-ivfpq"]["bytes_per_vector"] < 32 + 8 + (208 + 256) * 256 * 4 / 3000 + 8
     assert set(figures["open"]["seconds"]) == {"300", "3000"} and figures["growth"]["added"] > 0
