@@ -29,7 +29,7 @@ class AnnConfig(StrictModel):
         "candidates are rescored from the float vectors on disk (memory-mapped, read for rescore·k rows a query), "
         "so scores stay cosines; see docs/search.md for recall and bytes per vector of each.")
     rescore: int | None = Field(None, ge=1, le=100, description="Candidates an int8 or binary graph is asked for, "
-                                "as a multiple of k, before rescoring; null = 2 for int8, 8 for binary (1 for float: "
+                                "as a multiple of k, before rescoring; null = 2 for int8, 32 for binary (1 for float: "
                                 "its scores are exact).")
     segment_rows: int = Field(2_000_000, ge=1, description="Most vectors in one segment: a run that adds more builds "
                               "several (a graph is built in one task's memory: ~1 KB per 256-d vector with its "
@@ -51,7 +51,7 @@ class AnnConfig(StrictModel):
         return params
 
 
-RESCORE = {"float": 1, "int8": 2, "binary": 8}
+RESCORE = {"float": 1, "int8": 2, "binary": 32}  # recall@10 at 1M 256-d vectors: int8 0.958, binary 0.847
 
 
 class IndexConfig(StrictModel):

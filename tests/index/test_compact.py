@@ -158,7 +158,7 @@ def test_a_compact_graph_is_smaller_and_its_rescored_hits_are_exact_searchs(tmp_
     (tmp_path / precision).mkdir()
     _, float_bytes = _segment(str(tmp_path / "float"), vectors)
     seg, compact_bytes = _segment(str(tmp_path / precision), vectors, precision=precision)
-    assert seg.precision == precision and seg.rescore == {"int8": 2, "binary": 8}[precision]
+    assert seg.precision == precision and seg.rescore == {"int8": 2, "binary": 32}[precision]
     # 3 of float's 4 bytes a dimension saved (int8), or 31 of 32 bits (binary); a few KB of header and ranges
     saved = len(vectors) * 64 * (3 if precision == "int8" else 31 / 8)
     assert compact_bytes < float_bytes - saved + 4096

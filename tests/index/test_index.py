@@ -254,7 +254,7 @@ def test_an_index_with_binary_graphs_finds_what_exact_search_finds(ray_session, 
     index = VectorIndex(out)
     with open(os.path.join(out, "segments", "image", "segment-00000", "segment.json")) as fh:
         ann = json.load(fh)["ann"]
-    assert (ann["kind"], ann["precision"], ann["rescore"]) == ("hnsw", "binary", 8)
+    assert (ann["kind"], ann["precision"], ann["rescore"]) == ("hnsw", "binary", 32)
     seg = index.segments["image"][0]
     assert seg.precision == "binary" and type(seg.graph).__name__ == "IndexBinaryHNSW"
     found = 0
