@@ -164,12 +164,12 @@ def test_every_imported_package_is_declared():
 # what only an extra brings, and the only places of the code that may import it
 EXTRA_ONLY = {"train": (("ray.train", "ray.tune", "tensorboardX"), ("pipeline/train/",)),
               "serve": (("ray.serve", "fastapi", "starlette", "uvicorn"), ("serving/",)),
-              "eval": (("matplotlib",), ("pipeline/eval/report.py",))}
+              "eval": (("matplotlib",), ("pipeline/eval/report.py", "pipeline/eval/examples.py"))}
 
 
 def test_the_core_install_imports_no_extra():
     """`pip install oneencoder-ray` (no extra) embeds and loads models: only pipeline/train/, serving/ and the
-    evaluation report import what an extra brings (Ray Train / Tune, Ray Serve, FastAPI, matplotlib), even inside a
+    evaluation report (with its example sheets) import what an extra brings (Ray Train / Tune, Ray Serve, FastAPI, matplotlib), even inside a
     function, and nothing the embed job, `load_model` or the generated corpora run reaches those modules."""
     def extra_only(imported: set[str]) -> list[str]:
         return sorted(f"{m} (the {extra} extra)" for m in imported for extra, (names, _) in EXTRA_ONLY.items()
@@ -195,7 +195,8 @@ def test_the_core_install_imports_no_extra():
             reached.add(name)
             todo += graph[name]
     assert "pipeline.encoders.frozen" in reached and "pipeline.store.parts" in reached  # the walk sees imports
-    beyond = sorted(m for m in reached if m.startswith(("pipeline.train", "serving")) or m == "pipeline.eval.report")
+    beyond = sorted(m for m in reached if m.startswith(("pipeline.train", "serving"))
+                    or m in ("pipeline.eval.report", "pipeline.eval.examples"))
     assert not beyond, f"the core install's code reaches modules of an extra: {beyond}"
 
 
