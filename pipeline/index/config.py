@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from pipeline.config import StorageConfig, StrictModel, split_modalities
+from pipeline.index.metadata import MAX_COLUMNS
 from pipeline.modality import Modality
 
 
@@ -66,7 +67,7 @@ class IndexConfig(StrictModel):
     width: int | None = Field(None, ge=8, description="Width of the searched vectors: a Matryoshka prefix the model was "
                               "trained for (renormalised), e.g. 64 for a quarter of the memory per vector; null = "
                               "the model's full width. The Parquet vectors keep the full width either way.")
-    metadata: list[str] | None = Field(None, max_length=16, description="Manifest columns kept with each vector (read "
+    metadata: list[str] | None = Field(None, max_length=MAX_COLUMNS, description="Manifest columns kept with each vector (read "
                                        "from the JSONL, CSV or Parquet manifest the store was embedded from, as "
                                        "text) for /v1/search's `where` filter, e.g. [split, year]; null = none.")
     ann: AnnConfig = Field(default_factory=AnnConfig, description="Nearest-neighbour index of each segment.")

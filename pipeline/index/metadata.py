@@ -131,5 +131,4 @@ def where_mask(ids: pa.Table, where: dict[str, list[str]]) -> Any:
         else:
             hit = pc.fill_null(pc.is_in(ids.column(column), value_set=pa.array(values, pa.string())), False)
         mask = hit if mask is None else pc.and_(mask, hit)
-    return mask.to_numpy(zero_copy_only=False) if isinstance(mask, pa.Array) else mask.combine_chunks().to_numpy(
-        zero_copy_only=False)
+    return mask.to_numpy(zero_copy_only=False)  # an Array or a ChunkedArray: both convert alike

@@ -101,8 +101,8 @@ GRAPH = "hnsw.faiss"
 
 
 def build_graph(vectors: np.ndarray, params: dict[str, Any], threads: int) -> bytes:
-    """An HNSW graph over ``vectors`` (labels = row numbers) at ``params["precision"]`` (``ANN_PRECISIONS``),
-    serialised (faiss's own format, no pickle)."""
+    """An HNSW graph over ``vectors`` (labels = row numbers) holding ``params["precision"]`` codes (float, int8 or
+    binary: ``AnnConfig.precision``), serialised (faiss's own format, no pickle)."""
     import faiss
 
     faiss.omp_set_num_threads(threads)
