@@ -7,8 +7,8 @@ queries drawn the same way) stand in for a corpus. The ground truth is exact sea
 library it builds an HNSW graph with the same parameters (``connectivity``, ``expansion_add``, on every CPU),
 then raises the search width ef until recall@k against the ground truth reaches ``recall_target``, and at that
 ef times single queries (p50 / p99, one thread: a request's latency). The index job's compact graphs (int8 and
-binary codes, through its own segment code) and faiss IVF-PQ (about 4·√N lists, ``ivf_pq_bytes`` of codes a
-vector, 32 lists visited: the alternative autofaiss would pick at this size) order their candidates only
+binary codes) and its IVF-PQ segments (``ann.kind ivf_pq``: about 4·√N lists, ``ivf_pq_bytes`` of codes a vector,
+32 lists visited, memory-mapped), both through its own segment code, order their candidates only
 approximately: for them the number of candidates rescored from the float vectors (``rescore``·k) is raised instead
 until the target, which is what ``ann.rescore`` should be at this size. It also reports bytes per vector
 (the serialised index, or compact graph, over the vector count), exact search's own p50 over the same vectors,
@@ -48,8 +48,8 @@ class BenchmarkIndexConfig(StrictModel):
                                  "index job's, always runs: the segment timings use its graph).")
     precisions: list[str] = Field(["int8", "binary"], description="Compact graphs of the index job (ann.precision) "
                                   "also measured, each with its default rescoring; [] = none.")
-    ivf_pq_bytes: int = Field(32, ge=0, description="Also measure faiss IVF-PQ with codes of this many bytes a "
-                              "vector (rescored as the compact graphs are); 0 = not.")
+    ivf_pq_bytes: int = Field(32, ge=0, description="Also measure the index job's IVF-PQ segments with codes of "
+                              "this many bytes a vector (rescored as the compact graphs are); 0 = not.")
     seed: int = Field(0, description="Random seed.")
     report: str | None = Field(None, description=REPORT_HELP)
 
@@ -179,36 +179,49 @@ class Faiss:
         return len(self.serialized())
 
 
-class Compact:
-    """The index job's segment with an int8 or binary graph (``ann.precision``): built by ``build_graph`` into a
-    folder, searched through ``Segment.search`` (candidates rescored from the memory-mapped float vectors)."""
+class JobSegment:
+    """The index job's segment with an int8 or binary graph (``ann.precision``) or IVF-PQ lists (``ann.kind ivf_pq``):
+    built by ``build_ann`` into a folder, opened as a server opens it (memory-mapped), searched through
+    ``Segment.search`` (candidates rescored from the memory-mapped float vectors)."""
 
-    def __init__(self, dim: int, m: int, ef_add: int, precision: str):
+    def __init__(self, params: dict[str, Any], name: str):
+        self.params, self.name = params, name
+        self.ef = params.get("probes", 64)  # a graph's own width stays at the float graph's default; rescoring
+        self.folder = tempfile.TemporaryDirectory()  # ... more is the knob (IVF: lists visited)
+
+    @classmethod
+    def graph(cls, m: int, ef_add: int, precision: str) -> "JobSegment":
         from pipeline.index.config import RESCORE
 
-        self.ef = 64  # the graph's own width stays at the float graph's default; rescoring more is the knob
-        self.folder = tempfile.TemporaryDirectory()
-        self.params = {"kind": "hnsw", "connectivity": m, "expansion_add": ef_add, "expansion_search": 64,
-                       "precision": precision, "rescore": RESCORE[precision]}
-        self.name = f"faiss {precision} HNSW, rescored"
+        return cls({"kind": "hnsw", "connectivity": m, "expansion_add": ef_add, "expansion_search": 64,
+                    "precision": precision, "rescore": RESCORE[precision]}, f"faiss {precision} HNSW, rescored")
+
+    @classmethod
+    def ivf_pq(cls, n: int, dim: int, code_bytes: int) -> "JobSegment":
+        """IVF-PQ with the index job's parameters for ``n`` vectors (``AnnConfig.chosen``: about 4·√N lists, 32
+        visited), ``code_bytes`` a vector."""
+        from pipeline.index.config import AnnConfig
+
+        params = AnnConfig(kind="ivf_pq", code_bytes=code_bytes).chosen(n, dim)
+        return cls(params, f"faiss IVF{params['lists']},PQ{params['code_bytes']} (index job), rescored")
 
     def build(self, vectors: np.ndarray, threads: int) -> None:
         import pyarrow as pa
 
-        from pipeline.index.segments import GRAPH, Segment, arrow_file_bytes, build_graph
+        from pipeline.index.segments import ANN_FILES, Segment, arrow_file_bytes, build_ann
 
-        graph = build_graph(vectors, self.params, threads)
-        self.graph_bytes = len(graph)
+        data = build_ann(vectors, self.params, threads)
+        self.index_bytes = len(data)
         ids = pa.table({"id": pa.array(np.arange(len(vectors)).astype(str)), "uri": pa.nulls(len(vectors), pa.string())})
         np.save(os.path.join(self.folder.name, "vectors.npy"), vectors)
-        for name, data in (("ids.arrow", arrow_file_bytes(ids)), (GRAPH, graph)):
+        for name, blob in (("ids.arrow", arrow_file_bytes(ids)), (ANN_FILES[self.params["kind"]], data)):
             with open(os.path.join(self.folder.name, name), "wb") as fh:
-                fh.write(data)
+                fh.write(blob)
         record = {"rows": len(vectors), "ann": self.params}
         self.segment = Segment.open(self.folder.name, "image", record)
 
     def set_rescore(self, rescore: int) -> None:
-        self.segment.rescore = rescore  # faiss searches max(ef, rescore·k) wide
+        self.segment.rescore = rescore  # a graph searches max(ef, rescore·k) wide
 
     def batch(self, queries: np.ndarray, k: int, threads: int) -> np.ndarray:
         return np.stack([self.segment.search(q, k)[1] for q in queries])
@@ -217,51 +230,9 @@ class Compact:
         return lambda q: self.segment.search(q, k)
 
     def size(self) -> int:
-        """The graph (codes and links: what stays in memory); the float vectors it rescores from stay on disk."""
-        return self.graph_bytes
-
-
-class IvfPq:
-    """The alternative to a compact graph at this size, as autofaiss would choose it: faiss IVF (about 4·√N lists,
-    k-means on a sample) with product-quantised codes (``pq_bytes`` a vector), 32 lists visited per query, its
-    candidates rescored from the float vectors as the index job's compact graphs are."""
-
-    def __init__(self, dim: int, n: int, pq_bytes: int, rescore: int = 8):
-        import faiss
-
-        self.faiss, self.rescore = faiss, rescore
-        self.lists = max(16, int(4 * np.sqrt(n)) // 16 * 16)
-        self.quantizer = faiss.IndexFlatIP(dim)  # kept: the IVF index does not own it
-        self.index = faiss.IndexIVFPQ(self.quantizer, dim, self.lists, pq_bytes, 8, faiss.METRIC_INNER_PRODUCT)
-        self.name = f"faiss IVF{self.lists},PQ{pq_bytes}, rescored"
-        self.ef = 32  # nprobe: lists visited per query
-
-    def build(self, vectors: np.ndarray, threads: int) -> None:
-        self.faiss.omp_set_num_threads(threads)
-        sample = vectors[np.random.default_rng(0).choice(len(vectors), min(len(vectors), 39 * self.lists), False)]
-        self.index.train(sample)
-        self.index.add(vectors)
-        self.vectors = vectors
-
-    def set_rescore(self, rescore: int) -> None:
-        self.index.nprobe, self.rescore = self.ef, rescore
-
-    def _one(self, q: np.ndarray, k: int) -> np.ndarray:
-        rows = self.index.search(q[None], k * self.rescore)[1][0]
-        rows = np.sort(rows[rows >= 0])
-        return rows[np.argsort(-(self.vectors[rows] @ q), kind="stable")[:k]]
-
-    def batch(self, queries: np.ndarray, k: int, threads: int) -> np.ndarray:
-        self.faiss.omp_set_num_threads(threads)
-        return np.stack([self._one(q, k) for q in queries])
-
-    def one(self, k: int):
-        self.faiss.omp_set_num_threads(1)
-        return lambda q: self._one(q, k)
-
-    def size(self) -> int:
-        """Codes, ids and centroids (what stays in memory); the float vectors it rescores from stay on disk."""
-        return len(self.faiss.serialize_index(self.index))
+        """The index file (codes, links, centroids: what a server holds or maps); the float vectors it rescores from
+        stay on disk."""
+        return self.index_bytes
 
 
 LIBRARIES = {"faiss": Faiss, "usearch": Usearch}
@@ -284,10 +255,10 @@ def run(cfg: BenchmarkIndexConfig, args: object = None) -> int:
                               "libraries": {}}
     builders = [(name, lambda name=name: LIBRARIES[name](cfg.dim, cfg.connectivity, cfg.expansion_add))
                 for name in cfg.libraries]
-    builders += [(f"faiss-{p}", lambda p=p: Compact(cfg.dim, cfg.connectivity, cfg.expansion_add, p))
+    builders += [(f"faiss-{p}", lambda p=p: JobSegment.graph(cfg.connectivity, cfg.expansion_add, p))
                  for p in cfg.precisions]
     if cfg.ivf_pq_bytes:
-        builders.append(("faiss-ivfpq", lambda: IvfPq(cfg.dim, cfg.vectors, cfg.ivf_pq_bytes)))
+        builders.append(("faiss-ivfpq", lambda: JobSegment.ivf_pq(cfg.vectors, cfg.dim, cfg.ivf_pq_bytes)))
     for name, make in builders:
         lib = make()
         t = time.perf_counter()

@@ -4,15 +4,18 @@ store, and /v1/search against /v1/embeddings on one server.
     python -m benchmarks.search [--sizes 100000,1000000] [--requests 300] [--report FILE]
 
 For each size it writes a synthetic image feature store (clustered random features at the tiny image encoder's
-width, ``shard_rows`` per shard), indexes it with the index job (its defaults: an HNSW graph above 20,000 vectors)
-and times what a SearchIndex replica does when it starts, each in a fresh process after its imports: open the index
-folder (``serve --index``: segments memory-mapped) or read and project the store through the model (``serve
---features``), then answer a first query; with the process's peak memory growth. The model is the tiny preset's
-text and image encoders with an untrained projection (start-up and latency do not depend on the weights).
+width, ``shard_rows`` per shard), indexes it with the index job's defaults (exact below 20,000 vectors, an HNSW
+graph below 1M, IVF-PQ lists from 1M) and times what a replica does to answer /v1/search when it starts, each in a
+fresh process after its imports: open the index folder (``serve --index``, in the Gateway: segments memory-mapped)
+or read and project the store through the model (``serve --features``, the SearchIndex deployment), then answer a
+first query; with the process's resident memory growth. Like for like, each size is also indexed with the kind the
+defaults did not choose there (HNSW only below 1M: a graph over 1M takes minutes to build). The model is the tiny
+preset's text and image encoders with an untrained projection (start-up and latency do not depend on the weights).
 
 Then one server (one replica per deployment, loopback) with the smallest size's index answers ``requests`` text
 queries at concurrency 1, alternating /v1/embeddings (the query alone) and /v1/search (the same query embedded and
-searched, k 10 over image): p50 / p99 of each and their difference, beside the search's own p50 in-process.
+searched in the Gateway, k 10 over image): p50 / p99 of each and their difference, beside the search's own p50
+in-process.
 """
 from __future__ import annotations
 
@@ -55,18 +58,21 @@ JOB = benchmark("search", "search as served: replica start-up from an index vs r
                 "benchmarks.search:BenchmarkSearchConfig")
 
 _STARTUP = """
-import json, resource, sys, time
+import json, os, sys, time
 import numpy as np
-from serving.deployments import SearchIndex
+from serving.config import ServeArgs
+from serving.search import Searcher
 import faiss, torch  # imported before the clock starts, as a replica's process has them
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 args, query = json.loads(sys.argv[1]), np.asarray(json.loads(sys.argv[2]), np.float32)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = rss()
 t = time.perf_counter()
-index = SearchIndex.func_or_class(args)
-hits = index.search(query, "text", ["image"], 10)["hits"]
+searcher = Searcher(ServeArgs(**args))
+hits = searcher.search(query, "text", ["image"], 10)["hits"]
 seconds = time.perf_counter() - t
-grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(json.dumps({"seconds": seconds, "peak_mb": grown / 1024, "hits": len(hits)}))
+print(json.dumps({"seconds": seconds, "rss_mb": (rss() - before) / 2**20, "hits": len(hits)}))
 """
 
 
@@ -92,7 +98,8 @@ def write_store(root: str, model_dir: str, n: int, shard_rows: int, clusters: in
 
 
 def startup(args: dict[str, Any], query: np.ndarray) -> dict[str, Any]:
-    """A SearchIndex built from ``args`` in a fresh process, and its first query: seconds and peak memory growth."""
+    """What a replica does to answer /v1/search, from ``args``, in a fresh process, and its first query: seconds and
+    resident memory growth (an index's mapped pages count once touched)."""
     out = subprocess.run([sys.executable, "-c", _STARTUP, json.dumps(args), json.dumps(query.tolist())],
                          capture_output=True, text=True, check=False)
     if out.returncode:
@@ -148,11 +155,19 @@ def run(cfg: BenchmarkSearchConfig, args: object = None) -> int:
             t = time.perf_counter()
             record = run_index(IndexConfig(model=model_dir, features=store, output=index))
             built = time.perf_counter() - t
-            print(f"{n:,} vectors: store written in {written:.1f} s, indexed in {built:.1f} s", flush=True)
+            kind = _kind(index)
+            print(f"{n:,} vectors: store written in {written:.1f} s, indexed in {built:.1f} s ({kind})", flush=True)
             from_index = startup({"model": model_dir, "index": index}, queries[0])
             from_store = startup({"model": model_dir, "features": store}, queries[0])
             print(f"{n:,} vectors: start-up from the index {from_index['seconds']:.2f} s, re-projecting the store "
                   f"{from_store['seconds']:.2f} s", flush=True)
+            kinds = {kind: from_index}
+            for other in ("hnsw", "ivf_pq"):  # like for like: each kind at each size, where it is not the default
+                if other != kind and (other == "ivf_pq" or n < 1_000_000):  # (a graph over 1M takes ~7 min)
+                    forced = os.path.join(workdir, f"index-{n}-{other}")
+                    run_index(IndexConfig(model=model_dir, features=store, output=forced, ann={"kind": other}))
+                    kinds[other] = startup({"model": model_dir, "index": forced}, queries[0])
+                    print(f"{n:,} vectors: start-up from an {other} index {kinds[other]['seconds']:.2f} s", flush=True)
             seg = VectorIndex(index)
             times = []
             for q in queries:
@@ -160,14 +175,16 @@ def run(cfg: BenchmarkSearchConfig, args: object = None) -> int:
                 seg.search(q, ["image"], cfg.k)
                 times.append((time.perf_counter() - t0) * 1e3)
             result["sizes"][str(n)] = {"index_s": built, "segments": len(record["modalities"]["image"]["segments"]),
-                                       "from_index": from_index, "from_store": from_store,
+                                       "kind": kind, "from_index": from_index, "from_store": from_store, "kinds": kinds,
                                        "in_process_p50_ms": statistics.median(times),
                                        "in_process_p99_ms": float(np.percentile(times, 99))}
             indexes[n] = index
         sizes = sorted(cfg.sizes)
         first, last = result["sizes"][str(sizes[0])], result["sizes"][str(sizes[-1])]
         result["startup_ratio"] = {"index": last["from_index"]["seconds"] / first["from_index"]["seconds"],
-                                   "store": last["from_store"]["seconds"] / first["from_store"]["seconds"]}
+                                   "store": last["from_store"]["seconds"] / first["from_store"]["seconds"],
+                                   **{kind: last["kinds"][kind]["seconds"] / first["kinds"][kind]["seconds"]
+                                      for kind in ("hnsw", "ivf_pq") if kind in first["kinds"] and kind in last["kinds"]}}
         result["http"] = {"size": sizes[0], **_serve(model_dir, indexes[sizes[0]], texts, cfg.k)}
     return finish("search", cfg, result, format_search)
 
@@ -180,9 +197,8 @@ def _serve(model_dir: str, index: str, texts: list[str], k: int) -> dict[str, An
     from serving.local import deploy
 
     one = {"num_replicas": 1, "autoscaling_config": None}
-    overrides = {"Gateway": {**one, "ray_actor_options": {"num_cpus": 0.25}},
-                 "encoder-text": {**one, "ray_actor_options": {"num_cpus": 0.5}},
-                 "SearchIndex": {**one, "ray_actor_options": {"num_cpus": 0.25}}}
+    overrides = {"Gateway": {**one, "ray_actor_options": {"num_cpus": 0.25}},  # which searches the index itself
+                 "encoder-text": {**one, "ray_actor_options": {"num_cpus": 0.5}}}
     app = build_application({"model": model_dir, "index": index, "modalities": ["text"], "torch_threads": 1},
                             overrides)
     with _held_port() as held:
@@ -193,17 +209,25 @@ def _serve(model_dir: str, index: str, texts: list[str], k: int) -> dict[str, An
         serve.shutdown()
 
 
+def _kind(index: str) -> str:
+    """The ann kind of the index's first image segment (what the index job's defaults chose)."""
+    with open(os.path.join(index, "segments", "image", "segment-00000", "segment.json"), encoding="utf-8") as fh:
+        return json.load(fh)["ann"]["kind"]
+
+
 def format_search(r: dict[str, Any]) -> str:
-    lines = ["| vectors | index job s | start-up from the index s | peak MB | re-projecting the store s | peak MB | "
-             "search p50 / p99 ms in-process |", "|---|---|---|---|---|---|---|"]
+    lines = ["| vectors | index job s | default kind | start-up from the index s | RSS MB | start-up by kind s | "
+             "re-projecting the store s | RSS MB | search p50 / p99 ms in-process |", "|---|---|---|---|---|---|---|---|---|"]
     for n, s in r["sizes"].items():
-        lines.append(f"| {int(n):,} | {s['index_s']:.0f} | {s['from_index']['seconds']:.2f} | "
-                     f"{s['from_index']['peak_mb']:.0f} | {s['from_store']['seconds']:.2f} | "
-                     f"{s['from_store']['peak_mb']:.0f} | {s['in_process_p50_ms']:.2f} / {s['in_process_p99_ms']:.2f} |")
+        by_kind = ", ".join(f"{k} {v['seconds']:.3f}" for k, v in sorted(s["kinds"].items()))
+        lines.append(f"| {int(n):,} | {s['index_s']:.0f} | {s['kind']} | {s['from_index']['seconds']:.3f} | "
+                     f"{s['from_index']['rss_mb']:.0f} | {by_kind} | {s['from_store']['seconds']:.2f} | "
+                     f"{s['from_store']['rss_mb']:.0f} | {s['in_process_p50_ms']:.2f} / {s['in_process_p99_ms']:.2f} |")
     ratio = r["startup_ratio"]
     sizes = sorted(r["sizes"], key=int)
+    kinds = "".join(f", {k} x{ratio[k]:.2f}" for k in ("hnsw", "ivf_pq") if k in ratio)
     lines.append(f"\nStart-up at {int(sizes[-1]):,} over {int(sizes[0]):,} vectors: x{ratio['index']:.2f} from the "
-                 f"index (target <= 1.2), x{ratio['store']:.2f} re-projecting the store")
+                 f"default index (target <= 1.2){kinds}; x{ratio['store']:.2f} re-projecting the store")
     h = r["http"]
     lines.append(f"One server, {int(h['size']):,} vectors, concurrency 1: /v1/embeddings p50 "
                  f"{h['embeddings']['p50_ms']:.1f} ms (p99 {h['embeddings']['p99_ms']:.1f}), /v1/search p50 "

@@ -22,6 +22,7 @@ from pipeline.config import ConfigError
 from serving.budget import explain_share, request_budget
 from serving.config import GATEWAY, SEARCH, ServeArgs, encoder_deployment, parse_args
 from serving.deployments import ModalityEncoder, SearchIndex
+from serving.search import Searcher
 from serving.inputs import APIError, Item, fetch, input_list, parse_json_body, resolve
 
 log = logging.getLogger("serving")
@@ -90,6 +91,9 @@ class Gateway:
         self.args = ServeArgs(**args)
         self.info, self.encoders, self.search_handle = info, encoders, search
         self.modalities = list(encoders)
+        # an index folder is searched here, memory-mapped (the OS shares its pages between replicas): no hop to
+        # another replica per query; a feature store projected at start-up lives in the SearchIndex deployment
+        self.searcher = Searcher(self.args) if self.args.index else None
         token = os.environ.get(self.args.api_key_env, "") if self.args.api_key_env else ""
         if self.args.api_key_env and not token:
             raise RuntimeError(f"api_key_env={self.args.api_key_env!r} is not set in the replica's environment")
@@ -215,7 +219,7 @@ class Gateway:
 
         body = await self._json(request)
         self._check_model(body, required=False)
-        if self.search_handle is None:
+        if self.search_handle is None and self.searcher is None:
             raise APIError(404, "search is not enabled: start the server with `index` (a folder from `oneencoder index`) "
                                 "or `features` (a feature store)",
                            "search_disabled")
@@ -259,11 +263,14 @@ class Gateway:
         where = _where(body.get("where"), self.info.get("search_metadata", []))
         items = await self._items(raw, self._modality_field(body, "modality"))
         query = (await self._embed(items))[0]
-        try:
-            found = await self.search_handle.search.remote(np.asarray(query["embedding"]), items[0].modality, targets,
-                                                           k, exact, prefix, hubness, min_match, where)
-        except BackPressureError:
-            raise _overloaded("search index") from None
+        asked = (np.asarray(query["embedding"]), items[0].modality, targets, k, exact, prefix, hubness, min_match, where)
+        if self.searcher is not None:  # off the event loop: an exact scan of a large index takes a while
+            found = await asyncio.to_thread(self.searcher.search, *asked)
+        else:
+            try:
+                found = await self.search_handle.search.remote(*asked)
+            except BackPressureError:
+                raise _overloaded("search index") from None
         if "error" in found:
             raise APIError(400, found["error"], f"uncalibrated_{found['param']}", found["param"])
         return JSONResponse({"object": "list", "data": found["hits"], "model": self.args.model_name,
@@ -292,7 +299,8 @@ class Gateway:
 
     @api.get("/health")
     async def health(self) -> JSONResponse:
-        """200 once every encoder (and the search index) answers; 503 otherwise."""
+        """200 once every encoder (and the SearchIndex of a served store) answers; 503 otherwise. With an index
+        folder, ``search_index`` says what this replica opened."""
         handles = {encoder_deployment(m): h for m, h in self.encoders.items()}
         if self.search_handle is not None:
             handles[SEARCH] = self.search_handle
@@ -308,8 +316,11 @@ class Gateway:
         states = await asyncio.gather(*(check(h.ready.remote()) for h in handles.values()))
         status = dict(zip(handles, states))
         ready = all(v == "ready" for v in status.values())
-        return JSONResponse({"status": "ready" if ready else "not ready", "deployments": status},
-                            status_code=200 if ready else 503)
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "deployments": status}
+        if getattr(self, "searcher", None) is not None:  # the index folder, opened by this replica
+            body["search_index"] = {"served_by": GATEWAY, "vectors": {m: sum(len(s) for s in segs) for m, segs
+                                                                       in self.searcher.segments.items()}}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
 
 def _model_info(args: ServeArgs) -> dict[str, Any]:
@@ -334,12 +345,13 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
     info = _model_info(parsed)
     overrides = dict(overrides or {})
     searched = bool(parsed.features or parsed.index)
-    known = [GATEWAY] + [encoder_deployment(m) for m in info["modalities"]] + ([SEARCH] if searched else [])
+    known = [GATEWAY] + [encoder_deployment(m) for m in info["modalities"]] + ([SEARCH] if parsed.features else [])
     unknown = sorted(set(overrides) - set(known))
     if unknown:  # (Serve's own words first, as `serve deploy` would say them)
+        why = ("; SearchIndex runs only with features: an index folder is searched in the Gateway's replicas"
+               if parsed.index else "" if parsed.features else " (and SearchIndex needs features)")
         raise ValueError(f"Deployment {unknown[0]!r} does not exist. Available: {known}: the model {parsed.model} has "
-                         f"the modalities {', '.join(info['modalities'])}"
-                         f"{'' if searched else ' (and SearchIndex needs features or index)'}; remove {unknown[0]!r} "
+                         f"the modalities {', '.join(info['modalities'])}{why}; remove {unknown[0]!r} "
                          "from the Serve config's deployments")
 
     def opts(name: str) -> dict[str, Any]:
@@ -353,7 +365,7 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
             info["index"], info["search_width"], info["search_metadata"] = _index_folder_modalities(parsed)
         else:
             info["index"], info["search_width"] = _indexed_modalities(parsed, info["modalities"]), info["dimensions"]
-        search = SearchIndex.options(**opts(SEARCH)).bind(plain)
+            search = SearchIndex.options(**opts(SEARCH)).bind(plain)
     return Gateway.options(**opts(GATEWAY)).bind(plain, info, encoders, search)
 
 

@@ -22,8 +22,9 @@ from pipeline.artifact import read_artifact
 from pipeline.config import ConfigError
 from pipeline.index.config import IndexConfig
 from pipeline.index.metadata import check_columns, read_metadata
-from pipeline.index.segments import (FORMAT, GRAPH, IndexMismatchError, arrow_file_bytes, build_graph, model_fingerprint,
-                                     npy_bytes, segment_name, store_fingerprint, table_vectors, vectors_table)
+from pipeline.index.segments import (ANN_FILES, FORMAT, IndexMismatchError, arrow_file_bytes, build_ann,
+                                     model_fingerprint, npy_bytes, segment_name, store_fingerprint, table_vectors,
+                                     vectors_table)
 from pipeline.store.features import FeatureStore, embeddings, read_shard
 from pipeline.store.integrity import json_object
 from pipeline.store.sources import storage_options
@@ -128,8 +129,8 @@ def build_segment(output: str, options: dict[str, Any], modality: str, number: i
         for name in extra.column_names:
             ids = ids.append_column(name, extra.column(name))
     out.write_bytes_atomic(f"{folder}/ids.arrow", arrow_file_bytes(ids))
-    if params["kind"] == "hnsw":
-        out.write_bytes_atomic(f"{folder}/{GRAPH}", build_graph(vectors, params, threads))
+    if params["kind"] in ANN_FILES:
+        out.write_bytes_atomic(f"{folder}/{ANN_FILES[params['kind']]}", build_ann(vectors, params, threads))
     record = {"shards": shards, "rows": int(table.num_rows), "ann": params, "build_s": round(time.time() - started, 3)}
     out.write_json(f"{folder}/segment.json", record)
     return record
@@ -147,6 +148,10 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
     store, out = FeatureStore(cfg.features, options), FeatureStore(cfg.output, options)
     modalities = _modalities(cfg, artifact, store)
     record = _record(cfg, out, store, modalities)
+    try:  # the index parameters against the searched width, before any work
+        cfg.ann.chosen(1 << 40, record["width"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     out.write_json("index.json", record)
 
     sample = _sample_plan(artifact, store, modalities)
@@ -180,7 +185,7 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
         new = [s for s in sorted(markers) if s not in indexed]
         for group in _segments_of(new, {s: markers[s]["rows"] for s in new}, cfg.ann.segment_rows):
             number = len(entry["segments"])
-            params = cfg.ann.chosen(sum(markers[s]["rows"] for s in group))
+            params = cfg.ann.chosen(sum(markers[s]["rows"] for s in group), record["width"])
             metadata = ({"manifest": store.run_record(m)["manifest"], "columns": list(cfg.metadata)}
                         if cfg.metadata else None)
             seg = ray.get(build.remote(cfg.output, options, m, number, group, params, threads, record["width"],

@@ -14,11 +14,16 @@ Layout under the index folder OUT::
         vectors.npy                              float32 (N, d), memory-mapped by readers
         ids.arrow                                id, uri and the metadata columns asked for (Arrow IPC file,
                                                  memory-mapped)
-        hnsw.faiss                               the HNSW graph (faiss, inner product; its codes memory-mapped,
-                                                 its links in memory): float vectors (IndexHNSWFlat), int8
-                                                 (IndexHNSWSQ, 8-bit per dimension) or sign bits (IndexBinaryHNSW,
-                                                 Hamming), whose candidates are rescored from vectors.npy; none
-                                                 when the segment is searched exactly
+        ivf_pq.faiss                             ann.kind ivf_pq: faiss IVF lists of product-quantised codes
+                                                 (IndexIVFPQ, inner product), memory-mapped whole (only the list
+                                                 centroids and code books are read), its candidates rescored from
+                                                 vectors.npy
+        hnsw.faiss                               ann.kind hnsw: the HNSW graph (faiss, inner product; its codes
+                                                 memory-mapped, its links in memory): float vectors
+                                                 (IndexHNSWFlat), int8 (IndexHNSWSQ, 8-bit per dimension) or sign
+                                                 bits (IndexBinaryHNSW, Hamming), whose candidates are rescored from
+                                                 vectors.npy
+                                                 (neither when the segment is searched exactly)
         segment.json                             its shards, rows and parameters (written last)
 
 A rerun projects only the store's new shards and adds them as one new segment; a search asks every segment
@@ -97,7 +102,35 @@ def arrow_file_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-GRAPH = "hnsw.faiss"
+GRAPH, IVF = "hnsw.faiss", "ivf_pq.faiss"
+ANN_FILES = {"hnsw": GRAPH, "ivf_pq": IVF}  # a segment's index file per ann kind (exact: none)
+
+
+def build_ann(vectors: np.ndarray, params: dict[str, Any], threads: int) -> bytes:
+    """The index file of a segment of ``params["kind"]`` (``ANN_FILES``) over ``vectors``, serialised."""
+    return build_ivf_pq(vectors, params, threads) if params["kind"] == "ivf_pq" else build_graph(vectors, params, threads)
+
+
+def build_ivf_pq(vectors: np.ndarray, params: dict[str, Any], threads: int) -> bytes:
+    """A faiss IVF index over ``vectors`` (labels = row numbers): ``params["lists"]`` k-means cells over the inner
+    product, each vector kept as ``params["code_bytes"]`` bytes of product-quantised code; serialised (faiss's own
+    format, no pickle). The quantisers are trained on a sample of 39 vectors a cell (at least 256·39), drawn with a
+    fixed seed, so a rebuild gives the same index."""
+    import faiss
+
+    from pipeline.index.config import TRAIN_PER_LIST
+
+    faiss.omp_set_num_threads(threads)
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    n, dim = vectors.shape
+    quantizer = faiss.IndexFlatIP(dim)  # referenced until serialised: the IVF index does not own it here
+    index = faiss.IndexIVFPQ(quantizer, dim, params["lists"], params["code_bytes"], 8, faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1  # the sample is sized here (no
+    take = min(n, max(TRAIN_PER_LIST * params["lists"], TRAIN_PER_LIST * 256))     # warning for a small segment)
+    sample = vectors if take == n else vectors[np.sort(np.random.default_rng(0).choice(n, take, replace=False))]
+    index.train(sample)
+    index.add(vectors)
+    return faiss.serialize_index(index).tobytes()
 
 
 def build_graph(vectors: np.ndarray, params: dict[str, Any], threads: int) -> bytes:
@@ -139,6 +172,20 @@ def open_graph(path: str, expansion_search: int, precision: str = "float") -> An
     return graph
 
 
+def open_ivf(path: str, probes: int) -> Any:
+    """An IVF-PQ file opened for search: its inverted lists (codes and ids) memory-mapped, so opening reads only the
+    list centroids and code books, whatever the segment's size; one thread per query."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    index = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    index.nprobe = probes
+    lists = faiss.downcast_InvertedLists(index.invlists)
+    if hasattr(lists, "prefetch_nthread"):  # mapped lists: no thread pool touching each query's lists first
+        lists.prefetch_nthread = 0           # (32 threads by default: +1 ms a query, measured; the OS pages them in)
+    return index
+
+
 @dataclasses.dataclass
 class Segment:
     """One segment, opened for search: its vectors and ids memory-mapped, its graph (if any) viewed from disk."""
@@ -147,10 +194,10 @@ class Segment:
     name: str
     vectors: np.ndarray           # float32 (N, d), memory-mapped
     ids: pa.Table                 # id, uri
-    graph: Any = None             # faiss HNSW graph (float, int8 or binary codes) or None: exact search
+    graph: Any = None             # faiss HNSW graph (float, int8 or binary codes), IVF-PQ index, or None: exact
     expansion_search: int = 64
-    precision: str = "float"      # the graph's codes: candidates from an int8 or binary graph are rescored
-    rescore: int = 1              # ... from ``vectors``, the graph asked for rescore·k of them
+    precision: str = "float"      # the index's codes: candidates of int8, binary or pq (IVF-PQ) codes are rescored
+    rescore: int = 1              # ... from ``vectors``, the index asked for rescore·k of them
 
     @classmethod
     def open(cls, folder: str, modality: str, record: dict[str, Any]) -> "Segment":
@@ -163,6 +210,8 @@ class Segment:
         precision = ann.get("precision", "float")
         if ann["kind"] == "hnsw":
             graph = open_graph(os.path.join(folder, GRAPH), ann["expansion_search"], precision)
+        elif ann["kind"] == "ivf_pq":
+            graph = open_ivf(os.path.join(folder, IVF), ann["probes"])
         return cls(modality, os.path.basename(folder), vectors, ids, graph, ann.get("expansion_search", 64),
                    precision, ann.get("rescore", 1))
 
@@ -206,11 +255,15 @@ class Segment:
                 keep = mask[rows]
                 rows, scores = rows[keep], scores[keep]
             if len(rows) >= k or count >= n:
-                if self.precision != "float":  # the codes' order is approximate: the float vectors decide
-                    rows = np.sort(rows)  # in file order: fewer pages touched
-                    return _top(np.asarray(self.vectors[rows]) @ query, k, rows)
-                return scores[:k], rows[:k]
+                break
             want *= 4
+        if len(rows) < k and len(rows) < (n if allowed is None else len(allowed)):
+            # the lists an IVF query visits (or a graph's reach under a filter) held fewer than k: scan instead
+            return self.search(query, k, True, id_prefix, where)
+        if self.precision != "float":  # the codes' order is approximate: the float vectors decide
+            rows = np.sort(rows)  # in file order: fewer pages touched
+            return _top(np.asarray(self.vectors[rows]) @ query, k, rows)
+        return scores[:k], rows[:k]
 
 
 def _top(scores: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -96,7 +96,7 @@ def test_a_matryoshka_model_serves_its_prefixes_and_refuses_other_widths(ray_ses
         run_index(IndexConfig(model=output, features=feature_store, output=index, width=64))
 
     path = _config(str(tmp_path), "serve.yaml", {"model": output, "modalities": ["text"], "index": index},
-                   {"Gateway": {"ray_actor_options": {"num_cpus": 0.1}}, "encoder-text": {}, "SearchIndex": {}})
+                   {"Gateway": {"ray_actor_options": {"num_cpus": 0.1}}, "encoder-text": {}})
     try:
         with _ServeCommand(["--config", path], {**os.environ, "RAY_ADDRESS": ray_session}, timeout_s=300) as server:
             body = {"model": "oneencoder", "input": ["a red circle"]}
@@ -119,27 +119,28 @@ def test_a_matryoshka_model_serves_its_prefixes_and_refuses_other_widths(ray_ses
         serve.shutdown()
 
 
-def _segment(folder, vectors, **ann):
-    """A segment folder over ``vectors`` with an HNSW graph built as the index job builds it, opened for search."""
+def _segment(folder, vectors, kind="hnsw", **ann):
+    """A segment folder over ``vectors`` with an index (an HNSW graph, or IVF-PQ lists) built as the index job
+    builds it, opened for search; with the index file's size."""
     import json
 
     import pyarrow as pa
 
     from pipeline.index.config import AnnConfig
-    from pipeline.index.segments import GRAPH, Segment, arrow_file_bytes, build_graph
+    from pipeline.index.segments import ANN_FILES, Segment, arrow_file_bytes, build_ann
 
-    params = AnnConfig(kind="hnsw", **ann).chosen(len(vectors))
-    graph = build_graph(vectors, params, 1)
+    params = AnnConfig(kind=kind, **ann).chosen(len(vectors), vectors.shape[1])
+    data = build_ann(vectors, params, 1)
     np.save(os.path.join(folder, "vectors.npy"), vectors)
     ids = pa.table({"id": [f"{'a' if i % 2 else 'b'}{i:05d}" for i in range(len(vectors))],
                     "uri": pa.nulls(len(vectors), pa.string())})
-    for name, data in (("ids.arrow", arrow_file_bytes(ids)), (GRAPH, graph)):
+    for name, blob in (("ids.arrow", arrow_file_bytes(ids)), (ANN_FILES[kind], data)):
         with open(os.path.join(folder, name), "wb") as fh:
-            fh.write(data)
+            fh.write(blob)
     record = {"rows": len(vectors), "ann": params}
     with open(os.path.join(folder, "segment.json"), "w") as fh:
         json.dump(record, fh)
-    return Segment.open(folder, "image", record), len(graph)
+    return Segment.open(folder, "image", record), len(data)
 
 
 def _clustered(n, dim, rng, centers):
@@ -178,3 +179,37 @@ def test_a_compact_graph_is_smaller_and_its_rescored_hits_are_exact_searchs(tmp_
         seg.rescore = 1
         alone = sum(len(set(seg.search(q, 10)[1]) & set(np.argsort(-(vectors @ q))[:10])) for q in queries)
         assert alone < found * 0.9, (alone, found)
+
+
+def test_ivf_pq_lists_are_memory_mapped_small_and_their_rescored_hits_are_exact_searchs(tmp_path):
+    """ann.kind ivf_pq: the segment's lists are mapped from disk, not read (a replica's start-up does not grow with
+    them); the index holds about code_bytes + an 8-byte id a vector; its candidates, rescored from the float vectors,
+    are cosines and the exact top 10 (recall >= 0.95), also under a broad id prefix; a filter that leaves fewer than
+    k rows in the lists a query visits still returns k hits (the rows are scanned instead)."""
+    import faiss
+
+    rng = np.random.default_rng(2)
+    centers = rng.normal(size=(50, 64))
+    vectors, queries = _clustered(6000, 64, rng, centers), _clustered(100, 64, rng, centers)
+    seg, size = _segment(str(tmp_path), vectors, kind="ivf_pq")
+    assert (seg.precision, seg.rescore, seg.graph.nprobe) == ("pq", 32, 32)
+    assert type(faiss.downcast_InvertedLists(seg.graph.invlists)).__name__ == "OnDiskInvertedLists"
+    lists = seg.graph.nlist  # 4·√6000 = 309 lists, at most 6000 / 39 = 153 (trained on 39 or more vectors each)
+    assert lists == 153
+    assert size < len(vectors) * (8 + 8) + lists * 64 * 4 + 256 * 64 * 4 + 4096  # codes, ids, centroids, code books
+
+    found = 0
+    for q in queries:
+        scores, rows = seg.search(q, 10)
+        np.testing.assert_allclose(scores, vectors[rows] @ q, rtol=1e-5, atol=1e-6)
+        assert list(scores) == sorted(scores, reverse=True)
+        found += len(set(rows) & set(np.argsort(-(vectors @ q))[:10]))
+        _, rows = seg.search(q, 10, id_prefix="a")
+        assert len(rows) == 10 and all(r % 2 for r in rows)
+    assert found / (10 * len(queries)) >= 0.95
+
+    # one list visited: it holds fewer than 50 rows of the prefix, so the segment's rows are scanned for them
+    seg.graph.nprobe = 1
+    q = queries[0]
+    scores, rows = seg.search(q, 50, id_prefix="a")
+    assert list(rows) == [r for r in np.argsort(-(vectors @ q)) if r % 2][:50]

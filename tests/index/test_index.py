@@ -246,17 +246,21 @@ def test_an_index_on_s3_is_written_there_and_searched_from_a_local_copy(ray_sess
 
 
 @pytest.mark.slow
-def test_an_index_with_binary_graphs_finds_what_exact_search_finds(ray_session, trained, sharded_store, tmp_path):
-    """ann.precision binary through the job: each segment's graph holds sign bits (its record says so) and the
-    rescored hits are the exact top 10."""
+@pytest.mark.parametrize("ann, kind, index_type", [
+    ({"kind": "hnsw", "connectivity": 8, "precision": "binary"}, ("hnsw", "binary", 32), "IndexBinaryHNSW"),
+    ({"kind": "ivf_pq"}, ("ivf_pq", "pq", 32), "IndexIVFPQ")])
+def test_an_index_with_compact_codes_finds_what_exact_search_finds(ray_session, trained, sharded_store, tmp_path, ann,
+                                                                   kind, index_type):
+    """ann.precision binary (a graph of sign bits) or ann.kind ivf_pq through the job: each segment's record says what
+    it holds, and the rescored hits are the exact top 10."""
     out = str(tmp_path / "index")
-    _index(trained[0], sharded_store, out, kind="hnsw", connectivity=8, precision="binary")
+    _index(trained[0], sharded_store, out, **ann)
     index = VectorIndex(out)
     with open(os.path.join(out, "segments", "image", "segment-00000", "segment.json")) as fh:
-        ann = json.load(fh)["ann"]
-    assert (ann["kind"], ann["precision"], ann["rescore"]) == ("hnsw", "binary", 32)
+        record = json.load(fh)["ann"]
+    assert (record["kind"], record["precision"], record["rescore"]) == kind
     seg = index.segments["image"][0]
-    assert seg.precision == "binary" and type(seg.graph).__name__ == "IndexBinaryHNSW"
+    assert seg.precision == kind[1] and type(seg.graph).__name__ == index_type
     found = 0
     for q in index.segments["text"][0].vectors[:50]:
         approx, exact = index.search(q, ["image"], 10), index.search(q, ["image"], 10, exact=True)
@@ -319,12 +323,15 @@ def test_an_index_refuses_another_model_naming_both(trained, sharded_store, buil
         _index(trained[0], sharded_store, str(tmp_path / "narrow"), width=64)
 
 
-def test_the_search_deployment_ranks_an_index_as_it_ranks_the_store(trained, sharded_store, built):
-    """SearchIndex over the index folder (memory-mapped) and over the store (projected at start-up) give the same
-    exact ranking; the graph path agrees on most of it; filters reach both."""
+def test_the_server_ranks_an_index_as_it_ranks_the_store(trained, sharded_store, built):
+    """/v1/search's searcher over the index folder (memory-mapped, in the Gateway) and over the store (projected at
+    start-up, the SearchIndex deployment) give the same exact ranking; the graph path agrees on most of it; filters
+    reach both."""
+    from serving.config import ServeArgs
     from serving.deployments import SearchIndex
+    from serving.search import Searcher
 
-    from_index = SearchIndex.func_or_class({"model": trained[0], "index": built[0]})
+    from_index = Searcher(ServeArgs(model=trained[0], index=built[0]))
     from_store = SearchIndex.func_or_class({"model": trained[0], "features": sharded_store})
     def ranking(found):
         return [(h["modality"], h["id"]) for h in found["hits"]]
@@ -347,8 +354,8 @@ def test_the_search_deployment_ranks_an_index_as_it_ranks_the_store(trained, sha
 
 @pytest.mark.slow
 def test_serve_with_an_index_searches_it_over_http(ray_session, trained, sharded_store, tmp_path):
-    """`oneencoder serve --index DIR`: /v1/search answers from the index folder (no store projected), with the
-    id_prefix, exact and where fields."""
+    """`oneencoder serve --index DIR`: /v1/search answers from the index folder, opened in the Gateway's replicas (no
+    store projected, no SearchIndex deployment), with the id_prefix, exact and where fields."""
     from pipeline.index.config import IndexConfig
     from pipeline.index.job import run_index
     from pipeline.index.segments import VectorIndex
@@ -361,12 +368,14 @@ def test_serve_with_an_index_searches_it_over_http(ray_session, trained, sharded
     run_index(IndexConfig(model=trained[0], features=sharded_store, output=index, modalities=["image", "text"],
                           metadata=["split"]))
     path = _config(str(tmp_path), "index.yaml", {"model": trained[0], "index": index, "modalities": ["text"]},
-                   {"Gateway": {"ray_actor_options": {"num_cpus": 0.1}}, "encoder-text": {}, "SearchIndex": {}})
+                   {"Gateway": {"ray_actor_options": {"num_cpus": 0.1}}, "encoder-text": {}})
     env = {**os.environ, "RAY_ADDRESS": ray_session}
     try:
         with _ServeCommand(["--config", path], env, timeout_s=300) as server:
             health = requests.get(server.url + "/health", timeout=30).json()
-            assert health["deployments"]["SearchIndex"] == "ready", health
+            # the index is searched in the Gateway's replicas: no SearchIndex deployment, no hop
+            assert health["deployments"] == {"encoder-text": "ready"}, health
+            assert health["search_index"] == {"served_by": "Gateway", "vectors": {"image": 480, "text": 480}}, health
             body = {"query": "a red circle", "target_modality": ["image", "text"], "k": 10}
             found = _post(server.url, body, path="/v1/search", token=None).json()
             assert "data" in found, found

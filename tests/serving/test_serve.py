@@ -612,6 +612,10 @@ def test_serve_config_and_args_are_validated(trained, tmp_path):
         prepare(_config(str(tmp_path), "e2.yaml", {"model": trained[0], "modalities": ["depth"]}))
     with pytest.raises(ValueError, match="Deployment 'encoder-audio' does not exist"):
         prepare(_config(str(tmp_path), "f.yaml", {"model": trained[0], "modalities": ["text", "image"]}))
+    with pytest.raises(ValueError, match="Deployment 'SearchIndex' does not exist.*SearchIndex runs only with features: "
+                                         "an index folder is searched in the Gateway's replicas"):
+        prepare(_config(str(tmp_path), "f2.yaml", {"model": trained[0], "modalities": ["text"], "index": "/nowhere"},
+                        {"Gateway": {}, "encoder-text": {}, "SearchIndex": {}}))
     with pytest.raises(ConfigError, match="not a valid Ray Serve config"):
         with open(tmp_path / "g.yaml", "w") as fh:
             yaml.safe_dump({"applications": [{"name": "x", "import_path": "serving.app:build_app",

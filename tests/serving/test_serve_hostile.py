@@ -328,9 +328,9 @@ def _search_index(vectors: dict[str, np.ndarray]):
     import pyarrow as pa
 
     from pipeline.index.segments import Segment
-    from serving.deployments import SearchIndex
+    from serving.search import Searcher
 
-    index = object.__new__(SearchIndex.func_or_class)
+    index = object.__new__(Searcher)
     index.segments = {m: [Segment(m, "store", v, pa.table({"id": pa.array([f"{m}{i}" for i in range(len(v))], pa.string()),
                                                            "uri": pa.nulls(len(v), pa.string())}))]
                       for m, v in vectors.items()}

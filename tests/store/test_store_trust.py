@@ -127,10 +127,14 @@ class _FakeModel:
 
 
 def test_the_search_index_refuses_a_nan_row_at_start_up(store, monkeypatch):
-    from serving.deployments import SearchIndex
+    from serving.config import ServeArgs
+    from serving.search import Searcher
 
     monkeypatch.setattr("pipeline.inference.load_model", lambda *a, **k: _FakeModel())
-    build = SearchIndex.func_or_class
+
+    def build(args):
+        return Searcher(ServeArgs(**args))
+
     index = build({"model": "unused", "features": store})  # the clean store first: the index is built
     assert {m: sum(len(s) for s in segs) for m, segs in index.segments.items()} == {"image": 2 * ROWS, "text": 2 * ROWS}
     _with_bad_rows(store, "text", 1, {6: np.nan})
