@@ -107,11 +107,19 @@ class MediaSource:
         self._shown: dict[tuple[str, str], tuple[str, Any]] = {}  # an item in several rows is decoded once
 
     def uris(self, modality: str) -> dict[str, str | None]:
+        """id → uri of ``modality``'s committed shards: their id and uri columns alone (the evaluation has read and
+        checked the whole shards already)."""
         if modality not in self._uris:
-            from pipeline.store.features import read_features
+            import pyarrow.parquet as pq
 
-            table = read_features(self.features_uri, modality, self.storage)
-            self._uris[modality] = dict(zip(table.column("id").to_pylist(), table.column("uri").to_pylist()))
+            from pipeline.store.features import FeatureStore
+
+            store = FeatureStore(self.features_uri, self.storage)
+            found: dict[str, str | None] = {}
+            for rel in store.committed_files(modality, "features"):
+                table = pq.read_table(store._p(rel), columns=["id", "uri"], filesystem=store.fs)
+                found.update(zip(table.column("id").to_pylist(), table.column("uri").to_pylist()))
+            self._uris[modality] = found
         return self._uris[modality]
 
     def texts(self, wanted: set[str]) -> dict[str, str]:

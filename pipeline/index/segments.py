@@ -32,12 +32,14 @@ of the modality and merges. index.json's ``calibration`` holds each modality pai
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import io
 import json
 import logging
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -47,6 +49,7 @@ import pyarrow.compute as pc
 log = logging.getLogger(__name__)
 
 FORMAT = "oneencoder-index/1"
+MASKS_KEPT = 8  # filters (id_prefix, where) whose rows a segment keeps computed (5 MB each at 1M rows at most)
 
 
 class IndexMismatchError(ValueError):
@@ -215,8 +218,37 @@ class Segment:
         return cls(modality, os.path.basename(folder), vectors, ids, graph, ann.get("expansion_search", 64),
                    precision, ann.get("rescore", 1))
 
+    def __post_init__(self) -> None:
+        self._masks: collections.OrderedDict[Any, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
+        self._masks_lock = threading.Lock()  # a server searches from several threads
+
     def __len__(self) -> int:
         return len(self.vectors)
+
+    def _filter(self, id_prefix: str | None, where: dict[str, list[str]] | None
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The rows ``id_prefix`` and ``where`` keep: (boolean mask, row numbers), or (None, None) for no filter.
+        Computing them reads every id (O(rows)); the last MASKS_KEPT filters' results are kept (a server sees the
+        same few filters again and again: a split, a partition), at one byte a row and 4 bytes a kept row."""
+        from pipeline.index.metadata import where_mask
+
+        if not id_prefix and not where:
+            return None, None
+        key = (id_prefix, tuple(sorted((c, tuple(v)) for c, v in (where or {}).items())))
+        with self._masks_lock:
+            if key in self._masks:
+                self._masks.move_to_end(key)
+                return self._masks[key]
+        mask = where_mask(self.ids, where or {})
+        if id_prefix:
+            prefixed = pc.starts_with(self.ids.column("id"), id_prefix).to_numpy(zero_copy_only=False)
+            mask = prefixed if mask is None else mask & prefixed
+        found = (mask, np.flatnonzero(mask).astype(np.int32 if len(mask) < 2**31 else np.int64))
+        with self._masks_lock:
+            self._masks[key] = found
+            while len(self._masks) > MASKS_KEPT:
+                self._masks.popitem(last=False)
+        return found
 
     def search(self, query: np.ndarray, k: int, exact: bool = False, id_prefix: str | None = None,
                where: dict[str, list[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -225,17 +257,11 @@ class Segment:
         With ``id_prefix`` only rows whose id starts with it, with ``where`` only rows whose metadata columns hold
         one of the listed values (``pipeline.index.metadata``): a selective filter (at most a tenth of the rows)
         is searched exactly over those rows; a broad one through the graph, asking for more until ``k`` pass."""
-        from pipeline.index.metadata import where_mask
-
         n = len(self.vectors)
         if not n or k <= 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        allowed, mask = None, where_mask(self.ids, where or {})
-        if id_prefix:
-            prefixed = pc.starts_with(self.ids.column("id"), id_prefix).to_numpy(zero_copy_only=False)
-            mask = prefixed if mask is None else mask & prefixed
+        mask, allowed = self._filter(id_prefix, where)
         if mask is not None:
-            allowed = np.flatnonzero(mask)
             if not len(allowed):
                 return np.zeros(0, np.float32), np.zeros(0, np.int64)
             if len(allowed) <= n // 10 or exact or self.graph is None:

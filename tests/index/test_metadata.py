@@ -74,3 +74,27 @@ def test_the_requests_where_is_checked_and_compared_as_text():
             _where(where, columns)
         assert e.value.status == 400 and e.value.param == "where" and message in e.value.message, (where, e.value.message)
     assert np.array_equal(where_mask(pa.table({"id": ["a"], "k": ["1"]}), _where({"k": 1}, ["k"])), [True])
+
+
+def test_a_segment_keeps_its_last_filters_rows_and_answers_them_alike():
+    """The rows a filter keeps are computed once per segment (reading every id) and reused: the same filter, in any
+    column order, answers from the kept rows; the oldest of more than MASKS_KEPT filters is dropped."""
+    from pipeline.index.segments import MASKS_KEPT, Segment
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(40, 8)).astype(np.float32)
+    ids = pa.table({"id": [f"{'ab'[i % 2]}{i:03d}" for i in range(40)], "uri": pa.nulls(40, pa.string()),
+                    "split": ["test" if i % 4 == 0 else "train" for i in range(40)],
+                    "year": [str(2020 + i % 3) for i in range(40)]})
+    seg = Segment("image", "s", vectors, ids)
+    q = vectors[0]
+    first = seg.search(q, 5, where={"split": ["train"], "year": ["2021", "2022"]}, id_prefix="b")
+    assert len(seg._masks) == 1
+    again = seg.search(q, 5, where={"year": ["2021", "2022"], "split": ["train"]}, id_prefix="b")
+    assert len(seg._masks) == 1 and [list(a) for a in first] == [list(b) for b in again]
+    kept = [i for i in range(40) if i % 2 and i % 4 and i % 3 in (1, 2)]
+    assert sorted(first[1]) == sorted(sorted(kept, key=lambda i: -(vectors[i] @ q))[:5])
+    for i in range(MASKS_KEPT):
+        seg.search(q, 5, id_prefix=f"a{i:02d}")
+    assert len(seg._masks) == MASKS_KEPT and ("b", (("split", ("train",)), ("year", ("2021", "2022")))) not in seg._masks
+    assert seg.search(q, 5)[1].tolist() == np.argsort(-(vectors @ q))[:5].tolist() and len(seg._masks) == MASKS_KEPT
