@@ -18,6 +18,10 @@ def test_benchmark_serve_main_prints_its_ratios(ray_session, tmp_path, capsys):
     assert "batching on/off at concurrency 4:" in printed and "in-process p50" in printed
     figures = json.loads(report.read_text())["result"]
     assert figures["levels"] == [1, 4] and figures["preset"] == "tiny"
+    floor = figures["floor"]  # the bare two-hop app, measured first at the lowest level
+    assert floor["requests"] == 8 and floor["concurrency"] == 1 and 0 < floor["p50_ms"] <= floor["p99_ms"]
+    assert floor["dim"] == 256
+    assert f"concurrency 1: p50 {floor['p50_ms']:.1f} ms  p99 {floor['p99_ms']:.1f} ms" in printed
     for modality in ("text", "image"):
         m = figures["modalities"][modality]
         assert set(m["batched"]) == {"1", "4"}, m["batched"]  # every level measured, batching on
@@ -33,6 +37,14 @@ def test_benchmark_serve_main_prints_its_ratios(ray_session, tmp_path, capsys):
         assert abs(m["batching_ratio"] - m["batched"]["4"]["rps"] / m["unbatched"]["rps"]) < 1e-9 * m["batching_ratio"]
         assert m["in_process_p50_ms"] > 0
         assert abs(m["serve_overhead_p50_ms"] - (m["batched"]["1"]["p50_ms"] - m["in_process_p50_ms"])) < 1e-9
+        # ours over the floor and the model's own work
+        assert 0 < m["in_process_p50_ms"] <= m["in_process_p99_ms"]
+        above = m["batched"]["1"]["p50_ms"] - floor["p50_ms"] - m["in_process_p50_ms"]
+        assert abs(m["over_floor_p50_ms"] - above) < 1e-9
+        above = m["batched"]["1"]["p99_ms"] - floor["p99_ms"] - m["in_process_p99_ms"]
+        assert abs(m["over_floor_p99_ms"] - above) < 1e-9
+        assert f"over the floor + in-process work: p50 {m['over_floor_p50_ms']:+.1f} ms (target <= 3 ms), " \
+               f"p99 {m['over_floor_p99_ms']:+.1f} ms" in printed
         # what is printed is what the report holds
         assert f"batching on/off at concurrency 4: {m['batching_ratio']:.2f}x" in printed
         assert f"in-process p50 {m['in_process_p50_ms']:.1f} ms; Serve p50 at concurrency 1 is " \

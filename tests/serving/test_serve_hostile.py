@@ -3,6 +3,7 @@ the search index, the store check at start-up, what one request may cost. (tests
 over HTTP; an item that breaks the encoder: tests/test_item_encoder.py.)"""
 from __future__ import annotations
 
+import asyncio
 import http.server
 import io
 import json
@@ -538,3 +539,38 @@ def test_pixels_are_read_from_headers_in_bounded_time():
         assert media_pixels(data, 12345) == 12345 and time.monotonic() - started < 0.5, fmt
     twice = b"\x89PNG\r\n\x1a\n" + ihdr(1, 1) + ihdr(8000, 5000) + chunk(b"IDAT", b"")
     assert Image.open(io.BytesIO(twice)).size == (8000, 5000) and media_pixels(twice, -1) == 40_000_000
+
+
+def test_the_gateway_parses_small_bodies_inline_and_larger_ones_in_a_thread(monkeypatch):
+    """A body of a few fields is parsed on the event loop (a thread hop would cost more than the parse); one over
+    INLINE_JSON_BYTES in a worker thread. Both are parsed and refused alike."""
+    import types
+
+    from serving.app import INLINE_JSON_BYTES, Gateway
+    from serving.config import ServeArgs
+
+    threaded = []
+
+    async def to_thread(fn, *args):
+        threaded.append(len(args[0]))
+        return fn(*args)
+
+    monkeypatch.setattr(asyncio, "to_thread", to_thread)
+
+    class Body:
+        def __init__(self, data: bytes):
+            self.data, self.headers = data, {"content-length": str(len(data))}
+
+        async def stream(self):
+            yield self.data
+
+    gateway = types.SimpleNamespace(args=ServeArgs(model="unused"), _authorize=lambda request: None)
+    parse = Gateway.func_or_class._json
+    small = json.dumps({"model": "m", "input": "a red circle"}).encode()
+    large = json.dumps({"model": "m", "input": "a red circle " * (INLINE_JSON_BYTES // 13)}).encode()
+    assert asyncio.run(parse(gateway, Body(small)))["input"] == "a red circle" and threaded == []
+    assert asyncio.run(parse(gateway, Body(large)))["input"].startswith("a red circle") and threaded == [len(large)]
+    for body in (b"[" * 20 + b"]" * 20, b"[" * 20 + b" " * INLINE_JSON_BYTES + b"]" * 20):
+        with pytest.raises(APIError, match="nested more than 8 levels deep"):
+            asyncio.run(parse(gateway, Body(body)))
+    assert threaded == [len(large), len(body)]
