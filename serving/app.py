@@ -22,8 +22,8 @@ from pipeline.config import ConfigError
 from serving.budget import explain_share, request_budget
 from serving.config import GATEWAY, SEARCH, ServeArgs, encoder_deployment, parse_args
 from serving.deployments import ModalityEncoder, SearchIndex
-from serving.search import Searcher
 from serving.inputs import APIError, Item, fetch, input_list, parse_json_body, resolve
+from serving.search import Searcher
 
 log = logging.getLogger("serving")
 MAX_ID_PREFIX = 256  # characters of /v1/search's id_prefix

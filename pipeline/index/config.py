@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.config import StorageConfig, StrictModel, split_modalities
 from pipeline.index.metadata import MAX_COLUMNS
@@ -51,6 +51,14 @@ class AnnConfig(StrictModel):
     build_cpus: int | None = Field(None, ge=1, description="CPUs of the task that builds a segment's index (its "
                                    "threads); null = every CPU of the largest node.")
 
+    @model_validator(mode="after")
+    def _precision_is_a_graphs(self) -> "AnnConfig":
+        if self.kind in ("exact", "ivf_pq") and self.precision != "float":
+            raise ValueError(f"precision={self.precision!r} sets what an HNSW graph holds, but kind={self.kind!r}: "
+                             "use kind hnsw (or auto) with it" + (", or code_bytes for smaller IVF-PQ codes"
+                                                                  if self.kind == "ivf_pq" else ""))
+        return self
+
     def chosen(self, vectors: int, dim: int) -> dict[str, int | str]:
         """The kind and its parameters for a segment of ``vectors`` vectors of ``dim`` dimensions."""
         kind = self.kind
@@ -67,8 +75,8 @@ class AnnConfig(StrictModel):
                 raise ValueError(f"ann.code_bytes={code}: must divide the searched width {dim} (each code byte "
                                  "quantises width/code_bytes dimensions)")
             lists = self.lists or max(1, min(int(4 * vectors ** 0.5), vectors // TRAIN_PER_LIST))
-            return {"kind": "ivf_pq", "lists": min(lists, vectors), "probes": min(self.probes or 32, lists), "code_bytes": code,
-                    "precision": "pq", "rescore": self.rescore or RESCORE["pq"]}
+            return {"kind": "ivf_pq", "lists": min(lists, vectors), "probes": min(self.probes or 32, lists),
+                    "code_bytes": code, "precision": "pq", "rescore": self.rescore or RESCORE["pq"]}
         params: dict[str, int | str] = {"kind": "hnsw",
                                         "connectivity": self.connectivity or (16 if vectors < 1_000_000 else 32),
                                         "expansion_add": self.expansion_add or 128,

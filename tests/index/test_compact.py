@@ -208,6 +208,14 @@ def test_ivf_pq_lists_are_memory_mapped_small_and_their_rescored_hits_are_exact_
         assert len(rows) == 10 and all(r % 2 for r in rows)
     assert found / (10 * len(queries)) >= 0.95
 
+    # refused: code bytes that do not divide the width, a graph's precision asked of IVF lists
+    from pipeline.index.config import AnnConfig
+
+    with pytest.raises(ValueError, match=r"ann.code_bytes=7: must divide the searched width 64"):
+        AnnConfig(kind="ivf_pq", code_bytes=7).chosen(6000, 64)
+    with pytest.raises(ValueError, match="precision='int8' sets what an HNSW graph holds, but kind='ivf_pq'"):
+        AnnConfig(kind="ivf_pq", precision="int8")
+
     # one list visited: it holds fewer than 50 rows of the prefix, so the segment's rows are scanned for them
     seg.graph.nprobe = 1
     q = queries[0]
