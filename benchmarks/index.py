@@ -186,8 +186,10 @@ class JobSegment:
 
     def __init__(self, params: dict[str, Any], name: str):
         self.params, self.name = params, name
-        self.ef = params.get("probes", 64)  # a graph's own width stays at the float graph's default; rescoring
-        self.folder = tempfile.TemporaryDirectory()  # ... more is the knob (IVF: lists visited)
+        # reported beside the rescoring, which is the knob raised: a graph's width stays at the float graph's
+        # default ef, IVF-PQ's lists visited at the job's probes
+        self.ef = params.get("probes", 64)
+        self.folder = tempfile.TemporaryDirectory()
 
     @classmethod
     def graph(cls, m: int, ef_add: int, precision: str) -> "JobSegment":

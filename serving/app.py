@@ -322,7 +322,7 @@ class Gateway:
         status = dict(zip(handles, states))
         ready = all(v == "ready" for v in status.values())
         body: dict[str, Any] = {"status": "ready" if ready else "not ready", "deployments": status}
-        if getattr(self, "searcher", None) is not None:  # the index folder, opened by this replica
+        if self.searcher is not None:  # the index folder, opened by this replica
             body["search_index"] = {"served_by": GATEWAY, "vectors": {m: sum(len(s) for s in segs) for m, segs
                                                                        in self.searcher.segments.items()}}
         return JSONResponse(body, status_code=200 if ready else 503)

@@ -59,6 +59,14 @@ class AnnConfig(StrictModel):
                                                                   if self.kind == "ivf_pq" else ""))
         return self
 
+    def check_width(self, dim: int) -> None:
+        """ValueError when IVF-PQ segments may be built (kind ivf_pq, or auto over float vectors) and code_bytes does
+        not divide ``dim``."""
+        ivf = self.kind == "ivf_pq" or (self.kind == "auto" and self.precision == "float")
+        if ivf and self.code_bytes and dim % self.code_bytes:
+            raise ValueError(f"ann.code_bytes={self.code_bytes}: must divide the searched width {dim} (each code "
+                             "byte quantises width/code_bytes dimensions)")
+
     def chosen(self, vectors: int, dim: int) -> dict[str, int | str]:
         """The kind and its parameters for a segment of ``vectors`` vectors of ``dim`` dimensions."""
         kind = self.kind
@@ -70,10 +78,8 @@ class AnnConfig(StrictModel):
         if kind == "exact":
             return {"kind": "exact"}
         if kind == "ivf_pq":
+            self.check_width(dim)
             code = self.code_bytes or max(b for b in range(1, max(1, dim // 8) + 1) if dim % b == 0)
-            if dim % code:
-                raise ValueError(f"ann.code_bytes={code}: must divide the searched width {dim} (each code byte "
-                                 "quantises width/code_bytes dimensions)")
             lists = self.lists or max(1, min(int(4 * vectors ** 0.5), vectors // TRAIN_PER_LIST))
             return {"kind": "ivf_pq", "lists": min(lists, vectors), "probes": min(self.probes or 32, lists),
                     "code_bytes": code, "precision": "pq", "rescore": self.rescore or RESCORE["pq"]}

@@ -149,7 +149,7 @@ def run_index(cfg: IndexConfig) -> dict[str, Any]:
     modalities = _modalities(cfg, artifact, store)
     record = _record(cfg, out, store, modalities)
     try:  # the index parameters against the searched width, before any work
-        cfg.ann.chosen(1 << 40, record["width"])
+        cfg.ann.check_width(record["width"])
     except ValueError as e:
         raise ConfigError(str(e)) from None
     out.write_json("index.json", record)

@@ -128,8 +128,9 @@ def build_ivf_pq(vectors: np.ndarray, params: dict[str, Any], threads: int) -> b
     n, dim = vectors.shape
     quantizer = faiss.IndexFlatIP(dim)  # referenced until serialised: the IVF index does not own it here
     index = faiss.IndexIVFPQ(quantizer, dim, params["lists"], params["code_bytes"], 8, faiss.METRIC_INNER_PRODUCT)
-    index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1  # the sample is sized here (no
-    take = min(n, max(TRAIN_PER_LIST * params["lists"], TRAIN_PER_LIST * 256))     # warning for a small segment)
+    # the sample is sized here: no warning from faiss for a small segment's
+    index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1
+    take = min(n, max(TRAIN_PER_LIST * params["lists"], TRAIN_PER_LIST * 256))
     sample = vectors if take == n else vectors[np.sort(np.random.default_rng(0).choice(n, take, replace=False))]
     index.train(sample)
     index.add(vectors)

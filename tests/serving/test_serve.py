@@ -683,7 +683,7 @@ def test_health_is_503_naming_each_deployment_that_is_not_ready():
 
     # the Gateway's own health method, on a stand-in for the replica (its handles are all /health reads)
     gateway = types.SimpleNamespace(encoders={"text": Handle(ready), "image": Handle(dead), "audio": Handle(never)},
-                                    search_handle=Handle(never))
+                                    search_handle=Handle(never), searcher=None)
     started = time.monotonic()
     response = asyncio.run(Gateway.func_or_class.health(gateway))
     took = time.monotonic() - started
