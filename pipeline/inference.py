@@ -86,13 +86,13 @@ class LoadedModel:
         """
         return self._stacked(self.embed_items(list(items), modality))[0]
 
-    def embed_items(self, items: list[Any], modality: str,
-                    limits: list[dict[str, Any] | None] | None = None) -> list[Encoded | ItemError]:
+    def embed_items(self, items: list[Any], modality: str, limits: list[dict[str, Any] | None] | None = None,
+                    timings: dict[str, float] | None = None) -> list[Encoded | ItemError]:
         """Per item, in order: its ``Encoded`` (unit vector (d,), the frozen encoder's input tokens), or an
         ``ItemError`` in its place: unreadable, undecodable, failing the encoder, or non-finite (e.g. an fp16
         overflow on GPU). One bad item fails alone. ``limits``: per item, limits replacing the model's for that
-        item alone (``ItemEncoder.embed``)."""
-        return self.items(modality).embed(items, limits)
+        item alone; ``timings`` receives the seconds spent decoding and encoding (``ItemEncoder.embed``)."""
+        return self.items(modality).embed(items, limits, timings)
 
     def encode(self, decoded: list[Any], modality: str) -> tuple[np.ndarray, np.ndarray]:
         """Decoded inputs (what the modality's decoder gives) → ((N, d) unit vectors, (N,) encoder tokens per item).

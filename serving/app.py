@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -23,26 +23,32 @@ from serving.budget import explain_share, request_budget
 from serving.config import GATEWAY, SEARCH, ServeArgs, encoder_deployment, parse_args
 from serving.deployments import ModalityEncoder, SearchIndex
 from serving.inputs import APIError, Item, fetch, input_list, parse_json_body, resolve
+from serving.metrics import RequestMetrics, exposition, route_of, server_metrics
+from serving.schema import (MAX_ID_PREFIX, EmbeddingsRequest, SearchRequest, openapi_body, typed,
+                            with_request_schemas)
 from serving.search import Searcher
 
 log = logging.getLogger("serving")
-MAX_ID_PREFIX = 256  # characters of /v1/search's id_prefix
 INLINE_JSON_BYTES = 4096  # bodies up to this size are parsed on the event loop (the scan's steps are bounded by
                           # max_values, so at most ~0.3 ms); larger ones in a worker thread
-ENCODING_FORMATS = ("float", "base64", "int8", "binary")  # /v1/embeddings' encoding_format (pipeline.index.compact)
 # FastAPI's own /docs and /openapi.json would answer without auth: the Gateway serves them behind it
 api = FastAPI(title="OneEncoder", description="Multimodal embeddings in one shared space (OpenAI-compatible).",
               docs_url=None, redoc_url=None, openapi_url=None)
+api.add_middleware(RequestMetrics)
 
 
 @api.exception_handler(APIError)
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    server_metrics().inc("oneencoder_errors", route=route_of(request.url.path), status=exc.status, code=exc.code,
+                         stage=exc.stage)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 @api.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug, never bad input
     log.exception("unhandled error on %s", request.url.path)
+    server_metrics().inc("oneencoder_errors", route=route_of(request.url.path), status=500, code="internal_error",
+                         stage="internal")
     return JSONResponse(APIError(500, f"internal error ({type(exc).__name__})", "internal_error", kind="server_error").body(),
                         status_code=500)
 
@@ -51,9 +57,10 @@ async def _resolve(response: Any) -> Any:
     return await response
 
 
-def _overloaded(what: str) -> APIError:
+def _overloaded(what: str, deployment: str) -> APIError:
+    server_metrics().inc("oneencoder_rejected", deployment=deployment)
     return APIError(503, f"the {what} is overloaded (its queue is full); retry shortly", "server_overloaded",
-                    kind="server_error", headers={"Retry-After": "1"})
+                    kind="server_error", headers={"Retry-After": "1"}, stage="queue")
 
 
 def _where(where: Any, columns: list[str]) -> dict[str, list[str]] | None:
@@ -109,36 +116,39 @@ class Gateway:
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
             raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <token>'", "invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
+                           headers={"WWW-Authenticate": "Bearer"}, stage="auth")
 
     async def _json(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
         limit = self.args.limits.max_request_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise APIError(413, f"request body of {declared} bytes is over the limit of {limit} bytes", "request_too_large")
+            raise APIError(413, f"request body of {declared} bytes is over the limit of {limit} bytes", "request_too_large",
+                           stage="parse")
         body, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise APIError(413, f"request body is over the limit of {limit} bytes", "request_too_large")
+                raise APIError(413, f"request body is over the limit of {limit} bytes", "request_too_large", stage="parse")
             body.append(chunk)
         data, max_values = b"".join(body), 2 * self.args.limits.max_items + 64
-        if len(data) <= INLINE_JSON_BYTES:  # a few fields and a short text: microseconds, not worth a thread hop
-            return parse_json_body(data, max_values)
-        # parsing a body of up to max_request_bytes is CPU work: off the event loop, which serves every request
-        return await asyncio.to_thread(parse_json_body, data, max_values)
+        try:
+            if len(data) <= INLINE_JSON_BYTES:  # a few fields and a short text: microseconds, not worth a thread hop
+                return parse_json_body(data, max_values)
+            # parsing a body of up to max_request_bytes is CPU work: off the event loop, which serves every request
+            return await asyncio.to_thread(parse_json_body, data, max_values)
+        except APIError as e:
+            e.stage = "parse"
+            raise
 
-    def _check_model(self, body: dict[str, Any], required: bool) -> None:
-        model = body.get("model")
+    def _check_model(self, model: str | None, required: bool) -> None:
         if model is None and not required:
             return
         if model != self.args.model_name:
             raise APIError(404, f"model {model!r} does not exist: this server serves {self.args.model_name!r}",
                            "model_not_found", "model")
 
-    def _modality_field(self, body: dict[str, Any], field: str) -> str | None:
-        value = body.get(field)
+    def _modality_field(self, value: str | None, field: str) -> str | None:
         if value is not None and value not in self.modalities:
             raise APIError(400, f"{field} {value!r} is not served: expected one of {', '.join(self.modalities)}",
                            "unsupported_modality", field)
@@ -170,35 +180,35 @@ class Gateway:
         except BackPressureError:
             for call in calls:
                 call.cancel()
-            raise _overloaded("encoder") from None
+            busy = {encoder_deployment(it.modality) for it in items}
+            raise _overloaded("encoder", busy.pop() if len(busy) == 1 else "encoders") from None
         for it, result, share in zip(items, results, shares):
             if "error" in result:
                 reason = explain_share(result["error"], share, items, self.args.limits)
                 raise APIError(400, f"input[{it.index}]: {it.modality}: {reason}", "invalid_input",
-                               f"input[{it.index}]")
+                               f"input[{it.index}]", stage="embed")
         return results
 
     # --- endpoints ------------------------------------------------------------------------
-    @api.post("/v1/embeddings")
+    @api.post("/v1/embeddings", openapi_extra=openapi_body(EmbeddingsRequest))
     async def embeddings(self, request: Request) -> JSONResponse:
-        body = await self._json(request)
-        self._check_model(body, required=True)
+        parsed = await self._json(request)
+        raw = input_list(parsed, self.args.limits)  # first: a bad item is named by its index (input[3])
+        body = typed(EmbeddingsRequest, parsed)
+        self._check_model(body.model, required=True)
         from pipeline.index.compact import binary, int8, prefix
 
-        fmt = body.get("encoding_format") or "float"
-        if fmt not in ENCODING_FORMATS:
-            raise APIError(400, f"encoding_format {fmt!r} is not supported: expected one of "
-                                f"{', '.join(map(repr, ENCODING_FORMATS))}", "invalid_encoding_format", "encoding_format")
+        fmt = body.encoding_format or "float"
         full = self.info["dimensions"]
-        dims = body.get("dimensions", full)
-        if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= full:
+        dims = full if body.dimensions is None else body.dimensions
+        if not dims <= full:
             raise APIError(400, f"dimensions={dims!r}: expected an integer from 1 to {full} (the model's width)",
                            "unsupported_dimensions", "dimensions")
         if fmt == "binary" and dims % 8:
             raise APIError(400, f"dimensions={dims}: binary vectors pack 8 bits to a byte, expected a multiple of 8",
                            "unsupported_dimensions", "dimensions")
-        forced = self._modality_field(body, "modality")
-        items = await self._items(input_list(body, self.args.limits), forced)
+        forced = self._modality_field(body.modality, "modality")
+        items = await self._items(raw, forced)
         for it in items:
             if dims not in self.info["widths"][it.modality]:
                 raise APIError(400, f"dimensions={dims}: the model's {it.modality} vectors were trained for widths "
@@ -218,66 +228,49 @@ class Gateway:
         return JSONResponse({"object": "list", "data": data, "model": self.args.model_name,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
-    @api.post("/v1/search")
+    @api.post("/v1/search", openapi_extra=openapi_body(SearchRequest))
     async def search(self, request: Request) -> JSONResponse:
         from ray.serve.exceptions import BackPressureError
 
-        body = await self._json(request)
-        self._check_model(body, required=False)
+        parsed = await self._json(request)
+        raw = input_list(parsed, self.args.limits, field="query")
+        body = typed(SearchRequest, parsed)
+        self._check_model(body.model, required=False)
         if self.search_handle is None and self.searcher is None:
             raise APIError(404, "search is not enabled: start the server with `index` (a folder from `oneencoder index`) "
                                 "or `features` (a feature store)",
                            "search_disabled")
-        raw = input_list(body, self.args.limits, field="query")
         if len(raw) != 1:
             raise APIError(400, f"'query' takes one input, got {len(raw)}", "invalid_input", "query")
-        k = body.get("k", 10)
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.args.limits.max_k:
-            raise APIError(400, f"k={k!r}: expected an integer from 1 to {self.args.limits.max_k}", "invalid_k", "k")
-        targets = body.get("target_modality")
-        targets = [targets] if isinstance(targets, str) else targets
-        if isinstance(targets, list) and all(isinstance(t, str) for t in targets):
-            targets = list(dict.fromkeys(targets))  # a modality named twice is searched once
-        indexed = self.info["index"]
-        if targets is not None and (not isinstance(targets, list) or not targets
-                                    or any(t not in indexed for t in targets)):
-            raise APIError(400, f"target_modality {body.get('target_modality')!r}: expected one or more of "
+        if body.k > self.args.limits.max_k:
+            raise APIError(400, f"k={body.k!r}: expected an integer from 1 to {self.args.limits.max_k}", "invalid_k", "k")
+        targets = body.target_modality
+        targets = None if targets is None else list(dict.fromkeys([targets] if isinstance(targets, str) else targets))
+        indexed = self.info["index"]  # (a modality named twice is searched once)
+        if targets is not None and (not targets or any(t not in indexed for t in targets)):
+            raise APIError(400, f"target_modality {body.target_modality!r}: expected one or more of "
                                 f"{', '.join(indexed)} (the indexed modalities)", "unsupported_modality", "target_modality")
-        prefix = body.get("id_prefix")
-        if prefix is not None and (not isinstance(prefix, str) or not 0 < len(prefix) <= MAX_ID_PREFIX):
-            raise APIError(400, f"id_prefix: expected a string of 1 to {MAX_ID_PREFIX} characters, got "
-                                f"{type(prefix).__name__}{' of length %d' % len(prefix) if isinstance(prefix, str) else ''}",
-                           "invalid_id_prefix", "id_prefix")
-        exact = body.get("exact", False)
-        if not isinstance(exact, bool):
-            raise APIError(400, f"exact={exact!r}: expected true or false", "invalid_exact", "exact")
         width = self.info["search_width"]
-        dims = body.get("dimensions", width)
-        if dims != width or isinstance(dims, bool):
-            raise APIError(400, f"dimensions={dims!r}: this server searches {width}-dimensional vectors (the index's "
-                                "width: build one with `oneencoder index --width N` to search at another)",
+        if body.dimensions is not None and body.dimensions != width:
+            raise APIError(400, f"dimensions={body.dimensions!r}: this server searches {width}-dimensional vectors (the "
+                                "index's width: build one with `oneencoder index --width N` to search at another)",
                            "unsupported_dimensions", "dimensions")
-        hubness = body.get("hubness", False)
-        if not isinstance(hubness, bool):
-            raise APIError(400, f"hubness={hubness!r}: expected true or false", "invalid_hubness", "hubness")
-        min_match = body.get("min_match")
-        if min_match is not None and (not isinstance(min_match, (int, float)) or isinstance(min_match, bool)
-                                      or not 0 <= min_match <= 1):
-            raise APIError(400, f"min_match={min_match!r}: expected a number from 0 to 1 (the calibrated probability "
-                                "that a hit is the query's partner)", "invalid_min_match", "min_match")
-        where = _where(body.get("where"), self.info.get("search_metadata", []))
-        items = await self._items(raw, self._modality_field(body, "modality"))
+        where = _where(body.where, self.info.get("search_metadata", []))
+        items = await self._items(raw, self._modality_field(body.modality, "modality"))
         query = (await self._embed(items))[0]
-        asked = (np.asarray(query["embedding"]), items[0].modality, targets, k, exact, prefix, hubness, min_match, where)
+        asked = (np.asarray(query["embedding"]), items[0].modality, targets, body.k, body.exact, body.id_prefix,
+                 body.hubness, body.min_match, where)
+        started = time.perf_counter()
         if self.searcher is not None:  # off the event loop: an exact scan of a large index takes a while
             found = await asyncio.to_thread(self.searcher.search, *asked)
         else:
             try:
                 found = await self.search_handle.search.remote(*asked)
             except BackPressureError:
-                raise _overloaded("search index") from None
+                raise _overloaded("search index", SEARCH) from None
+        server_metrics().observe("oneencoder_search_seconds", time.perf_counter() - started)
         if "error" in found:
-            raise APIError(400, found["error"], f"uncalibrated_{found['param']}", found["param"])
+            raise APIError(400, found["error"], f"uncalibrated_{found['param']}", found["param"], stage="search")
         return JSONResponse({"object": "list", "data": found["hits"], "model": self.args.model_name,
                              "query_modality": items[0].modality, "ranking": found["ranking"]})
 
@@ -290,10 +283,19 @@ class Gateway:
             "search_metadata": self.info.get("search_metadata", []),
             "widths": self.info["widths"]}]})
 
+    @api.get("/metrics", include_in_schema=False)
+    async def metrics(self, request: Request) -> PlainTextResponse:
+        """Prometheus text: the ``ray_oneencoder_*`` and ``ray_serve_*`` families of every node's Ray metrics agent
+        (serving.metrics), behind the API's token like every route but /health."""
+        self._authorize(request)
+        text, failed = await exposition()
+        notes = "".join(f"# oneencoder: the metrics agent at {a} did not answer\n" for a in failed)
+        return PlainTextResponse(notes + text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> JSONResponse:
         self._authorize(request)
-        return JSONResponse(api.openapi())
+        return JSONResponse(with_request_schemas(api.openapi()))
 
     @api.get("/docs", include_in_schema=False)
     async def docs(self, request: Request):
@@ -304,18 +306,21 @@ class Gateway:
 
     @api.get("/health")
     async def health(self) -> JSONResponse:
-        """200 once every encoder (and the SearchIndex of a served store) answers; 503 otherwise. With an index
-        folder, ``search_index`` says what this replica opened."""
+        """200 once every encoder embeds its warm-up item (checked again every HEALTH_TTL_S) and the SearchIndex of a
+        served store answers; 503 otherwise, naming each deployment that is not ready and why. With an index folder,
+        ``search_index`` says what this replica opened."""
         handles = {encoder_deployment(m): h for m, h in self.encoders.items()}
         if self.search_handle is not None:
             handles[SEARCH] = self.search_handle
 
         async def check(call: Any) -> str:
             try:
-                await asyncio.wait_for(_resolve(call), timeout=5)
-                return "ready"
+                answer = await asyncio.wait_for(_resolve(call), timeout=5)
             except Exception as e:  # not started, restarting or overloaded
                 return f"not ready ({type(e).__name__})"
+            if isinstance(answer, dict) and not answer.get("ok"):  # an encoder's warm-up item failed
+                return f"not ready (cannot embed: {answer.get('reason')})"
+            return "ready"
 
         # waited for together: a probe gets its answer within one wait, not one wait per deployment not ready
         states = await asyncio.gather(*(check(h.ready.remote()) for h in handles.values()))

@@ -108,7 +108,7 @@ def parse_args(args: dict[str, Any] | None, source: str = "serve args") -> Serve
 
 def load_serve_config(path: str) -> dict[str, Any]:
     """Read a Serve config YAML, check it with Ray's own schema, and return its single application."""
-    from ray.serve.schema import ServeDeploySchema
+    from ray.serve.schema import DeploymentSchema, ServeDeploySchema
 
     raw = read_yaml_mapping(path)
     try:
@@ -120,6 +120,12 @@ def load_serve_config(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected exactly one application with import_path serving.app:build_app, "
                           f"found {len(apps)}")
     app = dict(apps[0])
+    known = set(getattr(DeploymentSchema, "model_fields", None) or DeploymentSchema.__fields__)
+    for deployment in app.get("deployments") or []:  # Ray's schema lets an unknown option through, unused
+        unknown = sorted(set(deployment) - known)
+        if unknown:
+            raise ConfigError(f"{path}: deployment {deployment.get('name')!r} has the option {unknown[0]!r}, which Ray "
+                              f"Serve does not have; expected some of {', '.join(sorted(known - {'name'}))}")
     app.setdefault("args", {})
     app["http_options"] = schema.http_options.model_dump() if hasattr(schema.http_options, "model_dump") else dict(raw.get("http_options") or {})
     return app

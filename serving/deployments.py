@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from typing import Any
 
 from ray import serve
@@ -11,6 +12,53 @@ from ray import serve
 from serving.config import BatchSettings, ServeArgs, batch_settings
 
 log = logging.getLogger("serving")
+HEALTH_TTL_S = 10.0  # a readiness probe reuses a warm-up check younger than this (probes come every few seconds)
+
+
+def record(results: list[Any], timings: dict[str, float], modality: str, model: str) -> None:
+    """One batch's results in this replica's metrics: items, errors by stage, batch size, decode and encode time."""
+    from pipeline.item_encoder import ItemError
+    from serving.metrics import server_metrics
+
+    metrics, tags = server_metrics(), {"modality": modality, "model": model}
+    errors = collections.Counter(r.stage for r in results if isinstance(r, ItemError))
+    metrics.inc("oneencoder_items", len(results) - sum(errors.values()), **tags)
+    for stage, count in errors.items():
+        metrics.inc("oneencoder_item_errors", count, stage=stage, **tags)
+    metrics.observe("oneencoder_batch_size", len(results), **tags)
+    for stage in ("decode", "encode"):
+        metrics.observe(f"oneencoder_{stage}_seconds", timings.get(stage, 0.0), **tags)
+
+
+def warm_up_item(modality: str) -> Any:
+    """One tiny decoded input of ``modality`` (a drawn red circle, its caption, its tone...), what a readiness check
+    runs through the encoder; None for a modality that draws no samples."""
+    import numpy as np
+
+    from pipeline.modalities import get
+    from pipeline.synthetic.draw import Scene
+
+    synthetic = get(modality).synthetic
+    return None if synthetic is None else synthetic.draw(Scene("red", "circle"), np.random.default_rng(0))
+
+
+def warm_up(model: Any, modality: str) -> dict[str, Any]:
+    """Run the warm-up item through ``model``'s frozen encoder, adapter and projection: {"ok", "ms", "reason"}."""
+    import numpy as np
+
+    item = warm_up_item(modality)
+    started = time.perf_counter()
+    try:
+        if item is None:
+            model.warm(modality)
+        else:
+            vectors, _ = model.encode([item], modality)
+            if vectors.shape != (1, model.dim) or not np.isfinite(vectors).all():
+                raise ValueError(f"gave a vector of shape {vectors.shape} with non-finite values" if vectors.size
+                                 else f"gave no vector (shape {vectors.shape})")
+    except Exception as e:  # whatever the encoder raised: the replica cannot embed
+        return {"ok": False, "ms": None, "reason": f"{type(e).__name__}: {str(e)[:300]}"}
+    return {"ok": True, "ms": round(1000 * (time.perf_counter() - started), 1), "reason": None}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=256,
@@ -32,7 +80,11 @@ class ModalityEncoder:
         gpus = len(ray.get_gpu_ids())  # from the deployment's ray_actor_options (num_gpus)
         self.model = load_model(self.args.model, limits=self.args.limits, batch_size=BatchSettings().max_batch_size,
                                 encoder_overrides={"torch_threads": self.args.torch_threads, "num_gpus": float(gpus > 0)})
-        self.model.warm(modality)  # the replica reports healthy only once its encoder is loaded
+        # the replica starts only once one item has gone through its encoder (loaded, compiled, answering)
+        self.health = warm_up(self.model, modality)
+        if not self.health["ok"]:
+            raise RuntimeError(f"encoder-{modality}: the warm-up item failed: {self.health['reason']}")
+        self.checked = time.monotonic()
         self.batch_sizes: collections.deque[int] = collections.deque(maxlen=10_000)
         self.batching = BatchSettings()
 
@@ -60,19 +112,30 @@ class ModalityEncoder:
 
         own = self.args.limits if limits and any(limits) else None
         tighter = [{k: min(v, getattr(own, k)) for k, v in (lim or {}).items()} or None for lim in limits] if own else None
+        timings: dict[str, float] = {}
+        results = self.model.embed_items(items, self.modality, tighter, timings)
+        record(results, timings, self.modality, self.args.model_name)
         return [{"error": r.reason} if isinstance(r, ItemError) else {"embedding": r.vector, "input_tokens": r.input_tokens}
-                for r in self.model.embed_items(items, self.modality, tighter)]
+                for r in results]
 
     def stats(self) -> dict[str, Any]:
         """Observed batch sizes since start (for tests and tuning)."""
         return {"modality": self.modality, "batch_sizes": list(self.batch_sizes), **self.batching.model_dump()}
 
-    def ready(self) -> bool:
-        return True
+    async def ready(self) -> dict[str, Any]:
+        """Readiness (the Gateway's /health): the warm-up item through the encoder again when the last check is
+        older than HEALTH_TTL_S; {"ok", "ms", "reason"}."""
+        if time.monotonic() - self.checked > HEALTH_TTL_S:
+            self.checked = time.monotonic()
+            self.health = await asyncio.to_thread(warm_up, self.model, self.modality)
+            if not self.health["ok"]:
+                log.error("encoder-%s cannot embed: %s", self.modality, self.health["reason"])
+        return self.health
 
     def check_health(self) -> None:
-        if self.model is None:
-            raise RuntimeError(f"encoder-{self.modality}: model not loaded")
+        """Serve's liveness check: a replica whose last warm-up check failed is replaced."""
+        if not self.health["ok"]:
+            raise RuntimeError(f"encoder-{self.modality} cannot embed: {self.health['reason']}")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, max_queued_requests=256)

@@ -24,10 +24,11 @@ class APIError(Exception):
     """An error answered as ``{"error": {message, type, param, code}}`` with an HTTP status."""
 
     def __init__(self, status: int, message: str, code: str, param: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None, stage: str = "request"):
         super().__init__(message)
         self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
         self.headers = headers or {}
+        self.stage = stage  # what refused it (the oneencoder_errors metric): auth, request, embed, search, queue
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}

@@ -109,7 +109,7 @@ def ray_session(session_dir):
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=400_000_000,
-             log_to_driver=False)
+             log_to_driver=False, _system_config={"metrics_report_interval_ms": 1000})  # metrics tests wait less
     from ray.data import DataContext
 
     DataContext.get_current().execution_no_progress_timeout_s = 300  # a hang fails the test

@@ -18,6 +18,7 @@ def test_non_finite_vectors_fail_their_item_only(model_dir, monkeypatch):
     the Serve replica alike (the one raw-item → vector path), and its batch-mates get their vectors."""
     from pipeline.inference import load_model
     from pipeline.item_encoder import ItemError
+    from serving.config import ServeArgs
     from serving.deployments import ModalityEncoder
 
     model = load_model(model_dir)
@@ -36,7 +37,7 @@ def test_non_finite_vectors_fail_their_item_only(model_dir, monkeypatch):
     with pytest.raises(ValueError, match="item 1: text: the encoder gave non-finite values"):
         model.embed(["a red circle", "overflow"], "text")
     replica = object.__new__(ModalityEncoder.func_or_class)
-    replica.model, replica.modality = model, "text"
+    replica.model, replica.modality, replica.args = model, "text", ServeArgs()
     answers = replica._embed(["overflow", "a red circle"])
     assert "non-finite" in answers[0]["error"] and np.isfinite(answers[1]["embedding"]).all()
 

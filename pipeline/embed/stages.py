@@ -31,6 +31,7 @@ from pipeline.config import EncoderConfig
 from pipeline.encoders.presets import EncoderRef
 from pipeline.item_encoder import ItemEncoder, ItemError, decode_raw
 from pipeline.media.decode import DecodeSettings
+from pipeline.metrics import count_rows
 from pipeline.modality import Modality
 from pipeline.store.features import FeatureStore
 from pipeline.store.manifest import ManifestPlan, read_chunk
@@ -437,6 +438,7 @@ class EncodeActor:
             ids, pc.list_flatten(rows.column("uris")), pa.array(row_numbers), pa.array(first),
             pa.array(valid[parent]), pa.array(stage, pa.string()).take(take), pa.array(error, pa.string()).take(take),
             embedding.take(take), rows.column("linked").take(take)], schema=self.schemas[name])
+        count_rows("embed", name, valid[parent], np.asarray(stage, object)[parent])
         order = np.argsort(row_numbers, kind="stable")
         table, row_numbers = table.take(pa.array(order)), row_numbers[order]
         shards, named = row_numbers // self.shard_size, pc.is_valid(table.column("id")).to_numpy(zero_copy_only=False)

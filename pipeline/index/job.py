@@ -48,8 +48,12 @@ class Projector:
         self.sample = sample
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.metrics import job_metrics
+
         rows = [project_shard(self.model, self.store, self.out, str(m), int(s), self.sample)
                 for m, s in zip(batch["modality"], batch["shard"])]
+        for m, n in zip(batch["modality"], rows):
+            job_metrics().inc("oneencoder_job_rows", n, job="index", modality=str(m))
         return {"modality": batch["modality"], "shard": batch["shard"], "rows": np.array(rows, np.int64)}
 
 

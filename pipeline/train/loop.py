@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pipeline.eval.metrics import both_directions
+from pipeline.metrics import job_metrics
 from pipeline.model import ModelConfig, OneEncoder, count_trainable
 from pipeline.store.files import read_json, write_json
 from pipeline.train.checkpoint import load_optimizer, load_weights, save_optimizer, save_weights
@@ -130,7 +131,7 @@ class StageTraining:
         step_module = step_module or self.pair
         self.pair.train()
         set_modes(self.model, self.parts)
-        losses = []
+        losses, seen = [], 0
         for i, batch in enumerate(batches):
             for group in self.opt.param_groups:  # from the step number alone: a resumed stage continues the schedule
                 group["lr"] = self.lr * self.stage.lr_factor(epoch * self.per_epoch + min(i, self.per_epoch - 1),
@@ -140,6 +141,8 @@ class StageTraining:
             terms["loss"].backward()
             self.opt.step()
             losses.append(float(terms["loss"].detach()))
+            seen += len(batch[self.names[0]])
+        job_metrics().inc("oneencoder_job_rows", seen, job="train", modality=":".join(self.names))
         return sum(losses) / max(len(losses), 1)
 
     def epoch_metrics(self, epoch: int, loss: float, val: dict[str, torch.Tensor], start: int) -> dict[str, float]:

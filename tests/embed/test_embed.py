@@ -18,6 +18,7 @@ from pipeline.store.features import embeddings, read_errors, read_features
 from pipeline.modalities.depth import depth_map, write_depth
 from pipeline.synthetic.draw import concept, draw_shape
 from tests.media_factory import jpeg_with_orientation, write_bad_media
+from tests.ray_metrics import job_counters
 
 DEPTH_FORMATS = Modality("depth").spec.synthetic.formats
 
@@ -111,6 +112,19 @@ def test_every_input_has_exactly_one_row(mixed_run):
     keys = [(i, m) for i, m, _ in all_rows(out)]
     assert len(keys) == len(set(keys)), "duplicate rows"
     assert set(keys) == set(expected)
+
+
+def test_the_job_counts_its_rows_and_errors_in_ray_metrics(mixed_run):
+    """The embed job's workers count feature rows and error rows by stage as they write them (on top of what other
+    jobs of this Ray session counted, hence at least)."""
+    out, _, expected, _ = mixed_run
+    wanted: dict[tuple[str, str], float] = {}
+    for (_, modality), error in expected.items():
+        key = ("ray_oneencoder_job_rows_total", modality) if error is None else \
+            ("ray_oneencoder_job_errors_total", f"{modality}/{error[0]}")
+        wanted[key] = wanted.get(key, 0) + 1
+    got = job_counters("embed", wanted)
+    assert all(got.get(k, 0) >= v for k, v in wanted.items()), {k: (got.get(k), v) for k, v in wanted.items()}
 
 
 def test_bad_inputs_land_in_errors_with_stage_and_message(mixed_run):

@@ -102,6 +102,16 @@ def test_index_writes_the_models_vectors_and_its_graph_finds_what_exact_search_f
     assert [h.id for h in index.search(queries[0], ["image"], 10, exact=True)] == [ids[i] for i in best]
 
 
+def test_the_job_counts_the_vectors_it_writes_in_ray_metrics(sharded_store, built):
+    """The projection workers count each shard's vectors as they write them (at least: other index runs of this Ray
+    session count too)."""
+    from tests.ray_metrics import job_counters
+
+    wanted = {("ray_oneencoder_job_rows_total", m): read_features(sharded_store, m).num_rows for m in MODALITIES}
+    got = job_counters("index", wanted)
+    assert all(got.get(k, 0) >= v for k, v in wanted.items()), {k: (got.get(k), v) for k, v in wanted.items()}
+
+
 def test_filters_by_modality_and_id_prefix(built):
     index = VectorIndex(built[0])
     q = index.segments["text"][0].vectors[0]

@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -460,12 +461,67 @@ def test_bearer_auth(served):
         assert redoc.status_code == 404 and "/v1/embeddings" not in redoc.text, redoc.text
     spec = requests.get(url + "/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert spec.status_code == 200 and "/v1/embeddings" in spec.json()["paths"]
+    assert {"EmbeddingsRequest", "SearchRequest"} <= set(spec.json()["components"]["schemas"])  # the typed bodies
     docs = requests.get(url + "/docs", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert docs.status_code == 200 and "openapi.json" in docs.text
     health = requests.get(url + "/health", timeout=30)  # probes need no token
     assert health.status_code == 200 and health.json()["status"] == "ready", health.text
     ok = _post(url, body)
     assert ok.status_code == 200 and [d["modality"] for d in ok.json()["data"]] == ["text"], ok.text
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """GET /metrics, parsed by prometheus_client: {(sample name, sorted labels without node/replica ids): summed value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = requests.get(url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4"), r.text[:300]
+    out: dict[tuple[str, tuple], float] = {}
+    for family in text_string_to_metric_families(r.text):
+        assert family.name.startswith(("ray_oneencoder_", "ray_serve_")), family.name
+        for sample in family.samples:
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k in (
+                "route", "status", "code", "stage", "modality", "model", "deployment", "le")))
+            out[(sample.name, labels)] = out.get((sample.name, labels), 0.0) + sample.value
+    return out
+
+
+def _total(scraped: dict[tuple[str, tuple], float], name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in scraped.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def test_metrics_on_the_api_port_move_with_requests(served):
+    """GET /metrics (behind the token) serves the ray_oneencoder_* and ray_serve_* families of the node's Ray
+    metrics agent; after 3 text embeddings, a search and a malformed body, the request, item, batch, latency and
+    error counters have moved by at least that much (the agent exports every metrics_report_interval_ms)."""
+    url, _ = served
+    assert requests.get(url + "/metrics", timeout=30).status_code == 401
+    before = _scrape(url)
+    for text in ("metrics one", "metrics two", "metrics three"):
+        assert _post(url, {"model": "oneencoder", "input": text}).status_code == 200
+    assert _post(url, {"query": "a red circle", "k": 3}, path="/v1/search").status_code == 200
+    assert _post(url, b'{"input": [').status_code == 400
+    wanted = {("ray_oneencoder_requests_total", (("route", "/v1/embeddings"), ("status", "200"))): 3,
+              ("ray_oneencoder_items_total", (("modality", "text"), ("model", "oneencoder"))): 4,
+              ("ray_oneencoder_batch_size_count", (("modality", "text"),)): 1,
+              ("ray_oneencoder_encode_seconds_count", (("modality", "text"),)): 1,
+              ("ray_oneencoder_search_seconds_count", ()): 1,
+              ("ray_oneencoder_request_seconds_count", (("route", "/v1/search"),)): 1,
+              ("ray_oneencoder_errors_total", (("code", "invalid_json"), ("stage", "parse"), ("status", "400"))): 1}
+    deadline, moved = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        after = _scrape(url)
+        moved = {key: _total(after, key[0], **dict(key[1])) - _total(before, key[0], **dict(key[1])) for key in wanted}
+        if all(moved[key] >= n for key, n in wanted.items()):
+            break
+        time.sleep(1)
+    assert all(moved[key] >= n for key, n in wanted.items()), {k: (moved[k], n) for k, n in wanted.items()}
+    with open(os.path.join(ROOT, "deploy", "grafana", "oneencoder.json")) as fh:  # the dashboard's Serve panels
+        serve_names = set(re.findall(r"\bray_serve_\w+", fh.read()))
+    assert serve_names and serve_names <= {name for name, _ in after}, serve_names - {name for name, _ in after}
+    routes = {dict(ls).get("route") for n, ls in after if n == "ray_oneencoder_requests_total"}
+    assert routes <= {"/v1/embeddings", "/v1/search", "/v1/models", "/health", "/metrics", "/openapi.json", "/docs",
+                      "other"}, routes  # a client's path never becomes a label
 
 
 def test_remote_urls_only_from_allowed_hosts(served, media_server, local_model):
@@ -612,6 +668,9 @@ def test_serve_config_and_args_are_validated(trained, tmp_path):
         prepare(_config(str(tmp_path), "e2.yaml", {"model": trained[0], "modalities": ["depth"]}))
     with pytest.raises(ValueError, match="Deployment 'encoder-audio' does not exist"):
         prepare(_config(str(tmp_path), "f.yaml", {"model": trained[0], "modalities": ["text", "image"]}))
+    with pytest.raises(ConfigError, match="deployment 'encoder-text' has the option 'max_queue', which Ray Serve does "
+                                          "not have; expected some of .*max_queued_requests"):  # Ray's schema lets it by
+        prepare(_config(str(tmp_path), "g.yaml", {"model": trained[0]}, {"Gateway": {}, "encoder-text": {"max_queue": 9}}))
     with pytest.raises(ValueError, match="Deployment 'SearchIndex' does not exist.*SearchIndex runs only with features: "
                                          "an index folder is searched in the Gateway's replicas"):
         prepare(_config(str(tmp_path), "f2.yaml", {"model": trained[0], "modalities": ["text"], "index": "/nowhere"},
@@ -672,8 +731,11 @@ def test_health_is_503_naming_each_deployment_that_is_not_ready():
         def remote(self):
             return self.answer()
 
-    async def ready():
-        return None
+    async def ready():  # an encoder whose warm-up item went through
+        return {"ok": True, "ms": 3.2, "reason": None}
+
+    async def broken():  # one whose encoder gives NaN (e.g. fp16 overflow on a GPU)
+        return {"ok": False, "ms": None, "reason": "ValueError: item 0 gave a non-finite vector"}
 
     async def never():  # a replica that is pending (no CPU free) or hung: the call never answers
         await asyncio.Event().wait()
@@ -682,7 +744,8 @@ def test_health_is_503_naming_each_deployment_that_is_not_ready():
         raise RuntimeError("the replica died")
 
     # the Gateway's own health method, on a stand-in for the replica (its handles are all /health reads)
-    gateway = types.SimpleNamespace(encoders={"text": Handle(ready), "image": Handle(dead), "audio": Handle(never)},
+    gateway = types.SimpleNamespace(encoders={"text": Handle(ready), "image": Handle(dead), "audio": Handle(never),
+                                              "video": Handle(broken)},
                                     search_handle=Handle(never), searcher=None)
     started = time.monotonic()
     response = asyncio.run(Gateway.func_or_class.health(gateway))
@@ -690,6 +753,7 @@ def test_health_is_503_naming_each_deployment_that_is_not_ready():
     assert response.status_code == 503
     assert json.loads(response.body) == {"status": "not ready", "deployments": {
         "encoder-text": "ready", "encoder-image": "not ready (RuntimeError)", "encoder-audio": "not ready (TimeoutError)",
+        "encoder-video": "not ready (cannot embed: ValueError: item 0 gave a non-finite vector)",
         "SearchIndex": "not ready (TimeoutError)"}}
     assert took < 8, took  # the stuck ones are waited for together: a probe gets its answer, not 5 s per deployment
     gateway.encoders = {"text": Handle(ready), "audio": Handle(ready)}

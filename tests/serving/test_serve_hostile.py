@@ -487,7 +487,7 @@ def test_the_replica_never_loosens_its_own_limits():
     seen = []
 
     class Model:
-        def embed_items(self, items, modality, limits=None):
+        def embed_items(self, items, modality, limits=None, timings=None):
             seen.append(limits)
             return []
 

@@ -40,6 +40,18 @@ def test_padding_tokens_do_not_change_the_output():
         torch.testing.assert_close(model("image", x), model("image", padded, mask), atol=1e-5, rtol=1e-5)
 
 
+def test_the_training_workers_count_the_examples_they_see_in_ray_metrics(trained):
+    """Each stage's examples, every epoch, counted by the Ray Train workers as they train (at least: the session's
+    other training runs count too)."""
+    from tests.ray_metrics import job_counters
+
+    _, result, _ = trained
+    wanted = {("ray_oneencoder_job_rows_total", s["stage"].split("-", 1)[1].replace("-", ":")): s["epochs_run"]
+              for s in result["stages"]}  # "1-image-text" → image:text; at least one example an epoch
+    got = job_counters("train", wanted)
+    assert all(got.get(k, 0) >= v for k, v in wanted.items()), (got, wanted)
+
+
 def test_artifact_holds_config_weights_encoders_metrics_provenance(trained):
     output, result, _ = trained
     for name in ("config.json", "model.safetensors", "encoders.json", "metrics.json", "provenance.json"):
