@@ -7,14 +7,12 @@ benchmarks, through their real main()); this catches lines that drift from the f
 from __future__ import annotations
 
 import glob
-import importlib
 import os
 import re
-import shlex
 import subprocess
 import sys
 
-from jobs.cli import parse_command_line
+from tests.commands import parse_command
 from tests.settings import ROOT
 
 README = os.path.join(ROOT, "README.md")
@@ -37,30 +35,8 @@ def _commands(path: str) -> list[str]:
     return commands
 
 
-def _parse(command: str) -> str | None:
-    """The job ``command`` runs, after parsing it as the program would (argparse exits on a bad flag); None for a
-    synopsis such as `oneencoder embed --input MANIFEST [--preset tiny|paper]`."""
-    args = shlex.split(command, comments=True)
-    if any(a.startswith("[") or a in ("...", "…", "\\") or "|" in a for a in args):
-        return None
-    for flag, value in zip(args, args[1:]):  # a config the command names is in the repository
-        if flag == "--config" and value.endswith((".yaml", ".yml")) and "/" in value and not value.isupper():
-            assert os.path.exists(os.path.join(ROOT, value)), f"{command}: {value} does not exist"
-    if args[0] == "oneencoder":
-        parse_command_line(args[1:])
-        return args[1]
-    module = importlib.import_module(args[2])
-    if hasattr(module, "JOB"):  # a benchmark: its flags come from its config, as a job's
-        from jobs.registry import build_parser
-
-        build_parser(module.JOB).parse_args(args[3:])
-    else:
-        module.build_parser().parse_args(args[3:])
-    return args[2]
-
-
 def test_every_command_in_the_readme_and_the_docs_parses():
-    parsed = {os.path.relpath(path, ROOT): [_parse(c) for c in _commands(path)] for path in PAGES}
+    parsed = {os.path.relpath(path, ROOT): [parse_command(c) for c in _commands(path)] for path in PAGES}
     front = set(parsed["README.md"])
     for expected in ("demo", "sample-corpus", "embed", "train", "evaluate", "index", "serve", "submit"):
         assert expected in front, f"the README no longer shows a runnable `{expected}` command"

@@ -122,6 +122,10 @@ def test_every_yaml_in_the_repo_validates():
         elif rel == "cluster.yaml":
             with open(path) as fh:
                 validate_config(prepare_config(yaml.safe_load(fh)))
+        elif rel.startswith("deploy/kubernetes/"):
+            from tests.kubernetes_manifests import check_manifest
+
+            check_manifest(path)  # KubeRay's fields, Kubernetes' schemas, the Serve config, the entrypoints
         elif rel == "mkdocs.yml":
             from mkdocs.config import load_config as load_mkdocs_config
 
@@ -130,7 +134,8 @@ def test_every_yaml_in_the_repo_validates():
             raise AssertionError(f"{rel}: no validator for this YAML; add one here")
         checked.add(rel)
     assert {"cluster.yaml", "serving/serve_config.yaml", "jobs/configs/embed_tiny.yaml", "jobs/configs/train_tiny.yaml",
-            "jobs/configs/evaluate_tiny.yaml", "jobs/configs/index_tiny.yaml", "benchmarks/configs/serve_paper.yaml", "mkdocs.yml"} <= checked
+            "jobs/configs/evaluate_tiny.yaml", "jobs/configs/index_tiny.yaml", "benchmarks/configs/serve_paper.yaml", "mkdocs.yml",
+            "deploy/kubernetes/rayservice.yaml", "deploy/kubernetes/rayjob-embed.yaml"} <= checked
 
 
 def test_cli_bad_config_fails_before_starting_ray(tmp_path):
