@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -89,6 +89,52 @@ def _where(where: Any, columns: list[str]) -> dict[str, list[str]] | None:
                                 f"characters), or a list of 1 to {MAX_VALUES} of them", "invalid_where", "where")
         out[column] = [as_text(v) for v in values]
     return out
+
+
+MAX_MEDIA_ID = 1024  # characters of /v1/media's id
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+# the search page's own files only: no inline script, no other origin; media as blob: URLs made from /v1/media
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+               "media-src 'self' blob:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
+def _static(name: str, media_type: str) -> Response:
+    """One of the search page's files (serving/static/), with the page's content security policy."""
+    with open(os.path.join(STATIC, name), "rb") as fh:
+        return Response(fh.read(), media_type=media_type, headers={
+            "Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+
+
+def _media(uri: str | None, modality: str, item_id: str, args: ServeArgs) -> Response:
+    """The stored media file of an indexed item: read from where the index says it is (a local path or S3), at most
+    limits.max_file_bytes, typed by its extension when the modality accepts that type (else a download). A URL is not
+    fetched (the server never fetches what it was not asked to), an inline modality has no file."""
+    import mimetypes
+
+    from pipeline.modality import Modality
+    from pipeline.store.errors import ReadError
+    from pipeline.store.sources import read_limited
+
+    spec = Modality(modality).spec
+    if spec.inline:
+        raise APIError(404, f"{modality} items have no media file (their value is inline)", "media_not_stored", "id")
+    if uri is None:
+        raise APIError(404, f"no indexed {modality} item has the id {item_id[:80]!r}", "media_not_found", "id")
+    if uri[:8].lower().startswith(("http://", "https://")):
+        raise APIError(404, f"{modality} item {item_id[:80]!r} was indexed from a URL: this server does not fetch it",
+                       "media_not_stored", "id")
+    try:
+        data = read_limited(uri, args.storage.model_dump(), args.limits.max_file_bytes)
+    except ReadError as e:
+        log.warning("media of %s %s: %s", modality, item_id[:80], e)
+        raise APIError(404, f"the media of {modality} item {item_id[:80]!r} cannot be read", "media_unreadable",
+                       "id") from None
+    mime = mimetypes.guess_type(uri.split("?")[0])[0] or ""
+    inline = bool(mime) and spec.accepts_mime(mime)
+    return Response(data, media_type=mime if inline else "application/octet-stream", headers={
+        "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+        "Content-Disposition": "inline" if inline else "attachment"})
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128, max_queued_requests=256,
@@ -282,6 +328,40 @@ class Gateway:
             "modalities": self.modalities, "dimensions": self.info["dimensions"], "search_index": self.info["index"],
             "search_metadata": self.info.get("search_metadata", []),
             "widths": self.info["widths"]}]})
+
+    @api.get("/", include_in_schema=False)
+    async def page(self) -> Response:
+        """The search page (serving/static/): a query, or a dropped file, and the nearest items per modality."""
+        if self.search_handle is None and self.searcher is None:
+            raise APIError(404, "search is not enabled: start the server with `index` or `features` for the search "
+                                "page (the API is under /v1/)", "search_disabled")
+        return _static("search.html", "text/html; charset=utf-8")
+
+    @api.get("/search.js", include_in_schema=False)
+    async def page_script(self) -> Response:
+        return _static("search.js", "text/javascript; charset=utf-8")
+
+    @api.get("/search.css", include_in_schema=False)
+    async def page_style(self) -> Response:
+        return _static("search.css", "text/css; charset=utf-8")
+
+    @api.get("/v1/media")
+    async def media(self, request: Request, modality: str, id: str) -> Response:  # noqa: A002 (the API's name)
+        """The media file of an indexed item, by its modality and id (what the search page shows): only items the
+        index holds, from where the index says they are, behind the API's token."""
+        self._authorize(request)
+        if self.search_handle is None and self.searcher is None:
+            raise APIError(404, "search is not enabled: no indexed items to serve", "search_disabled")
+        if modality not in self.info["index"]:
+            raise APIError(400, f"modality {modality[:40]!r} is not indexed: expected one of "
+                                f"{', '.join(self.info['index'])}", "unsupported_modality", "modality")
+        if not 0 < len(id) <= MAX_MEDIA_ID:
+            raise APIError(400, f"id: expected 1 to {MAX_MEDIA_ID} characters, got {len(id)}", "invalid_id", "id")
+        if self.searcher is not None:
+            uri = await asyncio.to_thread(self.searcher.uri_of, modality, id)
+        else:
+            uri = await self.search_handle.uri_of.remote(modality, id)
+        return await asyncio.to_thread(_media, uri, modality, id, self.args)
 
     @api.get("/metrics", include_in_schema=False)
     async def metrics(self, request: Request) -> PlainTextResponse:

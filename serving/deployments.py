@@ -155,3 +155,7 @@ class SearchIndex:
     def search(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """``Searcher.search``."""
         return self.searcher.search(*args, **kwargs)
+
+    def uri_of(self, modality: str, item_id: str) -> str | None:
+        """``Searcher.uri_of``."""
+        return self.searcher.uri_of(modality, item_id)

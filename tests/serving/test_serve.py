@@ -466,6 +466,12 @@ def test_bearer_auth(served):
     assert docs.status_code == 200 and "openapi.json" in docs.text
     health = requests.get(url + "/health", timeout=30)  # probes need no token
     assert health.status_code == 200 and health.json()["status"] == "ready", health.text
+    for page, kind in (("/", "text/html"), ("/search.js", "text/javascript"), ("/search.css", "text/css")):
+        r = requests.get(url + page, timeout=30)  # the search page's own files hold no data: no token
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind), (page, r.status_code)
+        assert r.headers["content-security-policy"].startswith("default-src 'none'; script-src 'self'"), page
+    media = requests.get(url + "/v1/media", params={"modality": "image", "id": "c00000"}, timeout=30)
+    assert media.status_code == 401  # its media are behind the token
     ok = _post(url, body)
     assert ok.status_code == 200 and [d["modality"] for d in ok.json()["data"]] == ["text"], ok.text
 
