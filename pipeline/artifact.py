@@ -15,6 +15,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from pipeline.store.files import write_bytes_atomic, write_json
 
 if TYPE_CHECKING:  # annotations only
@@ -167,3 +169,27 @@ def _read(path: str, name: str) -> dict[str, Any]:
             return json.load(fh)
     except (OSError, ValueError) as e:
         raise ArtifactError(f"model artifact {path}: cannot read {name} ({type(e).__name__}: {e})") from None
+
+
+def same_vectors(a: Artifact, b: Artifact, modality: str) -> bool:
+    """Whether ``a`` and ``b`` give bit-identical ``modality`` vectors: the same frozen encoder (its record), the same
+    projection shape, and byte-equal weights on the modality's path (its adapter, modality token and positions, and
+    the shared Universal Projection). A model grown with ``train --from`` keeps its base's modalities so: a client's
+    stored vectors of them stay valid."""
+    from safetensors import safe_open
+
+    if modality not in a.encoders or modality not in b.encoders:
+        return False
+    if a.encoders[modality].to_json() != b.encoders[modality].to_json():
+        return False
+    shape = ("d", "layers", "heads", "ff")
+    if any(a.model[k] != b.model[k] for k in shape) or any(
+            a.model[k][modality] != b.model[k][modality] for k in ("in_dims", "tokens")):
+        return False
+    prefixes = (f"adapters.{modality}.", f"modality_tokens.{modality}", f"positions.{modality}", "up.")
+    with safe_open(a.weights_path, "numpy") as fa, safe_open(b.weights_path, "numpy") as fb:
+        names = sorted(n for n in fa.keys() if n.startswith(prefixes))
+        if names != sorted(n for n in fb.keys() if n.startswith(prefixes)):
+            return False
+        return all(np.array_equal(fa.get_tensor(n), fb.get_tensor(n)) and fa.get_tensor(n).dtype == fb.get_tensor(n).dtype
+                   for n in names)

@@ -148,7 +148,7 @@ class Gateway:
         self.modalities = list(encoders)
         # an index folder is searched here, memory-mapped (the OS shares its pages between replicas): no hop to
         # another replica per query; a feature store projected at start-up lives in the SearchIndex deployment
-        self.searcher = Searcher(self.args) if self.args.index else None
+        self.searcher = Searcher(self.args, info["paths"][info["search_version"]]) if self.args.index else None
         token = os.environ.get(self.args.api_key_env, "") if self.args.api_key_env else ""
         if self.args.api_key_env and not token:
             raise RuntimeError(f"api_key_env={self.args.api_key_env!r} is not set in the replica's environment")
@@ -187,12 +187,14 @@ class Gateway:
             e.stage = "parse"
             raise
 
-    def _check_model(self, model: str | None, required: bool) -> None:
-        if model is None and not required:
-            return
-        if model != self.args.model_name:
-            raise APIError(404, f"model {model!r} does not exist: this server serves {self.args.model_name!r}",
-                           "model_not_found", "model")
+    def _version(self, model: str | None) -> dict[str, Any]:
+        """The served version a request's ``model`` names (``info["versions"]``); 404 naming those served."""
+        version = self.info["versions"].get(model) if isinstance(model, str) else None
+        if version is None:
+            served = ", ".join(map(repr, self.info["versions"]))
+            raise APIError(404, f"model {model!r} does not exist: this server serves {served}", "model_not_found",
+                           "model")
+        return version
 
     def _modality_field(self, value: str | None, field: str) -> str | None:
         if value is not None and value not in self.modalities:
@@ -210,17 +212,24 @@ class Gateway:
             items = [by_index.get(it.index, it) for it in items]
         return items
 
-    async def _embed(self, items: list[Item]) -> list[dict[str, Any]]:
+    async def _embed(self, items: list[Item], route: dict[str, str], model: str) -> list[dict[str, Any]]:
         """Each item through its modality's batched deployment, concurrently, within the request's budgets
-        (``request_budget``); 4xx naming the first bad item, or the budget a request is over."""
+        (``request_budget``), by the weights of model version ``model`` (``route``: per modality, the version its
+        encoder replicas run for it); 4xx naming the first bad item, or the budget a request is over."""
         from ray.serve.exceptions import BackPressureError
+
+        for it in items:
+            if it.modality not in route:
+                raise APIError(400, f"input[{it.index}]: model {model!r} has no {it.modality!r} encoder (it embeds "
+                                    f"{', '.join(route)})", "unsupported_modality", f"input[{it.index}]")
 
         # the request's budgets, from headers (pixels) and shares (seconds) before anything is decoded; media
         # headers are read off the event loop
         media = any(isinstance(it.value, bytes) for it in items)
         shares = (await asyncio.to_thread(request_budget, items, self.args.limits) if media
                   else request_budget(items, self.args.limits))
-        calls = [self.encoders[it.modality].embed.remote(it.value, share) for it, share in zip(items, shares)]
+        calls = [self.encoders[it.modality].embed.remote(it.value, share, route[it.modality])
+                 for it, share in zip(items, shares)]
         try:
             results = await asyncio.gather(*calls)
         except BackPressureError:
@@ -241,11 +250,11 @@ class Gateway:
         parsed = await self._json(request)
         raw = input_list(parsed, self.args.limits)  # first: a bad item is named by its index (input[3])
         body = typed(EmbeddingsRequest, parsed)
-        self._check_model(body.model, required=True)
+        version = self._version(body.model)
         from pipeline.index.compact import binary, int8, prefix
 
         fmt = body.encoding_format or "float"
-        full = self.info["dimensions"]
+        full = version["dimensions"]
         dims = full if body.dimensions is None else body.dimensions
         if not dims <= full:
             raise APIError(400, f"dimensions={dims!r}: expected an integer from 1 to {full} (the model's width)",
@@ -256,12 +265,12 @@ class Gateway:
         forced = self._modality_field(body.modality, "modality")
         items = await self._items(raw, forced)
         for it in items:
-            if dims not in self.info["widths"][it.modality]:
+            if dims not in version["widths"].get(it.modality, [full]):
                 raise APIError(400, f"dimensions={dims}: the model's {it.modality} vectors were trained for widths "
-                                    f"{', '.join(map(str, self.info['widths'][it.modality]))} only (train with "
+                                    f"{', '.join(map(str, version['widths'][it.modality]))} only (train with "
                                     "stages[].loss.matryoshka to cut them shorter)", "unsupported_dimensions",
                                "dimensions")
-        results = await self._embed(items)
+        results = await self._embed(items, version["route"], body.model)
         data = []
         for it, result in zip(items, results):
             vector = np.asarray(result["embedding"], dtype="<f4")
@@ -271,7 +280,7 @@ class Gateway:
                          else vector.tolist())
             data.append({"object": "embedding", "index": it.index, "embedding": embedding, "modality": it.modality})
         tokens = sum(r["input_tokens"] for r in results)
-        return JSONResponse({"object": "list", "data": data, "model": self.args.model_name,
+        return JSONResponse({"object": "list", "data": data, "model": body.model,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     @api.post("/v1/search", openapi_extra=openapi_body(SearchRequest))
@@ -281,7 +290,7 @@ class Gateway:
         parsed = await self._json(request)
         raw = input_list(parsed, self.args.limits, field="query")
         body = typed(SearchRequest, parsed)
-        self._check_model(body.model, required=False)
+        asked = None if body.model is None else self._version(body.model)
         if self.search_handle is None and self.searcher is None:
             raise APIError(404, "search is not enabled: start the server with `index` (a folder from `oneencoder index`) "
                                 "or `features` (a feature store)",
@@ -303,7 +312,13 @@ class Gateway:
                            "unsupported_dimensions", "dimensions")
         where = _where(body.where, self.info.get("search_metadata", []))
         items = await self._items(raw, self._modality_field(body.modality, "modality"))
-        query = (await self._embed(items))[0]
+        searched = self.info["search_version"]  # the index's space: queries are embedded by its model
+        route, modality = self.info["versions"][searched]["route"], items[0].modality
+        if asked is not None and modality in route and asked["route"].get(modality) != route[modality]:
+            raise APIError(400, f"model {body.model!r}: the index holds vectors of {searched!r}, and {body.model!r} "
+                                f"embeds {modality} differently (search with model {searched!r}, or build an index "
+                                f"for {body.model!r})", "model_mismatch", "model")
+        query = (await self._embed(items, route, searched))[0]
         asked = (np.asarray(query["embedding"]), items[0].modality, targets, body.k, body.exact, body.id_prefix,
                  body.hubness, body.min_match, where)
         started = time.perf_counter()
@@ -317,17 +332,25 @@ class Gateway:
         server_metrics().observe("oneencoder_search_seconds", time.perf_counter() - started)
         if "error" in found:
             raise APIError(400, found["error"], f"uncalibrated_{found['param']}", found["param"], stage="search")
-        return JSONResponse({"object": "list", "data": found["hits"], "model": self.args.model_name,
+        return JSONResponse({"object": "list", "data": found["hits"], "model": body.model or searched,
                              "query_modality": items[0].modality, "ranking": found["ranking"]})
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
+        """Every served version (the default first): its modalities, width and trained widths, lineage (``from``: the
+        version or artifact it was grown from) and, per modality, the versions whose vectors are bit-identical."""
         self._authorize(request)
+        searched = self.info["search_version"]
         return JSONResponse({"object": "list", "data": [{
-            "id": self.args.model_name, "object": "model", "created": self.info["created"], "owned_by": "oneencoder",
-            "modalities": self.modalities, "dimensions": self.info["dimensions"], "search_index": self.info["index"],
-            "search_metadata": self.info.get("search_metadata", []),
-            "widths": self.info["widths"]}]})
+            "id": v, "object": "model", "created": version["created"], "owned_by": "oneencoder",
+            "default": v == self.info["default"], "modalities": version["modalities"],
+            "dimensions": version["dimensions"], "widths": version["widths"], "from": version["from"],
+            "same_vectors_as": version["same_vectors_as"],
+            # what /v1/search finds, and whether this version's queries are in its space
+            "search_index": self.info["index"], "search_metadata": self.info.get("search_metadata", []),
+            "searchable": bool(self.info["index"]) and any(
+                version["route"].get(m) == r for m, r in self.info["versions"][searched]["route"].items())}
+            for v, version in self.info["versions"].items()]})
 
     @api.get("/", include_in_schema=False)
     async def page(self) -> Response:
@@ -414,18 +437,43 @@ class Gateway:
 
 
 def _model_info(args: ServeArgs) -> dict[str, Any]:
-    from pipeline.artifact import read_artifact
+    """What the Gateway answers from. Top level: the default version's width, trained widths and creation time, and
+    the served modalities (``args.modalities``, else every version's). ``versions``: per served model id (the default,
+    ``model_name``, first), its artifact's served modalities, width, widths, lineage, and ``route``: per modality,
+    the version whose weights its encoder replicas run; versions whose vectors of a modality are bit-identical
+    (``pipeline.artifact.same_vectors``: a model grown with ``train --from`` keeps its base's) share one, so a
+    replica loads it once, and ``same_vectors_as`` tells a client its stored vectors stay valid."""
+    from pipeline.artifact import read_artifact, same_vectors
 
-    artifact = read_artifact(args.model)
-    modalities = artifact.modalities
+    paths = {args.model_name: args.model, **{v: p for v, p in args.versions.items() if v != args.model_name}}
+    artifacts = {v: read_artifact(p) for v, p in paths.items()}
+    every = list(dict.fromkeys(m for a in artifacts.values() for m in a.modalities))
+    modalities = every
     if args.modalities is not None:
-        missing = [m for m in args.modalities if m not in modalities]
+        missing = [m for m in args.modalities if m not in every]
         if missing or not args.modalities:
             raise ConfigError(f"modalities={args.modalities!r}: expected a non-empty subset of the model's "
-                              f"modalities ({', '.join(modalities)})")
+                              f"modalities ({', '.join(every)})")
         modalities = list(dict.fromkeys(args.modalities))
-    return {"modalities": modalities, "dimensions": int(artifact.model["d"]), "created": int(artifact.created), "index": [],
-            "widths": {m: artifact.widths(m) for m in modalities}}
+    real = {os.path.realpath(p): v for v, p in reversed(paths.items())}  # the first id naming each folder
+    versions: dict[str, dict[str, Any]] = {}
+    for v, artifact in artifacts.items():
+        served = [m for m in artifact.modalities if m in modalities]
+        route = {}
+        for m in served:  # an earlier version that embeds m identically runs it for this one too
+            route[m] = next((u for u, earlier in versions.items() if earlier["route"].get(m) == u and (
+                os.path.realpath(paths[u]) == os.path.realpath(paths[v]) or same_vectors(artifacts[u], artifact, m))), v)
+        parent = artifact.provenance.get("from")
+        versions[v] = {"modalities": served, "dimensions": int(artifact.model["d"]), "created": int(artifact.created),
+                       "widths": {m: artifact.widths(m) for m in served}, "route": route,
+                       "from": None if parent is None else real.get(os.path.realpath(parent), os.path.basename(parent))}
+    for v, version in versions.items():
+        version["same_vectors_as"] = {m: [u for u in versions if u != v and versions[u]["route"].get(m) == route]
+                                      for m, route in version["route"].items()}
+    default = versions[args.model_name]
+    return {"modalities": modalities, "dimensions": default["dimensions"], "created": default["created"], "index": [],
+            "widths": default["widths"], "default": args.model_name, "versions": versions,
+            "paths": {v: paths[v] for v in versions}, "search_version": args.model_name}
 
 
 def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str, Any]] | None = None):
@@ -447,14 +495,20 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
     def opts(name: str) -> dict[str, Any]:
         return {"name": name, **overrides.get(name, {})}
 
-    encoders = {m: ModalityEncoder.options(**opts(encoder_deployment(m))).bind(plain, m) for m in info["modalities"]}
+    def runs(m: str) -> dict[str, str]:  # the versions an encoder of m holds: one per distinct set of weights
+        return {v["route"][m]: info["paths"][v["route"][m]] for v in info["versions"].values() if m in v["route"]}
+
+    encoders = {m: ModalityEncoder.options(**opts(encoder_deployment(m))).bind(plain, m, runs(m))
+                for m in info["modalities"]}
     search = None
     if searched:
         info["search_metadata"] = []
         if parsed.index:
-            info["index"], info["search_width"], info["search_metadata"] = _index_folder_modalities(parsed)
+            (info["index"], info["search_width"], info["search_metadata"],
+             info["search_version"]) = _index_folder_modalities(parsed, info["paths"])
         else:
-            info["index"], info["search_width"] = _indexed_modalities(parsed, info["modalities"]), info["dimensions"]
+            default = info["versions"][parsed.model_name]["modalities"]  # the store is projected by the default
+            info["index"], info["search_width"] = _indexed_modalities(parsed, default), info["dimensions"]
             search = SearchIndex.options(**opts(SEARCH)).bind(plain)
     return Gateway.options(**opts(GATEWAY)).bind(plain, info, encoders, search)
 
@@ -480,19 +534,30 @@ def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:
     return found
 
 
-def _index_folder_modalities(args: ServeArgs) -> tuple[list[str], int, list[str]]:
+def _index_folder_modalities(args: ServeArgs, paths: dict[str, str]) -> tuple[list[str], int, list[str], str]:
     """The modalities the index folder holds (searchable whichever encoders are served: a text-only server finds
-    images), the width it searches and its metadata columns; refuses an index of another model, naming both."""
+    images), the width it searches, its metadata columns and the served version it was built from (the default when
+    several qualify); refuses an index of none of them, naming the default."""
     from pipeline.index.segments import IndexMismatchError, check_model, read_record
 
     try:
         record = read_record(args.index, args.storage.model_dump())
-        check_model(record, args.index, args.model)
     except IndexMismatchError as e:
         raise ConfigError(f"index={args.index!r}: {e}") from None
+    found, error = None, None
+    for version, path in paths.items():
+        try:
+            check_model(record, args.index, path)
+            found = version
+            break
+        except IndexMismatchError as e:
+            error = error or e
+    if found is None:
+        raise ConfigError(f"index={args.index!r}: {error}")
     if not record["modalities"]:
         raise ConfigError(f"index={args.index!r} holds no modality")
-    return list(record["modalities"]), int(record.get("width", record["dim"])), list(record.get("metadata", []))
+    return (list(record["modalities"]), int(record.get("width", record["dim"])), list(record.get("metadata", [])),
+            found)
 
 
 def build_app(args: dict[str, Any]):

@@ -66,7 +66,8 @@ class RemoteSettings(StrictModel):
 
 class ServeArgs(StrictModel):
     model: str | None = Field(None, description="Model artifact folder written by `oneencoder train` (required).")
-    model_name: str = Field("oneencoder", min_length=1, description="Model id clients pass as `model` and /v1/models lists.")
+    model_name: str = Field("oneencoder", min_length=1, description="Model id clients pass as `model` and /v1/models lists: the default version.")
+    versions: dict[str, str] = Field(default_factory=dict, description="More model artifacts served at once, by the id a request names as `model`, e.g. {oneencoder-v1: models/v1, oneencoder-v2: models/v2}; `model` is the default (`model_name`), and may be listed here too under a stable id. Switching the default is a change of `model` (serve deploy): replicas are replaced with no downtime.")
     modalities: list[Modality] | None = Field(None, description="Modalities to serve (each gets an encoder deployment); null = all of the model's.")
     features: str | None = Field(None, description="Feature store (local or s3://) projected and searched exactly for /v1/search at start-up (small stores); null = no search unless `index`.")
     index: str | None = Field(None, description="Index folder written by `oneencoder index` (local, or s3:// copied to the cache once), memory-mapped for /v1/search instead of projecting a store; null = `features`, or no search.")
@@ -95,6 +96,15 @@ def parse_args(args: dict[str, Any] | None, source: str = "serve args") -> Serve
     if not is_artifact(parsed.model):
         raise ConfigError(f"{source}: model={parsed.model!r} is not a model artifact (no config.json); "
                           "expected the folder written by `oneencoder train`")
+    for version, path in parsed.versions.items():
+        if not version.strip() or len(version) > 128:
+            raise ConfigError(f"{source}: versions: {version!r} is not a model id (1 to 128 characters)")
+        if version == parsed.model_name and os.path.realpath(path) != os.path.realpath(parsed.model):
+            raise ConfigError(f"{source}: versions.{version} = {path!r}, but {version!r} is model_name, the default "
+                              f"version ({parsed.model!r}): give this version another id")
+        if not is_artifact(path):
+            raise ConfigError(f"{source}: versions.{version} = {path!r} is not a model artifact (no config.json); "
+                              "expected a folder written by `oneencoder train`")
     if parsed.features and parsed.index:
         raise ConfigError(f"{source}: give `features` (a store projected at start-up) or `index` (an index folder from "
                           f"`oneencoder index`), not both: features={parsed.features!r}, index={parsed.index!r}")

@@ -42,6 +42,17 @@ def warm_up_item(modality: str) -> Any:
     return None if synthetic is None else synthetic.draw(Scene("red", "circle"), np.random.default_rng(0))
 
 
+def warm_up_all(models: dict[str, Any], modality: str) -> dict[str, Any]:
+    """``warm_up`` through each version's model: ok when every one embeds; the reason names the version that cannot."""
+    states = {version: warm_up(model, modality) for version, model in models.items()}
+    failed = [(v, s) for v, s in states.items() if not s["ok"]]
+    if failed:
+        version, state = failed[0]
+        reason = state["reason"] if len(models) == 1 else f"model {version!r}: {state['reason']}"
+        return {"ok": False, "ms": None, "reason": reason}
+    return {"ok": True, "ms": round(sum(s["ms"] for s in states.values()), 1), "reason": None}
+
+
 def warm_up(model: Any, modality: str) -> dict[str, Any]:
     """Run the warm-up item through ``model``'s frozen encoder, adapter and projection: {"ok", "ms", "reason"}."""
     import numpy as np
@@ -67,7 +78,9 @@ def warm_up(model: Any, modality: str) -> dict[str, Any]:
 class ModalityEncoder:
     """Frozen encoder + adapter + Universal Projection of one modality; requests are batched."""
 
-    def __init__(self, args: dict[str, Any], modality: str):
+    def __init__(self, args: dict[str, Any], modality: str, versions: dict[str, str] | None = None):
+        """``versions``: model id → artifact folder of each distinct set of weights this modality is served by (one
+        per version, but versions embedding it bit-identically share one); default: the args' model alone."""
         import torch
 
         from pipeline.inference import load_model
@@ -78,10 +91,12 @@ class ModalityEncoder:
         import ray
 
         gpus = len(ray.get_gpu_ids())  # from the deployment's ray_actor_options (num_gpus)
-        self.model = load_model(self.args.model, limits=self.args.limits, batch_size=BatchSettings().max_batch_size,
-                                encoder_overrides={"torch_threads": self.args.torch_threads, "num_gpus": float(gpus > 0)})
-        # the replica starts only once one item has gone through its encoder (loaded, compiled, answering)
-        self.health = warm_up(self.model, modality)
+        self.models = {v: load_model(path, limits=self.args.limits, batch_size=BatchSettings().max_batch_size,
+                                     encoder_overrides={"torch_threads": self.args.torch_threads,
+                                                        "num_gpus": float(gpus > 0)})
+                       for v, path in (versions or {self.args.model_name: self.args.model}).items()}
+        # the replica starts only once one item has gone through each version's encoder (loaded, compiled, answering)
+        self.health = warm_up_all(self.models, modality)
         if not self.health["ok"]:
             raise RuntimeError(f"encoder-{modality}: the warm-up item failed: {self.health['reason']}")
         self.checked = time.monotonic()
@@ -93,30 +108,43 @@ class ModalityEncoder:
         self.batching = settings
         self.embed.set_max_batch_size(settings.max_batch_size)
         self.embed.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
-        self.model.batch_size = settings.max_batch_size
+        for model in self.models.values():
+            model.batch_size = settings.max_batch_size
         log.info("encoder-%s: max_batch_size %d, batch_wait_timeout_s %.3f", self.modality,
                  settings.max_batch_size, settings.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def embed(self, items: list[Any], limits: list[dict[str, float] | None]) -> list[dict[str, Any]]:
+    async def embed(self, items: list[Any], limits: list[dict[str, float] | None],
+                    versions: list[str | None]) -> list[dict[str, Any]]:
         """One result per item, in order: {"embedding", "input_tokens"} or {"error"} (bad items never fail the batch).
-        Called with one item and its request's per-item limits (``serving.budget.request_budget``), or None."""
+        Called with one item, its request's per-item limits (``serving.budget.request_budget``) or None, and the
+        model version whose weights embed it (one of this replica's; None: the first)."""
         self.batch_sizes.append(len(items))
-        return await asyncio.to_thread(self._embed, items, limits)
+        return await asyncio.to_thread(self._embed, items, limits, versions)
 
-    def _embed(self, items: list[Any], limits: list[dict[str, float] | None] | None = None) -> list[dict[str, Any]]:
-        """The model's one raw-item → vector path; an item that gives no vector (unreadable, undecodable, failing
-        the encoder, non-finite) becomes an {"error"} result without failing its batch-mates. ``limits``: per item,
-        limits tighter than this replica's for that item alone (never looser: each is capped at the replica's)."""
+    def _embed(self, items: list[Any], limits: list[dict[str, float] | None] | None = None,
+               versions: list[str | None] | None = None) -> list[dict[str, Any]]:
+        """The model's one raw-item → vector path, a batch's items grouped by version; an item that gives no vector
+        (unreadable, undecodable, failing the encoder, non-finite) becomes an {"error"} result without failing its
+        batch-mates. ``limits``: per item, limits tighter than this replica's for that item alone (never looser: each
+        is capped at the replica's)."""
         from pipeline.item_encoder import ItemError
 
         own = self.args.limits if limits and any(limits) else None
         tighter = [{k: min(v, getattr(own, k)) for k, v in (lim or {}).items()} or None for lim in limits] if own else None
-        timings: dict[str, float] = {}
-        results = self.model.embed_items(items, self.modality, tighter, timings)
-        record(results, timings, self.modality, self.args.model_name)
-        return [{"error": r.reason} if isinstance(r, ItemError) else {"embedding": r.vector, "input_tokens": r.input_tokens}
-                for r in results]
+        first = next(iter(self.models))
+        asked = [v or first for v in (versions or [None] * len(items))]
+        out: list[dict[str, Any] | None] = [None] * len(items)
+        for version in dict.fromkeys(asked):
+            rows = [i for i, v in enumerate(asked) if v == version]
+            timings: dict[str, float] = {}
+            results = self.models[version].embed_items([items[i] for i in rows], self.modality,
+                                                       [tighter[i] for i in rows] if tighter else None, timings)
+            record(results, timings, self.modality, version)
+            for i, r in zip(rows, results):
+                out[i] = ({"error": r.reason} if isinstance(r, ItemError)
+                          else {"embedding": r.vector, "input_tokens": r.input_tokens})
+        return out
 
     def stats(self) -> dict[str, Any]:
         """Observed batch sizes since start (for tests and tuning)."""
@@ -127,7 +155,7 @@ class ModalityEncoder:
         older than HEALTH_TTL_S; {"ok", "ms", "reason"}."""
         if time.monotonic() - self.checked > HEALTH_TTL_S:
             self.checked = time.monotonic()
-            self.health = await asyncio.to_thread(warm_up, self.model, self.modality)
+            self.health = await asyncio.to_thread(warm_up_all, self.models, self.modality)
             if not self.health["ok"]:
                 log.error("encoder-%s cannot embed: %s", self.modality, self.health["reason"])
         return self.health

@@ -16,13 +16,16 @@ class Searcher:
     """An index folder from `oneencoder index` (memory-mapped segments, ANN above their size threshold), or a feature
     store projected through the model and searched exactly."""
 
-    def __init__(self, args: ServeArgs):
+    def __init__(self, args: ServeArgs, model: str | None = None):
+        """``model``: the artifact whose space is searched (an index's own model among the served versions); default
+        ``args.model``."""
         from pipeline.index.segments import Segment, VectorIndex
 
         self.args = args
+        model_path = model or self.args.model
         if self.args.index:
             index = VectorIndex(self.args.index, self.args.storage.model_dump())
-            index.check_model(self.args.model)
+            index.check_model(model_path)
             self.segments = index.segments  # every indexed modality, whichever encoders are served
             self.calibration = index.calibration
         else:
@@ -31,7 +34,7 @@ class Searcher:
             from pipeline.inference import load_model
             from pipeline.store.features import FeatureStore, embeddings, read_features
 
-            model = load_model(self.args.model)
+            model = load_model(model_path)
             storage = self.args.storage.model_dump()
             store = FeatureStore(self.args.features, storage)
             self.segments = {}

@@ -37,7 +37,7 @@ def test_non_finite_vectors_fail_their_item_only(model_dir, monkeypatch):
     with pytest.raises(ValueError, match="item 1: text: the encoder gave non-finite values"):
         model.embed(["a red circle", "overflow"], "text")
     replica = object.__new__(ModalityEncoder.func_or_class)
-    replica.model, replica.modality, replica.args = model, "text", ServeArgs()
+    replica.models, replica.modality, replica.args = {"oneencoder": model}, "text", ServeArgs()
     answers = replica._embed(["overflow", "a red circle"])
     assert "non-finite" in answers[0]["error"] and np.isfinite(answers[1]["embedding"]).all()
 

@@ -36,7 +36,7 @@ def test_a_replica_that_cannot_embed_says_so_and_is_replaced(trained):
     from pipeline.inference import load_model
 
     broken = load_model(trained[0])
-    replica = types.SimpleNamespace(model=broken, modality="image", health=warm_up(broken, "image"),
+    replica = types.SimpleNamespace(models={"oneencoder": broken}, modality="image", health=warm_up(broken, "image"),
                                     checked=0.0)  # as the replica's constructor leaves it, its check long ago
     encoder = ModalityEncoder.func_or_class
     assert asyncio.run(encoder.ready(replica))["ok"]

@@ -140,12 +140,14 @@ class _ServeCommand:
 @pytest.fixture(scope="module")
 def served(ray_session, grown, feature_store, media_server, tmp_path_factory):
     """The docs' command, `oneencoder serve --config F --port P`, as its own driver on the session's Ray, serving
-    the trained model grown by depth (`train --from`; its other modalities' vectors are the trained model's)."""
+    the trained model grown by depth (`train --from`; its other modalities' vectors are the trained model's), with the
+    model it grew from served beside it as version oneencoder-base."""
     from ray import serve
 
     tmp = str(tmp_path_factory.mktemp("serve"))
     gateway = {"ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {"ONEENCODER_TEST_KEY": TOKEN}}}}
-    path = _config(tmp, "serve.yaml", {"model": grown[1], "features": feature_store, "api_key_env": "ONEENCODER_TEST_KEY",
+    path = _config(tmp, "serve.yaml", {"model": grown[1], "versions": {"oneencoder-base": grown[0]},
+                                       "features": feature_store, "api_key_env": "ONEENCODER_TEST_KEY",
                                        "limits": LIMITS, "remote": {"enabled": True, "allow_private_addresses": True,  # loopback
                                                                   "allow_hosts": [media_server.split("//")[1]]}},
                    {"Gateway": gateway, "encoder-text": {}, "encoder-image": {}, "encoder-audio": {}, "encoder-video": {},
@@ -191,6 +193,33 @@ def local_model(served):
     return load_model(served[1])
 
 
+def test_model_versions_list_their_lineage_and_share_bit_identical_vectors(served, tmp_path):
+    """Two versions at once: the default (grown by depth from the base) and the base. /v1/models lists both with
+    lineage and which modalities embed bit-identically; `model` picks one; the base has no depth."""
+    url, _ = served
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    listed = {m["id"]: m for m in requests.get(url + "/v1/models", headers=auth, timeout=30).json()["data"]}
+    assert list(listed) == ["oneencoder", "oneencoder-base"]
+    grown, base = listed["oneencoder"], listed["oneencoder-base"]
+    assert grown["default"] and not base["default"] and grown["from"] == "oneencoder-base" and base["from"] is None
+    assert grown["same_vectors_as"] == {"image": ["oneencoder-base"], "text": ["oneencoder-base"],
+                                        "audio": ["oneencoder-base"], "video": ["oneencoder-base"], "depth": []}
+    assert sorted(base["modalities"]) == ["audio", "image", "text", "video"] and base["searchable"]
+    answers = {v: _post(url, {"model": v, "input": ["a red circle"], "encoding_format": "base64"}).json()
+               for v in ("oneencoder", "oneencoder-base")}
+    assert [a["model"] for a in answers.values()] == ["oneencoder", "oneencoder-base"]
+    vectors = {v: a["data"][0]["embedding"] for v, a in answers.items()}
+    assert vectors["oneencoder"] == vectors["oneencoder-base"]  # the same bytes
+    path = tmp_path / "d.png"
+    write_depth(str(path), depth_map("purple", "square", size=32))
+    depth = _post(url, {"model": "oneencoder-base", "modality": "depth",
+                        "input": [_data_uri("image/png", path.read_bytes())]})
+    assert depth.status_code == 400 and depth.json()["error"]["code"] == "unsupported_modality"
+    assert "model 'oneencoder-base' has no 'depth' encoder" in depth.json()["error"]["message"]
+    unknown = _post(url, {"model": "oneencoder-v9", "input": "a"})
+    assert unknown.status_code == 404 and "'oneencoder', 'oneencoder-base'" in unknown.json()["error"]["message"]
+
+
 def test_health_and_models(served):
     url, _ = served
     health = requests.get(url + "/health", timeout=30)
@@ -198,7 +227,7 @@ def test_health_and_models(served):
     assert set(health.json()["deployments"]) == {"encoder-image", "encoder-text", "encoder-audio", "encoder-video",
                                                  "encoder-depth", "SearchIndex"}
     models = requests.get(url + "/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
-    (model,) = models["data"]
+    model = models["data"][0]  # the default version first (the base beside it: test_model_versions_...)
     assert model["id"] == "oneencoder" and model["object"] == "model" and model["dimensions"] == 256
     assert sorted(model["modalities"]) == ["audio", "depth", "image", "text", "video"]
 
@@ -674,6 +703,10 @@ def test_serve_config_and_args_are_validated(trained, tmp_path):
         prepare(_config(str(tmp_path), "e2.yaml", {"model": trained[0], "modalities": ["depth"]}))
     with pytest.raises(ValueError, match="Deployment 'encoder-audio' does not exist"):
         prepare(_config(str(tmp_path), "f.yaml", {"model": trained[0], "modalities": ["text", "image"]}))
+    with pytest.raises(ConfigError, match=r"versions.v2 = '/nowhere' is not a model artifact"):
+        prepare(_config(str(tmp_path), "v.yaml", {"model": trained[0], "versions": {"v2": "/nowhere"}}))
+    with pytest.raises(ConfigError, match="'oneencoder' is model_name, the default version .*give this version another"):
+        prepare(_config(str(tmp_path), "v2.yaml", {"model": trained[0], "versions": {"oneencoder": str(tmp_path)}}))
     with pytest.raises(ConfigError, match="deployment 'encoder-text' has the option 'max_queue', which Ray Serve does "
                                           "not have; expected some of .*max_queued_requests"):  # Ray's schema lets it by
         prepare(_config(str(tmp_path), "g.yaml", {"model": trained[0]}, {"Gateway": {}, "encoder-text": {"max_queue": 9}}))

@@ -492,7 +492,7 @@ def test_the_replica_never_loosens_its_own_limits():
             return []
 
     replica = object.__new__(ModalityEncoder.func_or_class)
-    replica.model, replica.modality, replica.args = Model(), "audio", ServeArgs(limits={"max_audio_seconds": 10})
+    replica.models, replica.modality, replica.args = {"m": Model()}, "audio", ServeArgs(limits={"max_audio_seconds": 10})
     replica._embed([b"a", b"b", b"c"], [{"max_audio_seconds": 4.0}, {"max_audio_seconds": 99.0}, None])
     replica._embed([b"a"], [{}])
     assert seen == [[{"max_audio_seconds": 4.0}, {"max_audio_seconds": 10.0}, None], None]
