@@ -264,8 +264,8 @@ class Gateway:
                            "unsupported_dimensions", "dimensions")
         forced = self._modality_field(body.modality, "modality")
         items = await self._items(raw, forced)
-        for it in items:
-            if dims not in version["widths"].get(it.modality, [full]):
+        for it in items:  # (a modality the version lacks is refused by _embed, naming both)
+            if it.modality in version["widths"] and dims not in version["widths"][it.modality]:
                 raise APIError(400, f"dimensions={dims}: the model's {it.modality} vectors were trained for widths "
                                     f"{', '.join(map(str, version['widths'][it.modality]))} only (train with "
                                     "stages[].loss.matryoshka to cut them shorter)", "unsupported_dimensions",

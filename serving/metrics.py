@@ -16,7 +16,8 @@ from typing import Any
 from pipeline.metrics import Metrics, agent_addresses, merge_families, scrape
 
 PASSED_THROUGH = ("ray_oneencoder_", "ray_serve_")  # the families /metrics serves
-ROUTES = ("/v1/embeddings", "/v1/search", "/v1/models", "/health", "/metrics", "/openapi.json", "/docs")
+ROUTES = ("/v1/embeddings", "/v1/search", "/v1/models", "/v1/media", "/health", "/metrics", "/openapi.json", "/docs",
+          "/", "/search.js", "/search.css")
 
 # name → (kind, description, tags); what the server records (and what docs/operations.md and the Grafana dashboard
 # query, tested against this table)

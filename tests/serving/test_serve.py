@@ -26,6 +26,7 @@ from pipeline.media.ffmpeg import find_ffmpeg
 from pipeline.modalities.depth import depth_map, write_depth
 from pipeline.synthetic.draw import SAMPLE_RATE, clip, encode_video, write_wav
 from serving.config import APP_NAME
+from serving.metrics import ROUTES
 from tests.media_factory import png_bytes
 from tests.settings import ROOT
 
@@ -216,6 +217,9 @@ def test_model_versions_list_their_lineage_and_share_bit_identical_vectors(serve
                         "input": [_data_uri("image/png", path.read_bytes())]})
     assert depth.status_code == 400 and depth.json()["error"]["code"] == "unsupported_modality"
     assert "model 'oneencoder-base' has no 'depth' encoder" in depth.json()["error"]["message"]
+    narrow = _post(url, {"model": "oneencoder-base", "modality": "depth", "dimensions": 64,  # the same, at a width
+                         "input": [_data_uri("image/png", path.read_bytes())]})
+    assert narrow.status_code == 400 and narrow.json()["error"]["code"] == "unsupported_modality", narrow.text
     unknown = _post(url, {"model": "oneencoder-v9", "input": "a"})
     assert unknown.status_code == 404 and "'oneencoder', 'oneencoder-base'" in unknown.json()["error"]["message"]
 
@@ -555,8 +559,7 @@ def test_metrics_on_the_api_port_move_with_requests(served):
         serve_names = set(re.findall(r"\bray_serve_\w+", fh.read()))
     assert serve_names and serve_names <= {name for name, _ in after}, serve_names - {name for name, _ in after}
     routes = {dict(ls).get("route") for n, ls in after if n == "ray_oneencoder_requests_total"}
-    assert routes <= {"/v1/embeddings", "/v1/search", "/v1/models", "/health", "/metrics", "/openapi.json", "/docs",
-                      "other"}, routes  # a client's path never becomes a label
+    assert routes <= set(ROUTES) | {"other"}, routes  # a client's path never becomes a label
 
 
 def test_remote_urls_only_from_allowed_hosts(served, media_server, local_model):
