@@ -343,7 +343,7 @@ class Gateway:
         searched = self.info["search_version"]
         return JSONResponse({"object": "list", "data": [{
             "id": v, "object": "model", "created": version["created"], "owned_by": "oneencoder",
-            "default": v == self.info["default"], "modalities": version["modalities"],
+            "default": v == self.args.model_name, "modalities": version["modalities"],
             "dimensions": version["dimensions"], "widths": version["widths"], "from": version["from"],
             "same_vectors_as": version["same_vectors_as"],
             # what /v1/search finds, and whether this version's queries are in its space
@@ -437,8 +437,8 @@ class Gateway:
 
 
 def _model_info(args: ServeArgs) -> dict[str, Any]:
-    """What the Gateway answers from. Top level: the default version's width, trained widths and creation time, and
-    the served modalities (``args.modalities``, else every version's). ``versions``: per served model id (the default,
+    """What the Gateway answers from. Top level: the served modalities (``args.modalities``, else every version's),
+    the default version's width and each version's artifact folder (``paths``). ``versions``: per served model id (the default,
     ``model_name``, first), its artifact's served modalities, width, widths, lineage, and ``route``: per modality,
     the version whose weights its encoder replicas run; versions whose vectors of a modality are bit-identical
     (``pipeline.artifact.same_vectors``: a model grown with ``train --from`` keeps its base's) share one, so a
@@ -455,25 +455,24 @@ def _model_info(args: ServeArgs) -> dict[str, Any]:
             raise ConfigError(f"modalities={args.modalities!r}: expected a non-empty subset of the model's "
                               f"modalities ({', '.join(every)})")
         modalities = list(dict.fromkeys(args.modalities))
-    real = {os.path.realpath(p): v for v, p in reversed(paths.items())}  # the first id naming each folder
+    real = {v: os.path.realpath(p) for v, p in paths.items()}
+    named = {folder: v for v, folder in reversed(real.items())}  # the first id naming each folder
     versions: dict[str, dict[str, Any]] = {}
     for v, artifact in artifacts.items():
         served = [m for m in artifact.modalities if m in modalities]
         route = {}
         for m in served:  # an earlier version that embeds m identically runs it for this one too
             route[m] = next((u for u, earlier in versions.items() if earlier["route"].get(m) == u and (
-                os.path.realpath(paths[u]) == os.path.realpath(paths[v]) or same_vectors(artifacts[u], artifact, m))), v)
+                real[u] == real[v] or same_vectors(artifacts[u], artifact, m))), v)
         parent = artifact.provenance.get("from")
         versions[v] = {"modalities": served, "dimensions": int(artifact.model["d"]), "created": int(artifact.created),
                        "widths": {m: artifact.widths(m) for m in served}, "route": route,
-                       "from": None if parent is None else real.get(os.path.realpath(parent), os.path.basename(parent))}
+                       "from": None if parent is None else named.get(os.path.realpath(parent), os.path.basename(parent))}
     for v, version in versions.items():
         version["same_vectors_as"] = {m: [u for u in versions if u != v and versions[u]["route"].get(m) == route]
                                       for m, route in version["route"].items()}
-    default = versions[args.model_name]
-    return {"modalities": modalities, "dimensions": default["dimensions"], "created": default["created"], "index": [],
-            "widths": default["widths"], "default": args.model_name, "versions": versions,
-            "paths": {v: paths[v] for v in versions}, "search_version": args.model_name}
+    return {"modalities": modalities, "dimensions": versions[args.model_name]["dimensions"], "index": [],
+            "versions": versions, "paths": paths, "search_version": args.model_name}
 
 
 def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str, Any]] | None = None):

@@ -130,7 +130,7 @@ def load_serve_config(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected exactly one application with import_path serving.app:build_app, "
                           f"found {len(apps)}")
     app = dict(apps[0])
-    known = set(getattr(DeploymentSchema, "model_fields", None) or DeploymentSchema.__fields__)
+    known = set(DeploymentSchema.model_fields)
     for deployment in app.get("deployments") or []:  # Ray's schema lets an unknown option through, unused
         unknown = sorted(set(deployment) - known)
         if unknown:

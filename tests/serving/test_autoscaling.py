@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.serving.test_serve import _config, _held_port
+from tests.serving.test_serve import _config, _in_process
 
 pytestmark = pytest.mark.slow
 TEXT = {"ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 8, "max_queued_requests": 512,
@@ -26,18 +26,12 @@ def _running(deployment: str) -> int:
 
 
 def test_an_encoder_scales_up_under_load_and_back_down_after(ray_session, trained, tmp_path):
-    from ray import serve
-
-    from serving.app import wait_until_ready
     from serving.local import prepare
 
     config = _config(str(tmp_path), "autoscale.yaml", {"model": trained[0], "modalities": ["text"]},
                      {"Gateway": {"ray_actor_options": {"num_cpus": 0.1}, "autoscaling_config": None, "num_replicas": 1},
                       "encoder-text": TEXT})
     app, _ = prepare(config)
-    held = _held_port()
-    port = held.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
     seen, failures, stop = [], [], threading.Event()
 
     def client(n: int) -> None:
@@ -47,34 +41,29 @@ def test_an_encoder_scales_up_under_load_and_back_down_after(ray_session, traine
                              timeout=60)
             (seen if r.status_code == 200 else failures).append(r.status_code)
 
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(app, name="autoscale", route_prefix="/", blocking=False)
-        held.close()
-        wait_until_ready(url, 300)
-        assert _running("encoder-text") == 1
-        clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(24)]
-        for c in clients:
-            c.start()
-        deadline, replicas = time.monotonic() + 120, 1
-        while time.monotonic() < deadline and replicas < 2:
-            time.sleep(0.5)
-            replicas = _running("encoder-text")
-        scaled_up_after = len(seen)
-        time.sleep(3)  # both replicas serving the load for a while
-        stop.set()
-        for c in clients:
-            c.join(60)
-        assert replicas == 2, f"encoder-text did not scale to 2 replicas under load ({len(seen)} requests served)"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and _running("encoder-text") > 1:
-            time.sleep(0.5)
-        assert _running("encoder-text") == 1, "encoder-text did not scale back to 1 replica after the load stopped"
-        after = requests.post(url + "/v1/embeddings", json={"model": "oneencoder", "input": "after"}, timeout=60)
-        assert after.status_code == 200
-        assert not failures, f"{len(failures)} requests failed: {sorted(set(failures))}"
-        assert len(seen) > scaled_up_after > 0
-    finally:
-        stop.set()
-        held.close()
-        serve.shutdown()
+    with _in_process(app, "autoscale") as url:
+        try:
+            assert _running("encoder-text") == 1
+            clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(24)]
+            for c in clients:
+                c.start()
+            deadline, replicas = time.monotonic() + 120, 1
+            while time.monotonic() < deadline and replicas < 2:
+                time.sleep(0.5)
+                replicas = _running("encoder-text")
+            scaled_up_after = len(seen)
+            time.sleep(3)  # both replicas serving the load for a while
+            stop.set()
+            for c in clients:
+                c.join(60)
+            assert replicas == 2, f"encoder-text did not scale to 2 replicas under load ({len(seen)} requests served)"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and _running("encoder-text") > 1:
+                time.sleep(0.5)
+            assert _running("encoder-text") == 1, "encoder-text did not scale back to 1 replica after the load stopped"
+            after = requests.post(url + "/v1/embeddings", json={"model": "oneencoder", "input": "after"}, timeout=60)
+            assert after.status_code == 200
+            assert not failures, f"{len(failures)} requests failed: {sorted(set(failures))}"
+            assert len(seen) > scaled_up_after > 0
+        finally:
+            stop.set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as futures
+import contextlib
 import http.server
 import io
 import json
@@ -136,6 +137,28 @@ class _ServeCommand:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(30)
+
+
+@contextlib.contextmanager
+def _in_process(app, name: str):
+    """``app`` deployed by this process's Serve as application ``name`` on a loopback port held until Serve has bound
+    it (see _held_port): yields its URL once /health answers; Serve is shut down on leaving."""
+    from ray import serve
+
+    from serving.app import wait_until_ready
+
+    held = _held_port()
+    port = held.getsockname()[1]
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(app, name=name, route_prefix="/", blocking=False)
+        held.close()
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(url, 300)
+        yield url
+    finally:
+        held.close()
+        serve.shutdown()
 
 
 @pytest.fixture(scope="module")

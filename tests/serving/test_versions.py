@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from tests.serving.test_serve import _config, _held_port
+from tests.serving.test_serve import _config, _in_process
 
 pytestmark = pytest.mark.slow
 SMALL = {"ray_actor_options": {"num_cpus": 0.1}, "autoscaling_config": None, "num_replicas": 1}
@@ -31,11 +31,6 @@ def _default(url: str) -> dict:
 def test_switching_the_default_version_keeps_every_request_answered(ray_session, grown, tmp_path):
     from ray import serve
 
-    from serving.app import wait_until_ready
-
-    held = _held_port()
-    port = held.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
     answered, failed, stop = [], [], threading.Event()
 
     def client() -> None:
@@ -48,34 +43,29 @@ def test_switching_the_default_version_keeps_every_request_answered(ray_session,
             except requests.RequestException as e:
                 failed.append((None, repr(e)))
 
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(_application(tmp_path, "v1.yaml", grown[0], grown), name="versions", route_prefix="/", blocking=False)
-        held.close()
-        wait_until_ready(url, 300)
-        before = _default(url)
-        assert "depth" not in before["modalities"]  # the base model is the default
-        clients = [threading.Thread(target=client, daemon=True) for _ in range(4)]
-        for c in clients:
-            c.start()
-        time.sleep(2)
-        # the edited config: the grown model is now the default (serve deploy of it does the same)
-        serve.run(_application(tmp_path, "v2.yaml", grown[1], grown), name="versions", route_prefix="/", blocking=False)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and "depth" not in _default(url)["modalities"]:
-            time.sleep(0.5)
-        switched_at = len(answered)
-        time.sleep(2)
-        stop.set()
-        for c in clients:
-            c.join(60)
-        assert "depth" in _default(url)["modalities"], "the default did not switch"
-        assert not failed, f"{len(failed)} requests failed while switching: {failed[:3]}"
-        assert len(answered) > switched_at > 0
-        after = _default(url)
-        assert after["from"] == "oneencoder-base"  # the grown model (also listed as oneencoder-depth: the same folder)
-        assert after["same_vectors_as"] == {"text": ["oneencoder-base", "oneencoder-depth"], "depth": ["oneencoder-depth"]}
-    finally:
-        stop.set()
-        held.close()
-        serve.shutdown()
+    with _in_process(_application(tmp_path, "v1.yaml", grown[0], grown), "versions") as url:
+        try:
+            before = _default(url)
+            assert "depth" not in before["modalities"]  # the base model is the default
+            clients = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+            for c in clients:
+                c.start()
+            time.sleep(2)
+            # the edited config: the grown model is now the default (serve deploy of it does the same)
+            serve.run(_application(tmp_path, "v2.yaml", grown[1], grown), name="versions", route_prefix="/", blocking=False)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and "depth" not in _default(url)["modalities"]:
+                time.sleep(0.5)
+            switched_at = len(answered)
+            time.sleep(2)
+            stop.set()
+            for c in clients:
+                c.join(60)
+            assert "depth" in _default(url)["modalities"], "the default did not switch"
+            assert not failed, f"{len(failed)} requests failed while switching: {failed[:3]}"
+            assert len(answered) > switched_at > 0
+            after = _default(url)
+            assert after["from"] == "oneencoder-base"  # the grown model (also listed as oneencoder-depth: the same folder)
+            assert after["same_vectors_as"] == {"text": ["oneencoder-base", "oneencoder-depth"], "depth": ["oneencoder-depth"]}
+        finally:
+            stop.set()
