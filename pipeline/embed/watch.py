@@ -49,6 +49,9 @@ class PoolWatch:
             def on_execution_step(self, executor: Any) -> None:
                 watch.step(executor)
 
+            def after_execution_succeeds(self, executor: Any) -> None:
+                watch.going_on()  # the last wait may end, and the run with it, between two looks
+
         return _ResourceWatch
 
     def step(self, executor: Any) -> None:
@@ -73,7 +76,12 @@ class PoolWatch:
                 self._next_warn, self._warned = now + REPEAT_S, True
                 view = view or snapshot(self.need.keys())
                 log.warning("%s; %s; %s", self._what(stuck, tasks), explain(view, self.need), self._then(stuck, waited))
-        elif self._warned and not stuck:
+        elif not stuck:
+            self.going_on()
+
+    def going_on(self) -> None:
+        """Says once that what was reported waiting got its resources (at the next look, or when the run ends)."""
+        if self._warned:
             self._warned, self._next_warn = False, 0.0
             log.info("the job's actors and tasks got their resources: going on")
 

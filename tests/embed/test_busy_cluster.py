@@ -291,3 +291,19 @@ def test_an_extra_actor_of_an_autoscaling_pool_that_finds_no_room_is_not_a_stuck
     alive.append(ActorInfo("MapWorker(MapBatches(EncodeActor))", job, False, {"CPU": 0.5}, ""))
     alive.append(ActorInfo("_CommitActor", job, False, {"CPU": 0.0}, ""))
     assert watch._stuck() == ([], None)  # the minimum runs: the extra one may wait
+
+
+def test_a_reported_wait_that_ends_with_the_run_is_said_to_have_ended(ray_session, caplog):
+    """The last wait may end, and the pipeline finish, between two of the watch's looks: the run's end says it."""
+    import pipeline.embed.watch as watch_module
+    from pipeline.embed.waiting import Need
+
+    caplog.set_level(logging.INFO, logger="pipeline")
+    watch = watch_module.PoolWatch(Need({"CPU": 0.5}, 1, ({"CPU": 1.0},)), 5.0, [])
+    callback = watch.callback_class()()
+    callback.after_execution_succeeds(None)
+    assert not any("going on" in r.getMessage() for r in caplog.records)  # nothing was reported waiting
+    watch._warned = True
+    callback.after_execution_succeeds(None)
+    callback.after_execution_succeeds(None)
+    assert sum("got their resources: going on" in r.getMessage() for r in caplog.records) == 1
