@@ -5,7 +5,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from pipeline.artifact import read_artifact
+from pipeline.artifact import EncoderRecord, read_artifact
 from pipeline.config import EncoderConfig, LimitsConfig
 from pipeline.encoders.presets import EncoderRef
 from pipeline.item_encoder import Encoded, ItemEncoder, ItemError
@@ -73,10 +73,7 @@ class LoadedModel:
     def decode_settings(self, modality: str, storage: dict[str, Any] | None = None) -> DecodeSettings:
         """How ``modality``'s raw items are decoded for this model's frozen encoder (its input sizes, the limits);
         ``storage``: S3 access for s3:// items. http(s) items are refused."""
-        record = self.encoders_spec[modality]
-        m = Modality(record.modality)
-        spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.input.items()})
-        return DecodeSettings(m, spec, self.limits, storage or {}, find_ffmpeg() if m.spec.reads == "file" else "")
+        return decode_settings(self.encoders_spec[modality], self.limits, storage)
 
     def embed(self, items: Iterable[Any], modality: str) -> np.ndarray:
         """Embed text strings, or media file paths/URIs or bytes → float32 (N, d), L2-normalised.
@@ -118,6 +115,14 @@ class LoadedModel:
             out = [self.model(modality, self.torch.from_numpy(np.asarray(features[i:i + 1024], np.float32)))
                    for i in range(0, len(features), 1024)]
         return self.torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
+
+
+def decode_settings(record: EncoderRecord, limits: LimitsConfig, storage: dict[str, Any] | None = None) -> DecodeSettings:
+    """How the raw items of the frozen encoder ``record`` (an artifact's ``encoders[modality]``) are decoded for it,
+    within ``limits``; needs neither the encoder nor the weights (a decoding replica holds no model)."""
+    m = Modality(record.modality)
+    spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.input.items()})
+    return DecodeSettings(m, spec, limits, storage or {}, find_ffmpeg() if m.spec.reads == "file" else "")
 
 
 def load_model(path: str, **kwargs: Any) -> LoadedModel:

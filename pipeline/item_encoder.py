@@ -60,6 +60,11 @@ def decode_raw(raw: Any, settings: DecodeSettings, index: int = -1) -> Any:
         raise ItemError(index, f"{type(e).__name__}: {e}", "decode") from None
 
 
+def with_limits(settings: DecodeSettings, tighter: dict[str, Any] | None) -> DecodeSettings:
+    """``settings`` with some limits replaced for one item (e.g. {"max_audio_seconds": 5.0}); None keeps them."""
+    return dataclasses.replace(settings, limits=settings.limits.model_copy(update=tighter)) if tighter else settings
+
+
 class ItemEncoder:
     """One modality's frozen encoder (loaded once, here) and, optionally, the trained projection after it.
 
@@ -87,11 +92,8 @@ class ItemEncoder:
         started = time.perf_counter()
         out: list[Any] = []
         for index, item in enumerate(raw):
-            tighter = limits[index] if limits else None
-            settings = (dataclasses.replace(self.settings, limits=self.settings.limits.model_copy(update=tighter))
-                        if tighter else self.settings)
             try:
-                out.append(decode_raw(item, settings, index))
+                out.append(decode_raw(item, with_limits(self.settings, limits[index] if limits else None), index))
             except ItemError as e:
                 out.append(e)
         decoded = time.perf_counter()

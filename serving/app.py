@@ -19,9 +19,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipeline.config import ConfigError
+from pipeline.modality import Modality
 from serving.budget import explain_share, request_budget
-from serving.config import GATEWAY, SEARCH, ServeArgs, encoder_deployment, parse_args
-from serving.deployments import ModalityEncoder, SearchIndex
+from serving.config import DECODER, GATEWAY, SEARCH, ServeArgs, encoder_deployment, parse_args
+from serving.deployments import MediaDecoder, ModalityEncoder, SearchIndex
 from serving.inputs import APIError, Item, fetch, input_list, parse_json_body, resolve
 from serving.metrics import RequestMetrics, exposition, route_of, server_metrics
 from serving.schema import (MAX_ID_PREFIX, EmbeddingsRequest, SearchRequest, openapi_body, typed,
@@ -111,7 +112,6 @@ def _media(uri: str | None, modality: str, item_id: str, args: ServeArgs) -> Res
     fetched (the server never fetches what it was not asked to), an inline modality has no file."""
     import mimetypes
 
-    from pipeline.modality import Modality
     from pipeline.store.errors import ReadError
     from pipeline.store.sources import read_limited
 
@@ -142,9 +142,9 @@ def _media(uri: str | None, modality: str, item_id: str, args: ServeArgs) -> Res
 @serve.ingress(api)
 class Gateway:
     def __init__(self, args: dict[str, Any], info: dict[str, Any], encoders: dict[str, DeploymentHandle],
-                 search: DeploymentHandle | None):
+                 search: DeploymentHandle | None, decoder: DeploymentHandle | None = None):
         self.args = ServeArgs(**args)
-        self.info, self.encoders, self.search_handle = info, encoders, search
+        self.info, self.encoders, self.search_handle, self.decoder = info, encoders, search, decoder
         self.modalities = list(encoders)
         # an index folder is searched here, memory-mapped (the OS shares its pages between replicas): no hop to
         # another replica per query; a feature store projected at start-up lives in the SearchIndex deployment
@@ -228,15 +228,24 @@ class Gateway:
         media = any(isinstance(it.value, bytes) for it in items)
         shares = (await asyncio.to_thread(request_budget, items, self.args.limits) if media
                   else request_budget(items, self.args.limits))
-        calls = [self.encoders[it.modality].embed.remote(it.value, share, route[it.modality])
-                 for it, share in zip(items, shares)]
+        calls, decodes, busy = [], [], set()
+        for it, share in zip(items, shares):
+            encoder, version = self.encoders[it.modality], route[it.modality]
+            busy.add(encoder_deployment(it.modality))
+            if self.decoder is not None and isinstance(it.value, bytes):
+                # media: decoded by the MediaDecoder, whose answer Ray hands to the encoder (it never comes here)
+                decodes.append(self.decoder.decode.remote(it.value, share, it.modality, version))
+                calls.append(encoder.encode.remote(decodes[-1], version))
+                busy.add(DECODER)
+            else:  # text: one hop, straight to its encoder
+                calls.append(encoder.embed.remote(it.value, share, version))
         try:
             results = await asyncio.gather(*calls)
-        except BackPressureError:
-            for call in calls:
+        except BackPressureError:  # (a chained call fails alike whether its decoder or its encoder was full)
+            for call in calls + decodes:
                 call.cancel()
-            busy = {encoder_deployment(it.modality) for it in items}
-            raise _overloaded("encoder", busy.pop() if len(busy) == 1 else "encoders") from None
+            raise _overloaded(" or ".join(sorted(busy)) if decodes else "encoder",
+                              busy.pop() if len(busy) == 1 else "several") from None
         for it, result, share in zip(items, results, shares):
             if "error" in result:
                 reason = explain_share(result["error"], share, items, self.args.limits)
@@ -413,6 +422,8 @@ class Gateway:
         served store answers; 503 otherwise, naming each deployment that is not ready and why. With an index folder,
         ``search_index`` says what this replica opened."""
         handles = {encoder_deployment(m): h for m, h in self.encoders.items()}
+        if self.decoder is not None:
+            handles[DECODER] = self.decoder
         if self.search_handle is not None:
             handles[SEARCH] = self.search_handle
 
@@ -482,11 +493,17 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
     info = _model_info(parsed)
     overrides = dict(overrides or {})
     searched = bool(parsed.features or parsed.index)
-    known = [GATEWAY] + [encoder_deployment(m) for m in info["modalities"]] + ([SEARCH] if parsed.features else [])
+    media = [m for m in info["modalities"] if not Modality(m).is_inline]
+    decoding = parsed.decode == "decoder" and bool(media)
+    known = ([GATEWAY] + [encoder_deployment(m) for m in info["modalities"]] + ([DECODER] if decoding else [])
+             + ([SEARCH] if parsed.features else []))
     unknown = sorted(set(overrides) - set(known))
     if unknown:  # (Serve's own words first, as `serve deploy` would say them)
         why = ("; SearchIndex runs only with features: an index folder is searched in the Gateway's replicas"
                if parsed.index else "" if parsed.features else " (and SearchIndex needs features)")
+        if unknown[0] == DECODER:
+            why = (f"; {DECODER} runs only with decode: decoder (this config decodes in the encoders)" if media else
+                   f"; {DECODER} decodes media, and the served modalities are all text")
         raise ValueError(f"Deployment {unknown[0]!r} does not exist. Available: {known}: the model {parsed.model} has "
                          f"the modalities {', '.join(info['modalities'])}{why}; remove {unknown[0]!r} "
                          "from the Serve config's deployments")
@@ -499,6 +516,7 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
 
     encoders = {m: ModalityEncoder.options(**opts(encoder_deployment(m))).bind(plain, m, runs(m))
                 for m in info["modalities"]}
+    decoder = MediaDecoder.options(**opts(DECODER)).bind(plain, {m: runs(m) for m in media}) if decoding else None
     search = None
     if searched:
         info["search_metadata"] = []
@@ -509,7 +527,7 @@ def build_application(args: dict[str, Any] | None, overrides: dict[str, dict[str
             default = info["versions"][parsed.model_name]["modalities"]  # the store is projected by the default
             info["index"], info["search_width"] = _indexed_modalities(parsed, default), info["dimensions"]
             search = SearchIndex.options(**opts(SEARCH)).bind(plain)
-    return Gateway.options(**opts(GATEWAY)).bind(plain, info, encoders, search)
+    return Gateway.options(**opts(GATEWAY)).bind(plain, info, encoders, search, decoder)
 
 
 def _indexed_modalities(args: ServeArgs, modalities: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ per-deployment options (replicas, autoscaling, resources, queue limits, batch ``
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, create_model, field_validator
 
@@ -19,7 +19,7 @@ from pipeline.modality import Modality
 from pipeline.store.http import host_allowed
 
 APP_NAME = "oneencoder"
-GATEWAY, SEARCH = "Gateway", "SearchIndex"
+GATEWAY, SEARCH, DECODER = "Gateway", "SearchIndex", "MediaDecoder"
 
 
 def encoder_deployment(modality: str) -> str:
@@ -76,6 +76,7 @@ class ServeArgs(StrictModel):
     remote: RemoteSettings = Field(default_factory=RemoteSettings, description="Fetching remote media URLs.")
     api_key_env: str | None = Field(None, description="Environment variable holding the bearer token clients must send; null = no auth.")
     torch_threads: int = Field(1, ge=1, description="Torch threads per encoder replica.")
+    decode: Literal["decoder", "encoders"] = Field("decoder", description="Where media items are decoded (ffmpeg, Pillow): `decoder`, in the MediaDecoder deployment (CPU, scaled on its own), which hands the encoders arrays to batch, so an encoder replica (a GPU's) never waits on a decode; `encoders`, inside each encoder replica (one deployment fewer; remove MediaDecoder from the deployments). Text is never decoded apart.")
 
 
 class BatchSettings(StrictModel):

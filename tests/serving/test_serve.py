@@ -252,7 +252,7 @@ def test_health_and_models(served):
     health = requests.get(url + "/health", timeout=30)
     assert health.status_code == 200 and health.json()["status"] == "ready"
     assert set(health.json()["deployments"]) == {"encoder-image", "encoder-text", "encoder-audio", "encoder-video",
-                                                 "encoder-depth", "SearchIndex"}
+                                                 "encoder-depth", "MediaDecoder", "SearchIndex"}
     models = requests.get(url + "/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
     model = models["data"][0]  # the default version first (the base beside it: test_model_versions_...)
     assert model["id"] == "oneencoder" and model["object"] == "model" and model["dimensions"] == 256
@@ -337,9 +337,17 @@ def test_every_modality_through_data_uris(served, local_model, tmp_path):
     assert len(bits) == 32 and np.array_equal(np.unpackbits(np.array(bits, np.uint8)).astype(bool), got[1] > 0)
 
 
-def test_batching_really_batches_under_concurrency(served, local_model):
+def _stats(deployment: str, app: str = APP_NAME) -> dict:
     from ray import serve
 
+    handle = serve.get_deployment_handle(deployment, app)
+    try:
+        return handle.stats.remote().result(timeout_s=30)
+    finally:  # its router pushes metrics from a thread of this process: after the command has shut Serve down,
+        handle.shutdown()  # serve.shutdown() here finds no controller and leaves it to fail once Ray is gone
+
+
+def test_batching_really_batches_under_concurrency(served, local_model):
     url, _ = served
     texts = [f"caption number {i}" for i in range(64)]
     with futures.ThreadPoolExecutor(32) as pool:
@@ -348,11 +356,7 @@ def test_batching_really_batches_under_concurrency(served, local_model):
     # batched together, each request still gets the vector of its own text
     got = np.array([r.json()["data"][0]["embedding"] for r in answers], np.float32)
     np.testing.assert_allclose(got, local_model.embed(texts, "text"), atol=1e-4)
-    handle = serve.get_deployment_handle("encoder-text", APP_NAME)
-    try:
-        stats = handle.stats.remote().result(timeout_s=30)
-    finally:  # its router pushes metrics from a thread of this process: after the command has shut Serve down,
-        handle.shutdown()  # serve.shutdown() here finds no controller and leaves it to fail once Ray is gone
+    stats = _stats("encoder-text")
     assert max(stats["batch_sizes"]) > 1, stats
 
 
@@ -756,6 +760,51 @@ def test_serve_cli_refuses_bad_arguments_before_starting_ray(capsys):
     assert "--port = 70000" in capsys.readouterr().err
 
 
+def test_media_is_decoded_apart_and_the_encoders_batch_the_arrays(served, local_model, tmp_path):
+    """By default (decode: decoder) a media item is decoded by the MediaDecoder and only its array reaches the
+    encoder, which batches arrays under concurrency; with decode: encoders (another app of the same model) the encoder
+    decodes it, and there is no MediaDecoder. Both give the vector the model gives in-process."""
+    from ray import serve
+
+    from serving.local import prepare
+
+    url, model_dir = served
+    png = png_bytes((64, 48))
+    expected = local_model.embed([png], "image")[0]
+    encoder, decoder = _stats("encoder-image"), _stats("MediaDecoder")["decoded"]
+    body = {"model": "oneencoder", "input": [_data_uri("image/png", png)]}
+    with futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: _post(url, body), range(32)))
+    assert [r.status_code for r in answers] == [200] * 32, answers[0].text
+    for r in answers:
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], expected, atol=1e-4)
+    wav = _post(url, {"model": "oneencoder", "input": [_data_uri("audio/wav", _wav(1.0))]})
+    assert wav.status_code == 200, wav.text
+    after = _stats("encoder-image")
+    assert _stats("MediaDecoder")["decoded"] == {**decoder, "image": decoder.get("image", 0) + 32,
+                                                 "audio": decoder.get("audio", 0) + 1}
+    assert after["items"] == {"raw": encoder["items"]["raw"], "decoded": encoder["items"]["decoded"] + 32}
+    assert max(after["batch_sizes"][len(encoder["batch_sizes"]):]) > 1, after["batch_sizes"]
+
+    one = {"ray_actor_options": {"num_cpus": 0.05}, "autoscaling_config": None, "num_replicas": 1}
+    app, _ = prepare(_config(str(tmp_path), "in-encoders.yaml", {"model": model_dir, "modalities": ["image"],
+                                                                "features": None, "decode": "encoders"},
+                             {"Gateway": one, "encoder-image": one}))
+    serve.run(app, name="in-encoders", route_prefix="/in-encoders", blocking=False)
+    try:
+        deadline = time.monotonic() + 120
+        while (health := requests.get(url + "/in-encoders/health", timeout=30)).status_code != 200:
+            assert time.monotonic() < deadline, health.text
+            time.sleep(0.5)
+        assert health.json()["deployments"] == {"encoder-image": "ready"}  # no MediaDecoder
+        r = _post(url, body, path="/in-encoders/v1/embeddings", token=None)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], expected, atol=1e-4)
+        assert _stats("encoder-image", "in-encoders")["items"] == {"raw": 1, "decoded": 0}
+    finally:
+        serve.delete("in-encoders")
+
+
 def test_depth_is_served_through_the_same_api(served, local_model, tmp_path):
     """`modality: "depth"` with a 16-bit PNG gives the vector load_model gives; the same PNG without a modality is an
     image, as every PNG was before depth existed; a colour picture sent as depth is a 400 naming why."""
@@ -811,7 +860,7 @@ def test_health_is_503_naming_each_deployment_that_is_not_ready():
     # the Gateway's own health method, on a stand-in for the replica (its handles are all /health reads)
     gateway = types.SimpleNamespace(encoders={"text": Handle(ready), "image": Handle(dead), "audio": Handle(never),
                                               "video": Handle(broken)},
-                                    search_handle=Handle(never), searcher=None)
+                                    decoder=Handle(dead), search_handle=Handle(never), searcher=None)
     started = time.monotonic()
     response = asyncio.run(Gateway.func_or_class.health(gateway))
     took = time.monotonic() - started
@@ -819,10 +868,10 @@ def test_health_is_503_naming_each_deployment_that_is_not_ready():
     assert json.loads(response.body) == {"status": "not ready", "deployments": {
         "encoder-text": "ready", "encoder-image": "not ready (RuntimeError)", "encoder-audio": "not ready (TimeoutError)",
         "encoder-video": "not ready (cannot embed: ValueError: item 0 gave a non-finite vector)",
-        "SearchIndex": "not ready (TimeoutError)"}}
+        "MediaDecoder": "not ready (RuntimeError)", "SearchIndex": "not ready (TimeoutError)"}}
     assert took < 8, took  # the stuck ones are waited for together: a probe gets its answer, not 5 s per deployment
     gateway.encoders = {"text": Handle(ready), "audio": Handle(ready)}
-    gateway.search_handle = None
+    gateway.search_handle = gateway.decoder = None
     response = asyncio.run(Gateway.func_or_class.health(gateway))
     assert response.status_code == 200
     assert json.loads(response.body) == {"status": "ready", "deployments": {"encoder-text": "ready", "encoder-audio": "ready"}}
