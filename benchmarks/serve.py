@@ -1,8 +1,10 @@
 """Serving benchmark, measured in one run on loopback: throughput and latency at several concurrency
 levels, batching on vs off, and Serve's overhead over the same model called in-process, against the floor: a bare
-Serve application with the same two hops (``benchmarks.floor``: a FastAPI ingress, one ``@serve.batch`` replica
-with the same batch settings, a constant vector) measured first at the lowest level, so that what lies above
-floor + in-process work is this project's own.
+Serve application with the same hops (``benchmarks.floor``: a FastAPI ingress, one ``@serve.batch`` replica with the
+same batch settings, a constant vector; for media, a pass-through replica for the decoder's hop between them)
+measured first at the lowest level, so that what lies above floor + in-process work is this project's own. Then
+media decoded in the encoder replicas against the MediaDecoder deployment: videos answered per second, and text
+latency beside a steady video load.
 
 The model artifact is built here from the chosen preset with an untrained projection (throughput and
 latency do not depend on the weights). Bounded: each level sends at most ``requests`` requests and
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as futures
+import contextlib
 import io
 import logging
 import os
@@ -37,6 +40,7 @@ class BenchmarkServeConfig(StrictModel):
     requests: int = Field(96, ge=1, description="Most requests per concurrency level.")
     levels: list[int] = Field([1, 8, 32], min_length=1, description="Concurrency levels (a list, or '1,8,32' on the command line).")
     level_cap_s: float = Field(30.0, gt=0, description="Time cap per concurrency level, in seconds.")
+    video_clients: int = Field(4, ge=1, description="Clients sending videos without pause while text latency is measured beside them (the mixed-load section).")
     report: str | None = Field(None, description=REPORT_HELP)
 
     @field_validator("levels", mode="before")
@@ -132,7 +136,7 @@ def _held_port() -> socket.socket:
 
 
 def benchmark_serve(workdir: str, preset: str = "paper", levels: tuple[int, ...] = (1, 8, 32), requests_n: int = 96,
-                    level_cap_s: float = 30.0, max_batch_size: int = 16) -> dict[str, Any]:
+                    level_cap_s: float = 30.0, max_batch_size: int = 16, video_clients: int = 4) -> dict[str, Any]:
     from ray import serve
 
     from pipeline.inference import load_model
@@ -157,6 +161,8 @@ def benchmark_serve(workdir: str, preset: str = "paper", levels: tuple[int, ...]
 
     results: dict[str, Any] = {"preset": preset, "levels": list(levels), "max_batch_size": max_batch_size, "modalities": {}}
     results["floor"] = _floor(model_dir, texts, min(levels), requests_n, level_cap_s, max_batch_size, BATCH_WAIT_S)
+    results["floor_media"] = _floor(model_dir, texts, min(levels), requests_n, level_cap_s, max_batch_size,
+                                    BATCH_WAIT_S, decoder_hop=True)
     with _held_port() as held:
         url = deploy(app(max_batch_size), {}, host="127.0.0.1", port=held.getsockname()[1])
     try:
@@ -190,10 +196,111 @@ def benchmark_serve(workdir: str, preset: str = "paper", levels: tuple[int, ...]
         r["in_process_p99_ms"] = 1000 * float(np.percentile(times, 99))
         low = r["batched"][min(levels)]
         r["serve_overhead_p50_ms"] = low["p50_ms"] - r["in_process_p50_ms"]
-        # ours over what a bare two-hop app plus the model's own work take: the part that is this project's
-        r["over_floor_p50_ms"] = low["p50_ms"] - (results["floor"]["p50_ms"] + r["in_process_p50_ms"])
-        r["over_floor_p99_ms"] = low["p99_ms"] - (results["floor"]["p99_ms"] + r["in_process_p99_ms"])
+        # ours over what a bare app of the same hops plus the model's own work take: the part that is this project's
+        floor = results["floor_media" if modality == "image" else "floor"]
+        r["over_floor_p50_ms"] = low["p50_ms"] - (floor["p50_ms"] + r["in_process_p50_ms"])
+        r["over_floor_p99_ms"] = low["p99_ms"] - (floor["p99_ms"] + r["in_process_p99_ms"])
+    results["mixed"] = _mixed(workdir, preset, texts, requests_n, level_cap_s, max_batch_size, video_clients)
     return results
+
+
+def _mp4_data_uri(seconds: float = 4.0, fps: int = 24, size: int = 256) -> str:
+    """A clip of the kind users send (a few seconds, a few hundred pixels a side) as a data URI."""
+    import tempfile
+
+    from pipeline.media.ffmpeg import find_ffmpeg
+    from pipeline.synthetic.draw import clip, encode_video
+
+    with tempfile.TemporaryDirectory(prefix="oneencoder-serve-bench-") as folder:
+        path = os.path.join(folder, "clip.mp4")
+        encode_video(path, clip("red", "circle", frames=int(seconds * fps), size=size), fps, find_ffmpeg())
+        with open(path, "rb") as fh:
+            return "data:video/mp4;base64," + base64.b64encode(fh.read()).decode()
+
+
+def _mixed(workdir: str, preset: str, texts: list[str], requests_n: int, cap_s: float, max_batch_size: int,
+           video_clients: int) -> dict[str, Any]:
+    """Media decoded in the encoder replicas, then in the MediaDecoder deployment (``ServeArgs.decode``), one replica
+    each: the videos answered per second with ``video_clients`` clients sending without pause (capacity), and text
+    latency at concurrency 1 alone and beside videos sent at one rate in both (half the first's capacity)."""
+    from ray import serve
+
+    from serving.app import build_application
+    from serving.local import deploy
+
+    model_dir = write_untrained_artifact(os.path.join(workdir, "model-video"), preset, ("text", "video"))
+    video = _mp4_data_uri()
+    one = {"num_replicas": 1, "autoscaling_config": None}
+    batching = {"max_batch_size": max_batch_size, "batch_wait_timeout_s": BATCH_WAIT_S}
+
+    def app(decode: str):
+        encoder = {**one, "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 64, "user_config": batching}
+        overrides = {"Gateway": {**one, "ray_actor_options": {"num_cpus": 0.25}}, "encoder-text": encoder,
+                     "encoder-video": encoder}
+        if decode == "decoder":
+            overrides["MediaDecoder"] = {**one, "ray_actor_options": {"num_cpus": 0.25}}
+        return build_application({"model": model_dir, "torch_threads": 1, "decode": decode}, overrides)
+
+    out: dict[str, Any] = {"video_clients": video_clients, "video_bytes": len(video) * 3 // 4, "modes": {}}
+    url = None
+    try:
+        for decode in ("encoders", "decoder"):
+            if url is None:
+                with _held_port() as held:
+                    url = deploy(app(decode), {}, host="127.0.0.1", port=held.getsockname()[1])
+            else:
+                serve.run(app(decode), name="oneencoder", route_prefix="/", blocking=False)
+                _answering(url + "/v1/embeddings", {"model": "oneencoder", "input": video}, 300)
+            _load(url, [video], 1, 2, cap_s)  # warm-up: both paths
+            _load(url, texts[:4], 1, 8, cap_s)
+            log.info("decode in %s: video capacity, %d clients", decode, video_clients)
+            capacity = _load(url, [video], video_clients, 8 * video_clients, cap_s)["rps"]
+            out.setdefault("video_rate", capacity / 2)
+            log.info("decode in %s: text alone", decode)
+            alone = _load(url, texts, 1, requests_n, cap_s)
+            log.info("decode in %s: text beside %.1f videos/s", decode, out["video_rate"])
+            with _videos_at(url, video, out["video_rate"], video_clients) as sent:
+                loaded = _load(url, texts, 1, requests_n, cap_s)
+            out["modes"][decode] = {"capacity_videos_per_s": capacity, "alone": alone, "loaded": loaded,
+                                    "videos_answered": sent["answered"],
+                                    "p50_ratio": loaded["p50_ms"] / alone["p50_ms"],
+                                    "p99_ratio": loaded["p99_ms"] / alone["p99_ms"]}
+    finally:
+        serve.shutdown()
+    return out
+
+
+@contextlib.contextmanager
+def _videos_at(url: str, video: str, rate: float, clients: int):
+    """Videos sent at ``rate`` per second in all (each of ``clients`` sends on its own schedule, late ones at once)
+    while the body runs; yields {"answered"}, filled in on leaving; RuntimeError if one failed."""
+    import threading
+
+    import requests
+
+    stop, codes = threading.Event(), []
+
+    def send(slot: int) -> None:
+        session, due = requests.Session(), time.perf_counter() + slot / rate
+        while not stop.wait(max(0.0, due - time.perf_counter())):
+            codes.append(session.post(url + "/v1/embeddings", json={"model": "oneencoder", "input": video},
+                                      timeout=300).status_code)
+            due += clients / rate
+
+    senders = [threading.Thread(target=send, args=(k,), daemon=True) for k in range(clients)]
+    for t in senders:
+        t.start()
+    time.sleep(1.0)  # under way before the body measures beside it
+    sent: dict[str, int] = {}
+    try:
+        yield sent
+    finally:
+        stop.set()
+        for t in senders:
+            t.join()
+    if set(codes) - {200}:
+        raise RuntimeError(f"benchmark video requests failed: {sorted(set(codes))}")
+    sent["answered"] = len(codes)
 
 
 BATCH_WAIT_S = 0.005  # the encoders' batch wait in the benchmark (batching on), and the floor's
@@ -216,9 +323,9 @@ def _answering(url: str, body: dict[str, Any], timeout_s: float) -> None:
 
 
 def _floor(model_dir: str, texts: list[str], concurrency: int, requests_n: int, cap_s: float, max_batch_size: int,
-           batch_wait_s: float) -> dict[str, float]:
-    """The bare two-hop app (``benchmarks.floor``) at the model's width and the encoders' batch settings, loaded as
-    ours is at ``concurrency``; Serve is shut down after it."""
+           batch_wait_s: float, decoder_hop: bool = False) -> dict[str, float]:
+    """The bare app (``benchmarks.floor``: two hops, three with ``decoder_hop``) at the model's width and the
+    encoders' batch settings, loaded as ours is at ``concurrency``; Serve is shut down after it."""
     from ray import serve
 
     from benchmarks.floor import floor_app
@@ -228,12 +335,13 @@ def _floor(model_dir: str, texts: list[str], concurrency: int, requests_n: int, 
     with _held_port() as held:
         port = held.getsockname()[1]
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(floor_app(dim, max_batch_size, batch_wait_s), name="floor", route_prefix="/", blocking=False)
+        serve.run(floor_app(dim, max_batch_size, batch_wait_s, decoder_hop), name="floor", route_prefix="/",
+                  blocking=False)
     url = f"http://127.0.0.1:{port}"
     try:
         _answering(url + "/v1/embeddings", {"model": "floor", "input": texts[0]}, 120)
         _load(url, texts[:4], 4, 8, cap_s)  # warm-up
-        log.info("floor: bare two-hop app, concurrency %d", concurrency)
+        log.info("floor: bare app, %d hops, concurrency %d", 3 if decoder_hop else 2, concurrency)
         return {**_load(url, texts, concurrency, requests_n, cap_s), "concurrency": concurrency, "dim": dim}
     finally:
         serve.shutdown()
@@ -241,9 +349,11 @@ def _floor(model_dir: str, texts: list[str], concurrency: int, requests_n: int, 
 
 def format_serve_benchmark(r: dict[str, Any]) -> str:
     lines = [f"serve benchmark: preset {r['preset']}, one replica per deployment, max_batch_size {r['max_batch_size']}, loopback"]
-    f = r["floor"]
+    f, g = r["floor"], r["floor_media"]
     lines.append(f"floor (a bare FastAPI ingress + one @serve.batch replica returning a constant {f['dim']}-d vector), "
                  f"concurrency {f['concurrency']}: p50 {f['p50_ms']:.1f} ms  p99 {f['p99_ms']:.1f} ms")
+    lines.append(f"floor for media (a pass-through replica for the decoder's hop before it): p50 {g['p50_ms']:.1f} ms  "
+                 f"p99 {g['p99_ms']:.1f} ms")
     for modality, m in r["modalities"].items():
         lines.append(f"{modality}:")
         for c, s in m["batched"].items():
@@ -255,8 +365,22 @@ def format_serve_benchmark(r: dict[str, Any]) -> str:
         lines.append(f"  batching on/off at concurrency {top}: {m['batching_ratio']:.2f}x (target >= 3x)")
         lines.append(f"  in-process p50 {m['in_process_p50_ms']:.1f} ms; Serve p50 at concurrency {f['concurrency']} is "
                      f"{m['serve_overhead_p50_ms']:+.1f} ms over it")
-        lines.append(f"  over the floor + in-process work: p50 {m['over_floor_p50_ms']:+.1f} ms (target <= 3 ms), "
+        lines.append(f"  over the {'media ' if modality == 'image' else ''}floor + in-process work: p50 "
+                     f"{m['over_floor_p50_ms']:+.1f} ms (target <= 3 ms), "
                      f"p99 {m['over_floor_p99_ms']:+.1f} ms")
+    x = r.get("mixed")
+    if x:
+        lines.append(f"media decoded in the encoder replicas or in the MediaDecoder ({x['video_bytes'] / 1e3:.0f} kB "
+                     f"videos; text at concurrency 1 beside {x['video_rate']:.1f} videos/s, half the first capacity):")
+        for decode, mode in x["modes"].items():
+            a, b = mode["alone"], mode["loaded"]
+            where = "MediaDecoder" if decode == "decoder" else "encoders"
+            lines.append(f"  {where:>12}: {mode['capacity_videos_per_s']:5.1f} videos/s at most ({x['video_clients']} "
+                         f"clients); text alone p50 {a['p50_ms']:.1f} / p99 {a['p99_ms']:.1f} ms, beside the videos p50 "
+                         f"{b['p50_ms']:.1f} / p99 {b['p99_ms']:.1f} ms ({mode['p50_ratio']:.2f}x / "
+                         f"{mode['p99_ratio']:.2f}x)")
+        first, then = (x["modes"][k]["capacity_videos_per_s"] for k in ("encoders", "decoder"))
+        lines.append(f"  MediaDecoder / encoders: {then / first:.2f}x the videos/s")
     return "\n".join(lines)
 
 
@@ -271,7 +395,8 @@ def run(cfg: BenchmarkServeConfig, args: object = None) -> int:
 
     init_ray()
     with tempfile.TemporaryDirectory(prefix="oneencoder-serve-bench-") as workdir:
-        result = benchmark_serve(workdir, cfg.preset, tuple(cfg.levels), cfg.requests, cfg.level_cap_s)
+        result = benchmark_serve(workdir, cfg.preset, tuple(cfg.levels), cfg.requests, cfg.level_cap_s,
+                                 video_clients=cfg.video_clients)
     return finish("serve", cfg, result, format_serve_benchmark)
 
 
