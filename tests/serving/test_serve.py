@@ -907,7 +907,8 @@ def test_serve_refuses_a_deployment_the_model_lacks_before_starting_ray(trained,
 @pytest.mark.slow
 def test_readme_serve_command_on_the_shipped_config(trained, feature_store, tmp_path):
     """The README's `oneencoder serve --model M --features F` as a user runs it: no --config (the shipped
-    serving/serve_config.yaml, a deployment per modality: the fixture model has image, text, audio and video) and no
+    serving/serve_config.yaml, a deployment per modality: the fixture model has image, text, audio and video, and the
+    MediaDecoder) and no
     RAY_ADDRESS (a Ray instance of its own). It starts, /health names every deployment ready, it embeds, and Ctrl-C
     stops it, its Ray instance included. --port: the shipped 8000 may be taken on this machine."""
     import shutil
@@ -924,7 +925,7 @@ def test_readme_serve_command_on_the_shipped_config(trained, feature_store, tmp_
             health = requests.get(url + "/health", timeout=30)
             assert health.status_code == 200 and health.json() == {"status": "ready", "deployments": {
                 "encoder-image": "ready", "encoder-text": "ready", "encoder-audio": "ready", "encoder-video": "ready",
-                "SearchIndex": "ready"}}, health.text
+                "MediaDecoder": "ready", "SearchIndex": "ready"}}, health.text
             embedded = requests.post(url + "/v1/embeddings", json={"model": "oneencoder", "input": "a red circle"},
                                      timeout=60)
             assert embedded.status_code == 200 and len(embedded.json()["data"][0]["embedding"]) == 256, embedded.text
