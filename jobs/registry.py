@@ -69,6 +69,9 @@ JOBS: dict[str, Job] = {job.name: job for job in (
                     "fields, the flags override them"),
     Job("demo", ("jobs.demo",), "generate a corpus, embed, train 3 stages, evaluate (offline, local Ray, a few minutes)",
         "jobs.demo:DemoConfig", "jobs.demo:run", "oneencoder demo (flags)", submit=False, extras=("train", "eval")),
+    Job("dataset", ("jobs.dataset",), "turn a dataset as it ships (COCO, Flickr30k, MSR-VTT, Clotho, ESC-50, CIFAR, "
+        "a class folder) into a manifest and its groups or labels", "pipeline.datasets:DatasetConfig",
+        "jobs.dataset:run", "oneencoder dataset NAME (flags)", positional=("name",)),
     Job("sample-corpus", ("jobs.corpus",), "write a small generated paired corpus and its manifest",
         "jobs.corpus:SampleCorpusConfig", "jobs.corpus:run", "oneencoder sample-corpus (flags)", positional=("dest",),
         submit=False),
