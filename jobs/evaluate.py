@@ -1,6 +1,7 @@
 """Evaluate a model artifact on a feature store: recall@1/5/10, median rank, zero-shot, modality gap, plots.
 
-    python -m jobs.evaluate --model models/sample --features out/sample [--labels labels.yaml] [--output DIR] [--baseline]
+    python -m jobs.evaluate --model models/sample --features out/sample [--labels labels.yaml] [--groups groups.json] [--output DIR]
+        [--baseline]
     python -m jobs.evaluate --config jobs/configs/evaluate_tiny.yaml
 """
 from __future__ import annotations
@@ -38,7 +39,8 @@ def run(cfg: EvaluateConfig, args: argparse.Namespace) -> int:
     from pipeline.store.sources import storage_options
 
     report = evaluate(cfg.model, cfg.features, cfg.labels, cfg.output, storage_options(cfg.storage),
-                      baseline_epochs=cfg.baseline_epochs if cfg.baseline else None)
+                      baseline_epochs=cfg.baseline_epochs if cfg.baseline else None, groups_path=cfg.groups,
+                      benchmark=cfg.benchmark, probe_features=cfg.probe_features, probe_labels=cfg.probe_labels)
     print(format_report(report))
     return 0
 
