@@ -20,6 +20,7 @@ from pipeline.eval.search import format_search, search_quality
 from pipeline.index.compact import PRECISIONS, recall_at_widths
 from pipeline.inference import load_model
 from pipeline.store.files import write_json
+from pipeline.store.features import embeddings, read_features
 from pipeline.store.pairs import load_features
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,13 @@ def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, 
     groups = read_groups(groups_path) if groups_path else None
     projected: dict[str, tuple[list[str], np.ndarray]] = {}
     for name in model.modalities:
-        try:
-            feats = load_features(features_uri, name, storage or {})
-        except ValueError:
+        table = read_features(features_uri, name, storage or {})
+        if table.num_rows == 0:
             log.info("feature store has no %s features; %s is not evaluated", name, name)
             continue
-        ids = distinct_items(_uris(features_uri, name, storage or {}), groups) if groups else sorted(feats)
+        row_ids = table.column("id").to_pylist()
+        feats = dict(zip(row_ids, embeddings(table).astype(np.float32)))
+        ids = distinct_items(dict(zip(row_ids, table.column("uri").to_pylist())), groups) if groups else sorted(feats)
         if ids:
             projected[name] = (ids, model.project(np.stack([feats[i] for i in ids]), name))
     if len(projected) < (1 if labels_path else 2):
@@ -183,14 +185,6 @@ def read_groups(path: str) -> dict[str, str]:
         raise ConfigError(f"groups={path!r}: expected an object with 'groups' (row id -> group id), as `oneencoder "
                           "dataset` writes it")
     return {str(k): str(v) for k, v in groups.items()}
-
-
-def _uris(root: str, modality: str, storage: dict[str, Any]) -> dict[str, str | None]:
-    """id → the media URI of each feature row of ``modality`` (None for inline text)."""
-    from pipeline.store.features import read_features
-
-    table = read_features(root, modality, storage)
-    return dict(zip(table.column("id").to_pylist(), table.column("uri").to_pylist()))
 
 
 def distinct_items(uris: dict[str, str | None], groups: dict[str, str]) -> list[str]:
