@@ -228,15 +228,13 @@ class Gateway:
         media = any(isinstance(it.value, bytes) for it in items)
         shares = (await asyncio.to_thread(request_budget, items, self.args.limits) if media
                   else request_budget(items, self.args.limits))
-        calls, decodes, busy = [], [], set()
+        calls, decodes = [], []
         for it, share in zip(items, shares):
             encoder, version = self.encoders[it.modality], route[it.modality]
-            busy.add(encoder_deployment(it.modality))
             if self.decoder is not None and isinstance(it.value, bytes):
                 # media: decoded by the MediaDecoder, whose answer Ray hands to the encoder (it never comes here)
                 decodes.append(self.decoder.decode.remote(it.value, share, it.modality, version))
                 calls.append(encoder.encode.remote(decodes[-1], version))
-                busy.add(DECODER)
             else:  # text: one hop, straight to its encoder
                 calls.append(encoder.embed.remote(it.value, share, version))
         try:
@@ -244,6 +242,7 @@ class Gateway:
         except BackPressureError:  # (a chained call fails alike whether its decoder or its encoder was full)
             for call in calls + decodes:
                 call.cancel()
+            busy = {encoder_deployment(it.modality) for it in items} | ({DECODER} if decodes else set())
             raise _overloaded(" or ".join(sorted(busy)) if decodes else "encoder",
                               busy.pop() if len(busy) == 1 else "several") from None
         for it, result, share in zip(items, results, shares):

@@ -3,11 +3,9 @@ Clotho). One manifest row per caption, the item's media repeated (the embed job 
 one item form a group, so that evaluation counts any of an item's captions as a hit (``groups.json``)."""
 from __future__ import annotations
 
-import csv
-import json
 import os
 
-from pipeline.datasets.common import DatasetError, Written, expect, media_paths, need_file
+from pipeline.datasets.common import DatasetError, Written, expect, media_paths, need_file, read_csv, read_json
 
 # Karpathy's split files (caption_datasets.zip): per split, the published counts (train = train + restval for COCO)
 KARPATHY = {
@@ -20,30 +18,6 @@ KARPATHY = {
 MSRVTT = {"test": {"videos": 1000, "captions": 1000}, "train": {"videos": 9000, "captions": 180000}}
 CLOTHO = {"evaluation": {"clips": 1045, "captions": 5225}, "validation": {"clips": 1045, "captions": 5225},
           "development": {"clips": 3839, "captions": 19195}}
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read it as JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _read_csv(path: str, columns: list[str]) -> list[dict[str, str]]:
-    try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in columns if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DatasetError(f"{path}: expected the columns {', '.join(columns)}; it has "
-                                   f"{', '.join(reader.fieldnames or []) or 'none'} (missing {', '.join(missing)})")
-            return list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path}: cannot read it as CSV: {e}") from None
 
 
 def _caption_rows(items: list[tuple[str, str, list[str]]], modality: str, what: str,
@@ -67,7 +41,7 @@ def karpathy(name: str, root: str, split: str, allow_missing: bool) -> tuple[Wri
     ``split``: train (COCO: train + restval), val or test."""
     filename, published = KARPATHY[name]
     path = need_file(root, filename)
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data.get("images"), list):
         raise DatasetError(f"{path}: expected Karpathy's format, an object with 'images' (a list), got keys "
                            f"{', '.join(sorted(data)) or 'none'}")
@@ -107,12 +81,12 @@ def msrvtt(root: str, split: str, allow_missing: bool) -> tuple[Written, bool, i
         return os.path.abspath(os.path.join(videos, f"{video_id}.mp4"))
 
     if split == "test":
-        rows = _read_csv(need_file(annotations, "MSRVTT_JSFUSION_test.csv"), ["video_id", "sentence"])
+        rows = read_csv(need_file(annotations, "MSRVTT_JSFUSION_test.csv"), ["video_id", "sentence"])
         items = [(r["video_id"], video(r["video_id"]), [r["sentence"].strip()]) for r in rows]
     elif split == "train":
-        ids = [r["video_id"] for r in _read_csv(need_file(annotations, "MSRVTT_train.9k.csv"), ["video_id"])]
+        ids = [r["video_id"] for r in read_csv(need_file(annotations, "MSRVTT_train.9k.csv"), ["video_id"])]
         path = need_file(annotations, "MSRVTT_data.json")
-        sentences = _read_json(path).get("sentences")
+        sentences = read_json(path).get("sentences")
         if not isinstance(sentences, list):
             raise DatasetError(f"{path}: expected an object with 'sentences' (a list of video_id, caption)")
         captions: dict[str, list[str]] = {i: [] for i in ids}
@@ -134,7 +108,7 @@ def clotho(root: str, split: str, allow_missing: bool) -> tuple[Written, bool, i
     if split not in CLOTHO:
         raise DatasetError(f"clotho: split {split!r}: expected one of {', '.join(CLOTHO)}")
     columns = ["file_name"] + [f"caption_{k}" for k in range(1, 6)]
-    rows = _read_csv(need_file(root, f"clotho_captions_{split}.csv"), columns)
+    rows = read_csv(need_file(root, f"clotho_captions_{split}.csv"), columns)
     items = [(os.path.splitext(r["file_name"])[0], os.path.abspath(os.path.join(root, split, r["file_name"])),
               [r[c].strip() for c in columns[1:]]) for r in rows]
     written, missing = _caption_rows(items, "audio", "clip", allow_missing)

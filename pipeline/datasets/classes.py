@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline.datasets.captions import _read_csv
-from pipeline.datasets.common import DatasetError, Written, expect, media_paths, need_file
+from pipeline.datasets.common import DatasetError, Written, expect, media_paths, need_file, read_csv
 from pipeline.modalities import get
 
 ESC50 = {"clips": 2000, "classes": 50}
@@ -26,7 +25,7 @@ def esc50(root: str, split: str, allow_missing: bool) -> tuple[Written, bool, in
     ``split``: all (2,000 clips), foldN (N = 1 … 5: the 400 clips of one fold, a test fold) or except-foldN (the
     other 1,600: its training folds). Class names are the categories with spaces (``chirping birds``)."""
     path = need_file(root, "meta", "esc50.csv")
-    rows = _read_csv(path, ["filename", "fold", "target", "category"])
+    rows = read_csv(path, ["filename", "fold", "target", "category"])
     folds = {str(k) for k in range(1, 6)}
     if split == "all":
         keep = rows

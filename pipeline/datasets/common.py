@@ -12,6 +12,7 @@ An adapter reads a dataset as it ships (its annotation files, its folders) and w
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -55,6 +56,32 @@ class Written:
     @property
     def size(self) -> int:
         return len(self.rows) if self.n_rows is None else self.n_rows
+
+
+def read_json(path: str) -> dict:
+    """A JSON object file; DatasetError naming the file otherwise."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read it as JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_csv(path: str, columns: list[str]) -> list[dict[str, str]]:
+    """A CSV file's rows (by header), which must have ``columns``; DatasetError naming the file otherwise."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DatasetError(f"{path}: expected the columns {', '.join(columns)}; it has "
+                                   f"{', '.join(reader.fieldnames or []) or 'none'} (missing {', '.join(missing)})")
+            return list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: cannot read it as CSV: {e}") from None
 
 
 def expect(counts: dict[str, int], published: dict[str, int] | None, full: bool, where: str) -> bool:
