@@ -27,7 +27,8 @@ TABLES = {"embed": "benchmarks.embed:format_benchmark", "scale": "benchmarks.sca
           "search": "benchmarks.search:format_search",
           "search_quality": "benchmarks.search_quality:format_search_quality",
           "quality_unseen": "benchmarks.quality_unseen:format_result",
-          "quality_sweep": "benchmarks.quality_sweep:format_result"}
+          "quality_sweep": "benchmarks.quality_sweep:format_result",
+          "store_layout": "benchmarks.store_layout:format_store_layout"}
 # a block: its opening line, then anything but another opening line, then its closing line
 BLOCK = re.compile(r"<!-- results: (?P<name>[a-z_]+) -->\n(?:(?!<!-- results: ).)*?<!-- /results -->", re.S)
 

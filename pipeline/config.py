@@ -9,7 +9,7 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
@@ -99,7 +99,11 @@ LimitsConfig.__doc__ = "Size, duration and time limits on inputs: the media ones
 class EncoderConfig(StrictModel):
     model: str | None = Field(None, description="Hugging Face model id or local path; null = the preset's encoder.")
     revision: str | None = Field(None, description="Model revision (branch, tag or commit) for hub ids; null = main.")
-    tokens: int = Field(1, ge=1, le=4096, description="K: token vectors kept per item (adaptive average pooling; 1 = pooled vector).")
+    tokens: Annotated[int, Field(ge=1, le=4096)] | Literal["all"] = Field(1, description="K: token vectors kept per "
+        "item (adaptive average pooling; 1 = pooled vector), or all = the item's own token sequence, up to max_tokens "
+        "(stored padded with zero vectors, its length in the store's `tokens` column; padding is masked).")
+    max_tokens: int = Field(256, ge=1, le=4096, description="With tokens: all, the most tokens kept per item (the first "
+                            "ones; the store's K); ignored otherwise.")
     dtype: Literal["float16", "float32"] = Field("float16", description="Storage dtype of the embedding column.")
     batch_size: int = Field(16, ge=1, description="Items per encoder forward pass.")
     actors: int | None = Field(None, ge=1, description="Encoder actors (each loads the model once); null = 1, or, "
@@ -121,6 +125,27 @@ class EncoderConfig(StrictModel):
     precision: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Compute precision on GPU (CPU always runs float32).")
     num_frames: int | None = Field(None, ge=1, description="Video: frames sampled per clip; null = the model's num_frames.")
     max_text_tokens: int | None = Field(None, ge=1, description="Text: tokenizer truncation length; null = the model's maximum.")
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> Any:
+        """One message for a bad ``tokens`` (not one per member of its union)."""
+        ok = value == "all" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096) or (
+            isinstance(value, str) and value.isascii() and value.isdigit() and 1 <= int(value) <= 4096)
+        if not ok:
+            raise ValueError("expected K, an integer from 1 to 4096 (K pooled token vectors per item), or all (each "
+                             "item's token sequence, up to max_tokens)")
+        return value if value == "all" else int(value)
+
+    @property
+    def sequence(self) -> bool:
+        """Whether each item keeps its own token sequence (``tokens: all``) rather than K pooled tokens."""
+        return self.tokens == "all"
+
+    @property
+    def stored_tokens(self) -> int:
+        """K of the store's ``embedding`` [K, D]: ``tokens``, or ``max_tokens`` with ``tokens: all``."""
+        return self.max_tokens if self.tokens == "all" else self.tokens
 
 
 def cache_root() -> str:

@@ -112,7 +112,7 @@ class LoadedModel:
     def project(self, features: np.ndarray, modality: str) -> np.ndarray:
         """Cached encoder features (N, K, D) from a feature store → (N, d) unit vectors."""
         with self.torch.no_grad():
-            out = [self.model(modality, self.torch.from_numpy(np.asarray(features[i:i + 1024], np.float32)))
+            out = [self.model(modality, self.torch.from_numpy(np.array(features[i:i + 1024], np.float32)))
                    for i in range(0, len(features), 1024)]
         return self.torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
 

@@ -1,7 +1,8 @@
 """The lightweight OneEncoder projection: per-modality adapters, modality tokens, Universal Projection.
 
 The model returns features; losses own labels and temperature. Inputs are cached encoder
-features (B, K, D_m) from the feature store, outputs L2-normalised vectors (B, d).
+features (B, K, D_m) from the feature store (K pooled tokens, or a token sequence padded with zero vectors),
+outputs L2-normalised vectors (B, d).
 """
 from __future__ import annotations
 
@@ -107,14 +108,32 @@ class OneEncoder(nn.Module):
         return list(self.adapters.keys())
 
     def forward(self, modality: str, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """features: (B, K, D_m) cached encoder tokens → (B, d) unit vectors in the shared space."""
+        """features: (B, K, D_m) cached encoder tokens → (B, d) unit vectors in the shared space. ``mask`` (B, K):
+        True where a token is real; by default ``token_mask(features)`` (zero vectors are padding)."""
         if modality not in self.adapters:
             raise KeyError(f"modality {modality!r} is not in the model (it has {', '.join(self.modalities)})")
+        if mask is None:
+            mask = token_mask(features)
         x = self.adapters[modality](features) + self.modality_tokens[modality]
         if modality in self.positions:  # the first K tokens get positions; padding beyond K (masked) none
             pos = self.positions[modality][: x.shape[1]]
             x = x + nn.functional.pad(pos, (0, 0, 0, x.shape[1] - len(pos)))
         return self.up(x, mask)
+
+
+def token_mask(features: torch.Tensor) -> torch.Tensor | None:
+    """(B, K) True where a token of ``features`` (B, K, D) is real, None when K is 1 (nothing to mask).
+
+    A token sequence (``tokens: all``) is stored padded with zero vectors, so every reader (training batches, the
+    index, serving) passes padded tensors alone and each item's vector ignores its padding. The feature store
+    refuses a shard with a zero vector anywhere but in a row's padding (``pipeline.store.integrity``); the first
+    token always counts, so a row is never all padding.
+    """
+    if features.shape[1] == 1:
+        return None
+    mask = features.detach().ne(0).any(dim=-1)
+    mask[:, 0] = True
+    return mask
 
 
 def count_trainable(module: nn.Module) -> int:

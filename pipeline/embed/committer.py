@@ -131,7 +131,7 @@ class Committer:
             with self.lock:
                 named = [(self.live[n][0], o, length) for n, o, length in zip(numbers, pieces[1::3], pieces[2::3])]
             ref = self.actor.commit.remote(self.store.root, self.options, key[0], key[1], named, run.ref.name,
-                                           run.enc.tokens)
+                                           run.enc.stored_tokens, run.enc.sequence)
             with self.changed:
                 self.in_flight[ref] = (*key, numbers)
                 self.changed.notify_all()

@@ -35,7 +35,8 @@ def run_fingerprint(cfg: EmbedConfig, modality: Modality, plan: ManifestPlan, re
             "items": plan.items(modality),
             "shard_size": cfg.shard_size, "encoder": ref.name, "tokens": enc.tokens, "dtype": enc.dtype,
             "precision": enc.precision, "num_frames": enc.num_frames, "max_text_tokens": enc.max_text_tokens,
-            "input": dataclasses.asdict(spec), "limits": cfg.limits.model_dump(mode="json")})
+            "input": dataclasses.asdict(spec), "limits": cfg.limits.model_dump(mode="json"),
+            **({"max_tokens": enc.max_tokens} if enc.sequence else {})})  # only then: older run.json stay equal
 
 
 def _as_json(obj: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +83,7 @@ def write_summary(store: FeatureStore, input_uri: str, output_uri: str, elapsed:
         per_modality[modality.value] = {
             "items": run["items"], "unique": sum(unique) if None not in unique else None,
             "features": features, "errors": errors, "encoder": run["encoder"],
-            "tokens": run["tokens"], "dim": dims.pop() if len(dims) == 1 else None, "dtype": run["dtype"],
+            "tokens": run["tokens"] if run["tokens"] != "all" else f"all<={run.get('max_tokens')}", "dim": dims.pop() if len(dims) == 1 else None, "dtype": run["dtype"],
             "shards_committed": len(markers), "complete": features + sum(errors.values()) == run["items"]}
     summary = {"input": input_uri, "output": output_uri, "modalities": per_modality,
                "elapsed_s": round(elapsed, 3), "plan_s": round(planned, 3), "items_this_run": processed,

@@ -387,7 +387,7 @@ class EncodeActor:
                 enc = enc.model_copy(update={"torch_threads": threads or cpu_threads_per_batch(calls)})
             dtype = np.float16 if enc.dtype == "float16" else np.float32
             self.items[name] = ItemEncoder(ref, enc, settings[name], dtype=dtype, batch_size=enc.batch_size)
-            self.schemas[name] = part_schema(enc.tokens, self.items[name].frozen.dim, enc.dtype)
+            self.schemas[name] = part_schema(enc.stored_tokens, self.items[name].frozen.dim, enc.dtype)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.block_bytes is None:  # decoded rows, from decode tasks

@@ -1,4 +1,4 @@
-"""A frozen Hugging Face encoder: its own processor, batched forward, pooling to K tokens.
+"""A frozen Hugging Face encoder: its own processor, batched forward, pooling to K tokens (or the sequence, padded).
 
 What is specific to a modality (processor class, how a batch is fed, which tower of a dual-tower
 checkpoint) comes from its registry module; this class only loads, runs and pools.
@@ -96,8 +96,12 @@ class FrozenEncoder:
         torch = self.torch
         with torch.inference_mode():
             hidden, lengths = self.spec.forward(self, inputs)
-            pooled = pool_tokens(hidden.float(), lengths.clamp(max=hidden.shape[1]), self.enc.tokens)
-            return pooled.cpu().numpy(), lengths.cpu().numpy().astype(np.int64)
+            valid = lengths.clamp(max=hidden.shape[1])
+            if self.enc.sequence:
+                kept = padded_tokens(hidden.float(), valid, self.enc.max_tokens)
+            else:
+                kept = pool_tokens(hidden.float(), valid, self.enc.tokens)
+            return kept.cpu().numpy(), lengths.cpu().numpy().astype(np.int64)
 
 
 class Serialized:
@@ -114,6 +118,20 @@ class Serialized:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._processor, name)
+
+
+def padded_tokens(hidden, lengths, cap: int):
+    """Each item's first ``min(lengths[b], cap)`` tokens, then zero vectors up to ``cap`` (``tokens: all``).
+
+    hidden: (B, T, D) float tensor; lengths: (B,) valid token counts (at least 1). Returns (B, cap, D). A zero vector
+    is padding wherever features have more than one token (``pipeline.model.token_mask``).
+    """
+    import torch
+
+    kept = hidden[:, :cap]
+    valid = torch.arange(kept.shape[1], device=hidden.device)[None, :] < lengths.to(hidden.device)[:, None]
+    kept = kept * valid.to(kept.dtype).unsqueeze(-1)
+    return torch.nn.functional.pad(kept, (0, 0, 0, cap - kept.shape[1]))
 
 
 def pool_tokens(hidden, lengths, k: int):

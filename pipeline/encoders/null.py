@@ -42,4 +42,4 @@ class NullEncoder:
 
     def embed_counted(self, inputs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         n = len(inputs)
-        return np.ones((n, self.enc.tokens, NULL_DIM), np.float32), np.ones(n, np.int64)
+        return np.ones((n, self.enc.stored_tokens, NULL_DIM), np.float32), np.ones(n, np.int64)

@@ -2,7 +2,7 @@
 
 Layout under the output folder OUT::
 
-    features/<modality>/shard-00012.parquet   id, modality, uri, encoder, embedding [K, D]
+    features/<modality>/shard-00012.parquet   id, modality, uri, encoder, embedding [K, D] (, tokens)
     errors/<modality>-shard-00012.parquet     id, modality, uri, stage, error
     _progress/<modality>/run.json             what the shards were made with (resume guard)
     _progress/<modality>/shard-00012.json     commit marker: written last, names the counts
@@ -16,7 +16,10 @@ A shard is the items of ``shard_size`` consecutive manifest rows (each modality 
 ``embedding`` is the canonical Arrow extension ``arrow.fixed_shape_tensor`` (float16 or float32,
 shape [K, D]); in Parquet it is a fixed-size list with the extension metadata, so plain pyarrow
 reads it back as a tensor (``to_numpy_ndarray()`` gives (N, K, D)) and pandas as flat arrays of
-K*D values. Every file appears atomically: nobody ever reads half a file.
+K*D values. With ``tokens: all`` an item keeps its own token sequence (up to ``max_tokens`` = K): its tokens, then
+zero vectors up to K, and its length in an int32 ``tokens`` column; readers mask the zero vectors
+(``pipeline.model.token_mask``). A padded tensor rather than a list column: every reader keeps one shape, and
+``benchmarks/store_layout.py`` measures both. Every file appears atomically: nobody ever reads half a file.
 
 Every file is checked as it is read (``pipeline.store.integrity``): a store written by another tool, damaged or
 tampered with is a ``StoreError`` naming the file and what was expected. Only the store's own spelling of a
@@ -48,22 +51,40 @@ ERROR_SCHEMA = pa.schema([("id", pa.string()), ("modality", pa.string()), ("uri"
 STAGES = ("read", "decode", "encode")
 
 
-def feature_schema(k: int, dim: int, dtype: str) -> pa.Schema:
-    """Schema of ``features/<modality>/*.parquet``."""
+def feature_schema(k: int, dim: int, dtype: str, sequence: bool = False) -> pa.Schema:
+    """Schema of ``features/<modality>/*.parquet``; a ``sequence`` store (``tokens: all``) adds ``tokens``."""
     value = pa.float16() if dtype == "float16" else pa.float32()
-    return pa.schema([("id", pa.string()), ("modality", pa.string()), ("uri", pa.string()),
-                      ("encoder", pa.string()), ("embedding", pa.fixed_shape_tensor(value, [k, dim]))])
+    fields = [("id", pa.string()), ("modality", pa.string()), ("uri", pa.string()),
+              ("encoder", pa.string()), ("embedding", pa.fixed_shape_tensor(value, [k, dim]))]
+    return pa.schema(fields + ([("tokens", pa.int32())] if sequence else []))
 
 
 def features_table(ids: list[str], modality: str, uris: list[str | None], encoder: str, flat: pa.Array,
-                   k: int, dim: int) -> pa.Table:
-    """A features table: ``flat`` is a fixed-size list array of K*D values per row (float16 or float32)."""
+                   k: int, dim: int, sequence: bool = False) -> pa.Table:
+    """A features table: ``flat`` is a fixed-size list array of K*D values per row (float16 or float32). With
+    ``sequence`` (``tokens: all``) each row is a token sequence padded with zero vectors to K, and the ``tokens``
+    column holds its length (its leading non-zero vectors)."""
     dtype = "float16" if flat.type.value_type == pa.float16() else "float32"
-    schema = feature_schema(k, dim, dtype)
+    schema = feature_schema(k, dim, dtype, sequence)
     tensor = pa.ExtensionArray.from_storage(schema.field("embedding").type, flat)
     n = len(ids)
-    return pa.Table.from_arrays([pa.array(ids, pa.string()), pa.array([modality] * n, pa.string()),
-                                 pa.array(uris, pa.string()), pa.array([encoder] * n, pa.string()), tensor], schema=schema)
+    columns = [pa.array(ids, pa.string()), pa.array([modality] * n, pa.string()),
+               pa.array(uris, pa.string()), pa.array([encoder] * n, pa.string()), tensor]
+    if sequence:
+        columns.append(pa.array(token_counts(tensor.to_numpy_ndarray()), pa.int32()))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def token_counts(values: np.ndarray) -> np.ndarray:
+    """(N,) number of non-zero token vectors of each (K, D) row of ``values`` (N, K, D): a sequence's length."""
+    return (values != 0).any(axis=2).sum(axis=1) if len(values) else np.zeros(0, np.int64)
+
+
+def write_parquet(table: pa.Table, where: Any) -> None:
+    """``table`` as the store writes a file: zstd, dictionary encoding for every column but ``embedding``. Float16
+    vectors never outgrow a dictionary (65,536 values), so pyarrow would keep one, and reading it back decodes 3.9x
+    slower than plain values for 2% more bytes (``benchmarks/store_layout.py``)."""
+    pq.write_table(table, where, compression="zstd", use_dictionary=[c for c in table.column_names if c != "embedding"])
 
 
 def _name(modality: Modality | str) -> str:
@@ -100,9 +121,9 @@ class FeatureStore:
         else:
             self.fs.pipe_file(target, data)
 
-    def write_table(self, rel: str, table: pa.Table, compression: str = "zstd") -> None:
+    def write_table(self, rel: str, table: pa.Table) -> None:
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression=compression)
+        write_parquet(table, buf)
         self.write_bytes_atomic(rel, buf.getvalue())
 
     def read_json(self, rel: str) -> dict | None:

@@ -64,13 +64,15 @@ class ShardChecks:
         if record.get("modality", modality) != modality:
             raise StoreError(f"{progress}/encoder.json: 'modality' is {_short(record['modality'])}, expected "
                              f"{modality!r} (the folder it is in)")
-        said = [("K", run.get("tokens"), "run.json 'tokens'"), ("dtype", run.get("dtype"), "run.json 'dtype'"),
+        said = [("K", _stored_k(run), "run.json 'tokens'"), ("dtype", run.get("dtype"), "run.json 'dtype'"),
                 ("encoder", run.get("encoder"), "run.json 'encoder'"),
                 ("encoder", record.get("name"), "encoder.json 'name'"),
-                ("K", settings.get("tokens"), "encoder.json 'encoder.tokens'"),
+                ("K", _stored_k(settings), "encoder.json 'encoder.tokens'"),
                 ("dtype", settings.get("dtype"), "encoder.json 'encoder.dtype'"),
                 ("D", record.get("dim"), "encoder.json 'dim'")]  # not written by the embed job; another tool's may be
         self.claims = [(what, value, f"{progress}/{source}") for what, value, source in said if value is not None]
+        # tokens: all → every shard has the `tokens` column (checked against its padding)
+        self.sequence = "all" in (run.get("tokens"), settings.get("tokens"))
         self.first: str | None = None  # the first shard read: the ones after it must match it
 
     def read(self, fs: Any, path: str, where: str, marker: dict[str, Any], marker_where: str) -> pa.Table:
@@ -100,7 +102,16 @@ class ShardChecks:
         if self.first is None:
             self.first = where
             self.claims += [(what, actual[what], f"the first shard read, {where}") for what in LABELS]
+        if self.sequence and "tokens" not in table.column_names:
+            raise StoreError(f"{where}: no 'tokens' column, expected one (int32, each item's token count) in a store "
+                             "made with tokens: all")
         check_rows(table, where)
+
+
+def _stored_k(settings: dict[str, Any]) -> Any:
+    """K of the store's embedding as an encoder's settings (or run.json) say: ``tokens``, or ``max_tokens`` when
+    ``tokens`` is ``all``; None when they say nothing."""
+    return settings.get("max_tokens") if settings.get("tokens") == "all" else settings.get("tokens")
 
 
 def embedding_shape(table: pa.Table, where: str) -> tuple[int, int, str]:
@@ -139,6 +150,31 @@ def check_rows(table: pa.Table, where: str) -> None:
         raise StoreError(f"{where}: {int(bad.sum())} rows hold non-finite embedding values (NaN or Inf), the first "
                          f"id {ids[int(np.argmax(bad))].as_py()!r}; expected finite values (re-embed the shard: delete "
                          "it and its marker, then rerun the embed job)")
+    if values.shape[1] > 1:
+        check_padding(table, values, where)
+
+
+def check_padding(table: pa.Table, values: np.ndarray, where: str) -> None:
+    """With K > 1 a zero token vector is padding (``pipeline.model.token_mask`` masks it): StoreError unless each row's
+    zero vectors are its trailing ones, and their count is what its ``tokens`` column says (no column: none)."""
+    nonzero = (values != 0).any(axis=2)  # (N, K)
+    counts = nonzero.sum(axis=1)
+    prefix = (np.arange(values.shape[1])[None, :] < counts[:, None]) == nonzero
+    if "tokens" in table.column_names:
+        column = table.column("tokens")
+        if column.type != pa.int32() or column.null_count:
+            raise StoreError(f"{where}: column 'tokens' is {column.type} with {column.null_count} nulls, expected "
+                             "int32 in every row (each item's token count)")
+        said = column.to_numpy()
+    else:
+        said = np.full(len(values), values.shape[1])
+    bad = ~prefix.all(axis=1) | (counts != said) | (counts == 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise StoreError(f"{where}: {int(bad.sum())} rows have zero token vectors other than their padding, the first "
+                         f"id {table.column('id')[i].as_py()!r} ({int(counts[i])} non-zero of {values.shape[1]}, "
+                         f"expected its first {int(said[i])} non-zero and the rest zero); a zero vector is padding, "
+                         "so such a row would lose tokens (re-embed the shard)")
 
 
 def _encoder(table: pa.Table, where: str) -> Any:

@@ -96,7 +96,7 @@ def _joined(rows: pa.Table, outcomes: pa.Table) -> pa.Table:
 
 
 def commit_parts(output: str, storage: dict[str, Any], modality: str, shard: int, pieces: list[tuple[str, int, int]],
-                 encoder: str, k: int) -> dict[str, Any]:
+                 encoder: str, k: int, sequence: bool = False) -> dict[str, Any]:
     """A complete shard: its pieces ((part, offset, length)) → the shard's feature and error files (each row
     once); the marker's counts.
 
@@ -111,7 +111,7 @@ def commit_parts(output: str, storage: dict[str, Any], modality: str, shard: int
     bad = rows.filter(pc.invert(rows.column("ok")))
     dim = rows.schema.field("embedding").type.list_size // k
     features = features_table(good.column("id").to_pylist(), modality, good.column("uri").to_pylist(), encoder,
-                              good.column("embedding").combine_chunks(), k, dim)
+                              good.column("embedding").combine_chunks(), k, dim, sequence)
     errors = pa.Table.from_arrays([bad.column("id"), pa.array([modality] * bad.num_rows, pa.string()), bad.column("uri"),
                                    bad.column("stage"), bad.column("error")], schema=ERROR_SCHEMA)
     store.write_shard_files(modality, shard, features, errors)

@@ -27,11 +27,11 @@ VAL_FRACTION = 0.2                            # share of ids held out for valida
 
 
 def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str | None = None,
-                        threads: int = 2, style: str = "suite", tokens: int = 1,
-                        modalities: tuple[str, ...] = MODALITIES) -> dict[str, str]:
+                        threads: int = 2, style: str = "suite", tokens: int | str = 1,
+                        modalities: tuple[str, ...] = MODALITIES, max_tokens: int = 256) -> dict[str, str]:
     """Encode ``n`` concept samples of ``style`` with the tiny encoders (``threads`` torch threads, ``tokens`` K
-    vectors per item) into a feature store at ``root``, one modality of ``modalities`` after another; return
-    id → concept."""
+    vectors per item, or ``all``: each item's sequence up to ``max_tokens``) into a feature store at ``root``, one
+    modality of ``modalities`` after another; return id → concept."""
 
     rng = np.random.default_rng(seed)
     samples = [concept_inputs(i, rng, style) for i in range(n)]
@@ -39,13 +39,15 @@ def write_concept_store(root: str, n: int = 480, seed: int = 0, cache_dir: str |
     cfg = EmbedConfig(preset="tiny", cache_dir=cache_dir)
     store = FeatureStore(root, {})
     for modality in map(Modality, modalities):
-        ref, enc = resolve_encoder(cfg, modality), EncoderConfig(torch_threads=threads, tokens=tokens)
+        ref = resolve_encoder(cfg, modality)
+        enc = EncoderConfig(torch_threads=threads, tokens=tokens, max_tokens=max_tokens)
         encoder = FrozenEncoder(ref, enc)
         arr = np.concatenate([encoder.embed([s[modality] for s in samples[i:i + 64]]) for i in range(0, n, 64)])
         k, dim = arr.shape[1:]
         flat = pa.FixedSizeListArray.from_arrays(pa.array(arr.astype(np.float16).ravel()), k * dim)
-        table = features_table(ids, modality.value, [None] * n, ref.name, flat, k, dim)
-        store.start_run(modality, {"items": n, "encoder": ref.name, "tokens": k, "dtype": "float16"},
+        table = features_table(ids, modality.value, [None] * n, ref.name, flat, k, dim, enc.sequence)
+        run = {"items": n, "encoder": ref.name, "tokens": enc.tokens, "dtype": "float16"}
+        store.start_run(modality, {**run, **({"max_tokens": max_tokens} if enc.sequence else {})},
                         EncoderRecord.of(ref, enc, read_input_spec(ref, enc)).to_json())
         store.commit_shard(modality, 0, table, ERROR_SCHEMA.empty_table(), dim)
     return {i: "{} {}".format(*concept(k)) for k, i in enumerate(ids)}

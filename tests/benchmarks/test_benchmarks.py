@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import decode as decode_bench
@@ -16,6 +19,7 @@ from benchmarks import scale as scale_bench
 from benchmarks import search as search_bench
 from benchmarks import search_quality as search_quality_bench
 from benchmarks import serve as serve_bench
+from benchmarks import store_layout as store_layout_bench
 from benchmarks import train as train_bench
 
 
@@ -108,6 +112,8 @@ def test_benchmark_configs_are_checked_before_any_work(tmp_path, capsys):
     assert "samples" in capsys.readouterr().err
     assert index_bench.main(["--precisions", "fp16"]) == 2
     assert "fp16: expected some of int8, binary" in capsys.readouterr().err
+    assert store_layout_bench.main(["--scenarios", "text,video"]) == 2
+    assert "video: expected some of text, image, audio" in capsys.readouterr().err
 
 
 def test_benchmark_index_measures_both_libraries_against_exact_search(tmp_path, capsys):
@@ -134,6 +140,83 @@ def test_benchmark_index_measures_both_libraries_against_exact_search(tmp_path, 
     # the index job's lists for 3,000 vectors (4·√3000 = 219, at most 3000 / 39 = 76)
     assert libs["faiss-ivfpq"]["bytes_per_vector"] < 32 + 8 + (76 + 256) * 256 * 4 / 3000 + 8
     assert set(figures["open"]["seconds"]) == {"300", "3000"} and figures["growth"]["added"] > 0
+
+
+
+def test_benchmark_store_layout_reads_both_layouts_back_as_the_same_padded_batch(tmp_path, capsys):
+    """Variable-length tokens stored padded (the store's fixed_shape_tensor and a tokens column) and as Parquet lists
+    read back, each as the benchmark times it, to the same padded float16 batch and lengths; then the benchmark's
+    main() at a few items a scenario."""
+    lengths = np.array([3, 1, 5, 5, 2], np.int32)  # CAP 5: two items unpadded
+    tokens = store_layout_bench.draw(5, 4, lengths, np.random.default_rng(1))
+    assert tokens.shape == (16, 4) and tokens.dtype == np.float16
+    padded, listed = tmp_path / "padded.parquet", tmp_path / "list.parquet"
+    pq.write_table(store_layout_bench.padded_table(tokens, lengths, 5), padded, compression="zstd")
+    pq.write_table(store_layout_bench.list_table(tokens, lengths), listed, compression="zstd")
+    schema = pq.read_schema(padded)
+    assert schema.field("embedding").type == pa.fixed_shape_tensor(pa.float16(), [5, 4])
+    assert schema.field("tokens").type == pa.int32() and schema.field("id").type == pa.string()
+    assert pq.read_schema(listed).field("embedding").type == pa.list_(pa.list_(pa.float16(), 4))
+    a, la = store_layout_bench.read_padded(str(padded))
+    b, lb = store_layout_bench.read_list(str(listed), 5)
+    assert a.dtype == b.dtype == np.float16 and a.shape == b.shape == (5, 5, 4)
+    assert np.array_equal(a, b) and la.tolist() == lb.tolist() == lengths.tolist()
+    assert np.array_equal(a[1, 0], tokens[3]) and not a[1, 1:].any()  # item 1: the token after item 0's 3, then zeros
+    assert np.array_equal(a[3], tokens[9:14]) and np.array_equal(a[4, :2], tokens[14:]) and not a[4, 2:].any()
+    part, lp = store_layout_bench.list_arrays(pq.read_table(listed).slice(2, 2), 5)  # a slice: offsets not from 0
+    assert np.array_equal(part, a[2:4]) and lp.tolist() == [5, 5]
+
+    report = tmp_path / "store_layout.json"
+    argv = ["--items", "6", "--reads", "1", "--report", str(report)]
+    assert store_layout_bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    record = json.loads(report.read_text())
+    assert record["command"] == "python -m benchmarks.store_layout --items 6 --reads 1"
+    r = record["result"]
+    assert store_layout_bench.format_store_layout(r) in printed
+    assert r["items"] == 6 and list(r["scenarios"]) == ["text", "image", "audio"]
+    for name, s in r["scenarios"].items():
+        dim, cap = s["dim"], s["cap"]
+        assert s["padded_memory_bytes_per_item"] == cap * dim * 2
+        assert abs(s["floor_bytes_per_item"] - s["lengths"]["mean"] * dim * 2) < 1e-6
+        assert 1 <= s["lengths"]["min"] <= s["lengths"]["mean"] <= s["lengths"]["max"] <= cap
+        for x in s["layouts"].values():  # random float16 values barely compress: about the floor, each
+            assert 0.85 < x["vs_floor"] < 1.15, (name, x)
+            assert 0 < x["read_table_s"] <= x["read_s"] and x["write_s"] > 0
+            assert abs(x["read_items_per_s"] - 6 / x["read_s"]) < 1e-6
+        p, q = s["layouts"]["padded"], s["layouts"]["list"]
+        assert abs(s["ratios"]["size"] - p["bytes_per_item"] / q["bytes_per_item"]) < 1e-9
+        assert abs(s["ratios"]["read"] - p["read_s"] / q["read_s"]) < 1e-9
+        assert set(s["pooled"]) == {"1", "4"}
+        for k, x in s["pooled"].items():
+            assert x["raw_bytes_per_item"] == int(k) * dim * 2 and x["bytes_per_item"] > 0.8 * x["raw_bytes_per_item"]
+    image, text = r["scenarios"]["image"], r["scenarios"]["text"]
+    assert image["lengths"] == {"mean": 197.0, "min": 197, "max": 197}
+    assert image["padded_memory_bytes_per_item"] == image["floor_bytes_per_item"]
+    assert 0.98 < image["ratios"]["size"] < 1.02  # no padding: the same values either way
+    assert text["lengths"]["max"] <= 40 and text["padded_memory_bytes_per_item"] > 1.9 * text["floor_bytes_per_item"]
+    assert text["ratios"]["size"] < 1.1  # the zero vectors cost next to nothing on disk
+    for s in r["scenarios"].values():
+        assert abs(s["ratios"]["dictionary_read"] - s["layouts"]["padded_dictionary"]["read_s"]
+                   / s["layouts"]["padded"]["read_s"]) < 1e-9
+
+
+def test_the_store_writes_vectors_without_a_dictionary(tmp_path):
+    """The store's writer keeps dictionaries for the string columns only: float16 vectors dictionary-encoded (pyarrow's
+    default) read several times slower (the benchmark's padded_dictionary layout)."""
+    from pipeline.store.features import write_parquet
+
+    lengths = np.array([2, 3], np.int32)
+    table = store_layout_bench.padded_table(store_layout_bench.draw(2, 4, lengths, np.random.default_rng(0)), lengths, 3)
+    write_parquet(table, tmp_path / "store.parquet")
+    pq.write_table(table, tmp_path / "default.parquet", compression="zstd")
+    encodings = {name: {c.path_in_schema.split(".")[0]: c.encodings for c in
+                        (pq.ParquetFile(tmp_path / name).metadata.row_group(0).column(i) for i in range(3))}
+                 for name in ("store.parquet", "default.parquet")}
+    assert "RLE_DICTIONARY" not in encodings["store.parquet"]["embedding"]
+    assert "RLE_DICTIONARY" in encodings["default.parquet"]["embedding"]
+    assert "RLE_DICTIONARY" in encodings["store.parquet"]["id"]
+    assert pq.read_table(tmp_path / "store.parquet").equals(pq.read_table(tmp_path / "default.parquet"))
 
 
 @pytest.mark.slow

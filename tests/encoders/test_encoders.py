@@ -13,7 +13,7 @@ import torch
 
 from pipeline.config import EncoderConfig
 from pipeline.embed.config import EmbedConfig
-from pipeline.encoders.frozen import FrozenEncoder, Serialized, pool_tokens, read_input_spec
+from pipeline.encoders.frozen import FrozenEncoder, Serialized, padded_tokens, pool_tokens, read_input_spec
 from pipeline.encoders.offline import ensure_built
 from pipeline.encoders.presets import resolve_encoder
 from pipeline.modalities import InputSpec
@@ -74,6 +74,32 @@ def test_padding_never_changes_an_item_s_vector(cfg, modality, short, long):
     alone = enc.embed([short])[0]
     padded = enc.embed([short, long])[0]
     np.testing.assert_allclose(alone, padded, atol=2e-3 if modality == "audio" else 1e-5)
+
+
+@pytest.mark.parametrize("modality,short,long", [
+    (Modality("text"), "a red circle", "a blue square moving slowly from the left to the right of the picture"),
+    (Modality("audio"), tone("red", "circle", seconds=0.5), tone("green", "cross", seconds=1.5)),
+])
+def test_tokens_all_keeps_each_item_s_sequence_padded_with_zeros(cfg, modality, short, long):
+    enc = FrozenEncoder(resolve_encoder(cfg, modality), EncoderConfig(tokens="all", max_tokens=400, torch_threads=1))
+    both, lengths = enc.embed_counted([short, long])
+    alone, (length,) = enc.embed_counted([short])
+    assert both.shape == (2, 400, 32) and alone.shape == (1, 400, 32)
+    assert length == lengths[0] < lengths[1] < 400
+    nonzero = (both != 0).any(axis=2)
+    for row, n in zip(nonzero, lengths):  # its own tokens, then zero vectors only
+        assert row[:n].all() and not row[n:].any()
+    # the short item's tokens do not depend on the longer item padding it in the batch
+    np.testing.assert_allclose(alone[0], both[0], atol=2e-3 if modality == "audio" else 1e-5)
+
+
+def test_tokens_all_keeps_the_first_max_tokens():
+    hidden = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3) + 1
+    out = padded_tokens(hidden, torch.tensor([5, 2]), 4)
+    assert out.shape == (2, 4, 3)
+    assert torch.equal(out[0], hidden[0, :4])  # cut at the cap
+    assert torch.equal(out[1, :2], hidden[1, :2]) and not out[1, 2:].any()  # the batch's padding zeroed
+    assert padded_tokens(hidden, torch.tensor([5, 2]), 7)[:, 5:].abs().sum() == 0  # shorter than the cap: zeros
 
 
 @pytest.mark.parametrize("modality", [Modality("text"), Modality("image")])

@@ -29,7 +29,9 @@ def test_defaults_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("encoders:\n  image: {tokens: 0}\n", r"encoders\.image\.tokens = 0: Input should be greater than or equal to 1"),
+    ("encoders:\n  image: {tokens: 0}\n", r"encoders\.image\.tokens = 0: Value error, expected K, an integer from 1 to "
+                                        r"4096 \(K pooled token vectors per item\), or all \(each item's token sequence"),
+    ("encoders:\n  image: {tokens: every}\n", r"encoders\.image\.tokens = 'every': Value error, expected K, an integer"),
     ("encoders:\n  image: {dtype: float64}\n", r"encoders\.image\.dtype = 'float64': Input should be 'float16' or 'float32'"),
     ("encoders:\n  smell: {tokens: 1}\n", r"encoders\.smell\.\[key\] = 'smell'"),
     ("shard_size: many\n", r"shard_size = 'many': Input should be a valid integer"),

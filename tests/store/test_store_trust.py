@@ -333,3 +333,71 @@ def test_an_encoder_record_is_whole_or_named_incomplete(store, tmp_path, capsys)
                          "--epochs", "1"])
     err = capsys.readouterr().err
     assert status == 2 and f"feature store {store}: text: the encoder record has no build, input" in err, err
+
+
+# --- token sequences (tokens: all): zero vectors are padding -----------------------------------------
+
+def _sequences(lengths: list[int], k: int = 5, dim: int = 8) -> np.ndarray:
+    """(len(lengths), k, dim) random token vectors, each row's first lengths[i] real and the rest zero."""
+    values = np.random.default_rng(len(lengths)).normal(size=(len(lengths), k, dim)).astype(np.float32)
+    for row, n in enumerate(lengths):
+        values[row, n:] = 0
+    return values
+
+
+def _sequence_store(root: str, values: np.ndarray, tokens: list[int] | None = None, column: bool = True) -> None:
+    """One image shard of ``values`` as tokens: all writes it (its `tokens` column replaced by ``tokens`` if given)."""
+    fs = FeatureStore(root, {})
+    k, dim = values.shape[1:]
+    fs.start_run("image", {"items": len(values), "encoder": "enc-image", "tokens": "all", "max_tokens": k,
+                           "dtype": "float16"},
+                 {**_encoder_record("image"), "encoder": {"tokens": "all", "max_tokens": k, "dtype": "float16"}})
+    ids = [f"c{i:05d}" for i in range(len(values))]
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(values.astype(np.float16).ravel()), k * dim)
+    table = features_table(ids, "image", [None] * len(ids), "enc-image", flat, k, dim, sequence=True)
+    if tokens is not None:
+        table = table.set_column(table.schema.get_field_index("tokens"), "tokens", pa.array(tokens, pa.int32()))
+    if not column:
+        table = table.drop_columns(["tokens"])
+    fs.commit_shard("image", 0, table, ERROR_SCHEMA.empty_table(), dim)
+
+
+def test_a_sequence_store_keeps_each_item_s_length(tmp_path):
+    root = str(tmp_path / "seq")
+    _sequence_store(root, _sequences([5, 2, 1, 3]))
+    table = read_features(root, "image")
+    assert table.column("tokens").to_pylist() == [5, 2, 1, 3]
+    assert table.schema.field("tokens").type == pa.int32()
+
+
+@pytest.mark.parametrize("lengths,tokens,column,expected", [
+    ([5, 2, 3], [5, 3, 3], True, "1 rows have zero token vectors other than their padding, the first id 'c00001' "
+                                 "(2 non-zero of 5, expected its first 3 non-zero"),
+    ([5, 2, 3], None, False, "no 'tokens' column, expected one (int32, each item's token count)"),
+])
+def test_a_sequence_store_whose_padding_and_lengths_disagree_is_refused(tmp_path, lengths, tokens, column, expected):
+    root = str(tmp_path / "seq")
+    _sequence_store(root, _sequences(lengths), tokens, column)
+    with pytest.raises(StoreError) as err:
+        read_features(root, "image")
+    assert os.path.join(root, "features/image/shard-00000.parquet") in str(err.value) and expected in str(err.value)
+
+
+def test_a_zero_token_vector_inside_a_row_is_refused(tmp_path, store):
+    """A zero vector is padding: one before a row's last real token (a gap in a sequence) or in a store of K pooled
+    tokens would be masked out, so the row is refused, not read with a token lost."""
+    gap = _sequences([5, 4])
+    gap[1, 1] = 0
+    root = str(tmp_path / "gap")
+    with pytest.raises(StoreError, match="the first id 'c00001' \\(3 non-zero of 5, expected its first 3"):
+        _sequence_store(root, gap)  # the writer counts the non-zero vectors: 3, not a prefix
+        read_features(root, "image")
+    pooled = _vectors("image", 0, k=2)
+    pooled[3, 1] = 0
+    fs = FeatureStore(store, {})
+    fs.remove_modality("image")
+    fs.start_run("image", {"items": ROWS, "encoder": "enc-image", "tokens": 2, "dtype": "float16"},
+                 {**_encoder_record("image"), "encoder": {"tokens": 2, "dtype": "float16"}})
+    fs.commit_shard("image", 0, _table("image", 0, pooled), ERROR_SCHEMA.empty_table(), DIMS["image"])
+    with pytest.raises(StoreError, match="the first id 'c00003' \\(1 non-zero of 2, expected its first 2 non-zero"):
+        read_features(store, "image")

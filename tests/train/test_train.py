@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from pipeline.config import ConfigError
 from pipeline.eval.metrics import both_directions
 from pipeline.inference import load_model
-from pipeline.model import ModelConfig, OneEncoder, count_trainable
+from pipeline.model import ModelConfig, OneEncoder, count_trainable, token_mask
 from pipeline.store.features import embeddings, read_features
 from pipeline.train.config import load_train_config
 from pipeline.train.job import run_train
@@ -38,6 +38,24 @@ def test_padding_tokens_do_not_change_the_output():
     mask = torch.tensor([[True, True, True, False, False]])
     with torch.no_grad():
         torch.testing.assert_close(model("image", x), model("image", padded, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_zero_vectors_are_padding_whatever_the_cap():
+    """tokens: all stores each sequence padded with zero vectors to the cap: with no mask given, an item's vector is
+    the same at any padding, and the same as its tokens alone; a real token is never dropped."""
+    torch.manual_seed(0)
+    model = OneEncoder(ModelConfig(d=32, heads=4, ff=64, in_dims={"text": 16}, tokens={"text": 12})).eval()
+    with torch.no_grad():
+        model.positions["text"].copy_(torch.randn(12, 32))  # trained positions: padding must not get any weight
+        x = torch.randn(2, 5, 16)
+        x[1, 3:] = 0  # the second item is 3 tokens long
+        alone = torch.cat([model("text", x[:1]), model("text", x[1:2, :3])])
+        for cap in (5, 8, 12):
+            padded = torch.nn.functional.pad(x, (0, 0, 0, cap - 5))
+            torch.testing.assert_close(model("text", padded), alone, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(model("text", x[1:2, :3]), model("text", x[1:2, :2]), atol=1e-3)  # each token counts
+    assert token_mask(torch.ones(2, 1, 4)) is None  # K = 1: nothing to mask
+    assert token_mask(torch.zeros(1, 3, 4)).tolist() == [[True, False, False]]  # never all padding
 
 
 def test_the_training_workers_count_the_examples_they_see_in_ray_metrics(trained):
