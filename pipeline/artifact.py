@@ -113,13 +113,27 @@ class Artifact:
         trained, k = self.encoders[modality].name, self.model["tokens"][modality]
         if record.get("name") != trained:
             return f"its {modality} features come from encoder {record.get('name')!r}, but the model was trained on {trained!r}"
-        if run.get("tokens", k) != k:
-            return f"its {modality} features keep K={run.get('tokens')} tokens, but the model was trained on K={k}"
+        settings = self.encoders[modality].encoder
+        kept, trained_kept = _kept(run, k), _kept(settings if "tokens" in settings else {}, k)
+        if kept != trained_kept:
+            return f"its {modality} features keep {_said(kept)}, but the model was trained on {_said(trained_kept)}"
         return None
 
     @property
     def created(self) -> float:
         return os.path.getmtime(os.path.join(self.path, "config.json"))
+
+
+def _kept(settings: dict[str, Any], k: int) -> tuple[str, Any]:
+    """What an encoder's settings (or a store's run.json) keep of each item: ("K", K) pooled tokens, or ("all", cap)
+    for its token sequence up to ``max_tokens``; ``k`` when they say nothing (records older than ``tokens``)."""
+    if settings.get("tokens") == "all":
+        return ("all", settings.get("max_tokens"))
+    return ("K", settings.get("tokens", k))
+
+
+def _said(kept: tuple[str, Any]) -> str:
+    return f"K={kept[1]} tokens" if kept[0] == "K" else f"each item's token sequence (up to {kept[1]})"
 
 
 def is_artifact(path: str) -> bool:

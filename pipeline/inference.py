@@ -111,9 +111,12 @@ class LoadedModel:
 
     def project(self, features: np.ndarray, modality: str) -> np.ndarray:
         """Cached encoder features (N, K, D) from a feature store → (N, d) unit vectors."""
+        from pipeline.model import rows_per_chunk
+
+        step = rows_per_chunk(features.shape[1] if np.ndim(features) == 3 else 1)
         with self.torch.no_grad():
-            out = [self.model(modality, self.torch.from_numpy(np.array(features[i:i + 1024], np.float32)))
-                   for i in range(0, len(features), 1024)]
+            out = [self.model(modality, self.torch.from_numpy(np.array(features[i:i + step], np.float32)))
+                   for i in range(0, len(features), step)]
         return self.torch.cat(out).numpy() if out else np.zeros((0, self.dim), np.float32)
 
 

@@ -19,6 +19,7 @@ from pipeline.encoders.presets import EncoderRef
 from pipeline.media.decode import DecodeSettings, decode_bytes, decode_item
 from pipeline.media.errors import DecodeError
 from pipeline.store.errors import ReadError
+from pipeline.store.integrity import nonzero_tokens
 
 
 class ItemError(ValueError):
@@ -125,8 +126,13 @@ class ItemEncoder:
             vectors = np.asarray(self.project(features.astype(np.float32)), np.float32)
         else:
             vectors = features.reshape(len(chunk), -1).astype(self.dtype)
-        finite = np.isfinite(vectors).all(axis=1)
         hint = " in float16 (use dtype: float32)" if self.project is None and self.dtype == np.float16 else ""
-        return [Encoded(vectors[j], int(tokens[j])) if finite[j] else
-                ItemError(first + j, f"{self.modality}: the encoder gave non-finite values for this input{hint}", "encode")
-                for j in range(len(chunk))]
+        bad = [None if ok else f"the encoder gave non-finite values for this input{hint}"
+               for ok in np.isfinite(vectors).all(axis=1)]
+        if self.project is None and features.shape[1] > 1 and getattr(self.frozen.enc, "sequence", False):
+            # a zero vector is padding in the store: a real token stored as zeros would be refused by every reader
+            whole = nonzero_tokens(vectors.reshape(features.shape)).sum(axis=1) == np.minimum(tokens, features.shape[1])
+            bad = [b or (None if w else f"the encoder gave an all-zero token vector for this input{hint} (a zero vector "
+                         "is padding in the store)") for b, w in zip(bad, whole)]
+        return [Encoded(vectors[j], int(tokens[j])) if bad[j] is None else
+                ItemError(first + j, f"{self.modality}: {bad[j]}", "encode") for j in range(len(chunk))]

@@ -136,6 +136,12 @@ def token_mask(features: torch.Tensor) -> torch.Tensor | None:
     return mask
 
 
+def rows_per_chunk(k: int, rows: int = 1024) -> int:
+    """Items of K tokens to project at once outside training: ``rows`` for pooled features, fewer for long sequences,
+    so that attention (items x heads x K x K scores) stays near 2^24 scores a head (VideoMAE's 1,568 tokens: 6 items)."""
+    return max(1, min(rows, 2**24 // (k * k)))
+
+
 def count_trainable(module: nn.Module) -> int:
     """Number of parameters that will receive gradients."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -74,3 +74,34 @@ def test_errors_about_posted_bytes_name_no_server_path(model_dir):
         with pytest.raises(ValueError) as err:
             model.embed([data], modality)
         assert "/tmp" not in str(err.value) and "oneencoder-" not in str(err.value), str(err.value)
+
+
+def test_a_real_token_stored_as_zeros_fails_its_item_only(monkeypatch):
+    """tokens: all stores a sequence padded with zero vectors, and the store's readers refuse a shard where a zero
+    vector is not padding: an encoder giving an all-zero real token fails that item at encode time (an error row),
+    not every later read of its shard."""
+    from pipeline.config import EncoderConfig, LimitsConfig
+    from pipeline.embed.config import EmbedConfig
+    from pipeline.encoders.frozen import read_input_spec
+    from pipeline.encoders.presets import resolve_encoder
+    from pipeline.item_encoder import Encoded, ItemEncoder, ItemError
+    from pipeline.media.decode import DecodeSettings
+    from pipeline.modality import Modality
+
+    ref = resolve_encoder(EmbedConfig(preset="tiny"), Modality("text"))
+    enc = EncoderConfig(tokens="all", max_tokens=32, torch_threads=1)
+    settings = DecodeSettings(Modality("text"), read_input_spec(ref, enc), LimitsConfig(), {}, "")
+    items = ItemEncoder(ref, enc, settings, dtype=np.float16)
+    real = items.frozen.embed_counted
+
+    def zeroing(texts):
+        features, tokens = real(texts)
+        features[[i for i, t in enumerate(texts) if "zero" in t], 1] = 0  # its second token, a real one
+        return features, tokens
+
+    monkeypatch.setattr(items.frozen, "embed_counted", zeroing)
+    first, second, third = items.embed(["a red circle", "a zero square", "a blue square"])
+    assert isinstance(second, ItemError) and second.stage == "encode"
+    assert second.reason == ("text: the encoder gave an all-zero token vector for this input in float16 (use dtype: "
+                             "float32) (a zero vector is padding in the store)")
+    assert isinstance(first, Encoded) and isinstance(third, Encoded) and first.vector.shape == (32 * 32,)

@@ -83,7 +83,7 @@ def write_summary(store: FeatureStore, input_uri: str, output_uri: str, elapsed:
         per_modality[modality.value] = {
             "items": run["items"], "unique": sum(unique) if None not in unique else None,
             "features": features, "errors": errors, "encoder": run["encoder"],
-            "tokens": run["tokens"] if run["tokens"] != "all" else f"all<={run.get('max_tokens')}", "dim": dims.pop() if len(dims) == 1 else None, "dtype": run["dtype"],
+            "tokens": run["tokens"], **({"max_tokens": run.get("max_tokens")} if run["tokens"] == "all" else {}), "dim": dims.pop() if len(dims) == 1 else None, "dtype": run["dtype"],
             "shards_committed": len(markers), "complete": features + sum(errors.values()) == run["items"]}
     summary = {"input": input_uri, "output": output_uri, "modalities": per_modality,
                "elapsed_s": round(elapsed, 3), "plan_s": round(planned, 3), "items_this_run": processed,
@@ -95,6 +95,11 @@ def write_summary(store: FeatureStore, input_uri: str, output_uri: str, elapsed:
     return summary
 
 
+def _k(modality: dict[str, Any]) -> str:
+    """K as the summary prints it: ``4``, or ``all<=128`` for token sequences up to 128."""
+    return f"all<={modality.get('max_tokens')}" if modality["tokens"] == "all" else str(modality["tokens"])
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The one-screen summary printed at the end of a run."""
     lines = [f"embedded {summary['input']} -> {summary['output']}", "",
@@ -104,7 +109,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         e = m["errors"]
         unique = "?" if m["unique"] is None else m["unique"]
         lines.append(f"{name:<9}{m['items']:>8}{unique:>8}{m['features']:>10}{e['read']:>7}{e['decode']:>8}{e['encode']:>8}   "
-                     f"{m['tokens']} x {m['dim']!s:<6} {m['dtype']:<8} {m['encoder']}"
+                     f"{_k(m)} x {m['dim']!s:<6} {m['dtype']:<8} {m['encoder']}"
                      + ("" if m["complete"] else "   (incomplete: rerun to resume)"))
     lines += ["", f"this run: {summary['items_this_run']} items in {summary['elapsed_s']:.1f} s"
               + (f" ({summary['items_per_s']:.1f} items/s)" if summary["items_this_run"] else " (all shards were already committed)"),

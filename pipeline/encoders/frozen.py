@@ -99,6 +99,11 @@ class FrozenEncoder:
             valid = lengths.clamp(max=hidden.shape[1])
             if self.enc.sequence:
                 kept = padded_tokens(hidden.float(), valid, self.enc.max_tokens)
+                longest = int(valid.max()) if len(valid) else 0
+                if longest > self.enc.max_tokens and not getattr(self, "_cut_said", False):
+                    self._cut_said = True
+                    log.warning("%s: an item has %d tokens; only its first %d are kept (encoders.%s.max_tokens)",
+                                self.modality.value, longest, self.enc.max_tokens, self.modality.value)
             else:
                 kept = pool_tokens(hidden.float(), valid, self.enc.tokens)
             return kept.cpu().numpy(), lengths.cpu().numpy().astype(np.int64)

@@ -42,4 +42,5 @@ class NullEncoder:
 
     def embed_counted(self, inputs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         n = len(inputs)
-        return np.ones((n, self.enc.stored_tokens, NULL_DIM), np.float32), np.ones(n, np.int64)
+        k = self.enc.stored_tokens
+        return np.ones((n, k, NULL_DIM), np.float32), np.full(n, k if self.enc.sequence else 1, np.int64)

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from pipeline.modality import Modality
 from pipeline.store.files import write_bytes_atomic
-from pipeline.store.integrity import ShardChecks, check_marker, json_object
+from pipeline.store.integrity import ShardChecks, check_marker, json_object, nonzero_tokens
 from pipeline.store.integrity import StoreError  # noqa: F401  (readers and the CLI take it from here)
 from pipeline.store.sources import filesystem
 
@@ -77,12 +77,12 @@ def features_table(ids: list[str], modality: str, uris: list[str | None], encode
 
 def token_counts(values: np.ndarray) -> np.ndarray:
     """(N,) number of non-zero token vectors of each (K, D) row of ``values`` (N, K, D): a sequence's length."""
-    return (values != 0).any(axis=2).sum(axis=1) if len(values) else np.zeros(0, np.int64)
+    return nonzero_tokens(values).sum(axis=1)
 
 
 def write_parquet(table: pa.Table, where: Any) -> None:
     """``table`` as the store writes a file: zstd, dictionary encoding for every column but ``embedding``. Float16
-    vectors never outgrow a dictionary (65,536 values), so pyarrow would keep one, and reading it back decodes 3.9x
+    vectors never outgrow a dictionary (65,536 values), so pyarrow would keep one, and reading it back decodes 2-4.4x
     slower than plain values for 2% more bytes (``benchmarks/store_layout.py``)."""
     pq.write_table(table, where, compression="zstd", use_dictionary=[c for c in table.column_names if c != "embedding"])
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from pipeline.eval.metrics import both_directions
 from pipeline.metrics import job_metrics
-from pipeline.model import ModelConfig, OneEncoder, count_trainable
+from pipeline.model import ModelConfig, OneEncoder, count_trainable, rows_per_chunk
 from pipeline.store.files import read_json, write_json
 from pipeline.train.checkpoint import load_optimizer, load_weights, save_optimizer, save_weights
 from pipeline.train.config import StageConfig
@@ -124,7 +124,7 @@ class StageTraining:
     def set_bank(self, anchors: torch.Tensor) -> None:
         """The frozen anchor side's vectors of ``anchors`` (raw features (M, K, D)) as extra negatives."""
         self.model.eval()  # the anchor side is frozen: no dropout, the same vectors every step
-        self.pair.bank = torch.cat([self.model(self.stage.anchor, anchors[i:i + 1024]) for i in range(0, len(anchors), 1024)])
+        self.pair.bank = _project(self.model, self.stage.anchor, anchors)
 
     def train_epoch(self, epoch: int, batches, step_module: nn.Module | None = None) -> float:
         """One epoch over ``batches`` (dicts of (B, K, D) tensors); returns the mean training loss."""
@@ -344,10 +344,16 @@ def _materialize(shard, names: list[str]) -> dict[str, torch.Tensor]:
     return {n: torch.cat(v) for n, v in parts.items()}
 
 
+def _project(model: OneEncoder, modality: str, features: torch.Tensor) -> torch.Tensor:
+    """(N, K, D) features → (N, d) vectors, a chunk at a time (``rows_per_chunk``: long sequences in small chunks)."""
+    step = rows_per_chunk(features.shape[1])
+    return torch.cat([model(modality, features[i:i + step]) for i in range(0, len(features), step)])
+
+
 @torch.no_grad()
 def _validate(pair: StagePair, stage: StageConfig, val: dict[str, torch.Tensor]) -> dict[str, float]:
     pair.eval()
-    a, b = pair.model(stage.new, val[stage.new]), pair.model(stage.anchor, val[stage.anchor])
+    a, b = _project(pair.model, stage.new, val[stage.new]), _project(pair.model, stage.anchor, val[stage.anchor])
     blocks = [(start, min(start + VAL_LOSS_CHUNK, len(a))) for start in range(0, len(a), VAL_LOSS_CHUNK)]
     blocks = [blk for blk in blocks if blk[1] - blk[0] > 1] or blocks  # a 1-pair tail has no negatives
     loss = sum(float(info_nce(a[i:j], b[i:j], pair.loss.temperature)) * (j - i) for i, j in blocks) / sum(j - i for i, j in blocks)

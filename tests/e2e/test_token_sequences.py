@@ -54,6 +54,18 @@ def test_token_sequences_embed_train_and_serve(ray_session, tmp_path):
     # a raw caption embedded through the artifact's encoder is the stored sequence projected
     np.testing.assert_allclose(model.embed([captions[ids[short]]], "text")[0], alone[0], atol=1e-4)
 
+    # the search index projects the stored sequences as load_model does (no K mismatch refused)
+    from pipeline.artifact import read_artifact
+    from pipeline.index.config import IndexConfig
+    from pipeline.index.job import run_index
+    from pipeline.index.segments import VectorIndex
+    from pipeline.store.features import FeatureStore
+
+    assert read_artifact(output).features_mismatch(FeatureStore(store, {}), "text") is None
+    run_index(IndexConfig(model=output, features=store, output=str(tmp_path / "index")))
+    hits = VectorIndex(str(tmp_path / "index")).search(alone[0], ["text"], 1, exact=True)
+    assert hits[0].score > 0.999 and captions[hits[0].id] == captions[ids[short]]  # the caption itself (or its twin)
+
     config = _config(str(tmp_path), "serve.yaml", {"model": output, "modalities": ["image", "text"]},
                      {"Gateway": {"ray_actor_options": {"num_cpus": 0.1}}, "MediaDecoder": {"ray_actor_options": {"num_cpus": 0.1}},
                       "encoder-text": {"ray_actor_options": {"num_cpus": 0.25}},

@@ -203,3 +203,13 @@ def test_random_init_builds_the_paper_architecture_offline(session_dir):
         config = json.load(fh)
     assert (config["hidden_size"], config["num_hidden_layers"], config["patch_size"], config["image_size"]) == (768, 12, 16, 224)
     assert read_input_spec(ref, EncoderConfig()).image_hw == (224, 224)
+
+
+def test_tokens_all_says_once_when_max_tokens_cuts_an_item(cfg, caplog):
+    enc = FrozenEncoder(resolve_encoder(cfg, Modality("text")), EncoderConfig(tokens="all", max_tokens=4, torch_threads=1))
+    with caplog.at_level("WARNING", logger="pipeline.encoders.frozen"):
+        out, lengths = enc.embed_counted(["a blue square moving slowly from the left", "a red circle"])
+        enc.embed_counted(["a green triangle moving slowly to the right"])
+    assert out.shape == (2, 4, 32) and lengths[0] > 4 and (out != 0).any(axis=2).all()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"text: an item has {lengths[0]} tokens; only its first 4 are kept (encoders.text.max_tokens)"]
