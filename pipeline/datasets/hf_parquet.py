@@ -1,7 +1,8 @@
 """A Hugging Face ``datasets`` Parquet export (``Dataset.to_parquet``, or the hub's ``refs/convert/parquet`` files):
 its media column (an ``Image``/``Audio``/``Video`` feature: a ``{bytes, path}`` struct) is kept as it is in a Parquet
 manifest, which the embed job decodes from those bytes; a caption column gives the text (a list of captions: one row
-each, grouped), a ``ClassLabel`` column the labels, with the class names the export records in its schema."""
+each, grouped), a ``ClassLabel`` column the labels, with the class names the export records in its schema. An export
+with no media, a text and a class column is a text classification set: each text is an item."""
 from __future__ import annotations
 
 import glob
@@ -53,10 +54,13 @@ def hf_parquet(root: str, split: str, out: str) -> tuple[Written, bool, int]:
         media = [(c, c) for c in schema.names if c in MEDIA_TYPES.values()]
     text = next((c for c in TEXT_COLUMNS if c in schema.names), None)
     label = next((c for c in LABEL_COLUMNS if c in schema.names), None)
+    if not media and text and label:  # a text classification set (SST-2, TREC, EMOTION): the sentence is the item
+        media, text = [(text, "text")], None
     if len(media) != 1 or not (text or label):
         raise DatasetError(f"hf-parquet: {files[0]} has the columns {', '.join(schema.names)}: expected one media "
                            f"column (an Image, Audio or Video feature, or a column named image, audio or video) and a "
-                           f"caption ({', '.join(TEXT_COLUMNS)}) or class ({', '.join(LABEL_COLUMNS)}) column")
+                           f"caption ({', '.join(TEXT_COLUMNS)}) or class ({', '.join(LABEL_COLUMNS)}) column, or a "
+                           "text and a class column (text classification)")
     column, modality = media[0]
     names = (features.get(label) or {}).get("names") if label else None
     os.makedirs(out, exist_ok=True)
@@ -81,7 +85,8 @@ def hf_parquet(root: str, split: str, out: str) -> tuple[Written, bool, int]:
                         row_id = f"{key}_{k}" if isinstance(caption, list) else key
                         batch["id"].append(row_id)
                         batch[modality].append(value)
-                        batch["text"].append(None if t is None else str(t).strip())
+                        if text:
+                            batch["text"].append(None if t is None else str(t).strip())
                         batch["class"].append(name)
                         if isinstance(caption, list):
                             groups[row_id] = key

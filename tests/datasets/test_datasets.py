@@ -284,6 +284,16 @@ def test_hf_parquet_export_keeps_the_media_inside_and_reads_captions_and_class_n
     assert [r["class"] for r in rows] == ["dog", "cat", "dog"] and _labels(summary)["classes"] == ["cat", "dog"]
     with pytest.raises(DatasetError, match="no Parquet file of split 'validation'"):
         _run(tmp_path, "hf-parquet", root, "validation")
+    # a text classification set (SST-2's columns): each sentence is an item of the text modality
+    _hf_export(os.path.join(root, "sst2", "validation-00000-of-00001.parquet"),
+               {"idx": [0, 1, 2], "sentence": ["it 's a charming journey ", "bland", "a gem"], "label": [1, 0, 1]},
+               {"idx": {"dtype": "int32", "_type": "Value"}, "sentence": {"dtype": "string", "_type": "Value"},
+                "label": {"names": ["negative", "positive"], "_type": "ClassLabel"}})
+    summary, rows = _run(tmp_path, "hf-parquet", os.path.join(root, "sst2"), "validation")
+    assert rows == [{"id": "0", "text": "it 's a charming journey ", "class": "positive"},
+                    {"id": "1", "text": "bland", "class": "negative"}, {"id": "2", "text": "a gem", "class": "positive"}]
+    assert _labels(summary)["labels"] == {"0": "positive", "1": "negative", "2": "positive"}
+    assert _labels(summary)["templates"] == ["{}"]
 
 
 def test_the_command_line_writes_and_names_a_bad_split(tmp_path, capsys):
