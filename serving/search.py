@@ -43,7 +43,7 @@ class Searcher:
                     continue
                 table = read_features(self.args.features, modality, storage)
                 # a modality with no rows stays indexed, empty: searching it finds nothing (the Gateway lists it)
-                vectors = (model.project(embeddings(table).astype(np.float32), modality) if table.num_rows
+                vectors = (model.project(embeddings(table), modality) if table.num_rows
                            else np.zeros((0, model.dim), np.float32))
                 ids = (table.select(["id", "uri"]) if table.num_rows
                        else pa.table({"id": pa.array([], pa.string()), "uri": pa.array([], pa.string())}))

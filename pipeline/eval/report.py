@@ -67,7 +67,7 @@ def evaluate(model_dir: str, features_uri: str, labels_path: str | None = None, 
             log.info("feature store has no %s features; %s is not evaluated", name, name)
             continue
         row_ids = table.column("id").to_pylist()
-        feats = dict(zip(row_ids, embeddings(table).astype(np.float32)))
+        feats = dict(zip(row_ids, embeddings(table)))  # stored dtype: project converts a chunk at a time
         ids = distinct_items(dict(zip(row_ids, table.column("uri").to_pylist())), groups) if groups else sorted(feats)
         if ids:
             projected[name] = (ids, model.project(np.stack([feats[i] for i in ids]), name))

@@ -64,7 +64,7 @@ def project_shard(model: Any, store: FeatureStore, out: FeatureStore, modality: 
     from pipeline.index.calibration import id_fractions
 
     table, marker = read_shard(store, modality, shard)
-    vectors = model.project(embeddings(table).astype(np.float32), modality)
+    vectors = model.project(embeddings(table), modality)  # float32 a chunk at a time, in project
     vt = vectors_table(table.column("id").combine_chunks(), table.column("uri").combine_chunks(), vectors)
     out.write_table(vector_file(modality, shard), vt)
     drawn = id_fractions(vt.column("id").to_pylist(), sample["seed"])
