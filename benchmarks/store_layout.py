@@ -5,7 +5,7 @@
 For each scenario (a realistic length distribution of one encoder's tokens: CLIP text captions, ViT-B/16 patches,
 wav2vec2 frames) it draws ``items`` sequences of L tokens (random normal float16 values, a seeded numpy RNG) and
 writes them two ways, each as the feature store writes a shard (``pipeline.store.features.write_parquet``: zstd,
-no dictionary for the vectors), beside an ``id`` string column:
+no dictionary for the vectors), beside the store's other columns (id, modality, uri, encoder):
 
 - padded (the store's layout): ``embedding`` an ``arrow.fixed_shape_tensor`` of float16 [CAP, D], an item's L
   tokens then zero vectors up to CAP, and an int32 ``tokens`` column = L;
@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from benchmarks.common import REPORT_HELP, benchmark, cli, finish, split_ints
-from pipeline.store.features import write_parquet
+from pipeline.store.features import embeddings, features_table, write_parquet
 from pipeline.config import StrictModel
 
 
@@ -115,38 +115,34 @@ def pad(tokens: np.ndarray, lengths: np.ndarray, cap: int) -> np.ndarray:
     return out
 
 
-def ids(n: int) -> pa.Array:
-    return pa.array([f"item-{i:09d}" for i in range(n)], pa.string())
-
-
-def tensor_table(padded: np.ndarray, extra: dict[str, pa.Array] | None = None) -> pa.Table:
-    """``id``, ``embedding`` as the store's ``fixed_shape_tensor`` of float16 [K, D] (K = CAP, or a pooled K),
-    then ``extra`` columns."""
+def tensor_table(padded: np.ndarray, sequence: bool = False) -> pa.Table:
+    """``padded`` (N, K, D) float16 as the store writes a shard (``features_table``): id, modality, uri, encoder, the
+    ``embedding`` tensor [K, D] (K = CAP, or a pooled K) and, for a ``sequence``, the ``tokens`` column."""
     n, k, dim = padded.shape
-    kind = pa.fixed_shape_tensor(pa.float16(), [k, dim])
     flat = pa.FixedSizeListArray.from_arrays(pa.array(padded.reshape(-1)), k * dim)
-    columns = {"id": ids(n), "embedding": pa.ExtensionArray.from_storage(kind, flat), **(extra or {})}
-    return pa.table(columns)
+    return features_table([f"item-{i:09d}" for i in range(n)], "text", [None] * n, "bench", flat, k, dim, sequence)
 
 
 def padded_table(tokens: np.ndarray, lengths: np.ndarray, cap: int) -> pa.Table:
-    """The padded layout: id, embedding [CAP, D] (zero vectors after L), tokens = L (int32)."""
-    return tensor_table(pad(tokens, lengths, cap), {"tokens": pa.array(lengths, pa.int32())})
+    """The padded layout, the store's: its columns, embedding [CAP, D] (zero vectors after L), tokens = L (int32)."""
+    return tensor_table(pad(tokens, lengths, cap), sequence=True)
 
 
 def list_table(tokens: np.ndarray, lengths: np.ndarray) -> pa.Table:
-    """The list layout: id, embedding list<fixed_size_list<float16, D>> of the L real tokens only."""
+    """The list layout: the store's other columns, and embedding list<fixed_size_list<float16, D>> of the L real
+    tokens only."""
     dim = tokens.shape[1]
     offsets = np.zeros(len(lengths) + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(tokens.reshape(-1)), dim)
     embedding = pa.ListArray.from_arrays(pa.array(offsets), vectors)
-    return pa.table({"id": ids(len(lengths)), "embedding": embedding})
+    store = tensor_table(np.zeros((len(lengths), 1, 1), np.float16)).drop_columns(["embedding"])
+    return store.append_column("embedding", embedding)
 
 
 def padded_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """A padded table as the store reads it: (N, CAP, D) float16 and the lengths."""
-    return table.column("embedding").combine_chunks().to_numpy_ndarray(), table.column("tokens").to_numpy()
+    """A padded table as the store reads it (``embeddings``): (N, CAP, D) float16 and the lengths."""
+    return embeddings(table), table.column("tokens").to_numpy()
 
 
 def list_arrays(table: pa.Table, cap: int) -> tuple[np.ndarray, np.ndarray]:

@@ -82,7 +82,7 @@ def token_counts(values: np.ndarray) -> np.ndarray:
 
 def write_parquet(table: pa.Table, where: Any) -> None:
     """``table`` as the store writes a file: zstd, dictionary encoding for every column but ``embedding``. Float16
-    vectors never outgrow a dictionary (65,536 values), so pyarrow would keep one, and reading it back decodes 2-4.4x
+    vectors never outgrow a dictionary (65,536 values), so pyarrow would keep one, and reading it back decodes 2.3-4.1x
     slower than plain values for 2% more bytes (``benchmarks/store_layout.py``)."""
     pq.write_table(table, where, compression="zstd", use_dictionary=[c for c in table.column_names if c != "embedding"])
 
